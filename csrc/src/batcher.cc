@@ -1,0 +1,654 @@
+#include "aiarch/batcher.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "aiarch/hash.h"
+
+namespace aiarch {
+
+namespace {
+constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max();
+// Weight of the newest sample in the execution-time and service-rate moving
+// averages: reacts within a few batches, smooths single outliers.
+constexpr double kEwmaAlpha = 0.2;
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+}  // namespace
+
+struct Batcher::Request {
+  uint64_t id = 0;
+  int64_t rows = 0;
+  int64_t enqueue_ns = 0;
+  int64_t deadline_ns = kNoDeadline;
+  int level = 0;
+  std::vector<const uint8_t*> data;  // caller-owned, one per input
+  std::shared_ptr<CompletionSink> sink;
+  bool cacheable = false;
+  Hash128 key;
+};
+
+Status BatchConfig::Validate() const {
+  if (max_batch_size < 1) return Status::InvalidArgument("max_batch_size must be >= 1");
+  if (max_delay_ns < 0) return Status::InvalidArgument("max_delay must be >= 0");
+  if (max_queue_rows < max_batch_size) {
+    return Status::InvalidArgument("max_queue_rows (" + std::to_string(max_queue_rows) +
+                                   ") must be >= max_batch_size (" +
+                                   std::to_string(max_batch_size) + ")");
+  }
+  if (instances < 1 || instances > 64) return Status::InvalidArgument("instances must be in [1, 64]");
+  if (priority_levels < 1 || priority_levels > 1024) {
+    return Status::InvalidArgument("priority_levels must be in [1, 1024]");
+  }
+  if (default_priority_level < 0 || default_priority_level > priority_levels) {
+    return Status::InvalidArgument("default_priority_level must be in [0, priority_levels]");
+  }
+  for (int64_t s : preferred_batch_sizes) {
+    if (s < 1 || s > max_batch_size) {
+      return Status::InvalidArgument("preferred batch size " + std::to_string(s) +
+                                     " must be in [1, max_batch_size=" +
+                                     std::to_string(max_batch_size) + "]");
+    }
+  }
+  return Status::Ok();
+}
+
+Status Batcher::Create(std::string name, BatchConfig config, std::vector<TensorSpec> inputs,
+                       std::vector<TensorSpec> outputs, std::shared_ptr<Executor> executor,
+                       std::shared_ptr<Clock> clock, std::shared_ptr<ResponseCache> cache,
+                       std::unique_ptr<Batcher>* out) {
+  AIARCH_RETURN_IF_ERROR(config.Validate());
+  if (!executor) return Status::InvalidArgument("model '" + name + "' has no executor");
+  if (inputs.empty()) return Status::InvalidArgument("model '" + name + "' declares no inputs");
+  for (const auto& spec : inputs) {
+    for (int64_t d : spec.shape) {
+      if (d < 0) {
+        return Status::InvalidArgument("input '" + spec.name + "' of model '" + name +
+                                       "': trailing dims must be fixed (>= 0) to batch rows, got " +
+                                       ShapeString(spec.shape));
+      }
+    }
+  }
+  std::sort(config.preferred_batch_sizes.begin(), config.preferred_batch_sizes.end());
+  if (!clock) clock = SteadyClock::Instance();
+  std::unique_ptr<Batcher> b(new Batcher(std::move(name), std::move(config), std::move(inputs),
+                                         std::move(outputs), std::move(executor), std::move(clock),
+                                         std::move(cache)));
+  if (b->clock_->IsManual()) {
+    Batcher* raw = b.get();
+    b->clock_subscription_ =
+        static_cast<ManualClock*>(b->clock_.get())->Subscribe([raw] { raw->SettleFromClock(); });
+  }
+  for (int w = 0; w < b->config_.instances; ++w) {
+    b->workers_.emplace_back([raw = b.get(), w] { raw->WorkerLoop(w); });
+  }
+  *out = std::move(b);
+  return Status::Ok();
+}
+
+Batcher::Batcher(std::string name, BatchConfig config, std::vector<TensorSpec> inputs,
+                 std::vector<TensorSpec> outputs, std::shared_ptr<Executor> executor,
+                 std::shared_ptr<Clock> clock, std::shared_ptr<ResponseCache> cache)
+    : name_(std::move(name)),
+      config_(std::move(config)),
+      executor_(std::move(executor)),
+      clock_(std::move(clock)),
+      cache_(std::move(cache)),
+      inputs_(std::move(inputs)),
+      outputs_(std::move(outputs)),
+      levels_(config_.priority_levels),
+      worker_settled_(config_.instances, 0),
+      worker_alive_(config_.instances, true),
+      exec_estimate_ns_(config_.max_batch_size + 1, 0),
+      queue_ns_(),
+      execution_ns_(),
+      end_to_end_ns_(),
+      batch_rows_(int64_t{1} << 24) {}
+
+Batcher::~Batcher() { Shutdown(/*drain=*/false); }
+
+std::vector<TensorSpec> Batcher::input_specs() const { return inputs_; }
+
+std::vector<TensorSpec> Batcher::output_specs() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return outputs_;
+}
+
+Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
+  // inputs_ never changes after Create, so validation needs no lock.
+  if (args.inputs.size() != inputs_.size()) {
+    std::string expected;
+    for (const auto& s : inputs_) expected += (expected.empty() ? "" : ", ") + s.ToString();
+    return Status::InvalidArgument("model '" + name_ + "' expects " +
+                                   std::to_string(inputs_.size()) + " input(s) (" + expected +
+                                   "), got " + std::to_string(args.inputs.size()));
+  }
+  int64_t rows = -1;
+  for (size_t i = 0; i < inputs_.size(); ++i) {
+    const auto& spec = inputs_[i];
+    const auto& in = args.inputs[i];
+    const std::string what = "input '" + spec.name + "' of model '" + name_ + "'";
+    if (in.dtype != spec.dtype) {
+      return Status::InvalidArgument(what + ": expected dtype " + DTypeName(spec.dtype) + ", got " +
+                                     DTypeName(in.dtype));
+    }
+    bool shape_ok = in.shape.size() == spec.shape.size() + 1;
+    for (size_t d = 0; shape_ok && d < spec.shape.size(); ++d) {
+      shape_ok = in.shape[d + 1] == spec.shape[d];
+    }
+    if (!shape_ok) {
+      std::vector<int64_t> expected{-1};
+      expected.insert(expected.end(), spec.shape.begin(), spec.shape.end());
+      return Status::InvalidArgument(what + ": expected shape " + ShapeString(expected) +
+                                     " (rows first), got " + ShapeString(in.shape));
+    }
+    if (!in.contiguous) {
+      return Status::InvalidArgument(what + ": expected a C-contiguous array, got a strided view");
+    }
+    if (in.shape[0] < 1) return Status::InvalidArgument(what + ": expected at least one row, got 0");
+    if (rows >= 0 && in.shape[0] != rows) {
+      return Status::InvalidArgument("model '" + name_ +
+                                     "': every input must have the same number of rows, got " +
+                                     std::to_string(rows) + " and " + std::to_string(in.shape[0]));
+    }
+    rows = in.shape[0];
+    if (in.bytes != static_cast<size_t>(rows) * spec.RowBytes()) {
+      return Status::InvalidArgument(what + ": byte size does not match its shape and dtype");
+    }
+  }
+  if (rows > config_.max_batch_size) {
+    return Status::InvalidArgument("model '" + name_ + "': request has " + std::to_string(rows) +
+                                   " rows; at most max_batch_size=" +
+                                   std::to_string(config_.max_batch_size) + " per request");
+  }
+  *rows_out = rows;
+  return Status::Ok();
+}
+
+bool Batcher::CacheKeyBytes(const SubmitArgs& args, std::vector<uint8_t>* scratch,
+                            const uint8_t** key, size_t* size) const {
+  if (args.inputs.size() == 1) {
+    *key = args.inputs[0].data;
+    *size = args.inputs[0].bytes;
+    return true;
+  }
+  scratch->clear();
+  for (const auto& in : args.inputs) scratch->insert(scratch->end(), in.data, in.data + in.bytes);
+  *key = scratch->data();
+  *size = scratch->size();
+  return true;
+}
+
+Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedResponse* hit) {
+  int64_t rows = 0;
+  AIARCH_RETURN_IF_ERROR(Validate(args, &rows));
+  const int priority_levels = config_.priority_levels;
+  if (args.priority > static_cast<uint32_t>(priority_levels)) {
+    return Status::InvalidArgument("priority " + std::to_string(args.priority) + " for model '" +
+                                   name_ + "' is out of range; expected 0 (default) to " +
+                                   std::to_string(priority_levels));
+  }
+  const int64_t now = clock_->NowNs();
+
+  auto req = std::make_unique<Request>();
+  if (cache_ && hit != nullptr) {
+    thread_local std::vector<uint8_t> scratch;
+    const uint8_t* key_bytes = nullptr;
+    size_t key_size = 0;
+    CacheKeyBytes(args, &scratch, &key_bytes, &key_size);
+    Hasher hasher;
+    hasher.UpdateU64(static_cast<uint64_t>(rows));
+    hasher.Update(key_bytes, key_size);
+    req->key = hasher.Digest();
+    req->cacheable = true;
+    std::vector<TensorSpec> specs = output_specs();
+    size_t expected = 0;
+    std::vector<size_t> offsets;
+    for (const auto& s : specs) {
+      offsets.push_back(expected);
+      expected += static_cast<size_t>(rows) * s.RowBytes();
+    }
+    std::shared_ptr<Buffer> copy;
+    const bool found = !specs.empty() &&
+                       cache_->LookupWith(req->key, key_bytes, key_size, now,
+                                          [&](const uint8_t* value, size_t size) {
+                                            if (size != expected) return;
+                                            copy = Buffer::Allocate(size);
+                                            if (copy) std::memcpy(copy->data(), value, size);
+                                          });
+    if (found && copy) {
+      hit->data = std::move(copy);
+      hit->specs = std::move(specs);
+      hit->offsets = std::move(offsets);
+      hit->rows = rows;
+      *request_id = 0;
+      return Status::Ok();
+    }
+  }
+
+  req->rows = rows;
+  req->enqueue_ns = now;
+  req->deadline_ns = args.timeout_ns > 0 ? now + args.timeout_ns : kNoDeadline;
+  req->level = (args.priority == 0 ? (config_.default_priority_level == 0
+                                          ? priority_levels
+                                          : config_.default_priority_level)
+                                   : static_cast<int>(args.priority)) -
+               1;
+  req->data.reserve(args.inputs.size());
+  for (const auto& in : args.inputs) req->data.push_back(in.data);
+  req->sink = args.sink;
+
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {
+      return Status::Unavailable("model '" + name_ + "' is shutting down");
+    }
+    if (queued_rows_ + rows > config_.max_queue_rows) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      const double retry = RetryAfterSecondsLocked(rows);
+      return Status::ResourceExhausted("model '" + name_ + "' queue is full (" +
+                                       std::to_string(queued_rows_) + " of " +
+                                       std::to_string(config_.max_queue_rows) + " rows queued)")
+          .WithRetryAfter(retry);
+    }
+    const bool was_empty = queued_rows_ == 0;
+    req->id = next_id_++;
+    *request_id = req->id;
+    levels_[req->level].push_back(req.get());
+    queued_rows_ += rows;
+    // Wake an idle worker only when its plan changes: the queue was empty
+    // (it waits without a timeout), a batch just filled, or a deadline may
+    // pull the close time earlier. Otherwise the worker's timed wait already
+    // ends at the right moment, and a wake-up would be a wasted syscall.
+    wake = idle_workers_ > 0 && (was_empty || queued_rows_ >= config_.max_batch_size ||
+                                 req->deadline_ns != kNoDeadline);
+    queued_.emplace(req->id, std::move(req));
+  }
+  if (wake) work_cv_.notify_one();
+  return Status::Ok();
+}
+
+bool Batcher::Cancel(uint64_t request_id) {
+  std::unique_ptr<Request> req;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = queued_.find(request_id);
+    if (it == queued_.end()) return false;
+    req = std::move(it->second);
+    queued_.erase(it);
+    auto& level = levels_[req->level];
+    level.erase(std::find(level.begin(), level.end(), req.get()));
+    queued_rows_ -= req->rows;
+  }
+  cancelled_.fetch_add(1, std::memory_order_relaxed);
+  std::vector<Completion> done(1);
+  done[0].request_id = req->id;
+  done[0].status = Status::Cancelled("request cancelled by the caller");
+  req->sink->Deliver(std::move(done));
+  return true;
+}
+
+int64_t Batcher::PaddedRows(int64_t rows) const {
+  for (int64_t s : config_.preferred_batch_sizes) {
+    if (s >= rows) return s;
+  }
+  return rows;
+}
+
+int64_t Batcher::EstimateExecNsLocked(int64_t rows) const {
+  rows = std::min<int64_t>(std::max<int64_t>(rows, 1), config_.max_batch_size);
+  if (exec_estimate_ns_[rows] > 0) return exec_estimate_ns_[rows];
+  // Nearest measured larger batch bounds it from above; else scale the
+  // nearest smaller one linearly (execution time grows at most linearly).
+  for (int64_t r = rows + 1; r <= config_.max_batch_size; ++r) {
+    if (exec_estimate_ns_[r] > 0) return exec_estimate_ns_[r];
+  }
+  for (int64_t r = rows - 1; r >= 1; --r) {
+    if (exec_estimate_ns_[r] > 0) return exec_estimate_ns_[r] * rows / r;
+  }
+  return 0;
+}
+
+double Batcher::RetryAfterSecondsLocked(int64_t extra_rows) const {
+  if (service_rate_ <= 0) return 1.0;
+  const double s = static_cast<double>(queued_rows_ + extra_rows) / service_rate_;
+  return std::min(60.0, std::max(0.001, s));
+}
+
+int64_t Batcher::CloseTimeLocked(int64_t now) const {
+  if (queued_rows_ == 0) return kNoDeadline;
+  if (stopping_) return now;
+  int64_t rows = 0;
+  int64_t oldest = kNoDeadline;
+  int64_t earliest_deadline = kNoDeadline;
+  bool full = false;
+  for (const auto& level : levels_) {
+    for (const Request* r : level) {
+      if (rows + r->rows > config_.max_batch_size) {
+        full = true;
+        break;
+      }
+      rows += r->rows;
+      oldest = std::min(oldest, r->enqueue_ns);
+      earliest_deadline = std::min(earliest_deadline, r->deadline_ns);
+    }
+    if (full) break;
+  }
+  if (full || rows >= config_.max_batch_size) return now;
+  int64_t close = oldest + config_.max_delay_ns;
+  if (earliest_deadline != kNoDeadline) {
+    // Waiting past this point would leave the earliest deadline unreachable.
+    close = std::min(close, earliest_deadline - EstimateExecNsLocked(PaddedRows(rows)));
+  }
+  return close;
+}
+
+void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>* batch,
+                              std::vector<std::unique_ptr<Request>>* expired) {
+  const int64_t estimate =
+      config_.drop_unreachable
+          ? EstimateExecNsLocked(PaddedRows(std::min(queued_rows_, config_.max_batch_size)))
+          : 0;
+  int64_t rows = 0;
+  for (auto& level : levels_) {
+    while (!level.empty()) {
+      Request* r = level.front();
+      const bool dead = r->deadline_ns <= now ||
+                        (estimate > 0 && r->deadline_ns != kNoDeadline &&
+                         now + estimate > r->deadline_ns);
+      if (!dead && rows + r->rows > config_.max_batch_size) return;
+      level.pop_front();
+      queued_rows_ -= r->rows;
+      auto it = queued_.find(r->id);
+      (dead ? expired : batch)->push_back(std::move(it->second));
+      queued_.erase(it);
+      if (!dead) rows += r->rows;
+    }
+  }
+}
+
+void Batcher::WaitLocked(std::unique_lock<std::mutex>& lock, int worker, int64_t until_ns) {
+  ++idle_workers_;
+  if (clock_->IsManual()) {
+    // Time moves only through ManualClock::Advance, which waits on
+    // settled_cv_ until every live worker has reached this point again.
+    worker_settled_[worker] = settle_epoch_;
+    settled_cv_.notify_all();
+    work_cv_.wait(lock);
+  } else if (until_ns == kNoDeadline) {
+    work_cv_.wait(lock);
+  } else {
+    work_cv_.wait_until(lock, std::chrono::steady_clock::time_point(
+                                  std::chrono::nanoseconds(until_ns)));
+  }
+  --idle_workers_;
+}
+
+void Batcher::SettleFromClock() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t epoch = ++settle_epoch_;
+  work_cv_.notify_all();
+  settled_cv_.wait(lock, [&] {
+    for (size_t w = 0; w < worker_settled_.size(); ++w) {
+      if (worker_alive_[w] && worker_settled_[w] < epoch) return false;
+    }
+    return true;
+  });
+}
+
+void Batcher::WorkerLoop(int worker) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (stopping_ && (!drain_ || queued_rows_ == 0)) break;
+    const int64_t now = clock_->NowNs();
+    const int64_t close = CloseTimeLocked(now);
+    if (close > now) {
+      WaitLocked(lock, worker, close);
+      continue;
+    }
+    std::vector<std::unique_ptr<Request>> batch, expired;
+    FormBatchLocked(now, &batch, &expired);
+    ++in_flight_;
+    lock.unlock();
+    if (!expired.empty()) {
+      expired_.fetch_add(expired.size(), std::memory_order_relaxed);
+      CompleteWithStatus(expired,
+                         Status::DeadlineExceeded("request to model '" + name_ +
+                                                  "' expired before it could run"),
+                         nullptr);
+    }
+    if (!batch.empty()) ExecuteBatch(batch, now);
+    lock.lock();
+    --in_flight_;
+  }
+  worker_alive_[worker] = false;
+  settled_cv_.notify_all();
+}
+
+void Batcher::CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests,
+                                 const Status& status,
+                                 const std::shared_ptr<ErrorDetail>& detail) {
+  // Group by sink so each event loop is woken once for the whole group.
+  std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
+  for (auto& r : requests) {
+    Completion c;
+    c.request_id = r->id;
+    c.status = status;
+    c.error_detail = detail;
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const auto& g) { return g.first == r->sink.get(); });
+    if (it == groups.end()) {
+      groups.emplace_back(r->sink.get(), std::vector<Completion>{});
+      it = groups.end() - 1;
+    }
+    it->second.push_back(std::move(c));
+  }
+  for (auto& g : groups) g.first->Deliver(std::move(g.second));
+}
+
+void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int64_t start_ns) {
+  Batch batch;
+  for (const auto& r : requests) batch.rows += r->rows;
+  batch.padded_rows = PaddedRows(batch.rows);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.seq = next_batch_seq_++;
+  }
+  for (const auto& r : requests) {
+    const int64_t q = std::max<int64_t>(0, start_ns - r->enqueue_ns);
+    queue_ns_.Record(q);
+    queue_ns_total_.fetch_add(static_cast<uint64_t>(q), std::memory_order_relaxed);
+  }
+
+  // Gather: the only copy of the request bytes, into one buffer per input.
+  Status status;
+  batch.inputs.reserve(inputs_.size());
+  for (size_t i = 0; i < inputs_.size() && status.ok(); ++i) {
+    const size_t row_bytes = inputs_[i].RowBytes();
+    auto buf = Buffer::Allocate(static_cast<size_t>(batch.padded_rows) * row_bytes);
+    if (!buf) {
+      status = Status::Internal("out of memory allocating a batch for model '" + name_ + "'");
+      break;
+    }
+    size_t offset = 0;
+    for (const auto& r : requests) {
+      const size_t n = static_cast<size_t>(r->rows) * row_bytes;
+      std::memcpy(buf->data() + offset, r->data[i], n);
+      offset += n;
+    }
+    std::memset(buf->data() + offset, 0, buf->size() - offset);
+    batch.inputs.push_back(std::move(buf));
+  }
+
+  std::vector<ExecutorOutput> outs;
+  std::shared_ptr<ErrorDetail> detail;
+  const int64_t exec_start = clock_->NowNs();
+  if (status.ok()) status = executor_->Execute(batch, &outs, &detail);
+  const int64_t exec_end = clock_->NowNs();
+  const int64_t exec_ns = std::max<int64_t>(0, exec_end - exec_start);
+  execution_ns_.Record(exec_ns);
+  execution_ns_total_.fetch_add(static_cast<uint64_t>(exec_ns), std::memory_order_relaxed);
+  batch_rows_.Record(batch.rows);
+  batches_.fetch_add(1, std::memory_order_relaxed);
+  rows_.fetch_add(static_cast<uint64_t>(batch.rows), std::memory_order_relaxed);
+
+  // Check the outputs against the declared (or first learned) specs.
+  auto result = std::make_shared<BatchResult>();
+  if (status.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (outputs_.empty()) {
+      for (size_t i = 0; i < outs.size(); ++i) {
+        TensorSpec spec = outs[i].spec;
+        if (spec.name.empty()) spec.name = "output" + std::to_string(i);
+        outputs_.push_back(std::move(spec));
+      }
+    }
+    if (outs.size() != outputs_.size()) {
+      status = Status::ExecutionFailed("model '" + name_ + "' returned " +
+                                       std::to_string(outs.size()) + " output(s); expected " +
+                                       std::to_string(outputs_.size()));
+    }
+    for (size_t i = 0; status.ok() && i < outs.size(); ++i) {
+      const TensorSpec& want = outputs_[i];
+      const TensorSpec& got = outs[i].spec;
+      if (got.dtype != want.dtype || got.shape != want.shape) {
+        status = Status::ExecutionFailed(
+            "model '" + name_ + "' output " + std::to_string(i) + " ('" + want.name + "') is " +
+            DTypeName(got.dtype) + ShapeString(got.shape) + " per row; expected " +
+            DTypeName(want.dtype) + ShapeString(want.shape));
+      } else if (!outs[i].data ||
+                 outs[i].data->size() < static_cast<size_t>(batch.rows) * want.RowBytes()) {
+        status = Status::ExecutionFailed("model '" + name_ + "' output '" + want.name +
+                                         "' has fewer rows than the batch");
+      }
+    }
+    if (status.ok()) {
+      result->specs = outputs_;
+      for (auto& o : outs) result->outputs.push_back(std::move(o.data));
+    }
+    // Moving averages for close-time planning and Retry-After.
+    if (status.ok() && exec_ns > 0) {
+      int64_t& est = exec_estimate_ns_[std::min(batch.padded_rows, config_.max_batch_size)];
+      est = est == 0 ? exec_ns : static_cast<int64_t>(kEwmaAlpha * exec_ns + (1 - kEwmaAlpha) * est);
+      const double rate = static_cast<double>(batch.rows) * 1e9 / exec_ns * config_.instances;
+      service_rate_ = service_rate_ == 0 ? rate : kEwmaAlpha * rate + (1 - kEwmaAlpha) * service_rate_;
+    }
+  }
+
+  if (!status.ok()) {
+    failed_.fetch_add(requests.size(), std::memory_order_relaxed);
+    CompleteWithStatus(requests, status, detail);
+  } else {
+    std::shared_ptr<const BatchResult> shared = result;
+    std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
+    int64_t offset = 0;
+    for (auto& r : requests) {
+      Completion c;
+      c.request_id = r->id;
+      c.result = shared;
+      c.row_offset = offset;
+      c.rows = r->rows;
+      offset += r->rows;
+      auto it = std::find_if(groups.begin(), groups.end(),
+                             [&](const auto& g) { return g.first == r->sink.get(); });
+      if (it == groups.end()) {
+        groups.emplace_back(r->sink.get(), std::vector<Completion>{});
+        it = groups.end() - 1;
+      }
+      it->second.push_back(std::move(c));
+    }
+    const int64_t done_ns = clock_->NowNs();
+    for (auto& r : requests) {
+      const int64_t e2e = std::max<int64_t>(0, done_ns - r->enqueue_ns);
+      end_to_end_ns_.Record(e2e);
+      end_to_end_ns_total_.fetch_add(static_cast<uint64_t>(e2e), std::memory_order_relaxed);
+    }
+    success_.fetch_add(requests.size(), std::memory_order_relaxed);
+    for (auto& g : groups) g.first->Deliver(std::move(g.second));
+
+    // Fill the cache after delivery so that callers never wait for it.
+    if (cache_) {
+      std::vector<uint8_t> key, value;
+      int64_t row = 0;
+      for (auto& r : requests) {
+        if (r->cacheable) {
+          key.clear();
+          value.clear();
+          for (size_t i = 0; i < inputs_.size(); ++i) {
+            const size_t rb = inputs_[i].RowBytes();
+            const uint8_t* p = batch.inputs[i]->data() + row * rb;
+            key.insert(key.end(), p, p + r->rows * rb);
+          }
+          for (size_t i = 0; i < result->specs.size(); ++i) {
+            const size_t rb = result->specs[i].RowBytes();
+            const uint8_t* p = result->outputs[i]->data() + row * rb;
+            value.insert(value.end(), p, p + r->rows * rb);
+          }
+          cache_->Insert(r->key, key.data(), key.size(), value.data(), value.size(), done_ns);
+        }
+        row += r->rows;
+      }
+    }
+  }
+}
+
+void Batcher::Shutdown(bool drain) {
+  std::lock_guard<std::mutex> serial(shutdown_mu_);
+  std::vector<std::unique_ptr<Request>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+    drain_ = drain;
+    if (!drain) {
+      for (auto& level : levels_) level.clear();
+      for (auto& kv : queued_) dropped.push_back(std::move(kv.second));
+      queued_.clear();
+      queued_rows_ = 0;
+    }
+  }
+  work_cv_.notify_all();
+  if (!dropped.empty()) {
+    failed_.fetch_add(dropped.size(), std::memory_order_relaxed);
+    CompleteWithStatus(dropped, Status::Unavailable("model '" + name_ + "' was shut down"),
+                       nullptr);
+  }
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  if (clock_subscription_ != 0) {
+    static_cast<ManualClock*>(clock_.get())->Unsubscribe(clock_subscription_);
+    clock_subscription_ = 0;
+  }
+}
+
+BatcherStats Batcher::Stats() const {
+  BatcherStats s;
+  s.success = success_.load(std::memory_order_relaxed);
+  s.failed = failed_.load(std::memory_order_relaxed);
+  s.expired = expired_.load(std::memory_order_relaxed);
+  s.rejected = rejected_.load(std::memory_order_relaxed);
+  s.cancelled = cancelled_.load(std::memory_order_relaxed);
+  s.batches = batches_.load(std::memory_order_relaxed);
+  s.rows = rows_.load(std::memory_order_relaxed);
+  s.queue_ns_total = queue_ns_total_.load(std::memory_order_relaxed);
+  s.execution_ns_total = execution_ns_total_.load(std::memory_order_relaxed);
+  s.end_to_end_ns_total = end_to_end_ns_total_.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(mu_);
+  s.queue_rows = queued_rows_;
+  s.in_flight_batches = in_flight_;
+  s.service_rate_rows_per_s = service_rate_;
+  return s;
+}
+
+}  // namespace aiarch

@@ -94,23 +94,34 @@ class ResponseCache {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-  // Read-section helpers for LookupWith (defined in cache.cc).
+
+  // Read-section helpers for LookupWith (defined in cache.cc). FindEntry
+  // must run inside a read section; the value span stays valid until it ends.
   const void* FindEntry(const Hash128& key, const uint8_t* key_bytes, size_t key_size,
                         int64_t now_ns, const uint8_t** value, size_t* value_size);
-  void EnterRead();
-  void ExitRead();
+  static void EnterRead();
+  static void ExitRead();
+
+  // Holds a read section open for its scope, so that a visitor that throws
+  // still leaves it (a section left open would stall reclamation forever).
+  class ReadSection {
+   public:
+    ReadSection() { EnterRead(); }
+    ~ReadSection() { ExitRead(); }
+    ReadSection(const ReadSection&) = delete;
+    ReadSection& operator=(const ReadSection&) = delete;
+  };
 };
 
 template <typename F>
 bool ResponseCache::LookupWith(const Hash128& key, const uint8_t* key_bytes, size_t key_size,
                                int64_t now_ns, F&& visit) {
-  EnterRead();
+  ReadSection section;
   const uint8_t* value = nullptr;
   size_t size = 0;
-  const bool hit = FindEntry(key, key_bytes, key_size, now_ns, &value, &size) != nullptr;
-  if (hit) visit(value, size);
-  ExitRead();
-  return hit;
+  if (FindEntry(key, key_bytes, key_size, now_ns, &value, &size) == nullptr) return false;
+  visit(value, size);
+  return true;
 }
 
 }  // namespace aiarch

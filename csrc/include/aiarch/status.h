@@ -50,9 +50,18 @@ class Status {
   const std::string& message() const { return message_; }
   std::string ToString() const;
 
+  // For ResourceExhausted: when the caller should try again, from the
+  // measured service rate. 0 = no estimate.
+  double retry_after_s() const { return retry_after_s_; }
+  Status& WithRetryAfter(double seconds) {
+    retry_after_s_ = seconds;
+    return *this;
+  }
+
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  double retry_after_s_ = 0;
 };
 
 }  // namespace aiarch

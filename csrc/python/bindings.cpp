@@ -1,0 +1,720 @@
+// aiarch._core: the only file that includes pybind11. It converts types,
+// maps Status codes onto the aiarch.errors hierarchy, scopes GIL releases and
+// exchanges buffers. Batching, caching and histogram logic live in csrc/src.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aiarch/batcher.h"
+#include "aiarch/cache.h"
+#include "aiarch/clock.h"
+#include "aiarch/completion.h"
+#include "aiarch/hash.h"
+#include "aiarch/histogram.h"
+#include "aiarch/status.h"
+#include "aiarch/tensor.h"
+
+#ifndef AIARCH_VERSION
+#define AIARCH_VERSION "0.0.0"
+#endif
+
+namespace py = pybind11;
+using namespace aiarch;
+
+namespace {
+
+// ---------------------------------------------------------------- errors
+
+// Exception classes from aiarch/errors.py, indexed by StatusCode. Filled at
+// import; the references live as long as the module.
+std::array<PyObject*, 10> g_error_classes{};
+
+py::object MakeError(const Status& status) {
+  const int code = static_cast<int>(status.code());
+  PyObject* cls = (code > 0 && code < static_cast<int>(g_error_classes.size()))
+                      ? g_error_classes[code]
+                      : g_error_classes[static_cast<int>(StatusCode::kInternal)];
+  py::object exc = py::reinterpret_borrow<py::object>(cls)(status.message());
+  if (status.retry_after_s() > 0) exc.attr("retry_after_s") = status.retry_after_s();
+  return exc;
+}
+
+[[noreturn]] void ThrowStatus(const Status& status) {
+  py::object exc = MakeError(status);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw py::error_already_set();
+}
+
+void Check(const Status& status) {
+  if (!status.ok()) ThrowStatus(status);
+}
+
+// The original Python exception of a failed batch, handed to every request of
+// the batch as the __cause__ of its ExecutionError.
+class PyErrorDetail final : public ErrorDetail {
+ public:
+  explicit PyErrorDetail(py::object exc) : exc_(std::move(exc)) {}
+  ~PyErrorDetail() override {
+    // The last reference may drop on a batcher thread.
+    if (Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      exc_ = py::object();
+    } else {
+      exc_.release();  // interpreter gone: leak rather than touch it
+    }
+  }
+  const py::object& exception() const { return exc_; }
+
+ private:
+  py::object exc_;
+};
+
+// ---------------------------------------------------------------- dtypes
+
+std::array<py::object, 13>& DTypeObjects() {
+  static std::array<py::object, 13> objects;
+  return objects;
+}
+
+void InitDTypes() {
+  auto np = py::module_::import("numpy");
+  auto& objs = DTypeObjects();
+  for (int i = 0; i < 13; ++i) {
+    const DType dt = static_cast<DType>(i);
+    if (dt == DType::kBf16) {
+      try {
+        objs[i] = py::module_::import("ml_dtypes").attr("bfloat16");
+        objs[i] = np.attr("dtype")(objs[i]);
+      } catch (py::error_already_set&) {
+        objs[i] = np.attr("dtype")("uint16");  // raw bits when ml_dtypes is absent
+      }
+      continue;
+    }
+    objs[i] = np.attr("dtype")(DTypeName(dt));
+  }
+}
+
+bool DTypeOfArray(const py::array& arr, DType* out) {
+  const py::dtype dt = arr.dtype();
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  switch (kind) {
+    case 'b': *out = DType::kBool; return size == 1;
+    case 'f':
+      if (size == 2) *out = DType::kFp16;
+      else if (size == 4) *out = DType::kFp32;
+      else if (size == 8) *out = DType::kFp64;
+      else return false;
+      return true;
+    case 'i':
+      if (size == 1) *out = DType::kInt8;
+      else if (size == 2) *out = DType::kInt16;
+      else if (size == 4) *out = DType::kInt32;
+      else if (size == 8) *out = DType::kInt64;
+      else return false;
+      return true;
+    case 'u':
+      if (size == 1) *out = DType::kUint8;
+      else if (size == 2) *out = DType::kUint16;
+      else if (size == 4) *out = DType::kUint32;
+      else if (size == 8) *out = DType::kUint64;
+      else return false;
+      return true;
+    case 'V':
+      if (size == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16") {
+        *out = DType::kBf16;
+        return true;
+      }
+      return false;
+    default: return false;
+  }
+}
+
+void SetReadOnly(py::array& arr) {
+  py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+}
+
+// A read-only numpy view of `bytes` at `data`, kept alive by `base`.
+py::array ViewOf(const TensorSpec& spec, int64_t rows, const uint8_t* data, py::handle base) {
+  std::vector<py::ssize_t> shape;
+  shape.reserve(spec.shape.size() + 1);
+  shape.push_back(rows);
+  for (int64_t d : spec.shape) shape.push_back(d);
+  py::array arr(py::reinterpret_borrow<py::dtype>(DTypeObjects()[static_cast<int>(spec.dtype)]),
+                shape, {}, data, base);
+  SetReadOnly(arr);
+  return arr;
+}
+
+template <typename T>
+py::capsule OwnerCapsule(std::shared_ptr<T> owner) {
+  return py::capsule(new std::shared_ptr<T>(std::move(owner)),
+                     [](void* p) { delete static_cast<std::shared_ptr<T>*>(p); });
+}
+
+// One array when the model has one output, else a tuple in output order.
+py::object PackOutputs(std::vector<py::array>&& arrays) {
+  if (arrays.size() == 1) return std::move(arrays[0]);
+  py::tuple t(arrays.size());
+  for (size_t i = 0; i < arrays.size(); ++i) t[i] = std::move(arrays[i]);
+  return std::move(t);
+}
+
+py::object OutputsOfCompletion(const Completion& c, py::handle base) {
+  std::vector<py::array> arrays;
+  arrays.reserve(c.result->specs.size());
+  for (size_t i = 0; i < c.result->specs.size(); ++i) {
+    const auto& spec = c.result->specs[i];
+    const uint8_t* p = c.result->outputs[i]->data() + c.row_offset * spec.RowBytes();
+    arrays.push_back(ViewOf(spec, c.rows, p, base));
+  }
+  return PackOutputs(std::move(arrays));
+}
+
+py::object OutputsOfHit(CachedResponse& hit) {
+  py::capsule base = OwnerCapsule(hit.data);
+  std::vector<py::array> arrays;
+  for (size_t i = 0; i < hit.specs.size(); ++i) {
+    arrays.push_back(ViewOf(hit.specs[i], hit.rows, hit.data->data() + hit.offsets[i], base));
+  }
+  return PackOutputs(std::move(arrays));
+}
+
+py::object ErrorOfCompletion(const Completion& c) {
+  py::object exc = MakeError(c.status);
+  if (auto* d = dynamic_cast<PyErrorDetail*>(c.error_detail.get())) {
+    exc.attr("__cause__") = d->exception();
+  }
+  return exc;
+}
+
+// ---------------------------------------------------------------- specs
+
+TensorSpec SpecFromPy(const py::handle& obj) {
+  // Accepts any object with .name, .dtype (str) and .shape (ints), e.g. aiarch.TensorSpec.
+  TensorSpec spec;
+  spec.name = py::str(obj.attr("name")).cast<std::string>();
+  Check(DTypeFromName(py::str(obj.attr("dtype")).cast<std::string>(), &spec.dtype));
+  for (auto d : obj.attr("shape")) spec.shape.push_back(d.cast<int64_t>());
+  return spec;
+}
+
+py::tuple SpecToPy(const TensorSpec& spec) {
+  py::tuple shape(spec.shape.size());
+  for (size_t i = 0; i < spec.shape.size(); ++i) shape[i] = spec.shape[i];
+  return py::make_tuple(spec.name, DTypeName(spec.dtype), shape);
+}
+
+// ---------------------------------------------------------------- executor
+
+// Calls a Python callable once per batch, with the GIL taken once per batch.
+class PyExecutor final : public Executor {
+ public:
+  PyExecutor(std::string model, py::object fn) : model_(std::move(model)), fn_(std::move(fn)) {}
+  ~PyExecutor() override {
+    if (Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      fn_ = py::object();
+    } else {
+      fn_.release();
+    }
+  }
+
+  void SetInputSpecs(std::vector<TensorSpec> specs) { inputs_ = std::move(specs); }
+
+  Status Execute(const Batch& batch, std::vector<ExecutorOutput>* outputs,
+                 std::shared_ptr<ErrorDetail>* detail) override {
+    py::gil_scoped_acquire gil;
+    try {
+      py::tuple args(batch.inputs.size());
+      for (size_t i = 0; i < batch.inputs.size(); ++i) {
+        args[i] = ViewOf(inputs_[i], batch.padded_rows, batch.inputs[i]->data(),
+                         OwnerCapsule(batch.inputs[i]));
+      }
+      py::object result = fn_(*args);
+      std::vector<py::handle> items;
+      if (PyTuple_Check(result.ptr()) || PyList_Check(result.ptr())) {
+        for (auto item : result) items.push_back(item);
+      } else {
+        items.push_back(result);
+      }
+      if (items.empty()) return Status::ExecutionFailed("model '" + model_ + "' returned no outputs");
+      outputs->clear();
+      for (size_t i = 0; i < items.size(); ++i) {
+        // ensure() accepts anything array-like (a CPU torch tensor, a list).
+        py::array arr = py::array::ensure(items[i], py::array::c_style);
+        if (!arr) {
+          PyErr_Clear();
+          return Status::ExecutionFailed("model '" + model_ + "' output " + std::to_string(i) +
+                                         " is not array-like");
+        }
+        ExecutorOutput out;
+        if (!DTypeOfArray(arr, &out.spec.dtype)) {
+          return Status::ExecutionFailed("model '" + model_ + "' output " + std::to_string(i) +
+                                         " has unsupported dtype " +
+                                         py::str(arr.dtype()).cast<std::string>());
+        }
+        if (arr.ndim() < 1 || arr.shape(0) != batch.padded_rows) {
+          return Status::ExecutionFailed(
+              "model '" + model_ + "' output " + std::to_string(i) +
+              " must have the batch's " + std::to_string(batch.padded_rows) +
+              " rows as its first dimension, got shape " +
+              py::str(py::getattr(arr, "shape")).cast<std::string>());
+        }
+        for (py::ssize_t d = 1; d < arr.ndim(); ++d) out.spec.shape.push_back(arr.shape(d));
+        out.data = Buffer::Allocate(static_cast<size_t>(arr.nbytes()));
+        if (!out.data) return Status::Internal("out of memory copying outputs of '" + model_ + "'");
+        std::memcpy(out.data->data(), arr.data(), static_cast<size_t>(arr.nbytes()));
+        outputs->push_back(std::move(out));
+      }
+      return Status::Ok();
+    } catch (py::error_already_set& e) {
+      std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
+      std::string what = py::str(e.value()).cast<std::string>();
+      *detail = std::make_shared<PyErrorDetail>(e.value());
+      return Status::ExecutionFailed("model '" + model_ + "' raised " + type + ": " + what);
+    } catch (const std::exception& e) {
+      return Status::ExecutionFailed("model '" + model_ + "' failed: " + e.what());
+    }
+  }
+
+ private:
+  std::string model_;
+  py::object fn_;
+  std::vector<TensorSpec> inputs_;
+};
+
+// ---------------------------------------------------------------- model handle
+
+void ParseInputs(const py::handle& obj, SubmitArgs* args) {
+  auto add = [&](py::handle h) {
+    if (!py::isinstance<py::array>(h)) {
+      ThrowStatus(Status::InvalidArgument(
+          std::string("inputs must be numpy arrays (or a tuple of them); got ") +
+          Py_TYPE(h.ptr())->tp_name));
+    }
+    auto arr = py::reinterpret_borrow<py::array>(h);
+    SubmitArgs::Input in;
+    if (!DTypeOfArray(arr, &in.dtype)) {
+      ThrowStatus(Status::InvalidArgument("unsupported input dtype " +
+                                          py::str(arr.dtype()).cast<std::string>()));
+    }
+    in.data = static_cast<const uint8_t*>(arr.data());
+    in.bytes = static_cast<size_t>(arr.nbytes());
+    in.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+    in.contiguous = (arr.flags() & py::array::c_style) != 0;
+    args->inputs.push_back(std::move(in));
+  };
+  if (PyTuple_Check(obj.ptr()) || PyList_Check(obj.ptr())) {
+    for (auto item : obj) add(item);
+  } else {
+    add(obj);
+  }
+}
+
+class PyModel {
+ public:
+  PyModel(const std::string& name, py::object fn, const py::list& inputs, const py::list& outputs,
+          const BatchConfig& config, py::object cache_config, py::object clock) {
+    std::vector<TensorSpec> in_specs, out_specs;
+    for (auto s : inputs) in_specs.push_back(SpecFromPy(s));
+    for (auto s : outputs) out_specs.push_back(SpecFromPy(s));
+    auto executor = std::make_shared<PyExecutor>(name, std::move(fn));
+    executor->SetInputSpecs(in_specs);
+    std::shared_ptr<ResponseCache> cache;
+    if (!cache_config.is_none()) cache = cache_config.cast<std::shared_ptr<ResponseCache>>();
+    std::shared_ptr<Clock> c;
+    if (!clock.is_none()) c = clock.cast<std::shared_ptr<ManualClock>>();
+    Check(Batcher::Create(name, config, std::move(in_specs), std::move(out_specs),
+                          std::move(executor), std::move(c), std::move(cache), &batcher_));
+  }
+
+  ~PyModel() {
+    if (batcher_) {
+      // Workers may need the GIL to finish a batch.
+      py::gil_scoped_release release;
+      batcher_->Shutdown(/*drain=*/false);
+    }
+  }
+
+  // Returns the request id (int), or the outputs on a cache hit.
+  py::object Submit(const py::handle& inputs, int64_t timeout_ns, uint32_t priority,
+                    const std::shared_ptr<CompletionQueue>& queue) {
+    SubmitArgs args;
+    ParseInputs(inputs, &args);
+    args.timeout_ns = timeout_ns;
+    args.priority = priority;
+    args.sink = queue;
+    uint64_t id = 0;
+    CachedResponse hit;
+    Check(batcher_->Submit(args, &id, &hit));
+    if (id == 0) return OutputsOfHit(hit);
+    return py::int_(id);
+  }
+
+  py::object SubmitSync(const py::handle& inputs, int64_t timeout_ns, uint32_t priority) {
+    SubmitArgs args;
+    ParseInputs(inputs, &args);
+    args.timeout_ns = timeout_ns;
+    args.priority = priority;
+    auto sink = std::make_shared<SyncCompletion>();
+    args.sink = sink;
+    uint64_t id = 0;
+    CachedResponse hit;
+    Check(batcher_->Submit(args, &id, &hit));
+    if (id == 0) return OutputsOfHit(hit);
+    bool interrupted = false;
+    {
+      // Blocks on the completion; polls for signals so Ctrl-C still works.
+      py::gil_scoped_release release;
+      while (!sink->Wait(50'000'000)) {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) {
+          interrupted = true;
+          break;
+        }
+      }
+    }
+    if (interrupted) {
+      // The request may still hold our input bytes: wait for its completion.
+      batcher_->Cancel(id);
+      {
+        py::gil_scoped_release release;
+        sink->Wait(-1);
+      }
+      throw py::error_already_set();
+    }
+    Completion c = sink->Take();
+    if (!c.status.ok()) {
+      py::object exc = ErrorOfCompletion(c);
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+      throw py::error_already_set();
+    }
+    return OutputsOfCompletion(c, OwnerCapsule(c.result));
+  }
+
+  bool Cancel(uint64_t id) { return batcher_->Cancel(id); }
+
+  void Shutdown(bool drain) {
+    py::gil_scoped_release release;  // joins workers that may need the GIL
+    batcher_->Shutdown(drain);
+  }
+
+  py::dict Stats() const {
+    const BatcherStats s = batcher_->Stats();
+    py::dict d;
+    d["success"] = s.success;
+    d["failed"] = s.failed;
+    d["expired"] = s.expired;
+    d["rejected"] = s.rejected;
+    d["cancelled"] = s.cancelled;
+    d["batches"] = s.batches;
+    d["rows"] = s.rows;
+    d["queue_rows"] = s.queue_rows;
+    d["in_flight_batches"] = s.in_flight_batches;
+    d["queue_ns_total"] = s.queue_ns_total;
+    d["execution_ns_total"] = s.execution_ns_total;
+    d["end_to_end_ns_total"] = s.end_to_end_ns_total;
+    d["service_rate_rows_per_s"] = s.service_rate_rows_per_s;
+    return d;
+  }
+
+  HistogramSnapshot Histogram(const std::string& which) const {
+    if (which == "queue") return batcher_->queue_histogram().Snapshot();
+    if (which == "execution") return batcher_->execution_histogram().Snapshot();
+    if (which == "end_to_end") return batcher_->end_to_end_histogram().Snapshot();
+    if (which == "batch_size") return batcher_->batch_size_histogram().Snapshot();
+    ThrowStatus(Status::InvalidArgument(
+        "unknown histogram '" + which + "'; expected queue, execution, end_to_end or batch_size"));
+  }
+
+  py::list InputSpecs() const {
+    py::list l;
+    for (const auto& s : batcher_->input_specs()) l.append(SpecToPy(s));
+    return l;
+  }
+  py::list OutputSpecs() const {
+    py::list l;
+    for (const auto& s : batcher_->output_specs()) l.append(SpecToPy(s));
+    return l;
+  }
+
+ private:
+  std::unique_ptr<Batcher> batcher_;
+};
+
+py::list DrainQueue(CompletionQueue& queue) {
+  std::vector<Completion> items = queue.Drain();
+  py::list out(items.size());
+  // Completions of one batch share a result: one owner capsule per batch.
+  const BatchResult* last = nullptr;
+  py::object base;
+  for (size_t i = 0; i < items.size(); ++i) {
+    Completion& c = items[i];
+    if (c.status.ok()) {
+      if (c.result.get() != last) {
+        last = c.result.get();
+        base = OwnerCapsule(c.result);
+      }
+      out[i] = py::make_tuple(c.request_id, true, OutputsOfCompletion(c, base));
+    } else {
+      out[i] = py::make_tuple(c.request_id, false, ErrorOfCompletion(c));
+    }
+  }
+  return out;
+}
+
+Hash128 HashBytes(const py::bytes& b) {
+  std::string_view v = b;
+  Hasher h;
+  h.Update(v.data(), v.size());
+  return h.Digest();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "aiarch native core (private: use the aiarch package)";
+  m.attr("__version__") = AIARCH_VERSION;
+
+  InitDTypes();
+  {
+    py::module_ errors = py::module_::import("aiarch.errors");
+    py::dict by_code = errors.attr("ERRORS_BY_CODE");
+    for (auto kv : by_code) {
+      const int code = kv.first.cast<int>();
+      if (code > 0 && code < static_cast<int>(g_error_classes.size())) {
+        g_error_classes[code] = kv.second.ptr();
+        Py_INCREF(kv.second.ptr());
+      }
+    }
+    for (int c = 1; c < static_cast<int>(g_error_classes.size()); ++c) {
+      if (g_error_classes[c] == nullptr) {
+        throw std::runtime_error("aiarch.errors lacks a class for status code " + std::to_string(c));
+      }
+    }
+  }
+
+  py::dict codes;
+  for (int c = 0; c < static_cast<int>(g_error_classes.size()); ++c) {
+    codes[StatusCodeName(static_cast<StatusCode>(c))] = c;
+  }
+  m.attr("STATUS_CODES") = codes;
+  m.def(
+      "_raise_status",
+      [](int code, const std::string& message, double retry_after_s) {
+        Status s(static_cast<StatusCode>(code), message);
+        s.WithRetryAfter(retry_after_s);
+        Check(s);
+      },
+      py::arg("code"), py::arg("message"), py::arg("retry_after_s") = 0.0,
+      "Raises the Python error mapped from a core status code (for tests).");
+
+  // ---- clock
+  py::class_<ManualClock, std::shared_ptr<ManualClock>>(m, "ManualClock",
+                                                        "A clock that moves only on advance().")
+      .def(py::init<int64_t>(), py::arg("start_ns") = 0)
+      .def_property_readonly("now_ns", &ManualClock::NowNs)
+      .def(
+          "advance",
+          [](ManualClock& c, int64_t ns) {
+            if (ns < 0) ThrowStatus(Status::InvalidArgument("advance() needs ns >= 0"));
+            py::gil_scoped_release release;  // subscribers may run Python executors
+            c.Advance(ns);
+          },
+          py::arg("ns"),
+          "Moves time forward and returns once every batcher on this clock has acted on it.");
+
+  // ---- histograms
+  py::class_<HistogramSnapshot>(m, "HistogramSnapshot")
+      .def(py::init([](int64_t highest, int digits, py::array_t<uint64_t> counts, uint64_t clamped) {
+             std::vector<uint64_t> v(counts.data(), counts.data() + counts.size());
+             aiarch::Histogram layout(highest, digits);
+             if (v.size() != layout.counts_length()) {
+               ThrowStatus(Status::InvalidArgument(
+                   "counts has " + std::to_string(v.size()) + " entries; this layout needs " +
+                   std::to_string(layout.counts_length())));
+             }
+             return HistogramSnapshot(highest, digits, std::move(v), clamped);
+           }),
+           py::arg("highest_trackable"), py::arg("significant_digits"), py::arg("counts"),
+           py::arg("clamped") = 0)
+      .def_property_readonly("total_count", &HistogramSnapshot::total_count)
+      .def_property_readonly("clamped", &HistogramSnapshot::clamped)
+      .def_property_readonly("min", &HistogramSnapshot::Min)
+      .def_property_readonly("max", &HistogramSnapshot::Max)
+      .def_property_readonly("mean", &HistogramSnapshot::Mean)
+      .def_property_readonly("highest_trackable", &HistogramSnapshot::highest_trackable)
+      .def_property_readonly("significant_digits", &HistogramSnapshot::significant_digits)
+      .def("percentile", &HistogramSnapshot::ValueAtPercentile, py::arg("p"))
+      .def(
+          "merge",
+          [](HistogramSnapshot& self, const HistogramSnapshot& other) {
+            if (!self.Merge(other)) {
+              ThrowStatus(Status::InvalidArgument(
+                  "cannot merge histograms with different layouts (highest_trackable, "
+                  "significant_digits)"));
+            }
+          },
+          py::arg("other"))
+      .def("counts",
+           [](const HistogramSnapshot& s) {
+             return py::array_t<uint64_t>(static_cast<py::ssize_t>(s.counts().size()),
+                                          s.counts().data());
+           })
+      .def(
+          "cumulative_counts",
+          [](const HistogramSnapshot& s, const std::vector<int64_t>& bounds) {
+            // Count of recorded values whose bucket lies wholly at or below
+            // each bound (Prometheus "le" buckets).
+            std::vector<uint64_t> out(bounds.size(), 0);
+            const auto& counts = s.counts();
+            for (size_t i = 0; i < counts.size(); ++i) {
+              if (counts[i] == 0) continue;
+              const int64_t v = s.MidpointOf(i);
+              for (size_t b = 0; b < bounds.size(); ++b) {
+                if (v <= bounds[b]) out[b] += counts[i];
+              }
+            }
+            return out;
+          },
+          py::arg("bounds"));
+
+  py::class_<aiarch::Histogram>(m, "Histogram", "Log-linear latency histogram (wait-free record).")
+      .def(py::init<int64_t, int>(), py::arg("highest_trackable") = int64_t{1} << 36,
+           py::arg("significant_digits") = 3)
+      .def("record", &aiarch::Histogram::Record, py::arg("value"))
+      .def("record_n", &aiarch::Histogram::RecordN, py::arg("value"), py::arg("count"))
+      .def("record_corrected", &aiarch::Histogram::RecordCorrected, py::arg("value"),
+           py::arg("expected_interval"))
+      .def(
+          "record_many",
+          [](aiarch::Histogram& h, py::array_t<int64_t, py::array::c_style | py::array::forcecast> v) {
+            const int64_t* p = v.data();
+            const py::ssize_t n = v.size();
+            py::gil_scoped_release release;  // touches only the native histogram
+            for (py::ssize_t i = 0; i < n; ++i) h.Record(p[i]);
+          },
+          py::arg("values"))
+      .def("snapshot", &aiarch::Histogram::Snapshot)
+      .def("reset", &aiarch::Histogram::Reset)
+      .def_property_readonly("counts_length", &aiarch::Histogram::counts_length);
+
+  // ---- cache
+  py::class_<ResponseCache, std::shared_ptr<ResponseCache>>(m, "ResponseCache")
+      .def(py::init([](int64_t max_bytes, int64_t ttl_ns, int shards, int64_t buckets) {
+             CacheConfig c;
+             c.max_bytes = max_bytes;
+             c.ttl_ns = ttl_ns;
+             c.shards = shards;
+             c.buckets = buckets;
+             if (max_bytes <= 0) ThrowStatus(Status::InvalidArgument("max_bytes must be > 0"));
+             if (ttl_ns < 0) ThrowStatus(Status::InvalidArgument("ttl must be >= 0"));
+             if (shards < 1 || (shards & (shards - 1)) != 0) {
+               ThrowStatus(Status::InvalidArgument("shards must be a power of two"));
+             }
+             if (buckets < shards || (buckets & (buckets - 1)) != 0) {
+               ThrowStatus(Status::InvalidArgument("buckets must be a power of two >= shards"));
+             }
+             return std::make_shared<ResponseCache>(c);
+           }),
+           py::arg("max_bytes"), py::arg("ttl_ns") = 0, py::arg("shards") = 16,
+           py::arg("buckets") = 1 << 16)
+      .def(
+          "lookup",
+          [](ResponseCache& c, const py::bytes& key, int64_t now_ns) -> py::object {
+            std::string_view k = key;
+            py::object out = py::none();
+            c.LookupWith(HashBytes(key), reinterpret_cast<const uint8_t*>(k.data()), k.size(),
+                         now_ns, [&](const uint8_t* v, size_t n) {
+                           out = py::bytes(reinterpret_cast<const char*>(v), n);
+                         });
+            return out;
+          },
+          py::arg("key"), py::arg("now_ns") = 0)
+      .def(
+          "insert",
+          [](ResponseCache& c, const py::bytes& key, const py::bytes& value, int64_t now_ns) {
+            std::string_view k = key, v = value;
+            return c.Insert(HashBytes(key), reinterpret_cast<const uint8_t*>(k.data()), k.size(),
+                            reinterpret_cast<const uint8_t*>(v.data()), v.size(), now_ns);
+          },
+          py::arg("key"), py::arg("value"), py::arg("now_ns") = 0)
+      .def(
+          "erase",
+          [](ResponseCache& c, const py::bytes& key) {
+            std::string_view k = key;
+            return c.Erase(HashBytes(key), reinterpret_cast<const uint8_t*>(k.data()), k.size());
+          },
+          py::arg("key"))
+      .def("invalidate", &ResponseCache::Invalidate)
+      .def("clear", &ResponseCache::Clear)
+      .def_property_readonly("generation", &ResponseCache::generation)
+      .def("counters", [](const ResponseCache& c) {
+        const CacheCounters k = c.Counters();
+        py::dict d;
+        d["hits"] = k.hits;
+        d["misses"] = k.misses;
+        d["inserts"] = k.inserts;
+        d["evictions"] = k.evictions;
+        d["expirations"] = k.expirations;
+        d["rejected"] = k.rejected;
+        d["bytes"] = k.bytes;
+        d["entries"] = k.entries;
+        return d;
+      });
+
+  // ---- batching
+  py::class_<BatchConfig>(m, "BatchConfig")
+      .def(py::init([](int64_t max_batch_size, int64_t max_delay_ns,
+                       std::vector<int64_t> preferred, int64_t max_queue_rows, int instances,
+                       int priority_levels, int default_priority_level, bool drop_unreachable) {
+             BatchConfig c;
+             c.max_batch_size = max_batch_size;
+             c.max_delay_ns = max_delay_ns;
+             c.preferred_batch_sizes = std::move(preferred);
+             c.max_queue_rows = max_queue_rows;
+             c.instances = instances;
+             c.priority_levels = priority_levels;
+             c.default_priority_level = default_priority_level;
+             c.drop_unreachable = drop_unreachable;
+             Check(c.Validate());
+             return c;
+           }),
+           py::arg("max_batch_size"), py::arg("max_delay_ns"), py::arg("preferred_batch_sizes"),
+           py::arg("max_queue_rows"), py::arg("instances"), py::arg("priority_levels"),
+           py::arg("default_priority_level"), py::arg("drop_unreachable"));
+
+  py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
+      .def(py::init([] {
+        std::shared_ptr<CompletionQueue> q;
+        Check(CompletionQueue::Create(&q));
+        return q;
+      }))
+      .def_property_readonly("fd", &CompletionQueue::fd)
+      .def("drain", &DrainQueue,
+           "Takes every finished request: a list of (request_id, ok, outputs-or-exception).");
+
+  py::class_<PyModel>(m, "Model")
+      .def(py::init<const std::string&, py::object, const py::list&, const py::list&,
+                    const BatchConfig&, py::object, py::object>(),
+           py::arg("name"), py::arg("fn"), py::arg("inputs"), py::arg("outputs"),
+           py::arg("batching"), py::arg("cache") = py::none(), py::arg("clock") = py::none())
+      .def("submit", &PyModel::Submit, py::arg("inputs"), py::arg("timeout_ns"),
+           py::arg("priority"), py::arg("queue"))
+      .def("submit_sync", &PyModel::SubmitSync, py::arg("inputs"), py::arg("timeout_ns"),
+           py::arg("priority"))
+      .def("cancel", &PyModel::Cancel, py::arg("request_id"))
+      .def("shutdown", &PyModel::Shutdown, py::arg("drain"))
+      .def("stats", &PyModel::Stats)
+      .def("histogram", &PyModel::Histogram, py::arg("which"))
+      .def("input_specs", &PyModel::InputSpecs)
+      .def("output_specs", &PyModel::OutputSpecs);
+}

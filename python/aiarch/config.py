@@ -1,0 +1,94 @@
+"""Configuration of the runtime's per-model batching and caching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["BatchConfig", "CacheConfig", "TensorSpec"]
+
+_DTYPES = (
+    "bool",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model: name, dtype and the shape of one row."""
+
+    name: str
+    """Tensor name, as used by the v2 protocol and by mapping-style inputs."""
+    dtype: str = "float32"
+    """numpy dtype name: bool, (u)int8..64, float16, bfloat16, float32 or float64."""
+    shape: tuple[int, ...] = ()
+    """Dimensions after the batch (row) dimension; all fixed."""
+
+    def __post_init__(self) -> None:
+        dtype = self.dtype if isinstance(self.dtype, str) else np.dtype(self.dtype).name
+        if dtype not in _DTYPES:
+            raise ValueError(f"TensorSpec {self.name!r}: unknown dtype {dtype!r}; expected one of {_DTYPES}")
+        object.__setattr__(self, "dtype", dtype)
+        shape = tuple(int(d) for d in self.shape)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"TensorSpec {self.name!r}: dims after the batch dim must be >= 0, got {shape}")
+        object.__setattr__(self, "shape", shape)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How the native batcher forms batches for one model."""
+
+    max_batch_size: int = 64
+    """Most rows in one batch (and in one request)."""
+    max_delay_us: float = 500.0
+    """Longest the oldest queued request waits for others before its batch closes."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes the model runs best at; a batch is zero-padded up to the next one."""
+    max_queue_rows: int = 4096
+    """Admission bound: submits beyond it fail at once with ResourceExhaustedError."""
+    instances: int = 1
+    """Batches in flight at once (executor threads)."""
+    priority_levels: int = 1
+    """Priority levels 1..N (1 is served first); requests pick one with ``priority``."""
+    default_priority_level: int = 0
+    """Level of requests that give no priority; 0 means the lowest level."""
+    drop_unreachable: bool = True
+    """Expire requests whose deadline the measured execution time can no longer meet."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "preferred_batch_sizes", tuple(int(s) for s in self.preferred_batch_sizes))
+        if self.max_delay_us < 0:
+            raise ValueError(f"BatchConfig.max_delay_us must be >= 0, got {self.max_delay_us}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The per-model response cache."""
+
+    max_bytes: int = 64 << 20
+    """Byte budget over keys, values and per-entry overhead."""
+    ttl_s: float = 0.0
+    """Entries older than this are not served; 0 keeps them until evicted."""
+    shards: int = 16
+    """Writer lock shards (a power of two); readers never lock."""
+    buckets: int = field(default=1 << 16)
+    """Hash buckets across all shards (a power of two)."""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0:
+            raise ValueError(f"CacheConfig.max_bytes must be > 0, got {self.max_bytes}")
+        if self.ttl_s < 0:
+            raise ValueError(f"CacheConfig.ttl_s must be >= 0, got {self.ttl_s}")

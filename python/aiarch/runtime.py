@@ -1,0 +1,523 @@
+"""The embeddable runtime: models behind native batchers, caches and histograms.
+
+Threading model
+---------------
+``Runtime.infer`` runs on an asyncio event loop (the default loop or uvloop).
+Each loop that uses the runtime gets one native completion queue whose file
+descriptor the loop watches; a batcher thread wakes the loop once per batch,
+and the loop resolves every future of that batch in one pass. ``infer_sync``
+blocks the calling thread (with the GIL released) and may be used from any
+number of plain threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import math
+import re
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aiarch import _core
+from aiarch.config import BatchConfig, CacheConfig, TensorSpec
+from aiarch.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+
+__all__ = ["ModelInfo", "Runtime"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
+_HISTOGRAMS = ("queue", "execution", "end_to_end")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime knows about one loaded model."""
+
+    name: str
+    """Model name."""
+    version: str
+    """Version label given to add_model."""
+    inputs: tuple[TensorSpec, ...]
+    """Input specs (empty until the first request when none were declared)."""
+    outputs: tuple[TensorSpec, ...]
+    """Output specs (empty until the first batch when none were declared or warmed up)."""
+    batching: BatchConfig
+    """Batch policy."""
+    cache: CacheConfig | None
+    """Response cache settings, or None when caching is off."""
+    ready: bool
+    """True once the model can serve (loaded and, when possible, warmed up)."""
+
+
+class _Model:
+    """Runtime-side state of one model. The native handle may be created lazily."""
+
+    __slots__ = ("batching", "cache", "cache_config", "fn", "handle", "inputs", "lock", "name",
+                 "outputs", "version")
+
+    def __init__(self, name: str, fn: Callable[..., Any], version: str, batching: BatchConfig,
+                 cache_config: CacheConfig | None) -> None:
+        self.name = name
+        self.fn = fn
+        self.version = version
+        self.batching = batching
+        self.cache_config = cache_config
+        self.cache: Any = None
+        self.handle: Any = None
+        self.inputs: tuple[TensorSpec, ...] = ()
+        self.outputs: tuple[TensorSpec, ...] = ()
+        self.lock = threading.Lock()
+
+    def normalize(self, inputs: Any) -> Any:
+        """Turns any accepted input form into an ndarray or a tuple of ndarrays.
+
+        Called once per request that is not already a single ndarray.
+        """
+        specs = self.inputs
+        if isinstance(inputs, Mapping):
+            if not specs:
+                raise InvalidArgumentError(
+                    f"model {self.name!r} has no declared inputs; pass arrays in order, not by name")
+            names = [s.name for s in specs]
+            unknown = sorted(set(inputs) - set(names))
+            missing = [n for n in names if n not in inputs]
+            if unknown or missing:
+                raise InvalidArgumentError(
+                    f"model {self.name!r} expects inputs {names}; "
+                    f"missing {missing}, unknown {unknown}")
+            return tuple(self._as_array(inputs[s.name], s) for s in specs)
+        if isinstance(inputs, (tuple, list)):
+            if len(specs) <= 1 and not any(isinstance(x, np.ndarray) for x in inputs):
+                # A nested list of numbers for a single-input model.
+                return self._as_array(inputs, specs[0] if specs else None)
+            return tuple(self._as_array(x, specs[i] if i < len(specs) else None)
+                         for i, x in enumerate(inputs))
+        return self._as_array(inputs, specs[0] if specs else None)
+
+    @staticmethod
+    def _as_array(x: Any, spec: TensorSpec | None) -> np.ndarray:
+        if isinstance(x, np.ndarray):
+            return x
+        # Array-likes (a CPU torch tensor, a memoryview) convert without a
+        # copy; plain Python numbers take the declared dtype.
+        if hasattr(x, "__array__") or hasattr(x, "__array_interface__") or isinstance(x, memoryview):
+            return np.asarray(x)
+        dtype = spec.dtype if spec is not None and spec.dtype != "bfloat16" else None
+        try:
+            return np.asarray(x, dtype=dtype)
+        except (TypeError, ValueError) as e:
+            where = f"input {spec.name!r}" if spec else "input"
+            raise InvalidArgumentError(f"{where}: cannot convert {type(x).__name__} to an array "
+                                       f"of {dtype or 'numbers'}: {e}") from None
+
+
+class _LoopState:
+    """One event loop's completion queue and its requests in flight."""
+
+    __slots__ = ("loop", "pending", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue = _core.CompletionQueue()
+        # request id -> (future, inputs). Holding the inputs keeps their bytes
+        # alive until the batcher has copied them into a batch.
+        self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+
+
+_live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_runtimes() -> None:
+    # Batcher threads must be joined while the interpreter can still give
+    # them the GIL.
+    for rt in list(_live_runtimes):
+        rt.close(drain=False)
+
+
+def _timeout_ns(timeout_s: float | None) -> int:
+    if timeout_s is None or timeout_s == math.inf:
+        return 0
+    if not timeout_s > 0:
+        raise InvalidArgumentError(f"timeout_s must be > 0, got {timeout_s}")
+    return max(1, int(timeout_s * 1e9))
+
+
+class Runtime:
+    """Models served through native dynamic batchers, response caches and histograms.
+
+    Example::
+
+        rt = aiarch.Runtime()
+        rt.add_model("double", lambda x: x * 2,
+                     inputs=[aiarch.TensorSpec("x", "float32", (4,))])
+        y = rt.infer_sync("double", np.ones((1, 4), np.float32))
+    """
+
+    def __init__(self, *, clock: _core.ManualClock | None = None) -> None:
+        """``clock``: a :class:`aiarch.ManualClock` for tests; the steady clock by default."""
+        self._clock = clock
+        self._models: dict[str, _Model] = {}
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        _live_runtimes.add(self)
+
+    # ------------------------------------------------------------ models
+
+    def add_model(
+        self,
+        name: str,
+        model: Callable[..., Any],
+        *,
+        inputs: Sequence[TensorSpec] | None = None,
+        outputs: Sequence[TensorSpec] | None = None,
+        version: str = "1",
+        batching: BatchConfig | None = None,
+        cache: CacheConfig | bool | None = None,
+        warmup: bool = True,
+    ) -> ModelInfo:
+        """Loads a model under ``name``.
+
+        ``model`` is called once per batch, on a batcher thread, with one array
+        per input whose first dimension is the batch's rows; it returns an
+        array or a tuple of arrays with the same number of rows. When
+        ``inputs``/``outputs`` are omitted, ``model.inputs``/``model.outputs``
+        are used if present; otherwise the first request fixes the input specs.
+        With inputs known and ``warmup``, the model is called once on a zero
+        row before it is marked ready, which also learns its output specs.
+        """
+        if self._closed:
+            raise UnavailableError("runtime is closed")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise InvalidArgumentError(
+                f"model name {name!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit")
+        if not callable(model):
+            raise InvalidArgumentError(f"model {name!r}: expected a callable, got {type(model).__name__}")
+        if batching is None:
+            batching = BatchConfig()
+        if cache is True:
+            cache = CacheConfig()
+        elif cache is False:
+            cache = None
+        inputs = inputs if inputs is not None else getattr(model, "inputs", None)
+        outputs = outputs if outputs is not None else getattr(model, "outputs", None)
+
+        m = _Model(name, model, str(version), batching, cache)
+        with self._lock:
+            if name in self._models:
+                raise AlreadyExistsError(f"model {name!r} is already loaded; remove_model() it first")
+            self._models[name] = m
+        try:
+            if inputs:
+                m.inputs = tuple(_spec(s) for s in inputs)
+                m.outputs = tuple(_spec(s) for s in outputs) if outputs else ()
+                if warmup:
+                    m.outputs = self._warm_up(m)
+                self._create_handle(m)
+        except BaseException:
+            with self._lock:
+                self._models.pop(name, None)
+            raise
+        return self.model_info(name)
+
+    def remove_model(self, name: str, *, drain: bool = True) -> None:
+        """Unloads a model. With ``drain``, queued requests run first; otherwise
+        they fail with UnavailableError. Blocks until its batchers stopped."""
+        with self._lock:
+            m = self._models.pop(name, None)
+        if m is None:
+            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+        if m.handle is not None:
+            m.handle.shutdown(drain)
+
+    def models(self) -> list[str]:
+        """Names of the loaded models."""
+        return sorted(self._models)
+
+    def model_info(self, name: str) -> ModelInfo:
+        """Specs, configuration and readiness of one model."""
+        m = self._get(name)
+        outputs = m.outputs
+        if not outputs and m.handle is not None:
+            outputs = tuple(TensorSpec(n, d, s) for n, d, s in m.handle.output_specs())
+            m.outputs = outputs
+        return ModelInfo(name=m.name, version=m.version, inputs=m.inputs, outputs=outputs,
+                         batching=m.batching, cache=m.cache_config,
+                         ready=m.handle is not None or not m.inputs)
+
+    def invalidate_cache(self, name: str) -> None:
+        """Makes every cached response of ``name`` unreachable (a generation bump)."""
+        m = self._get(name)
+        if m.cache is not None:
+            m.cache.invalidate()
+
+    # ------------------------------------------------------------ inference
+
+    async def infer(self, name: str, inputs: Any, *, timeout_s: float | None = None,
+                    priority: int = 0) -> Any:
+        """Runs one request through the model's batcher; awaits its outputs.
+
+        ``inputs``: an ndarray (single-input model), a sequence of arrays in
+        input order, or a mapping by input name; each has the rows first.
+        Returns an ndarray for a single-output model, else a tuple — read-only
+        views of the batch's result. ``timeout_s`` is enforced while queued: an
+        expired request is never executed (DeadlineExceededError).
+        ``priority``: 0 = the model's default level, 1 = highest.
+        Cancelling the awaiting task cancels the queued request.
+        """
+        m = self._models.get(name)
+        if m is None:
+            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+        x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
+        handle = m.handle if m.handle is not None else self._create_handle(m, x)
+        loop = asyncio.get_running_loop()
+        st = self._loops.get(loop)
+        if st is None:
+            st = self._attach(loop)
+        r = handle.submit(x, _timeout_ns(timeout_s), priority, st.queue)
+        if r.__class__ is not int:
+            return r  # answered from the cache
+        fut = loop.create_future()
+        st.pending[r] = (fut, x)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                handle.cancel(r)
+            raise
+
+    def infer_sync(self, name: str, inputs: Any, *, timeout_s: float | None = None,
+                   priority: int = 0) -> Any:
+        """Blocking form of :meth:`infer` for plain threads (the GIL is released while waiting)."""
+        m = self._get(name)
+        x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
+        handle = m.handle if m.handle is not None else self._create_handle(m, x)
+        return handle.submit_sync(x, _timeout_ns(timeout_s), priority)
+
+    # ------------------------------------------------------------ observability
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """Counters, queue depth and latency percentiles (µs) of one model."""
+        m = self._get(name)
+        out: dict[str, Any] = {"model": m.name, "version": m.version}
+        if m.handle is None:
+            out.update(requests=dict.fromkeys(("success", "failed", "expired", "rejected",
+                                               "cancelled"), 0),
+                       batches=0, rows=0, queue_rows=0, in_flight_batches=0,
+                       latency_us={k: _summary_us(None) for k in _HISTOGRAMS},
+                       totals_ns=dict.fromkeys(_HISTOGRAMS, 0),
+                       batch_size={"mean": 0.0, "max": 0, "counts": {}},
+                       cache=None, service_rate_rows_per_s=0.0)
+            return out
+        s = m.handle.stats()
+        out["requests"] = {k: s[k] for k in ("success", "failed", "expired", "rejected", "cancelled")}
+        out["batches"] = s["batches"]
+        out["rows"] = s["rows"]
+        out["queue_rows"] = s["queue_rows"]
+        out["in_flight_batches"] = s["in_flight_batches"]
+        out["latency_us"] = {k: _summary_us(m.handle.histogram(k)) for k in _HISTOGRAMS}
+        out["totals_ns"] = {k: s[f"{k}_ns_total"] for k in _HISTOGRAMS}
+        bs = m.handle.histogram("batch_size")
+        counts = bs.counts()
+        nz = np.flatnonzero(counts)
+        # Batch sizes are small integers: below 2048 every bucket is exact.
+        out["batch_size"] = {"mean": bs.mean if bs.total_count else 0.0, "max": bs.max,
+                             "counts": {int(i): int(counts[i]) for i in nz if i < 2048}}
+        out["cache"] = None if m.cache is None else m.cache.counters()
+        out["service_rate_rows_per_s"] = s["service_rate_rows_per_s"]
+        return out
+
+    def histograms(self, name: str) -> dict[str, _core.HistogramSnapshot]:
+        """Snapshots of the native histograms: queue, execution, end_to_end (ns), batch_size (rows)."""
+        m = self._get(name)
+        if m.handle is None:
+            return {}
+        return {k: m.handle.histogram(k) for k in (*_HISTOGRAMS, "batch_size")}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self, *, drain: bool = True) -> None:
+        """Stops every model (draining queued requests when ``drain``) and
+        resolves what is in flight. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            models = list(self._models.values())
+            self._models.clear()
+        for m in models:
+            if m.handle is not None:
+                m.handle.shutdown(drain)
+        # Every request now has its completion queued: resolve them, then
+        # stop watching the queues.
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, st in list(self._loops.items()):
+            if loop is current:
+                self._finish_loop(st)
+            elif not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._finish_loop, st)
+                except RuntimeError:
+                    pass  # the loop closed meanwhile
+        _live_runtimes.discard(self)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _get(self, name: str) -> _Model:
+        m = self._models.get(name)
+        if m is None:
+            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+        return m
+
+    def _warm_up(self, m: _Model) -> tuple[TensorSpec, ...]:
+        """Calls the model once on zero rows; returns the output specs it produced."""
+        rows = m.batching.preferred_batch_sizes[0] if m.batching.preferred_batch_sizes else 1
+        args = [np.zeros((rows, *s.shape), dtype=_np_dtype(s.dtype)) for s in m.inputs]
+        result = m.fn(*args)
+        results = list(result) if isinstance(result, (tuple, list)) else [result]
+        learned = []
+        for i, r in enumerate(results):
+            a = np.asarray(r)
+            if a.ndim < 1 or a.shape[0] != rows:
+                raise InvalidArgumentError(
+                    f"model {m.name!r}: warm-up output {i} has shape {a.shape}; "
+                    f"expected {rows} row(s) first")
+            name = m.outputs[i].name if i < len(m.outputs) else f"output{i}"
+            learned.append(TensorSpec(name, a.dtype.name, a.shape[1:]))
+        if m.outputs and len(m.outputs) != len(learned):
+            raise InvalidArgumentError(
+                f"model {m.name!r} declares {len(m.outputs)} outputs but returned {len(learned)}")
+        for declared, got in zip(m.outputs, learned):
+            if (declared.dtype, declared.shape) != (got.dtype, got.shape):
+                raise InvalidArgumentError(
+                    f"model {m.name!r} output {declared.name!r} declared {declared.dtype}"
+                    f"{list(declared.shape)} per row but the model returned {got.dtype}{list(got.shape)}")
+        return tuple(learned)
+
+    def _create_handle(self, m: _Model, first_request: Any = None) -> Any:
+        """Creates the native batcher; without declared inputs, takes the specs
+        from the first request."""
+        with m.lock:
+            if m.handle is not None:
+                return m.handle
+            if not m.inputs:
+                arrays = first_request if isinstance(first_request, tuple) else (first_request,)
+                specs = []
+                for i, a in enumerate(arrays):
+                    if not isinstance(a, np.ndarray) or a.ndim < 1:
+                        raise InvalidArgumentError(
+                            f"model {m.name!r}: the first request fixes the input specs and needs "
+                            "arrays with a leading row dimension")
+                    specs.append(TensorSpec(f"input{i}", a.dtype.name, a.shape[1:]))
+                m.inputs = tuple(specs)
+            b = m.batching
+            native_batching = _core.BatchConfig(
+                max_batch_size=b.max_batch_size, max_delay_ns=int(b.max_delay_us * 1000),
+                preferred_batch_sizes=list(b.preferred_batch_sizes),
+                max_queue_rows=b.max_queue_rows, instances=b.instances,
+                priority_levels=b.priority_levels, default_priority_level=b.default_priority_level,
+                drop_unreachable=b.drop_unreachable)
+            if m.cache_config is not None and m.cache is None:
+                c = m.cache_config
+                m.cache = _core.ResponseCache(max_bytes=c.max_bytes, ttl_ns=int(c.ttl_s * 1e9),
+                                              shards=c.shards, buckets=c.buckets)
+            m.handle = _core.Model(m.name, m.fn, list(m.inputs), list(m.outputs), native_batching,
+                                   m.cache, self._clock)
+            return m.handle
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
+        with self._lock:
+            st = self._loops.get(loop)
+            if st is None:
+                if self._closed:
+                    raise UnavailableError("runtime is closed")
+                # Forget loops that closed with nothing in flight.
+                for old in [lp for lp, s in self._loops.items() if lp.is_closed() and not s.pending]:
+                    del self._loops[old]
+                st = _LoopState(loop)
+                loop.add_reader(st.queue.fd, self._drain, st)
+                self._loops[loop] = st
+        return st
+
+    @staticmethod
+    def _drain(st: _LoopState) -> None:
+        """Resolves every finished request; runs on the loop once per wake-up."""
+        pending = st.pending
+        for rid, ok, value in st.queue.drain():
+            entry = pending.pop(rid, None)
+            if entry is None:
+                continue
+            fut = entry[0]
+            if fut.done():
+                continue  # cancelled by its caller
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _finish_loop(self, st: _LoopState) -> None:
+        self._drain(st)
+        if not st.pending:
+            try:
+                st.loop.remove_reader(st.queue.fd)
+            except (RuntimeError, ValueError):
+                pass
+
+
+def _spec(s: Any) -> TensorSpec:
+    if isinstance(s, TensorSpec):
+        return s
+    if isinstance(s, Mapping):
+        return TensorSpec(s["name"], s.get("dtype", "float32"), tuple(s.get("shape", ())))
+    if isinstance(s, (tuple, list)) and len(s) == 3:
+        return TensorSpec(s[0], s[1], tuple(s[2]))
+    raise InvalidArgumentError(f"expected a TensorSpec, got {s!r}")
+
+
+def _np_dtype(name: str) -> Any:
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+
+            return ml_dtypes.bfloat16
+        except ImportError:
+            return np.uint16
+    return np.dtype(name)
+
+
+def _summary_us(h: Any) -> dict[str, float]:
+    if h is None or h.total_count == 0:
+        return {"count": 0, "mean": 0.0, **{k: 0.0 for k, _ in _PERCENTILES}, "max": 0.0}
+    out = {"count": h.total_count, "mean": h.mean / 1e3}
+    for k, p in _PERCENTILES:
+        out[k] = h.percentile(p) / 1e3
+    out["max"] = h.max / 1e3
+    return out

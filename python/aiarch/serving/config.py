@@ -1,0 +1,227 @@
+"""Configuration of `aiarch serve`: server, HTTP limits and per-model settings.
+
+Every field has a default and a docstring (the attribute docstring right below it). The CLI builds a
+`ServeConfig` from flags and an optional TOML/JSON file; embedders construct it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "HttpLimits",
+    "ModelConfig",
+    "ServeConfig",
+    "load_config_file",
+    "validate_model_name",
+]
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+def validate_model_name(name: str) -> str:
+    """Return `name` if it is a safe model name, else raise ValueError.
+
+    Names may appear in file paths (model repositories, registry artifacts), so they are restricted
+    to letters, digits, `_`, `.`, `-`, must start with a letter or digit and may not contain `..`.
+    """
+    if not _MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"invalid model name {name!r}: use 1-128 of [A-Za-z0-9_.-], starting with a letter "
+            "or digit, without '..'"
+        )
+    return name
+
+
+@dataclass
+class HttpLimits:
+    """Per-connection limits of the HTTP/1.1 front end."""
+
+    max_body_bytes: int = 64 << 20
+    """Largest accepted request body (after decompression); larger bodies get 413."""
+
+    max_header_bytes: int = 16 << 10
+    """Largest request line + header block; larger gets 431 and the connection closes."""
+
+    max_headers: int = 100
+    """Most header fields per request; more gets 431 and the connection closes."""
+
+    max_pipelined: int = 64
+    """Requests of one connection in flight at once; reading pauses beyond this (back-pressure)."""
+
+    idle_timeout_s: float = 75.0
+    """Keep-alive connections idle this long are closed (checked every few seconds)."""
+
+    compress_min_bytes: int = 1024
+    """Infer responses at least this large are compressed when the client sends Accept-Encoding."""
+
+
+@dataclass
+class ModelConfig:
+    """One model the server loads: where it comes from and how the runtime batches and caches it."""
+
+    name: str = ""
+    """Model name used in URLs (`/v2/models/{name}`); validated by `validate_model_name`."""
+
+    source: str = ""
+    """Where the model comes from, e.g. `package.module:attr` or `path/to/file.py:attr`
+    (see `aiarch.serving.loader` for the accepted forms)."""
+
+    version: str = "1"
+    """Version string reported in metadata and accepted in `/versions/{n}` paths."""
+
+    batching: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for `aiarch.BatchConfig` (max_batch_size, max_delay_us,
+    preferred_batch_sizes, max_queue_rows, instances, priority_levels); unset keys keep the
+    runtime defaults."""
+
+    cache: dict[str, Any] | None = None
+    """Keyword arguments for `aiarch.CacheConfig` (max_bytes, ttl_s), or None for no cache."""
+
+    warmup: bool = True
+    """Run one zero batch at load so the model is warm before readiness turns true."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything `aiarch serve` needs to run."""
+
+    host: str = "127.0.0.1"
+    """Address to bind. Loopback by default; binding elsewhere requires an auth token for
+    repository load/unload."""
+
+    port: int = 8000
+    """TCP port (0 picks a free one)."""
+
+    workers: int = 1
+    """Processes sharing the port through SO_REUSEPORT; each has its own Runtime and models."""
+
+    models: list[ModelConfig] = field(default_factory=list)
+    """Models to load at start-up, in order."""
+
+    auth_token: str | None = None
+    """Bearer token required for repository load/unload (env AIARCH_AUTH_TOKEN). Without it,
+    load/unload is allowed only when the server is bound to loopback."""
+
+    request_timeout_s: float | None = None
+    """Default per-request deadline when the request carries none (None = no deadline)."""
+
+    drain_timeout_s: float = 30.0
+    """On SIGTERM/SIGINT, how long in-flight requests may take before connections are closed."""
+
+    backlog: int = 2048
+    """listen() backlog."""
+
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    """HTTP limits (body size, header size and count, pipelining, idle timeout)."""
+
+    runtime_factory: str = "aiarch:Runtime"
+    """`module:attr` (or `file.py:attr`) of a zero-argument callable returning the Runtime;
+    it is resolved inside every worker process."""
+
+    log_level: str = "info"
+    """Logging level of the server (`debug`, `info`, `warning`, `error`)."""
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server is bound to a loopback address only."""
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    def resolved_auth_token(self) -> str | None:
+        """The configured token, else the AIARCH_AUTH_TOKEN environment variable, else None."""
+        return self.auth_token or os.environ.get("AIARCH_AUTH_TOKEN") or None
+
+
+_BATCH_KEYS = {
+    "max_batch_size",
+    "max_delay_us",
+    "preferred_batch_sizes",
+    "max_queue_rows",
+    "instances",
+    "priority_levels",
+}
+_CACHE_KEYS = {"max_bytes", "ttl_s"}
+
+
+def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
+    if isinstance(table, str):
+        table = {"source": table}
+    if not isinstance(table, dict):
+        raise ValueError(f"model {name!r}: expected a table or a source string")
+    unknown = set(table) - {"source", "version", "batching", "cache", "warmup"}
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
+    batching = dict(table.get("batching") or {})
+    bad = set(batching) - _BATCH_KEYS
+    if bad:
+        raise ValueError(f"model {name!r}: unknown batching keys {sorted(bad)}")
+    if "preferred_batch_sizes" in batching:
+        batching["preferred_batch_sizes"] = tuple(batching["preferred_batch_sizes"])
+    cache = table.get("cache")
+    if cache is not None:
+        if cache is False:
+            cache = None
+        elif cache is True:
+            cache = {}
+        else:
+            cache = dict(cache)
+            bad = set(cache) - _CACHE_KEYS
+            if bad:
+                raise ValueError(f"model {name!r}: unknown cache keys {sorted(bad)}")
+    source = str(table.get("source", ""))
+    # A relative file source is relative to the config file, not the working directory.
+    path_part = source.rsplit(":", 1)[0]
+    if path_part.endswith(".py") and not os.path.isabs(path_part):
+        source = str(base_dir / path_part) + source[len(path_part) :]
+    return ModelConfig(
+        name=validate_model_name(name),
+        source=source,
+        version=str(table.get("version", "1")),
+        batching=batching,
+        cache=cache,
+        warmup=bool(table.get("warmup", True)),
+    )
+
+
+def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[ModelConfig]]:
+    """Read a TOML (`.toml`) or JSON config file.
+
+    Layout (TOML shown; JSON is the same tree)::
+
+        [server]            # optional: any ServeConfig field given as a flag (host, port, ...)
+        port = 8000
+        [models.mlp]
+        source = "mypkg.models:mlp"
+        version = "1"
+        batching = { max_batch_size = 64, max_delay_us = 500 }
+        cache = { max_bytes = 67108864, ttl_s = 30.0 }
+
+    Returns (server overrides, models).
+    """
+    p = Path(path)
+    raw = p.read_bytes()
+    if p.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        tree = tomllib.loads(raw.decode())
+    else:
+        tree = json.loads(raw)
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: top level must be a table/object")
+    server = dict(tree.get("server") or {})
+    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"models", "limits"}
+    bad = set(server) - known
+    if bad:
+        raise ValueError(f"{path}: unknown [server] keys {sorted(bad)}")
+    models = [
+        _model_from_table(name, table, p.parent) for name, table in (tree.get("models") or {}).items()
+    ]
+    return server, models

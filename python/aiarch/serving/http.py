@@ -1,0 +1,446 @@
+"""HTTP/1.1 front end: an asyncio.Protocol driving httptools' C parser.
+
+One `HttpProtocol` per connection. Keep-alive and pipelining are supported; responses leave in
+request order through a per-connection queue of `Pending` slots, so a slow request never lets a
+later one overtake it and one bad request never touches another connection. Parsing, routing and
+the handler all run in the loop thread: Python runs once per request, with no thread hop.
+
+Limits (`HttpLimits`): header block size and count (431), body size before and after
+decompression (413), requests in flight per connection (reading pauses: back-pressure). Malformed
+HTTP gets 400 and the connection is closed after the responses already owed are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+
+from .config import HttpLimits
+from .errors import error_body
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["Handler", "HttpProtocol", "Pending", "Request", "build_response"]
+
+log = logging.getLogger("aiarch.serving")
+
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_STATUS_LINE = {code: f"HTTP/1.1 {code} {reason}\r\n".encode() for code, reason in _REASONS.items()}
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+OCTETS = b"application/octet-stream"
+
+# Headers the server reads; every other header is counted and dropped.
+_WANTED = frozenset(
+    {
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"accept-encoding",
+        b"expect",
+        b"authorization",
+        b"inference-header-content-length",
+        b"x-request-timeout-ms",
+    }
+)
+_SMALL_WRITE = 64 << 10  # join parts into one buffer below this size
+
+
+def build_response(
+    status: int,
+    body: bytes = b"",
+    content_type: bytes = JSON,
+    headers: Iterable[tuple[str, str]] = (),
+    keep_alive: bool = True,
+    extra: list[Any] | None = None,
+) -> bytes | list[Any]:
+    """Serialize a response. `extra` are buffers sent after `body` (binary tensors): the result is
+    then a list of buffers for `transport.writelines`, else one bytes object."""
+    length = len(body)
+    if extra:
+        for buf in extra:
+            length += buf.nbytes if hasattr(buf, "nbytes") else len(buf)
+    head = _STATUS_LINE.get(status) or f"HTTP/1.1 {status} Status\r\n".encode()
+    lines = b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, length)
+    for name, value in headers:
+        lines += f"{name}: {value}\r\n".encode("latin-1")
+    if not keep_alive:
+        lines += b"connection: close\r\n"
+    if not extra:
+        return head + lines + b"\r\n" + body
+    parts: list[Any] = [head + lines + b"\r\n" + body]
+    for buf in extra:
+        parts.append(memoryview(buf).cast("B") if not isinstance(buf, bytes) else buf)
+    if length < _SMALL_WRITE:
+        return b"".join(parts)
+    return parts
+
+
+def error_response(status: int, message: str, keep_alive: bool = True,
+                   headers: Iterable[tuple[str, str]] = ()) -> bytes | list[Any]:
+    """`{"error": message}` with `status`."""
+    return build_response(status, error_body(message), JSON, headers, keep_alive)
+
+
+class Request:
+    """One parsed request. `headers` holds only the header names the server reads (lowercase
+    bytes → bytes); `body` is the whole (decompressed) body."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+
+    def __init__(
+        self,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        keep_alive: bool,
+    ):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class Pending:
+    """A response slot reserved in request order; `resolve` fills it (once), possibly later.
+
+    `future` is what the handler waits on; it is cancelled if the client disconnects first.
+    """
+
+    __slots__ = ("conn", "data", "future", "keep_alive")
+
+    def __init__(self, conn: HttpProtocol | None):
+        self.conn = conn
+        self.data: bytes | list[Any] | None = None
+        self.keep_alive = True
+        self.future: asyncio.Future[Any] | None = None
+
+    def resolve(self, data: bytes | list[Any], keep_alive: bool) -> None:
+        """Fill the slot and write every response now at the head of the queue. Called once, in
+        the loop thread."""
+        self.data = data
+        self.keep_alive = keep_alive
+        conn = self.conn
+        if conn is not None:
+            conn._flush()
+
+
+class Handler(Protocol):
+    """What the protocol dispatches to: `handle` is called once per request, in the loop, and
+    must answer through `conn.respond(...)` or `conn.defer()`; it must not raise."""
+
+    def handle(self, req: Request, conn: HttpProtocol) -> None: ...
+
+
+class ServerState(Protocol):
+    handler: Handler
+    limits: HttpLimits
+    connections: set[HttpProtocol]
+    draining: bool
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection. Not thread-safe: everything runs in the loop thread."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_closing",
+        "_discard_input",
+        "_header_bytes",
+        "_header_count",
+        "_headers",
+        "_in_request",
+        "_limits",
+        "_parser",
+        "_queue",
+        "_read_paused",
+        "_state",
+        "_url",
+        "_write_paused",
+        "last_active",
+        "transport",
+    )
+
+    def __init__(self, state: ServerState):
+        self._state = state
+        self._limits = state.limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Pending] = deque()
+        self._closing = False
+        self._discard_input = False
+        self._in_request = False
+        self._read_paused = False
+        self._write_paused = False
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._header_count = 0
+        self.transport: asyncio.Transport | None = None
+        self.last_active = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._state.connections.add(self)
+        self.last_active = asyncio.get_running_loop().time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._state.connections.discard(self)
+        queue, self._queue = self._queue, deque()
+        for p in queue:  # the client is gone: cancel what it still waits for
+            p.conn = None
+            fut = p.future
+            if fut is not None and not fut.done():
+                fut.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._discard_input:
+            return
+        self.last_active = asyncio.get_running_loop().time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            ctx = e.__context__
+            if isinstance(ctx, _Reject):
+                self._fail(ctx.status, ctx.message)
+            else:
+                log.exception("HTTP callback failed", exc_info=ctx or e)
+                self._fail(500, "internal error")
+        except httptools.HttpParserUpgrade:
+            # Protocol upgrades (h2c, websocket) are not offered; answer what was parsed, then close.
+            if self._in_request:
+                self._fail(400, "protocol upgrade is not supported")
+            else:
+                self._close_when_flushed()
+        except httptools.HttpParserError as e:
+            self._fail(400, f"malformed HTTP request: {e}")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_request = True
+        self._url = b""
+        self._headers = {}
+        self._body = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise _Reject(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if (
+            self._header_count > self._limits.max_headers
+            or self._header_bytes > self._limits.max_header_bytes
+        ):
+            raise _Reject(431, "request header fields too large")
+        name = name.lower()
+        if name in _WANTED:
+            self._headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        headers = self._headers
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
+            raise _Reject(413, f"request body larger than {self._limits.max_body_bytes} bytes")
+        expect = headers.get(b"expect")
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                raise _Reject(417, "unsupported Expect")
+            if not self._queue and self.transport is not None:
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._limits.max_body_bytes:
+            raise _Reject(413, f"request body larger than {self._limits.max_body_bytes} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_request = False
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        url = self._url
+        q = url.find(b"?")
+        if q >= 0:
+            path, query = url[:q], url[q + 1 :]
+        else:
+            path, query = url, b""
+        headers = self._headers
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None and body:
+            body = self._decompress(body, encoding)
+        req = Request(
+            self._parser.get_method(),
+            path,
+            query,
+            headers,
+            body,
+            self._parser.should_keep_alive() and not self._state.draining,
+        )
+        try:
+            self._state.handler.handle(req, self)
+        except Exception:
+            log.exception("handler failed")
+            self.respond(error_response(500, "internal error"), True)
+
+    # -- responses -------------------------------------------------------------------------
+    def respond(self, data: bytes | list[Any], keep_alive: bool) -> None:
+        """Send a response now, or queue it behind responses still owed on this connection."""
+        if self._queue:
+            p = Pending(self)
+            p.data = data
+            p.keep_alive = keep_alive
+            self._queue.append(p)
+            self._flush()
+        else:
+            self._write(data, keep_alive)
+
+    def defer(self) -> Pending:
+        """Reserve the next response slot; the handler resolves it later."""
+        p = Pending(self)
+        self._queue.append(p)
+        if len(self._queue) >= self._limits.max_pipelined:
+            self._update_reading()
+        return p
+
+    def _write(self, data: bytes | list[Any], keep_alive: bool) -> None:
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        if data.__class__ is bytes:
+            if data:
+                transport.write(data)  # type: ignore[arg-type]
+        else:
+            transport.writelines(data)  # type: ignore[arg-type]
+        if not keep_alive:
+            self._closing = self._discard_input = True
+            transport.close()
+
+    def _flush(self) -> None:
+        queue = self._queue
+        while queue and queue[0].data is not None:
+            p = queue.popleft()
+            p.conn = None
+            self._write(p.data, p.keep_alive)  # type: ignore[arg-type]
+        if self._closing:
+            return
+        if not queue and self._state.draining and not self._in_request:
+            self.close()
+            return
+        if self._read_paused:
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        pause = self._write_paused or len(self._queue) >= self._limits.max_pipelined
+        if pause and not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+        elif not pause and self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer a protocol-level error after what is owed, then close (parser state is lost)."""
+        self._discard_input = True
+        self._in_request = False
+        self.respond(error_response(status, message, keep_alive=False), False)
+
+    def _close_when_flushed(self) -> None:
+        self._discard_input = True
+        p = Pending(self)
+        p.data = b""
+        p.keep_alive = False
+        self._queue.append(p)
+        self._flush()
+
+    def _decompress(self, body: bytes, encoding: bytes) -> bytes:
+        enc = encoding.strip().lower()
+        if enc == b"identity":
+            return body
+        if enc == b"gzip":
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif enc == b"deflate":
+            d = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise _Reject(415, f"unsupported Content-Encoding {enc.decode('latin-1')!r}")
+        limit = self._limits.max_body_bytes
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise _Reject(400, f"bad {enc.decode()} body: {e}") from None
+        if len(out) > limit:
+            raise _Reject(413, f"decompressed body larger than {limit} bytes")
+        if not d.eof:
+            raise _Reject(400, f"truncated {enc.decode()} body")
+        return out
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No request being received and no response owed."""
+        return not self._in_request and not self._queue
+
+    def close(self) -> None:
+        """Close now (responses not yet written are dropped; their requests are cancelled)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._closing = self._discard_input = True
+            self.transport.close()
