@@ -352,6 +352,7 @@ class PyModel {
     args.timeout_ns = timeout_ns;
     args.priority = priority;
     args.sink = queue;
+    args.caller_flushes = true;
     uint64_t id = 0;
     CachedResponse hit;
     Check(batcher_->Submit(args, &id, &hit));
@@ -401,6 +402,7 @@ class PyModel {
   }
 
   bool Cancel(uint64_t id) { return batcher_->Cancel(id); }
+  int RunReady() { return batcher_->RunReady(); }
 
   void Shutdown(bool drain) {
     py::gil_scoped_release release;  // joins workers that may need the GIL
@@ -675,7 +677,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<BatchConfig>(m, "BatchConfig")
       .def(py::init([](int64_t max_batch_size, int64_t max_delay_ns,
                        std::vector<int64_t> preferred, int64_t max_queue_rows, int instances,
-                       int priority_levels, int default_priority_level, bool drop_unreachable) {
+                       int priority_levels, int default_priority_level, bool drop_unreachable,
+                       bool inline_execution) {
              BatchConfig c;
              c.max_batch_size = max_batch_size;
              c.max_delay_ns = max_delay_ns;
@@ -685,12 +688,14 @@ PYBIND11_MODULE(_core, m) {
              c.priority_levels = priority_levels;
              c.default_priority_level = default_priority_level;
              c.drop_unreachable = drop_unreachable;
+             c.inline_execution = inline_execution;
              Check(c.Validate());
              return c;
            }),
            py::arg("max_batch_size"), py::arg("max_delay_ns"), py::arg("preferred_batch_sizes"),
            py::arg("max_queue_rows"), py::arg("instances"), py::arg("priority_levels"),
-           py::arg("default_priority_level"), py::arg("drop_unreachable"));
+           py::arg("default_priority_level"), py::arg("drop_unreachable"),
+           py::arg("inline_execution"));
 
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init([] {
@@ -712,6 +717,8 @@ PYBIND11_MODULE(_core, m) {
       .def("submit_sync", &PyModel::SubmitSync, py::arg("inputs"), py::arg("timeout_ns"),
            py::arg("priority"))
       .def("cancel", &PyModel::Cancel, py::arg("request_id"))
+      .def("run_ready", &PyModel::RunReady,
+           "Runs every batch that may close now on this thread; returns how many ran.")
       .def("shutdown", &PyModel::Shutdown, py::arg("drain"))
       .def("stats", &PyModel::Stats)
       .def("histogram", &PyModel::Histogram, py::arg("which"))

@@ -249,6 +249,7 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
   req->sink = args.sink;
 
   bool wake = false;
+  std::vector<std::unique_ptr<Request>> inline_batch, inline_expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
@@ -273,10 +274,60 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     // ends at the right moment, and a wake-up would be a wasted syscall.
     wake = idle_workers_ > 0 && (was_empty || queued_rows_ >= config_.max_batch_size ||
                                  req->deadline_ns != kNoDeadline);
+    const bool deadline = req->deadline_ns != kNoDeadline;
     queued_.emplace(req->id, std::move(req));
+    if (config_.inline_execution && CloseTimeLocked(now) <= now) {
+      if (args.caller_flushes) {
+        wake = deadline && wake;  // RunReady() will take it; workers only watch deadlines
+      } else if (in_flight_ < config_.instances) {
+        FormBatchLocked(now, &inline_batch, &inline_expired);
+        ++in_flight_;
+        wake = false;
+      }
+    }
   }
   if (wake) work_cv_.notify_one();
+  if (!inline_batch.empty() || !inline_expired.empty()) {
+    RunFormed(inline_batch, inline_expired, now);
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_flight_;
+    // Work queued meanwhile is picked up by a worker.
+    if (queued_rows_ > 0 && idle_workers_ > 0) work_cv_.notify_one();
+  }
   return Status::Ok();
+}
+
+int Batcher::RunReady() {
+  int ran = 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_ && in_flight_ < config_.instances) {
+    const int64_t now = clock_->NowNs();
+    if (CloseTimeLocked(now) > now) break;
+    std::vector<std::unique_ptr<Request>> batch, expired;
+    FormBatchLocked(now, &batch, &expired);
+    ++in_flight_;
+    lock.unlock();
+    RunFormed(batch, expired, now);
+    ++ran;
+    lock.lock();
+    --in_flight_;
+  }
+  // Whatever is left (a partial batch waiting for max_delay, or all
+  // instances busy) belongs to the workers.
+  if (queued_rows_ > 0 && idle_workers_ > 0) work_cv_.notify_one();
+  return ran;
+}
+
+void Batcher::RunFormed(std::vector<std::unique_ptr<Request>>& batch,
+                        std::vector<std::unique_ptr<Request>>& expired, int64_t now) {
+  if (!expired.empty()) {
+    expired_.fetch_add(expired.size(), std::memory_order_relaxed);
+    CompleteWithStatus(expired,
+                       Status::DeadlineExceeded("request to model '" + name_ +
+                                                "' expired before it could run"),
+                       nullptr);
+  }
+  if (!batch.empty()) ExecuteBatch(batch, now);
 }
 
 bool Batcher::Cancel(uint64_t request_id) {
@@ -421,14 +472,7 @@ void Batcher::WorkerLoop(int worker) {
     FormBatchLocked(now, &batch, &expired);
     ++in_flight_;
     lock.unlock();
-    if (!expired.empty()) {
-      expired_.fetch_add(expired.size(), std::memory_order_relaxed);
-      CompleteWithStatus(expired,
-                         Status::DeadlineExceeded("request to model '" + name_ +
-                                                  "' expired before it could run"),
-                         nullptr);
-    }
-    if (!batch.empty()) ExecuteBatch(batch, now);
+    RunFormed(batch, expired, now);
     lock.lock();
     --in_flight_;
   }

@@ -125,11 +125,15 @@ class _Model:
 class _LoopState:
     """One event loop's completion queue and its requests in flight."""
 
-    __slots__ = ("loop", "pending", "queue")
+    __slots__ = ("dirty", "flush_scheduled", "loop", "pending", "queue")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue = _core.CompletionQueue()
+        # Models that received submits this loop iteration; flushed once by a
+        # call_soon callback so that the iteration's requests share a batch.
+        self.dirty: set[Any] = set()
+        self.flush_scheduled = False
         # request id -> (future, inputs). Holding the inputs keeps their bytes
         # alive until the batcher has copied them into a batch.
         self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
@@ -292,6 +296,11 @@ class Runtime:
             return r  # answered from the cache
         fut = loop.create_future()
         st.pending[r] = (fut, x)
+        if m.batching.inline_execution:
+            st.dirty.add(handle)
+            if not st.flush_scheduled:
+                st.flush_scheduled = True
+                loop.call_soon(self._flush, st)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -444,7 +453,7 @@ class Runtime:
                 preferred_batch_sizes=list(b.preferred_batch_sizes),
                 max_queue_rows=b.max_queue_rows, instances=b.instances,
                 priority_levels=b.priority_levels, default_priority_level=b.default_priority_level,
-                drop_unreachable=b.drop_unreachable)
+                drop_unreachable=b.drop_unreachable, inline_execution=b.inline_execution)
             if m.cache_config is not None and m.cache is None:
                 c = m.cache_config
                 m.cache = _core.ResponseCache(max_bytes=c.max_bytes, ttl_ns=int(c.ttl_s * 1e9),
@@ -482,6 +491,14 @@ class Runtime:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    @staticmethod
+    def _flush(st: _LoopState) -> None:
+        """Runs the batches this loop iteration's submits made ready, on the loop."""
+        st.flush_scheduled = False
+        dirty, st.dirty = st.dirty, set()
+        for handle in dirty:
+            handle.run_ready()
 
     def _finish_loop(self, st: _LoopState) -> None:
         self._drain(st)

@@ -6,7 +6,11 @@
 //   lock-free). Submit never waits for execution: it enqueues, or fails at
 //   once (queue full => ResourceExhausted with a retry-after estimate).
 // - `instances` worker threads form and execute batches; up to `instances`
-//   batches are in flight at once. The executor is called with no batcher
+//   batches are in flight at once. With inline_execution, a batch that a
+//   submit makes closable runs on the submitting thread instead: inside
+//   Submit() for blocking callers, or in the caller's next RunReady() when it
+//   set caller_flushes (an event loop). Batches closed by time (max_delay,
+//   deadlines) always run on workers. The executor is called with no batcher
 //   lock held.
 // - Ordering promised: within one priority level, requests enter batches in
 //   submit order; a higher-priority level is always drained first. Every
@@ -49,6 +53,11 @@ struct BatchConfig {
   int priority_levels = 1;                    // levels 1..N, 1 is served first
   int default_priority_level = 0;             // level for priority 0; 0 = the lowest (N)
   bool drop_unreachable = true;               // expire requests the measured exec time cannot serve
+  // When a Submit closes a batch (it filled it, or max_delay is 0) and an
+  // instance is free, run that batch on the submitting thread: no thread
+  // hand-off in either direction. Best for executors that hold the GIL;
+  // executors that release it overlap better on worker threads.
+  bool inline_execution = true;
 
   Status Validate() const;
 };
@@ -90,6 +99,11 @@ struct SubmitArgs {
   int64_t timeout_ns = 0;     // <= 0: no deadline
   uint32_t priority = 0;      // 0 = default level
   std::shared_ptr<CompletionSink> sink;
+  // The caller promises to call RunReady() soon (an event loop does it once
+  // per iteration): a batch this submit makes closable is left for that call
+  // instead of waking a worker, so requests submitted in the same iteration
+  // share a batch with no thread hand-off.
+  bool caller_flushes = false;
 };
 
 // A cache hit answered at submit time: outputs for the request's rows,
@@ -125,6 +139,9 @@ class Batcher {
   // enqueues nothing; otherwise sets *request_id. The caller must keep the
   // input bytes valid until the request's completion arrives. Thread-safe.
   Status Submit(const SubmitArgs& args, uint64_t* request_id, CachedResponse* hit);
+  // Executes, on the calling thread, every batch that may close now while an
+  // instance is free. Returns the number of batches run. Thread-safe.
+  int RunReady();
   // Cancels a queued request: it completes with Cancelled at once. Returns
   // false when it is already executing or finished. Thread-safe.
   bool Cancel(uint64_t request_id);
@@ -158,6 +175,8 @@ class Batcher {
   int64_t EstimateExecNsLocked(int64_t rows) const;
   int64_t PaddedRows(int64_t rows) const;
   double RetryAfterSecondsLocked(int64_t extra_rows) const;
+  void RunFormed(std::vector<std::unique_ptr<Request>>& batch,
+                 std::vector<std::unique_ptr<Request>>& expired, int64_t now);
   void ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int64_t start_ns);
   void CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests, const Status& status,
                           const std::shared_ptr<ErrorDetail>& detail);

@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import hmac
 import logging
+import types
 import zlib
 from typing import Any
 from urllib.parse import unquote
@@ -47,7 +48,9 @@ _isfuture = asyncio.isfuture
 
 
 def _spec(spec: Any) -> tuple[str, np.dtype[Any], tuple[int, ...]]:
-    return spec.name, np.dtype(spec.dtype), tuple(int(d) for d in spec.shape)
+    dtype = v2.DATATYPES["BF16"] if spec.dtype == "bfloat16" and "BF16" in v2.DATATYPES else (
+        np.dtype(spec.dtype))
+    return spec.name, dtype, tuple(int(d) for d in spec.shape)
 
 
 def _triton_type(datatype: str) -> str:
@@ -171,9 +174,16 @@ class ModelEntry:
 
 
 class _Job:
-    """One in-flight inference: what to encode when the runtime's future completes."""
+    """One in-flight inference: drives the runtime's `infer` coroutine and encodes its result.
 
-    __slots__ = ("accept", "app", "binary", "entry", "keep_alive", "pending", "request_id", "select")
+    The coroutine is stepped by hand instead of wrapping it in a Task: the first step runs inside
+    `handle`, so a cache hit or an immediate refusal (429, 404, 400) is answered synchronously,
+    and afterwards each future the coroutine awaits resumes it through one done-callback. A
+    coroutine that yields anything but a future is handed to a Task for the rest of its run.
+    """
+
+    __slots__ = ("accept", "app", "binary", "coro", "entry", "keep_alive", "pending",
+                 "request_id", "select")
 
     def __init__(self, app: App, entry: ModelEntry, keep_alive: bool):
         self.app = app
@@ -184,24 +194,90 @@ class _Job:
         self.binary: list[bool] = []
         self.accept: bytes | None = None
         self.pending: Any = None
+        self.coro: Any = None
 
-    def done(self, fut: asyncio.Future[Any]) -> None:
-        """Done-callback of the runtime future: runs once, in the loop thread."""
-        pending = self.pending
-        if fut.cancelled():
+    def start(self, aw: Any, conn: HttpProtocol) -> bytes | list[Any] | None:
+        """Run until the first suspension; returns the response if already known, else None
+        after reserving the response slot on `conn`."""
+        if _isfuture(aw):
+            if aw.done():
+                return self._from_future(aw)
+            self._suspend(aw, conn)
+            return None
+        self.coro = aw
+        try:
+            y = aw.send(None)
+        except StopIteration as stop:
+            return self._encode_or_error(stop.value, None)
+        except Exception as e:
+            return self.app.error(e, self.keep_alive)
+        self._suspend(y, conn)
+        return None
+
+    def _suspend(self, y: Any, conn: HttpProtocol) -> None:
+        pending = conn.defer()
+        self.pending = pending
+        if _isfuture(y):
+            y._asyncio_future_blocking = False
+            pending.future = y
+            y.add_done_callback(self._step if self.coro is not None else self._future_done)
+        else:  # a bare yield (e.g. sleep(0)): let a Task run the rest
+            task = asyncio.ensure_future(_rest(self.coro, y))
+            self.coro = None
+            pending.future = task
+            task.add_done_callback(self._future_done)
+
+    def _step(self, fut: asyncio.Future[Any]) -> None:
+        """Done-callback of a future the coroutine awaits: resume it. Runs in the loop thread."""
+        coro = self.coro
+        try:
+            y = coro.send(None)
+        except StopIteration as stop:
+            self._finish(stop.value, None)
             return
-        exc = fut.exception()
-        if pending.conn is None:
-            return  # client gone
-        keep = self.keep_alive and not self.app.draining
-        if exc is not None:
-            pending.resolve(self.app.error(exc, keep), keep)
+        except BaseException as e:  # CancelledError included: the client went away
+            self._finish(None, e)
+            return
+        pending = self.pending
+        if _isfuture(y):
+            y._asyncio_future_blocking = False
+            pending.future = y
+            y.add_done_callback(self._step)
         else:
+            task = asyncio.ensure_future(_rest(coro, y))
+            self.coro = None
+            pending.future = task
+            task.add_done_callback(self._future_done)
+
+    def _future_done(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._finish(None, asyncio.CancelledError())
+        else:
+            exc = fut.exception()
+            self._finish(None if exc is not None else fut.result(), exc)
+
+    def _from_future(self, fut: asyncio.Future[Any]) -> bytes | list[Any] | None:
+        if fut.cancelled():
+            return self.app.error(asyncio.CancelledError(), self.keep_alive)
+        exc = fut.exception()
+        return self._encode_or_error(None if exc is not None else fut.result(), exc)
+
+    def _encode_or_error(self, value: Any, exc: BaseException | None) -> bytes | list[Any]:
+        keep = self.keep_alive and not self.app.draining
+        if exc is None:
             try:
-                data = self.encode(fut.result(), keep)
+                return self.encode(value, keep)
             except Exception as e:
-                data = self.app.error(e, keep)
-            pending.resolve(data, keep)
+                exc = e
+        return self.app.error(exc, keep)
+
+    def _finish(self, value: Any, exc: BaseException | None) -> None:
+        pending = self.pending
+        self.coro = None
+        if pending.conn is None or isinstance(exc, asyncio.CancelledError):
+            return  # the client is gone (its request was cancelled in the runtime)
+        keep = self.keep_alive and not self.app.draining
+        pending.resolve(self._encode_or_error(value, exc), keep)
 
     def encode(self, result: Any, keep: bool) -> bytes | list[Any]:
         entry = self.entry
@@ -226,7 +302,7 @@ class _Job:
             self.binary,
         )
         extra_headers: list[tuple[str, str]] = []
-        if any(self.binary):
+        if True in self.binary:
             extra_headers.append(("inference-header-content-length", str(len(header))))
             ctype = OCTETS
         else:
@@ -236,6 +312,30 @@ class _Job:
             return _compressed(header, buffers, ctype, extra_headers, keep, accept,
                                self.app.config.limits.compress_min_bytes)
         return build_response(200, header, ctype, extra_headers, keep, buffers)
+
+
+@types.coroutine
+def _resume(coro: Any, first: Any) -> Any:
+    """Pass what a hand-stepped coroutine yields up to a Task (starting with `first`, which it
+    already yielded) and what the Task sends or throws back down."""
+    value = first
+    while True:
+        try:
+            yield value
+        except BaseException as e:
+            try:
+                value = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            value = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
+async def _rest(coro: Any, first: Any) -> Any:
+    return await _resume(coro, first)
 
 
 def _compressed(header: bytes, buffers: list[Any], ctype: bytes, headers: list[tuple[str, str]],
@@ -518,19 +618,7 @@ class App:
 
     def _submit(self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None,
                 priority: int) -> bytes | list[Any] | None:
-        aw = self._infer(name, x, timeout_s=timeout, priority=priority)
-        fut = aw if _isfuture(aw) else asyncio.ensure_future(aw)
-        keep = job.keep_alive
-        if fut.done():  # e.g. a cache hit answered synchronously
-            exc = fut.exception()
-            if exc is not None:
-                return self.error(exc, keep)
-            return job.encode(fut.result(), keep)
-        pending = conn.defer()
-        pending.future = fut
-        job.pending = pending
-        fut.add_done_callback(job.done)
-        return None
+        return job.start(self._infer(name, x, timeout_s=timeout, priority=priority), conn)
 
     # -- repository ------------------------------------------------------------------------
     def _authorize(self, req: Request) -> None:
@@ -667,10 +755,15 @@ def _model_stat(s: dict[str, Any]) -> dict[str, Any]:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
+        import aiarch
 
-        return version("aiarch")
-    except Exception:
-        return "0+unknown"
+        return str(aiarch.__version__)
+    except Exception:  # the native core is not importable: report the package metadata
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("aiarch")
+        except PackageNotFoundError:
+            return "0+unknown"
 
 

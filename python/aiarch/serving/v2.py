@@ -107,7 +107,8 @@ class RequestInput(msgspec.Struct, omit_defaults=True):
     shape: list[Dim]
     datatype: str
     parameters: Params | None = None
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = msgspec.Raw(b"")
+    """The tensor's JSON kept undecoded (empty when the data travels in binary)."""
 
 
 class RequestOutput(msgspec.Struct, omit_defaults=True):
@@ -275,7 +276,7 @@ def decode_infer(body: bytes, header_length: int | None) -> DecodedInfer:
         size = _binary_size(inp.parameters)
         shape = inp.shape
         if size is not None:
-            if inp.data is not None:
+            if inp.data:
                 raise HttpError(400, f"input '{inp.name}' has both binary_data_size and data")
             end = offset + size
             if end > n:
@@ -293,7 +294,7 @@ def decode_infer(body: bytes, header_length: int | None) -> DecodedInfer:
                     )
                 arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
             offset = end
-        elif inp.data is not None:
+        elif inp.data:
             arr = json_tensor(inp.data, inp.datatype, shape)
         else:
             raise HttpError(400, f"input '{inp.name}' has no data")

@@ -1,0 +1,191 @@
+"""Runtime throughput and batcher-added latency against a pure-Python asyncio batcher.
+
+Both sides serve the same identity model on the same event loop, driven by N
+concurrent submitter coroutines that each await one 1-row request at a time.
+The baseline is the batcher people write first: an asyncio.Queue, a task that
+collects up to max_batch_size items or waits max_delay, np.concatenate, one
+model call, and a future per request.
+
+    python benchmarks/bench_core.py            # full run (~1 minute)
+    python benchmarks/bench_core.py --smoke    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import print_table, write_json  # noqa: E402
+
+import aiarch  # noqa: E402
+
+FEATURES = 16
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+class NaiveBatcher:
+    """The straightforward pure-Python asyncio batcher (the baseline)."""
+
+    def __init__(self, fn: Any, max_batch_size: int, max_delay_s: float) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((x, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            deadline = loop.time() + self.max_delay_s
+            while len(items) < self.max_batch_size:
+                if not self.queue.empty():
+                    items.append(self.queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            batch = np.concatenate([x for x, _ in items])
+            out = self.fn(batch)
+            offset = 0
+            for x, fut in items:
+                n = x.shape[0]
+                if not fut.done():
+                    fut.set_result(out[offset:offset + n])
+                offset += n
+
+
+async def drive(infer: Any, submitters: int, duration_s: float) -> dict[str, float]:
+    """Closed loop: each submitter awaits one request at a time for duration_s."""
+    hist = aiarch.Histogram()
+    x = np.ones((1, FEATURES), np.float32)
+    stop_at = time.perf_counter() + duration_s
+    count = 0
+
+    async def submitter() -> None:
+        nonlocal count
+        perf = time.perf_counter_ns
+        record = hist.record
+        end_ns = int(stop_at * 1e9)
+        while True:
+            t0 = perf()
+            if t0 >= end_ns:
+                return
+            await infer(x)
+            record(perf() - t0)
+            count += 1
+
+    # Warm up (thread start, first batches) outside the measurement.
+    for _ in range(50):
+        await infer(x)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(submitter() for _ in range(submitters)))
+    elapsed = time.perf_counter() - t0
+    snap = hist.snapshot()
+    return {
+        "requests": count,
+        "rps": count / elapsed,
+        "p50_us": snap.percentile(50) / 1e3,
+        "p99_us": snap.percentile(99) / 1e3,
+        "p999_us": snap.percentile(99.9) / 1e3,
+    }
+
+
+async def run_aiarch(submitters: int, duration_s: float, max_delay_us: float) -> dict[str, float]:
+    rt = aiarch.Runtime()
+    rt.add_model("identity", identity, inputs=[aiarch.TensorSpec("x", "float32", (FEATURES,))],
+                 batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=max_delay_us,
+                                             max_queue_rows=1 << 16))
+
+    async def infer(x: np.ndarray) -> Any:
+        return await rt.infer("identity", x)
+
+    try:
+        result = await drive(infer, submitters, duration_s)
+        st = rt.stats("identity")
+        result["mean_batch"] = st["batch_size"]["mean"]
+        result["core_e2e_p50_us"] = st["latency_us"]["end_to_end"]["p50"]
+        return result
+    finally:
+        rt.close()
+
+
+async def run_naive(submitters: int, duration_s: float, max_delay_us: float) -> dict[str, float]:
+    b = NaiveBatcher(identity, 64, max_delay_us / 1e6)
+    b.start()
+    try:
+        return await drive(b.infer, submitters, duration_s)
+    finally:
+        await b.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop")
+    ap.add_argument("--json", default="bench-results/bench_core.json", help="JSON output path")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds in all, to check the script runs")
+    args = ap.parse_args()
+    duration = 0.3 if args.smoke else args.duration
+
+    if args.loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
+    else:
+        runner = asyncio.run
+
+    # (label, submitters, max_delay_us): 64 submitters batch with a delay; one
+    # submitter with max_delay 0 measures the batcher's added latency.
+    cases = [("64 submitters, delay 500us", 64, 500.0), ("64 submitters, delay 0", 64, 0.0),
+             ("1 submitter, delay 0", 1, 0.0)]
+    rows, results = [], []
+    for label, n, delay in cases:
+        ours = runner(run_aiarch(n, duration, delay))
+        base = runner(run_naive(n, duration, delay))
+        ratio = ours["rps"] / base["rps"]
+        rows.append([label, "aiarch", ours["rps"], ours["p50_us"], ours["p99_us"], ours["p999_us"],
+                     ours["mean_batch"], ratio])
+        rows.append([label, "asyncio baseline", base["rps"], base["p50_us"], base["p99_us"],
+                     base["p999_us"], "", 1.0])
+        results.append({"case": label, "submitters": n, "max_delay_us": delay, "aiarch": ours,
+                        "baseline": base, "throughput_ratio": ratio})
+    print_table(f"Runtime vs pure-Python asyncio batcher (identity model, 1 row x {FEATURES} float32, "
+                f"{args.loop}, {duration:g}s per point)",
+                ["case", "impl", "req/s", "p50 us", "p99 us", "p99.9 us", "mean batch", "x baseline"],
+                rows)
+    write_json(args.json, "bench_core", {"loop": args.loop, "duration_s": duration, "cases": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The `aiarch` command line: `aiarch <command> [options]`.
+
+Each command lives in a `_add_<command>` function that registers a subparser and sets
+`handler`; adding a command is adding one such function to `_COMMANDS`. Heavy imports happen
+inside handlers so `aiarch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP inference server (KServe v2 REST + /predict + /metrics)",
+        description=(
+            "Serve models over HTTP/1.1 with the KServe v2 / Open Inference Protocol (JSON and "
+            "binary tensors; works with tritonclient.http and perf_analyzer), a simple "
+            "POST /predict/{model} JSON endpoint and Prometheus /metrics. Requests go through "
+            "the aiarch Runtime: dynamic batching, response cache, latency histograms."
+        ),
+        epilog=(
+            "examples:\n"
+            "  aiarch serve --model mlp=mypkg.models:mlp\n"
+            "  aiarch serve --model mlp=./model.py:mlp --max-batch-size 64 --max-delay-us 300\n"
+            "  aiarch serve --config serve.toml --workers 2 --port 8080\n"
+            "\n"
+            "config file (TOML or JSON):\n"
+            "  [server]\n"
+            "  port = 8000\n"
+            "  [models.mlp]\n"
+            '  source = "mypkg.models:mlp"\n'
+            "  batching = { max_batch_size = 64, max_delay_us = 500, max_queue_rows = 4096 }\n"
+            "  cache = { max_bytes = 67108864, ttl_s = 30.0 }\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("models")
+    g.add_argument(
+        "--model", "-m", action="append", default=[], metavar="NAME=SOURCE",
+        help="model to load; SOURCE is 'package.module:attr' or 'path/file.py:attr' (a callable "
+             "called once per batch, optionally with .inputs/.outputs); repeatable",
+    )
+    g.add_argument("--config", "-c", metavar="FILE",
+                   help="TOML or JSON file with [server] options and [models.NAME] tables")
+    b = p.add_argument_group("batching and cache (defaults for every --model)")
+    b.add_argument("--max-batch-size", type=_positive_int, metavar="ROWS",
+                   help="most rows per batch (runtime default 64)")
+    b.add_argument("--max-delay-us", type=int, metavar="US",
+                   help="longest wait to fill a batch (runtime default 500)")
+    b.add_argument("--max-queue-rows", type=_positive_int, metavar="ROWS",
+                   help="admission bound per model; beyond it requests get 429 + Retry-After "
+                        "(runtime default 4096)")
+    b.add_argument("--instances", type=_positive_int, metavar="N",
+                   help="batches executing at once per model (runtime default 1)")
+    b.add_argument("--cache-mb", type=float, metavar="MB",
+                   help="enable the response cache with this budget")
+    b.add_argument("--cache-ttl-s", type=float, metavar="S",
+                   help="cache entry lifetime (0 = no expiry)")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="TCP port (default 8000; 0 = any free port)")
+    s.add_argument("--workers", "-w", type=_positive_int,
+                   help="processes sharing the port via SO_REUSEPORT, each with its own "
+                        "runtime (default 1)")
+    s.add_argument("--auth-token", metavar="TOKEN",
+                   help="bearer token for repository load/unload (or env AIARCH_AUTH_TOKEN); "
+                        "required for them when --host is not loopback")
+    s.add_argument("--request-timeout-s", type=float, metavar="S",
+                   help="default deadline for requests that carry none")
+    s.add_argument("--drain-timeout-s", type=float, metavar="S",
+                   help="on SIGTERM/SIGINT, how long in-flight requests may finish (default 30)")
+    s.add_argument("--max-body-mb", type=float, metavar="MB",
+                   help="largest request body; larger gets 413 (default 64)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="default info")
+    s.add_argument("--runtime", help=argparse.SUPPRESS)  # module:attr of a Runtime factory
+    p.set_defaults(handler=_serve)
+
+
+def _serve_config(args: argparse.Namespace) -> Any:
+    from .serving.config import ModelConfig, ServeConfig, load_config_file
+    from .serving.loader import parse_model_arg
+
+    cfg = ServeConfig()
+    models: list[ModelConfig] = []
+    if args.config:
+        server, models = load_config_file(args.config)
+        for key, value in server.items():
+            setattr(cfg, key, value)
+    flag_models = [parse_model_arg(m) for m in args.model]
+    names = {m.name for m in flag_models}
+    models = [m for m in models if m.name not in names] + flag_models
+    batching: dict[str, Any] = {}
+    for flag, key in (("max_batch_size", "max_batch_size"), ("max_delay_us", "max_delay_us"),
+                      ("max_queue_rows", "max_queue_rows"), ("instances", "instances")):
+        value = getattr(args, flag)
+        if value is not None:
+            batching[key] = value
+    cache: dict[str, Any] | None = None
+    if args.cache_mb is not None:
+        cache = {"max_bytes": int(args.cache_mb * (1 << 20))}
+        if args.cache_ttl_s is not None:
+            cache["ttl_s"] = args.cache_ttl_s
+    for m in models:
+        m.batching = {**batching, **m.batching}
+        if m.cache is None and cache is not None:
+            m.cache = dict(cache)
+    cfg.models = models
+    for flag in ("host", "port", "workers", "auth_token", "request_timeout_s",
+                 "drain_timeout_s", "log_level"):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(cfg, flag, value)
+    if args.runtime:
+        cfg.runtime_factory = args.runtime
+    if args.max_body_mb is not None:
+        cfg.limits.max_body_bytes = int(args.max_body_mb * (1 << 20))
+    return cfg
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serving.server import run
+
+    try:
+        cfg = _serve_config(args)
+    except (ValueError, OSError) as e:
+        print(f"aiarch serve: {e}", file=sys.stderr)
+        return 2
+    if not cfg.models:
+        print("aiarch serve: no models given (use --model NAME=SOURCE or --config FILE); "
+              "starting with an empty repository", file=sys.stderr)
+    return run(cfg)
+
+
+_COMMANDS: list[Callable[[Any], None]] = [_add_serve]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `aiarch` parser (one subparser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="aiarch",
+        description="aiarch: ML inference runtime with a native batching core.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`aiarch` entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
