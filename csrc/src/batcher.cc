@@ -407,24 +407,42 @@ int64_t Batcher::CloseTimeLocked(int64_t now) const {
 
 void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>* batch,
                               std::vector<std::unique_ptr<Request>>* expired) {
+  // Expire first, over the whole queue, so that a request that can no longer
+  // make its deadline fails now rather than when it reaches the front.
   const int64_t estimate =
       config_.drop_unreachable
           ? EstimateExecNsLocked(PaddedRows(std::min(queued_rows_, config_.max_batch_size)))
           : 0;
+  for (auto& level : levels_) {
+    for (auto it = level.begin(); it != level.end();) {
+      Request* r = *it;
+      const bool dead = r->deadline_ns <= now || (estimate > 0 && r->deadline_ns != kNoDeadline &&
+                                                   now + estimate > r->deadline_ns);
+      if (!dead) {
+        ++it;
+        continue;
+      }
+      it = level.erase(it);
+      queued_rows_ -= r->rows;
+      auto q = queued_.find(r->id);
+      expired->push_back(std::move(q->second));
+      queued_.erase(q);
+    }
+  }
+  // The survivors may not be due yet: an expired request may have been what
+  // made the batch closable (its deadline), not theirs.
+  if (!expired->empty() && CloseTimeLocked(now) > now) return;
   int64_t rows = 0;
   for (auto& level : levels_) {
     while (!level.empty()) {
       Request* r = level.front();
-      const bool dead = r->deadline_ns <= now ||
-                        (estimate > 0 && r->deadline_ns != kNoDeadline &&
-                         now + estimate > r->deadline_ns);
-      if (!dead && rows + r->rows > config_.max_batch_size) return;
+      if (rows + r->rows > config_.max_batch_size) return;
       level.pop_front();
       queued_rows_ -= r->rows;
-      auto it = queued_.find(r->id);
-      (dead ? expired : batch)->push_back(std::move(it->second));
-      queued_.erase(it);
-      if (!dead) rows += r->rows;
+      rows += r->rows;
+      auto q = queued_.find(r->id);
+      batch->push_back(std::move(q->second));
+      queued_.erase(q);
     }
   }
 }

@@ -84,7 +84,7 @@ size_t RetireList::Reclaim() {
   // Pairs with the seq_cst fence in EnterRead(): either the slot scan below
   // sees a reader's announcement, or that reader's pointer loads see every
   // unlink that happened before this point (see the argument in epoch.h).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  SeqCstFence();
   if (untagged_ > 0) {
     // Release: pairs with the acquire load of g_epoch in EnterRead(): a
     // reader announcing >= tag read this increment or a later one (all are

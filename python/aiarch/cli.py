@@ -66,6 +66,10 @@ def _add_serve(sub: Any) -> None:
                         "(runtime default 4096)")
     b.add_argument("--instances", type=_positive_int, metavar="N",
                    help="batches executing at once per model (runtime default 1)")
+    b.add_argument("--inline-execution", choices=["on", "off"],
+                   help="run a batch on the event loop when a submit closes it (on: no thread "
+                        "hand-off, best for GIL-holding numpy models; off: a batcher thread runs "
+                        "it, best for slow models or ones that release the GIL, e.g. torch)")
     b.add_argument("--cache-mb", type=float, metavar="MB",
                    help="enable the response cache with this budget")
     b.add_argument("--cache-ttl-s", type=float, metavar="S",
@@ -110,6 +114,8 @@ def _serve_config(args: argparse.Namespace) -> Any:
         value = getattr(args, flag)
         if value is not None:
             batching[key] = value
+    if args.inline_execution is not None:
+        batching["inline_execution"] = args.inline_execution == "on"
     cache: dict[str, Any] | None = None
     if args.cache_mb is not None:
         cache = {"max_bytes": int(args.cache_mb * (1 << 20))}

@@ -31,7 +31,8 @@ def test_help_lists_serve_options() -> None:
 
 def test_sigterm_drains_in_flight_then_exits_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _require_server_deps()
-    srv = ServerProcess(["-m", f"slow={MODELS}:slow", "--max-batch-size", "1"], tmp_path)
+    srv = ServerProcess(["-m", f"slow={MODELS}:slow", "--max-batch-size", "1",
+                         "--inline-execution", "off"], tmp_path)
     try:
         srv.wait_ready()
         result: dict[str, object] = {}

@@ -69,7 +69,8 @@ _WANTED = frozenset(
         b"x-request-timeout-ms",
     }
 )
-_SMALL_WRITE = 64 << 10  # join parts into one buffer below this size
+_SMALL_WRITE = 64 << 10
+_LINGER_S = 2.0  # how long a refused connection keeps draining input before it closes  # join parts into one buffer below this size
 
 
 def build_response(
@@ -189,6 +190,7 @@ class HttpProtocol(asyncio.Protocol):
         "_headers",
         "_in_request",
         "_limits",
+        "_linger",
         "_parser",
         "_queue",
         "_read_paused",
@@ -206,6 +208,7 @@ class HttpProtocol(asyncio.Protocol):
         self._queue: deque[Pending] = deque()
         self._closing = False
         self._discard_input = False
+        self._linger = False
         self._in_request = False
         self._read_paused = False
         self._write_paused = False
@@ -370,7 +373,17 @@ class HttpProtocol(asyncio.Protocol):
             transport.writelines(data)  # type: ignore[arg-type]
         if not keep_alive:
             self._closing = self._discard_input = True
-            transport.close()
+            if self._linger and transport.can_write_eof():
+                # The client may still be sending a body we refused: closing now would make the
+                # kernel answer its data with RST and lose our response. Half-close, drop what
+                # arrives for a moment, then close.
+                transport.write_eof()
+                if self._read_paused:
+                    self._read_paused = False
+                    transport.resume_reading()
+                asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+            else:
+                transport.close()
 
     def _flush(self) -> None:
         queue = self._queue
@@ -401,6 +414,7 @@ class HttpProtocol(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         """Answer a protocol-level error after what is owed, then close (parser state is lost)."""
         self._discard_input = True
+        self._linger = True
         self._in_request = False
         self.respond(error_response(status, message, keep_alive=False), False)
 

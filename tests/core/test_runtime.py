@@ -1,0 +1,448 @@
+"""aiarch.Runtime end to end: batching policy, bad input, faults, shutdown.
+
+Time-based behaviour is driven by a ManualClock: advance() returns once every
+batcher has acted on the new time, so nothing here sleeps or races a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+import aiarch
+from aiarch import BatchConfig, CacheConfig, TensorSpec
+
+X = [TensorSpec("x", "float32", (4,))]
+US = 1_000  # ns
+
+
+class Recorder:
+    """A model that records every batch it is called with."""
+
+    def __init__(self, fn=lambda x: x * 2):
+        self.fn = fn
+        self.batches: list[np.ndarray] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, x):
+        with self.lock:
+            self.batches.append(np.array(x))
+        return self.fn(x)
+
+
+def rows(n: int, start: float = 0.0) -> np.ndarray:
+    return (np.arange(n * 4, dtype=np.float32).reshape(n, 4) + start)
+
+
+# ---------------------------------------------------------------- results
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_async_results_match_a_sequential_reference(run, inline):
+    """Differential: every request's output equals the model applied to it alone."""
+    rng = np.random.default_rng(7)
+    model = Recorder(lambda x: np.tanh(x) + x.sum(axis=1, keepdims=True))
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", model, inputs=X,
+                     batching=BatchConfig(max_batch_size=16, max_delay_us=200,
+                                          inline_execution=inline))
+        requests = [rng.standard_normal((int(rng.integers(1, 5)), 4)).astype(np.float32)
+                    for _ in range(300)]
+
+        async def main():
+            return await asyncio.gather(*(rt.infer("m", r) for r in requests))
+
+        outputs = run(main())
+    for r, y in zip(requests, outputs):
+        np.testing.assert_allclose(y, np.tanh(r) + r.sum(axis=1, keepdims=True), rtol=1e-6)
+    # Requests were really batched: fewer model calls than requests.
+    assert len(model.batches) < len(requests)
+    assert all(b.shape[0] <= 16 for b in model.batches)
+
+
+def test_infer_sync_from_many_threads():
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x + 1, inputs=X, batching=BatchConfig(max_delay_us=100))
+        errors: list[BaseException] = []
+
+        def worker(seed: int) -> None:
+            try:
+                for i in range(50):
+                    x = rows(1, seed * 1000 + i)
+                    np.testing.assert_array_equal(rt.infer_sync("m", x), x + 1)
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        assert rt.stats("m")["requests"]["success"] == 400
+
+
+def test_multi_input_multi_output_and_input_forms(run):
+    def fn(a, b):
+        return a + b, (a * b).astype(np.float64)
+
+    with aiarch.Runtime() as rt:
+        info = rt.add_model("m", fn, inputs=[TensorSpec("a", "float32", (2,)),
+                                             TensorSpec("b", "float32", (2,))])
+        assert [o.dtype for o in info.outputs] == ["float32", "float64"]
+        a = np.array([[1, 2]], np.float32)
+        b = np.array([[3, 4]], np.float32)
+        s, p = rt.infer_sync("m", (a, b))
+        np.testing.assert_array_equal(s, [[4, 6]])
+        np.testing.assert_array_equal(p, [[3, 8]])
+        s2, _ = rt.infer_sync("m", {"b": b, "a": a})
+        np.testing.assert_array_equal(s2, s)
+        # Nested lists take the declared dtype.
+        s3, _ = rt.infer_sync("m", ([[1, 2]], [[3, 4]]))
+        np.testing.assert_array_equal(s3, s)
+
+        async def main():
+            return await rt.infer("m", {"a": a, "b": b})
+
+        np.testing.assert_array_equal(run(main())[0], s)
+
+
+def test_outputs_are_read_only_views():
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x * 2, inputs=X)
+        y = rt.infer_sync("m", rows(2))
+        assert not y.flags.writeable
+        with pytest.raises(ValueError):
+            y[0, 0] = 1
+
+
+def test_specs_learned_from_first_request_when_not_declared():
+    with aiarch.Runtime() as rt:
+        info = rt.add_model("m", lambda x: x[:, :1])
+        assert not info.inputs
+        y = rt.infer_sync("m", np.ones((3, 5), np.int32))
+        assert y.shape == (3, 1)
+        info = rt.model_info("m")
+        assert info.inputs == (TensorSpec("input0", "int32", (5,)),)
+        assert info.outputs == (TensorSpec("output0", "int32", (1,)),)
+        with pytest.raises(aiarch.InvalidArgumentError, match=r"expected shape \[-1, 5\]"):
+            rt.infer_sync("m", np.ones((3, 6), np.int32))
+
+
+# ---------------------------------------------------------------- batch policy
+
+
+def test_batch_closes_after_max_delay_not_before(run):
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=8, max_delay_us=1000))
+
+        async def main():
+            tasks = [asyncio.ensure_future(rt.infer("m", rows(1, i))) for i in range(3)]
+            await asyncio.sleep(0)  # let the three submits happen
+            await asyncio.to_thread(clock.advance, 999 * US)
+            assert model.batches == []
+            assert rt.stats("m")["queue_rows"] == 3
+            await asyncio.to_thread(clock.advance, 1 * US)
+            return await asyncio.gather(*tasks)
+
+        outs = run(main())
+    assert len(model.batches) == 1 and model.batches[0].shape == (3, 4)
+    for i, y in enumerate(outs):
+        np.testing.assert_array_equal(y, rows(1, i) * 2)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_full_batch_closes_without_waiting(run, inline):
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=4, max_delay_us=10_000_000,
+                                          inline_execution=inline))
+
+        async def main():
+            # Time never moves: only the size bound can close these batches.
+            return await asyncio.wait_for(
+                asyncio.gather(*(rt.infer("m", rows(1, i)) for i in range(8))), timeout=30)
+
+        run(main())
+    assert [b.shape[0] for b in model.batches] == [4, 4]
+
+
+def test_preferred_batch_sizes_pad_with_zero_rows():
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=8, max_delay_us=0,
+                                          preferred_batch_sizes=(4, 8)))
+        y = rt.infer_sync("m", rows(3))
+    np.testing.assert_array_equal(y, rows(3) * 2)
+    assert model.batches[0].shape == (4, 4)
+    np.testing.assert_array_equal(model.batches[0][3], 0)
+
+
+def test_higher_priority_is_served_first(run):
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=2, max_delay_us=100, priority_levels=2,
+                                          inline_execution=False))
+
+        async def main():
+            low = [asyncio.ensure_future(rt.infer("m", rows(1, 100 + i))) for i in range(2)]
+            high = [asyncio.ensure_future(rt.infer("m", rows(1, i), priority=1)) for i in range(2)]
+            await asyncio.sleep(0)
+            await asyncio.to_thread(clock.advance, 100 * US)
+            await asyncio.to_thread(clock.advance, 100 * US)
+            await asyncio.gather(*low, *high)
+
+        run(main())
+    first = model.batches[0][:, 0]
+    np.testing.assert_array_equal(first, [0, 1])  # the two priority-1 rows
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x, inputs=X)
+        with pytest.raises(aiarch.InvalidArgumentError, match="priority 3"):
+            rt.infer_sync("m", rows(1), priority=3)
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_bad_input_errors_name_what_was_expected():
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x, inputs=X, batching=BatchConfig(max_batch_size=8))
+        cases = [
+            (np.ones((1, 4), np.float64), r"expected dtype float32, got float64"),
+            (np.ones((1, 5), np.float32), r"expected shape \[-1, 4\] \(rows first\), got \[1, 5\]"),
+            (np.ones((4, 2), np.float32).T, r"C-contiguous"),
+            (np.ones((2, 8), np.float32)[:, ::2], r"C-contiguous"),
+            (np.ones((0, 4), np.float32), r"at least one row"),
+            (np.ones((9, 4), np.float32), r"at most max_batch_size=8"),
+            ((rows(1), rows(1)), r"expects 1 input\(s\) \(x: float32\[-1, 4\]\), got 2"),
+            ("nope", r"cannot convert|expected"),
+        ]
+        for x, pattern in cases:
+            with pytest.raises(aiarch.InvalidArgumentError, match=pattern):
+                rt.infer_sync("m", x)
+        with pytest.raises(aiarch.NotFoundError, match=r"'missing' is not loaded; loaded: \['m'\]"):
+            rt.infer_sync("missing", rows(1))
+        # The model is unaffected by the bad requests.
+        np.testing.assert_array_equal(rt.infer_sync("m", rows(1)), rows(1))
+        assert rt.stats("m")["requests"]["success"] == 1
+
+
+def test_executor_error_fails_the_batch_and_the_model_keeps_serving(run):
+    calls = []
+
+    def flaky(x):
+        calls.append(x.shape[0])
+        if (x[:, 0] < 0).any():
+            raise ValueError("negative input")
+        return x
+
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", flaky, inputs=X, batching=BatchConfig(max_batch_size=8, max_delay_us=50_000))
+
+        async def main():
+            bad = [rt.infer("m", rows(1, -100)), rt.infer("m", rows(1))]
+            return await asyncio.gather(*bad, return_exceptions=True)
+
+        results = run(main())
+        for r in results:
+            assert isinstance(r, aiarch.ExecutionError)
+            assert "raised ValueError: negative input" in str(r)
+            assert isinstance(r.__cause__, ValueError)
+        np.testing.assert_array_equal(rt.infer_sync("m", rows(1)), rows(1))
+        assert rt.stats("m")["requests"]["failed"] == 2
+
+
+def test_malformed_model_outputs_are_execution_errors():
+    with aiarch.Runtime() as rt:
+        rt.add_model("rows", lambda x: x[:1], inputs=X, warmup=False)
+        with pytest.raises(aiarch.ExecutionError, match="rows as its first dimension"):
+            rt.infer_sync("rows", rows(1) if False else np.ones((2, 4), np.float32))
+        changing = iter([np.ones((1, 4), np.float32), np.ones((1, 4), np.float64)])
+        rt.add_model("dtype", lambda x: next(changing), inputs=X, warmup=False)
+        rt.infer_sync("dtype", rows(1))
+        with pytest.raises(aiarch.ExecutionError, match="expected float32"):
+            rt.infer_sync("dtype", rows(1))
+    with aiarch.Runtime() as rt, pytest.raises(aiarch.InvalidArgumentError, match="warm-up output"):
+        rt.add_model("bad", lambda x: x[:0], inputs=X)
+
+
+def test_queue_full_fails_at_once_with_retry_after(run):
+    clock = aiarch.ManualClock()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", lambda x: x, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=4, max_queue_rows=4, max_delay_us=1000))
+
+        async def main():
+            queued = [asyncio.ensure_future(rt.infer("m", rows(1, i))) for i in range(3)]
+            await asyncio.sleep(0)
+            with pytest.raises(aiarch.ResourceExhaustedError, match="queue is full") as e:
+                await rt.infer("m", rows(2))
+            assert e.value.retry_after_s > 0
+            await asyncio.to_thread(clock.advance, 1000 * US)
+            return await asyncio.gather(*queued)
+
+        assert len(run(main())) == 3
+        assert rt.stats("m")["requests"]["rejected"] == 1
+
+
+def test_expired_requests_are_never_executed(run):
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=8, max_delay_us=10_000))
+
+        async def main():
+            doomed = asyncio.ensure_future(rt.infer("m", rows(1), timeout_s=0.001))
+            patient = asyncio.ensure_future(rt.infer("m", rows(1, 1)))
+            await asyncio.sleep(0)
+            await asyncio.to_thread(clock.advance, 1000 * US)  # the deadline
+            with pytest.raises(aiarch.DeadlineExceededError, match="expired before it could run"):
+                await doomed
+            assert model.batches == []
+            await asyncio.to_thread(clock.advance, 9000 * US)  # max_delay of the other
+            return await patient
+
+        np.testing.assert_array_equal(run(main()), rows(1, 1) * 2)
+        assert [b.shape[0] for b in model.batches] == [1]
+        assert rt.stats("m")["requests"]["expired"] == 1
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x, inputs=X)
+        with pytest.raises(aiarch.InvalidArgumentError, match="timeout_s must be > 0"):
+            rt.infer_sync("m", rows(1), timeout_s=-1)
+
+
+def test_cancelling_the_caller_cancels_the_queued_request(run):
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False,
+                     batching=BatchConfig(max_batch_size=8, max_delay_us=1000))
+
+        async def main():
+            t = asyncio.ensure_future(rt.infer("m", rows(1)))
+            await asyncio.sleep(0)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            await asyncio.to_thread(clock.advance, 1000 * US)
+
+        run(main())
+        assert model.batches == []
+        st = rt.stats("m")
+        assert st["requests"]["cancelled"] == 1 and st["queue_rows"] == 0
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_close_drains_or_fails_queued_requests(run, drain):
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    rt = aiarch.Runtime(clock=clock)
+    rt.add_model("m", model, inputs=X, warmup=False,
+                 batching=BatchConfig(max_batch_size=8, max_delay_us=1_000_000))
+
+    async def main():
+        tasks = [asyncio.ensure_future(rt.infer("m", rows(1, i))) for i in range(3)]
+        await asyncio.sleep(0)
+        rt.close(drain=drain)
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+    results = run(main())
+    if drain:
+        assert all(isinstance(r, np.ndarray) for r in results)
+        assert sum(b.shape[0] for b in model.batches) == 3
+    else:
+        assert all(isinstance(r, aiarch.UnavailableError) for r in results)
+        assert model.batches == []
+    with pytest.raises(aiarch.NotFoundError):
+        rt.infer_sync("m", rows(1))
+    rt.close()  # idempotent
+
+
+def test_model_management():
+    with aiarch.Runtime() as rt:
+        rt.add_model("a", lambda x: x, inputs=X)
+        with pytest.raises(aiarch.AlreadyExistsError):
+            rt.add_model("a", lambda x: x, inputs=X)
+        for bad in ["", "../etc", "a/b", "x" * 200]:
+            with pytest.raises(aiarch.InvalidArgumentError, match="invalid"):
+                rt.add_model(bad, lambda x: x)
+        with pytest.raises(aiarch.InvalidArgumentError, match="callable"):
+            rt.add_model("b", 42)
+        with pytest.raises(aiarch.InvalidArgumentError, match="max_queue_rows"):
+            rt.add_model("c", lambda x: x, inputs=X, batching=BatchConfig(max_batch_size=64, max_queue_rows=8))
+        assert rt.models() == ["a"]
+        rt.remove_model("a")
+        assert rt.models() == []
+        with pytest.raises(aiarch.NotFoundError):
+            rt.remove_model("a")
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_cache_hits_skip_the_model_and_invalidate_bumps_generation():
+    model = Recorder()
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", model, inputs=X, cache=CacheConfig(max_bytes=1 << 20),
+                     batching=BatchConfig(max_delay_us=0))
+        x = rows(2, 5)
+        y1 = rt.infer_sync("m", x)
+        n = len(model.batches)
+        y2 = rt.infer_sync("m", x.copy())
+        np.testing.assert_array_equal(y1, y2)
+        assert len(model.batches) == n
+        assert not y2.flags.writeable
+        assert rt.stats("m")["cache"]["hits"] == 1
+        # Same bytes, different row split: a different key.
+        rt.infer_sync("m", x[:1].copy())
+        assert len(model.batches) == n + 1
+        rt.invalidate_cache("m")
+        rt.infer_sync("m", x)
+        assert len(model.batches) == n + 2
+
+
+def test_cache_ttl_follows_the_runtime_clock():
+    clock = aiarch.ManualClock()
+    model = Recorder()
+    with aiarch.Runtime(clock=clock) as rt:
+        rt.add_model("m", model, inputs=X, warmup=False, cache=CacheConfig(ttl_s=1.0),
+                     batching=BatchConfig(max_delay_us=0))
+        x = rows(1)
+        rt.infer_sync("m", x)
+        clock.advance(999_000 * US)
+        rt.infer_sync("m", x)
+        assert len(model.batches) == 1
+        clock.advance(2_000 * US)
+        rt.infer_sync("m", x)
+        assert len(model.batches) == 2
+
+
+def test_stats_shape():
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x, inputs=X)
+        for _ in range(10):
+            rt.infer_sync("m", rows(1))
+        st = rt.stats("m")
+        assert st["requests"]["success"] == 10
+        assert st["batches"] == 10 and st["rows"] == 10
+        for k in ("queue", "execution", "end_to_end"):
+            lat = st["latency_us"][k]
+            assert lat["count"] == 10
+            assert 0 <= lat["p50"] <= lat["p99"] <= lat["max"]
+        assert st["batch_size"]["counts"] == {1: 10}
+        assert st["totals_ns"]["end_to_end"] > 0
+        hists = rt.histograms("m")
+        assert hists["end_to_end"].total_count == 10
