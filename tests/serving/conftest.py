@@ -104,18 +104,15 @@ source = "{MODELS}:failing"
 
 [models.slow]
 source = "{MODELS}:slow"
-batching = {{ max_batch_size = 1, max_delay_us = 0, max_queue_rows = 64,
-             inline_execution = false }}
+batching = {{ max_batch_size = 1, max_delay_us = 0, max_queue_rows = 64, inline_execution = false }}
 
 [models.slowc]
 source = "{MODELS}:slow"
-batching = {{ max_batch_size = 1, max_delay_us = 0, max_queue_rows = 64,
-             inline_execution = false }}
+batching = {{ max_batch_size = 1, max_delay_us = 0, max_queue_rows = 64, inline_execution = false }}
 
 [models.tiny_queue]
 source = "{MODELS}:slow"
-batching = {{ max_batch_size = 1, max_delay_us = 0, max_queue_rows = 1,
-             inline_execution = false }}
+batching = {{ max_batch_size = 1, max_delay_us = 0, max_queue_rows = 1, inline_execution = false }}
 
 [models.cached]
 source = "{MODELS}:linear"

@@ -415,11 +415,11 @@ class App:
         return error_response(status, message, keep_alive, headers)
 
     def _route(self, method: bytes, raw_path: bytes) -> tuple[Any, tuple[Any, ...]]:
-        try:
-            path = unquote(raw_path.decode("latin-1"), errors="strict")
+        path = raw_path.decode("latin-1")
+        try:  # split first, then unquote: an encoded '/' stays inside its segment
+            parts = [unquote(p, errors="strict") for p in path.split("/") if p]
         except UnicodeDecodeError:
             return self._fixed(400, "path is not valid UTF-8"), ()
-        parts = [p for p in path.split("/") if p]
         get, post = method == b"GET", method == b"POST"
         n = len(parts)
         if n and parts[0] == "v2":

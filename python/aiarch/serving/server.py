@@ -230,6 +230,8 @@ def run(config: ServeConfig) -> int:
                     forward(signal.SIGTERM, None)
     finally:
         holder.close()
-    if any(p.exitcode for p in procs):
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode]
+    if failed:
+        log.error("workers exited with errors: %s", failed)
         code = code or 1
     return code
