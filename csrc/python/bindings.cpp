@@ -108,24 +108,38 @@ bool DTypeOfArray(const py::array& arr, DType* out) {
   switch (kind) {
     case 'b': *out = DType::kBool; return size == 1;
     case 'f':
-      if (size == 2) *out = DType::kFp16;
-      else if (size == 4) *out = DType::kFp32;
-      else if (size == 8) *out = DType::kFp64;
-      else return false;
+      if (size == 2)
+        *out = DType::kFp16;
+      else if (size == 4)
+        *out = DType::kFp32;
+      else if (size == 8)
+        *out = DType::kFp64;
+      else
+        return false;
       return true;
     case 'i':
-      if (size == 1) *out = DType::kInt8;
-      else if (size == 2) *out = DType::kInt16;
-      else if (size == 4) *out = DType::kInt32;
-      else if (size == 8) *out = DType::kInt64;
-      else return false;
+      if (size == 1)
+        *out = DType::kInt8;
+      else if (size == 2)
+        *out = DType::kInt16;
+      else if (size == 4)
+        *out = DType::kInt32;
+      else if (size == 8)
+        *out = DType::kInt64;
+      else
+        return false;
       return true;
     case 'u':
-      if (size == 1) *out = DType::kUint8;
-      else if (size == 2) *out = DType::kUint16;
-      else if (size == 4) *out = DType::kUint32;
-      else if (size == 8) *out = DType::kUint64;
-      else return false;
+      if (size == 1)
+        *out = DType::kUint8;
+      else if (size == 2)
+        *out = DType::kUint16;
+      else if (size == 4)
+        *out = DType::kUint32;
+      else if (size == 8)
+        *out = DType::kUint64;
+      else
+        return false;
       return true;
     case 'V':
       if (size == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16") {
@@ -245,7 +259,8 @@ class PyExecutor final : public Executor {
       } else {
         items.push_back(result);
       }
-      if (items.empty()) return Status::ExecutionFailed("model '" + model_ + "' returned no outputs");
+      if (items.empty())
+        return Status::ExecutionFailed("model '" + model_ + "' returned no outputs");
       outputs->clear();
       for (size_t i = 0; i < items.size(); ++i) {
         // ensure() accepts anything array-like (a CPU torch tensor, a list).
@@ -263,9 +278,8 @@ class PyExecutor final : public Executor {
         }
         if (arr.ndim() < 1 || arr.shape(0) != batch.padded_rows) {
           return Status::ExecutionFailed(
-              "model '" + model_ + "' output " + std::to_string(i) +
-              " must have the batch's " + std::to_string(batch.padded_rows) +
-              " rows as its first dimension, got shape " +
+              "model '" + model_ + "' output " + std::to_string(i) + " must have the batch's " +
+              std::to_string(batch.padded_rows) + " rows as its first dimension, got shape " +
               py::str(py::getattr(arr, "shape")).cast<std::string>());
         }
         for (py::ssize_t d = 1; d < arr.ndim(); ++d) out.spec.shape.push_back(arr.shape(d));
@@ -433,8 +447,8 @@ class PyModel {
     if (which == "execution") return batcher_->execution_histogram().Snapshot();
     if (which == "end_to_end") return batcher_->end_to_end_histogram().Snapshot();
     if (which == "batch_size") return batcher_->batch_size_histogram().Snapshot();
-    ThrowStatus(Status::InvalidArgument(
-        "unknown histogram '" + which + "'; expected queue, execution, end_to_end or batch_size"));
+    ThrowStatus(Status::InvalidArgument("unknown histogram '" + which +
+                                        "'; expected queue, execution, end_to_end or batch_size"));
   }
 
   py::list InputSpecs() const {
@@ -499,7 +513,8 @@ PYBIND11_MODULE(_core, m) {
     }
     for (int c = 1; c < static_cast<int>(g_error_classes.size()); ++c) {
       if (g_error_classes[c] == nullptr) {
-        throw std::runtime_error("aiarch.errors lacks a class for status code " + std::to_string(c));
+        throw std::runtime_error("aiarch.errors lacks a class for status code " +
+                                 std::to_string(c));
       }
     }
   }
@@ -536,18 +551,19 @@ PYBIND11_MODULE(_core, m) {
 
   // ---- histograms
   py::class_<HistogramSnapshot>(m, "HistogramSnapshot")
-      .def(py::init([](int64_t highest, int digits, py::array_t<uint64_t> counts, uint64_t clamped) {
-             std::vector<uint64_t> v(counts.data(), counts.data() + counts.size());
-             aiarch::Histogram layout(highest, digits);
-             if (v.size() != layout.counts_length()) {
-               ThrowStatus(Status::InvalidArgument(
-                   "counts has " + std::to_string(v.size()) + " entries; this layout needs " +
-                   std::to_string(layout.counts_length())));
-             }
-             return HistogramSnapshot(highest, digits, std::move(v), clamped);
-           }),
-           py::arg("highest_trackable"), py::arg("significant_digits"), py::arg("counts"),
-           py::arg("clamped") = 0)
+      .def(
+          py::init([](int64_t highest, int digits, py::array_t<uint64_t> counts, uint64_t clamped) {
+            std::vector<uint64_t> v(counts.data(), counts.data() + counts.size());
+            aiarch::Histogram layout(highest, digits);
+            if (v.size() != layout.counts_length()) {
+              ThrowStatus(Status::InvalidArgument("counts has " + std::to_string(v.size()) +
+                                                  " entries; this layout needs " +
+                                                  std::to_string(layout.counts_length())));
+            }
+            return HistogramSnapshot(highest, digits, std::move(v), clamped);
+          }),
+          py::arg("highest_trackable"), py::arg("significant_digits"), py::arg("counts"),
+          py::arg("clamped") = 0)
       .def_property_readonly("total_count", &HistogramSnapshot::total_count)
       .def_property_readonly("clamped", &HistogramSnapshot::clamped)
       .def_property_readonly("min", &HistogramSnapshot::Min)
@@ -598,7 +614,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("expected_interval"))
       .def(
           "record_many",
-          [](aiarch::Histogram& h, py::array_t<int64_t, py::array::c_style | py::array::forcecast> v) {
+          [](aiarch::Histogram& h,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> v) {
             const int64_t* p = v.data();
             const py::ssize_t n = v.size();
             py::gil_scoped_release release;  // touches only the native histogram
@@ -675,10 +692,9 @@ PYBIND11_MODULE(_core, m) {
 
   // ---- batching
   py::class_<BatchConfig>(m, "BatchConfig")
-      .def(py::init([](int64_t max_batch_size, int64_t max_delay_ns,
-                       std::vector<int64_t> preferred, int64_t max_queue_rows, int instances,
-                       int priority_levels, int default_priority_level, bool drop_unreachable,
-                       bool inline_execution) {
+      .def(py::init([](int64_t max_batch_size, int64_t max_delay_ns, std::vector<int64_t> preferred,
+                       int64_t max_queue_rows, int instances, int priority_levels,
+                       int default_priority_level, bool drop_unreachable, bool inline_execution) {
              BatchConfig c;
              c.max_batch_size = max_batch_size;
              c.max_delay_ns = max_delay_ns;

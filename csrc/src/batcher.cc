@@ -46,7 +46,8 @@ Status BatchConfig::Validate() const {
                                    ") must be >= max_batch_size (" +
                                    std::to_string(max_batch_size) + ")");
   }
-  if (instances < 1 || instances > 64) return Status::InvalidArgument("instances must be in [1, 64]");
+  if (instances < 1 || instances > 64)
+    return Status::InvalidArgument("instances must be in [1, 64]");
   if (priority_levels < 1 || priority_levels > 1024) {
     return Status::InvalidArgument("priority_levels must be in [1, 1024]");
   }
@@ -55,9 +56,9 @@ Status BatchConfig::Validate() const {
   }
   for (int64_t s : preferred_batch_sizes) {
     if (s < 1 || s > max_batch_size) {
-      return Status::InvalidArgument("preferred batch size " + std::to_string(s) +
-                                     " must be in [1, max_batch_size=" +
-                                     std::to_string(max_batch_size) + "]");
+      return Status::InvalidArgument(
+          "preferred batch size " + std::to_string(s) +
+          " must be in [1, max_batch_size=" + std::to_string(max_batch_size) + "]");
     }
   }
   return Status::Ok();
@@ -155,7 +156,8 @@ Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
     if (!in.contiguous) {
       return Status::InvalidArgument(what + ": expected a C-contiguous array, got a strided view");
     }
-    if (in.shape[0] < 1) return Status::InvalidArgument(what + ": expected at least one row, got 0");
+    if (in.shape[0] < 1)
+      return Status::InvalidArgument(what + ": expected at least one row, got 0");
     if (rows >= 0 && in.shape[0] != rows) {
       return Status::InvalidArgument("model '" + name_ +
                                      "': every input must have the same number of rows, got " +
@@ -167,9 +169,9 @@ Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
     }
   }
   if (rows > config_.max_batch_size) {
-    return Status::InvalidArgument("model '" + name_ + "': request has " + std::to_string(rows) +
-                                   " rows; at most max_batch_size=" +
-                                   std::to_string(config_.max_batch_size) + " per request");
+    return Status::InvalidArgument(
+        "model '" + name_ + "': request has " + std::to_string(rows) +
+        " rows; at most max_batch_size=" + std::to_string(config_.max_batch_size) + " per request");
   }
   *rows_out = rows;
   return Status::Ok();
@@ -219,13 +221,13 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
       expected += static_cast<size_t>(rows) * s.RowBytes();
     }
     std::shared_ptr<Buffer> copy;
-    const bool found = !specs.empty() &&
-                       cache_->LookupWith(req->key, key_bytes, key_size, now,
-                                          [&](const uint8_t* value, size_t size) {
-                                            if (size != expected) return;
-                                            copy = Buffer::Allocate(size);
-                                            if (copy) std::memcpy(copy->data(), value, size);
-                                          });
+    const bool found =
+        !specs.empty() && cache_->LookupWith(req->key, key_bytes, key_size, now,
+                                             [&](const uint8_t* value, size_t size) {
+                                               if (size != expected) return;
+                                               copy = Buffer::Allocate(size);
+                                               if (copy) std::memcpy(copy->data(), value, size);
+                                             });
     if (found && copy) {
       hit->data = std::move(copy);
       hit->specs = std::move(specs);
@@ -239,11 +241,11 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
   req->rows = rows;
   req->enqueue_ns = now;
   req->deadline_ns = args.timeout_ns > 0 ? now + args.timeout_ns : kNoDeadline;
-  req->level = (args.priority == 0 ? (config_.default_priority_level == 0
-                                          ? priority_levels
-                                          : config_.default_priority_level)
-                                   : static_cast<int>(args.priority)) -
-               1;
+  req->level =
+      (args.priority == 0 ? (config_.default_priority_level == 0 ? priority_levels
+                                                                 : config_.default_priority_level)
+                          : static_cast<int>(args.priority)) -
+      1;
   req->data.reserve(args.inputs.size());
   for (const auto& in : args.inputs) req->data.push_back(in.data);
   req->sink = args.sink;
@@ -272,8 +274,8 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     // (it waits without a timeout), a batch just filled, or a deadline may
     // pull the close time earlier. Otherwise the worker's timed wait already
     // ends at the right moment, and a wake-up would be a wasted syscall.
-    wake = idle_workers_ > 0 && (was_empty || queued_rows_ >= config_.max_batch_size ||
-                                 req->deadline_ns != kNoDeadline);
+    wake = idle_workers_ > 0 &&
+           (was_empty || queued_rows_ >= config_.max_batch_size || req->deadline_ns != kNoDeadline);
     const bool deadline = req->deadline_ns != kNoDeadline;
     queued_.emplace(req->id, std::move(req));
     if (config_.inline_execution && CloseTimeLocked(now) <= now) {
@@ -322,10 +324,10 @@ void Batcher::RunFormed(std::vector<std::unique_ptr<Request>>& batch,
                         std::vector<std::unique_ptr<Request>>& expired, int64_t now) {
   if (!expired.empty()) {
     expired_.fetch_add(expired.size(), std::memory_order_relaxed);
-    CompleteWithStatus(expired,
-                       Status::DeadlineExceeded("request to model '" + name_ +
-                                                "' expired before it could run"),
-                       nullptr);
+    CompleteWithStatus(
+        expired,
+        Status::DeadlineExceeded("request to model '" + name_ + "' expired before it could run"),
+        nullptr);
   }
   if (!batch.empty()) ExecuteBatch(batch, now);
 }
@@ -417,7 +419,7 @@ void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>
     for (auto it = level.begin(); it != level.end();) {
       Request* r = *it;
       const bool dead = r->deadline_ns <= now || (estimate > 0 && r->deadline_ns != kNoDeadline &&
-                                                   now + estimate > r->deadline_ns);
+                                                  now + estimate > r->deadline_ns);
       if (!dead) {
         ++it;
         continue;
@@ -458,8 +460,8 @@ void Batcher::WaitLocked(std::unique_lock<std::mutex>& lock, int worker, int64_t
   } else if (until_ns == kNoDeadline) {
     work_cv_.wait(lock);
   } else {
-    work_cv_.wait_until(lock, std::chrono::steady_clock::time_point(
-                                  std::chrono::nanoseconds(until_ns)));
+    work_cv_.wait_until(lock,
+                        std::chrono::steady_clock::time_point(std::chrono::nanoseconds(until_ns)));
   }
   --idle_workers_;
 }
@@ -499,8 +501,7 @@ void Batcher::WorkerLoop(int worker) {
 }
 
 void Batcher::CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests,
-                                 const Status& status,
-                                 const std::shared_ptr<ErrorDetail>& detail) {
+                                 const Status& status, const std::shared_ptr<ErrorDetail>& detail) {
   // Group by sink so each event loop is woken once for the whole group.
   std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
   for (auto& r : requests) {
@@ -577,18 +578,18 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
       }
     }
     if (outs.size() != outputs_.size()) {
-      status = Status::ExecutionFailed("model '" + name_ + "' returned " +
-                                       std::to_string(outs.size()) + " output(s); expected " +
-                                       std::to_string(outputs_.size()));
+      status =
+          Status::ExecutionFailed("model '" + name_ + "' returned " + std::to_string(outs.size()) +
+                                  " output(s); expected " + std::to_string(outputs_.size()));
     }
     for (size_t i = 0; status.ok() && i < outs.size(); ++i) {
       const TensorSpec& want = outputs_[i];
       const TensorSpec& got = outs[i].spec;
       if (got.dtype != want.dtype || got.shape != want.shape) {
-        status = Status::ExecutionFailed(
-            "model '" + name_ + "' output " + std::to_string(i) + " ('" + want.name + "') is " +
-            DTypeName(got.dtype) + ShapeString(got.shape) + " per row; expected " +
-            DTypeName(want.dtype) + ShapeString(want.shape));
+        status = Status::ExecutionFailed("model '" + name_ + "' output " + std::to_string(i) +
+                                         " ('" + want.name + "') is " + DTypeName(got.dtype) +
+                                         ShapeString(got.shape) + " per row; expected " +
+                                         DTypeName(want.dtype) + ShapeString(want.shape));
       } else if (!outs[i].data ||
                  outs[i].data->size() < static_cast<size_t>(batch.rows) * want.RowBytes()) {
         status = Status::ExecutionFailed("model '" + name_ + "' output '" + want.name +
@@ -602,9 +603,11 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
     // Moving averages for close-time planning and Retry-After.
     if (status.ok() && exec_ns > 0) {
       int64_t& est = exec_estimate_ns_[std::min(batch.padded_rows, config_.max_batch_size)];
-      est = est == 0 ? exec_ns : static_cast<int64_t>(kEwmaAlpha * exec_ns + (1 - kEwmaAlpha) * est);
+      est =
+          est == 0 ? exec_ns : static_cast<int64_t>(kEwmaAlpha * exec_ns + (1 - kEwmaAlpha) * est);
       const double rate = static_cast<double>(batch.rows) * 1e9 / exec_ns * config_.instances;
-      service_rate_ = service_rate_ == 0 ? rate : kEwmaAlpha * rate + (1 - kEwmaAlpha) * service_rate_;
+      service_rate_ =
+          service_rate_ == 0 ? rate : kEwmaAlpha * rate + (1 - kEwmaAlpha) * service_rate_;
     }
   }
 

@@ -12,12 +12,10 @@ struct DTypeInfo {
   size_t size;
 };
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kBool, "bool", 1},       {DType::kUint8, "uint8", 1},
-    {DType::kUint16, "uint16", 2},   {DType::kUint32, "uint32", 4},
-    {DType::kUint64, "uint64", 8},   {DType::kInt8, "int8", 1},
-    {DType::kInt16, "int16", 2},     {DType::kInt32, "int32", 4},
-    {DType::kInt64, "int64", 8},     {DType::kFp16, "float16", 2},
-    {DType::kBf16, "bfloat16", 2},   {DType::kFp32, "float32", 4},
+    {DType::kBool, "bool", 1},     {DType::kUint8, "uint8", 1},   {DType::kUint16, "uint16", 2},
+    {DType::kUint32, "uint32", 4}, {DType::kUint64, "uint64", 8}, {DType::kInt8, "int8", 1},
+    {DType::kInt16, "int16", 2},   {DType::kInt32, "int32", 4},   {DType::kInt64, "int64", 8},
+    {DType::kFp16, "float16", 2},  {DType::kBf16, "bfloat16", 2}, {DType::kFp32, "float32", 4},
     {DType::kFp64, "float64", 8},
 };
 }  // namespace

@@ -85,8 +85,10 @@ void StressAgainstOracle(uint64_t seed, bool inline_execution, int instances) {
         for (auto& v : s.data) v = static_cast<float>(rng() % 1000);
         SubmitArgs args;
         args.inputs.push_back({reinterpret_cast<const uint8_t*>(s.data.data()),
-                               s.data.size() * sizeof(float), DType::kFp32,
-                               {rows, kFeatures}, true});
+                               s.data.size() * sizeof(float),
+                               DType::kFp32,
+                               {rows, kFeatures},
+                               true});
         args.sink = sink;
         // 1 in 50: a deadline of 1 ns, which has always passed by the time a
         // batch forms.
@@ -122,8 +124,8 @@ void StressAgainstOracle(uint64_t seed, bool inline_execution, int instances) {
     if (c.status.ok()) {
       ++ok;
       CHECK(!s.expect_expired);
-      const float* out = reinterpret_cast<const float*>(c.result->outputs[0]->data()) +
-                         c.row_offset * kFeatures;
+      const float* out =
+          reinterpret_cast<const float*>(c.result->outputs[0]->data()) + c.row_offset * kFeatures;
       CHECK_EQ(static_cast<size_t>(c.rows) * kFeatures, s.data.size());
       bool equal = true;
       for (size_t i = 0; i < s.data.size(); ++i) equal &= out[i] == 3 * s.data[i] + 1;
@@ -162,7 +164,10 @@ void ManualClockClosesOnDelayOnly() {
   for (int i = 0; i < 3; ++i) {
     SubmitArgs args;
     args.inputs.push_back({reinterpret_cast<const uint8_t*>(data.data()),
-                           data.size() * sizeof(float), DType::kFp32, {1, kFeatures}, true});
+                           data.size() * sizeof(float),
+                           DType::kFp32,
+                           {1, kFeatures},
+                           true});
     args.sink = sink;
     uint64_t id;
     CHECK(batcher->Submit(args, &id, nullptr).ok());

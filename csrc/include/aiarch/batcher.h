@@ -45,14 +45,14 @@
 namespace aiarch {
 
 struct BatchConfig {
-  int64_t max_batch_size = 64;                // rows per batch
-  int64_t max_delay_ns = 500'000;             // longest the oldest request waits for company
-  std::vector<int64_t> preferred_batch_sizes; // pad a batch up to the smallest size >= its rows
-  int64_t max_queue_rows = 4096;              // admission bound; beyond it Submit fails at once
-  int instances = 1;                          // batches in flight (worker threads)
-  int priority_levels = 1;                    // levels 1..N, 1 is served first
-  int default_priority_level = 0;             // level for priority 0; 0 = the lowest (N)
-  bool drop_unreachable = true;               // expire requests the measured exec time cannot serve
+  int64_t max_batch_size = 64;                 // rows per batch
+  int64_t max_delay_ns = 500'000;              // longest the oldest request waits for company
+  std::vector<int64_t> preferred_batch_sizes;  // pad a batch up to the smallest size >= its rows
+  int64_t max_queue_rows = 4096;               // admission bound; beyond it Submit fails at once
+  int instances = 1;                           // batches in flight (worker threads)
+  int priority_levels = 1;                     // levels 1..N, 1 is served first
+  int default_priority_level = 0;              // level for priority 0; 0 = the lowest (N)
+  bool drop_unreachable = true;  // expire requests the measured exec time cannot serve
   // When a Submit closes a batch (it filled it, or max_delay is 0) and an
   // instance is free, run that batch on the submitting thread: no thread
   // hand-off in either direction. Best for executors that hold the GIL;
@@ -193,11 +193,11 @@ class Batcher {
   uint64_t clock_subscription_ = 0;
 
   mutable std::mutex mu_;
-  std::condition_variable work_cv_;     // workers wait here for requests / time
-  std::condition_variable settled_cv_;  // ManualClock::Advance waits here
-  const std::vector<TensorSpec> inputs_;  // immutable after Create: read without mu_
-  std::vector<TensorSpec> outputs_;     // guarded by mu_ (learned once)
-  std::vector<std::deque<Request*>> levels_;                      // guarded by mu_
+  std::condition_variable work_cv_;           // workers wait here for requests / time
+  std::condition_variable settled_cv_;        // ManualClock::Advance waits here
+  const std::vector<TensorSpec> inputs_;      // immutable after Create: read without mu_
+  std::vector<TensorSpec> outputs_;           // guarded by mu_ (learned once)
+  std::vector<std::deque<Request*>> levels_;  // guarded by mu_
   std::unordered_map<uint64_t, std::unique_ptr<Request>> queued_;  // guarded by mu_
   int64_t queued_rows_ = 0;                                        // guarded by mu_
   int idle_workers_ = 0;                                           // guarded by mu_

@@ -187,7 +187,14 @@ def run_worker(config: ServeConfig, runtime_factory: Callable[[], Any] | None = 
         asyncio.set_event_loop(None)
 
 
+def _exit_now(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def _worker_main(config: ServeConfig) -> None:
+    # A stop that arrives before the loop takes over the signals ends the worker cleanly.
+    signal.signal(signal.SIGTERM, _exit_now)
+    signal.signal(signal.SIGINT, _exit_now)
     sys.exit(run_worker(config))
 
 
@@ -230,7 +237,8 @@ def run(config: ServeConfig) -> int:
                     forward(signal.SIGTERM, None)
     finally:
         holder.close()
-    failed = [(p.name, p.exitcode) for p in procs if p.exitcode]
+    clean = (0, -signal.SIGTERM) if stopping else (0,)
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode not in clean]
     if failed:
         log.error("workers exited with errors: %s", failed)
         code = code or 1
