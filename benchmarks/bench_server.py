@@ -27,9 +27,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,9 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    # One torch/OpenMP thread in both servers: set_num_threads(1) alone applies to the thread
+    # that calls it, and idle OpenMP workers spinning on a 2-core machine steal the loop's core.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
         import aiarch
 

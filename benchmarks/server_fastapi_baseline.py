@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+
 from server_mlp import mlp
 
 app = FastAPI()

@@ -131,7 +131,7 @@ def test_encode_response_mixed_binary_and_json() -> None:
 
 def test_encode_bytes_outputs() -> None:
     arr = np.array([b"hi", b"\xff"], dtype=object)
-    header, buffers = v2.encode_infer_response("m", "1", None, ["s"], ["BYTES"], [arr], [True])
+    _header, buffers = v2.encode_infer_response("m", "1", None, ["s"], ["BYTES"], [arr], [True])
     assert buffers[0] == b"\x02\x00\x00\x00hi\x01\x00\x00\x00\xff"
     with pytest.raises(HttpError, match="UTF-8"):
         v2.encode_infer_response("m", "1", None, ["s"], ["BYTES"], [arr], [False])

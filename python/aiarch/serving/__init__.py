@@ -7,4 +7,4 @@ Modules: `http` (connection protocol), `v2` (codec), `app` (routes), `metrics` (
 from .config import HttpLimits, ModelConfig, ServeConfig
 from .server import Server, run
 
-__all__ = ["HttpLimits", "ModelConfig", "Server", "ServeConfig", "run"]
+__all__ = ["HttpLimits", "ModelConfig", "ServeConfig", "Server", "run"]

@@ -18,9 +18,10 @@ import importlib.util
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ModelConfig, _model_from_table, validate_model_name
 

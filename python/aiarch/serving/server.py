@@ -20,7 +20,8 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .app import App
 from .config import ServeConfig
