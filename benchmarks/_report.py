@@ -33,8 +33,13 @@ def metadata() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -51,6 +56,7 @@ def metadata() -> dict[str, Any]:
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """Prints rows under a title as a fixed-width table."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             if v == 0 or 0.01 <= abs(v) < 1e6:

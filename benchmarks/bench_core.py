@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _report import print_table, write_json  # noqa: E402
-
-import aiarch  # noqa: E402
+import aiarch
+from _report import print_table, write_json
 
 FEATURES = 16
 
@@ -81,7 +80,7 @@ class NaiveBatcher:
             for x, fut in items:
                 n = x.shape[0]
                 if not fut.done():
-                    fut.set_result(out[offset:offset + n])
+                    fut.set_result(out[offset : offset + n])
                 offset += n
 
 
@@ -123,9 +122,14 @@ async def drive(infer: Any, submitters: int, duration_s: float) -> dict[str, flo
 
 async def run_aiarch(submitters: int, duration_s: float, max_delay_us: float) -> dict[str, float]:
     rt = aiarch.Runtime()
-    rt.add_model("identity", identity, inputs=[aiarch.TensorSpec("x", "float32", (FEATURES,))],
-                 batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=max_delay_us,
-                                             max_queue_rows=1 << 16))
+    rt.add_model(
+        "identity",
+        identity,
+        inputs=[aiarch.TensorSpec("x", "float32", (FEATURES,))],
+        batching=aiarch.BatchConfig(
+            max_batch_size=64, max_delay_us=max_delay_us, max_queue_rows=1 << 16
+        ),
+    )
 
     async def infer(x: np.ndarray) -> Any:
         return await rt.infer("identity", x)
@@ -150,11 +154,17 @@ async def run_naive(submitters: int, duration_s: float, max_delay_us: float) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per measurement (default 5)"
+    )
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop")
     ap.add_argument("--json", default="bench-results/bench_core.json", help="JSON output path")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds in all, to check the script runs")
+    ap.add_argument(
+        "--smoke", action="store_true", help="a few seconds in all, to check the script runs"
+    )
     args = ap.parse_args()
     duration = 0.3 if args.smoke else args.duration
 
@@ -167,24 +177,59 @@ def main() -> None:
 
     # (label, submitters, max_delay_us): 64 submitters batch with a delay; one
     # submitter with max_delay 0 measures the batcher's added latency.
-    cases = [("64 submitters, delay 500us", 64, 500.0), ("64 submitters, delay 0", 64, 0.0),
-             ("1 submitter, delay 0", 1, 0.0)]
+    cases = [
+        ("64 submitters, delay 500us", 64, 500.0),
+        ("64 submitters, delay 0", 64, 0.0),
+        ("1 submitter, delay 0", 1, 0.0),
+    ]
     rows, results = [], []
     for label, n, delay in cases:
         ours = runner(run_aiarch(n, duration, delay))
         base = runner(run_naive(n, duration, delay))
         ratio = ours["rps"] / base["rps"]
-        rows.append([label, "aiarch", ours["rps"], ours["p50_us"], ours["p99_us"], ours["p999_us"],
-                     ours["mean_batch"], ratio])
-        rows.append([label, "asyncio baseline", base["rps"], base["p50_us"], base["p99_us"],
-                     base["p999_us"], "", 1.0])
-        results.append({"case": label, "submitters": n, "max_delay_us": delay, "aiarch": ours,
-                        "baseline": base, "throughput_ratio": ratio})
-    print_table(f"Runtime vs pure-Python asyncio batcher (identity model, 1 row x {FEATURES} float32, "
-                f"{args.loop}, {duration:g}s per point)",
-                ["case", "impl", "req/s", "p50 us", "p99 us", "p99.9 us", "mean batch", "x baseline"],
-                rows)
-    write_json(args.json, "bench_core", {"loop": args.loop, "duration_s": duration, "cases": results})
+        rows.append(
+            [
+                label,
+                "aiarch",
+                ours["rps"],
+                ours["p50_us"],
+                ours["p99_us"],
+                ours["p999_us"],
+                ours["mean_batch"],
+                ratio,
+            ]
+        )
+        rows.append(
+            [
+                label,
+                "asyncio baseline",
+                base["rps"],
+                base["p50_us"],
+                base["p99_us"],
+                base["p999_us"],
+                "",
+                1.0,
+            ]
+        )
+        results.append(
+            {
+                "case": label,
+                "submitters": n,
+                "max_delay_us": delay,
+                "aiarch": ours,
+                "baseline": base,
+                "throughput_ratio": ratio,
+            }
+        )
+    print_table(
+        f"Runtime vs pure-Python asyncio batcher (identity model, 1 row x {FEATURES} float32, "
+        f"{args.loop}, {duration:g}s per point)",
+        ["case", "impl", "req/s", "p50 us", "p99 us", "p99.9 us", "mean batch", "x baseline"],
+        rows,
+    )
+    write_json(
+        args.json, "bench_core", {"loop": args.loop, "duration_s": duration, "cases": results}
+    )
 
 
 if __name__ == "__main__":

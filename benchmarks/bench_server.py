@@ -79,8 +79,9 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
 @contextmanager
 def _server(cmd: list[str], port: int, log: Path) -> Iterator[None]:
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(),
-                                cwd=str(HERE.parent))
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(), cwd=str(HERE.parent)
+        )
         try:
             _wait_ready(port, proc)
             yield
@@ -94,55 +95,111 @@ def _server(cmd: list[str], port: int, log: Path) -> Iterator[None]:
 
 
 def aiarch_cmd(port: int, workers: int, max_delay_us: int) -> list[str]:
-    return [sys.executable, "-m", "aiarch.cli", "serve", "--port", str(port),
-            "--model", f"mlp={HERE / 'server_mlp.py'}:mlp", "--workers", str(workers),
-            "--max-batch-size", "64", "--max-delay-us", str(max_delay_us),
-            "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "aiarch.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--model",
+        f"mlp={HERE / 'server_mlp.py'}:mlp",
+        "--workers",
+        str(workers),
+        "--max-batch-size",
+        "64",
+        "--max-delay-us",
+        str(max_delay_us),
+        "--log-level",
+        "warning",
+    ]
 
 
 def baseline_cmd(port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE),
-            "server_fastapi_baseline:app", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(HERE),
+        "server_fastapi_baseline:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
 
 
 def bodies(tmp: Path) -> dict[str, tuple[Path, int | None]]:
     """One-row request bodies: v2 JSON, and v2 binary (JSON header + 256 raw bytes)."""
     x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
-    doc = {"inputs": [{"name": "input0", "shape": [1, 64], "datatype": "FP32",
-                       "data": [float(v) for v in x]}]}
+    doc = {
+        "inputs": [
+            {"name": "input0", "shape": [1, 64], "datatype": "FP32", "data": [float(v) for v in x]}
+        ]
+    }
     (tmp / "json.body").write_bytes(json.dumps(doc).encode())
-    header = json.dumps({
-        "inputs": [{"name": "input0", "shape": [1, 64], "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "output0", "parameters": {"binary_data": True}}],
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input0",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "output0", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     (tmp / "binary.body").write_bytes(header + x.tobytes())
     return {"json": (tmp / "json.body", None), "binary": (tmp / "binary.body", len(header))}
 
 
-def run_wrk(port: int, path: str, body: Path, hlen: int | None, conns: int,
-            duration: float) -> dict[str, Any]:
-    env = dict(os.environ, AIARCH_BENCH_PATH=path, AIARCH_BENCH_BODY=str(body),
-               AIARCH_BENCH_HLEN="" if hlen is None else str(hlen))
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-           "-s", str(LUA), f"http://127.0.0.1:{port}"]
+def run_wrk(
+    port: int, path: str, body: Path, hlen: int | None, conns: int, duration: float
+) -> dict[str, Any]:
+    env = dict(
+        os.environ,
+        AIARCH_BENCH_PATH=path,
+        AIARCH_BENCH_BODY=str(body),
+        AIARCH_BENCH_HLEN="" if hlen is None else str(hlen),
+    )
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{port}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
-            r = json.loads(line[len("WRKJSON "):])
+            r = json.loads(line[len("WRKJSON ") :])
             r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
             return r
     raise RuntimeError(f"wrk gave no result: {out.stdout}\n{out.stderr}")
 
 
-def run_python_client(port: int, path: str, body: Path, hlen: int | None, conns: int,
-                      duration: float) -> dict[str, Any]:
+def run_python_client(
+    port: int, path: str, body: Path, hlen: int | None, conns: int, duration: float
+) -> dict[str, Any]:
     """Fallback when wrk is missing (smoke runs only): one keep-alive connection, closed loop."""
     payload = body.read_bytes()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n"
-            + (f"Inference-Header-Content-Length: {hlen}\r\n" if hlen is not None else "")
-            + "\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n"
+        + (f"Inference-Header-Content-Length: {hlen}\r\n" if hlen is not None else "")
+        + "\r\n"
+    ).encode()
     lat: list[float] = []
     errors = 0
     with socket.create_connection(("127.0.0.1", port)) as s, s.makefile("rb") as f:
@@ -159,23 +216,36 @@ def run_python_client(port: int, path: str, body: Path, hlen: int | None, conns:
             lat.append((time.perf_counter() - t0) * 1e6)
             errors += status != 200
     a = np.array(lat)
-    return {"requests": len(a), "rps": len(a) / duration, "p50_us": float(np.percentile(a, 50)),
-            "p90_us": float(np.percentile(a, 90)), "p99_us": float(np.percentile(a, 99)),
-            "p999_us": float(np.percentile(a, 99.9)), "max_us": float(a.max()),
-            "errors_status": errors, "client": "python (wrk not installed)"}
+    return {
+        "requests": len(a),
+        "rps": len(a) / duration,
+        "p50_us": float(np.percentile(a, 50)),
+        "p90_us": float(np.percentile(a, 90)),
+        "p99_us": float(np.percentile(a, 99)),
+        "p999_us": float(np.percentile(a, 99.9)),
+        "max_us": float(a.max()),
+        "errors_status": errors,
+        "client": "python (wrk not installed)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--smoke", action="store_true", help="a few seconds in total (CI)")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 8, 64])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                    help="aiarch worker counts to measure")
-    ap.add_argument("--max-delay-us", type=int, default=0,
-                    help="aiarch batch delay; with 0 a batch closes as soon as the executor is "
-                         "free, so batches grow with load and a lone request never waits")
+    ap.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="aiarch worker counts to measure"
+    )
+    ap.add_argument(
+        "--max-delay-us",
+        type=int,
+        default=0,
+        help="aiarch batch delay; with 0 a batch closes as soon as the executor is "
+        "free, so batches grow with load and a lone request never waits",
+    )
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--json", default="bench-results/bench_server.json", help="output file")
     args = ap.parse_args(argv)
@@ -205,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             plans.append(("fastapi+uvicorn", baseline_cmd(port), port, ["json"]))
         for w in args.workers:
             port = _free_port()
-            plans.append((f"aiarch w={w}", aiarch_cmd(port, w, args.max_delay_us), port,
-                          ["json", "binary"]))
+            plans.append(
+                (f"aiarch w={w}", aiarch_cmd(port, w, args.max_delay_us), port, ["json", "binary"])
+            )
         for name, cmd, port, kinds in plans:
             with _server(cmd, port, tmp / f"{port}.log"):
                 for kind in kinds:
@@ -216,23 +287,50 @@ def main(argv: list[str] | None = None) -> int:
                         r = load(port, path, body, hlen, c, args.duration)
                         r.update(server=name, body=kind, connections=c)
                         results.append(r)
-                        print(f"  {name:16s} {kind:6s} c={c:<3d} {r['rps']:10.0f} req/s  "
-                              f"p50 {r['p50_us']:8.0f} us  p99 {r['p99_us']:8.0f} us",
-                              flush=True)
+                        print(
+                            f"  {name:16s} {kind:6s} c={c:<3d} {r['rps']:10.0f} req/s  "
+                            f"p50 {r['p50_us']:8.0f} us  p99 {r['p99_us']:8.0f} us",
+                            flush=True,
+                        )
     base = {r["connections"]: r["rps"] for r in results if r["server"] == "fastapi+uvicorn"}
     rows = []
     for r in results:
         ratio = r["rps"] / base[r["connections"]] if r["connections"] in base else float("nan")
         r["ratio_vs_baseline"] = ratio
-        rows.append([r["server"], r["body"], r["connections"], r["rps"], r["p50_us"] / 1e3,
-                     r["p99_us"] / 1e3, r["p999_us"] / 1e3, r.get("errors_status", 0), ratio])
+        rows.append(
+            [
+                r["server"],
+                r["body"],
+                r["connections"],
+                r["rps"],
+                r["p50_us"] / 1e3,
+                r["p99_us"] / 1e3,
+                r["p999_us"] / 1e3,
+                r.get("errors_status", 0),
+                ratio,
+            ]
+        )
     print_table(
         f"v2 infer, one row, MLP 64-256-256-16 ({'smoke' if args.smoke else f'{args.duration:g}s'}"
         " per point; ratio = req/s over the FastAPI baseline at the same connections)",
-        ["server", "body", "conns", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx",
-         "x baseline"], rows)
-    write_json(args.json, "bench_server", {"max_delay_us": args.max_delay_us,
-                                           "duration_s": args.duration, "runs": results})
+        [
+            "server",
+            "body",
+            "conns",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "non-2xx",
+            "x baseline",
+        ],
+        rows,
+    )
+    write_json(
+        args.json,
+        "bench_server",
+        {"max_delay_us": args.max_delay_us, "duration_s": args.duration, "runs": results},
+    )
     return 0 if all(r.get("errors_status", 0) == 0 for r in results) else 1
 
 

@@ -24,8 +24,14 @@ async def infer(request: Request) -> dict[str, Any]:
     y = mlp(x)
     return {
         "model_name": "mlp",
-        "outputs": [{"name": "output0", "datatype": "FP32", "shape": list(y.shape),
-                     "data": y.ravel().tolist()}],
+        "outputs": [
+            {
+                "name": "output0",
+                "datatype": "FP32",
+                "shape": list(y.shape),
+                "data": y.ravel().tolist(),
+            }
+        ],
     }
 
 

@@ -1,6 +1,6 @@
 """The README example, plus a short load so the runtime's statistics mean something.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import aiarch
 def main() -> None:
     # --- the README example -------------------------------------------------
     rt = aiarch.Runtime()
-    rt.add_model("score", lambda x: x.sum(axis=1, keepdims=True),
-                 inputs=[aiarch.TensorSpec("x", "float32", (8,))],
-                 batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=500),
-                 cache=aiarch.CacheConfig(max_bytes=64 << 20))
-    y = rt.infer_sync("score", np.ones((1, 8), np.float32))          # from plain threads
+    rt.add_model(
+        "score",
+        lambda x: x.sum(axis=1, keepdims=True),
+        inputs=[aiarch.TensorSpec("x", "float32", (8,))],
+        batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=500),
+        cache=aiarch.CacheConfig(max_bytes=64 << 20),
+    )
+    y = rt.infer_sync("score", np.ones((1, 8), np.float32))  # from plain threads
     y = asyncio.run(rt.infer("score", np.ones((1, 8), np.float32)))  # from asyncio
     print("score:", y.ravel())
     # -------------------------------------------------------------------------
@@ -39,8 +42,10 @@ def main() -> None:
     asyncio.run(load())
     st = rt.stats("score")
     lat = st["latency_us"]
-    print(f"\n{st['requests']['success']:,} requests in {st['batches']:,} batches "
-          f"(mean {st['batch_size']['mean']:.1f} rows); cache hits {st['cache']['hits']:,}")
+    print(
+        f"\n{st['requests']['success']:,} requests in {st['batches']:,} batches "
+        f"(mean {st['batch_size']['mean']:.1f} rows); cache hits {st['cache']['hits']:,}"
+    )
     print(f"{'stage':<12}{'p50 us':>10}{'p99 us':>10}{'p99.9 us':>10}")
     for stage in ("queue", "execution", "end_to_end"):
         s = lat[stage]

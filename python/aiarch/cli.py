@@ -50,47 +50,95 @@ def _add_serve(sub: Any) -> None:
     )
     g = p.add_argument_group("models")
     g.add_argument(
-        "--model", "-m", action="append", default=[], metavar="NAME=SOURCE",
+        "--model",
+        "-m",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
         help="model to load; SOURCE is 'package.module:attr' or 'path/file.py:attr' (a callable "
-             "called once per batch, optionally with .inputs/.outputs); repeatable",
+        "called once per batch, optionally with .inputs/.outputs); repeatable",
     )
-    g.add_argument("--config", "-c", metavar="FILE",
-                   help="TOML or JSON file with [server] options and [models.NAME] tables")
+    g.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="TOML or JSON file with [server] options and [models.NAME] tables",
+    )
     b = p.add_argument_group("batching and cache (defaults for every --model)")
-    b.add_argument("--max-batch-size", type=_positive_int, metavar="ROWS",
-                   help="most rows per batch (runtime default 64)")
-    b.add_argument("--max-delay-us", type=int, metavar="US",
-                   help="longest wait to fill a batch (runtime default 500)")
-    b.add_argument("--max-queue-rows", type=_positive_int, metavar="ROWS",
-                   help="admission bound per model; beyond it requests get 429 + Retry-After "
-                        "(runtime default 4096)")
-    b.add_argument("--instances", type=_positive_int, metavar="N",
-                   help="batches executing at once per model (runtime default 1)")
-    b.add_argument("--inline-execution", choices=["on", "off"],
-                   help="run a batch on the event loop when a submit closes it (on: no thread "
-                        "hand-off, best for GIL-holding numpy models; off: a batcher thread runs "
-                        "it, best for slow models or ones that release the GIL, e.g. torch)")
-    b.add_argument("--cache-mb", type=float, metavar="MB",
-                   help="enable the response cache with this budget")
-    b.add_argument("--cache-ttl-s", type=float, metavar="S",
-                   help="cache entry lifetime (0 = no expiry)")
+    b.add_argument(
+        "--max-batch-size",
+        type=_positive_int,
+        metavar="ROWS",
+        help="most rows per batch (runtime default 64)",
+    )
+    b.add_argument(
+        "--max-delay-us",
+        type=int,
+        metavar="US",
+        help="longest wait to fill a batch (runtime default 500)",
+    )
+    b.add_argument(
+        "--max-queue-rows",
+        type=_positive_int,
+        metavar="ROWS",
+        help="admission bound per model; beyond it requests get 429 + Retry-After "
+        "(runtime default 4096)",
+    )
+    b.add_argument(
+        "--instances",
+        type=_positive_int,
+        metavar="N",
+        help="batches executing at once per model (runtime default 1)",
+    )
+    b.add_argument(
+        "--inline-execution",
+        choices=["on", "off"],
+        help="run a batch on the event loop when a submit closes it (on: no thread "
+        "hand-off, best for GIL-holding numpy models; off: a batcher thread runs "
+        "it, best for slow models or ones that release the GIL, e.g. torch)",
+    )
+    b.add_argument(
+        "--cache-mb", type=float, metavar="MB", help="enable the response cache with this budget"
+    )
+    b.add_argument(
+        "--cache-ttl-s", type=float, metavar="S", help="cache entry lifetime (0 = no expiry)"
+    )
     s = p.add_argument_group("server")
     s.add_argument("--host", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="TCP port (default 8000; 0 = any free port)")
-    s.add_argument("--workers", "-w", type=_positive_int,
-                   help="processes sharing the port via SO_REUSEPORT, each with its own "
-                        "runtime (default 1)")
-    s.add_argument("--auth-token", metavar="TOKEN",
-                   help="bearer token for repository load/unload (or env AIARCH_AUTH_TOKEN); "
-                        "required for them when --host is not loopback")
-    s.add_argument("--request-timeout-s", type=float, metavar="S",
-                   help="default deadline for requests that carry none")
-    s.add_argument("--drain-timeout-s", type=float, metavar="S",
-                   help="on SIGTERM/SIGINT, how long in-flight requests may finish (default 30)")
-    s.add_argument("--max-body-mb", type=float, metavar="MB",
-                   help="largest request body; larger gets 413 (default 64)")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="default info")
+    s.add_argument(
+        "--workers",
+        "-w",
+        type=_positive_int,
+        help="processes sharing the port via SO_REUSEPORT, each with its own runtime (default 1)",
+    )
+    s.add_argument(
+        "--auth-token",
+        metavar="TOKEN",
+        help="bearer token for repository load/unload (or env AIARCH_AUTH_TOKEN); "
+        "required for them when --host is not loopback",
+    )
+    s.add_argument(
+        "--request-timeout-s",
+        type=float,
+        metavar="S",
+        help="default deadline for requests that carry none",
+    )
+    s.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        metavar="S",
+        help="on SIGTERM/SIGINT, how long in-flight requests may finish (default 30)",
+    )
+    s.add_argument(
+        "--max-body-mb",
+        type=float,
+        metavar="MB",
+        help="largest request body; larger gets 413 (default 64)",
+    )
+    s.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
+    )
     s.add_argument("--runtime", help=argparse.SUPPRESS)  # module:attr of a Runtime factory
     p.set_defaults(handler=_serve)
 
@@ -109,8 +157,12 @@ def _serve_config(args: argparse.Namespace) -> Any:
     names = {m.name for m in flag_models}
     models = [m for m in models if m.name not in names] + flag_models
     batching: dict[str, Any] = {}
-    for flag, key in (("max_batch_size", "max_batch_size"), ("max_delay_us", "max_delay_us"),
-                      ("max_queue_rows", "max_queue_rows"), ("instances", "instances")):
+    for flag, key in (
+        ("max_batch_size", "max_batch_size"),
+        ("max_delay_us", "max_delay_us"),
+        ("max_queue_rows", "max_queue_rows"),
+        ("instances", "instances"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             batching[key] = value
@@ -126,8 +178,15 @@ def _serve_config(args: argparse.Namespace) -> Any:
         if m.cache is None and cache is not None:
             m.cache = dict(cache)
     cfg.models = models
-    for flag in ("host", "port", "workers", "auth_token", "request_timeout_s",
-                 "drain_timeout_s", "log_level"):
+    for flag in (
+        "host",
+        "port",
+        "workers",
+        "auth_token",
+        "request_timeout_s",
+        "drain_timeout_s",
+        "log_level",
+    ):
         value = getattr(args, flag)
         if value is not None:
             setattr(cfg, flag, value)
@@ -147,8 +206,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"aiarch serve: {e}", file=sys.stderr)
         return 2
     if not cfg.models:
-        print("aiarch serve: no models given (use --model NAME=SOURCE or --config FILE); "
-              "starting with an empty repository", file=sys.stderr)
+        print(
+            "aiarch serve: no models given (use --model NAME=SOURCE or --config FILE); "
+            "starting with an empty repository",
+            file=sys.stderr,
+        )
     return run(cfg)
 
 

@@ -39,11 +39,15 @@ class TensorSpec:
     def __post_init__(self) -> None:
         dtype = self.dtype if isinstance(self.dtype, str) else np.dtype(self.dtype).name
         if dtype not in _DTYPES:
-            raise ValueError(f"TensorSpec {self.name!r}: unknown dtype {dtype!r}; expected one of {_DTYPES}")
+            raise ValueError(
+                f"TensorSpec {self.name!r}: unknown dtype {dtype!r}; expected one of {_DTYPES}"
+            )
         object.__setattr__(self, "dtype", dtype)
         shape = tuple(int(d) for d in self.shape)
         if any(d < 0 for d in shape):
-            raise ValueError(f"TensorSpec {self.name!r}: dims after the batch dim must be >= 0, got {shape}")
+            raise ValueError(
+                f"TensorSpec {self.name!r}: dims after the batch dim must be >= 0, got {shape}"
+            )
         object.__setattr__(self, "shape", shape)
 
 
@@ -74,7 +78,9 @@ class BatchConfig:
     event loop."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "preferred_batch_sizes", tuple(int(s) for s in self.preferred_batch_sizes))
+        object.__setattr__(
+            self, "preferred_batch_sizes", tuple(int(s) for s in self.preferred_batch_sizes)
+        )
         if self.max_delay_us < 0:
             raise ValueError(f"BatchConfig.max_delay_us must be >= 0, got {self.max_delay_us}")
 

@@ -63,11 +63,27 @@ class ModelInfo:
 class _Model:
     """Runtime-side state of one model. The native handle may be created lazily."""
 
-    __slots__ = ("batching", "cache", "cache_config", "fn", "handle", "inputs", "lock", "name",
-                 "outputs", "version")
+    __slots__ = (
+        "batching",
+        "cache",
+        "cache_config",
+        "fn",
+        "handle",
+        "inputs",
+        "lock",
+        "name",
+        "outputs",
+        "version",
+    )
 
-    def __init__(self, name: str, fn: Callable[..., Any], version: str, batching: BatchConfig,
-                 cache_config: CacheConfig | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        version: str,
+        batching: BatchConfig,
+        cache_config: CacheConfig | None,
+    ) -> None:
         self.name = name
         self.fn = fn
         self.version = version
@@ -88,21 +104,25 @@ class _Model:
         if isinstance(inputs, Mapping):
             if not specs:
                 raise InvalidArgumentError(
-                    f"model {self.name!r} has no declared inputs; pass arrays in order, not by name")
+                    f"model {self.name!r} has no declared inputs; pass arrays in order, not by name"
+                )
             names = [s.name for s in specs]
             unknown = sorted(set(inputs) - set(names))
             missing = [n for n in names if n not in inputs]
             if unknown or missing:
                 raise InvalidArgumentError(
                     f"model {self.name!r} expects inputs {names}; "
-                    f"missing {missing}, unknown {unknown}")
+                    f"missing {missing}, unknown {unknown}"
+                )
             return tuple(self._as_array(inputs[s.name], s) for s in specs)
         if isinstance(inputs, (tuple, list)):
             if len(specs) <= 1 and not any(isinstance(x, np.ndarray) for x in inputs):
                 # A nested list of numbers for a single-input model.
                 return self._as_array(inputs, specs[0] if specs else None)
-            return tuple(self._as_array(x, specs[i] if i < len(specs) else None)
-                         for i, x in enumerate(inputs))
+            return tuple(
+                self._as_array(x, specs[i] if i < len(specs) else None)
+                for i, x in enumerate(inputs)
+            )
         return self._as_array(inputs, specs[0] if specs else None)
 
     @staticmethod
@@ -111,15 +131,21 @@ class _Model:
             return x
         # Array-likes (a CPU torch tensor, a memoryview) convert without a
         # copy; plain Python numbers take the declared dtype.
-        if hasattr(x, "__array__") or hasattr(x, "__array_interface__") or isinstance(x, memoryview):
+        if (
+            hasattr(x, "__array__")
+            or hasattr(x, "__array_interface__")
+            or isinstance(x, memoryview)
+        ):
             return np.asarray(x)
         dtype = spec.dtype if spec is not None and spec.dtype != "bfloat16" else None
         try:
             return np.asarray(x, dtype=dtype)
         except (TypeError, ValueError) as e:
             where = f"input {spec.name!r}" if spec else "input"
-            raise InvalidArgumentError(f"{where}: cannot convert {type(x).__name__} to an array "
-                                       f"of {dtype or 'numbers'}: {e}") from None
+            raise InvalidArgumentError(
+                f"{where}: cannot convert {type(x).__name__} to an array "
+                f"of {dtype or 'numbers'}: {e}"
+            ) from None
 
 
 class _LoopState:
@@ -207,9 +233,12 @@ class Runtime:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise InvalidArgumentError(
                 f"model name {name!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit")
+                "starting with a letter or digit"
+            )
         if not callable(model):
-            raise InvalidArgumentError(f"model {name!r}: expected a callable, got {type(model).__name__}")
+            raise InvalidArgumentError(
+                f"model {name!r}: expected a callable, got {type(model).__name__}"
+            )
         if batching is None:
             batching = BatchConfig()
         if cache is True:
@@ -222,7 +251,9 @@ class Runtime:
         m = _Model(name, model, str(version), batching, cache)
         with self._lock:
             if name in self._models:
-                raise AlreadyExistsError(f"model {name!r} is already loaded; remove_model() it first")
+                raise AlreadyExistsError(
+                    f"model {name!r} is already loaded; remove_model() it first"
+                )
             self._models[name] = m
         try:
             if inputs:
@@ -258,9 +289,15 @@ class Runtime:
         if not outputs and m.handle is not None:
             outputs = tuple(TensorSpec(n, d, s) for n, d, s in m.handle.output_specs())
             m.outputs = outputs
-        return ModelInfo(name=m.name, version=m.version, inputs=m.inputs, outputs=outputs,
-                         batching=m.batching, cache=m.cache_config,
-                         ready=m.handle is not None or not m.inputs)
+        return ModelInfo(
+            name=m.name,
+            version=m.version,
+            inputs=m.inputs,
+            outputs=outputs,
+            batching=m.batching,
+            cache=m.cache_config,
+            ready=m.handle is not None or not m.inputs,
+        )
 
     def invalidate_cache(self, name: str) -> None:
         """Makes every cached response of ``name`` unreachable (a generation bump)."""
@@ -270,8 +307,9 @@ class Runtime:
 
     # ------------------------------------------------------------ inference
 
-    async def infer(self, name: str, inputs: Any, *, timeout_s: float | None = None,
-                    priority: int = 0) -> Any:
+    async def infer(
+        self, name: str, inputs: Any, *, timeout_s: float | None = None, priority: int = 0
+    ) -> Any:
         """Runs one request through the model's batcher; awaits its outputs.
 
         ``inputs``: an ndarray (single-input model), a sequence of arrays in
@@ -308,8 +346,9 @@ class Runtime:
                 handle.cancel(r)
             raise
 
-    def infer_sync(self, name: str, inputs: Any, *, timeout_s: float | None = None,
-                   priority: int = 0) -> Any:
+    def infer_sync(
+        self, name: str, inputs: Any, *, timeout_s: float | None = None, priority: int = 0
+    ) -> Any:
         """Blocking form of :meth:`infer` for plain threads (the GIL is released while waiting)."""
         m = self._get(name)
         x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
@@ -323,16 +362,25 @@ class Runtime:
         m = self._get(name)
         out: dict[str, Any] = {"model": m.name, "version": m.version}
         if m.handle is None:
-            out.update(requests=dict.fromkeys(("success", "failed", "expired", "rejected",
-                                               "cancelled"), 0),
-                       batches=0, rows=0, queue_rows=0, in_flight_batches=0,
-                       latency_us={k: _summary_us(None) for k in _HISTOGRAMS},
-                       totals_ns=dict.fromkeys(_HISTOGRAMS, 0),
-                       batch_size={"mean": 0.0, "max": 0, "counts": {}},
-                       cache=None, service_rate_rows_per_s=0.0)
+            out.update(
+                requests=dict.fromkeys(
+                    ("success", "failed", "expired", "rejected", "cancelled"), 0
+                ),
+                batches=0,
+                rows=0,
+                queue_rows=0,
+                in_flight_batches=0,
+                latency_us={k: _summary_us(None) for k in _HISTOGRAMS},
+                totals_ns=dict.fromkeys(_HISTOGRAMS, 0),
+                batch_size={"mean": 0.0, "max": 0, "counts": {}},
+                cache=None,
+                service_rate_rows_per_s=0.0,
+            )
             return out
         s = m.handle.stats()
-        out["requests"] = {k: s[k] for k in ("success", "failed", "expired", "rejected", "cancelled")}
+        out["requests"] = {
+            k: s[k] for k in ("success", "failed", "expired", "rejected", "cancelled")
+        }
         out["batches"] = s["batches"]
         out["rows"] = s["rows"]
         out["queue_rows"] = s["queue_rows"]
@@ -343,8 +391,11 @@ class Runtime:
         counts = bs.counts()
         nz = np.flatnonzero(counts)
         # Batch sizes are small integers: below 2048 every bucket is exact.
-        out["batch_size"] = {"mean": bs.mean if bs.total_count else 0.0, "max": bs.max,
-                             "counts": {int(i): int(counts[i]) for i in nz if i < 2048}}
+        out["batch_size"] = {
+            "mean": bs.mean if bs.total_count else 0.0,
+            "max": bs.max,
+            "counts": {int(i): int(counts[i]) for i in nz if i < 2048},
+        }
         out["cache"] = None if m.cache is None else m.cache.counters()
         out["service_rate_rows_per_s"] = s["service_rate_rows_per_s"]
         return out
@@ -418,17 +469,20 @@ class Runtime:
             if a.ndim < 1 or a.shape[0] != rows:
                 raise InvalidArgumentError(
                     f"model {m.name!r}: warm-up output {i} has shape {a.shape}; "
-                    f"expected {rows} row(s) first")
+                    f"expected {rows} row(s) first"
+                )
             name = m.outputs[i].name if i < len(m.outputs) else f"output{i}"
             learned.append(TensorSpec(name, a.dtype.name, a.shape[1:]))
         if m.outputs and len(m.outputs) != len(learned):
             raise InvalidArgumentError(
-                f"model {m.name!r} declares {len(m.outputs)} outputs but returned {len(learned)}")
+                f"model {m.name!r} declares {len(m.outputs)} outputs but returned {len(learned)}"
+            )
         for declared, got in zip(m.outputs, learned):
             if (declared.dtype, declared.shape) != (got.dtype, got.shape):
                 raise InvalidArgumentError(
                     f"model {m.name!r} output {declared.name!r} declared {declared.dtype}"
-                    f"{list(declared.shape)} per row but the model returned {got.dtype}{list(got.shape)}")
+                    f"{list(declared.shape)} per row but the model returned {got.dtype}{list(got.shape)}"
+                )
         return tuple(learned)
 
     def _create_handle(self, m: _Model, first_request: Any = None) -> Any:
@@ -444,22 +498,33 @@ class Runtime:
                     if not isinstance(a, np.ndarray) or a.ndim < 1:
                         raise InvalidArgumentError(
                             f"model {m.name!r}: the first request fixes the input specs and needs "
-                            "arrays with a leading row dimension")
+                            "arrays with a leading row dimension"
+                        )
                     specs.append(TensorSpec(f"input{i}", a.dtype.name, a.shape[1:]))
                 m.inputs = tuple(specs)
             b = m.batching
             native_batching = _core.BatchConfig(
-                max_batch_size=b.max_batch_size, max_delay_ns=int(b.max_delay_us * 1000),
+                max_batch_size=b.max_batch_size,
+                max_delay_ns=int(b.max_delay_us * 1000),
                 preferred_batch_sizes=list(b.preferred_batch_sizes),
-                max_queue_rows=b.max_queue_rows, instances=b.instances,
-                priority_levels=b.priority_levels, default_priority_level=b.default_priority_level,
-                drop_unreachable=b.drop_unreachable, inline_execution=b.inline_execution)
+                max_queue_rows=b.max_queue_rows,
+                instances=b.instances,
+                priority_levels=b.priority_levels,
+                default_priority_level=b.default_priority_level,
+                drop_unreachable=b.drop_unreachable,
+                inline_execution=b.inline_execution,
+            )
             if m.cache_config is not None and m.cache is None:
                 c = m.cache_config
-                m.cache = _core.ResponseCache(max_bytes=c.max_bytes, ttl_ns=int(c.ttl_s * 1e9),
-                                              shards=c.shards, buckets=c.buckets)
-            m.handle = _core.Model(m.name, m.fn, list(m.inputs), list(m.outputs), native_batching,
-                                   m.cache, self._clock)
+                m.cache = _core.ResponseCache(
+                    max_bytes=c.max_bytes,
+                    ttl_ns=int(c.ttl_s * 1e9),
+                    shards=c.shards,
+                    buckets=c.buckets,
+                )
+            m.handle = _core.Model(
+                m.name, m.fn, list(m.inputs), list(m.outputs), native_batching, m.cache, self._clock
+            )
             return m.handle
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> _LoopState:
@@ -469,7 +534,9 @@ class Runtime:
                 if self._closed:
                     raise UnavailableError("runtime is closed")
                 # Forget loops that closed with nothing in flight.
-                for old in [lp for lp, s in self._loops.items() if lp.is_closed() and not s.pending]:
+                for old in [
+                    lp for lp, s in self._loops.items() if lp.is_closed() and not s.pending
+                ]:
                     del self._loops[old]
                 st = _LoopState(loop)
                 loop.add_reader(st.queue.fd, self._drain, st)

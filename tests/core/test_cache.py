@@ -92,8 +92,12 @@ def test_hit_ratio_at_least_lru_on_zipf(scans):
     if scans:
         # Interleave one-time scans of never-repeated keys.
         parts = np.array_split(trace, 20)
-        trace = np.concatenate([np.concatenate([p, np.arange(10**6 + i * 400, 10**6 + (i + 1) * 400)])
-                                for i, p in enumerate(parts)])
+        trace = np.concatenate(
+            [
+                np.concatenate([p, np.arange(10**6 + i * 400, 10**6 + (i + 1) * 400)])
+                for i, p in enumerate(parts)
+            ]
+        )
     capacity = 500
     ours = _cache_hit_ratio(trace, capacity)
     lru = _lru_hit_ratio(trace, capacity)

@@ -34,7 +34,7 @@ class Recorder:
 
 
 def rows(n: int, start: float = 0.0) -> np.ndarray:
-    return (np.arange(n * 4, dtype=np.float32).reshape(n, 4) + start)
+    return np.arange(n * 4, dtype=np.float32).reshape(n, 4) + start
 
 
 # ---------------------------------------------------------------- results
@@ -46,11 +46,15 @@ def test_async_results_match_a_sequential_reference(run, inline):
     rng = np.random.default_rng(7)
     model = Recorder(lambda x: np.tanh(x) + x.sum(axis=1, keepdims=True))
     with aiarch.Runtime() as rt:
-        rt.add_model("m", model, inputs=X,
-                     batching=BatchConfig(max_batch_size=16, max_delay_us=200,
-                                          inline_execution=inline))
-        requests = [rng.standard_normal((int(rng.integers(1, 5)), 4)).astype(np.float32)
-                    for _ in range(300)]
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            batching=BatchConfig(max_batch_size=16, max_delay_us=200, inline_execution=inline),
+        )
+        requests = [
+            rng.standard_normal((int(rng.integers(1, 5)), 4)).astype(np.float32) for _ in range(300)
+        ]
 
         async def main():
             return await asyncio.gather(*(rt.infer("m", r) for r in requests))
@@ -90,8 +94,9 @@ def test_multi_input_multi_output_and_input_forms(run):
         return a + b, (a * b).astype(np.float64)
 
     with aiarch.Runtime() as rt:
-        info = rt.add_model("m", fn, inputs=[TensorSpec("a", "float32", (2,)),
-                                             TensorSpec("b", "float32", (2,))])
+        info = rt.add_model(
+            "m", fn, inputs=[TensorSpec("a", "float32", (2,)), TensorSpec("b", "float32", (2,))]
+        )
         assert [o.dtype for o in info.outputs] == ["float32", "float64"]
         a = np.array([[1, 2]], np.float32)
         b = np.array([[3, 4]], np.float32)
@@ -139,8 +144,13 @@ def test_batch_closes_after_max_delay_not_before(run):
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=8, max_delay_us=1000))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(max_batch_size=8, max_delay_us=1000),
+        )
 
         async def main():
             tasks = [asyncio.ensure_future(rt.infer("m", rows(1, i))) for i in range(3)]
@@ -162,14 +172,21 @@ def test_full_batch_closes_without_waiting(run, inline):
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=4, max_delay_us=10_000_000,
-                                          inline_execution=inline))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(
+                max_batch_size=4, max_delay_us=10_000_000, inline_execution=inline
+            ),
+        )
 
         async def main():
             # Time never moves: only the size bound can close these batches.
             return await asyncio.wait_for(
-                asyncio.gather(*(rt.infer("m", rows(1, i)) for i in range(8))), timeout=30)
+                asyncio.gather(*(rt.infer("m", rows(1, i)) for i in range(8))), timeout=30
+            )
 
         run(main())
     assert [b.shape[0] for b in model.batches] == [4, 4]
@@ -179,9 +196,13 @@ def test_preferred_batch_sizes_pad_with_zero_rows():
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=8, max_delay_us=0,
-                                          preferred_batch_sizes=(4, 8)))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(max_batch_size=8, max_delay_us=0, preferred_batch_sizes=(4, 8)),
+        )
         y = rt.infer_sync("m", rows(3))
     np.testing.assert_array_equal(y, rows(3) * 2)
     assert model.batches[0].shape == (4, 4)
@@ -192,9 +213,15 @@ def test_higher_priority_is_served_first(run):
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=2, max_delay_us=100, priority_levels=2,
-                                          inline_execution=False))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(
+                max_batch_size=2, max_delay_us=100, priority_levels=2, inline_execution=False
+            ),
+        )
 
         async def main():
             low = [asyncio.ensure_future(rt.infer("m", rows(1, 100 + i))) for i in range(2)]
@@ -249,7 +276,9 @@ def test_executor_error_fails_the_batch_and_the_model_keeps_serving(run):
         return x
 
     with aiarch.Runtime() as rt:
-        rt.add_model("m", flaky, inputs=X, batching=BatchConfig(max_batch_size=8, max_delay_us=50_000))
+        rt.add_model(
+            "m", flaky, inputs=X, batching=BatchConfig(max_batch_size=8, max_delay_us=50_000)
+        )
 
         async def main():
             bad = [rt.infer("m", rows(1, -100)), rt.infer("m", rows(1))]
@@ -281,8 +310,13 @@ def test_malformed_model_outputs_are_execution_errors():
 def test_queue_full_fails_at_once_with_retry_after(run):
     clock = aiarch.ManualClock()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", lambda x: x, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=4, max_queue_rows=4, max_delay_us=1000))
+        rt.add_model(
+            "m",
+            lambda x: x,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(max_batch_size=4, max_queue_rows=4, max_delay_us=1000),
+        )
 
         async def main():
             queued = [asyncio.ensure_future(rt.infer("m", rows(1, i))) for i in range(3)]
@@ -301,8 +335,13 @@ def test_expired_requests_are_never_executed(run):
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=8, max_delay_us=10_000))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(max_batch_size=8, max_delay_us=10_000),
+        )
 
         async def main():
             doomed = asyncio.ensure_future(rt.infer("m", rows(1), timeout_s=0.001))
@@ -328,8 +367,13 @@ def test_cancelling_the_caller_cancels_the_queued_request(run):
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False,
-                     batching=BatchConfig(max_batch_size=8, max_delay_us=1000))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            batching=BatchConfig(max_batch_size=8, max_delay_us=1000),
+        )
 
         async def main():
             t = asyncio.ensure_future(rt.infer("m", rows(1)))
@@ -350,8 +394,13 @@ def test_close_drains_or_fails_queued_requests(run, drain):
     clock = aiarch.ManualClock()
     model = Recorder()
     rt = aiarch.Runtime(clock=clock)
-    rt.add_model("m", model, inputs=X, warmup=False,
-                 batching=BatchConfig(max_batch_size=8, max_delay_us=1_000_000))
+    rt.add_model(
+        "m",
+        model,
+        inputs=X,
+        warmup=False,
+        batching=BatchConfig(max_batch_size=8, max_delay_us=1_000_000),
+    )
 
     async def main():
         tasks = [asyncio.ensure_future(rt.infer("m", rows(1, i))) for i in range(3)]
@@ -382,7 +431,12 @@ def test_model_management():
         with pytest.raises(aiarch.InvalidArgumentError, match="callable"):
             rt.add_model("b", 42)
         with pytest.raises(aiarch.InvalidArgumentError, match="max_queue_rows"):
-            rt.add_model("c", lambda x: x, inputs=X, batching=BatchConfig(max_batch_size=64, max_queue_rows=8))
+            rt.add_model(
+                "c",
+                lambda x: x,
+                inputs=X,
+                batching=BatchConfig(max_batch_size=64, max_queue_rows=8),
+            )
         assert rt.models() == ["a"]
         rt.remove_model("a")
         assert rt.models() == []
@@ -396,8 +450,13 @@ def test_model_management():
 def test_cache_hits_skip_the_model_and_invalidate_bumps_generation():
     model = Recorder()
     with aiarch.Runtime() as rt:
-        rt.add_model("m", model, inputs=X, cache=CacheConfig(max_bytes=1 << 20),
-                     batching=BatchConfig(max_delay_us=0))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            cache=CacheConfig(max_bytes=1 << 20),
+            batching=BatchConfig(max_delay_us=0),
+        )
         x = rows(2, 5)
         y1 = rt.infer_sync("m", x)
         n = len(model.batches)
@@ -418,8 +477,14 @@ def test_cache_ttl_follows_the_runtime_clock():
     clock = aiarch.ManualClock()
     model = Recorder()
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model("m", model, inputs=X, warmup=False, cache=CacheConfig(ttl_s=1.0),
-                     batching=BatchConfig(max_delay_us=0))
+        rt.add_model(
+            "m",
+            model,
+            inputs=X,
+            warmup=False,
+            cache=CacheConfig(ttl_s=1.0),
+            batching=BatchConfig(max_delay_us=0),
+        )
         x = rows(1)
         rt.infer_sync("m", x)
         clock.advance(999_000 * US)

@@ -18,10 +18,12 @@ import pytest
 
 
 def _require_server_deps() -> None:
-    pytest.importorskip("aiarch._core", reason="the aiarch native core is not built",
-                        exc_type=ImportError)
+    pytest.importorskip(
+        "aiarch._core", reason="the aiarch native core is not built", exc_type=ImportError
+    )
     for mod in ("uvloop", "httptools", "msgspec", "prometheus_client"):
         pytest.importorskip(mod, reason=f"{mod} is not installed")
+
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models.py"
@@ -48,7 +50,9 @@ class ServerProcess:
         self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aiarch.cli", "serve", "--port", str(self.port), *args],
-            stdout=self._logf, stderr=subprocess.STDOUT, env=env,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -126,8 +130,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("serve")
     cfg = tmp / "serve.toml"
     cfg.write_text(CONFIG)
-    with running_server(["--config", str(cfg), "--max-body-mb", "1", "--log-level", "warning"],
-                        tmp) as srv:
+    with running_server(
+        ["--config", str(cfg), "--max-body-mb", "1", "--log-level", "warning"], tmp
+    ) as srv:
         yield srv
 
 
@@ -177,8 +182,9 @@ def read_response(f: object) -> Response:
     return Response(status, headers, body)
 
 
-def request(port: int, method: str, path: str, body: bytes = b"",
-            headers: dict[str, str] | None = None) -> Response:
+def request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> Response:
     """One request on a fresh connection."""
     hdrs = {"Host": "127.0.0.1", "Content-Length": str(len(body)), **(headers or {})}
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())

@@ -12,31 +12,46 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not install
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-pytest.importorskip("aiarch._core", reason="the aiarch native core is not built",
-                        exc_type=ImportError)
+pytest.importorskip(
+    "aiarch._core", reason="the aiarch native core is not built", exc_type=ImportError
+)
 from aiarch.serving import v2  # noqa: E402
 from aiarch.serving.errors import HttpError  # noqa: E402
 
 from .conftest import request  # noqa: E402
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                               max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 _datatype = st.sampled_from([*v2.DATATYPES, "FP33", ""])
 _tensor = st.fixed_dictionaries(
-    {"name": st.text(max_size=4), "shape": st.lists(st.integers(-2, 5), max_size=3),
-     "datatype": _datatype},
-    optional={"data": _json, "parameters": st.dictionaries(
-        st.sampled_from(["binary_data_size", "x"]), st.integers(-5, 64), max_size=2)},
+    {
+        "name": st.text(max_size=4),
+        "shape": st.lists(st.integers(-2, 5), max_size=3),
+        "datatype": _datatype,
+    },
+    optional={
+        "data": _json,
+        "parameters": st.dictionaries(
+            st.sampled_from(["binary_data_size", "x"]), st.integers(-5, 64), max_size=2
+        ),
+    },
 )
 _request = st.fixed_dictionaries(
     {"inputs": st.lists(_tensor, max_size=3)},
-    optional={"id": _json, "parameters": st.dictionaries(st.text(max_size=10), _json, max_size=3),
-              "outputs": _json},
+    optional={
+        "id": _json,
+        "parameters": st.dictionaries(st.text(max_size=10), _json, max_size=3),
+        "outputs": _json,
+    },
 )
 
 
@@ -62,13 +77,20 @@ def test_decoder_random_requests(doc: dict, tail: bytes) -> None:
             assert len(d.arrays) == len(doc["inputs"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture])
-@given(junk=st.binary(max_size=512) | st.builds(
-    lambda m, p, h: f"{m} {p} HTTP/1.1\r\n{h}\r\n\r\n".encode(),
-    st.sampled_from(["GET", "POST", "PUT", "X"]),
-    st.sampled_from(["/v2", "/v2/models/lin/infer", "/%ff", "/v2/models/../x", "*"]),
-    st.text(max_size=40)))
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    junk=st.binary(max_size=512)
+    | st.builds(
+        lambda m, p, h: f"{m} {p} HTTP/1.1\r\n{h}\r\n\r\n".encode(),
+        st.sampled_from(["GET", "POST", "PUT", "X"]),
+        st.sampled_from(["/v2", "/v2/models/lin/infer", "/%ff", "/v2/models/../x", "*"]),
+        st.text(max_size=40),
+    )
+)
 def test_server_survives_random_input(server, junk: bytes) -> None:  # type: ignore[no-untyped-def]
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(junk)
@@ -81,8 +103,11 @@ def test_server_survives_random_input(server, junk: bytes) -> None:  # type: ign
             pass
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(doc=_request)
 def test_server_random_infer_json(server, doc: dict) -> None:  # type: ignore[no-untyped-def]
     r = request(server.port, "POST", "/v2/models/lin/infer", json.dumps(doc).encode())
@@ -91,6 +116,7 @@ def test_server_random_infer_json(server, doc: dict) -> None:  # type: ignore[no
 
 
 def test_still_serving_after_fuzz(server) -> None:  # type: ignore[no-untyped-def]
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32",
-                                   "data": [0] * 8}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}]}
+    ).encode()
     assert request(server.port, "POST", "/v2/models/lin/infer", body).status == 200

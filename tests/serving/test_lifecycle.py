@@ -14,25 +14,32 @@ from .conftest import MODELS, ServerProcess, _require_server_deps, request, runn
 
 
 def _body(width: int) -> bytes:
-    return json.dumps({"inputs": [{"name": "x", "shape": [1, width], "datatype": "FP32",
-                                   "data": [0.0] * width}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, width], "datatype": "FP32", "data": [0.0] * width}]}
+    ).encode()
 
 
 def test_help_lists_serve_options() -> None:
-    pytest.importorskip("aiarch._core", reason="the aiarch native core is not built",
-                        exc_type=ImportError)
-    out = subprocess.run([sys.executable, "-m", "aiarch.cli", "serve", "--help"],
-                         capture_output=True, text=True, timeout=60)
+    pytest.importorskip(
+        "aiarch._core", reason="the aiarch native core is not built", exc_type=ImportError
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "aiarch.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0
-    for flag in ("--model", "--config", "--workers", "--port", "--auth-token",
-                 "--max-queue-rows"):
+    for flag in ("--model", "--config", "--workers", "--port", "--auth-token", "--max-queue-rows"):
         assert flag in out.stdout
 
 
 def test_sigterm_drains_in_flight_then_exits_zero(tmp_path) -> None:  # type: ignore[no-untyped-def]
     _require_server_deps()
-    srv = ServerProcess(["-m", f"slow={MODELS}:slow", "--max-batch-size", "1",
-                         "--inline-execution", "off"], tmp_path)
+    srv = ServerProcess(
+        ["-m", f"slow={MODELS}:slow", "--max-batch-size", "1", "--inline-execution", "off"],
+        tmp_path,
+    )
     try:
         srv.wait_ready()
         result: dict[str, object] = {}
@@ -68,11 +75,19 @@ def test_repository_needs_token_when_configured(tmp_path) -> None:  # type: igno
     with running_server(args, tmp_path) as srv:
         r = request(srv.port, "POST", "/v2/repository/models/lin/unload")
         assert r.status == 401
-        r = request(srv.port, "POST", "/v2/repository/models/lin/unload",
-                    headers={"Authorization": "Bearer s3cret"})
+        r = request(
+            srv.port,
+            "POST",
+            "/v2/repository/models/lin/unload",
+            headers={"Authorization": "Bearer s3cret"},
+        )
         assert r.status == 200
-        r = request(srv.port, "POST", "/v2/repository/models/..%2Fetc/load",
-                    headers={"Authorization": "Bearer s3cret"})
+        r = request(
+            srv.port,
+            "POST",
+            "/v2/repository/models/..%2Fetc/load",
+            headers={"Authorization": "Bearer s3cret"},
+        )
         assert r.status == 400 and "invalid model name" in r.json()["error"]  # type: ignore[index]
 
 

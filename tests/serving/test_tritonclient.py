@@ -13,8 +13,9 @@ from .models import _W  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client(server):  # type: ignore[no-untyped-def]
-    c = httpclient.InferenceServerClient(server.url, concurrency=4, connection_timeout=30,
-                                         network_timeout=30)
+    c = httpclient.InferenceServerClient(
+        server.url, concurrency=4, connection_timeout=30, network_timeout=30
+    )
     yield c
     c.close()
 
@@ -64,8 +65,10 @@ def test_two_inputs_mixed_encodings_and_output_subset(client) -> None:  # type: 
     ia.set_data_from_numpy(a, binary_data=False)
     ib = httpclient.InferInput("b", [2, 2], "FP64")
     ib.set_data_from_numpy(b, binary_data=True)
-    outs = [httpclient.InferRequestedOutput("double", binary_data=False),
-            httpclient.InferRequestedOutput("sum", binary_data=True)]
+    outs = [
+        httpclient.InferRequestedOutput("double", binary_data=False),
+        httpclient.InferRequestedOutput("sum", binary_data=True),
+    ]
     res = client.infer("two", [ib, ia], outputs=outs, model_version="3")
     np.testing.assert_array_equal(res.as_numpy("sum"), [[6], [15]])
     np.testing.assert_array_equal(res.as_numpy("double"), b * 2)
@@ -77,8 +80,9 @@ def test_compressed_request_and_response(client) -> None:  # type: ignore[no-unt
     x = np.random.default_rng(2).standard_normal((64, 8)).astype(np.float32)
     inp = httpclient.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    res = client.infer("lin", [inp], request_compression_algorithm="gzip",
-                       response_compression_algorithm="deflate")
+    res = client.infer(
+        "lin", [inp], request_compression_algorithm="gzip", response_compression_algorithm="deflate"
+    )
     np.testing.assert_allclose(res.as_numpy("y"), x @ _W, rtol=1e-5, atol=1e-5)
 
 

@@ -48,8 +48,11 @@ _isfuture = asyncio.isfuture
 
 
 def _spec(spec: Any) -> tuple[str, np.dtype[Any], tuple[int, ...]]:
-    dtype = v2.DATATYPES["BF16"] if spec.dtype == "bfloat16" and "BF16" in v2.DATATYPES else (
-        np.dtype(spec.dtype))
+    dtype = (
+        v2.DATATYPES["BF16"]
+        if spec.dtype == "bfloat16" and "BF16" in v2.DATATYPES
+        else (np.dtype(spec.dtype))
+    )
     return spec.name, dtype, tuple(int(d) for d in spec.shape)
 
 
@@ -182,8 +185,17 @@ class _Job:
     coroutine that yields anything but a future is handed to a Task for the rest of its run.
     """
 
-    __slots__ = ("accept", "app", "binary", "coro", "entry", "keep_alive", "pending",
-                 "request_id", "select")
+    __slots__ = (
+        "accept",
+        "app",
+        "binary",
+        "coro",
+        "entry",
+        "keep_alive",
+        "pending",
+        "request_id",
+        "select",
+    )
 
     def __init__(self, app: App, entry: ModelEntry, keep_alive: bool):
         self.app = app
@@ -309,8 +321,15 @@ class _Job:
             ctype = JSON
         accept = self.accept
         if accept is not None:
-            return _compressed(header, buffers, ctype, extra_headers, keep, accept,
-                               self.app.config.limits.compress_min_bytes)
+            return _compressed(
+                header,
+                buffers,
+                ctype,
+                extra_headers,
+                keep,
+                accept,
+                self.app.config.limits.compress_min_bytes,
+            )
         return build_response(200, header, ctype, extra_headers, keep, buffers)
 
 
@@ -338,17 +357,31 @@ async def _rest(coro: Any, first: Any) -> Any:
     return await _resume(coro, first)
 
 
-def _compressed(header: bytes, buffers: list[Any], ctype: bytes, headers: list[tuple[str, str]],
-                keep: bool, accept: bytes, threshold: int) -> bytes | list[Any]:
-    body = header + b"".join(memoryview(b).cast("B") if not isinstance(b, bytes) else b
-                             for b in buffers)
+def _compressed(
+    header: bytes,
+    buffers: list[Any],
+    ctype: bytes,
+    headers: list[tuple[str, str]],
+    keep: bool,
+    accept: bytes,
+    threshold: int,
+) -> bytes | list[Any]:
+    body = header + b"".join(
+        memoryview(b).cast("B") if not isinstance(b, bytes) else b for b in buffers
+    )
     if len(body) >= threshold:
         if b"gzip" in accept:
-            return build_response(200, gzip.compress(body, 1), ctype,
-                                  [*headers, ("content-encoding", "gzip")], keep)
+            return build_response(
+                200, gzip.compress(body, 1), ctype, [*headers, ("content-encoding", "gzip")], keep
+            )
         if b"deflate" in accept:
-            return build_response(200, zlib.compress(body, 1), ctype,
-                                  [*headers, ("content-encoding", "deflate")], keep)
+            return build_response(
+                200,
+                zlib.compress(body, 1),
+                ctype,
+                [*headers, ("content-encoding", "deflate")],
+                keep,
+            )
     return build_response(200, body, ctype, headers, keep)
 
 
@@ -438,8 +471,8 @@ class App:
                 if n == 3 and parts[2] == "index":
                     return self._verb(post, self._repo_index, "POST"), ()
                 if n == 5 and parts[2] == "models" and parts[4] in ("load", "unload"):
-                    fn = self._repo_load if parts[4] == "load" else self._repo_unload
-                    return self._verb(post, fn, "POST"), (parts[3],)
+                    repo_fn: Any = self._repo_load if parts[4] == "load" else self._repo_unload
+                    return self._verb(post, repo_fn, "POST"), (parts[3],)
             if head in ("systemsharedmemory", "cudasharedmemory"):
                 return self._fixed(501, "shared memory is not supported"), ()
             if head == "logging" or (n >= 3 and parts[-2:] == ["trace", "setting"]):
@@ -462,8 +495,11 @@ class App:
             if action == "infer":
                 return self._verb(post, self._v2_infer, "POST"), (model, version)
             if action in ("ready", "config", "stats"):
-                fn = {"ready": self._model_ready, "config": self._model_config,
-                      "stats": self._stats}[action]
+                fn = {
+                    "ready": self._model_ready,
+                    "config": self._model_config,
+                    "stats": self._stats,
+                }[action]
                 return self._verb(get, fn, "GET"), (model, version)
             if action in ("generate", "generate_stream"):
                 return self._fixed(501, f"{action} is not supported"), ()
@@ -505,22 +541,26 @@ class App:
     def _server_metadata(self, req: Request, conn: HttpProtocol) -> bytes | list[Any]:
         return build_response(200, self._server_meta, JSON, (), req.keep_alive)
 
-    def _model_metadata(self, req: Request, conn: HttpProtocol, model: str,
-                        version: str | None) -> bytes | list[Any]:
+    def _model_metadata(
+        self, req: Request, conn: HttpProtocol, model: str, version: str | None
+    ) -> bytes | list[Any]:
         entry = self._entry(model, version)
         return build_response(200, entry.metadata_json, JSON, (), req.keep_alive)
 
-    def _model_config(self, req: Request, conn: HttpProtocol, model: str,
-                      version: str | None) -> bytes | list[Any]:
+    def _model_config(
+        self, req: Request, conn: HttpProtocol, model: str, version: str | None
+    ) -> bytes | list[Any]:
         entry = self._entry(model, version)
         return build_response(200, entry.config_json, JSON, (), req.keep_alive)
 
-    def _model_ready(self, req: Request, conn: HttpProtocol, model: str,
-                     version: str | None) -> bytes | list[Any]:
+    def _model_ready(
+        self, req: Request, conn: HttpProtocol, model: str, version: str | None
+    ) -> bytes | list[Any]:
         entry = self._entry(model, version)
         if self.runtime.model_info(entry.name).ready and not self.draining:
-            return build_response(200, _encode({"name": entry.name, "ready": True}), JSON, (),
-                                  req.keep_alive)
+            return build_response(
+                200, _encode({"name": entry.name, "ready": True}), JSON, (), req.keep_alive
+            )
         return error_response(400, "Model version not ready", req.keep_alive)
 
     def _metrics(self, req: Request, conn: HttpProtocol) -> bytes | list[Any]:
@@ -528,8 +568,9 @@ class App:
         return build_response(200, body, ctype.encode(), (), req.keep_alive)
 
     # -- statistics ------------------------------------------------------------------------
-    def _stats(self, req: Request, conn: HttpProtocol, model: str | None,
-               version: str | None) -> bytes | list[Any]:
+    def _stats(
+        self, req: Request, conn: HttpProtocol, model: str | None, version: str | None
+    ) -> bytes | list[Any]:
         if model is None:
             names = list(self.entries)
         else:
@@ -557,8 +598,9 @@ class App:
             return ms / 1e3
         return self.config.request_timeout_s
 
-    def _v2_infer(self, req: Request, conn: HttpProtocol, model: str,
-                  version: str | None) -> bytes | list[Any] | None:
+    def _v2_infer(
+        self, req: Request, conn: HttpProtocol, model: str, version: str | None
+    ) -> bytes | list[Any] | None:
         entry = self._entry(model, version)
         headers = req.headers
         hlen = headers.get(b"inference-header-content-length")
@@ -616,8 +658,9 @@ class App:
         job = _Job(self, entry, req.keep_alive)
         return self._submit(job, conn, entry.name, x, self._timeout(req, None), 0)
 
-    def _submit(self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None,
-                priority: int) -> bytes | list[Any] | None:
+    def _submit(
+        self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None, priority: int
+    ) -> bytes | list[Any] | None:
         return job.start(self._infer(name, x, timeout_s=timeout, priority=priority), conn)
 
     # -- repository ------------------------------------------------------------------------
@@ -647,8 +690,7 @@ class App:
         for name in sorted(set(self.entries) | set(self.repository.known())):
             entry = self.entries.get(name)
             if entry is not None:
-                out.append({"name": name, "version": entry.version, "state": "READY",
-                            "reason": ""})
+                out.append({"name": name, "version": entry.version, "state": "READY", "reason": ""})
             elif not ready_only:
                 out.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
         return build_response(200, _encode(out), JSON, (), req.keep_alive)
@@ -746,8 +788,12 @@ def _model_stat(s: dict[str, Any]) -> dict[str, Any]:
             "cache_miss": d(cache.get("misses", 0)),
         },
         "batch_stats": [
-            {"batch_size": int(size), "compute_input": d(count),
-             "compute_infer": d(count), "compute_output": d(count)}
+            {
+                "batch_size": int(size),
+                "compute_input": d(count),
+                "compute_infer": d(count),
+                "compute_output": d(count),
+            }
             for size, count in sorted((s.get("batch_size") or {}).get("counts", {}).items())
         ],
     }
@@ -765,5 +811,3 @@ def _version() -> str:
             return version("aiarch")
         except PackageNotFoundError:
             return "0+unknown"
-
-

@@ -225,6 +225,7 @@ def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     if bad:
         raise ValueError(f"{path}: unknown [server] keys {sorted(bad)}")
     models = [
-        _model_from_table(name, table, p.parent) for name, table in (tree.get("models") or {}).items()
+        _model_from_table(name, table, p.parent)
+        for name, table in (tree.get("models") or {}).items()
     ]
     return server, models

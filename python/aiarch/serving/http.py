@@ -103,8 +103,9 @@ def build_response(
     return parts
 
 
-def error_response(status: int, message: str, keep_alive: bool = True,
-                   headers: Iterable[tuple[str, str]] = ()) -> bytes | list[Any]:
+def error_response(
+    status: int, message: str, keep_alive: bool = True, headers: Iterable[tuple[str, str]] = ()
+) -> bytes | list[Any]:
     """`{"error": message}` with `status`."""
     return build_response(status, error_body(message), JSON, headers, keep_alive)
 
@@ -164,10 +165,14 @@ class Handler(Protocol):
 
 
 class ServerState(Protocol):
-    handler: Handler
-    limits: HttpLimits
-    connections: set[HttpProtocol]
-    draining: bool
+    @property
+    def handler(self) -> Any: ...
+    @property
+    def limits(self) -> HttpLimits: ...
+    @property
+    def connections(self) -> set[HttpProtocol]: ...
+    @property
+    def draining(self) -> bool: ...
 
 
 class _Reject(Exception):
@@ -368,7 +373,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if data.__class__ is bytes:
             if data:
-                transport.write(data)  # type: ignore[arg-type]
+                transport.write(data)
         else:
             transport.writelines(data)  # type: ignore[arg-type]
         if not keep_alive:

@@ -179,8 +179,7 @@ class ModelRepository:
             rt = self.runtime
             if name in rt.models():
                 rt.remove_model(name, drain=True)
-            kwargs: dict[str, Any] = {"version": cfg.version, "cache": cache,
-                                      "warmup": cfg.warmup}
+            kwargs: dict[str, Any] = {"version": cfg.version, "cache": cache, "warmup": cfg.warmup}
             if batching is not None:
                 kwargs["batching"] = batching
             rt.add_model(name, model, **kwargs)

@@ -22,8 +22,26 @@ __all__ = ["BATCH_BOUNDS", "LATENCY_BOUNDS_NS", "MetricsExporter", "RuntimeColle
 
 LATENCY_BOUNDS_NS: list[int] = [
     int(us * 1000)
-    for us in (25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
-               250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+    for us in (
+        25,
+        50,
+        100,
+        250,
+        500,
+        1_000,
+        2_500,
+        5_000,
+        10_000,
+        25_000,
+        50_000,
+        100_000,
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+    )
 ]
 """Bucket upper bounds (ns) of the latency histograms; exported in seconds."""
 
@@ -63,26 +81,34 @@ class RuntimeCollector:
         )
         batches = CounterMetricFamily("aiarch_batches", "Batches executed.", labels=labels)
         rows = CounterMetricFamily("aiarch_rows", "Rows executed.", labels=labels)
-        queue_rows = GaugeMetricFamily("aiarch_queue_rows", "Rows waiting in the queue.",
-                                       labels=labels)
-        in_flight = GaugeMetricFamily("aiarch_in_flight_batches", "Batches executing now.",
-                                      labels=labels)
-        rate = GaugeMetricFamily("aiarch_service_rate_rows_per_second",
-                                 "Measured service rate (used for Retry-After).", labels=labels)
-        ready = GaugeMetricFamily("aiarch_model_ready", "1 when the model is ready.",
-                                  labels=labels)
-        cache_ops = CounterMetricFamily("aiarch_cache_operations", "Response cache operations.",
-                                        labels=[*labels, "op"])
-        cache_bytes = GaugeMetricFamily("aiarch_cache_bytes", "Bytes held by the response cache.",
-                                        labels=labels)
-        cache_entries = GaugeMetricFamily("aiarch_cache_entries", "Entries in the response cache.",
-                                          labels=labels)
+        queue_rows = GaugeMetricFamily(
+            "aiarch_queue_rows", "Rows waiting in the queue.", labels=labels
+        )
+        in_flight = GaugeMetricFamily(
+            "aiarch_in_flight_batches", "Batches executing now.", labels=labels
+        )
+        rate = GaugeMetricFamily(
+            "aiarch_service_rate_rows_per_second",
+            "Measured service rate (used for Retry-After).",
+            labels=labels,
+        )
+        ready = GaugeMetricFamily("aiarch_model_ready", "1 when the model is ready.", labels=labels)
+        cache_ops = CounterMetricFamily(
+            "aiarch_cache_operations", "Response cache operations.", labels=[*labels, "op"]
+        )
+        cache_bytes = GaugeMetricFamily(
+            "aiarch_cache_bytes", "Bytes held by the response cache.", labels=labels
+        )
+        cache_entries = GaugeMetricFamily(
+            "aiarch_cache_entries", "Entries in the response cache.", labels=labels
+        )
         hists = {
             key: HistogramMetricFamily(name, doc, labels=labels, unit="")
             for key, (name, doc) in _LATENCY.items()
         }
-        batch_hist = HistogramMetricFamily("aiarch_batch_size", "Rows per executed batch.",
-                                           labels=labels)
+        batch_hist = HistogramMetricFamily(
+            "aiarch_batch_size", "Rows per executed batch.", labels=labels
+        )
         for name in rt.models():
             try:
                 s = rt.stats(name)
@@ -110,14 +136,28 @@ class RuntimeCollector:
             for key, fam in hists.items():
                 snap = h.get(key)
                 if snap is not None:
-                    fam.add_metric(lv, _buckets(snap, LATENCY_BOUNDS_NS, 1e-9),
-                                   float(totals.get(key, 0)) * 1e-9)
+                    fam.add_metric(
+                        lv,
+                        _buckets(snap, LATENCY_BOUNDS_NS, 1e-9),
+                        float(totals.get(key, 0)) * 1e-9,
+                    )
             snap = h.get("batch_size")
             if snap is not None:
-                batch_hist.add_metric(lv, _buckets(snap, BATCH_BOUNDS, 1),
-                                      float(s.get("rows", 0)))
-        yield from (requests, batches, rows, queue_rows, in_flight, rate, ready, cache_ops,
-                    cache_bytes, cache_entries, *hists.values(), batch_hist)
+                batch_hist.add_metric(lv, _buckets(snap, BATCH_BOUNDS, 1), float(s.get("rows", 0)))
+        yield from (
+            requests,
+            batches,
+            rows,
+            queue_rows,
+            in_flight,
+            rate,
+            ready,
+            cache_ops,
+            cache_bytes,
+            cache_entries,
+            *hists.values(),
+            batch_hist,
+        )
         app = self.app
         if app is not None:
             g = GaugeMetricFamily("aiarch_server_ready", "1 when the server is ready.")
@@ -130,7 +170,7 @@ class MetricsExporter:
 
     def __init__(self, runtime: Any, app: Any = None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RuntimeCollector(runtime, app))  # type: ignore[arg-type]
+        self.registry.register(RuntimeCollector(runtime, app))
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format. Called once per scrape."""

@@ -73,16 +73,18 @@ class Server:
         if self._stop is not None:
             self._stop.set()
 
-    async def serve(self, sock: socket.socket | None = None,
-                    on_listening: Callable[[int], None] | None = None) -> None:
+    async def serve(
+        self, sock: socket.socket | None = None, on_listening: Callable[[int], None] | None = None
+    ) -> None:
         """Serve until `request_stop`, then drain. Runs in the worker's event loop."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         cfg = self.config
         if sock is None:
             sock = make_socket(cfg.host, cfg.port, reuse_port=cfg.workers > 1)
-        server = await loop.create_server(lambda: HttpProtocol(self), sock=sock,
-                                          backlog=cfg.backlog)
+        server = await loop.create_server(
+            lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
+        )
         self.port = sock.getsockname()[1]
         log.info("listening on http://%s:%d (pid %d)", cfg.host, self.port, os.getpid())
         if on_listening is not None:
@@ -166,8 +168,11 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def run_worker(config: ServeConfig, runtime_factory: Callable[[], Any] | None = None,
-               sock: socket.socket | None = None) -> int:
+def run_worker(
+    config: ServeConfig,
+    runtime_factory: Callable[[], Any] | None = None,
+    sock: socket.socket | None = None,
+) -> int:
     """Run one worker in this process until SIGTERM/SIGINT; returns the exit code."""
     _setup_logging(config.log_level)
     if runtime_factory is None:
@@ -210,8 +215,10 @@ def run(config: ServeConfig) -> int:
     port = holder.getsockname()[1]
     worker_cfg = ServeConfig(**{**config.__dict__, "port": port})
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(worker_cfg,), name=f"aiarch-worker-{i}")
-             for i in range(config.workers)]
+    procs = [
+        ctx.Process(target=_worker_main, args=(worker_cfg,), name=f"aiarch-worker-{i}")
+        for i in range(config.workers)
+    ]
     stopping = False
 
     def forward(signum: int, frame: Any) -> None:

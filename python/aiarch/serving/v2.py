@@ -92,7 +92,7 @@ def np_to_v2(dtype: Any) -> str:
 _FLOATS = msgspec.json.Decoder(list[float])
 _INTS = msgspec.json.Decoder(list[int])
 _BOOLS = msgspec.json.Decoder(list[bool])
-_FLAT_DECODER = {"f": _FLOATS, "i": _INTS, "u": _INTS, "b": _BOOLS}
+_FLAT_DECODER: dict[str, Any] = {"f": _FLOATS, "i": _INTS, "u": _INTS, "b": _BOOLS}
 _BRACKETS = b"[]"
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +314,9 @@ def decode_infer(body: bytes, header_length: int | None) -> DecodedInfer:
     return DecodedInfer(names, arrays, req.id, params, req.outputs, binary_output)
 
 
-def decode_raw(body: bytes, name: str, dtype: np.dtype[Any], trailing: tuple[int, ...]) -> np.ndarray:
+def decode_raw(
+    body: bytes, name: str, dtype: np.dtype[Any], trailing: tuple[int, ...]
+) -> np.ndarray:
     """A raw binary request (Inference-Header-Content-Length: 0): the body is the one input's
     bytes; at most one dimension may be variable (-1), it takes what the size implies."""
     if dtype.kind == "O":
@@ -414,7 +416,9 @@ class PredictRequest(msgspec.Struct):
 _PREDICT_DECODER = msgspec.json.Decoder(PredictRequest)
 
 
-def _rows(raw: bytes | memoryview, name: str, dtype: np.dtype[Any], trailing: tuple[int, ...]) -> np.ndarray:
+def _rows(
+    raw: bytes | memoryview, name: str, dtype: np.dtype[Any], trailing: tuple[int, ...]
+) -> np.ndarray:
     decoder = _FLAT_DECODER.get(dtype.kind)
     if decoder is None:
         raise HttpError(400, f"input '{name}' of dtype {dtype} cannot be sent to /predict")
@@ -462,7 +466,7 @@ def decode_predict(
     else:
         if len(inputs) != 1:
             raise HttpError(
-                400, f"model has {len(inputs)} inputs; send {{\"inputs\": {{name: rows}}}}"
+                400, f'model has {len(inputs)} inputs; send {{"inputs": {{name: rows}}}}'
             )
         n, dt, tr = inputs[0]
         arrays = [_rows(raw, n, dt, tr)]
@@ -481,5 +485,8 @@ def encode_predict_response(names: list[str], arrays: list[np.ndarray]) -> bytes
 
 def _plain(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "O":
-        return np.array([x.decode(errors="replace") if isinstance(x, bytes) else x for x in arr.reshape(-1)], dtype=object).reshape(arr.shape)
+        return np.array(
+            [x.decode(errors="replace") if isinstance(x, bytes) else x for x in arr.reshape(-1)],
+            dtype=object,
+        ).reshape(arr.shape)
     return arr
