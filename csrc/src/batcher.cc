@@ -640,9 +640,8 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
       end_to_end_ns_total_.fetch_add(static_cast<uint64_t>(e2e), std::memory_order_relaxed);
     }
     success_.fetch_add(requests.size(), std::memory_order_relaxed);
-    for (auto& g : groups) g.first->Deliver(std::move(g.second));
-
-    // Fill the cache after delivery so that callers never wait for it.
+    // Fill the cache before delivery: a client that repeats a request as soon
+    // as it has the answer must hit.
     if (cache_) {
       std::vector<uint8_t> key, value;
       int64_t row = 0;
@@ -665,6 +664,7 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
         row += r->rows;
       }
     }
+    for (auto& g : groups) g.first->Deliver(std::move(g.second));
   }
 }
 
