@@ -121,8 +121,8 @@ std::vector<uint32_t> ShuffledOrder(size_t n, size_t len, uint64_t seed) {
 enum class HitMode { kPrehashed, kHashed, kStdFunction };
 
 // ns per hit over `ops` lookups following `order`.
-double HitNs(ResponseCache& cache, const KeySet& ks, const std::vector<uint32_t>& order,
-             size_t ops, HitMode mode) {
+double HitNs(ResponseCache& cache, const KeySet& ks, const std::vector<uint32_t>& order, size_t ops,
+             HitMode mode) {
   uint64_t sum = 0;
   size_t misses = 0;
   const ResponseCache::Visitor fn = [&sum](const uint8_t* v, size_t n) { sum += v[n - 1]; };
@@ -168,8 +168,8 @@ double ReadThroughput(ResponseCache& cache, const KeySet& ks, int threads, doubl
         for (int j = 0; j < 256; ++j, ++done) {
           const uint32_t k = order[done & 0xffff];
           const std::string& key = ks.keys[k];
-          cache.LookupWith(ks.hashes[k], reinterpret_cast<const uint8_t*>(key.data()),
-                           key.size(), 0, [&sum](const uint8_t* v, size_t n) { sum += v[n - 1]; });
+          cache.LookupWith(ks.hashes[k], reinterpret_cast<const uint8_t*>(key.data()), key.size(),
+                           0, [&sum](const uint8_t* v, size_t n) { sum += v[n - 1]; });
         }
       }
       KeepAlive(sum);
@@ -254,7 +254,8 @@ std::vector<uint64_t> MakeTrace(size_t keys, size_t length, bool scans, uint64_t
   const size_t scan_every = 2000, scan_len = 1000;
   while (trace.size() < length) {
     if (scans && trace.size() % (scan_every + scan_len) == scan_every) {
-      for (size_t i = 0; i < scan_len && trace.size() < length; ++i) trace.push_back(next_scan_id++);
+      for (size_t i = 0; i < scan_len && trace.size() < length; ++i)
+        trace.push_back(next_scan_id++);
     } else {
       trace.push_back(zipf.Next());
     }
@@ -323,8 +324,8 @@ struct Row {
 
 void PrintTable(const std::vector<Row>& rows) {
   std::printf("%-44s %14s  %-8s %s\n", "metric", "value", "unit", "target");
-  std::printf("%-44s %14s  %-8s %s\n", std::string(44, '-').c_str(), "--------------",
-              "--------", "------");
+  std::printf("%-44s %14s  %-8s %s\n", std::string(44, '-').c_str(), "--------------", "--------",
+              "------");
   for (const Row& r : rows) {
     std::printf("%-44s %14.3f  %-8s %s\n", r.name.c_str(), r.value, r.unit.c_str(),
                 r.target.c_str());
@@ -387,8 +388,8 @@ int Run(const Options& opt) {
     const std::string label = scans ? "zipf0.99+scans" : "zipf0.99";
     for (int shards : {16, 1}) {
       const RatioResult rr = HitRatio(trace, capacity, shards);
-      const std::string suffix = " (" + std::to_string(shards) + " shard" +
-                                 (shards == 1 ? "" : "s") + ")";
+      const std::string suffix =
+          " (" + std::to_string(shards) + " shard" + (shards == 1 ? "" : "s") + ")";
       rows.push_back({"hit ratio " + label + suffix, rr.cache_hit_ratio, "ratio", ""});
       if (shards == 16) {
         rows.push_back({"hit ratio " + label + " LRU", rr.lru_hit_ratio, "ratio", ""});

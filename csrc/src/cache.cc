@@ -169,7 +169,8 @@ struct ResponseCache::Impl {
         shard_budget(config.max_bytes / config.shards),
         buckets(new std::atomic<Entry*>[static_cast<size_t>(config.buckets)]),
         shards(new Shard[static_cast<size_t>(config.shards)]) {
-    for (int64_t i = 0; i < config.buckets; ++i) buckets[i].store(nullptr, std::memory_order_relaxed);
+    for (int64_t i = 0; i < config.buckets; ++i)
+      buckets[i].store(nullptr, std::memory_order_relaxed);
   }
 
   ~Impl() {
@@ -206,17 +207,23 @@ struct ResponseCache::Impl {
   void QueuePush(Shard& s, Entry* e) AIARCH_REQUIRES(s.mu) {
     e->older = s.newest;
     e->newer = nullptr;
-    if (s.newest != nullptr) s.newest->newer = e;
-    else s.oldest = e;
+    if (s.newest != nullptr)
+      s.newest->newer = e;
+    else
+      s.oldest = e;
     s.newest = e;
   }
 
   void QueueRemove(Shard& s, Entry* e) AIARCH_REQUIRES(s.mu) {
     if (s.hand == e) s.hand = e->newer;
-    if (e->newer != nullptr) e->newer->older = e->older;
-    else s.newest = e->older;
-    if (e->older != nullptr) e->older->newer = e->newer;
-    else s.oldest = e->newer;
+    if (e->newer != nullptr)
+      e->newer->older = e->older;
+    else
+      s.newest = e->older;
+    if (e->older != nullptr)
+      e->older->newer = e->newer;
+    else
+      s.oldest = e->newer;
     e->newer = e->older = nullptr;
   }
 
@@ -281,9 +288,8 @@ void ResponseCache::EnterRead() { epoch::EnterRead(); }
 
 void ResponseCache::ExitRead() { epoch::ExitRead(); }
 
-const void* ResponseCache::FindEntry(const Hash128& key, const uint8_t* key_bytes,
-                                     size_t key_size, int64_t now_ns, const uint8_t** value,
-                                     size_t* value_size) {
+const void* ResponseCache::FindEntry(const Hash128& key, const uint8_t* key_bytes, size_t key_size,
+                                     int64_t now_ns, const uint8_t** value, size_t* value_size) {
   Impl& im = *impl_;
   ReadStripe& stripe = im.stripes[epoch::ThreadIndex() & (kReadStripes - 1)];
   // Acquire: pairs with the release fetch_add in Invalidate(); a Lookup that

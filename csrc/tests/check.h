@@ -45,7 +45,8 @@ inline bool Report(bool ok, const char* file, int line, const std::string& what)
 }
 
 inline bool Report(bool ok, const char* file, int line, const char* what) {
-  return ok ? Report(true, file, line, std::string()) : Report(false, file, line, std::string(what));
+  return ok ? Report(true, file, line, std::string())
+            : Report(false, file, line, std::string(what));
 }
 
 template <typename A, typename B>
@@ -81,21 +82,21 @@ inline int Finish(const char* name) {
 // `if (!CHECK(p != nullptr)) return;`.
 #define CHECK(cond) ::aiarch::test::Report(static_cast<bool>(cond), __FILE__, __LINE__, #cond)
 
-#define CHECK_EQ(a, b)                                                                   \
-  [&](const auto& check_a_, const auto& check_b_) {                                     \
-    const bool check_ok_ = check_a_ == check_b_;                                        \
-    return ::aiarch::test::Report(                                                      \
-        check_ok_, __FILE__, __LINE__,                                                  \
+#define CHECK_EQ(a, b)                                                                     \
+  [&](const auto& check_a_, const auto& check_b_) {                                        \
+    const bool check_ok_ = check_a_ == check_b_;                                           \
+    return ::aiarch::test::Report(                                                         \
+        check_ok_, __FILE__, __LINE__,                                                     \
         check_ok_ ? std::string() : ::aiarch::test::Describe(#a, #b, check_a_, check_b_)); \
   }((a), (b))
 
 #define CHECK_NEAR(a, b, tol)                                                            \
-  [&](const auto& check_a_, const auto& check_b_, const auto& check_t_) {               \
+  [&](const auto& check_a_, const auto& check_b_, const auto& check_t_) {                \
     const bool check_ok_ =                                                               \
         std::fabs(static_cast<double>(check_a_) - static_cast<double>(check_b_)) <=      \
         static_cast<double>(check_t_);                                                   \
-    return ::aiarch::test::Report(check_ok_, __FILE__, __LINE__,                         \
-                                  check_ok_ ? std::string()                              \
-                                            : ::aiarch::test::DescribeNear(              \
-                                                  #a, #b, check_a_, check_b_, check_t_)); \
+    return ::aiarch::test::Report(                                                       \
+        check_ok_, __FILE__, __LINE__,                                                   \
+        check_ok_ ? std::string()                                                        \
+                  : ::aiarch::test::DescribeNear(#a, #b, check_a_, check_b_, check_t_)); \
   }((a), (b), (tol))

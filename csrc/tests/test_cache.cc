@@ -50,8 +50,7 @@ uint8_t PatternByte(const ValueHeader& h, size_t j) {
   return static_cast<uint8_t>(h.id * 131 + h.version * 17 + h.generation * 7 + j);
 }
 
-std::vector<uint8_t> MakeValue(uint64_t id, uint64_t generation, uint64_t version,
-                               size_t length) {
+std::vector<uint8_t> MakeValue(uint64_t id, uint64_t generation, uint64_t version, size_t length) {
   const ValueHeader h{id, generation, version, length};
   std::vector<uint8_t> v(sizeof h + length);
   std::memcpy(v.data(), &h, sizeof h);
@@ -248,8 +247,8 @@ void TestConcurrentReaders(uint64_t seed, int64_t max_bytes, int writer_ops) {
         };
         bool hit;
         if (local_lookups % 2 == 0) {
-          hit = cache.LookupWith(HashOf(k), reinterpret_cast<const uint8_t*>(k.data()), k.size(),
-                                 0, check);
+          hit = cache.LookupWith(HashOf(k), reinterpret_cast<const uint8_t*>(k.data()), k.size(), 0,
+                                 check);
         } else {
           hit = cache.Lookup(HashOf(k), reinterpret_cast<const uint8_t*>(k.data()), k.size(), 0,
                              check);
@@ -346,10 +345,10 @@ void TestStaleAndExpiredEvictedFirst() {
   ResponseCache cache(FourEntries(1000));
   CHECK(Put(cache, "A", 0));
   for (const char* k : {"B", "C", "D"}) CHECK(Put(cache, k, 500));
-  CHECK(Has(cache, "A", 100));     // visited, but expires at 1000
-  CHECK(Put(cache, "E", 1200));    // the hand meets A first: expired, evicted although visited
+  CHECK(Has(cache, "A", 100));   // visited, but expires at 1000
+  CHECK(Put(cache, "E", 1200));  // the hand meets A first: expired, evicted although visited
   CHECK_EQ(cache.Counters().evictions, uint64_t{1});
-  CHECK(Has(cache, "B", 1200));    // B..D expire at 1500
+  CHECK(Has(cache, "B", 1200));  // B..D expire at 1500
   CHECK(!Has(cache, "A", 1200));
   CHECK_EQ(cache.Counters().expirations, uint64_t{0});  // A was evicted, never found expired
 

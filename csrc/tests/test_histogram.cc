@@ -32,8 +32,8 @@ void TestLayoutGolden() {
   CHECK_EQ(h.IndexOf(10000), size_t{4322});
   CHECK_EQ(h.IndexOf(1000000), size_t{11169});
   CHECK_EQ(h.IndexOf(int64_t{1} << 36), size_t{27648});
-  CHECK_EQ(h.IndexOf(-5), size_t{0});                          // negatives count as 0
-  CHECK_EQ(h.IndexOf(int64_t{1} << 40), size_t{27648});        // clamped to highest
+  CHECK_EQ(h.IndexOf(-5), size_t{0});                    // negatives count as 0
+  CHECK_EQ(h.IndexOf(int64_t{1} << 40), size_t{27648});  // clamped to highest
   CHECK_EQ(h.LowestEquivalent(2048), int64_t{2048});
   CHECK_EQ(h.HighestEquivalent(2048), int64_t{2049});
   CHECK_EQ(h.LowestEquivalent(3071), int64_t{4094});
@@ -94,7 +94,7 @@ void TestPercentilesGolden() {
 
   // Wide buckets report their midpoints.
   Histogram w;
-  w.Record(10000);       // [10000, 10007] -> 10004
+  w.Record(10000);        // [10000, 10007] -> 10004
   w.RecordN(1000000, 3);  // [999936, 1000447] -> 1000192
   HistogramSnapshot ws = w.Snapshot();
   CHECK_EQ(ws.ValueAtPercentile(25), int64_t{10004});
@@ -217,7 +217,8 @@ void TestConcurrentRecordMatchesSequential() {
   std::mt19937_64 rng(seed);
   std::lognormal_distribution<double> dist(std::log(5e4), 2.0);
   std::vector<int64_t> log(400000);
-  for (int64_t& v : log) v = static_cast<int64_t>(dist(rng)) - 50;  // a few negatives, a few clamped
+  for (int64_t& v : log)
+    v = static_cast<int64_t>(dist(rng)) - 50;  // a few negatives, a few clamped
   const int64_t highest = int64_t{1} << 24;
 
   Histogram sequential(highest);
