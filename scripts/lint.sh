@@ -10,4 +10,4 @@ echo "==> mypy"
 python -m mypy
 echo "==> clang-format"
 clang-format --dry-run --Werror csrc/include/aiarch/*.h csrc/src/*.cc csrc/src/*.h \
-  csrc/python/*.cpp csrc/tests/*.cc csrc/tests/*.h csrc/bench/*.cc
+  csrc/python/*.cpp csrc/tests/*.cc csrc/tests/*.h csrc/bench/*.cc csrc/bench/*.h

@@ -28,60 +28,17 @@
 #include <vector>
 
 #include "aiarch/histogram.h"
+#include "bench_util.h"
 
 namespace aiarch {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-template <typename T>
-inline void KeepAlive(const T& v) {
-  asm volatile("" : : "g"(v) : "memory");
-}
-
-double SecondsSince(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
-
-std::string Commit() {
-  std::string out;
-  if (FILE* p = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
-    char buf[64];
-    while (std::fgets(buf, sizeof buf, p)) out += buf;
-    pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out.empty() ? "unknown" : out;
-}
-
-struct Options {
-  bool smoke = false;
-  std::string json_path;
-};
-
-struct Row {
-  std::string name;
-  double value;
-  std::string unit;
-  std::string target;
-};
+using bench::Clock;
+using bench::KeepAlive;
+using bench::Median;
+using bench::Options;
+using bench::Row;
+using bench::SecondsSince;
 
 std::vector<int64_t> Lognormal(size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -184,51 +141,16 @@ int Run(const Options& opt) {
   rows.push_back({"max percentile relative error", worst, "ratio", "<= 0.000488"});
 
   std::printf("bench_histogram%s: %s, %zu samples\n", opt.smoke ? " (smoke)" : "",
-              CpuModel().c_str(), n);
-  std::printf("%-40s %14s  %-6s %s\n", "metric", "value", "unit", "target");
-  std::printf("%-40s %14s  %-6s %s\n", std::string(40, '-').c_str(), "--------------", "------",
-              "------");
-  for (const Row& r : rows) {
-    std::printf("%-40s %14.6f  %-6s %s\n", r.name.c_str(), r.value, r.unit.c_str(),
-                r.target.c_str());
-  }
-  if (!opt.json_path.empty()) {
-    std::ofstream out(opt.json_path);
-    out << "{\n  \"benchmark\": \"bench_histogram\",\n  \"smoke\": "
-        << (opt.smoke ? "true" : "false") << ",\n  \"compiler\": \"" << __VERSION__
-        << "\",\n  \"cpu\": \"" << CpuModel()
-        << "\",\n  \"hardware_threads\": " << std::thread::hardware_concurrency()
-        << ",\n  \"commit\": \"" << Commit() << "\",\n  \"samples\": " << n
-        << ",\n  \"results\": {\n";
-    out.precision(9);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      out << "    \"" << rows[i].name << "\": {\"value\": " << rows[i].value << ", \"unit\": \""
-          << rows[i].unit << "\"}" << (i + 1 < rows.size() ? ",\n" : "\n");
-    }
-    out << "  }\n}\n";
-    if (!out) {
-      std::fprintf(stderr, "cannot write %s\n", opt.json_path.c_str());
-      return 1;
-    }
-  }
-  return 0;
+              bench::CpuModel().c_str(), n);
+  bench::PrintTable(rows);
+  return bench::WriteJson(opt, "bench_histogram", rows) ? 0 : 1;
 }
 
 }  // namespace
 }  // namespace aiarch
 
 int main(int argc, char** argv) {
-  aiarch::Options opt;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--smoke") {
-      opt.smoke = true;
-    } else if (a == "--json" && i + 1 < argc) {
-      opt.json_path = argv[++i];
-    } else {
-      std::fprintf(stderr, "usage: %s [--smoke] [--json PATH]\n", argv[0]);
-      return 2;
-    }
-  }
+  aiarch::bench::Options opt;
+  if (!aiarch::bench::ParseOptions(argc, argv, &opt)) return 2;
   return aiarch::Run(opt);
 }

@@ -102,51 +102,23 @@ void InitDTypes() {
 }
 
 bool DTypeOfArray(const py::array& arr, DType* out) {
+  // numpy (kind, itemsize) -> DType; index = log2(itemsize).
+  static constexpr DType kNone = DType::kBool;  // placeholder for "no such type"
+  static constexpr DType kFloat[4] = {kNone, DType::kFp16, DType::kFp32, DType::kFp64};
+  static constexpr DType kInt[4] = {DType::kInt8, DType::kInt16, DType::kInt32, DType::kInt64};
+  static constexpr DType kUint[4] = {DType::kUint8, DType::kUint16, DType::kUint32, DType::kUint64};
   const py::dtype dt = arr.dtype();
-  const char kind = dt.kind();
   const auto size = dt.itemsize();
-  switch (kind) {
+  const int log2 = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : size == 8 ? 3 : -1;
+  switch (dt.kind()) {
     case 'b': *out = DType::kBool; return size == 1;
-    case 'f':
-      if (size == 2)
-        *out = DType::kFp16;
-      else if (size == 4)
-        *out = DType::kFp32;
-      else if (size == 8)
-        *out = DType::kFp64;
-      else
-        return false;
-      return true;
-    case 'i':
-      if (size == 1)
-        *out = DType::kInt8;
-      else if (size == 2)
-        *out = DType::kInt16;
-      else if (size == 4)
-        *out = DType::kInt32;
-      else if (size == 8)
-        *out = DType::kInt64;
-      else
-        return false;
-      return true;
-    case 'u':
-      if (size == 1)
-        *out = DType::kUint8;
-      else if (size == 2)
-        *out = DType::kUint16;
-      else if (size == 4)
-        *out = DType::kUint32;
-      else if (size == 8)
-        *out = DType::kUint64;
-      else
-        return false;
-      return true;
+    case 'f': *out = kFloat[log2 < 0 ? 0 : log2]; return log2 >= 1;
+    case 'i': *out = kInt[log2 < 0 ? 0 : log2]; return log2 >= 0;
+    case 'u': *out = kUint[log2 < 0 ? 0 : log2]; return log2 >= 0;
     case 'V':
-      if (size == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16") {
-        *out = DType::kBf16;
-        return true;
-      }
-      return false;
+      // ml_dtypes.bfloat16 is a 2-byte void-kind type.
+      *out = DType::kBf16;
+      return size == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
     default: return false;
   }
 }
@@ -183,9 +155,10 @@ py::object PackOutputs(std::vector<py::array>&& arrays) {
 
 py::object OutputsOfCompletion(const Completion& c, py::handle base) {
   std::vector<py::array> arrays;
-  arrays.reserve(c.result->specs.size());
-  for (size_t i = 0; i < c.result->specs.size(); ++i) {
-    const auto& spec = c.result->specs[i];
+  const auto& specs = *c.result->specs;
+  arrays.reserve(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
     const uint8_t* p = c.result->outputs[i]->data() + c.row_offset * spec.RowBytes();
     arrays.push_back(ViewOf(spec, c.rows, p, base));
   }
@@ -195,8 +168,8 @@ py::object OutputsOfCompletion(const Completion& c, py::handle base) {
 py::object OutputsOfHit(CachedResponse& hit) {
   py::capsule base = OwnerCapsule(hit.data);
   std::vector<py::array> arrays;
-  for (size_t i = 0; i < hit.specs.size(); ++i) {
-    arrays.push_back(ViewOf(hit.specs[i], hit.rows, hit.data->data() + hit.offsets[i], base));
+  for (size_t i = 0; i < hit.specs->size(); ++i) {
+    arrays.push_back(ViewOf((*hit.specs)[i], hit.rows, hit.data->data() + hit.offsets[i], base));
   }
   return PackOutputs(std::move(arrays));
 }

@@ -106,7 +106,7 @@ Batcher::Batcher(std::string name, BatchConfig config, std::vector<TensorSpec> i
       clock_(std::move(clock)),
       cache_(std::move(cache)),
       inputs_(std::move(inputs)),
-      outputs_(std::move(outputs)),
+      outputs_(std::make_shared<const std::vector<TensorSpec>>(std::move(outputs))),
       levels_(config_.priority_levels),
       worker_settled_(config_.instances, 0),
       worker_alive_(config_.instances, true),
@@ -120,10 +120,7 @@ Batcher::~Batcher() { Shutdown(/*drain=*/false); }
 
 std::vector<TensorSpec> Batcher::input_specs() const { return inputs_; }
 
-std::vector<TensorSpec> Batcher::output_specs() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return outputs_;
-}
+std::vector<TensorSpec> Batcher::output_specs() const { return *std::atomic_load(&outputs_); }
 
 Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
   // inputs_ never changes after Create, so validation needs no lock.
@@ -213,21 +210,21 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     hasher.Update(key_bytes, key_size);
     req->key = hasher.Digest();
     req->cacheable = true;
-    std::vector<TensorSpec> specs = output_specs();
+    std::shared_ptr<const std::vector<TensorSpec>> specs = std::atomic_load(&outputs_);
     size_t expected = 0;
     std::vector<size_t> offsets;
-    for (const auto& s : specs) {
+    for (const auto& s : *specs) {
       offsets.push_back(expected);
       expected += static_cast<size_t>(rows) * s.RowBytes();
     }
     std::shared_ptr<Buffer> copy;
     const bool found =
-        !specs.empty() && cache_->LookupWith(req->key, key_bytes, key_size, now,
-                                             [&](const uint8_t* value, size_t size) {
-                                               if (size != expected) return;
-                                               copy = Buffer::Allocate(size);
-                                               if (copy) std::memcpy(copy->data(), value, size);
-                                             });
+        !specs->empty() && cache_->LookupWith(req->key, key_bytes, key_size, now,
+                                              [&](const uint8_t* value, size_t size) {
+                                                if (size != expected) return;
+                                                copy = Buffer::Allocate(size);
+                                                if (copy) std::memcpy(copy->data(), value, size);
+                                              });
     if (found && copy) {
       hit->data = std::move(copy);
       hit->specs = std::move(specs);
@@ -270,6 +267,7 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     *request_id = req->id;
     levels_[req->level].push_back(req.get());
     queued_rows_ += rows;
+    if (req->deadline_ns != kNoDeadline) ++deadline_requests_;
     // Wake an idle worker only when its plan changes: the queue was empty
     // (it waits without a timeout), a batch just filled, or a deadline may
     // pull the close time earlier. Otherwise the worker's timed wait already
@@ -338,11 +336,10 @@ bool Batcher::Cancel(uint64_t request_id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = queued_.find(request_id);
     if (it == queued_.end()) return false;
-    req = std::move(it->second);
-    queued_.erase(it);
-    auto& level = levels_[req->level];
-    level.erase(std::find(level.begin(), level.end(), req.get()));
-    queued_rows_ -= req->rows;
+    Request* r = it->second.get();
+    auto& level = levels_[r->level];
+    level.erase(std::find(level.begin(), level.end(), r));
+    req = UnqueueLocked(r);
   }
   cancelled_.fetch_add(1, std::memory_order_relaxed);
   std::vector<Completion> done(1);
@@ -407,6 +404,15 @@ int64_t Batcher::CloseTimeLocked(int64_t now) const {
   return close;
 }
 
+std::unique_ptr<Batcher::Request> Batcher::UnqueueLocked(Request* r) {
+  queued_rows_ -= r->rows;
+  if (r->deadline_ns != kNoDeadline) --deadline_requests_;
+  auto q = queued_.find(r->id);
+  std::unique_ptr<Request> owned = std::move(q->second);
+  queued_.erase(q);
+  return owned;
+}
+
 void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>* batch,
                               std::vector<std::unique_ptr<Request>>* expired) {
   // Expire first, over the whole queue, so that a request that can no longer
@@ -415,7 +421,9 @@ void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>
       config_.drop_unreachable
           ? EstimateExecNsLocked(PaddedRows(std::min(queued_rows_, config_.max_batch_size)))
           : 0;
+  // Without deadlines in the queue there is nothing to expire: skip the scan.
   for (auto& level : levels_) {
+    if (deadline_requests_ == 0) break;
     for (auto it = level.begin(); it != level.end();) {
       Request* r = *it;
       const bool dead = r->deadline_ns <= now || (estimate > 0 && r->deadline_ns != kNoDeadline &&
@@ -425,10 +433,7 @@ void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>
         continue;
       }
       it = level.erase(it);
-      queued_rows_ -= r->rows;
-      auto q = queued_.find(r->id);
-      expired->push_back(std::move(q->second));
-      queued_.erase(q);
+      expired->push_back(UnqueueLocked(r));
     }
   }
   // The survivors may not be due yet: an expired request may have been what
@@ -440,11 +445,8 @@ void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>
       Request* r = level.front();
       if (rows + r->rows > config_.max_batch_size) return;
       level.pop_front();
-      queued_rows_ -= r->rows;
       rows += r->rows;
-      auto q = queued_.find(r->id);
-      batch->push_back(std::move(q->second));
-      queued_.erase(q);
+      batch->push_back(UnqueueLocked(r));
     }
   }
 }
@@ -500,15 +502,13 @@ void Batcher::WorkerLoop(int worker) {
   settled_cv_.notify_all();
 }
 
-void Batcher::CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests,
-                                 const Status& status, const std::shared_ptr<ErrorDetail>& detail) {
-  // Group by sink so each event loop is woken once for the whole group.
+template <typename Fill>
+void Batcher::DeliverGrouped(std::vector<std::unique_ptr<Request>>& requests, Fill&& fill) {
   std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
   for (auto& r : requests) {
     Completion c;
     c.request_id = r->id;
-    c.status = status;
-    c.error_detail = detail;
+    fill(*r, &c);
     auto it = std::find_if(groups.begin(), groups.end(),
                            [&](const auto& g) { return g.first == r->sink.get(); });
     if (it == groups.end()) {
@@ -520,14 +520,19 @@ void Batcher::CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests
   for (auto& g : groups) g.first->Deliver(std::move(g.second));
 }
 
+void Batcher::CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests,
+                                 const Status& status, const std::shared_ptr<ErrorDetail>& detail) {
+  DeliverGrouped(requests, [&](const Request&, Completion* c) {
+    c->status = status;
+    c->error_detail = detail;
+  });
+}
+
 void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int64_t start_ns) {
   Batch batch;
   for (const auto& r : requests) batch.rows += r->rows;
   batch.padded_rows = PaddedRows(batch.rows);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    batch.seq = next_batch_seq_++;
-  }
+  batch.seq = next_batch_seq_.fetch_add(1, std::memory_order_relaxed);  // a label; orders nothing
   for (const auto& r : requests) {
     const int64_t q = std::max<int64_t>(0, start_ns - r->enqueue_ns);
     queue_ns_.Record(q);
@@ -570,20 +575,23 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
   auto result = std::make_shared<BatchResult>();
   if (status.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (outputs_.empty()) {
+    if (outputs_->empty()) {
+      auto learned = std::make_shared<std::vector<TensorSpec>>();
       for (size_t i = 0; i < outs.size(); ++i) {
         TensorSpec spec = outs[i].spec;
         if (spec.name.empty()) spec.name = "output" + std::to_string(i);
-        outputs_.push_back(std::move(spec));
+        learned->push_back(std::move(spec));
       }
+      std::atomic_store(&outputs_, std::shared_ptr<const std::vector<TensorSpec>>(learned));
     }
-    if (outs.size() != outputs_.size()) {
-      status =
-          Status::ExecutionFailed("model '" + name_ + "' returned " + std::to_string(outs.size()) +
-                                  " output(s); expected " + std::to_string(outputs_.size()));
+    const std::vector<TensorSpec>& expected_outputs = *outputs_;
+    if (outs.size() != expected_outputs.size()) {
+      status = Status::ExecutionFailed("model '" + name_ + "' returned " +
+                                       std::to_string(outs.size()) + " output(s); expected " +
+                                       std::to_string(expected_outputs.size()));
     }
     for (size_t i = 0; status.ok() && i < outs.size(); ++i) {
-      const TensorSpec& want = outputs_[i];
+      const TensorSpec& want = expected_outputs[i];
       const TensorSpec& got = outs[i].spec;
       if (got.dtype != want.dtype || got.shape != want.shape) {
         status = Status::ExecutionFailed("model '" + name_ + "' output " + std::to_string(i) +
@@ -597,7 +605,7 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
       }
     }
     if (status.ok()) {
-      result->specs = outputs_;
+      result->specs = outputs_;  // shared, not copied
       for (auto& o : outs) result->outputs.push_back(std::move(o.data));
     }
     // Moving averages for close-time planning and Retry-After.
@@ -616,23 +624,6 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
     CompleteWithStatus(requests, status, detail);
   } else {
     std::shared_ptr<const BatchResult> shared = result;
-    std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
-    int64_t offset = 0;
-    for (auto& r : requests) {
-      Completion c;
-      c.request_id = r->id;
-      c.result = shared;
-      c.row_offset = offset;
-      c.rows = r->rows;
-      offset += r->rows;
-      auto it = std::find_if(groups.begin(), groups.end(),
-                             [&](const auto& g) { return g.first == r->sink.get(); });
-      if (it == groups.end()) {
-        groups.emplace_back(r->sink.get(), std::vector<Completion>{});
-        it = groups.end() - 1;
-      }
-      it->second.push_back(std::move(c));
-    }
     const int64_t done_ns = clock_->NowNs();
     for (auto& r : requests) {
       const int64_t e2e = std::max<int64_t>(0, done_ns - r->enqueue_ns);
@@ -654,8 +645,8 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
             const uint8_t* p = batch.inputs[i]->data() + row * rb;
             key.insert(key.end(), p, p + r->rows * rb);
           }
-          for (size_t i = 0; i < result->specs.size(); ++i) {
-            const size_t rb = result->specs[i].RowBytes();
+          for (size_t i = 0; i < result->specs->size(); ++i) {
+            const size_t rb = (*result->specs)[i].RowBytes();
             const uint8_t* p = result->outputs[i]->data() + row * rb;
             value.insert(value.end(), p, p + r->rows * rb);
           }
@@ -664,7 +655,13 @@ void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int6
         row += r->rows;
       }
     }
-    for (auto& g : groups) g.first->Deliver(std::move(g.second));
+    int64_t offset = 0;
+    DeliverGrouped(requests, [&](const Request& r, Completion* c) {
+      c->result = shared;
+      c->row_offset = offset;
+      c->rows = r.rows;
+      offset += r.rows;
+    });
   }
 }
 
@@ -681,6 +678,7 @@ void Batcher::Shutdown(bool drain) {
       for (auto& kv : queued_) dropped.push_back(std::move(kv.second));
       queued_.clear();
       queued_rows_ = 0;
+      deadline_requests_ = 0;
     }
   }
   work_cv_.notify_all();

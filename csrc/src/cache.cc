@@ -169,8 +169,9 @@ struct ResponseCache::Impl {
         shard_budget(config.max_bytes / config.shards),
         buckets(new std::atomic<Entry*>[static_cast<size_t>(config.buckets)]),
         shards(new Shard[static_cast<size_t>(config.shards)]) {
-    for (int64_t i = 0; i < config.buckets; ++i)
+    for (int64_t i = 0; i < config.buckets; ++i) {
       buckets[i].store(nullptr, std::memory_order_relaxed);
+    }
   }
 
   ~Impl() {
@@ -207,23 +208,14 @@ struct ResponseCache::Impl {
   void QueuePush(Shard& s, Entry* e) AIARCH_REQUIRES(s.mu) {
     e->older = s.newest;
     e->newer = nullptr;
-    if (s.newest != nullptr)
-      s.newest->newer = e;
-    else
-      s.oldest = e;
+    (s.newest != nullptr ? s.newest->newer : s.oldest) = e;
     s.newest = e;
   }
 
   void QueueRemove(Shard& s, Entry* e) AIARCH_REQUIRES(s.mu) {
     if (s.hand == e) s.hand = e->newer;
-    if (e->newer != nullptr)
-      e->newer->older = e->older;
-    else
-      s.newest = e->older;
-    if (e->older != nullptr)
-      e->older->newer = e->newer;
-    else
-      s.oldest = e->newer;
+    (e->newer != nullptr ? e->newer->older : s.newest) = e->older;
+    (e->older != nullptr ? e->older->newer : s.oldest) = e->newer;
     e->newer = e->older = nullptr;
   }
 

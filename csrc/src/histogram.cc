@@ -210,8 +210,8 @@ double HistogramSnapshot::Mean() const {
   if (total_ == 0) return 0.0;
   double sum = 0.0;
   for (size_t i = 0; i < counts_.size(); ++i) {
-    if (counts_[i] != 0)
-      sum += static_cast<double>(counts_[i]) * static_cast<double>(MidpointOf(i));
+    if (counts_[i] == 0) continue;
+    sum += static_cast<double>(counts_[i]) * static_cast<double>(MidpointOf(i));
   }
   return sum / static_cast<double>(total_);
 }

@@ -509,3 +509,29 @@ def test_stats_shape():
         assert st["totals_ns"]["end_to_end"] > 0
         hists = rt.histograms("m")
         assert hists["end_to_end"].total_count == 10
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "bool",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+    ],
+)
+def test_every_fixed_size_dtype_round_trips(dtype):
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x, inputs=[TensorSpec("x", dtype, (3,))])
+        x = np.arange(6).reshape(2, 3).astype(dtype)
+        y = rt.infer_sync("m", x)
+        assert y.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(y, x)

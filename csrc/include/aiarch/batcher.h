@@ -110,7 +110,7 @@ struct SubmitArgs {
 // packed one after another in output order inside `data`.
 struct CachedResponse {
   std::shared_ptr<Buffer> data;
-  std::vector<TensorSpec> specs;
+  std::shared_ptr<const std::vector<TensorSpec>> specs;
   std::vector<size_t> offsets;
   int64_t rows = 0;
 };
@@ -169,6 +169,7 @@ class Batcher {
   void WorkerLoop(int worker);
   // Everything below with "Locked" runs with mu_ held.
   int64_t CloseTimeLocked(int64_t now) const;
+  std::unique_ptr<Request> UnqueueLocked(Request* r);
   void FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>* batch,
                        std::vector<std::unique_ptr<Request>>* expired);
   void WaitLocked(std::unique_lock<std::mutex>& lock, int worker, int64_t until_ns);
@@ -178,6 +179,10 @@ class Batcher {
   void RunFormed(std::vector<std::unique_ptr<Request>>& batch,
                  std::vector<std::unique_ptr<Request>>& expired, int64_t now);
   void ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int64_t start_ns);
+  // Delivers one Completion per request, grouped by sink so that each event
+  // loop is woken once per call; fill(request, completion) sets the payload.
+  template <typename Fill>
+  void DeliverGrouped(std::vector<std::unique_ptr<Request>>& requests, Fill&& fill);
   void CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests, const Status& status,
                           const std::shared_ptr<ErrorDetail>& detail);
   Status Validate(const SubmitArgs& args, int64_t* rows) const;
@@ -193,11 +198,13 @@ class Batcher {
   uint64_t clock_subscription_ = 0;
 
   mutable std::mutex mu_;
-  std::condition_variable work_cv_;           // workers wait here for requests / time
-  std::condition_variable settled_cv_;        // ManualClock::Advance waits here
-  const std::vector<TensorSpec> inputs_;      // immutable after Create: read without mu_
-  std::vector<TensorSpec> outputs_;           // guarded by mu_ (learned once)
-  std::vector<std::deque<Request*>> levels_;  // guarded by mu_
+  std::condition_variable work_cv_;       // workers wait here for requests / time
+  std::condition_variable settled_cv_;    // ManualClock::Advance waits here
+  const std::vector<TensorSpec> inputs_;  // immutable after Create: read without mu_
+  // Learned once, then immutable: published with std::atomic_store so that
+  // Submit's cache probe and every batch share it without copying specs.
+  std::shared_ptr<const std::vector<TensorSpec>> outputs_;
+  std::vector<std::deque<Request*>> levels_;                       // guarded by mu_
   std::unordered_map<uint64_t, std::unique_ptr<Request>> queued_;  // guarded by mu_
   int64_t queued_rows_ = 0;                                        // guarded by mu_
   int idle_workers_ = 0;                                           // guarded by mu_
@@ -205,7 +212,6 @@ class Batcher {
   bool stopping_ = false;                                          // guarded by mu_
   bool drain_ = false;                                             // guarded by mu_
   uint64_t next_id_ = 1;                                           // guarded by mu_
-  uint64_t next_batch_seq_ = 1;                                    // guarded by mu_
   uint64_t settle_epoch_ = 0;                                      // guarded by mu_
   std::vector<uint64_t> worker_settled_;                           // guarded by mu_
   std::vector<bool> worker_alive_;                                 // guarded by mu_
@@ -217,6 +223,8 @@ class Batcher {
   // Counters are written by workers and read by Stats() without mu_.
   std::atomic<uint64_t> success_{0}, failed_{0}, expired_{0}, rejected_{0}, cancelled_{0};
   std::atomic<uint64_t> batches_{0}, rows_{0};
+  std::atomic<uint64_t> next_batch_seq_{1};
+  int64_t deadline_requests_ = 0;  // queued requests with a deadline; guarded by mu_
   std::atomic<uint64_t> queue_ns_total_{0}, execution_ns_total_{0}, end_to_end_ns_total_{0};
   Histogram queue_ns_;
   Histogram execution_ns_;

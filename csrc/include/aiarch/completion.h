@@ -27,7 +27,7 @@ class ErrorDetail {
 // The outputs of one executed batch. Immutable once published; each
 // Completion of the batch shares it and addresses its own rows.
 struct BatchResult {
-  std::vector<TensorSpec> specs;
+  std::shared_ptr<const std::vector<TensorSpec>> specs;
   std::vector<std::shared_ptr<Buffer>> outputs;  // one per spec, >= rows * RowBytes
 };
 

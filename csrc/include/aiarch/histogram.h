@@ -43,7 +43,7 @@ class Histogram {
   // Coordinated-omission correction for load generators: records `value`
   // and, when value > expected_interval > 0, the values a generator that had
   // kept its schedule would have seen while it was stalled:
-  // value - k * expected_interval for k = 1, 2, ... while > expected_interval
+  // value - k * expected_interval for k = 1, 2, ... while >= expected_interval
   // (HdrHistogram's recordCorrectedValue). Thread-safe. Never allocates.
   void RecordCorrected(int64_t value, int64_t expected_interval);
 
@@ -84,6 +84,8 @@ class HistogramSnapshot {
   uint64_t clamped() const { return clamped_; }
   // 0 when empty. p in [0, 100]; rank = ceil(p/100 * total), at least 1.
   int64_t ValueAtPercentile(double p) const;
+  // Midpoints of the lowest / highest non-empty bucket, so Min() equals
+  // ValueAtPercentile(0) and Max() equals ValueAtPercentile(100).
   int64_t Min() const;
   int64_t Max() const;
   double Mean() const;  // from bucket midpoints

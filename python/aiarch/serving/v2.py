@@ -177,6 +177,17 @@ def _flatten_any(value: Any, out: list[Any]) -> None:
         out.append(value)
 
 
+def _decode_numbers(raw: bytes | memoryview, decoder: Any, what: str) -> list[Any]:
+    """Decodes nested or flat JSON numbers as one flat list (brackets carry no
+    information once the shape is known), mapping decode errors to 400."""
+    try:
+        return decoder.decode(b"[" + bytes(raw).translate(None, _BRACKETS) + b"]")
+    except msgspec.ValidationError as e:
+        raise HttpError(400, f"{what}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise HttpError(400, f"{what}: malformed JSON: {e}") from None
+
+
 def json_tensor(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.ndarray:
     """Decode one tensor's JSON `data` (nested or flat, row-major) to an array of `shape`."""
     dtype = v2_to_np(datatype)
@@ -185,8 +196,7 @@ def json_tensor(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.
     decoder = _FLAT_DECODER.get(kind)
     try:
         if decoder is not None:
-            flat = bytes(raw).translate(None, _BRACKETS)
-            values = decoder.decode(b"[" + flat + b"]")
+            values = _decode_numbers(raw, decoder, f"invalid {datatype} tensor data")
             if len(values) != count:
                 raise HttpError(
                     400,
@@ -422,13 +432,9 @@ def _rows(
     decoder = _FLAT_DECODER.get(dtype.kind)
     if decoder is None:
         raise HttpError(400, f"input '{name}' of dtype {dtype} cannot be sent to /predict")
+    values = _decode_numbers(raw, decoder, f"input '{name}'")
     try:
-        values = decoder.decode(b"[" + bytes(raw).translate(None, _BRACKETS) + b"]")
         arr = np.array(values, dtype=dtype)
-    except msgspec.ValidationError as e:
-        raise HttpError(400, f"input '{name}': {e}") from None
-    except msgspec.DecodeError as e:
-        raise HttpError(400, f"malformed JSON for input '{name}': {e}") from None
     except OverflowError as e:
         raise HttpError(400, f"input '{name}': value out of range: {e}") from None
     per_row = _count([d for d in trailing])
