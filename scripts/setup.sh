@@ -5,9 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: wrk drives the HTTP benchmarks; clang-format checks C++.
+# Debian packages: wrk drives the HTTP benchmarks; Redis and PostgreSQL are the
+# shared backends of the feature store and the registry, which the tests start
+# on 127.0.0.1 in throw-away directories.
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   echo "==> apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -20,5 +24,5 @@ PIP=(python -m pip install --quiet --disable-pip-version-check)
 # would let pip download a multi-GB CUDA build.
 echo "==> pip install build tools and torch==2.13.0"
 "${PIP[@]}" scikit-build-core pybind11 ninja "torch==2.13.0"
-echo "==> pip install aiarch[test,bench,dev] (builds the native core)"
-"${PIP[@]}" --no-build-isolation ".[test,bench,dev]" "torch==2.13.0"
+echo "==> pip install aiarch[all,test,bench,dev] (builds the native core)"
+"${PIP[@]}" --no-build-isolation ".[all,test,bench,dev]" "torch==2.13.0"

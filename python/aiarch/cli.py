@@ -214,7 +214,11 @@ def _serve(args: argparse.Namespace) -> int:
     return run(cfg)
 
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_serve]
+# One entry per command, in the order `aiarch --help` lists them. Commands that live in
+# their own package expose `add_parser(subparsers)` from a light `cli` module.
+_COMMANDS: list[Callable[[Any], None]] = [
+    _add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
