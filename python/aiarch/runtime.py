@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import math
+import os
 import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,15 @@ class ModelInfo:
     """Response cache settings, or None when caching is off."""
     ready: bool
     """True once the model can serve (loaded and, when possible, warmed up)."""
+    backend: dict[str, Any] | None = None
+    """For a model loaded from a file: its format, device, precision and buckets."""
 
 
 class _Model:
     """Runtime-side state of one model. The native handle may be created lazily."""
 
     __slots__ = (
+        "backend",
         "batching",
         "cache",
         "cache_config",
@@ -94,6 +98,7 @@ class _Model:
         self.inputs: tuple[TensorSpec, ...] = ()
         self.outputs: tuple[TensorSpec, ...] = ()
         self.lock = threading.Lock()
+        self.backend: Any = None
 
     def normalize(self, inputs: Any) -> Any:
         """Turns any accepted input form into an ndarray or a tuple of ndarrays.
@@ -209,7 +214,7 @@ class Runtime:
     def add_model(
         self,
         name: str,
-        model: Callable[..., Any],
+        model: Callable[..., Any] | str | os.PathLike[str],
         *,
         inputs: Sequence[TensorSpec] | None = None,
         outputs: Sequence[TensorSpec] | None = None,
@@ -217,10 +222,23 @@ class Runtime:
         batching: BatchConfig | None = None,
         cache: CacheConfig | bool | None = None,
         warmup: bool = True,
+        device: str | None = None,
+        precision: str | None = None,
+        backend: str | None = None,
+        backend_options: Mapping[str, Any] | None = None,
     ) -> ModelInfo:
         """Loads a model under ``name``.
 
-        ``model`` is called once per batch, on a batcher thread, with one array
+        ``model`` is either a model file (``.pt2``, TorchScript ``.pt``, ``.onnx``,
+        a TensorRT engine, or a folder holding one; see `aiarch.backends`) or a
+        callable. A file's format picks its backend; ``device`` ("cpu", "cuda"),
+        ``precision`` ("fp16", "bf16", "fp8", "int8"), ``backend`` (to force
+        "tensorrt" for an ONNX file) and ``backend_options`` (fields of
+        `aiarch.backends.BackendOptions`) say how it runs. Its batch-size
+        buckets (static shapes, CUDA graphs) become the batcher's preferred
+        sizes unless ``batching`` sets them.
+
+        A callable is called once per batch, on a batcher thread, with one array
         per input whose first dimension is the batch's rows; it returns an
         array or a tuple of arrays with the same number of rows. When
         ``inputs``/``outputs`` are omitted, ``model.inputs``/``model.outputs``
@@ -235,12 +253,24 @@ class Runtime:
                 f"model name {name!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit"
             )
-        if not callable(model):
-            raise InvalidArgumentError(
-                f"model {name!r}: expected a callable, got {type(model).__name__}"
-            )
         if batching is None:
             batching = BatchConfig()
+        loaded = None
+        if isinstance(model, (str, os.PathLike)):
+            loaded, batching = self._load_file(
+                model, batching, warmup, device, precision, backend, backend_options
+            )
+            model = loaded
+        elif device or precision or backend or backend_options:
+            raise InvalidArgumentError(
+                f"model {name!r}: device/precision/backend options apply to model files; "
+                "a callable runs as it is"
+            )
+        if not callable(model):
+            raise InvalidArgumentError(
+                f"model {name!r}: expected a model file path or a callable, "
+                f"got {type(model).__name__}"
+            )
         if cache is True:
             cache = CacheConfig()
         elif cache is False:
@@ -249,6 +279,7 @@ class Runtime:
         outputs = outputs if outputs is not None else getattr(model, "outputs", None)
 
         m = _Model(name, model, str(version), batching, cache)
+        m.backend = loaded
         with self._lock:
             if name in self._models:
                 raise AlreadyExistsError(
@@ -265,8 +296,48 @@ class Runtime:
         except BaseException:
             with self._lock:
                 self._models.pop(name, None)
+            if loaded is not None:
+                loaded.close()
             raise
         return self.model_info(name)
+
+    @staticmethod
+    def _load_file(
+        path: str | os.PathLike[str],
+        batching: BatchConfig,
+        warmup: bool,
+        device: str | None,
+        precision: str | None,
+        backend: str | None,
+        backend_options: Mapping[str, Any] | None,
+    ) -> tuple[Any, BatchConfig]:
+        """Loads a model file with its backend; returns it and the batching it runs best with."""
+        from aiarch import backends
+
+        extra = dict(backend_options or {})
+        fields = set(backends.BackendOptions.__dataclass_fields__) - {"extra"}
+        direct = {k: extra.pop(k) for k in list(extra) if k in fields}
+        extra.setdefault("instances", batching.instances)
+        opts = backends.BackendOptions(
+            device=device or direct.pop("device", "cpu"),
+            precision=precision or direct.pop("precision", None),
+            max_batch_size=batching.max_batch_size,
+            batch_sizes=tuple(direct.pop("batch_sizes", batching.preferred_batch_sizes)),
+            extra=extra,
+            **direct,
+        )
+        loaded = backends.load(path, backend=backend, options=opts)
+        try:
+            if loaded.buckets and not batching.preferred_batch_sizes:
+                fits = tuple(b for b in loaded.buckets if b <= batching.max_batch_size)
+                if fits:
+                    batching = replace(batching, preferred_batch_sizes=fits)
+            if warmup:
+                loaded.warm_up()
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded, batching
 
     def remove_model(self, name: str, *, drain: bool = True) -> None:
         """Unloads a model. With ``drain``, queued requests run first; otherwise
@@ -277,6 +348,8 @@ class Runtime:
             raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
         if m.handle is not None:
             m.handle.shutdown(drain)
+        if m.backend is not None:
+            m.backend.close()
 
     def models(self) -> list[str]:
         """Names of the loaded models."""
@@ -297,6 +370,7 @@ class Runtime:
             batching=m.batching,
             cache=m.cache_config,
             ready=m.handle is not None or not m.inputs,
+            backend=m.backend.describe() if m.backend is not None else None,
         )
 
     def invalidate_cache(self, name: str) -> None:
@@ -421,6 +495,8 @@ class Runtime:
         for m in models:
             if m.handle is not None:
                 m.handle.shutdown(drain)
+            if m.backend is not None:
+                m.backend.close()
         # Every request now has its completion queued: resolve them, then
         # stop watching the queues.
         try:

@@ -87,6 +87,18 @@ class ModelConfig:
     warmup: bool = True
     """Run one zero batch at load so the model is warm before readiness turns true."""
 
+    device: str | None = None
+    """For model files: "cpu" (default) or "cuda[:N]"."""
+
+    precision: str | None = None
+    """For model files: "fp16", "bf16", "fp8" (torch on CUDA) or a TensorRT precision."""
+
+    backend: str | None = None
+    """For ONNX files: "tensorrt" builds a TensorRT engine instead of using ONNX Runtime."""
+
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    """Further `aiarch.backends.BackendOptions` fields (threads, cuda_graphs, extra...)."""
+
 
 @dataclass
 class ServeConfig:
@@ -157,7 +169,17 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         table = {"source": table}
     if not isinstance(table, dict):
         raise ValueError(f"model {name!r}: expected a table or a source string")
-    unknown = set(table) - {"source", "version", "batching", "cache", "warmup"}
+    unknown = set(table) - {
+        "source",
+        "version",
+        "batching",
+        "cache",
+        "warmup",
+        "device",
+        "precision",
+        "backend",
+        "backend_options",
+    }
     if unknown:
         raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
     batching = dict(table.get("batching") or {})
@@ -182,6 +204,12 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
     path_part = source.rsplit(":", 1)[0]
     if path_part.endswith(".py") and not os.path.isabs(path_part):
         source = str(base_dir / path_part) + source[len(path_part) :]
+    elif _is_model_path(source) and not os.path.isabs(source):
+        source = str(base_dir / source)
+    optional = {k: table.get(k) for k in ("device", "precision", "backend")}
+    for key, value in optional.items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"model {name!r}: {key} must be a string, got {value!r}")
     return ModelConfig(
         name=validate_model_name(name),
         source=source,
@@ -189,7 +217,17 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         batching=batching,
         cache=cache,
         warmup=bool(table.get("warmup", True)),
+        device=optional["device"],
+        precision=optional["precision"],
+        backend=optional["backend"],
+        backend_options=dict(table.get("backend_options") or {}),
     )
+
+
+def _is_model_path(source: str) -> bool:
+    from aiarch.backends import is_model_file
+
+    return is_model_file(source)
 
 
 def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[ModelConfig]]:

@@ -3,12 +3,14 @@
 A source is resolved by the first registered `SourceResolver` that accepts it. Built in:
 
 - `package.module:attr` — import a module, take `attr` (dotted attributes allowed);
-- `path/to/file.py:attr` — load a Python file by path, take `attr`.
+- `path/to/file.py:attr` — load a Python file by path, take `attr`;
+- `path/to/model.onnx|.pt2|.pt|.engine` (or a folder holding `model.*`) — a model file, run by
+  the backend its format selects (`aiarch.backends`), with the ModelConfig's device/precision.
 
 `attr` is a callable `fn(*batch_inputs) -> array | tuple[array, ...]` called once per batch,
 optionally with `.inputs` / `.outputs` (lists of TensorSpec). A trailing `()` (`module:make()`)
-calls a zero-argument factory first. Model files (`.onnx`, `.pt2`) and registry references
-(`name@alias`) are added by registering resolvers with `register_resolver`.
+calls a zero-argument factory first. Other sources (registry references such as `name@alias`)
+are added by registering resolvers with `register_resolver`.
 """
 
 from __future__ import annotations
@@ -105,6 +107,21 @@ def _is_python_ref(source: str) -> bool:
     return bool(sep and module_part and attr) and "@" not in source
 
 
+def _model_file(source: str) -> Path:
+    # The Runtime loads the file itself, with the device/precision of the model's config.
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"no such model file: {source}")
+    return p
+
+
+def _is_model_file(source: str) -> bool:
+    from aiarch.backends import is_model_file
+
+    return not _is_python_ref(source) and is_model_file(source)
+
+
+_RESOLVERS.append(SourceResolver("model file", _is_model_file, _model_file))
 _RESOLVERS.append(SourceResolver("python", _is_python_ref, resolve_object))
 
 
@@ -182,6 +199,13 @@ class ModelRepository:
             kwargs: dict[str, Any] = {"version": cfg.version, "cache": cache, "warmup": cfg.warmup}
             if batching is not None:
                 kwargs["batching"] = batching
+            if isinstance(model, Path):
+                kwargs.update(
+                    device=cfg.device,
+                    precision=cfg.precision,
+                    backend=cfg.backend,
+                    backend_options=cfg.backend_options,
+                )
             rt.add_model(name, model, **kwargs)
             self._known[name] = cfg
             log.info("loaded model %s (version %s) from %s", name, cfg.version, cfg.source)

@@ -1,0 +1,148 @@
+"""ONNX Runtime backend: fp32 and INT8 Q/DQ models on the CPU execution provider.
+
+One InferenceSession per model (ONNX Runtime sessions are safe to run from several threads,
+which is what batcher instances do). Outputs are bound to arrays we allocate (I/O binding), so
+ONNX Runtime writes each result once, straight into the array the batcher hands back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aiarch.config import TensorSpec
+from aiarch.errors import InvalidArgumentError, UnavailableError
+
+from .base import Backend, BackendOptions, Bucketing, check_arity, run_bucketed
+
+__all__ = ["OnnxBackend"]
+
+_ONNX_TO_NUMPY = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int16)": "int16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UnavailableError("ONNX models need onnxruntime: pip install 'aiarch[onnx]'") from None
+    return onnxruntime
+
+
+def _spec(path: Path, arg: Any) -> tuple[TensorSpec, int | None]:
+    """Per-row spec of an ONNX input/output and its batch dim (None when symbolic)."""
+    dtype = _ONNX_TO_NUMPY.get(arg.type)
+    if dtype is None:
+        raise InvalidArgumentError(f"{str(path)!r}: {arg.name!r} has unsupported type {arg.type}")
+    shape = list(arg.shape)
+    if not shape:
+        raise InvalidArgumentError(f"{str(path)!r}: {arg.name!r} has no batch dimension")
+    rest = shape[1:]
+    if any(not isinstance(d, int) for d in rest):
+        raise InvalidArgumentError(
+            f"{str(path)!r}: {arg.name!r} has symbolic dims after the batch dim ({shape}); "
+            "only the batch dim may be dynamic"
+        )
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return TensorSpec(arg.name, dtype, tuple(rest)), batch
+
+
+class OnnxBackend(Backend):
+    """Runs an ONNX model with ONNX Runtime."""
+
+    format = "onnx"
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        ort = _import_ort()
+        self.path = str(path)
+        self.options = options
+        if options.device != "cpu":
+            raise InvalidArgumentError(
+                f"ONNX Runtime here runs on the CPU; device {options.device!r} needs "
+                "backend='tensorrt' (ONNX → TensorRT engine) or a .pt2 model on the torch backend"
+            )
+        if options.precision not in (None, "fp32", "int8"):
+            raise InvalidArgumentError(
+                f"precision {options.precision!r}: ONNX Runtime runs the model's own types; "
+                "produce an INT8 model with `aiarch quantize`"
+            )
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        so.inter_op_num_threads = options.inter_op_threads or 1
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:
+            raise InvalidArgumentError(
+                f"cannot load ONNX model {str(path)!r}: {type(e).__name__}: {e}"
+            ) from None
+        self.device = "cpu"
+        ins = [_spec(path, a) for a in self.session.get_inputs()]
+        outs = [_spec(path, a) for a in self.session.get_outputs()]
+        self.inputs = tuple(s for s, _ in ins)
+        self.outputs = tuple(s for s, _ in outs)
+        static = {b for _, b in ins if b is not None}
+        if len(static) > 1:
+            raise InvalidArgumentError(f"{str(path)!r}: inputs disagree on the batch size {static}")
+        self.bucketing = Bucketing(tuple(static))
+        self.buckets = self.bucketing.sizes
+        self._input_names = [s.name for s in self.inputs]
+        self._output_names = [s.name for s in self.outputs]
+        self._output_dtypes = [np.dtype(s.dtype) for s in self.outputs]
+        self.quantized = any(n.op_type in ("QuantizeLinear", "QLinearMatMul") for n in _nodes(path))
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        check_arity(self.path, self.inputs, arrays)
+        outs = run_bucketed(self.bucketing, arrays, self._run)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _run(self, bucket: int, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        binding = self.session.io_binding()
+        for name, spec, a in zip(self._input_names, self.inputs, arrays):
+            if a.dtype.name != spec.dtype:
+                raise InvalidArgumentError(
+                    f"input {name!r} of {self.path!r} expects {spec.dtype}, got {a.dtype.name}"
+                )
+            a = np.ascontiguousarray(a)
+            binding.bind_cpu_input(name, a)
+        results = []
+        for name, spec, dt in zip(self._output_names, self.outputs, self._output_dtypes):
+            out = np.empty((bucket, *spec.shape), dtype=dt)
+            binding.bind_output(name, "cpu", 0, dt, out.shape, out.ctypes.data)
+            results.append(out)
+        self.session.run_with_iobinding(binding)
+        return tuple(results)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(
+            providers=self.session.get_providers(),
+            quantized=self.quantized,
+            onnxruntime=_import_ort().__version__,
+        )
+        return d
+
+
+def _nodes(path: Path) -> list[Any]:
+    """The graph's nodes (weights not loaded), to report whether the model is quantized."""
+    try:
+        import onnx
+
+        return list(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:
+        return []
