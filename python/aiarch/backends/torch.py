@@ -159,7 +159,10 @@ class TorchBackend(Backend):
         self.path = str(path)
         self.format = fmt
         self.options = options
-        dev = torch.device(options.device)
+        try:
+            dev = torch.device(options.device)
+        except RuntimeError:
+            dev = torch.device("meta")  # reported just below with the accepted forms
         if dev.type not in ("cpu", "cuda"):
             raise InvalidArgumentError(f"device {options.device!r}: expected 'cpu' or 'cuda[:N]'")
         if dev.type == "cuda" and not torch.cuda.is_available():
