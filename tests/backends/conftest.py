@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def mlp(dims: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
     """Linear/ReLU stack, e.g. (64, 256, 256, 16)."""
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in itertools.pairwise(dims):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     return torch.nn.Sequential(*layers[:-1]).eval()
 

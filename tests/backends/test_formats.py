@@ -47,7 +47,7 @@ def test_truncated_pt2_is_a_clear_error(tmp_path: Path, mlp_files) -> None:
     data = mlp_files.pt2.read_bytes()
     bad = tmp_path / "model.pt2"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InvalidArgumentError, match="truncated or corrupt|cannot load"):
+    with pytest.raises(InvalidArgumentError, match=r"truncated or corrupt|cannot load"):
         backends.load(bad)
 
 

@@ -68,7 +68,7 @@ def test_precision_plans() -> None:
     assert qdq.strongly_typed and qdq.flags == ()
     with pytest.raises(InvalidArgumentError, match="Q/DQ"):
         plan_precision("int8", False, h100)
-    with pytest.raises(InvalidArgumentError, match="8.9"):
+    with pytest.raises(InvalidArgumentError, match=r"8\.9"):
         plan_precision("fp8", True, (8, 0))
     assert plan_precision("fp8", True, (8, 9)).strongly_typed
     with pytest.raises(InvalidArgumentError, match="expected one of"):
