@@ -71,11 +71,11 @@ class BatchConfig:
     """Level of requests that give no priority; 0 means the lowest level."""
     drop_unreachable: bool = True
     """Expire requests whose deadline the measured execution time can no longer meet."""
-    inline_execution: bool = True
+    inline_execution: bool | None = None
     """Run a batch on the submitting thread when that submit closes it and an instance
-    is free: no thread hand-off. Best for models that hold the GIL (numpy code); set
-    False for models that release it (torch, onnxruntime) so execution overlaps the
-    event loop."""
+    is free: no thread hand-off. Best for models that hold the GIL (numpy code); off
+    suits models that release it (torch, onnxruntime), whose execution then overlaps
+    the event loop. None (default) picks: on for callables, off for model files."""
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -266,6 +266,8 @@ class Runtime:
                 f"model {name!r}: device/precision/backend options apply to model files; "
                 "a callable runs as it is"
             )
+        if batching.inline_execution is None:
+            batching = replace(batching, inline_execution=loaded is None)
         if not callable(model):
             raise InvalidArgumentError(
                 f"model {name!r}: expected a model file path or a callable, "

@@ -65,3 +65,11 @@ def test_onnx_refuses_devices_it_does_not_run_on(mlp_files) -> None:
         backends.load(mlp_files.onnx, device="cuda")
     with pytest.raises(InvalidArgumentError, match="aiarch quantize"):
         backends.load(mlp_files.onnx, precision="fp16")
+
+
+def test_file_models_execute_off_the_event_loop_by_default(mlp_files) -> None:
+    with aiarch.Runtime() as rt:
+        assert rt.add_model("file", mlp_files.onnx).batching.inline_execution is False
+        assert rt.add_model("fn", lambda x: x).batching.inline_execution is True
+        forced = aiarch.BatchConfig(inline_execution=True)
+        assert rt.add_model("forced", mlp_files.onnx, batching=forced).batching.inline_execution
