@@ -124,14 +124,14 @@ def parse_filter(text: str | None) -> list[Condition]:
                 f"filter {text!r}: expected a number or a quoted string after {ot!r}, got {vt!r}"
             )
         wants_number = kind == "metrics" or (kind == "attr" and ATTRIBUTES[key] is not str)
+        if op == "like" and wants_number:
+            raise InvalidArgumentError(f"filter {text!r}: like applies to strings, not {ft}")
         if wants_number and not isinstance(value, float):
             raise InvalidArgumentError(f"filter {text!r}: {ft} compares with a number, got {vt}")
         if not wants_number and isinstance(value, float):
             raise InvalidArgumentError(
                 f"filter {text!r}: {ft} is a string; quote the value ('{vt}')"
             )
-        if op == "like" and wants_number:
-            raise InvalidArgumentError(f"filter {text!r}: like applies to strings, not {ft}")
         conds.append(Condition(kind, key, op, value))
         i += 3
         if i == len(toks):

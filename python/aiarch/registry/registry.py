@@ -175,10 +175,13 @@ def _split_python_ref(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
 
 
 def _tensor_list(specs: Any) -> list[dict[str, Any]]:
-    return [
-        {"name": str(s.name), "dtype": str(s.dtype), "shape": [int(d) for d in s.shape]}
-        for s in specs
-    ]
+    out = []
+    for s in specs:  # TensorSpec objects or {"name", "dtype", "shape"} mappings
+        get = s.get if isinstance(s, Mapping) else lambda k, s=s: getattr(s, k)
+        out.append(
+            {"name": str(get("name")), "dtype": str(get("dtype")), "shape": [int(d) for d in get("shape")]}
+        )
+    return out
 
 
 def infer_signature(fmt: str, path: Path, entry: str | None) -> dict[str, Any] | None:
@@ -324,7 +327,8 @@ class Registry:
         except TypeError as e:
             raise InvalidArgumentError(f"lineage must be JSON-serializable: {e}") from None
         if reference is not None and not isinstance(reference, bytes | bytearray | memoryview):
-            to_bytes = getattr(reference, "to_bytes", None)
+            # int.to_bytes exists but means something else: numbers are not profiles.
+            to_bytes = None if isinstance(reference, int | str) else getattr(reference, "to_bytes", None)
             if to_bytes is None:
                 raise InvalidArgumentError(
                     f"reference must be bytes or have to_bytes(), got {type(reference).__name__}"
