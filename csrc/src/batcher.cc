@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <limits>
+#include <atomic>
 #include <utility>
 
 #include "aiarch/hash.h"
@@ -188,6 +189,12 @@ bool Batcher::CacheKeyBytes(const SubmitArgs& args, std::vector<uint8_t>* scratc
   return true;
 }
 
+namespace {
+// Relaxed: the id only needs to be unique, it orders nothing.
+std::atomic<uint64_t> g_next_request_id{1};
+uint64_t NextRequestId() { return g_next_request_id.fetch_add(1, std::memory_order_relaxed); }
+}  // namespace
+
 Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedResponse* hit) {
   int64_t rows = 0;
   AIARCH_RETURN_IF_ERROR(Validate(args, &rows));
@@ -263,7 +270,9 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
           .WithRetryAfter(retry);
     }
     const bool was_empty = queued_rows_ == 0;
-    req->id = next_id_++;
+    // Ids are unique across every model of the process: one event loop's completion queue
+    // (and its table of pending requests) serves all the models that loop submits to.
+    req->id = NextRequestId();
     *request_id = req->id;
     levels_[req->level].push_back(req.get());
     queued_rows_ += rows;

@@ -8,6 +8,7 @@ inside handlers so `aiarch --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +39,8 @@ def _add_serve(sub: Any) -> None:
             "  aiarch serve --model mlp=model.onnx --model cnn=cnn.pt2 --device cuda --precision fp16\n"
             "  aiarch serve --model mlp=./model.py:mlp --max-batch-size 64 --max-delay-us 300\n"
             "  aiarch serve --config serve.toml --workers 2 --port 8080\n"
+            "  aiarch serve --model fraud@production  # registry; follows the alias as it moves\n"
+            "  aiarch serve --route fraud=production:90,staging:10 --shadow fraud@candidate:0.2\n"
             "\n"
             "config file (TOML or JSON):\n"
             "  [server]\n"
@@ -76,6 +79,20 @@ def _add_serve(sub: Any) -> None:
         choices=["tensorrt"],
         help="run .onnx files through a TensorRT engine (built once, cached) instead of "
         "ONNX Runtime",
+    )
+    g.add_argument(
+        "--registry", metavar="URL", help="model registry for NAME@ALIAS models (default: "
+        "$AIARCH_REGISTRY, else SQLite under $AIARCH_HOME)"
+    )
+    g.add_argument(
+        "--route", action="append", default=[], metavar="NAME=ARM:W,...",
+        help="canary split of a registry model, e.g. fraud=production:90,staging:10 (sticky "
+        "per X-Route-Key header / route_key parameter); repeatable",
+    )
+    g.add_argument(
+        "--shadow", action="append", default=[], metavar="NAME@ALIAS[:FRACTION]",
+        help="mirror a sample (default 0.1) of NAME's requests to another version; the "
+        "response never depends on it; repeatable",
     )
     g.add_argument(
         "--config",
@@ -175,6 +192,20 @@ def _serve_config(args: argparse.Namespace) -> Any:
     flag_models = [parse_model_arg(m) for m in args.model]
     names = {m.name for m in flag_models}
     models = [m for m in models if m.name not in names] + flag_models
+    if args.registry:
+        cfg.registry = args.registry
+    for spec in args.route:
+        name, sep, arms = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--route expects NAME=ARM:WEIGHT,..., got {spec!r}")
+        cfg.routes[name.strip()] = arms
+    for spec in args.shadow:
+        cfg.shadows[spec.partition("@")[0].partition("/")[0]] = spec
+    if cfg.routes or cfg.shadows:
+        from .serving.routing import prepare_routes
+
+        cfg.models = models
+        prepare_routes(cfg)
     batching: dict[str, Any] = {}
     for flag, key in (
         ("max_batch_size", "max_batch_size"),
@@ -328,11 +359,22 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _package_command(module: str) -> Callable[[Any], None]:
+    """The `add_parser(subparsers)` of a command that lives in its own package's `cli` module
+    (kept light: the package's heavy imports happen inside its handlers)."""
+
+    def add(sub: Any) -> None:
+        importlib.import_module(module).add_parser(sub)
+
+    return add
+
+
 # One entry per command, in the order `aiarch --help` lists them. Commands that live in
 # their own package expose `add_parser(subparsers)` from a light `cli` module.
 _COMMANDS: list[Callable[[Any], None]] = [
     _add_serve,
     _add_quantize,
+    _package_command("aiarch.registry.cli"),
 ]
 
 

@@ -211,7 +211,6 @@ class Batcher {
   int64_t in_flight_ = 0;                                          // guarded by mu_
   bool stopping_ = false;                                          // guarded by mu_
   bool drain_ = false;                                             // guarded by mu_
-  uint64_t next_id_ = 1;                                           // guarded by mu_
   uint64_t settle_epoch_ = 0;                                      // guarded by mu_
   std::vector<uint64_t> worker_settled_;                           // guarded by mu_
   std::vector<bool> worker_alive_;                                 // guarded by mu_

@@ -73,11 +73,15 @@ class ModelEntry:
         "output_index",
         "output_names",
         "outputs",
+        "runtime_name",
         "version",
     )
 
-    def __init__(self, info: Any, source: str = ""):
-        self.name: str = info.name
+    def __init__(self, info: Any, source: str = "", public_name: str | None = None):
+        # A registry-served version runs under its own runtime name (e.g. `fraud.v3`) and
+        # answers under the public one.
+        self.runtime_name: str = info.name
+        self.name: str = public_name or info.name
         self.version: str = str(info.version)
         self.inputs = [_spec(s) for s in info.inputs]
         self.outputs = [_spec(s) for s in info.outputs]
@@ -408,10 +412,16 @@ class App:
         )
         self._infer = runtime.infer
         self._token = config.resolved_auth_token()
+        self.routes: dict[str, Any] = {}
+        """Registry-served models by public name (`routing.Route`): canary arms and shadow."""
+        self.public_names: dict[str, str] = {}
+        """Runtime name → public model name, for versions loaded under their own names."""
 
     # -- model entries ---------------------------------------------------------------------
     def refresh(self, name: str) -> None:
         """Rebuild the cached entry of `name` after a load/unload."""
+        if name in self.routes:
+            return  # registry-served: its entries follow the route's arms
         if name in self.runtime.models():
             source = self.repository.source_of(name)
             self.entries[name] = ModelEntry(self.runtime.model_info(name), source)
@@ -419,6 +429,9 @@ class App:
             self.entries.pop(name, None)
 
     def _entry(self, model: str, version: str | None) -> ModelEntry:
+        route = self.routes.get(model)
+        if route is not None and version is not None:
+            return route.entry_for_version(version)  # type: ignore[no-any-return]
         entry = self.entries.get(model)
         if entry is None or (version is not None and version != entry.version):
             suffix = f" version {version}" if version is not None else ""
@@ -531,7 +544,7 @@ class App:
         if not self.ready or self.draining:
             return False
         rt = self.runtime
-        return all(rt.model_info(name).ready for name in self.entries)
+        return all(rt.model_info(e.runtime_name).ready for e in self.entries.values())
 
     def _ready(self, req: Request, conn: HttpProtocol) -> bytes | list[Any]:
         if self.is_ready():
@@ -557,7 +570,7 @@ class App:
         self, req: Request, conn: HttpProtocol, model: str, version: str | None
     ) -> bytes | list[Any]:
         entry = self._entry(model, version)
-        if self.runtime.model_info(entry.name).ready and not self.draining:
+        if self.runtime.model_info(entry.runtime_name).ready and not self.draining:
             return build_response(
                 200, _encode({"name": entry.name, "ready": True}), JSON, (), req.keep_alive
             )
@@ -574,7 +587,7 @@ class App:
         if model is None:
             names = list(self.entries)
         else:
-            names = [self._entry(model, version).name]
+            names = [self._entry(model, version).runtime_name]
         stats = [_model_stat(self.runtime.stats(n)) for n in names]
         return build_response(200, _encode({"model_stats": stats}), JSON, (), req.keep_alive)
 
@@ -604,9 +617,12 @@ class App:
         entry = self._entry(model, version)
         headers = req.headers
         hlen = headers.get(b"inference-header-content-length")
+        route = self.routes.get(model) if version is None else None
         job = _Job(self, entry, req.keep_alive)
-        n_out = len(entry.output_names)
         if hlen is not None and _int_header(hlen, "Inference-Header-Content-Length") == 0:
+            if route is not None:
+                entry = job.entry = route.pick(headers.get(b"x-route-key"), None)
+            n_out = len(entry.output_names)
             if len(entry.inputs) != 1:
                 raise HttpError(400, "raw binary requests need a model with exactly one input")
             name, dtype, trailing = entry.inputs[0]
@@ -616,6 +632,9 @@ class App:
             timeout, priority = self._timeout(req, None), 0
         else:
             d = v2.decode_infer(req.body, None if hlen is None else int(hlen))
+            if route is not None:
+                entry = job.entry = route.pick(headers.get(b"x-route-key"), d.parameters)
+            n_out = len(entry.output_names)
             x = entry.arrange(d.names, d.arrays)
             job.request_id = d.id
             if d.outputs is None:
@@ -649,14 +668,23 @@ class App:
                     raise HttpError(400, "parameter 'priority' must be a non-negative integer")
                 priority = pr
         job.accept = headers.get(b"accept-encoding")
-        return self._submit(job, conn, entry.name, x, timeout, priority)
+        out = self._submit(job, conn, entry.runtime_name, x, timeout, priority)
+        if route is not None and route.shadow is not None:
+            route.mirror(self._infer, x)
+        return out
 
     def _predict(self, req: Request, conn: HttpProtocol, model: str) -> bytes | list[Any] | None:
         entry = self._entry(model, None)
+        route = self.routes.get(model)
+        if route is not None:
+            entry = route.pick(req.headers.get(b"x-route-key"), None)
         arrays = v2.decode_predict(req.body, entry.inputs)
         x = arrays[0] if len(arrays) == 1 else arrays
         job = _Job(self, entry, req.keep_alive)
-        return self._submit(job, conn, entry.name, x, self._timeout(req, None), 0)
+        out = self._submit(job, conn, entry.runtime_name, x, self._timeout(req, None), 0)
+        if route is not None and route.shadow is not None:
+            route.mirror(self._infer, x)
+        return out
 
     def _submit(
         self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None, priority: int

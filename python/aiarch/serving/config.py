@@ -140,6 +140,22 @@ class ServeConfig:
     log_level: str = "info"
     """Logging level of the server (`debug`, `info`, `warning`, `error`)."""
 
+    registry: str | None = None
+    """Model registry URL for registry-served models (`--model fraud@production`); None =
+    `$AIARCH_REGISTRY`, else SQLite under `$AIARCH_HOME`."""
+
+    routes: dict[str, str] = field(default_factory=dict)
+    """Canary splits by model name, e.g. {"fraud": "production:90,staging:10"} (aliases or
+    version numbers with weights); see `aiarch.serving.routing`."""
+
+    shadows: dict[str, str] = field(default_factory=dict)
+    """Shadow traffic by model name, e.g. {"fraud": "fraud@staging:0.1"} (mirrored fraction,
+    default 0.1); responses never depend on the shadow."""
+
+    registry_poll_s: float = 1.0
+    """How often registry aliases are checked for a move (then the new version is loaded,
+    warmed and switched to without dropping requests)."""
+
     @property
     def loopback(self) -> bool:
         """True when the server is bound to a loopback address only."""

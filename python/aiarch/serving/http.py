@@ -67,6 +67,7 @@ _WANTED = frozenset(
         b"authorization",
         b"inference-header-content-length",
         b"x-request-timeout-ms",
+        b"x-route-key",
     }
 )
 _SMALL_WRITE = 64 << 10

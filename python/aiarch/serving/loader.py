@@ -135,10 +135,18 @@ def resolve_source(source: str) -> Any:
 
 
 def parse_model_arg(arg: str) -> ModelConfig:
-    """Parse `--model name=SOURCE`."""
+    """Parse `--model name=SOURCE`, or a bare registry reference (`fraud@production`,
+    `models:/fraud/3`), served under the registry's model name."""
     name, sep, source = arg.partition("=")
+    if not sep and "@" in arg or arg.startswith("models:/"):
+        from aiarch.registry.uris import parse_ref
+
+        try:
+            return ModelConfig(name=validate_model_name(parse_ref(arg).name), source=arg)
+        except ValueError as e:
+            raise ValueError(f"--model {arg!r}: {e}") from None
     if not sep or not source:
-        raise ValueError(f"--model expects NAME=SOURCE, got {arg!r}")
+        raise ValueError(f"--model expects NAME=SOURCE or a registry reference NAME@ALIAS, got {arg!r}")
     return ModelConfig(name=validate_model_name(name.strip()), source=source.strip())
 
 

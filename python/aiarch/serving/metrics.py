@@ -109,6 +109,7 @@ class RuntimeCollector:
         batch_hist = HistogramMetricFamily(
             "aiarch_batch_size", "Rows per executed batch.", labels=labels
         )
+        public = getattr(self.app, "public_names", None) or {}
         for name in rt.models():
             try:
                 s = rt.stats(name)
@@ -116,7 +117,7 @@ class RuntimeCollector:
                 info_ready = rt.model_info(name).ready
             except Exception:  # unloaded between models() and stats(): skip it this scrape
                 continue
-            lv = [name, str(s.get("version", ""))]
+            lv = [public.get(name, name), str(s.get("version", ""))]
             req = s.get("requests", {})
             for state in _REQUEST_STATES:
                 requests.add_metric([*lv, state], float(req.get(state, 0)))

@@ -27,6 +27,7 @@ from .app import App
 from .config import ServeConfig
 from .http import HttpProtocol
 from .loader import ModelRepository, resolve_object
+from .routing import RegistryRouting
 
 __all__ = ["Server", "make_socket", "run"]
 
@@ -61,6 +62,7 @@ class Server:
         self.connections: set[HttpProtocol] = set()
         self.repository = ModelRepository(runtime, config.models)
         self.handler = App(runtime, config, self.repository)
+        self.routing = RegistryRouting(self.handler, runtime, config)
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
 
@@ -91,6 +93,7 @@ class Server:
             on_listening(self.port)
         sweeper = loop.create_task(self._sweep_idle())
         loader = loop.create_task(self._load_models())
+        watcher = loop.create_task(self.routing.watch_loop())
         try:
             await self._stop.wait()
         finally:
@@ -98,6 +101,7 @@ class Server:
             self.handler.draining = True
             server.close()
             loader.cancel()
+            watcher.cancel()
             sweeper.cancel()
             await self._drain()
             with contextlib.suppress(Exception):
@@ -109,6 +113,9 @@ class Server:
         loop = asyncio.get_running_loop()
         for m in self.config.models:
             try:
+                if self.routing.handles(m):
+                    await self.routing.load(m)
+                    continue
                 await loop.run_in_executor(None, self.repository.load, m.name, None)
             except Exception:
                 log.exception("failed to load model %s from %s", m.name, m.source)
@@ -143,6 +150,7 @@ class Server:
             conn.close()
 
     def _close_runtime(self) -> None:
+        self.routing.close()
         close = getattr(self.runtime, "close", None)
         if close is not None:
             try:
