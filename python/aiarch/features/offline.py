@@ -320,7 +320,7 @@ def materialize(
     params: dict[str, Any] = {"start": start_ns, "end": end_ns}
     total = con.execute(
         f"SELECT count(DISTINCT {key}) FROM {src} WHERE {window}", params
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     after = ""
     if resume_key is not None:
         after = "AND __k > $after"

@@ -87,6 +87,10 @@ class ModelConfig:
     warmup: bool = True
     """Run one zero batch at load so the model is warm before readiness turns true."""
 
+    features: dict[str, Any] | None = None
+    """Feature inputs looked up per batch from an online store (see `aiarch.serving.features`:
+    store, lookups, entity_input, on_missing, on_unavailable, timeout_ms, home), or None."""
+
 
 @dataclass
 class ServeConfig:
@@ -157,7 +161,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         table = {"source": table}
     if not isinstance(table, dict):
         raise ValueError(f"model {name!r}: expected a table or a source string")
-    unknown = set(table) - {"source", "version", "batching", "cache", "warmup"}
+    unknown = set(table) - {"source", "version", "batching", "cache", "warmup", "features"}
     if unknown:
         raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
     batching = dict(table.get("batching") or {})
@@ -189,6 +193,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         batching=batching,
         cache=cache,
         warmup=bool(table.get("warmup", True)),
+        features=dict(table["features"]) if table.get("features") is not None else None,
     )
 
 
