@@ -171,7 +171,7 @@ def test_bad_write_input_is_rejected_whole(store: FeatureStore) -> None:
         store.write("txn", rows)
     with pytest.raises(InvalidArgumentError, match="int64 keys"):
         store.write("txn", pa.table({**txn_rows([1], T0), "card": pa.array(["x"])}))
-    values, status = store.plan(["txn:*"]).get([1])
+    _, status = store.plan(["txn:*"]).get([1])
     assert status[0] == MISSING  # nothing was written
 
 
