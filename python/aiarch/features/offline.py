@@ -452,7 +452,7 @@ def training_set(
         )
         ets = _time_expr(timestamp_field, ts_type)
         joins: list[str] = []
-        selects: list[str] = []
+        selects: dict[str, str] = {}
         for i, (vname, fnames) in enumerate(by_view.items()):
             v = views[vname]
             entity = store.entity_of(v)
@@ -480,12 +480,12 @@ def training_set(
                     otherwise = f"{default!r}::FLOAT"
                 else:
                     otherwise = "NULL"
-                selects.append(
+                selects[f"{vname}:{f}"] = (
                     f"CASE WHEN {fresh} THEN {value} ELSE {otherwise} END AS "
                     f"{_quote(vname + ':' + f)}"
                 )
         sql = (
-            f"SELECT e.* EXCLUDE (__row, __ets), {', '.join(selects)} FROM "
+            f"SELECT e.* EXCLUDE (__row, __ets), {', '.join(selects[c] for c in out_names)} FROM "
             f"(SELECT *, {ets} AS __ets FROM __entities) e {' '.join(joins)} ORDER BY e.__row"
         )
         return _arrow_table(con.sql(sql))
