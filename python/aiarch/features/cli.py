@@ -231,7 +231,10 @@ def _materialize(args: argparse.Namespace) -> int:
 
             _table(
                 ["view", "entities", "applied", "resumed", "until"],
-                [[r["view"], r["rows"], r["applied"], r["resumed"], _ns_iso(r["end_ns"])] for r in results],
+                [
+                    [r["view"], r["rows"], r["applied"], r["resumed"], _ns_iso(r["end_ns"])]
+                    for r in results
+                ],
             )
         return 0
 
