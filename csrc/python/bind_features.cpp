@@ -140,7 +140,7 @@ py::object ReadRow(const FeatureTable& t, const py::handle& id) {
   int64_t event_ns = 0;
   bool found;
   if (t.key_kind() == FeatureKeyKind::kInt64) {
-    if (!PyLong_Check(id.ptr()) && !py::isinstance<py::array>(id)) {
+    if (PyBool_Check(id.ptr()) || !PyIndex_Check(id.ptr())) {
       ThrowFeatureStatus(
           Status::InvalidArgument("an entity id of an int64 entity must be an int; got " +
                                   std::string(Py_TYPE(id.ptr())->tp_name)));

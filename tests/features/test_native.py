@@ -41,6 +41,11 @@ def test_read_returns_row_and_event_time() -> None:
     np.testing.assert_array_equal(row, [1.5, 2.5])
     assert when == T0
     assert t.read("other") is None
+    ints = table(1)
+    ints.upsert([5], np.array([[2.0]]), [1])
+    assert ints.read(np.int64(5))[1] == 1
+    with pytest.raises(InvalidArgumentError, match="must be an int; got str"):
+        ints.read("5")
 
 
 def test_binding_errors_map_to_aiarch_errors(tmp_path: Path) -> None:

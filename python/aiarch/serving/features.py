@@ -202,7 +202,11 @@ def prepare(name: str, model: Any, table: Any, batching: dict[str, Any], cache: 
     if cfg.store.startswith(("redis://", "rediss://", "unix://")):
         batching.setdefault("inline_execution", False)
     with _LOOKUPS_LOCK:
+        old = _LOOKUPS.get(name)
         _LOOKUPS[name] = wrapped
+    if old is not None:
+        # A reload: release the old store's connections (a native table is shared and stays).
+        old.store.backend.close()
     return wrapped
 
 
