@@ -138,7 +138,7 @@ class Clock:
 _names = itertools.count()
 
 
-@pytest.fixture(params=["native", "redis"])
+@pytest.fixture(params=["native", pytest.param("redis", marks=pytest.mark.redis)])
 def backend_url(request: pytest.FixtureRequest) -> str:
     """An empty online store of each backend: a fresh in-process table, or the session Redis
     flushed."""

@@ -35,7 +35,7 @@ def write_source(path: Path, n_entities: int, times: list[int]) -> None:
     )
 
 
-@pytest.fixture(params=["native", "redis"])
+@pytest.fixture(params=["native", pytest.param("redis", marks=pytest.mark.redis)])
 def persistent_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "native":
         return f"native://{tmp_path / 'online'}"

@@ -15,6 +15,8 @@ from aiarch.features import PRESENT, UNAVAILABLE, FeatureStore
 
 from .conftest import CARD, T0, TXN, RedisServer
 
+pytestmark = pytest.mark.redis
+
 
 def bounded(fn: Callable[[], Any], limit_s: float = 30.0) -> Any:
     """Run fn in a thread; fail (instead of hanging the suite) if it has not returned."""

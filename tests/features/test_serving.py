@@ -24,6 +24,8 @@ from aiarch.features import FeatureStore
 
 from .conftest import CARD, T0, TXN, RedisServer, free_port
 
+pytestmark = pytest.mark.redis
+
 MODELS = Path(__file__).resolve().parent / "serving_models.py"
 LOOKUPS = '["txn:amount_7d", "txn:count_1h"]'
 
