@@ -22,7 +22,7 @@ cp build/asan/_core*.so "$pkg/aiarch/"
 # checking off (CPython keeps interned objects alive at exit by design).
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  PYTHONPATH="$pkg" python -m pytest tests/core -q -p no:cacheprovider
+  PYTHONPATH="$pkg" python -m pytest tests/core tests/features/test_native.py -q -p no:cacheprovider
 
 echo "==> TSan build of the native stress tests"
 cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIARCH_SANITIZE=thread \

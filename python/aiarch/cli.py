@@ -375,6 +375,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_serve,
     _add_quantize,
     _package_command("aiarch.registry.cli"),
+    _package_command("aiarch.features.cli"),
 ]
 
 

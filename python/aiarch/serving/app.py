@@ -25,6 +25,7 @@ import numpy as np
 from . import v2
 from .config import ModelConfig, ServeConfig, validate_model_name
 from .errors import HttpError, status_for_exception
+from .features import lookup_stats, result_check
 from .http import JSON, OCTETS, HttpProtocol, Request, build_response, error_response
 from .loader import ModelRepository
 from .metrics import MetricsExporter
@@ -64,6 +65,7 @@ class ModelEntry:
     """What the request path needs about one loaded model; rebuilt on (re)load."""
 
     __slots__ = (
+        "check",
         "config_json",
         "input_index",
         "inputs",
@@ -89,6 +91,8 @@ class ModelEntry:
         self.output_names = [n for n, _, _ in self.outputs]
         self.output_datatypes = [v2.np_to_v2(dt) for _, dt, _ in self.outputs]
         self.output_index = {n: i for i, n in enumerate(self.output_names)}
+        # Per-request check of a model's results before encoding (feature-lookup policy).
+        self.check: Any = None
         batching = info.batching
         max_batch = int(getattr(batching, "max_batch_size", 0) or 0)
         lead = [-1] if max_batch > 0 else []
@@ -195,6 +199,7 @@ class _Job:
         "binary",
         "coro",
         "entry",
+        "inputs",
         "keep_alive",
         "pending",
         "request_id",
@@ -211,6 +216,7 @@ class _Job:
         self.accept: bytes | None = None
         self.pending: Any = None
         self.coro: Any = None
+        self.inputs: Any = None
 
     def start(self, aw: Any, conn: HttpProtocol) -> bytes | list[Any] | None:
         """Run until the first suspension; returns the response if already known, else None
@@ -298,6 +304,8 @@ class _Job:
     def encode(self, result: Any, keep: bool) -> bytes | list[Any]:
         entry = self.entry
         outputs = result if isinstance(result, tuple) else (result,)
+        if entry.check is not None:
+            entry.check(outputs, self.inputs)
         if len(outputs) != len(entry.output_names):
             raise HttpError(
                 500, f"model returned {len(outputs)} outputs, expected {len(entry.output_names)}"
@@ -424,7 +432,9 @@ class App:
             return  # registry-served: its entries follow the route's arms
         if name in self.runtime.models():
             source = self.repository.source_of(name)
-            self.entries[name] = ModelEntry(self.runtime.model_info(name), source)
+            entry = ModelEntry(self.runtime.model_info(name), source)
+            entry.check = result_check(name)
+            self.entries[name] = entry
         else:
             self.entries.pop(name, None)
 
@@ -589,6 +599,10 @@ class App:
         else:
             names = [self._entry(model, version).runtime_name]
         stats = [_model_stat(self.runtime.stats(n)) for n in names]
+        for stat, n in zip(stats, names):
+            lookup = lookup_stats(n)
+            if lookup is not None:
+                stat["feature_lookup"] = lookup
         return build_response(200, _encode({"model_stats": stats}), JSON, (), req.keep_alive)
 
     # -- inference -------------------------------------------------------------------------
@@ -689,6 +703,8 @@ class App:
     def _submit(
         self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None, priority: int
     ) -> bytes | list[Any] | None:
+        if job.entry.check is not None:
+            job.inputs = x
         return job.start(self._infer(name, x, timeout_s=timeout, priority=priority), conn)
 
     # -- repository ------------------------------------------------------------------------

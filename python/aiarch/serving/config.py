@@ -99,6 +99,10 @@ class ModelConfig:
     backend_options: dict[str, Any] = field(default_factory=dict)
     """Further `aiarch.backends.BackendOptions` fields (threads, cuda_graphs, extra...)."""
 
+    features: dict[str, Any] | None = None
+    """Feature inputs looked up per batch from an online store (see `aiarch.serving.features`:
+    store, lookups, entity_input, on_missing, on_unavailable, timeout_ms, home), or None."""
+
 
 @dataclass
 class ServeConfig:
@@ -195,6 +199,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         "precision",
         "backend",
         "backend_options",
+        "features",
     }
     if unknown:
         raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
@@ -237,6 +242,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         precision=optional["precision"],
         backend=optional["backend"],
         backend_options=dict(table.get("backend_options") or {}),
+        features=dict(table["features"]) if table.get("features") is not None else None,
     )
 
 

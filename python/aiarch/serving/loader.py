@@ -15,6 +15,7 @@ are added by registering resolvers with `register_resolver`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -200,6 +201,11 @@ class ModelRepository:
 
                     raise HttpError(404, f"no source is known for model '{name}'")
             model = resolve_source(cfg.source)
+            if cfg.features is not None:
+                from .features import prepare
+
+                cfg = dataclasses.replace(cfg, batching=dict(cfg.batching))
+                model = prepare(name, model, cfg.features, cfg.batching, cfg.cache)
             batching, cache = self._make_configs(cfg)
             rt = self.runtime
             if name in rt.models():

@@ -164,6 +164,9 @@ class RuntimeCollector:
             g = GaugeMetricFamily("aiarch_server_ready", "1 when the server is ready.")
             g.add_metric([], 1.0 if app.ready and not app.draining else 0.0)
             yield g
+        from .features import collect_metrics
+
+        yield from collect_metrics(rt.models())
 
 
 class MetricsExporter:

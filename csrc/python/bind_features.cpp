@@ -1,0 +1,277 @@
+// Python binding of the feature table (aiarch._core.FeatureTable,
+// aiarch._core.FeaturePlan): converts entity ids and arrays, maps Status
+// codes onto aiarch.errors, and releases the GIL around every native call
+// that touches no Python object. The table's logic lives in
+// csrc/src/feature_table.cc.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aiarch/feature_table.h"
+
+namespace py = pybind11;
+
+namespace aiarch {
+namespace {
+
+[[noreturn]] void ThrowFeatureStatus(const Status& status) {
+  // The error path only: look the class up in aiarch.errors by code.
+  py::object errors = py::module_::import("aiarch.errors");
+  py::object cls = errors.attr("ERRORS_BY_CODE")
+                       .attr("get")(static_cast<int>(status.code()), errors.attr("InternalError"));
+  py::object exc = cls(status.message());
+  PyErr_SetObject(cls.ptr(), exc.ptr());
+  throw py::error_already_set();
+}
+
+void CheckStatus(const Status& status) {
+  if (!status.ok()) ThrowFeatureStatus(status);
+}
+
+const char* KindName(FeatureKeyKind kind) {
+  return kind == FeatureKeyKind::kInt64 ? "int64" : "string";
+}
+
+FeatureKeyKind KindFromName(const std::string& name) {
+  if (name == "int64") return FeatureKeyKind::kInt64;
+  if (name == "string") return FeatureKeyKind::kString;
+  ThrowFeatureStatus(
+      Status::InvalidArgument("key_kind must be 'int64' or 'string', got '" + name + "'"));
+}
+
+// Entity ids for an int64 table: any 1-D array of integers (converted to
+// int64 without a copy when it already is one).
+py::array_t<int64_t> IntKeys(const py::handle& ids) {
+  py::array arr = py::array::ensure(ids);
+  if (!arr) {
+    PyErr_Clear();
+    ThrowFeatureStatus(Status::InvalidArgument("entity ids must be an array or a list of ints"));
+  }
+  const char kind = arr.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    ThrowFeatureStatus(
+        Status::InvalidArgument("entity ids of an int64 entity must be integers; got an array of " +
+                                py::str(arr.dtype()).cast<std::string>()));
+  }
+  if (arr.ndim() != 1) {
+    ThrowFeatureStatus(Status::InvalidArgument("entity ids must be one-dimensional; got " +
+                                               std::to_string(arr.ndim()) + " dimensions"));
+  }
+  return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+}
+
+// Entity ids for a string table: str (UTF-8 encoded) or bytes, from any
+// iterable (a list, or a numpy array of str, bytes or objects).
+std::vector<std::string> StringKeys(const py::handle& ids) {
+  if (py::isinstance<py::str>(ids) || py::isinstance<py::bytes>(ids)) {
+    ThrowFeatureStatus(
+        Status::InvalidArgument("entity ids must be a sequence of ids, not a single str or bytes"));
+  }
+  std::vector<std::string> out;
+  for (py::handle item : py::iter(ids)) {
+    if (PyUnicode_Check(item.ptr())) {
+      Py_ssize_t size = 0;
+      const char* s = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
+      if (s == nullptr) throw py::error_already_set();
+      out.emplace_back(s, static_cast<size_t>(size));
+    } else if (PyBytes_Check(item.ptr())) {
+      out.emplace_back(PyBytes_AS_STRING(item.ptr()),
+                       static_cast<size_t>(PyBytes_GET_SIZE(item.ptr())));
+    } else {
+      ThrowFeatureStatus(
+          Status::InvalidArgument("entity ids of a string entity must be str or bytes; got " +
+                                  std::string(Py_TYPE(item.ptr())->tp_name)));
+    }
+  }
+  return out;
+}
+
+std::vector<FeatureKey> KeyRefs(const std::vector<std::string>& keys) {
+  std::vector<FeatureKey> refs(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (keys[i].size() > 0xFFFFFFF0u) {
+      ThrowFeatureStatus(Status::InvalidArgument("an entity id is longer than 4 GiB"));
+    }
+    refs[i] = FeatureKey{keys[i].data(), static_cast<uint32_t>(keys[i].size())};
+  }
+  return refs;
+}
+
+size_t Upsert(FeatureTable& t, const py::handle& ids,
+              py::array_t<float, py::array::c_style | py::array::forcecast> values,
+              py::array_t<int64_t, py::array::c_style | py::array::forcecast> event_ns) {
+  if (values.ndim() != 2 || values.shape(1) != t.width()) {
+    ThrowFeatureStatus(Status::InvalidArgument("values must be a [rows, " +
+                                               std::to_string(t.width()) + "] array of float32"));
+  }
+  const size_t n = static_cast<size_t>(values.shape(0));
+  if (event_ns.ndim() != 1 || static_cast<size_t>(event_ns.shape(0)) != n) {
+    ThrowFeatureStatus(
+        Status::InvalidArgument("event_ns must hold one int64 timestamp per row of values"));
+  }
+  size_t applied = 0;
+  Status st;
+  if (t.key_kind() == FeatureKeyKind::kInt64) {
+    py::array_t<int64_t> keys = IntKeys(ids);
+    if (static_cast<size_t>(keys.shape(0)) != n) {
+      ThrowFeatureStatus(Status::InvalidArgument("entity ids and values differ in rows"));
+    }
+    py::gil_scoped_release release;  // blocks on shard mutexes only
+    st = t.UpsertInt64(keys.data(), n, values.data(), event_ns.data(), &applied);
+  } else {
+    std::vector<std::string> keys = StringKeys(ids);
+    if (keys.size() != n) {
+      ThrowFeatureStatus(Status::InvalidArgument("entity ids and values differ in rows"));
+    }
+    std::vector<FeatureKey> refs = KeyRefs(keys);
+    py::gil_scoped_release release;  // blocks on shard mutexes only
+    st = t.UpsertStrings(refs.data(), n, values.data(), event_ns.data(), &applied);
+  }
+  CheckStatus(st);
+  return applied;
+}
+
+py::object ReadRow(const FeatureTable& t, const py::handle& id) {
+  py::array_t<float> values(t.width());
+  int64_t event_ns = 0;
+  bool found;
+  if (t.key_kind() == FeatureKeyKind::kInt64) {
+    if (PyBool_Check(id.ptr()) || !PyIndex_Check(id.ptr())) {
+      ThrowFeatureStatus(
+          Status::InvalidArgument("an entity id of an int64 entity must be an int; got " +
+                                  std::string(Py_TYPE(id.ptr())->tp_name)));
+    }
+    found = t.ReadInt64(id.cast<int64_t>(), values.mutable_data(), &event_ns);
+  } else {
+    py::list one;
+    one.append(id);
+    std::vector<std::string> keys = StringKeys(one);
+    found = t.ReadString(KeyRefs(keys)[0], values.mutable_data(), &event_ns);
+  }
+  if (!found) return py::none();
+  return py::make_tuple(values, event_ns);
+}
+
+py::tuple Gather(const FeaturePlan& plan, const py::handle& ids, int64_t now_ns) {
+  Status st;
+  if (plan.key_kind() == FeatureKeyKind::kInt64) {
+    py::array_t<int64_t> keys = IntKeys(ids);
+    const py::ssize_t n = keys.shape(0);
+    py::array_t<float> out({n, static_cast<py::ssize_t>(plan.out_width())});
+    py::array_t<uint8_t> status(n);
+    float* o = out.mutable_data();
+    uint8_t* s = status.mutable_data();
+    {
+      py::gil_scoped_release release;  // lock-free reads of native rows only
+      st = plan.GatherInt64(keys.data(), static_cast<size_t>(n), now_ns, o, s);
+    }
+    CheckStatus(st);
+    return py::make_tuple(out, status);
+  }
+  std::vector<std::string> keys = StringKeys(ids);
+  std::vector<FeatureKey> refs = KeyRefs(keys);
+  const py::ssize_t n = static_cast<py::ssize_t>(keys.size());
+  py::array_t<float> out({n, static_cast<py::ssize_t>(plan.out_width())});
+  py::array_t<uint8_t> status(n);
+  float* o = out.mutable_data();
+  uint8_t* s = status.mutable_data();
+  {
+    py::gil_scoped_release release;  // lock-free reads of native rows only
+    st = plan.GatherStrings(refs.data(), refs.size(), now_ns, o, s);
+  }
+  CheckStatus(st);
+  return py::make_tuple(out, status);
+}
+
+}  // namespace
+}  // namespace aiarch
+
+void BindFeatures(py::module_& m) {
+  using namespace aiarch;
+  py::class_<FeatureTable, std::shared_ptr<FeatureTable>>(
+      m, "FeatureTable", "In-process online feature table: entity key -> float32 row + event time.")
+      .def(py::init(
+               [](int32_t width, const std::string& key_kind, int shards, int64_t initial_slots) {
+                 FeatureTableConfig c;
+                 c.width = width;
+                 c.key_kind = KindFromName(key_kind);
+                 c.shards = shards;
+                 c.initial_slots = initial_slots;
+                 std::unique_ptr<FeatureTable> t;
+                 CheckStatus(FeatureTable::Create(c, &t));
+                 return std::shared_ptr<FeatureTable>(std::move(t));
+               }),
+           py::arg("width"), py::arg("key_kind") = "int64", py::arg("shards") = 16,
+           py::arg("initial_slots") = 1024)
+      .def("upsert", &Upsert, py::arg("ids"), py::arg("values"), py::arg("event_ns"),
+           "Writes rows; newer event time wins per key. Returns the rows applied.")
+      .def("read", &ReadRow, py::arg("id"), "(values, event_ns) of one key, or None.")
+      .def(
+          "snapshot",
+          [](const FeatureTable& t, const std::string& path) {
+            Status st;
+            {
+              py::gil_scoped_release release;  // file I/O and shard mutexes only
+              st = t.Snapshot(path);
+            }
+            CheckStatus(st);
+          },
+          py::arg("path"))
+      .def(
+          "load_snapshot",
+          [](FeatureTable& t, const std::string& path) {
+            Status st;
+            size_t loaded = 0;
+            {
+              py::gil_scoped_release release;  // file I/O and shard mutexes only
+              st = t.LoadSnapshot(path, &loaded);
+            }
+            CheckStatus(st);
+            return loaded;
+          },
+          py::arg("path"))
+      .def_property_readonly("width", &FeatureTable::width)
+      .def_property_readonly("key_kind",
+                             [](const FeatureTable& t) { return KindName(t.key_kind()); })
+      .def("counters", [](const FeatureTable& t) {
+        const FeatureTableCounters c = t.Counters();
+        py::dict d;
+        d["upserts"] = c.upserts;
+        d["stale"] = c.stale;
+        d["entities"] = c.entities;
+        return d;
+      });
+
+  py::class_<FeaturePlan, std::shared_ptr<FeaturePlan>>(
+      m, "FeaturePlan", "A resolved multi-table gather into one float32 array.")
+      .def(py::init([](const py::list& segments, int32_t out_width) {
+             std::vector<FeaturePlanSegment> segs;
+             for (py::handle item : segments) {
+               py::tuple t = py::reinterpret_borrow<py::tuple>(item);
+               if (t.size() != 5) {
+                 ThrowFeatureStatus(Status::InvalidArgument(
+                     "a plan segment is (table, columns, defaults, ttl_ns, out_offset)"));
+               }
+               FeaturePlanSegment s;
+               s.table = t[0].cast<std::shared_ptr<FeatureTable>>();
+               s.columns = t[1].cast<std::vector<int32_t>>();
+               s.defaults = t[2].cast<std::vector<float>>();
+               s.ttl_ns = t[3].cast<int64_t>();
+               s.out_offset = t[4].cast<int32_t>();
+               segs.push_back(std::move(s));
+             }
+             std::unique_ptr<FeaturePlan> plan;
+             CheckStatus(FeaturePlan::Create(std::move(segs), out_width, &plan));
+             return std::shared_ptr<FeaturePlan>(std::move(plan));
+           }),
+           py::arg("segments"), py::arg("out_width"))
+      .def("gather", &Gather, py::arg("ids"), py::arg("now_ns"),
+           "(values[n, out_width] float32, status[n] uint8: 0 present, 1 expired, 2 missing).")
+      .def_property_readonly("out_width", &FeaturePlan::out_width)
+      .def_property_readonly("key_kind",
+                             [](const FeaturePlan& p) { return KindName(p.key_kind()); });
+}

@@ -1,0 +1,286 @@
+"""Feature inputs of served models: entity ids in, stored features joined in the batch path.
+
+A model's serve config may declare::
+
+    [models.fraud]
+    source = "mypkg.models:fraud"
+    features = { store = "redis://127.0.0.1:6379/0", entity_input = "entity_id",
+                 lookups = ["txn:amount_7d", "txn:count_1h"], on_missing = "default" }
+
+The model is then wrapped: requests carry the int64 entity ids (input `entity_input`, one per
+row) plus any request-time inputs the model declares after its first; once per batch the wrapper
+does ONE lookup for all rows and calls the model with ``(features[rows, len(lookups)], *rest)``.
+It appends an output ``feature_status`` (uint8 per row: 0 present, 1 expired, 2 missing,
+3 store unavailable). With ``on_missing = "error"`` (or ``on_unavailable = "error"``) a request
+whose rows were not all served from the store fails alone (404, or 503) while the rest of the
+batch is answered. Lookup time is recorded per batch in a native histogram and shows up in
+``/v2/models/{name}/stats`` (``feature_lookup``) and ``/metrics``
+(``aiarch_feature_lookup_duration_seconds``, ``aiarch_feature_rows``,
+``aiarch_feature_store_failures``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aiarch import _core
+from aiarch.config import TensorSpec
+
+from .errors import HttpError
+
+__all__ = [
+    "STATUS_OUTPUT",
+    "FeatureInputs",
+    "FeatureLookupModel",
+    "collect_metrics",
+    "lookup_stats",
+    "prepare",
+    "result_check",
+]
+
+STATUS_OUTPUT = "feature_status"
+"""Name of the per-row status output appended to a model with feature inputs."""
+
+_STATUS_NAMES = ("present", "expired", "missing", "unavailable")
+
+
+@dataclass
+class FeatureInputs:
+    """The `features` table of a model's serve config."""
+
+    store: str = "memory://"
+    """Online store URL: memory://[NAME], native://PATH or redis://HOST:PORT/DB."""
+
+    lookups: list[str] = field(default_factory=list)
+    """Feature references ("view:feature" or "view:*"), in the order the model reads them."""
+
+    entity_input: str = "entity_id"
+    """Name of the request input holding one int64 entity id per row."""
+
+    on_missing: str = "default"
+    """"default": serve defaults for missing or expired rows; "error": fail that request (404)."""
+
+    on_unavailable: str = "error"
+    """When the store does not answer in time: "error" fails the requests of that batch with
+    503; "default" serves defaults (status 3) and counts it."""
+
+    timeout_ms: float = 50.0
+    """Longest a Redis round trip may take before the store counts as unavailable."""
+
+    home: str | None = None
+    """Metadata directory holding the definitions (default $AIARCH_HOME or ./.aiarch)."""
+
+    @classmethod
+    def from_table(cls, model: str, table: Any) -> FeatureInputs:
+        """Validate a config table; raises ValueError naming the model and the problem."""
+        if not isinstance(table, dict):
+            raise ValueError(f"model {model!r}: 'features' must be a table")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(
+                f"model {model!r}: unknown features keys {unknown}; expected {sorted(known)}"
+            )
+        cfg = cls(**table)
+        if isinstance(cfg.lookups, str):
+            cfg.lookups = [cfg.lookups]
+        if not cfg.lookups:
+            raise ValueError(f"model {model!r}: features.lookups is empty")
+        for key in ("on_missing", "on_unavailable"):
+            if getattr(cfg, key) not in ("default", "error"):
+                raise ValueError(
+                    f"model {model!r}: features.{key} must be 'default' or 'error', "
+                    f"got {getattr(cfg, key)!r}"
+                )
+        if not cfg.timeout_ms > 0:
+            raise ValueError(f"model {model!r}: features.timeout_ms must be > 0")
+        return cfg
+
+
+class FeatureLookupModel:
+    """A model wrapped with one feature lookup per batch. Called by the batcher once per batch,
+    on a batcher thread or inline on the event loop; thread-safe (the plan and the native
+    histogram are; counters are updated under a lock)."""
+
+    def __init__(self, name: str, model: Any, cfg: FeatureInputs) -> None:
+        from aiarch.features import FeatureStore
+
+        self.name = name
+        self.model = model
+        self.cfg = cfg
+        self.store = FeatureStore(
+            cfg.store, home=cfg.home, timeout_s=cfg.timeout_ms / 1000.0, on_unavailable="default"
+        )
+        self.plan = self.store.plan(cfg.lookups)
+        if self.plan.entity.dtype != "int64":
+            raise ValueError(
+                f"model {name!r}: served feature lookups need an int64 entity; "
+                f"{self.plan.entity.name!r} has {self.plan.entity.dtype} keys"
+            )
+        width = self.plan.width
+        declared = list(getattr(model, "inputs", None) or [])
+        if declared:
+            first = declared[0]
+            shape = tuple(int(d) for d in first.shape)
+            if shape != (width,) or str(first.dtype) != "float32":
+                raise ValueError(
+                    f"model {name!r}: its first input {first.name!r} receives the looked-up "
+                    f"features and must be float32[{width}]; it is {first.dtype}{list(shape)}"
+                )
+        rest = [TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in declared[1:]]
+        self.inputs = [TensorSpec(cfg.entity_input, "int64", ()), *rest]
+        outputs = list(getattr(model, "outputs", None) or [])
+        if not outputs:
+            outputs = self._probe_outputs(width, rest)
+        self.outputs = [*outputs, TensorSpec(STATUS_OUTPUT, "uint8", ())]
+        self.histogram = _core.Histogram()
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.rows_by_status = [0, 0, 0, 0]
+        self.total_ns = 0
+
+    def _probe_outputs(self, width: int, rest: list[TensorSpec]) -> list[TensorSpec]:
+        """Output specs of a model that declares none, from one call on a zero row."""
+        args = [np.zeros((1, width), np.float32)] + [
+            np.zeros((1, *s.shape), np.dtype(s.dtype)) for s in rest
+        ]
+        result = self.model(*args)
+        results = list(result) if isinstance(result, (tuple, list)) else [result]
+        return [
+            TensorSpec(f"output{i}", np.asarray(r).dtype.name, np.asarray(r).shape[1:])
+            for i, r in enumerate(results)
+        ]
+
+    def __call__(self, entity_ids: np.ndarray, *rest: np.ndarray) -> tuple[Any, ...]:
+        t0 = time.perf_counter_ns()
+        values, status = self.plan.get(entity_ids)
+        elapsed = time.perf_counter_ns() - t0
+        self.histogram.record(max(elapsed, 1))
+        counts = np.bincount(status, minlength=4)
+        with self._lock:
+            self.batches += 1
+            self.total_ns += elapsed
+            for i in range(4):
+                self.rows_by_status[i] += int(counts[i])
+        result = self.model(values, *rest)
+        outs = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+        return (*outs, status)
+
+    def stats(self) -> dict[str, Any]:
+        """The lookup stage: batches, total ns, rows by status, store failures."""
+        with self._lock:
+            rows = dict(zip(_STATUS_NAMES, self.rows_by_status))
+            out: dict[str, Any] = {"count": self.batches, "ns": self.total_ns, "rows": rows}
+        out["store_failures"] = self.store.counters.fallbacks
+        snap = self.histogram.snapshot()
+        out["p50_us"] = snap.percentile(50.0) / 1e3 if snap.total_count else 0.0
+        out["p99_us"] = snap.percentile(99.0) / 1e3 if snap.total_count else 0.0
+        return out
+
+
+_LOOKUPS: dict[str, FeatureLookupModel] = {}
+_LOOKUPS_LOCK = threading.Lock()
+
+
+def prepare(name: str, model: Any, table: Any, batching: dict[str, Any], cache: Any) -> Any:
+    """Wrap `model` for its `features` config (called once per load, in a worker thread).
+    A Redis store moves execution off the event loop (a round trip must not block it) unless
+    the config says otherwise. Raises ValueError for a bad config."""
+    cfg = FeatureInputs.from_table(name, table)
+    if cache is not None:
+        raise ValueError(
+            f"model {name!r}: a response cache cannot be combined with feature lookups "
+            "(cached answers would ignore feature updates)"
+        )
+    wrapped = FeatureLookupModel(name, model, cfg)
+    if cfg.store.startswith(("redis://", "rediss://", "unix://")):
+        batching.setdefault("inline_execution", False)
+    with _LOOKUPS_LOCK:
+        old = _LOOKUPS.get(name)
+        _LOOKUPS[name] = wrapped
+    if old is not None:
+        # A reload: release the old store's connections (a native table is shared and stays).
+        old.store.backend.close()
+    return wrapped
+
+
+def lookup_stats(name: str) -> dict[str, Any] | None:
+    """The lookup stage of a served model, or None when it has no feature inputs."""
+    w = _LOOKUPS.get(name)
+    return None if w is None else w.stats()
+
+
+def result_check(name: str) -> Any:
+    """For a model with feature inputs whose policy fails requests, a function
+    ``check(outputs, inputs)`` run once per request before encoding; else None."""
+    w = _LOOKUPS.get(name)
+    if w is None or (w.cfg.on_missing == "default" and w.cfg.on_unavailable == "default"):
+        return None
+    fail_missing = w.cfg.on_missing == "error"
+    fail_unavailable = w.cfg.on_unavailable == "error"
+    entity_input = w.cfg.entity_input
+    views = sorted({r.partition(":")[0] for r in w.plan.refs})
+
+    def check(outputs: Any, inputs: Any) -> None:
+        status = np.asarray(outputs[-1])
+        if not status.any():
+            return
+        if fail_unavailable and (status == 3).any():
+            raise HttpError(
+                503, f"model {name!r}: the feature store {w.cfg.store} did not answer in time"
+            )
+        if fail_missing and ((status == 1) | (status == 2)).any():
+            ids = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+            bad = [
+                f"{int(i)} ({_STATUS_NAMES[int(s)]})"
+                for i, s in zip(np.asarray(ids).reshape(-1), status)
+                if s in (1, 2)
+            ]
+            raise HttpError(
+                404,
+                f"model {name!r}: no current features in {views} for {entity_input} "
+                f"{', '.join(bad[:10])}",
+            )
+
+    return check
+
+
+def collect_metrics(models: list[str]) -> Iterator[Any]:
+    """Prometheus families of the lookup stage; called once per scrape."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+    from .metrics import LATENCY_BOUNDS_NS
+
+    hist = HistogramMetricFamily(
+        "aiarch_feature_lookup_duration_seconds",
+        "Feature lookup time per batch (one lookup per batch).",
+        labels=["model"],
+    )
+    rows = CounterMetricFamily(
+        "aiarch_feature_rows", "Rows looked up, by status.", labels=["model", "status"]
+    )
+    failures = CounterMetricFamily(
+        "aiarch_feature_store_failures",
+        "Batches the online store did not answer in time.",
+        labels=["model"],
+    )
+    for name in models:
+        w = _LOOKUPS.get(name)
+        if w is None:
+            continue
+        snap = w.histogram.snapshot()
+        counts = snap.cumulative_counts(LATENCY_BOUNDS_NS)
+        buckets = [(repr(b * 1e-9), float(c)) for b, c in zip(LATENCY_BOUNDS_NS, counts)]
+        buckets.append(("+Inf", float(snap.total_count)))
+        st = w.stats()
+        hist.add_metric([name], buckets, st["ns"] * 1e-9)
+        for status, n in st["rows"].items():
+            rows.add_metric([name, status], float(n))
+        failures.add_metric([name], float(st["store_failures"]))
+    yield from (hist, rows, failures)
