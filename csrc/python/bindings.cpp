@@ -28,6 +28,8 @@
 namespace py = pybind11;
 using namespace aiarch;
 
+void BindDrift(py::module_& m);  // bind_drift.cpp
+
 namespace {
 
 // ---------------------------------------------------------------- errors
@@ -713,4 +715,6 @@ PYBIND11_MODULE(_core, m) {
       .def("histogram", &PyModel::Histogram, py::arg("which"))
       .def("input_specs", &PyModel::InputSpecs)
       .def("output_specs", &PyModel::OutputSpecs);
+
+  BindDrift(m);
 }
