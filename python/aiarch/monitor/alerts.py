@@ -37,7 +37,9 @@ class AlertRule:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise InvalidArgumentError(f"unknown alert kind {self.kind!r}; expected one of {_KINDS}")
+            raise InvalidArgumentError(
+                f"unknown alert kind {self.kind!r}; expected one of {_KINDS}"
+            )
 
     def firing(self, value: float) -> bool:
         if value != value:  # NaN: no data, no alert
@@ -98,9 +100,7 @@ class Alerts:
     """State of a model's rules; ``evaluate`` once per window. Not thread-safe (the monitor
     calls it under its lock)."""
 
-    def __init__(
-        self, model: str, rules: list[AlertRule], webhook: Webhook | None = None
-    ) -> None:
+    def __init__(self, model: str, rules: list[AlertRule], webhook: Webhook | None = None) -> None:
         names = [r.name for r in rules]
         if len(set(names)) != len(names):
             raise InvalidArgumentError(f"alert names must be unique, got {names}")

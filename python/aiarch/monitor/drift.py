@@ -208,7 +208,9 @@ def evaluate_drift(
     n = len(results)
     share = sum(r.drifted for r in results) / n if n else 0.0
     rows = int(counts[offsets[0] : offsets[1]].sum()) if n else 0
-    return DatasetDrift(rows=rows, share=share, drifted=n > 0 and share >= cfg.drift_share, features=results)
+    return DatasetDrift(
+        rows=rows, share=share, drifted=n > 0 and share >= cfg.drift_share, features=results
+    )
 
 
 def _feature_drift(
@@ -236,7 +238,9 @@ def _feature_drift(
         small = rows <= cfg.small_window_rows
         method = ("ks" if small else "wasserstein") if numeric else ("chisquare" if small else "js")
     if method in ("ks", "wasserstein") and not numeric:
-        raise InvalidArgumentError(f"feature {f.name!r} is categorical; {method} needs numeric bins")
+        raise InvalidArgumentError(
+            f"feature {f.name!r} is categorical; {method} needs numeric bins"
+        )
     threshold = own.threshold if own is not None and own.threshold is not None else None
     if method in _P_VALUE_METHODS:
         threshold = cfg.alpha if threshold is None else threshold
@@ -250,5 +254,16 @@ def _feature_drift(
         score = {"psi": p, "js": js, "wasserstein": w}[method]
         drifted = score >= threshold
     return FeatureDrift(
-        f.name, f.kind, rows, float(null_rate), p, js, ks, w, method, score, threshold, bool(drifted)
+        f.name,
+        f.kind,
+        rows,
+        float(null_rate),
+        p,
+        js,
+        ks,
+        w,
+        method,
+        score,
+        threshold,
+        bool(drifted),
     )

@@ -173,10 +173,17 @@ def report_from_snapshot(
     requests = {}
     for w, counts in snap.requests.items():
         finished = sum(counts.values())
-        requests[w] = {**counts, "error_rate": counts.get("failed", 0) / finished if finished else 0.0}
+        requests[w] = {
+            **counts,
+            "error_rate": counts.get("failed", 0) / finished if finished else 0.0,
+        }
     drift = {
-        "window": msgspec.to_builtins(evaluate_drift(profile, np.asarray(snap.drift_window), drift_config)),
-        "all": msgspec.to_builtins(evaluate_drift(profile, np.asarray(snap.drift_all), drift_config)),
+        "window": msgspec.to_builtins(
+            evaluate_drift(profile, np.asarray(snap.drift_window), drift_config)
+        ),
+        "all": msgspec.to_builtins(
+            evaluate_drift(profile, np.asarray(snap.drift_all), drift_config)
+        ),
     }
     return {
         "model": snap.model,
@@ -247,6 +254,29 @@ class Monitor:
         self._ticker: threading.Thread | None = None
         self._closed = False
 
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any]) -> Monitor:
+        """From a server config table: ``reference`` (and optionally ``output_reference``)
+        name profile files; the other keys are :class:`MonitorConfig` fields."""
+        t = dict(table)
+        ref = t.pop("reference", None)
+        if not ref:
+            raise InvalidArgumentError("monitor: 'reference' (a profile file) is required")
+        out_ref = t.pop("output_reference", None)
+
+        def read(path: str) -> Profile:
+            try:
+                with open(path, "rb") as fh:
+                    return Profile.from_bytes(fh.read())
+            except OSError as e:
+                raise InvalidArgumentError(f"monitor: cannot read profile {path!r}: {e}") from None
+
+        return cls(
+            read(ref),
+            output_profile=read(out_ref) if out_ref else None,
+            config=MonitorConfig.from_dict(t),
+        )
+
     # ------------------------------------------------------------ attachment (once per model)
 
     def attach(self, runtime: Any, model: str, version: str) -> None:
@@ -311,7 +341,7 @@ class Monitor:
             self.sketch.count(_features(self.profile, inputs))
             if self.output_sketch is not None:
                 outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-                self.output_sketch.count(_features(self.output_profile, tuple(outs)))  # type: ignore[arg-type]
+                self.output_sketch.count(_features(self.output_profile, tuple(outs)))
             if self.prediction_log is not None:
                 self.prediction_log.offer(self.version, inputs, outputs, latency_ns)
         except Exception as e:
@@ -355,7 +385,9 @@ class Monitor:
                     latency_us={k: v for k, v in tick_latency.items() if k.endswith("_us")},
                 )
             )
-            values = {rule.name: self._rule_value(rule, drift, now, stages) for rule in self.alerts.rules}
+            values = {
+                rule.name: self._rule_value(rule, drift, now, stages) for rule in self.alerts.rules
+            }
             self.alerts.evaluate(values, self.version, time.time())
             self._last_tick = now
             self.windows_closed += 1
@@ -431,7 +463,9 @@ class Monitor:
             "windows_closed": self.windows_closed,
             "observe_errors": self.observe_errors,
             "prediction_log_rows": self.prediction_log.logged_rows if self.prediction_log else 0,
-            "prediction_log_dropped": self.prediction_log.dropped_rows if self.prediction_log else 0,
+            "prediction_log_dropped": self.prediction_log.dropped_rows
+            if self.prediction_log
+            else 0,
             "webhook_dropped": self.webhook.dropped if self.webhook else 0,
         }
         out["window_s"] = self.config.window_s
@@ -458,7 +492,9 @@ class Monitor:
             req = {}
         return {k: int(req.get(k, 0)) for k in _REQUEST_STATES}
 
-    def _request_window(self, now: float, seconds: float, current: dict[str, int]) -> dict[str, int]:
+    def _request_window(
+        self, now: float, seconds: float, current: dict[str, int]
+    ) -> dict[str, int]:
         base = self._requests[0][1] if self._requests else dict.fromkeys(_REQUEST_STATES, 0)
         for t, counts in self._requests:
             if t <= now - seconds:

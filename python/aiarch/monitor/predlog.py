@@ -113,15 +113,15 @@ class PredictionLog:
         rows_in_file = 0
         done = False
         while not done:
-            items = [self._queue.get()]
+            got = [self._queue.get()]
             while True:  # batch what is already queued into one row group
                 try:
-                    items.append(self._queue.get_nowait())
+                    got.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if items[-1] is None:
+            if got[-1] is None:
                 done = True
-            items = [i for i in items if i is not None]
+            items = [i for i in got if i is not None]
             if not items:
                 continue
             try:

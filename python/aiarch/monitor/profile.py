@@ -243,9 +243,7 @@ class Profile:
 # ---------------------------------------------------------------- helpers
 
 
-def _columns(
-    data: Any, feature_names: Sequence[str] | None
-) -> tuple[list[str], list[np.ndarray]]:
+def _columns(data: Any, feature_names: Sequence[str] | None) -> tuple[list[str], list[np.ndarray]]:
     if isinstance(data, Mapping):
         names = list(feature_names) if feature_names is not None else [str(k) for k in data]
         missing = [n for n in names if n not in data]

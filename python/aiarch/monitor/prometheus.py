@@ -46,10 +46,14 @@ class MonitorCollector:
             labels=[*mv, "feature", "metric"],
         )
         null_rate = GaugeMetricFamily(
-            "aiarch_drift_null_rate", "Share of null values in the last window.", labels=[*mv, "feature"]
+            "aiarch_drift_null_rate",
+            "Share of null values in the last window.",
+            labels=[*mv, "feature"],
         )
         detected = GaugeMetricFamily(
-            "aiarch_drift_detected", "1 when the feature drifted in the last window.", labels=[*mv, "feature"]
+            "aiarch_drift_detected",
+            "1 when the feature drifted in the last window.",
+            labels=[*mv, "feature"],
         )
         share = GaugeMetricFamily(
             "aiarch_drift_share", "Share of features that drifted in the last window.", labels=mv
@@ -64,7 +68,9 @@ class MonitorCollector:
             "aiarch_monitor_alert_active", "1 while the alert rule fires.", labels=[*mv, "alert"]
         )
         counted = CounterMetricFamily(
-            "aiarch_monitor_values_counted", "Feature values counted by the drift sketch.", labels=mv
+            "aiarch_monitor_values_counted",
+            "Feature values counted by the drift sketch.",
+            labels=mv,
         )
         errors = CounterMetricFamily(
             "aiarch_monitor_observe_errors", "Batches the monitor could not count.", labels=mv

@@ -87,6 +87,11 @@ class ModelConfig:
     warmup: bool = True
     """Run one zero batch at load so the model is warm before readiness turns true."""
 
+    monitor: dict[str, Any] | None = None
+    """Latency/drift monitor table: `reference` (a profile file from `Profile.to_bytes`) plus
+    `aiarch.monitor.MonitorConfig` keys (window_s, alerts, webhook_url, prediction_log, drift);
+    None = not monitored."""
+
 
 @dataclass
 class ServeConfig:
@@ -157,7 +162,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         table = {"source": table}
     if not isinstance(table, dict):
         raise ValueError(f"model {name!r}: expected a table or a source string")
-    unknown = set(table) - {"source", "version", "batching", "cache", "warmup"}
+    unknown = set(table) - {"source", "version", "batching", "cache", "warmup", "monitor"}
     if unknown:
         raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
     batching = dict(table.get("batching") or {})
@@ -189,7 +194,20 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         batching=batching,
         cache=cache,
         warmup=bool(table.get("warmup", True)),
+        monitor=_monitor_table(table.get("monitor"), base_dir),
     )
+
+
+def _monitor_table(table: Any, base_dir: Path) -> dict[str, Any] | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict) or "reference" not in table:
+        raise ValueError("monitor: expected a table with a 'reference' profile file")
+    out = dict(table)
+    for key in ("reference", "output_reference"):
+        if key in out and not os.path.isabs(str(out[key])):
+            out[key] = str(base_dir / str(out[key]))
+    return out
 
 
 def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[ModelConfig]]:

@@ -182,6 +182,10 @@ class ModelRepository:
             kwargs: dict[str, Any] = {"version": cfg.version, "cache": cache, "warmup": cfg.warmup}
             if batching is not None:
                 kwargs["batching"] = batching
+            if cfg.monitor is not None:
+                from aiarch.monitor import Monitor
+
+                kwargs["monitor"] = Monitor.from_config(cfg.monitor)
             rt.add_model(name, model, **kwargs)
             self._known[name] = cfg
             log.info("loaded model %s (version %s) from %s", name, cfg.version, cfg.source)
