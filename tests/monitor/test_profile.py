@@ -81,7 +81,9 @@ def test_bad_input_errors() -> None:
     p = Profile.build(np.zeros((4, 2)), ["a", "b"])
     with pytest.raises(InvalidArgumentError, match="2 feature columns; the profile has 3"):
         Profile.build(np.zeros((4, 3)), ["a", "b", "c"]).sketch().count(np.zeros((1, 2)))
-    with pytest.raises(InvalidArgumentError, match=r"columns \['b'\] are missing; data has \['a'\]"):
+    with pytest.raises(
+        InvalidArgumentError, match=r"columns \['b'\] are missing; data has \['a'\]"
+    ):
         p.count({"a": [1.0]})
 
 

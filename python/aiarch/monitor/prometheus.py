@@ -99,9 +99,8 @@ class MonitorCollector:
                     if h.total_count == 0:
                         continue
                     for _, p in PERCENTILES:
-                        latency.add_metric(
-                            [*lv, stage, window, str(p / 100)], h.percentile(p) / 1e9
-                        )
+                        quantile = f"{p / 100:g}"
+                        latency.add_metric([*lv, stage, window, quantile], h.percentile(p) / 1e9)
             drift = mon.last_drift
             if drift is not None:
                 for f in drift.features:
