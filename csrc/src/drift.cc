@@ -10,9 +10,6 @@ namespace aiarch {
 namespace {
 
 constexpr size_t kMaxPoints = 65535;
-// Rows binned before their counts are added to the scratch block; bounded so
-// the bin indices of one block stay in L1.
-constexpr int64_t kRowBlock = 256;
 // Rows per scratch flush; keeps every scratch counter below 2^32.
 constexpr int64_t kRowsPerFlush = int64_t{1} << 30;
 
@@ -87,6 +84,11 @@ DriftSketch::DriftSketch(std::vector<FeatureBins> features) : features_(std::mov
   counts_.reset(new std::atomic<uint64_t>[total_bins_]);
   for (size_t i = 0; i < total_bins_; ++i) counts_[i].store(0, std::memory_order_relaxed);
   totals_.assign(total_bins_, 0);
+  uniform_numeric_len_ = layout_.empty() ? 0 : layout_[0].search_len;
+  for (const Layout& l : layout_) {
+    if (l.kind != FeatureKind::kNumeric || l.search_len != layout_[0].search_len)
+      uniform_numeric_len_ = 0;
+  }
 }
 
 uint32_t DriftSketch::BinOf(size_t feature, double v) const {
@@ -101,36 +103,47 @@ uint32_t DriftSketch::BinOf(size_t feature, double v) const {
 
 template <typename T>
 void DriftSketch::CountInto(const DriftBatch& batch, uint32_t* scratch) const {
+  switch (uniform_numeric_len_) {
+    case 4: CountRows<T, 4>(batch, scratch); break;
+    case 8: CountRows<T, 8>(batch, scratch); break;
+    case 16: CountRows<T, 16>(batch, scratch); break;
+    case 32: CountRows<T, 32>(batch, scratch); break;
+    default: CountRows<T, 0>(batch, scratch);
+  }
+}
+
+// Rows outermost, features innermost: a row-major batch is read sequentially,
+// and consecutive increments hit different features' counters, so they do not
+// wait on each other through memory. kLen > 0: every feature is numeric with
+// that search length, and the search is fully unrolled.
+template <typename T, int kLen>
+void DriftSketch::CountRows(const DriftBatch& batch, uint32_t* scratch) const {
   const T* base = static_cast<const T*>(batch.data);
-  uint32_t bin[kRowBlock];
-  // Row blocks outermost: a block of every feature stays in cache while each
-  // feature's column of it is binned, whatever the strides.
-  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowBlock) {
-    const int64_t n = std::min(kRowBlock, batch.rows - r0);
-    for (int64_t f = 0; f < batch.features; ++f) {
-      const Layout& l = layout_[static_cast<size_t>(f)];
-      const double* s = search_.data() + l.search_at;
-      const size_t len = l.search_len;
-      const T* column = base + f * batch.feature_stride + r0 * batch.row_stride;
-      // Indices first (independent searches the CPU overlaps), then the
-      // increments.
-      if (l.kind == FeatureKind::kNumeric) {
-        for (int64_t i = 0; i < n; ++i) {
-          const double v = static_cast<double>(column[i * batch.row_stride]);
-          const uint32_t pos = static_cast<uint32_t>(CountAtOrBelow(s, len, v));
-          bin[i] = IsFinite(v) ? pos + 1 : 0;
-        }
+  const int64_t features = batch.features;
+  const Layout* layout = layout_.data();
+  const double* search = search_.data();
+  for (int64_t r = 0; r < batch.rows; ++r) {
+    const T* row = base + r * batch.row_stride;
+    for (int64_t f = 0; f < features; ++f) {
+      const Layout& l = layout[f];
+      const double* s = search + l.search_at;
+      const double v = static_cast<double>(row[f * batch.feature_stride]);
+      uint32_t bin;
+      if (kLen > 0) {
+        size_t pos = 0;
+        for (int step = kLen >> 1; step > 0; step >>= 1) pos += (s[pos + step - 1] <= v) ? step : 0;
+        bin = IsFinite(v) ? static_cast<uint32_t>(pos + 1) : 0;
       } else {
-        const uint32_t unknown = static_cast<uint32_t>(l.bins - 1);
-        for (int64_t i = 0; i < n; ++i) {
-          const double v = static_cast<double>(column[i * batch.row_stride]);
-          const size_t pos = CountAtOrBelow(s, len, v);
+        const size_t pos = CountAtOrBelow(s, l.search_len, v);
+        if (l.kind == FeatureKind::kNumeric) {
+          bin = static_cast<uint32_t>(pos + 1);
+        } else {
           const bool match = pos > 0 && s[pos - 1] == v;
-          bin[i] = IsFinite(v) ? (match ? static_cast<uint32_t>(pos) : unknown) : 0;
+          bin = match ? static_cast<uint32_t>(pos) : static_cast<uint32_t>(l.bins - 1);
         }
+        bin = IsFinite(v) ? bin : 0;
       }
-      uint32_t* counts = scratch + l.offset;
-      for (int64_t i = 0; i < n; ++i) ++counts[bin[i]];
+      ++scratch[l.offset + bin];
     }
   }
 }

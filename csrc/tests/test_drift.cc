@@ -99,6 +99,37 @@ void TestNoPointsFeature() {
   CHECK_EQ(s->BinOf(0, kNan), 0u);
 }
 
+// All-numeric profiles with one search length take the unrolled path; it must
+// bin exactly like BinOf (the generic search) for every length it covers.
+void TestUniformFastPathMatchesBinOf() {
+  std::mt19937_64 rng(kSeed);
+  std::normal_distribution<double> normal(0.0, 2.0);
+  for (size_t edges : {size_t{2}, size_t{5}, size_t{9}, size_t{20}, size_t{40}}) {
+    test::SetContext("edges=" + std::to_string(edges));
+    std::vector<FeatureBins> f(3);
+    for (size_t j = 0; j < f.size(); ++j) {
+      for (size_t i = 0; i < edges; ++i) f[j].points.push_back(-3.0 + 6.0 * i / edges + 0.1 * j);
+    }
+    std::unique_ptr<DriftSketch> s;
+    CHECK(DriftSketch::Create(f, &s).ok());
+    constexpr int kRows = 500;
+    std::vector<double> x(kRows * 3);
+    std::vector<uint64_t> want(s->num_bins(), 0);
+    for (int r = 0; r < kRows; ++r) {
+      for (size_t j = 0; j < 3; ++j) {
+        double v = normal(rng);
+        if (r % 17 == 0) v = kNan;
+        if (r % 23 == 0) v = f[j].points[static_cast<size_t>(r) % edges];  // exactly on an edge
+        x[r * 3 + j] = v;
+        ++want[s->offset(j) + s->BinOf(j, v)];
+      }
+    }
+    CHECK(s->Count(DriftBatch{x.data(), DriftDType::kFloat64, kRows, 3, 3, 1}).ok());
+    CHECK(s->PeekWindow() == want);
+  }
+  test::SetContext("");
+}
+
 // Many threads count seeded batches while another rotates windows; the sum of
 // the windows plus the last partial window equals a sequential count.
 void TestConcurrentCountMatchesSequential() {
@@ -155,6 +186,7 @@ int main() {
   aiarch::TestCountRowMajorAndStrided();
   aiarch::TestInvalid();
   aiarch::TestNoPointsFeature();
+  aiarch::TestUniformFastPathMatchesBinOf();
   aiarch::TestConcurrentCountMatchesSequential();
   return aiarch::test::Finish("test_drift");
 }

@@ -105,11 +105,16 @@ class DriftSketch {
   explicit DriftSketch(std::vector<FeatureBins> features);
   template <typename T>
   void CountInto(const DriftBatch& batch, uint32_t* scratch) const;
+  template <typename T, int kLen>
+  void CountRows(const DriftBatch& batch, uint32_t* scratch) const;
 
   std::vector<FeatureBins> features_;
   std::vector<Layout> layout_;
   std::vector<double> search_;  // every feature's points, padded, back to back
   size_t total_bins_ = 0;
+  // The search length shared by every feature when all are numeric (0 otherwise): selects
+  // a fully unrolled search.
+  size_t uniform_numeric_len_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> counts_;
   std::atomic<uint64_t> values_{0};
   mutable std::mutex window_mu_;
