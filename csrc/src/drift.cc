@@ -10,6 +10,10 @@ namespace aiarch {
 namespace {
 
 constexpr size_t kMaxPoints = 65535;
+// Count tiles: 64 features' search tables (8 KiB at 10 bins) plus 64 rows of
+// their values stay in L1.
+constexpr int64_t kRowTile = 64;
+constexpr int64_t kFeatureTile = 64;
 // Rows per scratch flush; keeps every scratch counter below 2^32.
 constexpr int64_t kRowsPerFlush = int64_t{1} << 30;
 
@@ -119,31 +123,40 @@ void DriftSketch::CountInto(const DriftBatch& batch, uint32_t* scratch) const {
 template <typename T, int kLen>
 void DriftSketch::CountRows(const DriftBatch& batch, uint32_t* scratch) const {
   const T* base = static_cast<const T*>(batch.data);
-  const int64_t features = batch.features;
   const Layout* layout = layout_.data();
   const double* search = search_.data();
-  for (int64_t r = 0; r < batch.rows; ++r) {
-    const T* row = base + r * batch.row_stride;
-    for (int64_t f = 0; f < features; ++f) {
-      const Layout& l = layout[f];
-      const double* s = search + l.search_at;
-      const double v = static_cast<double>(row[f * batch.feature_stride]);
-      uint32_t bin;
-      if (kLen > 0) {
-        size_t pos = 0;
-        for (int step = kLen >> 1; step > 0; step >>= 1) pos += (s[pos + step - 1] <= v) ? step : 0;
-        bin = IsFinite(v) ? static_cast<uint32_t>(pos + 1) : 0;
-      } else {
-        const size_t pos = CountAtOrBelow(s, l.search_len, v);
-        if (l.kind == FeatureKind::kNumeric) {
-          bin = static_cast<uint32_t>(pos + 1);
-        } else {
-          const bool match = pos > 0 && s[pos - 1] == v;
-          bin = match ? static_cast<uint32_t>(pos) : static_cast<uint32_t>(l.bins - 1);
+  // Tiles of rows x features keep one tile's search tables, counters and
+  // values in L1 however many features the profile has.
+  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(batch.rows, r0 + kRowTile);
+    for (int64_t f0 = 0; f0 < batch.features; f0 += kFeatureTile) {
+      const int64_t f1 = std::min(batch.features, f0 + kFeatureTile);
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* row = base + r * batch.row_stride;
+        for (int64_t f = f0; f < f1; ++f) {
+          const Layout& l = layout[f];
+          const double* s = search + l.search_at;
+          const double v = static_cast<double>(row[f * batch.feature_stride]);
+          uint32_t bin;
+          if (kLen > 0) {
+            size_t pos = 0;
+            for (int step = kLen >> 1; step > 0; step >>= 1) {
+              pos += (s[pos + step - 1] <= v) ? step : 0;
+            }
+            bin = IsFinite(v) ? static_cast<uint32_t>(pos + 1) : 0;
+          } else {
+            const size_t pos = CountAtOrBelow(s, l.search_len, v);
+            if (l.kind == FeatureKind::kNumeric) {
+              bin = static_cast<uint32_t>(pos + 1);
+            } else {
+              const bool match = pos > 0 && s[pos - 1] == v;
+              bin = match ? static_cast<uint32_t>(pos) : static_cast<uint32_t>(l.bins - 1);
+            }
+            bin = IsFinite(v) ? bin : 0;
+          }
+          ++scratch[l.offset + bin];
         }
-        bin = IsFinite(v) ? bin : 0;
       }
-      ++scratch[l.offset + bin];
     }
   }
 }
