@@ -29,6 +29,7 @@ namespace py = pybind11;
 using namespace aiarch;
 
 void BindFeatures(py::module_& m);  // bind_features.cpp
+void BindDrift(py::module_& m);  // bind_drift.cpp
 
 namespace {
 
@@ -717,4 +718,5 @@ PYBIND11_MODULE(_core, m) {
       .def("output_specs", &PyModel::OutputSpecs);
 
   BindFeatures(m);
+  BindDrift(m);
 }

@@ -376,6 +376,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_quantize,
     _package_command("aiarch.registry.cli"),
     _package_command("aiarch.features.cli"),
+    _package_command("aiarch.monitor.cli"),
 ]
 
 

@@ -75,6 +75,7 @@ class _Model:
         "handle",
         "inputs",
         "lock",
+        "monitor",
         "name",
         "outputs",
         "version",
@@ -99,6 +100,7 @@ class _Model:
         self.outputs: tuple[TensorSpec, ...] = ()
         self.lock = threading.Lock()
         self.backend: Any = None
+        self.monitor: Any = None
 
     def normalize(self, inputs: Any) -> Any:
         """Turns any accepted input form into an ndarray or a tuple of ndarrays.
@@ -226,6 +228,7 @@ class Runtime:
         precision: str | None = None,
         backend: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        monitor: Any = None,
     ) -> ModelInfo:
         """Loads a model under ``name``.
 
@@ -245,6 +248,8 @@ class Runtime:
         are used if present; otherwise the first request fixes the input specs.
         With inputs known and ``warmup``, the model is called once on a zero
         row before it is marked ready, which also learns its output specs.
+        ``monitor``: an :class:`aiarch.monitor.Monitor` that counts every batch's inputs
+        and outputs (not the warm-up's) and reads this model's histograms.
         """
         if self._closed:
             raise UnavailableError("runtime is closed")
@@ -289,6 +294,9 @@ class Runtime:
                 )
             self._models[name] = m
         try:
+            if monitor is not None:
+                monitor.attach(self, name, m.version)
+                m.monitor = monitor
             if inputs:
                 m.inputs = tuple(_spec(s) for s in inputs)
                 m.outputs = tuple(_spec(s) for s in outputs) if outputs else ()
@@ -300,6 +308,8 @@ class Runtime:
                 self._models.pop(name, None)
             if loaded is not None:
                 loaded.close()
+            if m.monitor is not None:
+                m.monitor.close()
             raise
         return self.model_info(name)
 
@@ -352,6 +362,8 @@ class Runtime:
             m.handle.shutdown(drain)
         if m.backend is not None:
             m.backend.close()
+        if m.monitor is not None:
+            m.monitor.close()
 
     def models(self) -> list[str]:
         """Names of the loaded models."""
@@ -476,6 +488,10 @@ class Runtime:
         out["service_rate_rows_per_s"] = s["service_rate_rows_per_s"]
         return out
 
+    def monitor(self, name: str) -> Any:
+        """The model's :class:`aiarch.monitor.Monitor`, or None."""
+        return self._get(name).monitor
+
     def histograms(self, name: str) -> dict[str, _core.HistogramSnapshot]:
         """Snapshots of the native histograms: queue, execution, end_to_end (ns), batch_size (rows)."""
         m = self._get(name)
@@ -499,6 +515,8 @@ class Runtime:
                 m.handle.shutdown(drain)
             if m.backend is not None:
                 m.backend.close()
+            if m.monitor is not None:
+                m.monitor.close()
         # Every request now has its completion queued: resolve them, then
         # stop watching the queues.
         try:
@@ -600,8 +618,9 @@ class Runtime:
                     shards=c.shards,
                     buckets=c.buckets,
                 )
+            fn = m.fn if m.monitor is None else m.monitor.wrap(m.fn)
             m.handle = _core.Model(
-                m.name, m.fn, list(m.inputs), list(m.outputs), native_batching, m.cache, self._clock
+                m.name, fn, list(m.inputs), list(m.outputs), native_batching, m.cache, self._clock
             )
             return m.handle
 

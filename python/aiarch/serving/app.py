@@ -524,6 +524,8 @@ class App:
                     "stats": self._stats,
                 }[action]
                 return self._verb(get, fn, "GET"), (model, version)
+            if action == "monitor":
+                return self._verb(get, self._monitor, "GET"), (model, version)
             if action in ("generate", "generate_stream"):
                 return self._fixed(501, f"{action} is not supported"), ()
         return self._fixed(404, "not found"), ()
@@ -591,6 +593,15 @@ class App:
         return build_response(200, body, ctype.encode(), (), req.keep_alive)
 
     # -- statistics ------------------------------------------------------------------------
+    def _monitor(
+        self, req: Request, conn: HttpProtocol, model: str, version: str | None
+    ) -> bytes | list[Any]:
+        entry = self._entry(model, version)
+        mon = self.runtime.monitor(entry.name)
+        if mon is None:
+            raise HttpError(404, f"model '{entry.name}' is not monitored (no monitor.reference)")
+        return build_response(200, _encode(mon.report()), JSON, (), req.keep_alive)
+
     def _stats(
         self, req: Request, conn: HttpProtocol, model: str | None, version: str | None
     ) -> bytes | list[Any]:

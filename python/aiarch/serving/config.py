@@ -103,6 +103,11 @@ class ModelConfig:
     """Feature inputs looked up per batch from an online store (see `aiarch.serving.features`:
     store, lookups, entity_input, on_missing, on_unavailable, timeout_ms, home), or None."""
 
+    monitor: dict[str, Any] | None = None
+    """Latency/drift monitor table: `reference` (a profile file from `Profile.to_bytes`) plus
+    `aiarch.monitor.MonitorConfig` keys (window_s, alerts, webhook_url, prediction_log, drift);
+    None = not monitored."""
+
 
 @dataclass
 class ServeConfig:
@@ -200,6 +205,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         "backend",
         "backend_options",
         "features",
+        "monitor",
     }
     if unknown:
         raise ValueError(f"model {name!r}: unknown keys {sorted(unknown)}")
@@ -243,6 +249,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         backend=optional["backend"],
         backend_options=dict(table.get("backend_options") or {}),
         features=dict(table["features"]) if table.get("features") is not None else None,
+        monitor=_monitor_table(table.get("monitor"), base_dir),
     )
 
 
@@ -250,6 +257,18 @@ def _is_model_path(source: str) -> bool:
     from aiarch.backends import is_model_file
 
     return is_model_file(source)
+
+
+def _monitor_table(table: Any, base_dir: Path) -> dict[str, Any] | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict) or "reference" not in table:
+        raise ValueError("monitor: expected a table with a 'reference' profile file")
+    out = dict(table)
+    for key in ("reference", "output_reference"):
+        if key in out and not os.path.isabs(str(out[key])):
+            out[key] = str(base_dir / str(out[key]))
+    return out
 
 
 def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[ModelConfig]]:

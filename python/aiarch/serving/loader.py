@@ -220,6 +220,10 @@ class ModelRepository:
                     backend=cfg.backend,
                     backend_options=cfg.backend_options,
                 )
+            if cfg.monitor is not None:
+                from aiarch.monitor import Monitor
+
+                kwargs["monitor"] = Monitor.from_config(cfg.monitor)
             rt.add_model(name, model, **kwargs)
             self._known[name] = cfg
             log.info("loaded model %s (version %s) from %s", name, cfg.version, cfg.source)

@@ -18,6 +18,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+from aiarch.monitor.prometheus import MonitorCollector
+
 __all__ = ["BATCH_BOUNDS", "LATENCY_BOUNDS_NS", "MetricsExporter", "RuntimeCollector"]
 
 LATENCY_BOUNDS_NS: list[int] = [
@@ -175,6 +177,7 @@ class MetricsExporter:
     def __init__(self, runtime: Any, app: Any = None):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RuntimeCollector(runtime, app))
+        self.registry.register(MonitorCollector(runtime))
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format. Called once per scrape."""

@@ -1,0 +1,316 @@
+"""Monitor costs: native drift counting against numpy, serving with monitoring on vs off, and a
+drift report over 1,000 features x 1M rows from a stored reference.
+
+1. Counting: the native `DriftSketch.count` (one call per batch, GIL released) against the numpy
+   baseline people write first — per feature `np.searchsorted(edges, column)` then
+   `np.bincount`, nulls by `np.isfinite` — on a 64 x 64 float32 batch and a 100k x 64 batch,
+   10 quantile bins per feature. Best of several repeats (the machine is shared).
+2. Serving: `aiarch serve` with the MLP of bench_server.py (64 float32 features), without and
+   with a monitor (one count per batch), driven by wrk with one-row binary requests; the two
+   configurations alternate and each keeps its best run. Ratio = on / off.
+3. Report: a profile of 1,000 numeric features is stored as bytes; the timed part reads it,
+   counts 1M rows (in 10k-row batches, one native call each) and evaluates every drift metric.
+
+    python benchmarks/bench_monitor.py            # full run (~2 minutes)
+    python benchmarks/bench_monitor.py --smoke    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import print_table, write_json
+from aiarch.monitor import Profile, evaluate_drift
+from aiarch.monitor.report import render_table
+from bench_server import _free_port, _server, bodies, run_python_client, run_wrk
+
+HERE = Path(__file__).resolve().parent
+
+
+def _best_seconds(fn: Any, reps: int, rounds: int) -> float:
+    """Best (lowest) seconds per call over `rounds` rounds of `reps` calls."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def numpy_count(x: np.ndarray, edges: list[np.ndarray]) -> list[np.ndarray]:
+    """The baseline: per feature, searchsorted into the edges and bincount, nulls apart."""
+    out = []
+    for j, e in enumerate(edges):
+        col = x[:, j]
+        finite = np.isfinite(col)
+        idx = np.searchsorted(e, col[finite], side="right") + 1
+        counts = np.bincount(idx, minlength=len(e) + 2)
+        counts[0] = col.size - int(finite.sum())
+        out.append(counts)
+    return out
+
+
+def bench_counting(smoke: bool) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    features = 64
+    profile = Profile.build(rng.normal(size=(20_000, features)))
+    edges = [np.asarray(f.edges) for f in profile.features]
+    sketch = profile.sketch()
+    results = []
+    for rows, reps in ((64, 200 if smoke else 3000), (100_000, 1 if smoke else 5)):
+        x = rng.normal(size=(rows, features)).astype(np.float32)
+        # Same counts from both: the baseline is a faithful one.
+        sketch.take_window()
+        sketch.count(x)
+        native = np.asarray(sketch.take_window())
+        want = np.concatenate(numpy_count(x, edges))
+        assert (native == want).all(), "native and numpy counts differ"
+        rounds = 3 if smoke else 7
+        t_native = _best_seconds(lambda x=x: sketch.count(x), reps, rounds)
+        t_numpy = _best_seconds(lambda x=x: numpy_count(x, edges), max(1, reps // 10), rounds)
+        for name, t in (("aiarch native", t_native), ("numpy searchsorted+bincount", t_numpy)):
+            results.append(
+                {
+                    "batch": f"{rows}x{features} f32",
+                    "impl": name,
+                    "us_per_batch": t * 1e6,
+                    "values_per_s": rows * features / t,
+                    "speedup_vs_numpy": t_numpy / t,
+                }
+            )
+    sketch.take_window()
+    return results
+
+
+def _serve_cmd(port: int, config: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "aiarch.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--config",
+        str(config),
+        "--max-batch-size",
+        "64",
+        "--max-delay-us",
+        "0",
+        "--log-level",
+        "warning",
+    ]
+
+
+def bench_server(smoke: bool, duration: float, connections: int, pairs: int) -> dict[str, Any]:
+    load = run_wrk if shutil.which("wrk") else run_python_client
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        b = bodies(tmp)
+        rng = np.random.default_rng(1)
+        (tmp / "mlp.profile").write_bytes(Profile.build(rng.normal(size=(20_000, 64))).to_bytes())
+        source = f"{HERE / 'server_mlp.py'}:mlp"
+        (tmp / "off.toml").write_text(f'[models.mlp]\nsource = "{source}"\n')
+        (tmp / "on.toml").write_text(
+            f'[models.mlp]\nsource = "{source}"\n[models.mlp.monitor]\n'
+            f'reference = "{tmp / "mlp.profile"}"\nwindow_s = 1.0\n'
+        )
+        body, hlen = b["binary"]
+        path = "/v2/models/mlp/infer"
+        for _ in range(pairs):
+            for mode in ("off", "on"):
+                port = _free_port()
+                with _server(_serve_cmd(port, tmp / f"{mode}.toml"), port, tmp / f"{port}.log"):
+                    load(port, path, body, hlen, connections, min(1.0, duration))  # warm-up
+                    r = load(port, path, body, hlen, connections, duration)
+                    runs[mode].append(r)
+                    print(
+                        f"  monitoring {mode:3s} c={connections} {r['rps']:10.0f} req/s  "
+                        f"p99 {r['p99_us']:8.0f} us",
+                        flush=True,
+                    )
+    best = {m: max(rs, key=lambda r: r["rps"]) for m, rs in runs.items()}
+    return {
+        "connections": connections,
+        "duration_s": duration,
+        "client": "wrk" if load is run_wrk else "python",
+        "runs": runs,
+        "best_off": best["off"],
+        "best_on": best["on"],
+        "ratio_on_off": best["on"]["rps"] / best["off"]["rps"],
+    }
+
+
+def bench_report(features: int, rows: int, threads: int, reference_rows: int) -> dict[str, Any]:
+    rng = np.random.default_rng(2)
+    batch_rows = min(10_000, rows)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        stored = Path(tmpdir) / "reference.profile"
+        stored.write_bytes(Profile.build(rng.normal(size=(reference_rows, features))).to_bytes())
+        # A few distinct shifted batches, reused: counting cost does not depend on the values.
+        batches = [
+            rng.normal(loc=0.05 * i, size=(batch_rows, features)).astype(np.float32)
+            for i in range(4)
+        ]
+        n_batches = max(1, rows // batch_rows)
+        t0 = time.perf_counter()
+        profile = Profile.from_bytes(stored.read_bytes())
+        sketch = profile.sketch()
+        t_load = time.perf_counter() - t0
+
+        def count(worker: int) -> None:
+            for i in range(worker, n_batches, threads):
+                sketch.count(batches[i % len(batches)])
+
+        workers = [threading.Thread(target=count, args=(w,)) for w in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        t_count = time.perf_counter() - t0 - t_load
+        drift = evaluate_drift(profile, np.asarray(sketch.take_window()))
+        t_eval = time.perf_counter() - t0 - t_load - t_count
+        report = {
+            "model": "bench",
+            "version": "1",
+            "latency_us": {},
+            "requests": {},
+            "drift": {"window": _builtins(drift), "all": _builtins(drift)},
+        }
+        render_table(report)
+        total = time.perf_counter() - t0
+    return {
+        "features": features,
+        "rows": n_batches * batch_rows,
+        "threads": threads,
+        "load_s": t_load,
+        "count_s": t_count,
+        "evaluate_s": t_eval,
+        "total_s": total,
+        "values_per_s": features * n_batches * batch_rows / t_count,
+        "drift_share": drift.share,
+    }
+
+
+def _builtins(obj: Any) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--smoke", action="store_true", help="a few seconds in total (CI)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per server run")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections")
+    ap.add_argument("--pairs", type=int, default=3, help="off/on server runs, alternating")
+    ap.add_argument("--report-rows", type=int, default=1_000_000)
+    ap.add_argument("--report-features", type=int, default=1000)
+    ap.add_argument("--no-server", action="store_true", help="skip the serving comparison")
+    ap.add_argument("--json", default="bench-results/bench_monitor.json", help="output file")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.duration, args.pairs, args.report_rows = 1.0, 1, 20_000
+        args.report_features = 200
+
+    counting = bench_counting(args.smoke)
+    print_table(
+        "drift counting, 10 quantile bins per feature (best of repeats; x numpy = speed-up "
+        "over the numpy baseline on the same batch)",
+        ["batch", "implementation", "us/batch", "M values/s", "x numpy"],
+        [
+            [
+                r["batch"],
+                r["impl"],
+                r["us_per_batch"],
+                r["values_per_s"] / 1e6,
+                r["speedup_vs_numpy"],
+            ]
+            for r in counting
+        ],
+    )
+    small = next(
+        r for r in counting if r["impl"] == "aiarch native" and r["batch"].startswith("64x")
+    )
+    targets = {
+        "count_64x64_le_100us": small["us_per_batch"] <= 100.0,
+        "count_ge_50M_values_per_s": min(
+            r["values_per_s"] for r in counting if r["impl"] == "aiarch native"
+        )
+        >= 50e6,
+    }
+
+    server = None
+    if not args.no_server:
+        server = bench_server(args.smoke, args.duration, args.connections, args.pairs)
+        print_table(
+            f"serving, MLP 64-256-256-16, one-row binary requests, c={args.connections} "
+            f"({server['client']}, best of {args.pairs} alternating runs of {args.duration:g}s)",
+            ["monitoring", "req/s", "p50 ms", "p99 ms", "on/off"],
+            [
+                [
+                    "off",
+                    server["best_off"]["rps"],
+                    server["best_off"]["p50_us"] / 1e3,
+                    server["best_off"]["p99_us"] / 1e3,
+                    1.0,
+                ],
+                [
+                    "on",
+                    server["best_on"]["rps"],
+                    server["best_on"]["p50_us"] / 1e3,
+                    server["best_on"]["p99_us"] / 1e3,
+                    server["ratio_on_off"],
+                ],
+            ],
+        )
+        targets["server_on_ge_97pct_of_off"] = server["ratio_on_off"] >= 0.97
+
+    threads = [1] if args.smoke else sorted({1, min(4, os.cpu_count() or 1)})
+    reference_rows = 5_000 if args.smoke else 50_000
+    reports = [
+        bench_report(args.report_features, args.report_rows, t, reference_rows) for t in threads
+    ]
+    print_table(
+        f"drift report from a stored reference: {args.report_features} features x "
+        f"{reports[0]['rows']:,} rows (load profile + count + all metrics + table)",
+        ["threads", "load s", "count s", "metrics s", "total s", "M values/s"],
+        [
+            [
+                r["threads"],
+                r["load_s"],
+                r["count_s"],
+                r["evaluate_s"],
+                r["total_s"],
+                r["values_per_s"] / 1e6,
+            ]
+            for r in reports
+        ],
+    )
+    if not args.smoke:
+        targets["report_1000x1M_le_10s"] = min(r["total_s"] for r in reports) <= 10.0
+    print("\ntargets: " + ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
+    write_json(
+        args.json,
+        "bench_monitor",
+        {"counting": counting, "server": server, "report": reports, "targets": targets},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

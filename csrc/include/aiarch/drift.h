@@ -1,0 +1,124 @@
+// Drift sketches: per-feature binned counts of served values against a
+// reference profile's bins, updated once per batch.
+//
+// Bin layout of one feature (index within the feature's block):
+//   numeric with k edges e0 < e1 < ... < e(k-1):
+//     0 = null (NaN, +/-inf), 1 = underflow (v < e0),
+//     1 + i = [e(i-1), e(i)) for i in 1..k-1, k + 1 = overflow (v >= e(k-1))
+//     => k + 2 bins.
+//   categorical with m codes c0 < c1 < ... < c(m-1):
+//     0 = null, 1 + i = value equal to ci, m + 1 = unknown => m + 2 bins.
+// The layout is fixed at construction (from the reference profile) and never
+// changes, so counts from any number of processes with the same layout merge
+// by addition.
+//
+// Concurrency contract
+// - Count(): wait-free. It bins a whole batch into a thread-local scratch
+//   block, then publishes each non-zero bin with one relaxed fetch_add.
+//   Any number of threads may count concurrently.
+// - TakeWindow(): lock-free with respect to Count() (one atomic exchange per
+//   bin). Every value is counted in exactly one window: a batch published
+//   during TakeWindow() may be split between this window and the next, but
+//   no value is lost or counted twice. Concurrent TakeWindow() calls are
+//   serialized by a mutex (they are rare: once per window).
+// - Totals(): the sum of every window taken so far. Thread-safe.
+// - Allocation: the constructor allocates the counters; Count() allocates
+//   only the first time a thread counts into a sketch with more bins than
+//   its scratch block holds; TakeWindow()/Totals() allocate the result.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "aiarch/status.h"
+
+namespace aiarch {
+
+enum class FeatureKind : uint8_t { kNumeric = 0, kCategorical = 1 };
+
+struct FeatureBins {
+  FeatureKind kind = FeatureKind::kNumeric;
+  // Numeric: strictly increasing finite bin edges. Categorical: strictly
+  // increasing finite value codes.
+  std::vector<double> points;
+};
+
+// The element type of a batch handed to Count().
+enum class DriftDType : uint8_t { kFloat32 = 0, kFloat64 = 1 };
+
+// A read-only 2-D view (rows x features) of a batch. Strides are in
+// elements, so row-major, column-major and sliced arrays all fit.
+struct DriftBatch {
+  const void* data = nullptr;
+  DriftDType dtype = DriftDType::kFloat64;
+  int64_t rows = 0;
+  int64_t features = 0;
+  int64_t row_stride = 0;
+  int64_t feature_stride = 1;
+};
+
+class DriftSketch {
+ public:
+  // Validates the bins (finite, strictly increasing, at most 65535 points a
+  // feature) and builds the sketch. On success *out owns the new sketch; on
+  // failure *out is untouched. Thread-safe.
+  static Status Create(std::vector<FeatureBins> features, std::unique_ptr<DriftSketch>* out);
+  DriftSketch(const DriftSketch&) = delete;
+  DriftSketch& operator=(const DriftSketch&) = delete;
+
+  // Counts every value of the batch into its feature's bins. The batch must
+  // have exactly num_features() columns. Thread-safe. Wait-free.
+  Status Count(const DriftBatch& batch);
+  // Bins one value of `feature` (exposed for tests and the profile builder).
+  // Thread-safe. Never allocates.
+  uint32_t BinOf(size_t feature, double value) const;
+
+  // Returns the counts since the previous TakeWindow() and starts a new
+  // window; the returned counts are added to Totals(). Thread-safe.
+  std::vector<uint64_t> TakeWindow();
+  // Counts of the current (not yet taken) window, read without resetting.
+  // Thread-safe.
+  std::vector<uint64_t> PeekWindow() const;
+  // Sum of all windows taken so far. Thread-safe.
+  std::vector<uint64_t> Totals() const;
+
+  size_t num_features() const { return features_.size(); }
+  size_t num_bins() const { return total_bins_; }
+  // Index of the feature's first bin in the flat count arrays.
+  size_t offset(size_t feature) const { return layout_[feature].offset; }
+  size_t bins(size_t feature) const { return layout_[feature].bins; }
+  // Values counted so far (all windows plus the current one). Thread-safe.
+  uint64_t values_counted() const { return values_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Layout {
+    size_t offset = 0;      // first bin in counts_
+    size_t bins = 0;        // points + 2
+    size_t search_len = 0;  // power of two > points, padded with +inf
+    size_t search_at = 0;   // first padded point in search_
+    FeatureKind kind = FeatureKind::kNumeric;
+  };
+
+  explicit DriftSketch(std::vector<FeatureBins> features);
+  template <typename T>
+  void CountInto(const DriftBatch& batch, uint32_t* scratch) const;
+  template <typename T, int kLen>
+  void CountRows(const DriftBatch& batch, uint32_t* scratch) const;
+
+  std::vector<FeatureBins> features_;
+  std::vector<Layout> layout_;
+  std::vector<double> search_;  // every feature's points, padded, back to back
+  size_t total_bins_ = 0;
+  // The search length shared by every feature when all are numeric (0 otherwise): selects
+  // a fully unrolled search.
+  size_t uniform_numeric_len_ = 0;
+  std::unique_ptr<std::atomic<uint64_t>[]> counts_;
+  std::atomic<uint64_t> values_{0};
+  mutable std::mutex window_mu_;
+  std::vector<uint64_t> totals_;  // guarded by window_mu_
+};
+
+}  // namespace aiarch

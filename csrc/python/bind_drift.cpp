@@ -1,0 +1,115 @@
+// Python binding of the drift sketch (aiarch._core.DriftSketch): converts
+// arrays, maps Status onto aiarch.errors, releases the GIL while counting.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aiarch/drift.h"
+#include "aiarch/status.h"
+
+namespace py = pybind11;
+
+namespace {
+
+[[noreturn]] void ThrowDriftStatus(const aiarch::Status& status) {
+  py::object by_code = py::module_::import("aiarch.errors").attr("ERRORS_BY_CODE");
+  py::object cls = by_code.attr("get")(static_cast<int>(status.code()));
+  if (cls.is_none()) cls = py::module_::import("aiarch.errors").attr("InternalError");
+  py::object exc = cls(status.message());
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw py::error_already_set();
+}
+
+void CheckDrift(const aiarch::Status& status) {
+  if (!status.ok()) ThrowDriftStatus(status);
+}
+
+py::array_t<uint64_t> ToArray(std::vector<uint64_t>&& v) {
+  auto* owned = new std::vector<uint64_t>(std::move(v));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<uint64_t>*>(p); });
+  return py::array_t<uint64_t>(static_cast<py::ssize_t>(owned->size()), owned->data(), owner);
+}
+
+// Counts a 2-D float32/float64 array (any strides) without copying; other
+// dtypes are converted to float64 first.
+void CountArray(aiarch::DriftSketch& sketch, const py::array& input) {
+  py::array arr = input;
+  const char kind = arr.dtype().kind();
+  const auto size = arr.dtype().itemsize();
+  const bool native_float = kind == 'f' && (size == 4 || size == 8);
+  if (!native_float || !arr.dtype().attr("isnative").cast<bool>()) {
+    arr = py::array_t<double>::ensure(input);
+    if (!arr) throw py::error_already_set();
+  }
+  if (arr.ndim() != 2) {
+    ThrowDriftStatus(aiarch::Status::InvalidArgument(
+        "expected a 2-D array (rows x features), got " + std::to_string(arr.ndim()) + " dims"));
+  }
+  const auto item = static_cast<py::ssize_t>(arr.itemsize());
+  if (arr.strides(0) % item != 0 || arr.strides(1) % item != 0) {
+    arr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(input);
+  }
+  aiarch::DriftBatch batch;
+  batch.data = arr.data();
+  batch.dtype = arr.itemsize() == 4 ? aiarch::DriftDType::kFloat32 : aiarch::DriftDType::kFloat64;
+  batch.rows = arr.shape(0);
+  batch.features = arr.shape(1);
+  batch.row_stride = arr.strides(0) / static_cast<py::ssize_t>(arr.itemsize());
+  batch.feature_stride = arr.strides(1) / static_cast<py::ssize_t>(arr.itemsize());
+  aiarch::Status st;
+  {
+    py::gil_scoped_release release;  // bins the batch: touches only `arr`'s buffer and the sketch
+    st = sketch.Count(batch);
+  }
+  CheckDrift(st);
+}
+
+}  // namespace
+
+void BindDrift(py::module_& m) {
+  py::class_<aiarch::DriftSketch>(
+      m, "DriftSketch",
+      "Per-feature binned counters against a reference profile's bins (one native call per "
+      "batch).")
+      .def(py::init([](const std::vector<int>& kinds,
+                       const std::vector<std::vector<double>>& points) {
+             if (kinds.size() != points.size()) {
+               ThrowDriftStatus(aiarch::Status::InvalidArgument(
+                   "kinds has " + std::to_string(kinds.size()) + " entries but points has " +
+                   std::to_string(points.size())));
+             }
+             std::vector<aiarch::FeatureBins> features(kinds.size());
+             for (size_t i = 0; i < kinds.size(); ++i) {
+               if (kinds[i] != 0 && kinds[i] != 1) {
+                 ThrowDriftStatus(aiarch::Status::InvalidArgument(
+                     "kind of feature " + std::to_string(i) +
+                     " must be 0 (numeric) or 1 (categorical), got " + std::to_string(kinds[i])));
+               }
+               features[i].kind = static_cast<aiarch::FeatureKind>(kinds[i]);
+               features[i].points = points[i];
+             }
+             std::unique_ptr<aiarch::DriftSketch> sketch;
+             CheckDrift(aiarch::DriftSketch::Create(std::move(features), &sketch));
+             return sketch;
+           }),
+           py::arg("kinds"), py::arg("points"))
+      .def("count", &CountArray, py::arg("batch"),
+           "Counts a rows x features array (NaN/inf are nulls). Thread-safe; releases the GIL.")
+      .def("bin_of", &aiarch::DriftSketch::BinOf, py::arg("feature"), py::arg("value"))
+      .def("take_window", [](aiarch::DriftSketch& s) { return ToArray(s.TakeWindow()); })
+      .def("peek_window", [](const aiarch::DriftSketch& s) { return ToArray(s.PeekWindow()); })
+      .def("totals", [](const aiarch::DriftSketch& s) { return ToArray(s.Totals()); })
+      .def_property_readonly("num_features", &aiarch::DriftSketch::num_features)
+      .def_property_readonly("num_bins", &aiarch::DriftSketch::num_bins)
+      .def_property_readonly("values_counted", &aiarch::DriftSketch::values_counted)
+      .def_property_readonly("offsets", [](const aiarch::DriftSketch& s) {
+        std::vector<uint64_t> out(s.num_features() + 1, 0);
+        for (size_t f = 0; f < s.num_features(); ++f) out[f] = s.offset(f);
+        out[s.num_features()] = s.num_bins();
+        return ToArray(std::move(out));
+      });
+}

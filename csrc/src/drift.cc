@@ -1,0 +1,225 @@
+#include "aiarch/drift.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+
+namespace aiarch {
+namespace {
+
+constexpr size_t kMaxPoints = 65535;
+// Count tiles: 64 features' search tables (8 KiB at 10 bins) plus 64 rows of
+// their values stay in L1.
+constexpr int64_t kRowTile = 64;
+constexpr int64_t kFeatureTile = 64;
+// Rows per scratch flush; keeps every scratch counter below 2^32.
+constexpr int64_t kRowsPerFlush = int64_t{1} << 30;
+
+size_t SearchLength(size_t points) {
+  // A power of two with at least one +inf pad, so the branch-free search
+  // below never needs a bounds check.
+  size_t n = 1;
+  while (n <= points) n <<= 1;
+  return n;
+}
+
+// Number of points <= v among the first `len` (a power of two) entries of s,
+// whose last entry is +inf. Branch-free: log2(len) compares and selects.
+inline size_t CountAtOrBelow(const double* s, size_t len, double v) {
+  size_t pos = 0;
+  for (size_t step = len >> 1; step > 0; step >>= 1) {
+    pos += (s[pos + step - 1] <= v) ? step : 0;
+  }
+  return pos;
+}
+
+// True for finite v (false for NaN and +/-inf) without a branch.
+inline bool IsFinite(double v) { return (v - v) == 0.0; }
+
+}  // namespace
+
+Status DriftSketch::Create(std::vector<FeatureBins> features, std::unique_ptr<DriftSketch>* out) {
+  for (size_t f = 0; f < features.size(); ++f) {
+    const auto& p = features[f].points;
+    const char* what = features[f].kind == FeatureKind::kNumeric ? "edges" : "codes";
+    if (p.size() > kMaxPoints) {
+      return Status::InvalidArgument("feature " + std::to_string(f) + " has " +
+                                     std::to_string(p.size()) + " " + what + "; at most " +
+                                     std::to_string(kMaxPoints) + " are supported");
+    }
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (!std::isfinite(p[i])) {
+        return Status::InvalidArgument("feature " + std::to_string(f) + ": " + what +
+                                       " must be finite; entry " + std::to_string(i) + " is " +
+                                       std::to_string(p[i]));
+      }
+      if (i > 0 && !(p[i - 1] < p[i])) {
+        return Status::InvalidArgument("feature " + std::to_string(f) + ": " + what +
+                                       " must be strictly increasing; entry " + std::to_string(i) +
+                                       " (" + std::to_string(p[i]) + ") follows " +
+                                       std::to_string(p[i - 1]));
+      }
+    }
+  }
+  out->reset(new DriftSketch(std::move(features)));
+  return Status::Ok();
+}
+
+DriftSketch::DriftSketch(std::vector<FeatureBins> features) : features_(std::move(features)) {
+  layout_.resize(features_.size());
+  size_t search_total = 0;
+  for (size_t f = 0; f < features_.size(); ++f) {
+    Layout& l = layout_[f];
+    l.kind = features_[f].kind;
+    l.offset = total_bins_;
+    l.bins = features_[f].points.size() + 2;
+    l.search_len = SearchLength(features_[f].points.size());
+    l.search_at = search_total;
+    total_bins_ += l.bins;
+    search_total += l.search_len;
+  }
+  search_.assign(search_total, std::numeric_limits<double>::infinity());
+  for (size_t f = 0; f < features_.size(); ++f) {
+    std::copy(features_[f].points.begin(), features_[f].points.end(),
+              search_.begin() + static_cast<std::ptrdiff_t>(layout_[f].search_at));
+  }
+  counts_.reset(new std::atomic<uint64_t>[total_bins_]);
+  for (size_t i = 0; i < total_bins_; ++i) counts_[i].store(0, std::memory_order_relaxed);
+  totals_.assign(total_bins_, 0);
+  uniform_numeric_len_ = layout_.empty() ? 0 : layout_[0].search_len;
+  for (const Layout& l : layout_) {
+    if (l.kind != FeatureKind::kNumeric || l.search_len != layout_[0].search_len)
+      uniform_numeric_len_ = 0;
+  }
+}
+
+uint32_t DriftSketch::BinOf(size_t feature, double v) const {
+  const Layout& l = layout_[feature];
+  const double* s = search_.data() + l.search_at;
+  const size_t pos = CountAtOrBelow(s, l.search_len, v);
+  if (!IsFinite(v)) return 0;
+  if (l.kind == FeatureKind::kNumeric) return static_cast<uint32_t>(pos + 1);
+  const bool match = pos > 0 && s[pos - 1] == v;
+  return static_cast<uint32_t>(match ? pos : l.bins - 1);
+}
+
+template <typename T>
+void DriftSketch::CountInto(const DriftBatch& batch, uint32_t* scratch) const {
+  switch (uniform_numeric_len_) {
+    case 4: CountRows<T, 4>(batch, scratch); break;
+    case 8: CountRows<T, 8>(batch, scratch); break;
+    case 16: CountRows<T, 16>(batch, scratch); break;
+    case 32: CountRows<T, 32>(batch, scratch); break;
+    default: CountRows<T, 0>(batch, scratch);
+  }
+}
+
+// Rows outermost, features innermost: a row-major batch is read sequentially,
+// and consecutive increments hit different features' counters, so they do not
+// wait on each other through memory. kLen > 0: every feature is numeric with
+// that search length, and the search is fully unrolled.
+template <typename T, int kLen>
+void DriftSketch::CountRows(const DriftBatch& batch, uint32_t* scratch) const {
+  const T* base = static_cast<const T*>(batch.data);
+  const Layout* layout = layout_.data();
+  const double* search = search_.data();
+  // Tiles of rows x features keep one tile's search tables, counters and
+  // values in L1 however many features the profile has.
+  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(batch.rows, r0 + kRowTile);
+    for (int64_t f0 = 0; f0 < batch.features; f0 += kFeatureTile) {
+      const int64_t f1 = std::min(batch.features, f0 + kFeatureTile);
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* row = base + r * batch.row_stride;
+        for (int64_t f = f0; f < f1; ++f) {
+          const Layout& l = layout[f];
+          const double* s = search + l.search_at;
+          const double v = static_cast<double>(row[f * batch.feature_stride]);
+          uint32_t bin;
+          if (kLen > 0) {
+            size_t pos = 0;
+            for (int step = kLen >> 1; step > 0; step >>= 1) {
+              pos += (s[pos + step - 1] <= v) ? step : 0;
+            }
+            bin = IsFinite(v) ? static_cast<uint32_t>(pos + 1) : 0;
+          } else {
+            const size_t pos = CountAtOrBelow(s, l.search_len, v);
+            if (l.kind == FeatureKind::kNumeric) {
+              bin = static_cast<uint32_t>(pos + 1);
+            } else {
+              const bool match = pos > 0 && s[pos - 1] == v;
+              bin = match ? static_cast<uint32_t>(pos) : static_cast<uint32_t>(l.bins - 1);
+            }
+            bin = IsFinite(v) ? bin : 0;
+          }
+          ++scratch[l.offset + bin];
+        }
+      }
+    }
+  }
+}
+
+Status DriftSketch::Count(const DriftBatch& batch) {
+  if (batch.features != static_cast<int64_t>(features_.size())) {
+    return Status::InvalidArgument("batch has " + std::to_string(batch.features) +
+                                   " feature columns; the profile has " +
+                                   std::to_string(features_.size()));
+  }
+  if (batch.rows < 0) return Status::InvalidArgument("batch has a negative row count");
+  if (batch.rows == 0 || batch.features == 0) return Status::Ok();
+  if (batch.data == nullptr) return Status::InvalidArgument("batch has no data");
+
+  // One scratch block per thread, reused across batches and sketches.
+  thread_local std::vector<uint32_t> scratch;
+  if (scratch.size() < total_bins_) scratch.resize(total_bins_);
+  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowsPerFlush) {
+    DriftBatch part = batch;
+    part.rows = std::min(kRowsPerFlush, batch.rows - r0);
+    const size_t elem = batch.dtype == DriftDType::kFloat32 ? sizeof(float) : sizeof(double);
+    part.data = static_cast<const char*>(batch.data) + r0 * batch.row_stride * int64_t(elem);
+    std::fill(scratch.begin(), scratch.begin() + static_cast<std::ptrdiff_t>(total_bins_), 0u);
+    if (batch.dtype == DriftDType::kFloat32) {
+      CountInto<float>(part, scratch.data());
+    } else {
+      CountInto<double>(part, scratch.data());
+    }
+    for (size_t i = 0; i < total_bins_; ++i) {
+      // Relaxed: a counter is a plain tally; TakeWindow()'s exchange on the
+      // same counter sees every add that precedes it in its modification order.
+      if (scratch[i] != 0) counts_[i].fetch_add(scratch[i], std::memory_order_relaxed);
+    }
+  }
+  // Relaxed: an informational total, not used to order other data.
+  values_.fetch_add(static_cast<uint64_t>(batch.rows * batch.features), std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+std::vector<uint64_t> DriftSketch::TakeWindow() {
+  std::lock_guard<std::mutex> lock(window_mu_);
+  std::vector<uint64_t> window(total_bins_);
+  for (size_t i = 0; i < total_bins_; ++i) {
+    // Relaxed: the exchange is atomic per counter, so each add from Count()
+    // lands either before it (this window) or after it (the next one).
+    window[i] = counts_[i].exchange(0, std::memory_order_relaxed);
+    totals_[i] += window[i];
+  }
+  return window;
+}
+
+std::vector<uint64_t> DriftSketch::PeekWindow() const {
+  std::vector<uint64_t> window(total_bins_);
+  for (size_t i = 0; i < total_bins_; ++i) {
+    // Relaxed: a best-effort read, like HistogramSnapshot.
+    window[i] = counts_[i].load(std::memory_order_relaxed);
+  }
+  return window;
+}
+
+std::vector<uint64_t> DriftSketch::Totals() const {
+  std::lock_guard<std::mutex> lock(window_mu_);
+  return totals_;
+}
+
+}  // namespace aiarch

@@ -1,0 +1,192 @@
+// Drift sketch tests: bin layout pinned to literals, nulls, strided and
+// float32 batches, invalid profiles, and concurrent counting plus window
+// rotation against a single-threaded oracle.
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "aiarch/drift.h"
+#include "check.h"
+
+namespace aiarch {
+namespace {
+
+constexpr uint64_t kSeed = 0x5EED0007;
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::unique_ptr<DriftSketch> MakeSketch() {
+  std::vector<FeatureBins> f(2);
+  f[0].kind = FeatureKind::kNumeric;
+  f[0].points = {0.0, 1.0, 2.0};  // bins: null, <0, [0,1), [1,2), >=2
+  f[1].kind = FeatureKind::kCategorical;
+  f[1].points = {3.0, 7.0};  // bins: null, 3, 7, unknown
+  std::unique_ptr<DriftSketch> s;
+  CHECK(DriftSketch::Create(std::move(f), &s).ok());
+  return s;
+}
+
+void TestBinsGolden() {
+  auto s = MakeSketch();
+  CHECK_EQ(s->num_bins(), size_t{9});
+  CHECK_EQ(s->offset(1), size_t{5});
+  CHECK_EQ(s->BinOf(0, -5.0), 1u);
+  CHECK_EQ(s->BinOf(0, 0.0), 2u);
+  CHECK_EQ(s->BinOf(0, 0.5), 2u);
+  CHECK_EQ(s->BinOf(0, 1.0), 3u);
+  CHECK_EQ(s->BinOf(0, 1.999), 3u);
+  CHECK_EQ(s->BinOf(0, 2.0), 4u);
+  CHECK_EQ(s->BinOf(0, 1e300), 4u);
+  CHECK_EQ(s->BinOf(0, kNan), 0u);
+  CHECK_EQ(s->BinOf(0, kInf), 0u);
+  CHECK_EQ(s->BinOf(0, -kInf), 0u);
+  CHECK_EQ(s->BinOf(1, 3.0), 1u);
+  CHECK_EQ(s->BinOf(1, 7.0), 2u);
+  CHECK_EQ(s->BinOf(1, 5.0), 3u);
+  CHECK_EQ(s->BinOf(1, 100.0), 3u);
+  CHECK_EQ(s->BinOf(1, -1.0), 3u);
+  CHECK_EQ(s->BinOf(1, kNan), 0u);
+}
+
+void TestCountRowMajorAndStrided() {
+  auto s = MakeSketch();
+  // 4 rows x 2 features, row-major.
+  const double rows[] = {-1, 3, 0.5, 7, 2.5, 4, kNan, kInf};
+  DriftBatch b{rows, DriftDType::kFloat64, 4, 2, 2, 1};
+  CHECK(s->Count(b).ok());
+  const std::vector<uint64_t> want = {1, 1, 1, 0, 1, 1, 1, 1, 1};
+  CHECK(s->PeekWindow() == want);
+  // The same batch column-major (feature stride = rows) as float32.
+  const float cols[] = {-1, 0.5f, 2.5f, NAN, 3, 7, 4, INFINITY};
+  DriftBatch c{cols, DriftDType::kFloat32, 4, 2, 1, 4};
+  CHECK(s->Count(c).ok());
+  std::vector<uint64_t> twice(want);
+  for (auto& x : twice) x *= 2;
+  CHECK(s->PeekWindow() == twice);
+  CHECK_EQ(s->values_counted(), uint64_t{16});
+  // Rotation: the window moves into the totals.
+  CHECK(s->TakeWindow() == twice);
+  CHECK(s->PeekWindow() == std::vector<uint64_t>(9, 0));
+  CHECK(s->Totals() == twice);
+}
+
+void TestInvalid() {
+  std::unique_ptr<DriftSketch> s;
+  std::vector<FeatureBins> f(1);
+  f[0].points = {1.0, 1.0};
+  Status st = DriftSketch::Create(f, &s);
+  CHECK(!st.ok());
+  CHECK(st.message().find("strictly increasing") != std::string::npos);
+  f[0].points = {0.0, kNan};
+  CHECK(!DriftSketch::Create(f, &s).ok());
+  CHECK(s == nullptr);
+  auto ok = MakeSketch();
+  const double v[3] = {1, 2, 3};
+  Status wrong = ok->Count(DriftBatch{v, DriftDType::kFloat64, 1, 3, 3, 1});
+  CHECK(!wrong.ok());
+  CHECK(wrong.message().find("3 feature columns; the profile has 2") != std::string::npos);
+}
+
+void TestNoPointsFeature() {
+  std::vector<FeatureBins> f(1);
+  std::unique_ptr<DriftSketch> s;
+  CHECK(DriftSketch::Create(f, &s).ok());
+  CHECK_EQ(s->BinOf(0, 42.0), 1u);
+  CHECK_EQ(s->BinOf(0, kNan), 0u);
+}
+
+// All-numeric profiles with one search length take the unrolled path; it must
+// bin exactly like BinOf (the generic search) for every length it covers.
+void TestUniformFastPathMatchesBinOf() {
+  std::mt19937_64 rng(kSeed);
+  std::normal_distribution<double> normal(0.0, 2.0);
+  for (size_t edges : {size_t{2}, size_t{5}, size_t{9}, size_t{20}, size_t{40}}) {
+    test::SetContext("edges=" + std::to_string(edges));
+    std::vector<FeatureBins> f(3);
+    for (size_t j = 0; j < f.size(); ++j) {
+      for (size_t i = 0; i < edges; ++i) f[j].points.push_back(-3.0 + 6.0 * i / edges + 0.1 * j);
+    }
+    std::unique_ptr<DriftSketch> s;
+    CHECK(DriftSketch::Create(f, &s).ok());
+    constexpr int kRows = 500;
+    std::vector<double> x(kRows * 3);
+    std::vector<uint64_t> want(s->num_bins(), 0);
+    for (int r = 0; r < kRows; ++r) {
+      for (size_t j = 0; j < 3; ++j) {
+        double v = normal(rng);
+        if (r % 17 == 0) v = kNan;
+        if (r % 23 == 0) v = f[j].points[static_cast<size_t>(r) % edges];  // exactly on an edge
+        x[r * 3 + j] = v;
+        ++want[s->offset(j) + s->BinOf(j, v)];
+      }
+    }
+    CHECK(s->Count(DriftBatch{x.data(), DriftDType::kFloat64, kRows, 3, 3, 1}).ok());
+    CHECK(s->PeekWindow() == want);
+  }
+  test::SetContext("");
+}
+
+// Many threads count seeded batches while another rotates windows; the sum of
+// the windows plus the last partial window equals a sequential count.
+void TestConcurrentCountMatchesSequential() {
+  test::SetContext("seed=" + std::to_string(kSeed));
+  constexpr int kThreads = 4, kBatches = 200, kRows = 64, kFeatures = 2;
+  std::vector<std::vector<double>> batches(kThreads * kBatches);
+  std::mt19937_64 rng(kSeed);
+  std::normal_distribution<double> normal(1.0, 1.5);
+  std::uniform_int_distribution<int> cat(0, 9);
+  for (auto& b : batches) {
+    b.resize(kRows * kFeatures);
+    for (int r = 0; r < kRows; ++r) {
+      b[r * 2] = (rng() % 50 == 0) ? kNan : normal(rng);
+      b[r * 2 + 1] = cat(rng);
+    }
+  }
+  auto oracle = MakeSketch();
+  for (const auto& b : batches) {
+    CHECK(oracle->Count(DriftBatch{b.data(), DriftDType::kFloat64, kRows, kFeatures, 2, 1}).ok());
+  }
+  const auto want = oracle->PeekWindow();
+
+  auto real = MakeSketch();
+  std::vector<uint64_t> sum(real->num_bins(), 0);
+  std::atomic<int> running{kThreads};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kBatches; ++i) {
+        const auto& b = batches[t * kBatches + i];
+        CHECK(real->Count(DriftBatch{b.data(), DriftDType::kFloat64, kRows, kFeatures, 2, 1}).ok());
+      }
+      // Release: pairs with the acquire load in the rotating loop below.
+      running.fetch_sub(1, std::memory_order_release);
+    });
+  }
+  while (running.load(std::memory_order_acquire) > 0) {
+    const auto w = real->TakeWindow();
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += w[i];
+  }
+  for (auto& th : threads) th.join();
+  const auto last = real->TakeWindow();
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] += last[i];
+  CHECK(sum == want);
+  CHECK(real->Totals() == want);
+  test::SetContext("");
+}
+
+}  // namespace
+}  // namespace aiarch
+
+int main() {
+  aiarch::TestBinsGolden();
+  aiarch::TestCountRowMajorAndStrided();
+  aiarch::TestInvalid();
+  aiarch::TestNoPointsFeature();
+  aiarch::TestUniformFastPathMatchesBinOf();
+  aiarch::TestConcurrentCountMatchesSequential();
+  return aiarch::test::Finish("test_drift");
+}

@@ -1,0 +1,269 @@
+"""Drift metrics on binned counts: PSI, Jensen-Shannon distance, binned KS, binned Wasserstein.
+
+Every function takes a feature's counts in the sketch layout (null bin first, see
+:mod:`aiarch.monitor.profile`); nulls are reported as a rate and left out of the distributions.
+
+Defaults follow Evidently: on a large window (more than ``small_window_rows`` non-null values)
+a numeric feature drifts when its normalized Wasserstein distance is >= 0.1 and a categorical
+one when its Jensen-Shannon distance is >= 0.1; on a small window the test is statistical — the
+two-sample KS test on the binned CDFs (numeric) or a chi-square test on the bin counts
+(categorical) — with drift at p < 0.05. A dataset drifts when at least half its features do.
+
+Binning makes the KS statistic a lower bound of the exact one (the CDFs are compared only at
+the bin edges), so the binned KS test is conservative: its false-alarm rate is at most alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+
+from aiarch.errors import InvalidArgumentError
+
+from .profile import Profile
+
+__all__ = [
+    "DatasetDrift",
+    "DriftConfig",
+    "FeatureDrift",
+    "FeatureDriftConfig",
+    "chisquare_pvalue",
+    "evaluate_drift",
+    "js_distance",
+    "ks_binned",
+    "ks_pvalue",
+    "psi",
+    "wasserstein_binned",
+]
+
+SMOOTHING = 1e-4
+"""Proportion substituted for an empty bin in PSI and chi-square (as Evidently does)."""
+
+Method = Literal["auto", "psi", "js", "wasserstein", "ks", "chisquare"]
+_METHODS = ("auto", "psi", "js", "wasserstein", "ks", "chisquare")
+_P_VALUE_METHODS = ("ks", "chisquare")
+
+
+def _proportions(counts: np.ndarray, smooth: bool) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    p = c / total if total > 0 else np.zeros_like(c)
+    if smooth:
+        p = np.where(p == 0, SMOOTHING, p)
+    return p
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> float:
+    """Population stability index over non-null bins (``counts[1:]``), empty bins smoothed."""
+    r = _proportions(reference[1:], True)
+    c = _proportions(current[1:], True)
+    return float(np.sum((r - c) * np.log(r / c)))
+
+
+def js_distance(reference: np.ndarray, current: np.ndarray) -> float:
+    """Jensen-Shannon distance (natural log, as scipy.spatial.distance.jensenshannon)."""
+    r = _proportions(reference[1:], False)
+    c = _proportions(current[1:], False)
+    m = (r + c) / 2
+
+    def kl(p: np.ndarray) -> float:
+        nz = p > 0
+        return float(np.sum(p[nz] * np.log(p[nz] / m[nz])))
+
+    return math.sqrt(max(0.0, (kl(r) + kl(c)) / 2))
+
+
+def ks_binned(reference: np.ndarray, current: np.ndarray) -> float:
+    """Largest gap between the binned CDFs (ordered non-null bins)."""
+    r = np.cumsum(_proportions(reference[1:], False))
+    c = np.cumsum(_proportions(current[1:], False))
+    return float(np.max(np.abs(r - c))) if r.size else 0.0
+
+
+def wasserstein_binned(reference: np.ndarray, current: np.ndarray, centers: np.ndarray) -> float:
+    """Earth mover's distance with each non-null bin's mass at its center value."""
+    r = np.cumsum(_proportions(reference[1:], False))
+    c = np.cumsum(_proportions(current[1:], False))
+    gaps = np.diff(np.asarray(centers, dtype=np.float64))
+    return float(np.sum(np.abs(r - c)[:-1] * gaps))
+
+
+def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
+    """Two-sample KS p-value (scipy's asymptotic form: kstwo at the effective size)."""
+    from scipy.stats import kstwo
+
+    if n_reference <= 0 or n_current <= 0:
+        return 1.0
+    en = n_reference * n_current / (n_reference + n_current)
+    return float(kstwo.sf(statistic, max(1, round(en))))
+
+
+def chisquare_pvalue(reference: np.ndarray, current: np.ndarray) -> float:
+    """Chi-square goodness of fit of the current bin counts to the (smoothed) reference."""
+    from scipy.stats import chisquare
+
+    cur = np.asarray(current[1:], dtype=np.float64)
+    n = cur.sum()
+    if n <= 0 or cur.size < 2:
+        return 1.0
+    expected = _proportions(reference[1:], True)
+    expected = expected / expected.sum() * n
+    return float(chisquare(cur, expected).pvalue)
+
+
+@dataclass(frozen=True)
+class FeatureDriftConfig:
+    """How one feature's drift is decided."""
+
+    method: Method = "auto"
+    """auto (Evidently's choice by window size and kind), psi, js, wasserstein (normalized by
+    the reference std), ks or chisquare (p-value tests)."""
+    threshold: float | None = None
+    """Drift when score >= threshold (distances) or p-value < threshold (tests); None = the
+    DriftConfig default for the method."""
+
+    def __post_init__(self) -> None:
+        if self.method not in _METHODS:
+            raise InvalidArgumentError(
+                f"unknown drift method {self.method!r}; expected one of {_METHODS}"
+            )
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Dataset-level drift settings and per-feature overrides."""
+
+    effect_threshold: float = 0.1
+    """Default threshold of psi, js and wasserstein (drift when score >= it)."""
+    alpha: float = 0.05
+    """Default significance of ks and chisquare (drift when p-value < alpha)."""
+    small_window_rows: int = 1000
+    """With auto, windows with at most this many non-null values use a statistical test."""
+    drift_share: float = 0.5
+    """The dataset drifts when at least this share of its features drift."""
+    features: Mapping[str, FeatureDriftConfig] = field(default_factory=dict)
+    """Per-feature overrides by feature name."""
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> DriftConfig:
+        """From a config-file table, e.g. ``{"drift_share": 0.3, "features": {"age":
+        {"method": "psi", "threshold": 0.2}}}``."""
+        table = dict(table)
+        feats = {k: FeatureDriftConfig(**v) for k, v in dict(table.pop("features", {})).items()}
+        return cls(**table, features=feats)
+
+
+class FeatureDrift(msgspec.Struct):
+    """Drift of one feature in one window."""
+
+    name: str
+    kind: str
+    rows: int
+    """Non-null values in the window."""
+    null_rate: float
+    psi: float
+    js: float
+    ks: float
+    wasserstein: float
+    """Normalized by the reference standard deviation (raw when it is 0); NaN for categoricals."""
+    method: str
+    """The method that decided ``drifted``."""
+    score: float
+    threshold: float
+    drifted: bool
+
+
+class DatasetDrift(msgspec.Struct):
+    """Drift of every feature in one window, and the dataset-level verdict."""
+
+    rows: int
+    """Rows in the window (values of the first feature, nulls included)."""
+    share: float
+    """Share of features that drifted."""
+    drifted: bool
+    features: list[FeatureDrift]
+
+
+def evaluate_drift(
+    profile: Profile, counts: np.ndarray, config: DriftConfig | None = None
+) -> DatasetDrift:
+    """Drift of a window's flat counts (the sketch layout) against the profile's reference."""
+    cfg = config or DriftConfig()
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = profile.offsets()
+    if counts.shape != (int(offsets[-1]),):
+        raise InvalidArgumentError(
+            f"counts have shape {counts.shape}; this profile's layout has {int(offsets[-1])} bins"
+        )
+    results = []
+    for i, f in enumerate(profile.features):
+        ref = np.asarray(f.reference_counts, dtype=np.int64)
+        cur = counts[offsets[i] : offsets[i + 1]]
+        results.append(_feature_drift(f, ref, cur, cfg, cfg.features.get(f.name)))
+    n = len(results)
+    share = sum(r.drifted for r in results) / n if n else 0.0
+    rows = int(counts[offsets[0] : offsets[1]].sum()) if n else 0
+    return DatasetDrift(
+        rows=rows, share=share, drifted=n > 0 and share >= cfg.drift_share, features=results
+    )
+
+
+def _feature_drift(
+    f: Any, ref: np.ndarray, cur: np.ndarray, cfg: DriftConfig, own: FeatureDriftConfig | None
+) -> FeatureDrift:
+    total = int(cur.sum())
+    rows = total - int(cur[0])
+    null_rate = cur[0] / total if total else 0.0
+    numeric = f.kind == "numeric"
+    nan = float("nan")
+    if rows == 0 or int(ref[1:].sum()) == 0:
+        return FeatureDrift(
+            f.name, f.kind, rows, float(null_rate), nan, nan, nan, nan, "none", nan, nan, False
+        )
+    p = psi(ref, cur)
+    js = js_distance(ref, cur)
+    ks = ks_binned(ref, cur) if numeric else nan
+    w = nan
+    if numeric:
+        w = wasserstein_binned(ref, cur, np.asarray(f.centers))
+        if f.std > 0:
+            w /= f.std
+    method = own.method if own is not None else "auto"
+    if method == "auto":
+        small = rows <= cfg.small_window_rows
+        method = ("ks" if small else "wasserstein") if numeric else ("chisquare" if small else "js")
+    if method in ("ks", "wasserstein") and not numeric:
+        raise InvalidArgumentError(
+            f"feature {f.name!r} is categorical; {method} needs numeric bins"
+        )
+    threshold = own.threshold if own is not None and own.threshold is not None else None
+    if method in _P_VALUE_METHODS:
+        threshold = cfg.alpha if threshold is None else threshold
+        if method == "ks":
+            score = ks_pvalue(ks, int(ref[1:].sum()), rows)
+        else:
+            score = chisquare_pvalue(ref, cur)
+        drifted = score < threshold
+    else:
+        threshold = cfg.effect_threshold if threshold is None else threshold
+        score = {"psi": p, "js": js, "wasserstein": w}[method]
+        drifted = score >= threshold
+    return FeatureDrift(
+        f.name,
+        f.kind,
+        rows,
+        float(null_rate),
+        p,
+        js,
+        ks,
+        w,
+        method,
+        score,
+        threshold,
+        bool(drifted),
+    )
