@@ -28,6 +28,8 @@
 namespace py = pybind11;
 using namespace aiarch;
 
+void BindLoadgen(py::module_& m);
+
 namespace {
 
 // ---------------------------------------------------------------- errors
@@ -713,4 +715,6 @@ PYBIND11_MODULE(_core, m) {
       .def("histogram", &PyModel::Histogram, py::arg("which"))
       .def("input_specs", &PyModel::InputSpecs)
       .def("output_specs", &PyModel::OutputSpecs);
+
+  BindLoadgen(m);
 }
