@@ -99,6 +99,7 @@ class PyLoadGenerator {
     d["timeouts"] = r.timeouts;
     d["unsent"] = r.unsent;
     d["waited_for_connection"] = r.waited_for_connection;
+    d["succeeded_in_window"] = r.succeeded_in_window;
     py::dict statuses;
     for (const auto& [code, count] : r.status_counts) statuses[py::int_(code)] = count;
     d["status_counts"] = statuses;

@@ -167,7 +167,7 @@ struct Conn {
 // when the worker exits.
 struct Tally {
   uint64_t scheduled = 0, sent = 0, completed = 0, succeeded = 0, io_errors = 0, timeouts = 0,
-           unsent = 0, waited = 0;
+           unsent = 0, waited = 0, succeeded_in_window = 0;
   std::array<uint64_t, 600> status{};
   uint64_t status_other = 0;
   int64_t first_ns = kNever, last_reply_ns = 0;
@@ -495,6 +495,9 @@ class Worker {
     Bump(progress_->completed);
     const bool ok = status >= 200 && status < 300;
     if (!ok) Bump(progress_->errors);
+    if (ok && now >= s_->measure_start_ns && now < s_->measure_end_ns) {
+      ++tally_.succeeded_in_window;
+    }
     if (f.measured) {
       ++tally_.completed;
       if (ok) ++tally_.succeeded;
@@ -670,6 +673,7 @@ class Worker {
     t.timeouts += tally_.timeouts;
     t.unsent += tally_.unsent;
     t.waited += tally_.waited;
+    t.succeeded_in_window += tally_.succeeded_in_window;
     for (size_t k = 0; k < t.status.size(); ++k) t.status[k] += tally_.status[k];
     t.status_other += tally_.status_other;
     t.first_ns = std::min(t.first_ns, tally_.first_ns);
@@ -829,6 +833,7 @@ Status LoadGenerator::Result(LoadgenResult* out) const {
   out->timeouts = t.timeouts;
   out->unsent = t.unsent;
   out->waited_for_connection = t.waited;
+  out->succeeded_in_window = t.succeeded_in_window;
   out->status_counts.clear();
   for (size_t k = 0; k < t.status.size(); ++k) {
     if (t.status[k] != 0) out->status_counts.emplace_back(static_cast<int>(k), t.status[k]);

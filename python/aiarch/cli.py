@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .bench.cli import add_parser as _add_bench
+
 __all__ = ["build_parser", "main"]
 
 
@@ -218,6 +220,7 @@ def _serve(args: argparse.Namespace) -> int:
 # their own package expose `add_parser(subparsers)` from a light `cli` module.
 _COMMANDS: list[Callable[[Any], None]] = [
     _add_serve,
+    _add_bench,
 ]
 
 

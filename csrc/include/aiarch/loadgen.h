@@ -90,6 +90,9 @@ struct LoadgenResult {
   uint64_t timeouts = 0;               // no reply within drain_timeout after the schedule ended
   uint64_t unsent = 0;                 // never written (stopped, or no connection could be made)
   uint64_t waited_for_connection = 0;  // due while every connection was busy
+  // 2xx replies that arrived inside the measured window (whenever their
+  // request was sent): the window's throughput when a duration is set.
+  uint64_t succeeded_in_window = 0;
   std::vector<std::pair<int, uint64_t>> status_counts;  // HTTP status -> replies
   int64_t window_ns = 0;    // first measured intended/write time -> last measured reply
   bool stopped = false;     // Stop() ended the run early
