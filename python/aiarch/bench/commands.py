@@ -211,11 +211,10 @@ def _capacity_settings(args: argparse.Namespace) -> CapacitySettings:
         mode=args.arrivals,
     )
     cfg.validate()
-    if args.peak_rps is not None:
-        if not args.peak_rps > 0:
-            raise InvalidArgumentError(f"--peak-rps must be > 0, got {args.peak_rps}")
-        if not 0 <= args.headroom < 1:
-            raise InvalidArgumentError(f"--headroom must be in [0, 1), got {args.headroom}")
+    if args.peak_rps is not None and not args.peak_rps > 0:
+        raise InvalidArgumentError(f"--peak-rps must be > 0, got {args.peak_rps}")
+    if not 0 <= args.headroom < 1:
+        raise InvalidArgumentError(f"--headroom must be in [0, 1), got {args.headroom}")
     return cfg
 
 
@@ -430,8 +429,6 @@ def _sweep(args: argparse.Namespace, progress: ProgressBar) -> int:
     load = _load_settings(args)
     if not args.model:
         raise InvalidArgumentError("sweep needs --model NAME (the name each server serves)")
-    if args.url or getattr(args, "in_process", None):
-        raise InvalidArgumentError("sweep starts its own servers; drop --url / --in-process")
     configs = sweep_configs(args.source, args.batch_sizes, args.delays_us, args.instance_counts)
     results: list[tuple[Any, CapacityResult | None, str]] = []
     for k, sc in enumerate(configs):
