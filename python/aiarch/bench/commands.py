@@ -95,7 +95,7 @@ def _open_target(
         if not args.model:
             raise InvalidArgumentError("--url needs --model NAME")
         return _http_runner(url, args.model, args, progress)
-    return _in_process_runner(in_process, args, progress, stack)
+    return _in_process_runner(str(in_process), args, progress, stack)
 
 
 def _http_runner(

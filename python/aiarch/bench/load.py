@@ -298,7 +298,8 @@ def run_in_process(
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
-    return runner(_in_process(runtime, model, inputs, settings, progress))  # type: ignore[no-any-return]
+    point: Point = runner(_in_process(runtime, model, inputs, settings, progress))
+    return point
 
 
 async def _in_process(

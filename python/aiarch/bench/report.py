@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -197,7 +197,7 @@ def plot_latency_vs_rate(
 
 def plot_throughput_vs_latency(
     path: str,
-    series: dict[str, Sequence[tuple[float, float]]],
+    series: Mapping[str, Sequence[tuple[float, float]]],
     *,
     slo_ms: float | None = None,
     title: str = "",
