@@ -30,6 +30,7 @@ using namespace aiarch;
 
 void BindFeatures(py::module_& m);  // bind_features.cpp
 void BindDrift(py::module_& m);  // bind_drift.cpp
+void BindLoadgen(py::module_& m);
 
 namespace {
 
@@ -719,4 +720,5 @@ PYBIND11_MODULE(_core, m) {
 
   BindFeatures(m);
   BindDrift(m);
+  BindLoadgen(m);
 }

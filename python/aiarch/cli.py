@@ -377,6 +377,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _package_command("aiarch.registry.cli"),
     _package_command("aiarch.features.cli"),
     _package_command("aiarch.monitor.cli"),
+    _package_command("aiarch.bench.cli"),
 ]
 
 
