@@ -218,6 +218,7 @@ def _serve(args: argparse.Namespace) -> int:
 # their own package expose `add_parser(subparsers)` from a light `cli` module.
 _COMMANDS: list[Callable[[Any], None]] = [
     _add_serve,
+    __import__("aiarch.train.cli", fromlist=["add_parser"]).add_parser,
 ]
 
 
