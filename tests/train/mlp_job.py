@@ -47,7 +47,9 @@ class MlpJob(aiarch.train.Pipeline):
         self.x, self.y = make_data(2048, seed=1)
 
     def prepare_data(self):
-        return TensorDataset(self.x[:1536], self.y[:1536]), TensorDataset(self.x[1536:], self.y[1536:])
+        return TensorDataset(self.x[:1536], self.y[:1536]), TensorDataset(
+            self.x[1536:], self.y[1536:]
+        )
 
     def build_model(self) -> torch.nn.Module:
         return torch.nn.Sequential(

@@ -61,7 +61,9 @@ def test_round_trip_loads_modules_and_optimizers_into_objects(tmp_path):
     assert loaded.step == 7 and loaded.state["epoch"] == 7 and loaded.state["note"] == "x"
     for a, b in zip(model.parameters(), other.parameters()):
         assert torch.equal(a, b)
-    assert other_opt.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+    assert other_opt.state_dict()["state"][0]["exp_avg"].equal(
+        opt.state_dict()["state"][0]["exp_avg"]
+    )
     assert store.latest_step() == 7
 
 
@@ -69,7 +71,9 @@ def test_missing_entry_for_into_names_what_exists(tmp_path):
     store = make_store(tmp_path)
     store.save({"model": torch.nn.Linear(2, 2)}, step=0)
     with pytest.raises(KeyError, match=r"no entry 'optimizer'; it has: model"):
-        store.load_latest(into={"optimizer": torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), 0.1)})
+        store.load_latest(
+            into={"optimizer": torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), 0.1)}
+        )
 
 
 def test_crash_while_writing_file_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -127,7 +131,7 @@ def test_damaged_file_is_refused_with_its_digest(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointCorruptError, match="step-000000003.pt has sha256"):
+    with pytest.raises(CheckpointCorruptError, match=r"step-000000003\.pt has sha256"):
         store.load_latest()
 
 
@@ -147,13 +151,16 @@ def test_keeps_the_newest_checkpoints_only(tmp_path):
     assert files == ["step-000000003.pt", "step-000000004.pt"]
     pointer = json.loads((tmp_path / "ckpt" / "latest.json").read_text())
     assert pointer["step"] == 4 and pointer["file"] == "step-000000004.pt"
-    assert len(pointer["sha256"]) == 64 and pointer["bytes"] == (tmp_path / "ckpt" / files[-1]).stat().st_size
+    assert (
+        len(pointer["sha256"]) == 64
+        and pointer["bytes"] == (tmp_path / "ckpt" / files[-1]).stat().st_size
+    )
 
 
 def test_weights_only_refuses_arbitrary_objects(tmp_path):
     store = make_store(tmp_path)
     store.save({"obj": Path("/etc")}, step=0)
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported|not an allowed"):
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported|not an allowed"):
         store.load_latest()
     loaded = store.load_latest(weights_only=False)
     assert loaded is not None and loaded.state["obj"] == Path("/etc")

@@ -24,9 +24,20 @@ def clean_pair(module_jobs: Jobs) -> tuple[list[Finished], list[dict]]:
     outs = [module_jobs.cwd / f"clean-{i}.json" for i in range(2)]
     started = [
         module_jobs.cli(
-            str(JOB), "--nproc", "2", "--max-restarts", "0", "--json",
-            "--", "--meet", str(meet), "--meet-count", "2", "--out", str(out),
-        )  # fmt: skip
+            str(JOB),
+            "--nproc",
+            "2",
+            "--max-restarts",
+            "0",
+            "--json",
+            "--",
+            "--meet",
+            str(meet),
+            "--meet-count",
+            "2",
+            "--out",
+            str(out),
+        )
         for out in outs
     ]
     finished = [job.wait() for job in started]
@@ -68,8 +79,11 @@ def test_killed_rank_resumes_from_last_complete_checkpoint(jobs, clean_pair):
     assert result["restarts"] == 1
     # epochs 0 and 1 ran once; epoch 2 died mid-way and ran again after the restart
     assert [(e["restart_count"], e["epoch"]) for e in result["epochs"]] == [
-        (0, 0), (0, 1), (1, 2), (1, 3),
-    ]  # fmt: skip
+        (0, 0),
+        (0, 1),
+        (1, 2),
+        (1, 3),
+    ]
     resumed = out_json(out)
     assert resumed["restart_count"] == 1 and resumed["start_epoch"] == 2
     # Resuming model + optimizer + sampler epoch from the checkpoint reproduces the
@@ -89,9 +103,17 @@ def test_killed_rank_resumes_from_last_complete_checkpoint(jobs, clean_pair):
 
 def test_dead_peer_fails_the_job_when_no_restarts_are_left(jobs):
     finished = jobs.cli(
-        str(JOB), "--nproc", "2", "--max-restarts", "0",
-        "--", "--kill-rank", "1", "--kill-epoch", "1",
-    ).wait()  # fmt: skip
+        str(JOB),
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "0",
+        "--",
+        "--kill-rank",
+        "1",
+        "--kill-epoch",
+        "1",
+    ).wait()
     assert finished.returncode == 1
     last = finished.stderr.strip().splitlines()[-1]
     assert last.startswith("aiarch train: training job ")
@@ -105,9 +127,19 @@ def test_hung_peer_fails_the_job_on_the_collective_timeout(jobs):
     # with --collective-timeout 3 the survivor gives up and the job fails well within
     # the subprocess bound.
     finished = jobs.cli(
-        str(JOB), "--nproc", "2", "--max-restarts", "0", "--collective-timeout", "3",
-        "--", "--hang-rank", "1", "--hang-epoch", "1",
-    ).wait(timeout=150)  # fmt: skip
+        str(JOB),
+        "--nproc",
+        "2",
+        "--max-restarts",
+        "0",
+        "--collective-timeout",
+        "3",
+        "--",
+        "--hang-rank",
+        "1",
+        "--hang-epoch",
+        "1",
+    ).wait(timeout=150)
     assert finished.returncode == 1
     last = finished.stderr.strip().splitlines()[-1]
     assert "rank 0 (local rank 0" in last and "exited with code 1" in last

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointCorruptError, CheckpointStore, LoadedCheckpoint
-    from .worker import Epoch, EpochLoader, TrainContext, context
     from .export import ExportedModel, export_model, hash_data
     from .launcher import TrainingError, TrainResult, launch
     from .pipeline import Pipeline, PipelineResult
     from .rundir import RunDir
+    from .worker import Epoch, EpochLoader, TrainContext, context
 
 __all__ = [
     "CheckpointCorruptError",

@@ -131,7 +131,9 @@ def _split_command(args: argparse.Namespace) -> tuple[str, list[str]] | str:
     script, rest = command[0], command[1:]
     if script.startswith("-"):
         return f"unknown option {script!r} (see aiarch train --help)"
-    head, tail = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
+    head, tail = (
+        (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
+    )
     _, unknown = _options().parse_known_args(head, namespace=args)
     if unknown:
         return (
@@ -156,7 +158,9 @@ def _summary_rows(result: Any) -> list[tuple[str, str]]:
         rows.append(("final loss", f"{last['loss']:.6f}"))
         rows.append(("samples/s (last)", f"{last['samples_per_s']:,.0f}"))
     for name, info in result.registered.items():
-        rows.append((f"registered {name}", f"version {info.get('version')}  {info.get('uri') or ''}"))
+        rows.append(
+            (f"registered {name}", f"version {info.get('version')}  {info.get('uri') or ''}")
+        )
     return rows
 
 

@@ -89,7 +89,11 @@ def export_model(
     import torch
 
     inputs = _as_inputs(example_input)
-    inner = getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
+    inner = (
+        getattr(model, "module", model)
+        if type(model).__name__ == "DistributedDataParallel"
+        else model
+    )
     module = copy.deepcopy(inner).to("cpu").eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +169,7 @@ def hash_data(data: Any) -> str:
     arr = np.ascontiguousarray(np.asarray(data))
     h = hashlib.sha256()
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.tobytes())
     return h.hexdigest()
 
 
@@ -179,7 +183,9 @@ def _reference_profile(reference_data: Any, feature_names: Sequence[str] | None)
         raise ValueError(
             f"reference_data has shape {arr.shape}: expected a 2-D array (rows x features)"
         )
-    names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(arr.shape[1])]
+    names = (
+        list(feature_names) if feature_names is not None else [f"f{i}" for i in range(arr.shape[1])]
+    )
     if len(names) != arr.shape[1]:
         raise ValueError(
             f"feature_names has {len(names)} names but reference_data has {arr.shape[1]} columns"
@@ -220,7 +226,9 @@ def register_model(
         return reg.get(name, version=previous["version"])
 
     exported = export_model(model, example_input, ctx.run_dir.export_dir(name), onnx=onnx)
-    profile = _reference_profile(reference_data, feature_names) if reference_data is not None else None
+    profile = (
+        _reference_profile(reference_data, feature_names) if reference_data is not None else None
+    )
     lineage: dict[str, Any] = {
         "run_id": ctx.run_id,
         "world_size": ctx.world_size,
@@ -229,15 +237,24 @@ def register_model(
         "device": str(ctx.device),
         "torch": torch.__version__,
         "run_dir": str(ctx.run_dir.path),
-        "script": str(getattr(ctx, "_script", None) or ""),
+        "script": str(ctx.script_path or ""),
         "script_sha256": ctx.script_sha256(),
         "data_sha256": (
-            None if data_hash is None else data_hash if isinstance(data_hash, str) else hash_data(data_hash)
+            None
+            if data_hash is None
+            else data_hash
+            if isinstance(data_hash, str)
+            else hash_data(data_hash)
         ),
         "artifacts": {
             "pt2": {"path": str(exported.pt2), "sha256": exported.sha256[exported.pt2.name]},
             **(
-                {"onnx": {"path": str(exported.onnx), "sha256": exported.sha256[exported.onnx.name]}}
+                {
+                    "onnx": {
+                        "path": str(exported.onnx),
+                        "sha256": exported.sha256[exported.onnx.name],
+                    }
+                }
                 if exported.onnx is not None
                 else {}
             ),

@@ -41,8 +41,14 @@ _launch_lock = threading.Lock()
 class TrainingError(AiarchError):
     """The training job failed (after its restarts) or was stopped by a signal."""
 
-    def __init__(self, message: str, *, run_id: str = "", run_dir: Path | None = None,
-                 exit_signal: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str = "",
+        run_dir: Path | None = None,
+        exit_signal: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.run_id = run_id
         """The failed run's id (``--run-id`` reuses its checkpoints)."""
@@ -166,7 +172,11 @@ def _restore_signal_handlers() -> Iterator[None]:
         yield
         return
     names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
-    saved = {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in names if hasattr(signal, n)}
+    saved = {
+        getattr(signal, n): signal.getsignal(getattr(signal, n))
+        for n in names
+        if hasattr(signal, n)
+    }
     try:
         yield
     finally:
@@ -233,7 +243,9 @@ def launch(
     """
     script_path = Path(script)
     if not script_path.is_file():
-        raise InvalidArgumentError(f"training script {str(script)!r} does not exist or is not a file")
+        raise InvalidArgumentError(
+            f"training script {str(script)!r} does not exist or is not a file"
+        )
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise InvalidArgumentError(f"--nproc must be an integer >= 1, got {nproc!r}")
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:

@@ -32,6 +32,7 @@ from .rundir import RunDir, new_run_id
 if TYPE_CHECKING:
     import torch
     from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data.distributed import DistributedSampler
 
 __all__ = [
     "DEFAULT_COLLECTIVE_TIMEOUT_S",
@@ -130,7 +131,7 @@ class EpochLoader:
     ``loader.epoch`` to resume at a given epoch (`TrainContext.epochs` does it for you).
     """
 
-    def __init__(self, loader: DataLoader[Any], sampler: Any) -> None:
+    def __init__(self, loader: DataLoader[Any], sampler: DistributedSampler[Any]) -> None:
         self.loader = loader
         self.sampler = sampler
         self.epoch = 0
@@ -189,6 +190,8 @@ class TrainContext:
         self.backend = "none"
         self._slow_group: Any = None
         self._loaders: list[EpochLoader] = []
+        self.script_path: Path | None = None
+        """The running script's file (None for ``python -c``)."""
         self.checkpoint: CheckpointStore
         """Atomic checkpoints of this run (see `CheckpointStore`)."""
 
@@ -216,7 +219,9 @@ class TrainContext:
             or env.get("TORCHELASTIC_RUN_ID")
             or new_run_id(script or "run")
         )
-        run_dir = RunDir(env["AIARCH_RUN_DIR"]) if env.get("AIARCH_RUN_DIR") else RunDir.for_run(run_id)
+        run_dir = (
+            RunDir(env["AIARCH_RUN_DIR"]) if env.get("AIARCH_RUN_DIR") else RunDir.for_run(run_id)
+        )
         device = cls._pick_device(env.get("AIARCH_DEVICE", "auto"), local_rank)
         ctx = cls(
             rank=rank,
@@ -232,7 +237,7 @@ class TrainContext:
             ),
             io_timeout_s=_env_float("AIARCH_IO_TIMEOUT_S", DEFAULT_IO_TIMEOUT_S),
         )
-        ctx._script = script
+        ctx.script_path = script
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if launched:
@@ -386,7 +391,7 @@ class TrainContext:
         from torch.utils.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[Any] = DistributedSampler(
             dataset,
             num_replicas=self.world_size,
             rank=self.rank,
@@ -535,8 +540,7 @@ class TrainContext:
 
     def script_sha256(self) -> str | None:
         """sha256 of the running script's file, or None when it has none (``python -c``)."""
-        script = getattr(self, "_script", None)
-        return sha256_file(script) if script else None
+        return sha256_file(self.script_path) if self.script_path else None
 
     def close(self) -> None:
         """Leaves the process group (also done at exit)."""
