@@ -378,6 +378,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _package_command("aiarch.features.cli"),
     _package_command("aiarch.monitor.cli"),
     _package_command("aiarch.bench.cli"),
+    _package_command("aiarch.train.cli"),
 ]
 
 
