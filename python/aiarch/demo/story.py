@@ -65,6 +65,9 @@ def _aiarch(*args: str) -> list[str]:
 
 
 def run(opts: DemoOptions) -> int:
+    # Subprocess output (training, benchmark) interleaves with ours: flush each line.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     home = opts.home.resolve()
     if home.exists() and (home / ".aiarch-demo").exists():
         shutil.rmtree(home)  # a previous demo's folder: start fresh
