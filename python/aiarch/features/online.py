@@ -177,7 +177,8 @@ class NativeBackend(OnlineBackend):
         self.path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             tables = list(self._tables.items())
-        views = {name: fp for name, fp in self._tables}
+        # The newest layout of each view (tables are kept in creation order).
+        views = {name: fp for (name, fp), _ in tables}
         for (name, fp), t in tables:
             if views.get(name) == fp:
                 t.snapshot(str(self.path / f"{name}-{fp}.snap"))
