@@ -179,7 +179,7 @@ def _tensor_list(specs: Any) -> list[dict[str, Any]]:
     for s in specs:  # TensorSpec objects or {"name", "dtype", "shape"} mappings
         get = s.get if isinstance(s, Mapping) else lambda k, s=s: getattr(s, k)
         out.append(
-            {"name": str(get("name")), "dtype": str(get("dtype")), "shape": [int(d) for d in get("shape")]}
+            {"name": str(get("name")), "dtype": str(get("dtype")), "shape": [int(d) for d in get("shape") or ()]}
         )
     return out
 
