@@ -263,3 +263,21 @@ def test_knee_and_replicas_golden() -> None:
         replicas_needed(100, 10, 1.0)
     with pytest.raises(InvalidArgumentError, match="no rate met the SLO"):
         replicas_needed(100, 0, 0.3)
+
+
+def test_native_generator_errors_map_to_aiarch_errors() -> None:
+    from aiarch import _core
+    from aiarch.errors import UnavailableError
+
+    request = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]
+    with pytest.raises(InvalidArgumentError, match="unknown load mode 'burst'"):
+        _core.LoadGenerator("127.0.0.1", 80, request, mode="burst", duration_s=1)
+    with pytest.raises(InvalidArgumentError, match="rate > 0"):
+        _core.LoadGenerator("127.0.0.1", 80, request, mode="constant", duration_s=1)
+    with pytest.raises(InvalidArgumentError, match="duration or a request count"):
+        _core.LoadGenerator("127.0.0.1", 80, request, mode="closed")
+    with pytest.raises(InvalidArgumentError, match="blank line"):
+        _core.LoadGenerator("127.0.0.1", 80, [b"GET / HTTP/1.1\r\n"], mode="closed", max_requests=1)
+    gen = _core.LoadGenerator("127.0.0.1", free_port(), request, mode="closed", max_requests=1)
+    with pytest.raises(UnavailableError, match="cannot connect"):
+        gen.start()
