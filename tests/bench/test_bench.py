@@ -30,6 +30,11 @@ from .models import SERVICE_S
 
 ANALYTICAL_CAPACITY = 1.0 / SERVICE_S  # 50 requests/s
 PAUSE_S = 0.5
+# The 2 shared cores of CI can hold the generator thread off the CPU for several ms; lag only
+# adds to the latency measured from intended times (so it can only make the search
+# conservative), and 5 % of a window keeps such stalls from being taken for a generator that
+# cannot keep up, which 200 req/s on one connection to a 50 req/s model still is by far.
+NOISY_MACHINE_LAG = ["--max-lag", "0.05"]
 
 
 def _requests(server: Server, model: str, binary: bool = False) -> tuple[Any, list[bytes]]:
@@ -72,7 +77,8 @@ def test_open_loop_shows_a_pause_that_closed_loop_hides(server: Server) -> None:
     opened = _with_pause(server, lambda: run_http(target, reqs, open_settings), 1.3)
     # ~100 requests were due during the pause (200/s x 0.5 s), out of ~600: each is recorded
     # from its intended time, so the tail carries the pause.
-    assert opened.valid, opened.refused
+    # Enough connections for every request due during the pause: none waited in the generator.
+    assert opened.waited_for_connection == 0
     assert opened.errors == {}
     assert opened.latency_us["p99"] >= pause_us / 2
     assert opened.latency_us["max"] >= pause_us * 0.9
@@ -93,7 +99,7 @@ def test_capacity_is_within_15_percent_of_the_analytical_value(
         [
             "bench", "capacity", "--url", server.url, "--model", "svc",
             "--slo-p99-ms", "100", "--repeats", "2", "--window-s", "1.5", "--warmup-s", "0.5",
-            "--peak-rps", "1000", "--headroom", "0.3", "--quiet",
+            "--peak-rps", "1000", "--headroom", "0.3", "--quiet", *NOISY_MACHINE_LAG,
             "--json", str(out), "--csv", str(tmp_path / "cap.csv"), "--plot", str(tmp_path / "cap.png"),
         ]
     )  # fmt: skip
@@ -239,7 +245,7 @@ def test_sweep_finds_that_two_instances_double_capacity(
             "bench", "sweep", "-m", "svc", "--source", f"{MODELS}:fixed_service",
             "--max-batch-size", "1", "--max-delay-us", "0", "--instances", "1,2",
             "--serve-arg=--inline-execution=off", "--slo-p99-ms", "100", "--repeats", "1",
-            "--window-s", "1", "--warmup-s", "0.3", "--tolerance", "0.1", "--quiet",
+            "--window-s", "1", "--warmup-s", "0.3", "--tolerance", "0.1", "--quiet", *NOISY_MACHINE_LAG,
             "--json", str(out), "--plot", str(tmp_path / "sweep.png"),
         ]
     )  # fmt: skip
