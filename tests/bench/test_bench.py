@@ -30,11 +30,6 @@ from .models import SERVICE_S
 
 ANALYTICAL_CAPACITY = 1.0 / SERVICE_S  # 50 requests/s
 PAUSE_S = 0.5
-# The 2 shared cores of CI can hold the generator thread off the CPU for several ms; lag only
-# adds to the latency measured from intended times (so it can only make the search
-# conservative), and 5 % of a window keeps such stalls from being taken for a generator that
-# cannot keep up, which 200 req/s on one connection to a 50 req/s model still is by far.
-NOISY_MACHINE_LAG = ["--max-lag", "0.05"]
 
 
 def _requests(server: Server, model: str, binary: bool = False) -> tuple[Any, list[bytes]]:
@@ -99,7 +94,7 @@ def test_capacity_is_within_15_percent_of_the_analytical_value(
         [
             "bench", "capacity", "--url", server.url, "--model", "svc",
             "--slo-p99-ms", "100", "--repeats", "2", "--window-s", "1.5", "--warmup-s", "0.5",
-            "--peak-rps", "1000", "--headroom", "0.3", "--quiet", *NOISY_MACHINE_LAG,
+            "--peak-rps", "1000", "--headroom", "0.3", "--quiet",
             "--json", str(out), "--csv", str(tmp_path / "cap.csv"), "--plot", str(tmp_path / "cap.png"),
         ]
     )  # fmt: skip
@@ -143,7 +138,7 @@ def test_generator_detects_and_reports_falling_behind(
     point = json.loads(out.read_text())["points"][0]
     assert point["valid"] is False
     assert point["waited_for_connection"] > 0
-    assert point["send_lag_us"]["p99"] > 0.01 * 1e6
+    assert point["send_lag_us"]["mean"] > 0.01 * 1e6
 
 
 def test_capacity_search_stops_when_the_generator_cannot_keep_the_schedule(server: Server) -> None:
@@ -245,7 +240,7 @@ def test_sweep_finds_that_two_instances_double_capacity(
             "bench", "sweep", "-m", "svc", "--source", f"{MODELS}:fixed_service",
             "--max-batch-size", "1", "--max-delay-us", "0", "--instances", "1,2",
             "--serve-arg=--inline-execution=off", "--slo-p99-ms", "100", "--repeats", "1",
-            "--window-s", "1", "--warmup-s", "0.3", "--tolerance", "0.1", "--quiet", *NOISY_MACHINE_LAG,
+            "--window-s", "1", "--warmup-s", "0.3", "--tolerance", "0.1", "--quiet",
             "--json", str(out), "--plot", str(tmp_path / "sweep.png"),
         ]
     )  # fmt: skip
