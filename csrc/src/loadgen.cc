@@ -446,8 +446,8 @@ class Worker {
       if (n == 0) {
         // Peer closed: a close-delimited body ends here.
         if (!c.in_flight.empty() && c.parser.FinishOnClose()) {
-          Complete(i);
-          if (c.fd < 0) return;
+          Complete(i);  // a close-delimited reply: Complete() also reconnects
+          return;
         }
         if (c.in_flight.empty()) {
           CloseConn(i);
