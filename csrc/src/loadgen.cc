@@ -446,8 +446,8 @@ class Worker {
       if (n == 0) {
         // Peer closed: a close-delimited body ends here.
         if (!c.in_flight.empty() && c.parser.FinishOnClose()) {
-          Complete(i);
-          if (c.fd < 0) return;
+          Complete(i);  // a close-delimited reply: Complete() also reconnects
+          return;
         }
         if (c.in_flight.empty()) {
           CloseConn(i);
@@ -547,6 +547,7 @@ class Worker {
   // Open loop: moves every request whose intended time has come onto the
   // backlog, then hands the backlog to free connections in order.
   void Schedule(int64_t now) {
+    DispatchBacklog();
     while (!schedule_done_ && static_cast<int64_t>(next_intended_ns_) <= now) {
       const int64_t intended = static_cast<int64_t>(next_intended_ns_);
       if (intended >= s_->measure_end_ns) {
@@ -562,10 +563,20 @@ class Worker {
         ++measured_scheduled_;
       }
       if (measured) ++tally_.scheduled;
-      if (measured && (!backlog_.empty() || TakeAvailable() < 0)) ++tally_.waited;
-      backlog_.push_back({intended, measured});
       next_intended_ns_ += NextGap();
+      // Sent in intended-time order: straight away while a connection is free,
+      // else behind the requests already waiting for one.
+      const int i = backlog_.empty() ? TakeAvailable() : -1;
+      if (i >= 0) {
+        Send(i, intended, measured, NowNs());
+      } else {
+        if (measured) ++tally_.waited;
+        backlog_.push_back({intended, measured});
+      }
     }
+  }
+
+  void DispatchBacklog() {
     while (!backlog_.empty()) {
       const int i = TakeAvailable();
       if (i < 0) break;

@@ -44,6 +44,7 @@ class TestServer {
   std::atomic<int> fail_every{0};  // every Nth request gets 503
   std::atomic<bool> chunked{false};
   std::atomic<bool> close_each{false};
+  std::atomic<bool> until_close{false};  // no length: the body ends with the connection
   std::atomic<uint64_t> requests{0};
 
   TestServer() {
@@ -126,6 +127,12 @@ class TestServer {
     std::string out = fail ? "HTTP/1.1 503 Service Unavailable\r\n" : "HTTP/1.1 200 OK\r\n";
     out += "Content-Type: text/plain\r\n";
     if (close_after) out += "Connection: close\r\n";
+    if (until_close.load()) {
+      out += "Connection: close\r\n\r\nbody delimited by the close";
+      send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+      shutdown(fd, SHUT_WR);
+      return false;
+    }
     if (chunked.load()) {
       out +=
           "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\n\r\n";
@@ -338,6 +345,14 @@ void TestChunkedAndConnectionClose() {
   LoadgenResult r;
   if (!RunToEnd(c, &r)) return;
   CHECK_EQ(r.succeeded, uint64_t{200});
+  CHECK_EQ(r.io_errors, uint64_t{0});
+
+  TestServer close_delimited;
+  close_delimited.until_close = true;
+  c.port = close_delimited.port();
+  c.max_requests = 100;
+  if (!RunToEnd(c, &r)) return;
+  CHECK_EQ(r.succeeded, uint64_t{100});
   CHECK_EQ(r.io_errors, uint64_t{0});
 }
 

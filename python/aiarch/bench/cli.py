@@ -88,7 +88,7 @@ def _load_args(p: argparse.ArgumentParser, *, capacity: bool) -> None:
         type=float,
         default=0.01,
         metavar="FRACTION",
-        help="refuse a point whose p99 send lag exceeds this fraction of the measurement "
+        help="refuse a point whose mean send lag exceeds this fraction of the measurement "
         "interval (default 0.01)",
     )
     if not capacity:
