@@ -190,6 +190,8 @@ class TrainContext:
         self.backend = "none"
         self._slow_group: Any = None
         self._loaders: list[EpochLoader] = []
+        self.epoch: int | None = None
+        """The epoch `epochs()` is in (0-based), None outside it."""
         self.script_path: Path | None = None
         """The running script's file (None for ``python -c``)."""
         self.checkpoint: CheckpointStore
@@ -418,6 +420,7 @@ class TrainContext:
         if total < 0 or start < 0:
             raise ValueError(f"epochs need total >= 0 and start >= 0, got {total}, {start}")
         for index in range(start, total):
+            self.epoch = index
             for loader in self._loaders:
                 loader.epoch = index
             epoch = Epoch(index, total)
@@ -432,6 +435,7 @@ class TrainContext:
                 seconds=time.perf_counter() - started,
                 total=total,
             )
+        self.epoch = None
 
     def log_epoch(
         self,
