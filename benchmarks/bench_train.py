@@ -46,7 +46,10 @@ def _env(home: Path) -> dict[str, str]:
     pkg_root = str(HERE.parent / "python")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
     env["AIARCH_HOME"] = str(home)
-    env.pop("OMP_NUM_THREADS", None)  # each launcher applies its own default
+    # One intra-op thread per process under both launchers, so 1 vs 2 processes compares
+    # one core with two (torchrun sets this itself only for more than one process, and
+    # two threads per process on a busy 2-core host swing throughput several-fold).
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -64,7 +64,7 @@ class MlpJob(aiarch.train.Pipeline):
 
     def _faults(self) -> None:
         ctx, a = self.ctx, self.args
-        epoch = ctx._loaders[0].epoch if ctx._loaders else 0
+        epoch = ctx.epoch
         if epoch != self.current_epoch:
             self.current_epoch, self.steps_in_epoch = epoch, 0
         self.steps_in_epoch += 1

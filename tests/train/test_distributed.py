@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,40 @@ def test_hung_peer_fails_the_job_on_the_collective_timeout(jobs):
     last = finished.stderr.strip().splitlines()[-1]
     assert "rank 0 (local rank 0" in last and "exited with code 1" in last
     assert "Timed out waiting 3000ms" in last
+
+
+def test_two_agents_form_one_job_over_a_rendezvous_endpoint(jobs):
+    # Two launchers on this host stand in for two hosts: `--nnodes 2` with one endpoint.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = jobs.cwd / "multi.json"
+    started = [
+        jobs.cli(
+            str(JOB),
+            "--nproc",
+            "1",
+            "--nnodes",
+            "2",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--max-restarts",
+            "0",
+            "--json",
+            "--",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for job in started:
+        finished = job.wait()
+        assert finished.returncode == 0, finished.stderr
+        results.append(finished.json())
+    # one job of world size 2, with the run id both hosts derived from the endpoint
+    assert results[0]["run_id"] == results[1]["run_id"]
+    assert all(r["world_size"] == 2 for r in results)
+    assert out_json(out)["world_size"] == 2

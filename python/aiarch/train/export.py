@@ -8,9 +8,12 @@ an eval-mode copy, with a dynamic batch dimension, so they run on any device and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
-from collections.abc import Mapping, Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +68,21 @@ def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
     return tuple(tensors)
 
 
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Silences torch's exporter chatter (missing torchvision ops, internal deprecations)
+    that says nothing about the model; errors still raise."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def _spec(name: str, t: torch.Tensor) -> dict[str, Any]:
     return {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": [-1, *t.shape[1:]]}
 
@@ -112,7 +130,8 @@ def export_model(
 
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = tuple({0: batch} for _ in inputs)
-    program = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes)
+    with _quiet_exporters():
+        program = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes)
     with torch.no_grad():
         replay = program.module()(*inputs)
     replay_outputs = replay if isinstance(replay, (tuple, list)) else (replay,)
@@ -120,21 +139,23 @@ def export_model(
         if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
             raise RuntimeError("the exported program's outputs differ from the eager model's")
     pt2 = out_dir / "model.pt2"
-    torch.export.save(program, str(pt2))
+    with _quiet_exporters():
+        torch.export.save(program, str(pt2))
     sha = {pt2.name: _sha256(pt2)}
 
     onnx_path: Path | None = None
     if onnx:
         onnx_path = out_dir / "model.onnx"
-        torch.onnx.export(
-            program,
-            inputs,
-            str(onnx_path),
-            input_names=in_names,
-            output_names=out_names,
-            dynamo=True,
-            verbose=False,
-        )
+        with _quiet_exporters():
+            torch.onnx.export(
+                program,
+                inputs,
+                str(onnx_path),
+                input_names=in_names,
+                output_names=out_names,
+                dynamo=True,
+                verbose=False,
+            )
         _name_batch_dimension(onnx_path)
         sha[onnx_path.name] = _sha256(onnx_path)
     return ExportedModel(pt2=pt2, onnx=onnx_path, signature=signature, sha256=sha)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import signal
 import sys
@@ -288,7 +289,7 @@ def launch(
         run_id=run_id,
         rdzv_backend="c10d",
         rdzv_endpoint=rdzv_endpoint or "127.0.0.1:0",
-        rdzv_configs={"timeout": int(io_timeout_s)},
+        rdzv_configs={"join_timeout": max(1, math.ceil(io_timeout_s))},
         max_restarts=max_restarts,
         monitor_interval=monitor_interval_s,
         logs_specs=DefaultLogsSpecs(log_dir=str(run_dir.logs)),

@@ -190,6 +190,8 @@ class TrainContext:
         self.backend = "none"
         self._slow_group: Any = None
         self._loaders: list[EpochLoader] = []
+        self.epoch: int | None = None
+        """The epoch `epochs()` is in (0-based), None outside it."""
         self.script_path: Path | None = None
         """The running script's file (None for ``python -c``)."""
         self.checkpoint: CheckpointStore
@@ -214,14 +216,10 @@ class TrainContext:
         local_world_size = int(env.get("LOCAL_WORLD_SIZE", str(world_size)))
         restart_count = int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
         script = _script_path()
-        run_id = (
-            env.get("AIARCH_RUN_ID")
-            or env.get("TORCHELASTIC_RUN_ID")
-            or new_run_id(script or "run")
-        )
-        run_dir = (
-            RunDir(env["AIARCH_RUN_DIR"]) if env.get("AIARCH_RUN_DIR") else RunDir.for_run(run_id)
-        )
+        # torchrun without --rdzv-id names every job "none": such jobs must not share (and
+        # resume from) one run directory, so they get a fresh id, agreed on through the store.
+        given_id = env.get("AIARCH_RUN_ID") or env.get("TORCHELASTIC_RUN_ID")
+        run_id = given_id if given_id and given_id != "none" else new_run_id(script or "run")
         device = cls._pick_device(env.get("AIARCH_DEVICE", "auto"), local_rank)
         ctx = cls(
             rank=rank,
@@ -230,7 +228,7 @@ class TrainContext:
             local_world_size=local_world_size,
             restart_count=restart_count,
             run_id=run_id,
-            run_dir=run_dir,
+            run_dir=RunDir(""),  # set below, once the run id is agreed
             device=device,
             collective_timeout_s=_env_float(
                 "AIARCH_COLLECTIVE_TIMEOUT_S", DEFAULT_COLLECTIVE_TIMEOUT_S
@@ -241,7 +239,12 @@ class TrainContext:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if launched:
-            ctx._join_process_group()
+            ctx._join_process_group(agree_on_run_id=not given_id or given_id == "none")
+        if env.get("AIARCH_RUN_DIR"):
+            ctx.run_dir = RunDir(env["AIARCH_RUN_DIR"])
+        else:
+            ctx.run_dir = RunDir.for_run(ctx.run_id)
+        run_dir = ctx.run_dir
         _install_error_recorder()
         if ctx.is_main:
             run_dir.create()
@@ -279,7 +282,7 @@ class TrainContext:
             )
         return torch.device("cuda", local_rank)
 
-    def _join_process_group(self) -> None:
+    def _join_process_group(self, *, agree_on_run_id: bool) -> None:
         import torch.distributed as dist
 
         env = os.environ
@@ -295,6 +298,11 @@ class TrainContext:
             wait_for_workers=False,
             multi_tenant=True,
         )
+        if agree_on_run_id:
+            # The first rank to get here proposes; the key outlives restarts of the worker
+            # group (the agent keeps its store), so a restarted group finds its run again.
+            agreed = store.compare_set("/aiarch/run_id", "", self.run_id)
+            self.run_id = agreed.decode() if isinstance(agreed, bytes) else str(agreed)
         attempt = f"/aiarch/attempt_{self.restart_count}"
         # Wait (with the long timeout) until every rank has started: importing torch on a
         # busy host can take many seconds, and that must not count against the short
@@ -418,6 +426,7 @@ class TrainContext:
         if total < 0 or start < 0:
             raise ValueError(f"epochs need total >= 0 and start >= 0, got {total}, {start}")
         for index in range(start, total):
+            self.epoch = index
             for loader in self._loaders:
                 loader.epoch = index
             epoch = Epoch(index, total)
@@ -432,6 +441,7 @@ class TrainContext:
                 seconds=time.perf_counter() - started,
                 total=total,
             )
+        self.epoch = None
 
     def log_epoch(
         self,
