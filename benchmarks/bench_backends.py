@@ -68,7 +68,8 @@ def cpu_section(
     model = mlp(dims)
     name = "x".join(str(d) for d in dims)
     folder = tmp / name
-    paths = export_model(model, torch.randn(2, dims[0]), folder)
+    files = export_model(model, torch.randn(2, dims[0]), folder)
+    paths = {"pt2": files.pt2, "onnx": files.onnx}
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((512, dims[0]), dtype=np.float32)
     held = rng.standard_normal((1024, dims[0]), dtype=np.float32)
@@ -112,7 +113,8 @@ def overhead_section(
     """Runtime.infer_sync of one 64-row request vs calling the same backend on 64 rows."""
     model = mlp(dims)
     name = "x".join(str(d) for d in dims)
-    paths = export_model(model, torch.randn(2, dims[0]), tmp / f"ovh-{name}")
+    files = export_model(model, torch.randn(2, dims[0]), tmp / f"ovh-{name}")
+    paths = {"pt2": files.pt2, "onnx": files.onnx}
     x = np.random.default_rng(1).standard_normal((64, dims[0]), dtype=np.float32)
     rows_out, results = [], []
     with aiarch.Runtime() as rt:
@@ -203,7 +205,7 @@ def gpu_case(
     tmp: Path,
     smoke: bool,
 ) -> tuple[list[Any], dict[str, Any]]:
-    paths = export_model(model, torch.randn(2, *shape), tmp / label.split()[0], formats=("pt2",))
+    pt2 = export_model(model, torch.randn(2, *shape), tmp / label.split()[0], onnx=False).pt2
     # Bare: the same fp16 module captured in one graph, fed from pinned memory.
     dev_model = model.to("cuda", torch.float16)
     if len(shape) == 3:
@@ -231,7 +233,7 @@ def gpu_case(
     with aiarch.Runtime() as rt:
         rt.add_model(
             "g",
-            paths["pt2"],
+            pt2,
             device="cuda",
             precision="fp16",
             batching=aiarch.BatchConfig(

@@ -41,8 +41,9 @@ class Exported:
 def mlp_files(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     model = mlp((64, 256, 256, 16))
     folder = tmp_path_factory.mktemp("mlp")
-    paths = export_model(model, torch.randn(4, 64), folder, formats=("pt2", "onnx", "torchscript"))
-    return Exported(model, folder, paths["pt2"], paths["onnx"], paths["torchscript"])
+    files = export_model(model, torch.randn(4, 64), folder, torchscript=True)
+    assert files.onnx is not None and files.torchscript is not None
+    return Exported(model, folder, files.pt2, files.onnx, files.torchscript)
 
 
 @dataclass
@@ -71,5 +72,6 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
         opt.step()
     model.eval()
     folder = tmp_path_factory.mktemp("clf")
-    paths = export_model(model, torch.from_numpy(x[:2]), folder, formats=("onnx",))
-    return Classifier(model, paths["onnx"], x[:2000], x[2000:], y[2000:])
+    files = export_model(model, torch.from_numpy(x[:2]), folder)
+    assert files.onnx is not None
+    return Classifier(model, files.onnx, x[:2000], x[2000:], y[2000:])

@@ -18,8 +18,8 @@ def test_runtime_serves_onnx_equal_to_eager(mlp_files) -> None:
     requests = [rng.standard_normal((n, 64), dtype=np.float32) for n in (1, 2, 31, 64, 9)]
     with aiarch.Runtime() as rt:
         info = rt.add_model("mlp", mlp_files.onnx)
-        assert [s.name for s in info.inputs] == ["input0"]
-        assert [(s.name, s.shape) for s in info.outputs] == [("output0", (16,))]
+        assert [s.name for s in info.inputs] == ["input"]
+        assert [(s.name, s.shape) for s in info.outputs] == [("output", (16,))]
 
         async def main() -> list[np.ndarray]:
             return await asyncio.gather(*(rt.infer("mlp", x) for x in requests))

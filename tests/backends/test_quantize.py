@@ -40,8 +40,8 @@ def test_int8_accuracy_within_bound(tmp_path: Path, classifier, method: str) -> 
     assert result.report.top1_agreement >= MIN_TOP1_AGREEMENT
     fp32 = ort.InferenceSession(str(classifier.onnx), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    acc32 = np.mean(fp32.run(None, {"input0": classifier.x_test})[0].argmax(1) == classifier.y_test)
-    acc8 = np.mean(int8.run(None, {"input0": classifier.x_test})[0].argmax(1) == classifier.y_test)
+    acc32 = np.mean(fp32.run(None, {"input": classifier.x_test})[0].argmax(1) == classifier.y_test)
+    acc8 = np.mean(int8.run(None, {"input": classifier.x_test})[0].argmax(1) == classifier.y_test)
     assert acc32 > 0.9, "the task itself should be learnable"
     assert acc32 - acc8 <= MAX_ACCURACY_DROP
 
@@ -55,7 +55,7 @@ def test_int8_model_serves_through_runtime(tmp_path: Path, classifier) -> None:
         info = rt.add_model("clf8", out)
         assert info.backend is not None and info.backend["quantized"] is True
         got = rt.infer_sync("clf8", x)
-    np.testing.assert_allclose(got, direct.run(None, {"input0": x})[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, direct.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
 
 
 def test_bad_calibration_data_is_refused(tmp_path: Path, classifier) -> None:

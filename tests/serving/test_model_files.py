@@ -26,7 +26,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, di
         torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
     ).eval()
     folder = tmp_path_factory.mktemp("files")
-    paths = export_model(model, torch.randn(2, 16), folder)
+    files = export_model(model, torch.randn(2, 16), folder)
+    assert files.onnx is not None
+    paths = {"pt2": files.pt2, "onnx": files.onnx}
     calib = np.random.default_rng(0).standard_normal((200, 16), dtype=np.float32)
     paths["int8"] = folder / "model.int8.onnx"
     quantize_onnx(paths["onnx"], {"": calib}, paths["int8"])
@@ -59,14 +61,14 @@ def test_serves_onnx_pt2_and_int8_files(tmp_path: Path, files) -> None:
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
         # A request of the wrong width is a 400 naming the shape; the model keeps serving.
         bad = {
-            "inputs": [{"name": "input0", "shape": [2, 7], "datatype": "FP32", "data": [0.0] * 14}]
+            "inputs": [{"name": "input", "shape": [2, 7], "datatype": "FP32", "data": [0.0] * 14}]
         }
         r = request(srv.port, "POST", "/v2/models/onnx/infer", json.dumps(bad).encode())
         assert r.status == 400 and "16" in json.loads(r.body)["error"]
-        inp = httpclient.InferInput("input0", list(x.shape), "FP32")
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         np.testing.assert_allclose(
-            client.infer("onnx", [inp]).as_numpy("output0"), want, rtol=1e-4, atol=1e-4
+            client.infer("onnx", [inp]).as_numpy("output"), want, rtol=1e-4, atol=1e-4
         )
 
 

@@ -9,6 +9,8 @@ one CUDA graph per bucket, a TensorRT profile), and how to warm itself up.
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 from aiarch.config import TensorSpec
 from aiarch.errors import InvalidArgumentError
 
-__all__ = ["Backend", "BackendOptions", "Bucketing", "pad_rows"]
+__all__ = ["Backend", "BackendOptions", "Bucketing", "file_sha256", "pad_rows"]
 
 
 @dataclass(frozen=True)
@@ -185,3 +187,12 @@ def check_arity(name: str, specs: Sequence[TensorSpec], arrays: Sequence[np.ndar
             f"model {name!r} expects {len(specs)} input(s) {[s.name for s in specs]}, "
             f"got {len(arrays)}"
         )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -31,7 +31,7 @@ import numpy as np
 from aiarch.config import TensorSpec
 from aiarch.errors import InvalidArgumentError, UnavailableError
 
-from .base import Backend, BackendOptions, Bucketing, check_arity, run_bucketed
+from .base import Backend, BackendOptions, Bucketing, check_arity, file_sha256, run_bucketed
 
 __all__ = [
     "BuildPlan",
@@ -80,15 +80,6 @@ class EngineKey:
         """Stable sha256 of the key (the cache file name)."""
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def optimization_profile(
