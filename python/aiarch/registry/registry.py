@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .db import Database, Tx, open_database
 from .errors import (
     ConflictError,
@@ -44,6 +46,9 @@ __all__ = [
 
 FORMATS_BY_SUFFIX = {".onnx": "onnx", ".pt2": "torch_export", ".pt": "torchscript", ".py": "python"}
 """File suffix → format, used when `register` is given no `format`."""
+
+
+_decode = msgspec.json.decode
 
 
 class _Unset:
@@ -267,6 +272,7 @@ class Registry:
         self.url = self.db.url
         root = Path(store) if store is not None else home_path / "artifacts"
         self.store = ArtifactStore(root.absolute())
+        self._trees = str(self.store.trees)
         self.db.migrate()
 
     def close(self) -> None:
@@ -409,19 +415,19 @@ class Registry:
     def _row_to_version(self, row: Sequence[Any], aliases: tuple[str, ...] = ()) -> ModelVersion:
         (name, version, digest, fmt, artifact_name, entry, sig, metrics, params, tags) = row[:10]
         lineage, created_at, created_by, status, size = row[10:15]
-        tree = self.store.trees / digest
+        tree = f"{self._trees}/{digest}"
         return ModelVersion(
             name=name,
             version=int(version),
             digest=digest,
             format=fmt,
-            artifact_path=tree / artifact_name if artifact_name else tree,
+            artifact_path=Path(f"{tree}/{artifact_name}" if artifact_name else tree),
             entry=entry,
-            signature=json.loads(sig) if sig else None,
-            metrics=json.loads(metrics),
-            params=json.loads(params),
-            tags=json.loads(tags),
-            lineage=json.loads(lineage),
+            signature=_decode(sig) if sig else None,
+            metrics=_decode(metrics),
+            params=_decode(params),
+            tags=_decode(tags),
+            lineage=_decode(lineage),
             created_at=float(created_at),
             created_by=created_by,
             status=status,
@@ -888,23 +894,32 @@ _SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "l
 
 
 def _search_sql(conds: list[Condition], order: list[Any], limit: int) -> tuple[str, list[Any]]:
-    """One SELECT: key/value conditions are intersected from their (key, value) indexes, then
-    joined to the versions; attribute conditions filter the join."""
-    kv_sql: list[str] = []
+    """One SELECT. Key/value conditions are answered first, on ids only: the first one (an
+    equality if there is one: usually the most selective) scans its (key, value) index and
+    every other is a probe of its table's (version_id, key) primary key. Only the matching ids
+    (at most `limit` of them when no other ordering or attribute filter applies) reach the
+    wide `versions` rows."""
+    kv = sorted((c for c in conds if c.kind != "attr"), key=lambda c: c.op != "=")
+    attrs = [c for c in conds if c.kind == "attr"]
     args: list[Any] = []
-    where: list[str] = []
-    where_args: list[Any] = []
-    for c in conds:
-        op = _SQL_OPS[c.op]
-        if c.kind == "attr":
-            where.append(f"{_ATTR_SQL[c.key]} {op} ?")
-            where_args.append(c.value)
-        else:
-            kv_sql.append(f"SELECT version_id FROM version_{c.kind} WHERE key = ? AND value {op} ?")
+    source = "versions v "
+    if kv:
+        first = kv[0]
+        inner = [f"SELECT c0.version_id AS id FROM version_{first.kind} c0"]
+        for i, c in enumerate(kv[1:], 1):
+            inner.append(
+                f"JOIN version_{c.kind} c{i} ON c{i}.version_id = c0.version_id AND c{i}.key = ? "
+                f"AND c{i}.value {_SQL_OPS[c.op]} ?"
+            )
             args.extend((c.key, c.value))
+        inner.append(f"WHERE c0.key = ? AND c0.value {_SQL_OPS[first.op]} ?")
+        args.extend((first.key, first.value))
+        if not attrs and not order:
+            inner.append("ORDER BY c0.version_id DESC LIMIT ?")
+            args.append(limit)
+        source = "(" + " ".join(inner) + ") hits JOIN versions v ON v.id = hits.id "
     joins = []
     order_sql = []
-    order_args: list[Any] = []
     for i, o in enumerate(order):
         direction = "DESC" if o.descending else "ASC"
         if o.kind == "attr":
@@ -913,18 +928,14 @@ def _search_sql(conds: list[Condition], order: list[Any], limit: int) -> tuple[s
             joins.append(
                 f"LEFT JOIN version_{o.kind} o{i} ON o{i}.version_id = v.id AND o{i}.key = ?"
             )
-            order_args.append(o.key)
+            args.append(o.key)
             order_sql.append(f"o{i}.value {direction} NULLS LAST")
     order_sql.append("v.id DESC")
-    sql = "WITH hits AS (" + " INTERSECT ".join(kv_sql) + ") " if kv_sql else ""
-    sql += f"SELECT {_VERSION_COLUMNS} FROM "
-    sql += "hits JOIN versions v ON v.id = hits.version_id " if kv_sql else "versions v "
-    sql += "JOIN models m ON m.id = v.model_id "
+    sql = f"SELECT {_VERSION_COLUMNS} FROM {source}JOIN models m ON m.id = v.model_id "
     sql += " ".join(joins)
-    args.extend(order_args)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-        args.extend(where_args)
+    if attrs:
+        sql += " WHERE " + " AND ".join(f"{_ATTR_SQL[c.key]} {_SQL_OPS[c.op]} ?" for c in attrs)
+        args.extend(c.value for c in attrs)
     sql += " ORDER BY " + ", ".join(order_sql) + " LIMIT ?"
     args.append(limit)
     return sql, args
