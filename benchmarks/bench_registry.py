@@ -29,7 +29,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import print_table, write_json
-
 from aiarch.registry import Registry
 from aiarch.registry.filters import parse_filter
 from aiarch.registry.pgcluster import TemporaryPostgres
@@ -44,14 +43,17 @@ def populate(reg: Registry, models: int, versions: int, art: Path, seed: int) ->
     t0 = time.perf_counter()
     total = models * versions
     done = 0
-    for v in range(versions):
+    for _ in range(versions):
         for m in range(models):
             reg.register(
                 f"model{m:04d}",
                 art,
                 format="blob",
                 metrics={"auc": rng.uniform(0.5, 1.0), "loss": rng.random()},
-                params={"optimizer": rng.choice(["adam", "sgd", "rmsprop"]), "lr": rng.choice(["0.1", "0.01", "0.001"])},
+                params={
+                    "optimizer": rng.choice(["adam", "sgd", "rmsprop"]),
+                    "lr": rng.choice(["0.1", "0.01", "0.001"]),
+                },
                 tags={
                     "task": rng.choice(TASKS),
                     "region": rng.choice(REGIONS),
@@ -93,7 +95,9 @@ def run_backend(name: str, url: str, home: Path, args: argparse.Namespace) -> li
     rng = random.Random(args.seed + 1)
     names = [f"model{m:04d}" for m in range(args.models)]
 
-    get_args = [(rng.choice(names), rng.choice(["production", "staging"])) for _ in range(args.gets)]
+    get_args = [
+        (rng.choice(names), rng.choice(["production", "staging"])) for _ in range(args.gets)
+    ]
     for a in get_args[:50]:  # warm connections and caches
         reg.get(a[0], alias=a[1])
 
@@ -153,7 +157,9 @@ def run_backend(name: str, url: str, home: Path, args: argparse.Namespace) -> li
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--smoke", action="store_true", help="500 versions, few samples (CI)")
     ap.add_argument("--models", type=int, default=500)
     ap.add_argument("--versions", type=int, default=20, help="versions per model")
@@ -174,18 +180,36 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="aiarch-bench-registry-") as tmp:
         if "sqlite" in backends:
-            rows += run_backend("sqlite", f"sqlite:///{tmp}/registry.db", Path(tmp) / "sqlite", args)
+            rows += run_backend(
+                "sqlite", f"sqlite:///{tmp}/registry.db", Path(tmp) / "sqlite", args
+            )
         if "postgres" in backends:
             with TemporaryPostgres() as pg:
                 rows += run_backend("postgres", pg.url(schema="bench"), Path(tmp) / "pg", args)
     print_table(
         f"Registry reads, {args.models * args.versions} versions x 5 tags "
         f"({args.models} models); latency in µs",
-        ["backend", "operation", "p50", "p99", "p99.9", "target p99", "met", "baseline p99", "speedup"],
+        [
+            "backend",
+            "operation",
+            "p50",
+            "p99",
+            "p99.9",
+            "target p99",
+            "met",
+            "baseline p99",
+            "speedup",
+        ],
         [
             [
-                r["backend"], r["operation"], r["p50_us"], r["p99_us"], r["p999_us"],
-                r["target_p99_us"], "yes" if r["target_met"] else "NO", r["baseline_p99_us"],
+                r["backend"],
+                r["operation"],
+                r["p50_us"],
+                r["p99_us"],
+                r["p999_us"],
+                r["target_p99_us"],
+                "yes" if r["target_met"] else "NO",
+                r["baseline_p99_us"],
                 f"{r['speedup_p99']:.1f}x",
             ]
             for r in rows
@@ -193,8 +217,10 @@ def main() -> None:
     )
     for r in rows:
         if r["operation"] == "get(alias)":
-            print(f"{r['backend']}: populated in {r['populate_s']:.1f} s "
-                  f"({r['versions'] / r['populate_s']:.0f} registrations/s)")
+            print(
+                f"{r['backend']}: populated in {r['populate_s']:.1f} s "
+                f"({r['versions'] / r['populate_s']:.0f} registrations/s)"
+            )
     write_json(args.json, "bench_registry", rows)
 
 

@@ -61,16 +61,24 @@ def _add_serve(sub: Any) -> None:
         "called once per batch, optionally with .inputs/.outputs); repeatable",
     )
     g.add_argument(
-        "--registry", metavar="URL", help="model registry for NAME@ALIAS models (default: "
-        "$AIARCH_REGISTRY, else SQLite under $AIARCH_HOME)"
+        "--registry",
+        metavar="URL",
+        help="model registry for NAME@ALIAS models (default: "
+        "$AIARCH_REGISTRY, else SQLite under $AIARCH_HOME)",
     )
     g.add_argument(
-        "--route", action="append", default=[], metavar="NAME=ARM:W,...",
+        "--route",
+        action="append",
+        default=[],
+        metavar="NAME=ARM:W,...",
         help="canary split of a registry model, e.g. fraud=production:90,staging:10 (sticky "
         "per X-Route-Key header / route_key parameter); repeatable",
     )
     g.add_argument(
-        "--shadow", action="append", default=[], metavar="NAME@ALIAS[:FRACTION]",
+        "--shadow",
+        action="append",
+        default=[],
+        metavar="NAME@ALIAS[:FRACTION]",
         help="mirror a sample (default 0.1) of NAME's requests to another version; the "
         "response never depends on it; repeatable",
     )

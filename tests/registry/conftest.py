@@ -175,8 +175,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         s.stop()
 
 
-def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-              timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any]:
     import json
 
     data = None if body is None else json.dumps(body).encode()

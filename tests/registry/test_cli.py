@@ -19,19 +19,36 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 
 def test_models_cli_lifecycle(
-    registry_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    registry_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AIARCH_HOME", str(tmp_path / "home"))
     reg = ["--registry", registry_url]
     model = write_model(tmp_path / "src", 2.0)
     code, out, _ = _run(
-        capsys, "register", "fraud", f"{model}:predict", "--metric", "auc=0.93",
-        "--tag", "task=fraud", "--param", "lr=0.01", *reg, "--json",
+        capsys,
+        "register",
+        "fraud",
+        f"{model}:predict",
+        "--metric",
+        "auc=0.93",
+        "--tag",
+        "task=fraud",
+        "--param",
+        "lr=0.01",
+        *reg,
+        "--json",
     )
     assert code == 0
     v1 = json.loads(out)
-    assert (v1["version"], v1["format"], v1["entry"], v1["uri"]) == (1, "python", "predict", "models:/fraud/1")
+    assert (v1["version"], v1["format"], v1["entry"], v1["uri"]) == (
+        1,
+        "python",
+        "predict",
+        "models:/fraud/1",
+    )
     other = tmp_path / "m.onnx"
     other.write_bytes(b"onnx bytes")
     assert _run(capsys, "register", "fraud", str(other), "--metric", "auc=0.80", *reg)[0] == 0
@@ -55,13 +72,18 @@ def test_models_cli_lifecycle(
     assert code == 0 and [v["version"] for v in json.loads(out)] == [1]
     code, out, _ = _run(capsys, "search", "", "--order-by", "metrics.auc desc", *reg)
     lines = out.strip().split("\n")
-    assert lines[0].split()[:2] == ["NAME", "VERSION"] and [ln.split()[1] for ln in lines[1:]] == ["1", "2"]
+    assert lines[0].split()[:2] == ["NAME", "VERSION"] and [ln.split()[1] for ln in lines[1:]] == [
+        "1",
+        "2",
+    ]
 
     code, out, _ = _run(capsys, "rollback", "fraud", *reg)
     assert code == 0 and "2 → 1 (rollback)" in out
     code, out, _ = _run(capsys, "history", "fraud", *reg, "--json")
     assert [(c["action"], c["from_version"], c["to_version"]) for c in json.loads(out)] == [
-        ("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1),
+        ("promote", None, 1),
+        ("promote", 1, 2),
+        ("rollback", 2, 1),
     ]
     code, _, err = _run(capsys, "delete", "fraud", "1", *reg)
     assert code == 1 and "production" in err

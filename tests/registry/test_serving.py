@@ -16,7 +16,7 @@ import pytest
 
 from aiarch.registry import Registry
 
-from .conftest import Server, child_env, http_json, write_model
+from .conftest import Server, child_env, write_model
 
 pytest.importorskip("uvloop", reason="uvloop is not installed")
 
@@ -27,7 +27,9 @@ class Setup:
         self.url = f"sqlite:///{tmp_path / 'registry.db'}"
         self.reg = Registry(self.url, home=self.home)
         self.versions = [
-            self.reg.register("fraud", f"{write_model(tmp_path / 'src', f, fail_on_negative)}:predict")
+            self.reg.register(
+                "fraud", f"{write_model(tmp_path / 'src', f, fail_on_negative)}:predict"
+            )
             for f in factors
         ]
         self.env = child_env(AIARCH_HOME=str(self.home))
@@ -41,8 +43,11 @@ def _body(value: float = 1.0) -> bytes:
 
 
 def _infer(
-    conn: http.client.HTTPConnection, headers: dict[str, str] | None = None, value: float = 1.0,
-    path: str = "/v2/models/fraud/infer", body: bytes | None = None,
+    conn: http.client.HTTPConnection,
+    headers: dict[str, str] | None = None,
+    value: float = 1.0,
+    path: str = "/v2/models/fraud/infer",
+    body: bytes | None = None,
 ) -> tuple[int, Any]:
     conn.request("POST", path, body=body or _body(value), headers=headers or {})
     r = conn.getresponse()
@@ -50,7 +55,6 @@ def _infer(
 
 
 def _metric(server: Server, pattern: str) -> float | None:
-    status, _ = 200, None
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
@@ -81,7 +85,13 @@ def test_hot_switch_under_load_drops_nothing(tmp_path: Path, serve: Callable[...
         try:
             while not stop.is_set():
                 status, body = _infer(conn)
-                out.append((status, body.get("model_version", ""), body.get("outputs", [{}])[0].get("data", [0])[0] if status == 200 else 0.0))
+                out.append(
+                    (
+                        status,
+                        body.get("model_version", ""),
+                        body.get("outputs", [{}])[0].get("data", [0])[0] if status == 200 else 0.0,
+                    )
+                )
         except BaseException as e:  # a dropped connection is a failure of the test
             errors.append(e)
         finally:
@@ -180,7 +190,9 @@ def test_shadow_never_affects_responses(tmp_path: Path, serve: Callable[..., Ser
     failed = r'aiarch_shadow_requests_total\{model="fraud",outcome="failed",version="2"\}'
     ok = r'aiarch_shadow_requests_total\{model="fraud",outcome="ok",version="2"\}'
     _wait(lambda: _metric(server, failed) == 30 and _metric(server, ok) == 20, 10, "shadow counts")
-    success = _metric(server, r'aiarch_requests_total\{model="fraud",status="success",version="1"\}')
+    success = _metric(
+        server, r'aiarch_requests_total\{model="fraud",status="success",version="1"\}'
+    )
     assert success == 50
 
 
@@ -200,12 +212,17 @@ def test_serve_reports_unknown_registry_refs_and_bad_routes(tmp_path: Path) -> N
     for args, message in cases:
         r = subprocess.run(
             [sys.executable, "-m", "aiarch.cli", "serve", "--port", "0", *s.args, *args],
-            capture_output=True, text=True, env=s.env, timeout=60,
+            capture_output=True,
+            text=True,
+            env=s.env,
+            timeout=60,
         )
         assert message in r.stderr, (args, r.stderr[-2000:])
 
 
-def test_plain_loader_resolves_registry_refs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_loader_resolves_registry_refs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import numpy as np
 
     from aiarch.serving.loader import parse_model_arg, resolve_source

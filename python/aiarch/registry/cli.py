@@ -61,7 +61,11 @@ def add_parser(subparsers: Any) -> None:
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = sub.add_parser(
-            name, help=help, description=help, parents=[common], epilog=_EPILOG,
+            name,
+            help=help,
+            description=help,
+            parents=[common],
+            epilog=_EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sp.set_defaults(handler=_run)
@@ -70,7 +74,9 @@ def add_parser(subparsers: Any) -> None:
     r = add("register", "copy an artifact into the store and record a new version")
     r.add_argument("name", help="model name")
     r.add_argument("path", help="artifact file or folder, or FILE.py:CALLABLE")
-    r.add_argument("--format", help="onnx, torch_export, torchscript, python, ... (default: suffix)")
+    r.add_argument(
+        "--format", help="onnx, torch_export, torchscript, python, ... (default: suffix)"
+    )
     r.add_argument("--metric", type=_kv, action="append", default=[], metavar="K=V")
     r.add_argument("--param", type=_kv, action="append", default=[], metavar="K=V")
     r.add_argument("--tag", type=_kv, action="append", default=[], metavar="K=V")
@@ -85,7 +91,9 @@ def add_parser(subparsers: Any) -> None:
     sh.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, models:/... or NAME (latest)")
 
     se = add("search", "search versions by metrics, params, tags and attributes")
-    se.add_argument("filter", nargs="?", default="", help="e.g. \"metrics.auc >= 0.9 and tags.task = 'fraud'\"")
+    se.add_argument(
+        "filter", nargs="?", default="", help="e.g. \"metrics.auc >= 0.9 and tags.task = 'fraud'\""
+    )
     se.add_argument("--order-by", help="e.g. 'metrics.auc desc' (default: newest first)")
     se.add_argument("--limit", type=_version, default=100, help="most results (default 100)")
 
@@ -93,9 +101,13 @@ def add_parser(subparsers: Any) -> None:
     pr.add_argument("name")
     pr.add_argument("version", type=_version)
     pr.add_argument("--to", default="production", metavar="ALIAS", help="default production")
-    pr.add_argument("--gate", action="append", default=[], metavar="COND", help="e.g. 'metrics.auc >= 0.9'")
+    pr.add_argument(
+        "--gate", action="append", default=[], metavar="COND", help="e.g. 'metrics.auc >= 0.9'"
+    )
     pr.add_argument("--reason", default="")
-    pr.add_argument("--expect", type=_version, metavar="VERSION", help="fail unless the alias points here now")
+    pr.add_argument(
+        "--expect", type=_version, metavar="VERSION", help="fail unless the alias points here now"
+    )
 
     rb = add("rollback", "point an alias back at its previous version")
     rb.add_argument("name")
@@ -121,9 +133,7 @@ def add_parser(subparsers: Any) -> None:
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells
-    )
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
 def _when(ts: float) -> str:
@@ -218,7 +228,11 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
             lineage=dict(args.lineage),
             reference=reference,
         )
-        _emit(args, mv.to_dict(), f"registered {mv.uri} (digest {mv.digest[:12]}, {mv.size_bytes} bytes)")
+        _emit(
+            args,
+            mv.to_dict(),
+            f"registered {mv.uri} (digest {mv.digest[:12]}, {mv.size_bytes} bytes)",
+        )
     elif cmd == "list":
         if args.name:
             versions = reg.list_versions(args.name)
@@ -230,7 +244,12 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
                 [m.__dict__ for m in models],
                 _table(
                     [
-                        [m.name, m.versions, m.latest, ",".join(f"{a}={v}" for a, v in sorted(m.aliases.items()))]
+                        [
+                            m.name,
+                            m.versions,
+                            m.latest,
+                            ",".join(f"{a}={v}" for a, v in sorted(m.aliases.items())),
+                        ]
                         for m in models
                     ],
                     ["NAME", "VERSIONS", "LATEST", "ALIASES"],
@@ -239,7 +258,14 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
     elif cmd == "show":
         mv = reg.resolve(args.ref)
         d = mv.to_dict()
-        _emit(args, d, "\n".join(f"{k:<14}{json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in sorted(d.items())))
+        _emit(
+            args,
+            d,
+            "\n".join(
+                f"{k:<14}{json.dumps(v) if isinstance(v, dict | list) else v}"
+                for k, v in sorted(d.items())
+            ),
+        )
     elif cmd == "search":
         versions = reg.search(args.filter, order_by=args.order_by, limit=args.limit)
         _emit(args, [v.to_dict() for v in versions], _version_rows(versions))
@@ -262,14 +288,29 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
         _emit(args, _change(change) if change else None, text)
     elif cmd == "rollback":
         change = reg.rollback(args.name, args.alias, reason=args.reason)
-        _emit(args, _change(change), f"{args.name}@{args.alias}: {change.from_version} → {change.to_version} (rollback)")
+        _emit(
+            args,
+            _change(change),
+            f"{args.name}@{args.alias}: {change.from_version} → {change.to_version} (rollback)",
+        )
     elif cmd == "history":
         changes = reg.history(args.name, args.alias)
         _emit(
             args,
             [_change(c) for c in changes],
             _table(
-                [[_when(c.at), c.alias, c.action, c.from_version, c.to_version, c.actor, c.reason] for c in changes],
+                [
+                    [
+                        _when(c.at),
+                        c.alias,
+                        c.action,
+                        c.from_version,
+                        c.to_version,
+                        c.actor,
+                        c.reason,
+                    ]
+                    for c in changes
+                ],
                 ["WHEN", "ALIAS", "ACTION", "FROM", "TO", "WHO", "REASON"],
             ),
         )
@@ -278,9 +319,17 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
         _emit(args, mv.to_dict(), f"archived {mv.uri}")
     elif cmd == "delete":
         reg.delete(args.name, args.version)
-        _emit(args, {"deleted": f"models:/{args.name}/{args.version}"}, f"deleted models:/{args.name}/{args.version}")
+        _emit(
+            args,
+            {"deleted": f"models:/{args.name}/{args.version}"},
+            f"deleted models:/{args.name}/{args.version}",
+        )
     elif cmd == "verify":
         print(f"verifying {args.ref} ...", file=sys.stderr)
         mv = reg.open(args.ref)
-        _emit(args, {"uri": mv.uri, "digest": mv.digest, "ok": True}, f"ok: {mv.uri} matches digest {mv.digest}")
+        _emit(
+            args,
+            {"uri": mv.uri, "digest": mv.digest, "ok": True},
+            f"ok: {mv.uri} matches digest {mv.digest}",
+        )
     return 0

@@ -79,16 +79,33 @@ class TemporaryPostgres:
         self.port = _free_port()
         try:
             self._run(
-                str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                "--no-sync", "-E", "UTF8",
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
             )
             options = (
                 f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c max_connections=200 -c shared_buffers=64MB"
             )
             self._run(
-                str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                str(self.dir / "server.log"), "-w", "-t", str(int(self.timeout_s)), "start",
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(self.dir / "server.log"),
+                "-w",
+                "-t",
+                str(int(self.timeout_s)),
+                "start",
             )
         except subprocess.CalledProcessError as e:
             log = ""
@@ -118,7 +135,9 @@ class TemporaryPostgres:
         data = self.dir / "data"
         if (data / "postmaster.pid").exists():
             with contextlib.suppress(Exception):
-                self._run(str(self._bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+                self._run(
+                    str(self._bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"
+                )
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
 

@@ -184,7 +184,11 @@ def _tensor_list(specs: Any) -> list[dict[str, Any]]:
     for s in specs:  # TensorSpec objects or {"name", "dtype", "shape"} mappings
         get = s.get if isinstance(s, Mapping) else lambda k, s=s: getattr(s, k)
         out.append(
-            {"name": str(get("name")), "dtype": str(get("dtype")), "shape": [int(d) for d in get("shape")]}
+            {
+                "name": str(get("name")),
+                "dtype": str(get("dtype")),
+                "shape": [int(d) for d in get("shape") or ()],
+            }
         )
     return out
 
@@ -334,7 +338,9 @@ class Registry:
             raise InvalidArgumentError(f"lineage must be JSON-serializable: {e}") from None
         if reference is not None and not isinstance(reference, bytes | bytearray | memoryview):
             # int.to_bytes exists but means something else: numbers are not profiles.
-            to_bytes = None if isinstance(reference, int | str) else getattr(reference, "to_bytes", None)
+            to_bytes = (
+                None if isinstance(reference, int | str) else getattr(reference, "to_bytes", None)
+            )
             if to_bytes is None:
                 raise InvalidArgumentError(
                     f"reference must be bytes or have to_bytes(), got {type(reference).__name__}"
@@ -516,8 +522,10 @@ class Registry:
         """`get` + re-hash the artifact against its digest: what every load must call.
         `name` may also be a reference (`fraud@production`, `models:/fraud/3`). Raises
         IntegrityError on a tampered or missing artifact."""
-        if version is None and alias is None and (
-            "@" in name or "/" in name or name.startswith(SCHEME)
+        if (
+            version is None
+            and alias is None
+            and ("@" in name or "/" in name or name.startswith(SCHEME))
         ):
             mv = self.resolve(name)
         else:
@@ -525,7 +533,9 @@ class Registry:
         self.store.verify(mv.digest)
         return mv
 
-    def verify(self, name: str, version: int | None = None, alias: str | None = None) -> ModelVersion:
+    def verify(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> ModelVersion:
         """Re-hash a version's artifact; returns it, or raises IntegrityError."""
         return self.open(name, version, alias)
 
@@ -538,7 +548,9 @@ class Registry:
                 (name, version),
             )
             if row is None:
-                raise self._missing_version(tx, self._model_id(tx, name), name, f"version {version}")
+                raise self._missing_version(
+                    tx, self._model_id(tx, name), name, f"version {version}"
+                )
             data = tx.scalar("SELECT data FROM version_references WHERE version_id = ?", (row[0],))
         return None if data is None else bytes(data)
 
@@ -658,7 +670,9 @@ class Registry:
             if status is None:
                 raise self._missing_version(tx, model_id, name, f"version {version}")
             if status != "active":
-                raise ConflictError(f"{name} version {version} is {status}; it cannot hold an alias")
+                raise ConflictError(
+                    f"{name} version {version} is {status}; it cannot hold an alias"
+                )
             current = tx.scalar(
                 "SELECT version FROM aliases WHERE model_id = ? AND alias = ?", (model_id, alias)
             )
@@ -792,9 +806,12 @@ class Registry:
         alias points at it."""
         with self.db.tx(write=True) as tx:
             model_id = self._model_id(tx, name, lock=True)
-            if tx.scalar(
-                "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", (model_id, version)
-            ) is None:
+            if (
+                tx.scalar(
+                    "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", (model_id, version)
+                )
+                is None
+            ):
                 raise self._missing_version(tx, model_id, name, f"version {version}")
             self._refuse_if_aliased(tx, model_id, name, version, "archive")
             tx.execute(
@@ -866,8 +883,8 @@ def _check_gates(mv: ModelVersion, gates: list[str]) -> None:
     for gate in gates:
         for cond in parse_filter(gate):
             if not evaluate([cond], fields):
-                actual = fields.get(cond.key) if cond.kind == "attr" else fields[cond.kind].get(
-                    cond.key
+                actual = (
+                    fields.get(cond.key) if cond.kind == "attr" else fields[cond.kind].get(cond.key)
                 )
                 failed.append(
                     f"{cond.kind}.{cond.key} {cond.op} {cond.value!r} (actual: {actual!r})"

@@ -182,7 +182,9 @@ class ArtifactStore:
         try:
             data = self.manifest_path(digest).read_bytes()
         except FileNotFoundError:
-            raise IntegrityError(f"artifact {digest} is missing from the store {self.root}") from None
+            raise IntegrityError(
+                f"artifact {digest} is missing from the store {self.root}"
+            ) from None
         manifest = Manifest.from_bytes(data)
         if manifest.digest != digest:
             raise IntegrityError(f"the manifest of artifact {digest} was altered")

@@ -431,7 +431,7 @@ class App:
     def _entry(self, model: str, version: str | None) -> ModelEntry:
         route = self.routes.get(model)
         if route is not None and version is not None:
-            return route.entry_for_version(version)  # type: ignore[no-any-return]
+            return route.entry_for_version(version)
         entry = self.entries.get(model)
         if entry is None or (version is not None and version != entry.version):
             suffix = f" version {version}" if version is not None else ""
@@ -668,10 +668,10 @@ class App:
                     raise HttpError(400, "parameter 'priority' must be a non-negative integer")
                 priority = pr
         job.accept = headers.get(b"accept-encoding")
-        out = self._submit(job, conn, entry.runtime_name, x, timeout, priority)
+        response = self._submit(job, conn, entry.runtime_name, x, timeout, priority)
         if route is not None and route.shadow is not None:
             route.mirror(self._infer, x)
-        return out
+        return response
 
     def _predict(self, req: Request, conn: HttpProtocol, model: str) -> bytes | list[Any] | None:
         entry = self._entry(model, None)
@@ -681,10 +681,10 @@ class App:
         arrays = v2.decode_predict(req.body, entry.inputs)
         x = arrays[0] if len(arrays) == 1 else arrays
         job = _Job(self, entry, req.keep_alive)
-        out = self._submit(job, conn, entry.runtime_name, x, self._timeout(req, None), 0)
+        response = self._submit(job, conn, entry.runtime_name, x, self._timeout(req, None), 0)
         if route is not None and route.shadow is not None:
             route.mirror(self._infer, x)
-        return out
+        return response
 
     def _submit(
         self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None, priority: int

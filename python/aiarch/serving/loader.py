@@ -121,7 +121,7 @@ def parse_model_arg(arg: str) -> ModelConfig:
     """Parse `--model name=SOURCE`, or a bare registry reference (`fraud@production`,
     `models:/fraud/3`), served under the registry's model name."""
     name, sep, source = arg.partition("=")
-    if not sep and "@" in arg or arg.startswith("models:/"):
+    if (not sep and "@" in arg) or arg.startswith("models:/"):
         from aiarch.registry.uris import parse_ref
 
         try:
@@ -129,7 +129,9 @@ def parse_model_arg(arg: str) -> ModelConfig:
         except ValueError as e:
             raise ValueError(f"--model {arg!r}: {e}") from None
     if not sep or not source:
-        raise ValueError(f"--model expects NAME=SOURCE or a registry reference NAME@ALIAS, got {arg!r}")
+        raise ValueError(
+            f"--model expects NAME=SOURCE or a registry reference NAME@ALIAS, got {arg!r}"
+        )
     return ModelConfig(name=validate_model_name(name.strip()), source=source.strip())
 
 

@@ -129,7 +129,9 @@ def parse_shadow(spec: str) -> tuple[str, str, float]:
     else:
         name, _, sel = body.partition("/")
     if not name or not sel:
-        raise ValueError(f"--shadow: expected NAME@ALIAS[:FRACTION] or NAME/VERSION[:FRACTION], got {spec!r}")
+        raise ValueError(
+            f"--shadow: expected NAME@ALIAS[:FRACTION] or NAME/VERSION[:FRACTION], got {spec!r}"
+        )
     try:
         fraction = float(frac) if frac else _DEFAULT_SHADOW_FRACTION
     except ValueError:
@@ -284,13 +286,17 @@ class RoutingCollector:
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            "aiarch_route_requests", "Requests routed to each arm.", labels=["model", "arm", "version"]
+            "aiarch_route_requests",
+            "Requests routed to each arm.",
+            labels=["model", "arm", "version"],
         )
         weight = GaugeMetricFamily(
             "aiarch_route_weight", "Traffic weight of each arm.", labels=["model", "arm", "version"]
         )
         switches = CounterMetricFamily(
-            "aiarch_route_switches", "Hot switches of each arm to a new version.", labels=["model", "arm"]
+            "aiarch_route_switches",
+            "Hot switches of each arm to a new version.",
+            labels=["model", "arm"],
         )
         shadow = CounterMetricFamily(
             "aiarch_shadow_requests",
@@ -350,7 +356,11 @@ class RegistryRouting:
         route = Route(cfg.name, ref.name, cfg, arms)
         shadow_spec = self.config.shadows.get(cfg.name)
         if shadow_spec:
-            text = shadow_spec if "@" in shadow_spec or "/" in shadow_spec else f"{cfg.name}@{shadow_spec}"
+            text = (
+                shadow_spec
+                if "@" in shadow_spec or "/" in shadow_spec
+                else f"{cfg.name}@{shadow_spec}"
+            )
             _, sel, fraction = parse_shadow(text)
             route.shadow = Arm(sel)
             route.shadow_fraction = fraction
@@ -381,11 +391,17 @@ class RegistryRouting:
             mv = self.registry.open(route.registry_name, version=version)
             model = resolve_source(artifact_source(mv))
             batching, cache = _runtime_configs(route.config)
-            kwargs: dict[str, Any] = {"version": str(version), "cache": cache, "warmup": route.config.warmup}
+            kwargs: dict[str, Any] = {
+                "version": str(version),
+                "cache": cache,
+                "warmup": route.config.warmup,
+            }
             if batching is not None:
                 kwargs["batching"] = batching
             rt.add_model(rn, model, **kwargs)
-            log.info("loaded %s version %d (%s) as %s", route.registry_name, version, mv.digest[:12], rn)
+            log.info(
+                "loaded %s version %d (%s) as %s", route.registry_name, version, mv.digest[:12], rn
+            )
         self._refs[rn] = self._refs.get(rn, 0) + 1
         self.app.public_names[rn] = route.name
         return ModelEntry(rt.model_info(rn), f"models:/{route.registry_name}/{version}", route.name)
@@ -412,7 +428,13 @@ class RegistryRouting:
             self.app.entries[route.name] = entry
         if old is not None:
             arm.switches += 1
-            log.info("%s: %s now serves version %d (was %s)", route.name, arm.selector, version, old.version)
+            log.info(
+                "%s: %s now serves version %d (was %s)",
+                route.name,
+                arm.selector,
+                version,
+                old.version,
+            )
             await loop.run_in_executor(None, self._release, old.runtime_name)
 
     async def watch_loop(self) -> None:
@@ -420,6 +442,8 @@ class RegistryRouting:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.registry_poll_s)
+            if not self.routes:
+                continue  # no registry-served model: nothing to poll
             try:
                 moved = await loop.run_in_executor(None, self._poll)
             except Exception:
