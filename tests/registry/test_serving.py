@@ -174,6 +174,8 @@ def test_canary_split_is_weighted_and_sticky(tmp_path: Path, serve: Callable[...
     status, body = _infer(conn, path="/v2/models/fraud/versions/9/infer")
     assert status == 404 and "served versions: 1, 2" in body["error"]
     assert _metric(server, r'aiarch_route_weight\{arm="staging",model="fraud",version="2"\}') == 30
+    status, body = _infer(conn, path="/v2/repository/models/fraud/load", body=b"{}")
+    assert status == 400 and "served from the registry" in body["error"]
 
 
 def test_shadow_never_affects_responses(tmp_path: Path, serve: Callable[..., Server]) -> None:

@@ -400,6 +400,10 @@ class Registry:
                     "INSERT INTO version_references (version_id, data) VALUES (?, ?)",
                     (version_id, bytes(reference)),
                 )
+        if not self.store.manifest_path(manifest.digest).exists():
+            # A concurrent delete of the last version sharing this content removed the tree
+            # between the copy and the commit: put it back (content-addressed, idempotent).
+            self.store.put(art)
         return ModelVersion(
             name=name,
             version=int(version),

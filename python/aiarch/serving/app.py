@@ -743,6 +743,10 @@ class App:
             validate_model_name(model)
         except ValueError as e:
             raise HttpError(400, str(e)) from None
+        if model in self.routes:
+            raise HttpError(
+                400, f"model '{model}' is served from the registry: move its alias to change it"
+            )
         params = self._repo_params(req)
         if any(k.startswith("file:") for k in params):
             raise HttpError(501, "loading model files through the API is not supported")
