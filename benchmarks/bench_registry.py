@@ -33,7 +33,7 @@ from _report import print_table, write_json
 from aiarch.registry import Registry
 from aiarch.registry.filters import parse_filter
 from aiarch.registry.pgcluster import TemporaryPostgres
-from aiarch.registry.registry import matches
+from aiarch.registry.search import matches
 
 TASKS = [f"task{i}" for i in range(10)]
 REGIONS = ["eu", "us", "apac", "latam", "mea"]

@@ -20,7 +20,7 @@ from aiarch.registry import (
     parse_ref,
 )
 from aiarch.registry.filters import parse_filter
-from aiarch.registry.registry import matches
+from aiarch.registry.search import matches
 
 from .conftest import write_model
 

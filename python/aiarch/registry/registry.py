@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import importlib.util
 import json
 import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,11 +25,12 @@ import msgspec
 from .db import Database, Tx, open_database
 from .errors import (
     ConflictError,
-    GateFailedError,
     InvalidArgumentError,
     ModelNotFoundError,
 )
-from .filters import Condition, evaluate, parse_filter, parse_order_by
+from .filters import parse_filter, parse_order_by
+from .search import VERSION_COLUMNS, check_gates, search_sql
+from .signature import infer_signature
 from .store import ArtifactStore
 from .uris import SCHEME, ModelRef, parse_ref, validate_alias, validate_name
 
@@ -122,13 +121,6 @@ class ModelSummary:
     created_at: float
 
 
-_VERSION_COLUMNS = (
-    "m.name, v.version, v.digest, v.format, v.artifact_name, v.entry, v.signature, v.metrics, "
-    "v.params, v.tags, v.lineage, v.created_at, v.created_by, v.status, v.size_bytes, v.id, "
-    "v.model_id"
-)
-
-
 def _actor() -> str:
     user = os.environ.get("AIARCH_USER")
     if user:
@@ -177,62 +169,6 @@ def _split_python_ref(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     if sep and head.endswith(".py") and attr:
         return Path(head), attr
     return Path(text), None
-
-
-def _tensor_list(specs: Any) -> list[dict[str, Any]]:
-    out = []
-    for s in specs:  # TensorSpec objects or {"name", "dtype", "shape"} mappings
-        get = s.get if isinstance(s, Mapping) else lambda k, s=s: getattr(s, k)
-        out.append(
-            {
-                "name": str(get("name")),
-                "dtype": str(get("dtype")),
-                "shape": [int(d) for d in get("shape") or ()],
-            }
-        )
-    return out
-
-
-def infer_signature(fmt: str, path: Path, entry: str | None) -> dict[str, Any] | None:
-    """Input/output names, dtypes and shapes read from the artifact where the format allows
-    it without running the model: ONNX graphs, and Python callables with `.inputs`/`.outputs`.
-    None when it cannot be read."""
-    try:
-        if fmt == "onnx" and path.is_file():
-            import onnx
-            from onnx import helper
-
-            graph = onnx.load(str(path), load_external_data=False).graph
-            initializers = {i.name for i in graph.initializer}
-
-            def specs(values: Any) -> list[dict[str, Any]]:
-                out = []
-                for v in values:
-                    if v.name in initializers:
-                        continue
-                    t = v.type.tensor_type
-                    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-                    dtype = str(helper.tensor_dtype_to_np_dtype(t.elem_type))
-                    out.append({"name": v.name, "dtype": dtype, "shape": dims})
-                return out
-
-            return {"inputs": specs(graph.input), "outputs": specs(graph.output)}
-        if fmt == "python" and entry and path.is_file():
-            spec = importlib.util.spec_from_file_location(f"_aiarch_sig_{uuid.uuid4().hex}", path)
-            if spec is None or spec.loader is None:
-                return None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            obj: Any = module
-            for part in entry.removesuffix("()").split("."):
-                obj = getattr(obj, part)
-            inputs = getattr(obj, "inputs", None)
-            if inputs is None:
-                return None
-            return {"inputs": _tensor_list(inputs), "outputs": _tensor_list(obj.outputs or [])}
-    except Exception:  # a signature is optional: an unreadable model registers without one
-        return None
-    return None
 
 
 class AliasWatch:
@@ -480,7 +416,7 @@ class Registry:
         with self.db.tx() as tx:
             if alias is not None:
                 row = tx.one(
-                    f"SELECT {_VERSION_COLUMNS} FROM aliases a "
+                    f"SELECT {VERSION_COLUMNS} FROM aliases a "
                     "JOIN models m ON m.id = a.model_id "
                     "JOIN versions v ON v.model_id = a.model_id AND v.version = a.version "
                     "WHERE m.name = ? AND a.alias = ?",
@@ -491,14 +427,14 @@ class Registry:
                 if isinstance(version, bool) or not isinstance(version, int):
                     raise InvalidArgumentError(f"version must be an int, got {version!r}")
                 row = tx.one(
-                    f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
+                    f"SELECT {VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
                     "WHERE m.name = ? AND v.version = ?",
                     (name, version),
                 )
                 what = f"version {version}"
             else:
                 row = tx.one(
-                    f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
+                    f"SELECT {VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
                     "WHERE m.name = ? AND v.status = 'active' ORDER BY v.version DESC LIMIT 1",
                     (name,),
                 )
@@ -586,7 +522,7 @@ class Registry:
         with self.db.tx() as tx:
             model_id = self._model_id(tx, name)
             rows = tx.all(
-                f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
+                f"SELECT {VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
                 "WHERE v.model_id = ? ORDER BY v.version DESC",
                 (model_id,),
             )
@@ -610,7 +546,7 @@ class Registry:
             raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
         conds = parse_filter(filter)
         order = parse_order_by(order_by)
-        sql, args = _search_sql(conds, order, limit)
+        sql, args = search_sql(conds, order, limit)
         with self.db.tx() as tx:
             rows = tx.all(sql, args)
             aliases: dict[tuple[int, int], list[str]] = {}
@@ -723,7 +659,7 @@ class Registry:
             expected_current = self.alias_version(name, to)
         mv = self.get(name, version)
         if gates:
-            _check_gates(mv, [gates] if isinstance(gates, str) else list(gates))
+            check_gates(mv, [gates] if isinstance(gates, str) else list(gates))
         self.store.verify(mv.digest)
         return self.set_alias(
             name, to, version, expected_current=expected_current, reason=reason, action="promote"
@@ -866,97 +802,3 @@ def _ranges(versions: list[int]) -> str:
     if start is not None:
         parts.append(str(start) if start == prev else f"{start}-{prev}")
     return ", ".join(parts)
-
-
-def _fields(mv: ModelVersion) -> dict[str, Any]:
-    return {
-        "metrics": mv.metrics,
-        "params": mv.params,
-        "tags": mv.tags,
-        "name": mv.name,
-        "version": float(mv.version),
-        "format": mv.format,
-        "status": mv.status,
-        "created_at": mv.created_at,
-    }
-
-
-def _check_gates(mv: ModelVersion, gates: list[str]) -> None:
-    fields = _fields(mv)
-    failed = []
-    for gate in gates:
-        for cond in parse_filter(gate):
-            if not evaluate([cond], fields):
-                actual = (
-                    fields.get(cond.key) if cond.kind == "attr" else fields[cond.kind].get(cond.key)
-                )
-                failed.append(
-                    f"{cond.kind}.{cond.key} {cond.op} {cond.value!r} (actual: {actual!r})"
-                )
-    if failed:
-        raise GateFailedError(
-            f"{mv.name} version {mv.version} fails promotion gate(s): {'; '.join(failed)}"
-        )
-
-
-def matches(mv: ModelVersion, conds: list[Condition]) -> bool:
-    """True if `mv` satisfies every condition (the Python evaluation of a search)."""
-    return evaluate(conds, _fields(mv))
-
-
-_ATTR_SQL = {
-    "name": "m.name",
-    "version": "v.version",
-    "format": "v.format",
-    "status": "v.status",
-    "created_at": "v.created_at",
-}
-_SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
-
-
-def _search_sql(conds: list[Condition], order: list[Any], limit: int) -> tuple[str, list[Any]]:
-    """One SELECT. Key/value conditions are answered first, on ids only: the first one (an
-    equality if there is one: usually the most selective) scans its (key, value) index and
-    every other is a probe of its table's (version_id, key) primary key. Only the matching ids
-    (at most `limit` of them when no other ordering or attribute filter applies) reach the
-    wide `versions` rows."""
-    kv = sorted((c for c in conds if c.kind != "attr"), key=lambda c: c.op != "=")
-    attrs = [c for c in conds if c.kind == "attr"]
-    args: list[Any] = []
-    source = "versions v "
-    if kv:
-        first = kv[0]
-        inner = [f"SELECT c0.version_id AS id FROM version_{first.kind} c0"]
-        for i, c in enumerate(kv[1:], 1):
-            inner.append(
-                f"JOIN version_{c.kind} c{i} ON c{i}.version_id = c0.version_id AND c{i}.key = ? "
-                f"AND c{i}.value {_SQL_OPS[c.op]} ?"
-            )
-            args.extend((c.key, c.value))
-        inner.append(f"WHERE c0.key = ? AND c0.value {_SQL_OPS[first.op]} ?")
-        args.extend((first.key, first.value))
-        if not attrs and not order:
-            inner.append("ORDER BY c0.version_id DESC LIMIT ?")
-            args.append(limit)
-        source = "(" + " ".join(inner) + ") hits JOIN versions v ON v.id = hits.id "
-    joins = []
-    order_sql = []
-    for i, o in enumerate(order):
-        direction = "DESC" if o.descending else "ASC"
-        if o.kind == "attr":
-            order_sql.append(f"{_ATTR_SQL[o.key]} {direction}")
-        else:
-            joins.append(
-                f"LEFT JOIN version_{o.kind} o{i} ON o{i}.version_id = v.id AND o{i}.key = ?"
-            )
-            args.append(o.key)
-            order_sql.append(f"o{i}.value {direction} NULLS LAST")
-    order_sql.append("v.id DESC")
-    sql = f"SELECT {_VERSION_COLUMNS} FROM {source}JOIN models m ON m.id = v.model_id "
-    sql += " ".join(joins)
-    if attrs:
-        sql += " WHERE " + " AND ".join(f"{_ATTR_SQL[c.key]} {_SQL_OPS[c.op]} ?" for c in attrs)
-        args.extend(c.value for c in attrs)
-    sql += " ORDER BY " + ", ".join(order_sql) + " LIMIT ?"
-    args.append(limit)
-    return sql, args
