@@ -256,15 +256,17 @@ class SqliteDatabase(Database):
     def tx(self, write: bool = False) -> Iterator[Tx]:
         conn = self._conn()
         cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield Tx(cur, False)
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                cur.execute("ROLLBACK")
-            raise
-        else:
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield Tx(cur, False)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
             cur.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            raise RegistryError(f"registry database {self.path}: {e}") from e
         finally:
             cur.close()
 
@@ -295,8 +297,13 @@ class PostgresDatabase(Database):
         if conn.closed or conn.broken:
             self._local.conn = None
             conn = self._conn()
-        with conn.transaction(), conn.cursor() as cur:
-            yield Tx(cur, True)
+        import psycopg
+
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                yield Tx(cur, True)
+        except psycopg.OperationalError as e:
+            raise RegistryError(f"registry database unavailable: {e}") from e
 
     def ddl(self, statement: str) -> str:
         return statement.format(
