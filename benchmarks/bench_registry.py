@@ -99,6 +99,7 @@ def run_backend(name: str, url: str, home: Path, args: argparse.Namespace) -> li
     art.write_bytes(b"x" * 4096)
     print(f"{name}: registering {args.models * args.versions} versions ...", file=sys.stderr)
     pop_s = populate(reg, args.models, args.versions, art, args.seed)
+    reg.optimize()  # planner statistics after the bulk import
     rng = random.Random(args.seed + 1)
     names = [f"model{m:04d}" for m in range(args.models)]
 

@@ -182,6 +182,19 @@ class Database:
     def ddl(self, statement: str) -> str:
         raise NotImplementedError
 
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """First row of one read-only statement run on its own (no explicit transaction)."""
+        raise NotImplementedError
+
+    def string_agg(self, expr: str) -> str:
+        """SQL aggregating `expr` into one comma-separated string."""
+        raise NotImplementedError
+
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics of the registry tables."""
+        with self.tx(write=True) as tx:
+            tx.execute("ANALYZE")
+
     def migration_lock(self, tx: Tx) -> None:
         """Called first inside the migration transaction."""
 
@@ -270,6 +283,16 @@ class SqliteDatabase(Database):
         finally:
             cur.close()
 
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        try:
+            row = self._conn().execute(sql, tuple(params)).fetchone()
+        except sqlite3.OperationalError as e:
+            raise RegistryError(f"registry database {self.path}: {e}") from e
+        return None if row is None else tuple(row)
+
+    def string_agg(self, expr: str) -> str:
+        return f"group_concat({expr}, ',')"
+
     def ddl(self, statement: str) -> str:
         # WITHOUT ROWID: the (version_id, key) primary key holds the value, so a search's
         # probe of a key/value table is one index lookup.
@@ -304,6 +327,22 @@ class PostgresDatabase(Database):
                 yield Tx(cur, True)
         except psycopg.OperationalError as e:
             raise RegistryError(f"registry database unavailable: {e}") from e
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        import psycopg
+
+        conn = self._conn()
+        if conn.closed or conn.broken:
+            self._local.conn = None
+            conn = self._conn()
+        try:
+            row = conn.execute(sql.replace("?", "%s"), tuple(params)).fetchone()
+        except psycopg.OperationalError as e:
+            raise RegistryError(f"registry database unavailable: {e}") from e
+        return None if row is None else tuple(row)
+
+    def string_agg(self, expr: str) -> str:
+        return f"string_agg({expr}, ',')"
 
     def ddl(self, statement: str) -> str:
         return statement.format(

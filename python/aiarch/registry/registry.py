@@ -413,44 +413,42 @@ class Registry:
         naming what exists. Thread-safe."""
         if version is not None and alias is not None:
             raise InvalidArgumentError("give a version or an alias, not both")
-        with self.db.tx() as tx:
-            if alias is not None:
-                row = tx.one(
-                    f"SELECT {VERSION_COLUMNS} FROM aliases a "
-                    "JOIN models m ON m.id = a.model_id "
-                    "JOIN versions v ON v.model_id = a.model_id AND v.version = a.version "
-                    "WHERE m.name = ? AND a.alias = ?",
-                    (name, alias),
-                )
-                what = f"alias {alias!r}"
-            elif version is not None:
-                if isinstance(version, bool) or not isinstance(version, int):
-                    raise InvalidArgumentError(f"version must be an int, got {version!r}")
-                row = tx.one(
-                    f"SELECT {VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
-                    "WHERE m.name = ? AND v.version = ?",
-                    (name, version),
-                )
-                what = f"version {version}"
-            else:
-                row = tx.one(
-                    f"SELECT {VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
-                    "WHERE m.name = ? AND v.status = 'active' ORDER BY v.version DESC LIMIT 1",
-                    (name,),
-                )
-                what = "active version"
-            if row is None:
-                model_id = self._model_id(tx, name)
-                raise self._missing_version(tx, model_id, name, what)
-            aliases = tuple(
-                sorted(
-                    r[0]
-                    for r in tx.all(
-                        "SELECT alias FROM aliases WHERE model_id = ? AND version = ?",
-                        (row[16], row[1]),
-                    )
-                )
+        # One statement, outside an explicit transaction: one round trip to PostgreSQL.
+        held = (
+            f"(SELECT {self.db.string_agg('a2.alias')} FROM aliases a2 "
+            "WHERE a2.model_id = v.model_id AND a2.version = v.version)"
+        )
+        if alias is not None:
+            sql = (
+                f"SELECT {VERSION_COLUMNS}, {held} FROM aliases a "
+                "JOIN models m ON m.id = a.model_id "
+                "JOIN versions v ON v.model_id = a.model_id AND v.version = a.version "
+                "WHERE m.name = ? AND a.alias = ?"
             )
+            args: tuple[Any, ...] = (name, alias)
+            what = f"alias {alias!r}"
+        elif version is not None:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise InvalidArgumentError(f"version must be an int, got {version!r}")
+            sql = (
+                f"SELECT {VERSION_COLUMNS}, {held} FROM versions v "
+                "JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?"
+            )
+            args = (name, version)
+            what = f"version {version}"
+        else:
+            sql = (
+                f"SELECT {VERSION_COLUMNS}, {held} FROM versions v "
+                "JOIN models m ON m.id = v.model_id "
+                "WHERE m.name = ? AND v.status = 'active' ORDER BY v.version DESC LIMIT 1"
+            )
+            args = (name,)
+            what = "active version"
+        row = self.db.query_one(sql, args)
+        if row is None:
+            with self.db.tx() as tx:
+                raise self._missing_version(tx, self._model_id(tx, name), name, what)
+        aliases = tuple(sorted(row[17].split(","))) if row[17] else ()
         return self._row_to_version(row, aliases)
 
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
@@ -566,13 +564,12 @@ class Registry:
     # -- aliases ---------------------------------------------------------------------------
     def alias_version(self, name: str, alias: str) -> int | None:
         """The version `alias` points at now, or None. One indexed read."""
-        with self.db.tx() as tx:
-            v = tx.scalar(
-                "SELECT a.version FROM aliases a JOIN models m ON m.id = a.model_id "
-                "WHERE m.name = ? AND a.alias = ?",
-                (name, alias),
-            )
-        return None if v is None else int(v)
+        row = self.db.query_one(
+            "SELECT a.version FROM aliases a JOIN models m ON m.id = a.model_id "
+            "WHERE m.name = ? AND a.alias = ?",
+            (name, alias),
+        )
+        return None if row is None else int(row[0])
 
     def change_counter(self, name: str) -> int:
         """A number that grows whenever an alias of `name` moves (0 for an unknown model)."""
@@ -779,6 +776,11 @@ class Registry:
         if shared is None:
             with contextlib.suppress(OSError):
                 self.store.remove_tree(digest)
+
+    def optimize(self) -> None:
+        """Refresh the database's planner statistics (search picks its plans from them). Worth
+        running after a bulk import; PostgreSQL's autovacuum also does it on its own schedule."""
+        self.db.analyze()
 
     def sweep_store(self) -> int:
         """Remove store entries no version references (left by interrupted registrations or
