@@ -120,14 +120,21 @@ class Tx:
         self._cur = cursor
         self.postgres = postgres
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True) -> Any:
         if self.postgres:
-            sql = sql.replace("?", "%s")
-        self._cur.execute(sql, tuple(params))
+            # psycopg prepares a statement run 5 times; PostgreSQL may then use one generic
+            # plan for all parameter values. `prepare=False` keeps planning with the values.
+            self._cur.execute(
+                sql.replace("?", "%s"), tuple(params), prepare=None if prepare else False
+            )
+        else:
+            self._cur.execute(sql, tuple(params))
         return self._cur
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self.execute(sql, params).fetchall())
+    def all(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True
+    ) -> list[tuple[Any, ...]]:
+        return list(self.execute(sql, params, prepare=prepare).fetchall())
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row = self.execute(sql, params).fetchone()

@@ -546,7 +546,8 @@ class Registry:
         order = parse_order_by(order_by)
         sql, args = search_sql(conds, order, limit)
         with self.db.tx() as tx:
-            rows = tx.all(sql, args)
+            # Plans depend on the values (how selective each condition is): never a generic one.
+            rows = tx.all(sql, args, prepare=False)
             aliases: dict[tuple[int, int], list[str]] = {}
             model_ids = sorted({int(r[16]) for r in rows})
             if model_ids:
