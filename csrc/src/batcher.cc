@@ -1,10 +1,10 @@
 #include "aiarch/batcher.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <limits>
-#include <atomic>
 #include <utility>
 
 #include "aiarch/hash.h"

@@ -72,12 +72,16 @@ def reg(make_registry: Callable[[], Registry]) -> Registry:
 
 
 MODEL_SOURCE = """
+import time
+
 import numpy as np
 
 FACTOR = {factor}
 
 
 def predict(x):
+    if x.shape[0] and {delay_s}:
+        time.sleep({delay_s})  # keeps requests queued while an alias moves
     if (x < 0).any() and {fail_on_negative}:
         raise ValueError("negative input")
     return x * FACTOR
@@ -88,12 +92,17 @@ predict.outputs = [{{"name": "y", "dtype": "float32", "shape": (4,)}}]
 """
 
 
-def write_model(folder: Path, factor: float, fail_on_negative: bool = False) -> Path:
-    """A Python model file computing x * factor (a distinct artifact per factor)."""
+def write_model(
+    folder: Path, factor: float, fail_on_negative: bool = False, delay_s: float = 0.0
+) -> Path:
+    """A Python model file computing x * factor (a distinct artifact per factor), optionally
+    sleeping `delay_s` per batch."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"model_{str(factor).replace('.', '_')}.py"
     path.write_text(
-        textwrap.dedent(MODEL_SOURCE.format(factor=factor, fail_on_negative=fail_on_negative))
+        textwrap.dedent(
+            MODEL_SOURCE.format(factor=factor, fail_on_negative=fail_on_negative, delay_s=delay_s)
+        )
     )
     return path
 

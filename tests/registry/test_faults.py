@@ -164,23 +164,29 @@ def _store_is_consistent(reg: Registry) -> None:
 
 def test_sigkill_during_register_leaves_no_half_version(registry_url: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    folder = tmp_path / "big"
-    folder.mkdir()
-    for i in range(40):  # 40 MiB: copying and hashing takes a while
-        (folder / f"shard{i:02d}.bin").write_bytes(bytes([i]) * (1 << 20))
+    # Each registration writes 24 MiB of new content (3 x 8 MiB: each copy takes a while), so
+    # every one copies (nothing dedupes).
     script = f"""
-        import sys
+        import os, sys
+        from pathlib import Path
         from aiarch.registry import Registry
         reg = Registry({registry_url!r}, home={str(home)!r})
+        folder = Path({str(tmp_path)!r}) / f"big{{os.getpid()}}"
+        folder.mkdir()
         print("ready", flush=True)
         sys.stdin.readline()
         i = 0
         while True:
-            reg.register("big", {str(folder)!r}, format="blob", tags={{"i": str(i)}})
+            for k in range(3):
+                (folder / f"shard{{k:02d}}.bin").write_bytes(os.urandom(8 << 20))
+            reg.register("big", folder, format="blob", tags={{"i": str(i)}})
             i += 1
     """
-    killed_mid_copy = 0
-    for delay in (0.05, 0.15, 0.3, 0.6):
+    tmp_dir = home / "artifacts" / "tmp"
+    leftovers: set[str] = set()  # temporary entries of interrupted copies
+    # "copy": kill as soon as a new temporary file exists (inside the copy, every time);
+    # a number: kill after that many seconds (any phase: hashing, copying, the transaction).
+    for when in ("copy", 0.05, "copy", 0.3, "copy", 0.8):
         p = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(script)],
             stdin=subprocess.PIPE,
@@ -193,25 +199,32 @@ def test_sigkill_during_register_leaves_no_half_version(registry_url: str, tmp_p
             assert p.stdout.readline().strip() == "ready"
             p.stdin.write("go\n")
             p.stdin.flush()
-            time.sleep(delay)
+            if when == "copy":
+                deadline = time.monotonic() + 30
+                while not ({e.name for e in tmp_dir.iterdir()} - leftovers):
+                    assert time.monotonic() < deadline, "the registration never started copying"
+                    time.sleep(0.001)
+            else:
+                time.sleep(float(when))
         finally:
             p.send_signal(signal.SIGKILL)
             p.wait(10)
         assert p.returncode == -signal.SIGKILL
         reg = Registry(registry_url, home=home)
-        if any(reg.store.tmp.iterdir()):
-            killed_mid_copy += 1
+        leftovers.update(e.name for e in reg.store.tmp.iterdir())
         _store_is_consistent(reg)
         versions = [v.version for v in reg.list_versions("big")] if reg.list_models() else []
         assert sorted(versions) == list(range(1, len(versions) + 1))
         reg.close()
-    assert killed_mid_copy >= 1  # at least one kill landed inside the copy
+    assert len(leftovers) >= 3  # the three "copy" kills each left a temporary file
     reg = Registry(registry_url, home=home)
     removed = reg.sweep_store()
-    assert not any(reg.store.tmp.iterdir()) and removed >= killed_mid_copy
+    assert not any(reg.store.tmp.iterdir()) and removed >= len(leftovers)
     before = len(reg.list_versions("big")) if reg.list_models() else 0
-    mv = reg.register("big", folder, format="blob")
-    assert mv.version == before + 1
+    folder = tmp_path / "after"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"after the crashes")
+    assert reg.register("big", folder, format="blob").version == before + 1
     _store_is_consistent(reg)
     reg.close()
 

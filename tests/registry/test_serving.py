@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aiarch.registry import Registry
+from aiarch.registry import IntegrityError, Registry
 
 from .conftest import Server, child_env, write_model
 
@@ -22,13 +22,19 @@ pytest.importorskip("uvloop", reason="uvloop is not installed")
 
 
 class Setup:
-    def __init__(self, tmp_path: Path, factors: list[float], fail_on_negative: bool = False):
+    def __init__(
+        self,
+        tmp_path: Path,
+        factors: list[float],
+        fail_on_negative: bool = False,
+        delay_s: float = 0.0,
+    ):
         self.home = tmp_path / "home"
         self.url = f"sqlite:///{tmp_path / 'registry.db'}"
         self.reg = Registry(self.url, home=self.home)
         self.versions = [
             self.reg.register(
-                "fraud", f"{write_model(tmp_path / 'src', f, fail_on_negative)}:predict"
+                "fraud", f"{write_model(tmp_path / 'src', f, fail_on_negative, delay_s)}:predict"
             )
             for f in factors
         ]
@@ -55,7 +61,6 @@ def _infer(
 
 
 def _metric(server: Server, pattern: str) -> float | None:
-    status, _ = 200, None
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
@@ -74,11 +79,24 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_hot_switch_under_load_drops_nothing(tmp_path: Path, serve: Callable[..., Server]) -> None:
-    s = Setup(tmp_path, [1.0, 2.0])
+    # 5 ms per batch and 8 clients: requests are queued on the old version when it switches,
+    # so the drain is exercised, not just the pointer swap.
+    s = Setup(tmp_path, [1.0, 2.0], delay_s=0.005)
     s.reg.promote("fraud", 1)
-    server = serve([*s.args, "--model", "fraud@production"], s.env)
+    server = serve(
+        [
+            *s.args,
+            "--model",
+            "fraud@production",
+            "--inline-execution",
+            "off",
+            "--max-batch-size",
+            "2",
+        ],
+        s.env,
+    )
     stop = threading.Event()
-    results: list[list[tuple[int, str, float]]] = [[] for _ in range(4)]
+    results: list[list[tuple[int, str, float]]] = [[] for _ in range(8)]
     errors: list[BaseException] = []
 
     def client(out: list[tuple[int, str, float]]) -> None:
@@ -175,6 +193,8 @@ def test_canary_split_is_weighted_and_sticky(tmp_path: Path, serve: Callable[...
     status, body = _infer(conn, path="/v2/models/fraud/versions/9/infer")
     assert status == 404 and "served versions: 1, 2" in body["error"]
     assert _metric(server, r'aiarch_route_weight\{arm="staging",model="fraud",version="2"\}') == 30
+    status, body = _infer(conn, path="/v2/repository/models/fraud/load", body=b"{}")
+    assert status == 400 and "served from the registry" in body["error"]
 
 
 def test_shadow_never_affects_responses(tmp_path: Path, serve: Callable[..., Server]) -> None:
@@ -234,6 +254,10 @@ def test_plain_loader_resolves_registry_refs(
     monkeypatch.setenv("AIARCH_HOME", str(s.home))
     fn = resolve_source("models:/fraud@production")
     assert float(fn(np.ones((1, 4), np.float32))[0, 0]) == 3.0
+    s.versions[0].artifact_path.chmod(0o644)
+    s.versions[0].artifact_path.write_text("FACTOR = 666")
+    with pytest.raises(IntegrityError, match="was modified"):
+        resolve_source("fraud@production")
     cfg = parse_model_arg("fraud@production")
     assert (cfg.name, cfg.source) == ("fraud", "fraud@production")
     assert parse_model_arg("live=models:/fraud/1").name == "live"

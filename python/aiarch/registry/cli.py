@@ -98,33 +98,33 @@ def add_parser(subparsers: Any) -> None:
     se.add_argument("--limit", type=_version, default=100, help="most results (default 100)")
 
     pr = add("promote", "point an alias at a version (compare-and-swap, optional gates)")
-    pr.add_argument("name")
-    pr.add_argument("version", type=_version)
+    pr.add_argument("name", help="model name")
+    pr.add_argument("version", type=_version, help="version number")
     pr.add_argument("--to", default="production", metavar="ALIAS", help="default production")
     pr.add_argument(
         "--gate", action="append", default=[], metavar="COND", help="e.g. 'metrics.auc >= 0.9'"
     )
-    pr.add_argument("--reason", default="")
+    pr.add_argument("--reason", default="", help="recorded in the alias history")
     pr.add_argument(
         "--expect", type=_version, metavar="VERSION", help="fail unless the alias points here now"
     )
 
     rb = add("rollback", "point an alias back at its previous version")
-    rb.add_argument("name")
+    rb.add_argument("name", help="model name")
     rb.add_argument("--alias", default="production", help="default production")
-    rb.add_argument("--reason", default="")
+    rb.add_argument("--reason", default="", help="recorded in the alias history")
 
     hi = add("history", "the append-only alias history of a model")
-    hi.add_argument("name")
+    hi.add_argument("name", help="model name")
     hi.add_argument("--alias", help="only this alias")
 
     ar = add("archive", "archive a version (refused while an alias points at it)")
-    ar.add_argument("name")
-    ar.add_argument("version", type=_version)
+    ar.add_argument("name", help="model name")
+    ar.add_argument("version", type=_version, help="version number")
 
     de = add("delete", "delete a version (refused while an alias points at it)")
-    de.add_argument("name")
-    de.add_argument("version", type=_version)
+    de.add_argument("name", help="model name")
+    de.add_argument("version", type=_version, help="version number")
 
     ve = add("verify", "re-hash a version's artifact against its digest")
     ve.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, models:/... or NAME (latest)")

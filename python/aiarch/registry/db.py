@@ -27,7 +27,8 @@ from .errors import RegistryError
 __all__ = ["MIGRATIONS", "Database", "Tx", "open_database"]
 
 # Each migration: (number, description, statements). Types are written for both dialects:
-# {pk} is the auto-increment primary key, {blob} the binary type.
+# {pk} is the auto-increment primary key, {blob} the binary type, {clustered} the table option
+# that stores rows in primary-key order where the dialect has one.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
         1,
@@ -65,21 +66,21 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 key TEXT NOT NULL,
                 value DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (version_id, key)
-            )""",
+            ){clustered}""",
             "CREATE INDEX version_metrics_kv ON version_metrics (key, value, version_id)",
             """CREATE TABLE version_params (
                 version_id BIGINT NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
                 key TEXT NOT NULL,
                 value TEXT NOT NULL,
                 PRIMARY KEY (version_id, key)
-            )""",
+            ){clustered}""",
             "CREATE INDEX version_params_kv ON version_params (key, value, version_id)",
             """CREATE TABLE version_tags (
                 version_id BIGINT NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
                 key TEXT NOT NULL,
                 value TEXT NOT NULL,
                 PRIMARY KEY (version_id, key)
-            )""",
+            ){clustered}""",
             "CREATE INDEX version_tags_kv ON version_tags (key, value, version_id)",
             """CREATE TABLE version_references (
                 version_id BIGINT PRIMARY KEY REFERENCES versions(id) ON DELETE CASCADE,
@@ -119,14 +120,21 @@ class Tx:
         self._cur = cursor
         self.postgres = postgres
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True) -> Any:
         if self.postgres:
-            sql = sql.replace("?", "%s")
-        self._cur.execute(sql, tuple(params))
+            # psycopg prepares a statement run 5 times; PostgreSQL may then use one generic
+            # plan for all parameter values. `prepare=False` keeps planning with the values.
+            self._cur.execute(
+                sql.replace("?", "%s"), tuple(params), prepare=None if prepare else False
+            )
+        else:
+            self._cur.execute(sql, tuple(params))
         return self._cur
 
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self.execute(sql, params).fetchall())
+    def all(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True
+    ) -> list[tuple[Any, ...]]:
+        return list(self.execute(sql, params, prepare=prepare).fetchall())
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         row = self.execute(sql, params).fetchone()
@@ -181,6 +189,19 @@ class Database:
     def ddl(self, statement: str) -> str:
         raise NotImplementedError
 
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """First row of one read-only statement run on its own (no explicit transaction)."""
+        raise NotImplementedError
+
+    def string_agg(self, expr: str) -> str:
+        """SQL aggregating `expr` into one comma-separated string."""
+        raise NotImplementedError
+
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics of the registry tables."""
+        with self.tx(write=True) as tx:
+            tx.execute("ANALYZE")
+
     def migration_lock(self, tx: Tx) -> None:
         """Called first inside the migration transaction."""
 
@@ -219,6 +240,12 @@ class Database:
 class SqliteDatabase(Database):
     busy_timeout_s = 120.0
 
+    def close(self) -> None:
+        # Refresh the planner's statistics where they went stale (cheap when they did not).
+        with contextlib.suppress(sqlite3.Error), self.tx(write=True) as tx:
+            tx.execute("PRAGMA optimize")
+        super().close()
+
     def __init__(self, path: Path):
         super().__init__(f"sqlite:///{path}")
         self.path = path
@@ -249,20 +276,34 @@ class SqliteDatabase(Database):
     def tx(self, write: bool = False) -> Iterator[Tx]:
         conn = self._conn()
         cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield Tx(cur, False)
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                cur.execute("ROLLBACK")
-            raise
-        else:
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield Tx(cur, False)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
             cur.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            raise RegistryError(f"registry database {self.path}: {e}") from e
         finally:
             cur.close()
 
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        try:
+            row = self._conn().execute(sql, tuple(params)).fetchone()
+        except sqlite3.OperationalError as e:
+            raise RegistryError(f"registry database {self.path}: {e}") from e
+        return None if row is None else tuple(row)
+
+    def string_agg(self, expr: str) -> str:
+        return f"group_concat({expr}, ',')"
+
     def ddl(self, statement: str) -> str:
-        return statement.format(pk="INTEGER PRIMARY KEY", blob="BLOB")
+        # WITHOUT ROWID: the (version_id, key) primary key holds the value, so a search's
+        # probe of a key/value table is one index lookup.
+        return statement.format(pk="INTEGER PRIMARY KEY", blob="BLOB", clustered=" WITHOUT ROWID")
 
 
 class PostgresDatabase(Database):
@@ -286,12 +327,40 @@ class PostgresDatabase(Database):
         if conn.closed or conn.broken:
             self._local.conn = None
             conn = self._conn()
-        with conn.transaction(), conn.cursor() as cur:
-            yield Tx(cur, True)
+        import psycopg
+
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                yield Tx(cur, True)
+        except psycopg.OperationalError as e:
+            raise RegistryError(f"registry database unavailable: {e}") from e
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        import psycopg
+
+        conn = self._conn()
+        if conn.closed or conn.broken:
+            self._local.conn = None
+            conn = self._conn()
+        try:
+            row = conn.execute(sql.replace("?", "%s"), tuple(params)).fetchone()
+        except psycopg.OperationalError as e:
+            raise RegistryError(f"registry database unavailable: {e}") from e
+        return None if row is None else tuple(row)
+
+    def string_agg(self, expr: str) -> str:
+        return f"string_agg({expr}, ',')"
+
+    def analyze(self) -> None:
+        # VACUUM also marks pages all-visible, which lets searches use index-only scans of the
+        # key/value indexes; it cannot run inside a transaction block.
+        conn = self._conn()
+        for table in ("models", "versions", "version_metrics", "version_params", "version_tags"):
+            conn.execute(f"VACUUM (ANALYZE) {table}")
 
     def ddl(self, statement: str) -> str:
         return statement.format(
-            pk="BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", blob="BYTEA"
+            pk="BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", blob="BYTEA", clustered=""
         )
 
     def migration_lock(self, tx: Tx) -> None:

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import importlib.util
 import json
 import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .db import Database, Tx, open_database
 from .errors import (
     ConflictError,
-    GateFailedError,
     InvalidArgumentError,
     ModelNotFoundError,
 )
-from .filters import Condition, evaluate, parse_filter, parse_order_by
+from .filters import parse_filter, parse_order_by
+from .search import VERSION_COLUMNS, check_gates, search_sql
+from .signature import infer_signature
 from .store import ArtifactStore
 from .uris import SCHEME, ModelRef, parse_ref, validate_alias, validate_name
 
@@ -44,6 +45,9 @@ __all__ = [
 
 FORMATS_BY_SUFFIX = {".onnx": "onnx", ".pt2": "torch_export", ".pt": "torchscript", ".py": "python"}
 """File suffix → format, used when `register` is given no `format`."""
+
+
+_decode = msgspec.json.decode
 
 
 class _Unset:
@@ -117,13 +121,6 @@ class ModelSummary:
     created_at: float
 
 
-_VERSION_COLUMNS = (
-    "m.name, v.version, v.digest, v.format, v.artifact_name, v.entry, v.signature, v.metrics, "
-    "v.params, v.tags, v.lineage, v.created_at, v.created_by, v.status, v.size_bytes, v.id, "
-    "v.model_id"
-)
-
-
 def _actor() -> str:
     user = os.environ.get("AIARCH_USER")
     if user:
@@ -174,62 +171,6 @@ def _split_python_ref(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     return Path(text), None
 
 
-def _tensor_list(specs: Any) -> list[dict[str, Any]]:
-    out = []
-    for s in specs:  # TensorSpec objects or {"name", "dtype", "shape"} mappings
-        get = s.get if isinstance(s, Mapping) else lambda k, s=s: getattr(s, k)
-        out.append(
-            {
-                "name": str(get("name")),
-                "dtype": str(get("dtype")),
-                "shape": [int(d) for d in get("shape") or ()],
-            }
-        )
-    return out
-
-
-def infer_signature(fmt: str, path: Path, entry: str | None) -> dict[str, Any] | None:
-    """Input/output names, dtypes and shapes read from the artifact where the format allows
-    it without running the model: ONNX graphs, and Python callables with `.inputs`/`.outputs`.
-    None when it cannot be read."""
-    try:
-        if fmt == "onnx" and path.is_file():
-            import onnx
-            from onnx import helper
-
-            graph = onnx.load(str(path), load_external_data=False).graph
-            initializers = {i.name for i in graph.initializer}
-
-            def specs(values: Any) -> list[dict[str, Any]]:
-                out = []
-                for v in values:
-                    if v.name in initializers:
-                        continue
-                    t = v.type.tensor_type
-                    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-                    dtype = str(helper.tensor_dtype_to_np_dtype(t.elem_type))
-                    out.append({"name": v.name, "dtype": dtype, "shape": dims})
-                return out
-
-            return {"inputs": specs(graph.input), "outputs": specs(graph.output)}
-        if fmt == "python" and entry and path.is_file():
-            spec = importlib.util.spec_from_file_location(f"_aiarch_sig_{uuid.uuid4().hex}", path)
-            if spec is None or spec.loader is None:
-                return None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            obj: Any = module
-            for part in entry.removesuffix("()").split("."):
-                obj = getattr(obj, part)
-            inputs = getattr(obj, "inputs", None)
-            if inputs is None:
-                return None
-            return {"inputs": _tensor_list(inputs), "outputs": _tensor_list(obj.outputs or [])}
-    except Exception:  # a signature is optional: an unreadable model registers without one
-        return None
-    return None
-
-
 class AliasWatch:
     """Tells a server that an alias moved: `poll()` costs one indexed read and returns the new
     version (or None when unchanged). Call it on a timer; it never blocks on writers."""
@@ -271,6 +212,7 @@ class Registry:
         self.url = self.db.url
         root = Path(store) if store is not None else home_path / "artifacts"
         self.store = ArtifactStore(root.absolute())
+        self._trees = str(self.store.trees)
         self.db.migrate()
 
     def close(self) -> None:
@@ -394,6 +336,10 @@ class Registry:
                     "INSERT INTO version_references (version_id, data) VALUES (?, ?)",
                     (version_id, bytes(reference)),
                 )
+        if not self.store.manifest_path(manifest.digest).exists():
+            # A concurrent delete of the last version sharing this content removed the tree
+            # between the copy and the commit: put it back (content-addressed, idempotent).
+            self.store.put(art)
         return ModelVersion(
             name=name,
             version=int(version),
@@ -415,19 +361,19 @@ class Registry:
     def _row_to_version(self, row: Sequence[Any], aliases: tuple[str, ...] = ()) -> ModelVersion:
         (name, version, digest, fmt, artifact_name, entry, sig, metrics, params, tags) = row[:10]
         lineage, created_at, created_by, status, size = row[10:15]
-        tree = self.store.trees / digest
+        tree = f"{self._trees}/{digest}"
         return ModelVersion(
             name=name,
             version=int(version),
             digest=digest,
             format=fmt,
-            artifact_path=tree / artifact_name if artifact_name else tree,
+            artifact_path=Path(f"{tree}/{artifact_name}" if artifact_name else tree),
             entry=entry,
-            signature=json.loads(sig) if sig else None,
-            metrics=json.loads(metrics),
-            params=json.loads(params),
-            tags=json.loads(tags),
-            lineage=json.loads(lineage),
+            signature=_decode(sig) if sig else None,
+            metrics=_decode(metrics),
+            params=_decode(params),
+            tags=_decode(tags),
+            lineage=_decode(lineage),
             created_at=float(created_at),
             created_by=created_by,
             status=status,
@@ -467,44 +413,42 @@ class Registry:
         naming what exists. Thread-safe."""
         if version is not None and alias is not None:
             raise InvalidArgumentError("give a version or an alias, not both")
-        with self.db.tx() as tx:
-            if alias is not None:
-                row = tx.one(
-                    f"SELECT {_VERSION_COLUMNS} FROM aliases a "
-                    "JOIN models m ON m.id = a.model_id "
-                    "JOIN versions v ON v.model_id = a.model_id AND v.version = a.version "
-                    "WHERE m.name = ? AND a.alias = ?",
-                    (name, alias),
-                )
-                what = f"alias {alias!r}"
-            elif version is not None:
-                if isinstance(version, bool) or not isinstance(version, int):
-                    raise InvalidArgumentError(f"version must be an int, got {version!r}")
-                row = tx.one(
-                    f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
-                    "WHERE m.name = ? AND v.version = ?",
-                    (name, version),
-                )
-                what = f"version {version}"
-            else:
-                row = tx.one(
-                    f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
-                    "WHERE m.name = ? AND v.status = 'active' ORDER BY v.version DESC LIMIT 1",
-                    (name,),
-                )
-                what = "active version"
-            if row is None:
-                model_id = self._model_id(tx, name)
-                raise self._missing_version(tx, model_id, name, what)
-            aliases = tuple(
-                sorted(
-                    r[0]
-                    for r in tx.all(
-                        "SELECT alias FROM aliases WHERE model_id = ? AND version = ?",
-                        (row[16], row[1]),
-                    )
-                )
+        # One statement, outside an explicit transaction: one round trip to PostgreSQL.
+        held = (
+            f"(SELECT {self.db.string_agg('a2.alias')} FROM aliases a2 "
+            "WHERE a2.model_id = v.model_id AND a2.version = v.version)"
+        )
+        if alias is not None:
+            sql = (
+                f"SELECT {VERSION_COLUMNS}, {held} FROM aliases a "
+                "JOIN models m ON m.id = a.model_id "
+                "JOIN versions v ON v.model_id = a.model_id AND v.version = a.version "
+                "WHERE m.name = ? AND a.alias = ?"
             )
+            args: tuple[Any, ...] = (name, alias)
+            what = f"alias {alias!r}"
+        elif version is not None:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise InvalidArgumentError(f"version must be an int, got {version!r}")
+            sql = (
+                f"SELECT {VERSION_COLUMNS}, {held} FROM versions v "
+                "JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?"
+            )
+            args = (name, version)
+            what = f"version {version}"
+        else:
+            sql = (
+                f"SELECT {VERSION_COLUMNS}, {held} FROM versions v "
+                "JOIN models m ON m.id = v.model_id "
+                "WHERE m.name = ? AND v.status = 'active' ORDER BY v.version DESC LIMIT 1"
+            )
+            args = (name,)
+            what = "active version"
+        row = self.db.query_one(sql, args)
+        if row is None:
+            with self.db.tx() as tx:
+                raise self._missing_version(tx, self._model_id(tx, name), name, what)
+        aliases = tuple(sorted(row[17].split(","))) if row[17] else ()
         return self._row_to_version(row, aliases)
 
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
@@ -576,7 +520,7 @@ class Registry:
         with self.db.tx() as tx:
             model_id = self._model_id(tx, name)
             rows = tx.all(
-                f"SELECT {_VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
+                f"SELECT {VERSION_COLUMNS} FROM versions v JOIN models m ON m.id = v.model_id "
                 "WHERE v.model_id = ? ORDER BY v.version DESC",
                 (model_id,),
             )
@@ -600,9 +544,10 @@ class Registry:
             raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
         conds = parse_filter(filter)
         order = parse_order_by(order_by)
-        sql, args = _search_sql(conds, order, limit)
+        sql, args = search_sql(conds, order, limit)
         with self.db.tx() as tx:
-            rows = tx.all(sql, args)
+            # Plans depend on the values (how selective each condition is): never a generic one.
+            rows = tx.all(sql, args, prepare=False)
             aliases: dict[tuple[int, int], list[str]] = {}
             model_ids = sorted({int(r[16]) for r in rows})
             if model_ids:
@@ -620,13 +565,12 @@ class Registry:
     # -- aliases ---------------------------------------------------------------------------
     def alias_version(self, name: str, alias: str) -> int | None:
         """The version `alias` points at now, or None. One indexed read."""
-        with self.db.tx() as tx:
-            v = tx.scalar(
-                "SELECT a.version FROM aliases a JOIN models m ON m.id = a.model_id "
-                "WHERE m.name = ? AND a.alias = ?",
-                (name, alias),
-            )
-        return None if v is None else int(v)
+        row = self.db.query_one(
+            "SELECT a.version FROM aliases a JOIN models m ON m.id = a.model_id "
+            "WHERE m.name = ? AND a.alias = ?",
+            (name, alias),
+        )
+        return None if row is None else int(row[0])
 
     def change_counter(self, name: str) -> int:
         """A number that grows whenever an alias of `name` moves (0 for an unknown model)."""
@@ -713,7 +657,7 @@ class Registry:
             expected_current = self.alias_version(name, to)
         mv = self.get(name, version)
         if gates:
-            _check_gates(mv, [gates] if isinstance(gates, str) else list(gates))
+            check_gates(mv, [gates] if isinstance(gates, str) else list(gates))
         self.store.verify(mv.digest)
         return self.set_alias(
             name, to, version, expected_current=expected_current, reason=reason, action="promote"
@@ -834,6 +778,11 @@ class Registry:
             with contextlib.suppress(OSError):
                 self.store.remove_tree(digest)
 
+    def optimize(self) -> None:
+        """Refresh the database's planner statistics (search picks its plans from them). Worth
+        running after a bulk import; PostgreSQL's autovacuum also does it on its own schedule."""
+        self.db.analyze()
+
     def sweep_store(self) -> int:
         """Remove store entries no version references (left by interrupted registrations or
         deletions). Run it while nothing registers. Returns the count removed."""
@@ -856,92 +805,3 @@ def _ranges(versions: list[int]) -> str:
     if start is not None:
         parts.append(str(start) if start == prev else f"{start}-{prev}")
     return ", ".join(parts)
-
-
-def _fields(mv: ModelVersion) -> dict[str, Any]:
-    return {
-        "metrics": mv.metrics,
-        "params": mv.params,
-        "tags": mv.tags,
-        "name": mv.name,
-        "version": float(mv.version),
-        "format": mv.format,
-        "status": mv.status,
-        "created_at": mv.created_at,
-    }
-
-
-def _check_gates(mv: ModelVersion, gates: list[str]) -> None:
-    fields = _fields(mv)
-    failed = []
-    for gate in gates:
-        for cond in parse_filter(gate):
-            if not evaluate([cond], fields):
-                actual = (
-                    fields.get(cond.key) if cond.kind == "attr" else fields[cond.kind].get(cond.key)
-                )
-                failed.append(
-                    f"{cond.kind}.{cond.key} {cond.op} {cond.value!r} (actual: {actual!r})"
-                )
-    if failed:
-        raise GateFailedError(
-            f"{mv.name} version {mv.version} fails promotion gate(s): {'; '.join(failed)}"
-        )
-
-
-def matches(mv: ModelVersion, conds: list[Condition]) -> bool:
-    """True if `mv` satisfies every condition (the Python evaluation of a search)."""
-    return evaluate(conds, _fields(mv))
-
-
-_ATTR_SQL = {
-    "name": "m.name",
-    "version": "v.version",
-    "format": "v.format",
-    "status": "v.status",
-    "created_at": "v.created_at",
-}
-_SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "like": "LIKE"}
-
-
-def _search_sql(conds: list[Condition], order: list[Any], limit: int) -> tuple[str, list[Any]]:
-    """One SELECT: key/value conditions are intersected from their (key, value) indexes, then
-    joined to the versions; attribute conditions filter the join."""
-    kv_sql: list[str] = []
-    args: list[Any] = []
-    where: list[str] = []
-    where_args: list[Any] = []
-    for c in conds:
-        op = _SQL_OPS[c.op]
-        if c.kind == "attr":
-            where.append(f"{_ATTR_SQL[c.key]} {op} ?")
-            where_args.append(c.value)
-        else:
-            kv_sql.append(f"SELECT version_id FROM version_{c.kind} WHERE key = ? AND value {op} ?")
-            args.extend((c.key, c.value))
-    joins = []
-    order_sql = []
-    order_args: list[Any] = []
-    for i, o in enumerate(order):
-        direction = "DESC" if o.descending else "ASC"
-        if o.kind == "attr":
-            order_sql.append(f"{_ATTR_SQL[o.key]} {direction}")
-        else:
-            joins.append(
-                f"LEFT JOIN version_{o.kind} o{i} ON o{i}.version_id = v.id AND o{i}.key = ?"
-            )
-            order_args.append(o.key)
-            order_sql.append(f"o{i}.value {direction} NULLS LAST")
-    order_sql.append("v.id DESC")
-    sql = "WITH hits AS (" + " INTERSECT ".join(kv_sql) + ") " if kv_sql else ""
-    sql += f"SELECT {_VERSION_COLUMNS} FROM "
-    sql += "hits JOIN versions v ON v.id = hits.version_id " if kv_sql else "versions v "
-    sql += "JOIN models m ON m.id = v.model_id "
-    sql += " ".join(joins)
-    args.extend(order_args)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-        args.extend(where_args)
-    sql += " ORDER BY " + ", ".join(order_sql) + " LIMIT ?"
-    args.append(limit)
-    return sql, args

@@ -115,26 +115,26 @@ class ArtifactStore:
         return manifest
 
     def _put_object(self, path: Path) -> tuple[str, int]:
+        # Known content (a re-registration, an unchanged shard) costs one read and no write.
+        digest, size = hash_file(path)
+        final = self.object_path(digest)
+        if final.exists():
+            return digest, size
         tmp = self.tmp / f"obj-{uuid.uuid4().hex}"
         h = hashlib.sha256()
-        size = 0
         try:
             with open(path, "rb") as src, open(tmp, "wb") as dst:
                 while chunk := src.read(_CHUNK):
                     h.update(chunk)
                     dst.write(chunk)
-                    size += len(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
-            digest = h.hexdigest()
-            final = self.object_path(digest)
-            if final.exists():
-                tmp.unlink()
-            else:
-                final.parent.mkdir(exist_ok=True)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, final)
-                _fsync_dir(final.parent)
+            if h.hexdigest() != digest:
+                raise IntegrityError(f"{path} changed while it was being registered; retry")
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

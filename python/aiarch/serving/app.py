@@ -693,10 +693,10 @@ class App:
                     raise HttpError(400, "parameter 'priority' must be a non-negative integer")
                 priority = pr
         job.accept = headers.get(b"accept-encoding")
-        result = self._submit(job, conn, entry.runtime_name, x, timeout, priority)
+        response = self._submit(job, conn, entry.runtime_name, x, timeout, priority)
         if route is not None and route.shadow is not None:
             route.mirror(self._infer, x)
-        return result
+        return response
 
     def _predict(self, req: Request, conn: HttpProtocol, model: str) -> bytes | list[Any] | None:
         entry = self._entry(model, None)
@@ -706,10 +706,10 @@ class App:
         arrays = v2.decode_predict(req.body, entry.inputs)
         x = arrays[0] if len(arrays) == 1 else arrays
         job = _Job(self, entry, req.keep_alive)
-        out = self._submit(job, conn, entry.runtime_name, x, self._timeout(req, None), 0)
+        response = self._submit(job, conn, entry.runtime_name, x, self._timeout(req, None), 0)
         if route is not None and route.shadow is not None:
             route.mirror(self._infer, x)
-        return out
+        return response
 
     def _submit(
         self, job: _Job, conn: HttpProtocol, name: str, x: Any, timeout: float | None, priority: int
@@ -770,6 +770,10 @@ class App:
             validate_model_name(model)
         except ValueError as e:
             raise HttpError(400, str(e)) from None
+        if model in self.routes:
+            raise HttpError(
+                400, f"model '{model}' is served from the registry: move its alias to change it"
+            )
         params = self._repo_params(req)
         if any(k.startswith("file:") for k in params):
             raise HttpError(501, "loading model files through the API is not supported")

@@ -442,6 +442,8 @@ class RegistryRouting:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.registry_poll_s)
+            if not self.routes:
+                continue  # no registry-served model: nothing to poll
             try:
                 moved = await loop.run_in_executor(None, self._poll)
             except Exception:
