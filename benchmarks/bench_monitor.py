@@ -98,6 +98,36 @@ def bench_counting(smoke: bool) -> list[dict[str, Any]]:
     return results
 
 
+def bench_batch_overhead(smoke: bool) -> list[dict[str, Any]]:
+    """The monitor's cost on the execution path, in-process: the reference MLP called directly
+    vs through `Monitor.wrap` (what the runtime calls once per batch), alternating, best of
+    rounds. Free of HTTP and of the load generator, so it shows the hook's own cost."""
+    from aiarch.monitor import Monitor, MonitorConfig
+    from server_mlp import mlp
+
+    rng = np.random.default_rng(3)
+    mon = Monitor(Profile.build(rng.normal(size=(20_000, 64))), config=MonitorConfig(ticker=False))
+    wrapped = mon.wrap(mlp)
+    out = []
+    for rows in (1, 8, 64):
+        x = rng.normal(size=(rows, 64)).astype(np.float32)
+        reps, rounds = (50, 5) if smoke else (300, 15)
+        t_off, t_on = float("inf"), float("inf")
+        for _ in range(rounds):
+            t_off = min(t_off, _best_seconds(lambda x=x: mlp(x), reps, 1))
+            t_on = min(t_on, _best_seconds(lambda x=x: wrapped(x), reps, 1))
+        out.append(
+            {
+                "rows": rows,
+                "off_us": t_off * 1e6,
+                "on_us": t_on * 1e6,
+                "overhead_us": (t_on - t_off) * 1e6,
+                "ratio_on_off": t_off / t_on,
+            }
+        )
+    return out
+
+
 def _serve_cmd(port: int, config: Path) -> list[str]:
     return [
         sys.executable,
@@ -156,7 +186,7 @@ def bench_server(duration: float, connections: int, pairs: int) -> dict[str, Any
         (tmp / "off.toml").write_text(f'[models.mlp]\nsource = "{source}"\n')
         (tmp / "on.toml").write_text(
             f'[models.mlp]\nsource = "{source}"\n[models.mlp.monitor]\n'
-            f'reference = "{tmp / "mlp.profile"}"\nwindow_s = 1.0\n'
+            f'reference = "{tmp / "mlp.profile"}"\nwindow_s = 5.0\n'
         )
         body, hlen = b["binary"]
         path = "/v2/models/mlp/infer"
@@ -296,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
         >= 50e6,
     }
 
+    overhead = bench_batch_overhead(args.smoke)
+    print_table(
+        "monitor hook per batch, in-process (MLP 64-256-256-16 called directly vs through "
+        "Monitor.wrap; best of alternating rounds; on/off = throughput ratio)",
+        ["rows", "off us", "on us", "overhead us", "on/off"],
+        [
+            [r["rows"], r["off_us"], r["on_us"], r["overhead_us"], r["ratio_on_off"]]
+            for r in overhead
+        ],
+    )
+    targets["hook_on_ge_97pct_of_off_at_64_rows"] = overhead[-1]["ratio_on_off"] >= 0.97
+
     server = None
     if not args.no_server:
         server = bench_server(args.duration, args.connections, args.pairs)
@@ -347,7 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         args.json,
         "bench_monitor",
-        {"counting": counting, "server": server, "report": reports, "targets": targets},
+        {
+            "counting": counting,
+            "batch_overhead": overhead,
+            "server": server,
+            "report": reports,
+            "targets": targets,
+        },
     )
     return 0
 

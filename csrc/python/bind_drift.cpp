@@ -16,6 +16,10 @@ namespace py = pybind11;
 namespace {
 
 // numpy marks native order '=' (or '|'); only the opposite explicit order needs a byte swap.
+// Batches with fewer values are counted holding the GIL (about 10 us of work at
+// most); releasing and re-taking it would cost more than it frees.
+constexpr int64_t kReleaseGilValues = 2048;
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 constexpr char kForeignByteOrder = '<';
 #else
@@ -69,7 +73,9 @@ void CountArray(aiarch::DriftSketch& sketch, const py::array& input) {
   batch.row_stride = arr.strides(0) / static_cast<py::ssize_t>(arr.itemsize());
   batch.feature_stride = arr.strides(1) / static_cast<py::ssize_t>(arr.itemsize());
   aiarch::Status st;
-  {
+  if (batch.rows * batch.features < kReleaseGilValues) {
+    st = sketch.Count(batch);  // a few microseconds: cheaper than handing the GIL over
+  } else {
     py::gil_scoped_release release;  // bins the batch: touches only `arr`'s buffer and the sketch
     st = sketch.Count(batch);
   }

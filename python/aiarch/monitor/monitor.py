@@ -218,6 +218,10 @@ class Monitor:
         config: MonitorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Windows are evaluated with scipy; importing it takes seconds of CPU holding the GIL,
+        # so it happens here, while the model loads, not on the first window while serving.
+        import scipy.stats  # noqa: F401
+
         self.profile = profile
         self.output_profile = output_profile
         self.config = config or MonitorConfig()
