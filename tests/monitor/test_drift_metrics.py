@@ -57,8 +57,23 @@ def test_ks_binned_golden_and_scipy() -> None:
     v = np.repeat(CENTERS_4, CUR_4[1:])
     res = ks_2samp(u, v, method="asymp")
     assert ks_binned(REF_4, CUR_4) == pytest.approx(res.statistic, abs=1e-12)
+    # Effective size 50: scipy's kstwo, exactly as ks_2samp(method="asymp").
     assert ks_pvalue(0.4, 100, 100) == pytest.approx(res.pvalue, rel=1e-9)
     assert ks_pvalue(0.4, 100, 100) == pytest.approx(9.8636e-08, rel=1e-4)
+
+
+def test_ks_pvalue_large_samples_use_the_corrected_asymptotic_form() -> None:
+    from scipy.stats import ks_2samp, kstwo
+
+    # Effective size 2,000: Stephens' form, within 2 % of kstwo at moderate p-values.
+    for d in (0.02, 0.03, 0.04):
+        exact = float(kstwo.sf(d, 2000))
+        assert ks_pvalue(d, 4000, 4000) == pytest.approx(exact, rel=0.02), d
+    # And of ks_2samp on real samples.
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=4000), rng.normal(0.05, size=4000)
+    res = ks_2samp(a, b, method="asymp")
+    assert ks_pvalue(res.statistic, 4000, 4000) == pytest.approx(res.pvalue, rel=0.02)
 
 
 def test_wasserstein_binned_golden_and_scipy() -> None:

@@ -93,14 +93,35 @@ def wasserstein_binned(reference: np.ndarray, current: np.ndarray, centers: np.n
     return float(np.sum(np.abs(r - c)[:-1] * gaps))
 
 
-def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
-    """Two-sample KS p-value (scipy's asymptotic form: kstwo at the effective size)."""
-    from scipy.stats import kstwo
+EXACT_KS_MAX_N = 50
+"""Up to this effective sample size the KS p-value uses scipy's ``kstwo`` (the form of
+``ks_2samp(method="asymp")``); above it, Stephens' corrected asymptotic form
+``Q_KS((sqrt(n) + 0.12 + 0.11 / sqrt(n)) * D)``, within about 2.5 % of ``kstwo`` at p > 0.001
+and microseconds per feature instead of milliseconds (``kstwo`` costs ~1 ms per value at
+n = 50 and ~150 ms at n = 50,000). Windows this small with many features still pay ~1 ms
+per feature."""
 
+
+def _ks_sf(statistic: np.ndarray, en: np.ndarray) -> np.ndarray:
+    from scipy.stats import kstwo, kstwobign
+
+    n = np.maximum(1, np.round(en))
+    out = np.empty(np.shape(statistic), dtype=np.float64)
+    small = n <= EXACT_KS_MAX_N
+    if np.any(small):
+        out[small] = kstwo.sf(statistic[small], n[small])
+    if np.any(~small):
+        root = np.sqrt(n[~small])
+        out[~small] = kstwobign.sf((root + 0.12 + 0.11 / root) * statistic[~small])
+    return out
+
+
+def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
+    """Two-sample KS p-value at the effective size n*m/(n+m) (see EXACT_KS_MAX_N)."""
     if n_reference <= 0 or n_current <= 0:
         return 1.0
     en = n_reference * n_current / (n_reference + n_current)
-    return float(kstwo.sf(statistic, max(1, round(en))))
+    return float(_ks_sf(np.asarray([statistic], dtype=np.float64), np.asarray([en]))[0])
 
 
 def chisquare_pvalue(reference: np.ndarray, current: np.ndarray) -> float:
@@ -232,7 +253,7 @@ def _group_metrics(
     ref: np.ndarray, cur: np.ndarray, centers: np.ndarray | None, std: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Every metric for a features x bins matrix (row-wise versions of the functions above)."""
-    from scipy.stats import chi2, kstwo
+    from scipy.stats import chi2
 
     total = cur.sum(axis=1)
     rows = total - cur[:, 0]
@@ -257,7 +278,7 @@ def _group_metrics(
         w_v = np.sum(gaps[:, :-1] * np.diff(centers, axis=1), axis=1)
         w_v = np.where(std > 0, w_v / np.where(std > 0, std, 1.0), w_v)
         en = np.where((n_ref > 0) & (rows > 0), n_ref * rows / np.maximum(n_ref + rows, 1), 1)
-        ks_p = np.where(rows > 0, kstwo.sf(ks_v, np.maximum(1, np.round(en))), 1.0)
+        ks_p = np.where(rows > 0, _ks_sf(ks_v, en), 1.0)
     expected = rs / rs.sum(axis=1, keepdims=True) * rows[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         x2 = np.sum((c_n - expected) ** 2 / expected, axis=1)
