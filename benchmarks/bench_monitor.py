@@ -20,10 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import print_table, write_json
 from aiarch.monitor import Profile, evaluate_drift
 from aiarch.monitor.report import render_table
-from bench_server import _free_port, _server, bodies, run_python_client, run_wrk
+from bench_server import _env, _free_port, _wait_ready, bodies, run_python_client, run_wrk
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,7 +73,8 @@ def bench_counting(smoke: bool) -> list[dict[str, Any]]:
     edges = [np.asarray(f.edges) for f in profile.features]
     sketch = profile.sketch()
     results = []
-    for rows, reps in ((64, 200 if smoke else 3000), (100_000, 1 if smoke else 5)):
+    # Many short rounds: the best one is the least disturbed by other processes.
+    for rows, reps, rounds in ((64, 100, 10 if smoke else 80), (100_000, 1, 3 if smoke else 12)):
         x = rng.normal(size=(rows, features)).astype(np.float32)
         # Same counts from both: the baseline is a faithful one.
         sketch.take_window()
@@ -77,7 +82,6 @@ def bench_counting(smoke: bool) -> list[dict[str, Any]]:
         native = np.asarray(sketch.take_window())
         want = np.concatenate(numpy_count(x, edges))
         assert (native == want).all(), "native and numpy counts differ"
-        rounds = 3 if smoke else 7
         t_native = _best_seconds(lambda x=x: sketch.count(x), reps, rounds)
         t_numpy = _best_seconds(lambda x=x: numpy_count(x, edges), max(1, reps // 10), rounds)
         for name, t in (("aiarch native", t_native), ("numpy searchsorted+bincount", t_numpy)):
@@ -92,6 +96,36 @@ def bench_counting(smoke: bool) -> list[dict[str, Any]]:
             )
     sketch.take_window()
     return results
+
+
+def bench_batch_overhead(smoke: bool) -> list[dict[str, Any]]:
+    """The monitor's cost on the execution path, in-process: the reference MLP called directly
+    vs through `Monitor.wrap` (what the runtime calls once per batch), alternating, best of
+    rounds. Free of HTTP and of the load generator, so it shows the hook's own cost."""
+    from aiarch.monitor import Monitor, MonitorConfig
+    from server_mlp import mlp
+
+    rng = np.random.default_rng(3)
+    mon = Monitor(Profile.build(rng.normal(size=(20_000, 64))), config=MonitorConfig(ticker=False))
+    wrapped = mon.wrap(mlp)
+    out = []
+    for rows in (1, 8, 64):
+        x = rng.normal(size=(rows, 64)).astype(np.float32)
+        reps, rounds = (20, 10) if smoke else (20, 150)
+        t_off, t_on = float("inf"), float("inf")
+        for _ in range(rounds):  # alternating short rounds; the best of each side counts
+            t_off = min(t_off, _best_seconds(lambda x=x: mlp(x), reps, 1))
+            t_on = min(t_on, _best_seconds(lambda x=x: wrapped(x), reps, 1))
+        out.append(
+            {
+                "rows": rows,
+                "off_us": t_off * 1e6,
+                "on_us": t_on * 1e6,
+                "overhead_us": (t_on - t_off) * 1e6,
+                "ratio_on_off": t_off / t_on,
+            }
+        )
+    return out
 
 
 def _serve_cmd(port: int, config: Path) -> list[str]:
@@ -113,7 +147,34 @@ def _serve_cmd(port: int, config: Path) -> list[str]:
     ]
 
 
-def bench_server(smoke: bool, duration: float, connections: int, pairs: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def _serving(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, env=_env(), cwd=str(HERE.parent)
+        )
+        try:
+            _wait_ready(port, proc)
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def bench_server(duration: float, connections: int, pairs: int) -> dict[str, Any]:
+    """Alternating off/on runs. Besides req/s (which on a shared machine swings with the
+    neighbours' load), the server process's CPU time per request is measured: at saturation
+    throughput is inversely proportional to it, and it is far less sensitive to noise."""
     load = run_wrk if shutil.which("wrk") else run_python_client
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -125,23 +186,32 @@ def bench_server(smoke: bool, duration: float, connections: int, pairs: int) -> 
         (tmp / "off.toml").write_text(f'[models.mlp]\nsource = "{source}"\n')
         (tmp / "on.toml").write_text(
             f'[models.mlp]\nsource = "{source}"\n[models.mlp.monitor]\n'
-            f'reference = "{tmp / "mlp.profile"}"\nwindow_s = 1.0\n'
+            f'reference = "{tmp / "mlp.profile"}"\nwindow_s = 5.0\n'
         )
         body, hlen = b["binary"]
         path = "/v2/models/mlp/infer"
         for _ in range(pairs):
             for mode in ("off", "on"):
                 port = _free_port()
-                with _server(_serve_cmd(port, tmp / f"{mode}.toml"), port, tmp / f"{port}.log"):
+                cmd = _serve_cmd(port, tmp / f"{mode}.toml")
+                with _serving(cmd, port, tmp / f"{port}.log") as proc:
                     load(port, path, body, hlen, connections, min(1.0, duration))  # warm-up
+                    cpu0 = _cpu_seconds(proc.pid)
                     r = load(port, path, body, hlen, connections, duration)
+                    r["server_cpu_us_per_request"] = (
+                        (_cpu_seconds(proc.pid) - cpu0) / max(1, r["requests"]) * 1e6
+                    )
                     runs[mode].append(r)
                     print(
                         f"  monitoring {mode:3s} c={connections} {r['rps']:10.0f} req/s  "
-                        f"p99 {r['p99_us']:8.0f} us",
+                        f"p99 {r['p99_us']:8.0f} us  server CPU "
+                        f"{r['server_cpu_us_per_request']:6.1f} us/request",
                         flush=True,
                     )
     best = {m: max(rs, key=lambda r: r["rps"]) for m, rs in runs.items()}
+    cpu = {
+        m: float(np.median([r["server_cpu_us_per_request"] for r in rs])) for m, rs in runs.items()
+    }
     return {
         "connections": connections,
         "duration_s": duration,
@@ -150,6 +220,8 @@ def bench_server(smoke: bool, duration: float, connections: int, pairs: int) -> 
         "best_off": best["off"],
         "best_on": best["on"],
         "ratio_on_off": best["on"]["rps"] / best["off"]["rps"],
+        "cpu_us_per_request": cpu,
+        "cpu_ratio_on_off": cpu["off"] / cpu["on"],
     }
 
 
@@ -254,31 +326,41 @@ def main(argv: list[str] | None = None) -> int:
         >= 50e6,
     }
 
+    overhead = bench_batch_overhead(args.smoke)
+    print_table(
+        "monitor hook per batch, in-process (MLP 64-256-256-16 called directly vs through "
+        "Monitor.wrap; best of alternating rounds; on/off = throughput ratio)",
+        ["rows", "off us", "on us", "overhead us", "on/off"],
+        [
+            [r["rows"], r["off_us"], r["on_us"], r["overhead_us"], r["ratio_on_off"]]
+            for r in overhead
+        ],
+    )
+    targets["hook_on_ge_97pct_of_off_at_64_rows"] = overhead[-1]["ratio_on_off"] >= 0.97
+
     server = None
     if not args.no_server:
-        server = bench_server(args.smoke, args.duration, args.connections, args.pairs)
+        server = bench_server(args.duration, args.connections, args.pairs)
         print_table(
             f"serving, MLP 64-256-256-16, one-row binary requests, c={args.connections} "
-            f"({server['client']}, best of {args.pairs} alternating runs of {args.duration:g}s)",
-            ["monitoring", "req/s", "p50 ms", "p99 ms", "on/off"],
+            f"({server['client']}, {args.pairs} alternating runs of {args.duration:g}s; req/s: "
+            "best run; CPU: median server CPU per request; on/off by req/s and by CPU)",
+            ["monitoring", "req/s", "p50 ms", "p99 ms", "CPU us/req", "on/off req/s", "on/off CPU"],
             [
                 [
-                    "off",
-                    server["best_off"]["rps"],
-                    server["best_off"]["p50_us"] / 1e3,
-                    server["best_off"]["p99_us"] / 1e3,
-                    1.0,
-                ],
-                [
-                    "on",
-                    server["best_on"]["rps"],
-                    server["best_on"]["p50_us"] / 1e3,
-                    server["best_on"]["p99_us"] / 1e3,
-                    server["ratio_on_off"],
-                ],
+                    mode,
+                    server[f"best_{mode}"]["rps"],
+                    server[f"best_{mode}"]["p50_us"] / 1e3,
+                    server[f"best_{mode}"]["p99_us"] / 1e3,
+                    server["cpu_us_per_request"][mode],
+                    1.0 if mode == "off" else server["ratio_on_off"],
+                    1.0 if mode == "off" else server["cpu_ratio_on_off"],
+                ]
+                for mode in ("off", "on")
             ],
         )
-        targets["server_on_ge_97pct_of_off"] = server["ratio_on_off"] >= 0.97
+        targets["server_on_ge_97pct_of_off_by_req_s"] = server["ratio_on_off"] >= 0.97
+        targets["server_on_ge_97pct_of_off_by_cpu"] = server["cpu_ratio_on_off"] >= 0.97
 
     threads = [1] if args.smoke else sorted({1, min(4, os.cpu_count() or 1)})
     reference_rows = 5_000 if args.smoke else 50_000
@@ -307,7 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         args.json,
         "bench_monitor",
-        {"counting": counting, "server": server, "report": reports, "targets": targets},
+        {
+            "counting": counting,
+            "batch_overhead": overhead,
+            "server": server,
+            "report": reports,
+            "targets": targets,
+        },
     )
     return 0
 

@@ -15,6 +15,17 @@ namespace py = pybind11;
 
 namespace {
 
+// numpy marks native order '=' (or '|'); only the opposite explicit order needs a byte swap.
+// Batches with fewer values are counted holding the GIL (about 10 us of work at
+// most); releasing and re-taking it would cost more than it frees.
+constexpr int64_t kReleaseGilValues = 2048;
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+constexpr char kForeignByteOrder = '<';
+#else
+constexpr char kForeignByteOrder = '>';
+#endif
+
 [[noreturn]] void ThrowDriftStatus(const aiarch::Status& status) {
   py::object by_code = py::module_::import("aiarch.errors").attr("ERRORS_BY_CODE");
   py::object cls = by_code.attr("get")(static_cast<int>(status.code()));
@@ -38,10 +49,11 @@ py::array_t<uint64_t> ToArray(std::vector<uint64_t>&& v) {
 // dtypes are converted to float64 first.
 void CountArray(aiarch::DriftSketch& sketch, const py::array& input) {
   py::array arr = input;
-  const char kind = arr.dtype().kind();
-  const auto size = arr.dtype().itemsize();
-  const bool native_float = kind == 'f' && (size == 4 || size == 8);
-  if (!native_float || !arr.dtype().attr("isnative").cast<bool>()) {
+  const py::dtype dt = arr.dtype();
+  const auto size = dt.itemsize();
+  const bool native_float =
+      dt.kind() == 'f' && (size == 4 || size == 8) && dt.byteorder() != kForeignByteOrder;
+  if (!native_float) {
     arr = py::array_t<double>::ensure(input);
     if (!arr) throw py::error_already_set();
   }
@@ -61,7 +73,9 @@ void CountArray(aiarch::DriftSketch& sketch, const py::array& input) {
   batch.row_stride = arr.strides(0) / static_cast<py::ssize_t>(arr.itemsize());
   batch.feature_stride = arr.strides(1) / static_cast<py::ssize_t>(arr.itemsize());
   aiarch::Status st;
-  {
+  if (batch.rows * batch.features < kReleaseGilValues) {
+    st = sketch.Count(batch);  // a few microseconds: cheaper than handing the GIL over
+  } else {
     py::gil_scoped_release release;  // bins the batch: touches only `arr`'s buffer and the sketch
     st = sketch.Count(batch);
   }

@@ -14,8 +14,9 @@ constexpr size_t kMaxPoints = 65535;
 // their values stay in L1.
 constexpr int64_t kRowTile = 64;
 constexpr int64_t kFeatureTile = 64;
-// Rows per scratch flush; keeps every scratch counter below 2^32.
-constexpr int64_t kRowsPerFlush = int64_t{1} << 30;
+// Counter shards: enough for the batcher's executor threads plus a few
+// embedding threads to count without waiting on each other.
+constexpr size_t kShards = 8;
 
 size_t SearchLength(size_t points) {
   // A power of two with at least one +inf pad, so the branch-free search
@@ -85,8 +86,9 @@ DriftSketch::DriftSketch(std::vector<FeatureBins> features) : features_(std::mov
     std::copy(features_[f].points.begin(), features_[f].points.end(),
               search_.begin() + static_cast<std::ptrdiff_t>(layout_[f].search_at));
   }
-  counts_.reset(new std::atomic<uint64_t>[total_bins_]);
-  for (size_t i = 0; i < total_bins_; ++i) counts_[i].store(0, std::memory_order_relaxed);
+  num_shards_ = kShards;
+  shards_.reset(new Shard[num_shards_]);
+  for (size_t i = 0; i < num_shards_; ++i) shards_[i].counts.reset(new uint64_t[total_bins_]());
   totals_.assign(total_bins_, 0);
   uniform_numeric_len_ = layout_.empty() ? 0 : layout_[0].search_len;
   for (const Layout& l : layout_) {
@@ -106,13 +108,13 @@ uint32_t DriftSketch::BinOf(size_t feature, double v) const {
 }
 
 template <typename T>
-void DriftSketch::CountInto(const DriftBatch& batch, uint32_t* scratch) const {
+void DriftSketch::CountInto(const DriftBatch& batch, uint64_t* counts) const {
   switch (uniform_numeric_len_) {
-    case 4: CountRows<T, 4>(batch, scratch); break;
-    case 8: CountRows<T, 8>(batch, scratch); break;
-    case 16: CountRows<T, 16>(batch, scratch); break;
-    case 32: CountRows<T, 32>(batch, scratch); break;
-    default: CountRows<T, 0>(batch, scratch);
+    case 4: CountRows<T, 4>(batch, counts); break;
+    case 8: CountRows<T, 8>(batch, counts); break;
+    case 16: CountRows<T, 16>(batch, counts); break;
+    case 32: CountRows<T, 32>(batch, counts); break;
+    default: CountRows<T, 0>(batch, counts);
   }
 }
 
@@ -121,7 +123,7 @@ void DriftSketch::CountInto(const DriftBatch& batch, uint32_t* scratch) const {
 // wait on each other through memory. kLen > 0: every feature is numeric with
 // that search length, and the search is fully unrolled.
 template <typename T, int kLen>
-void DriftSketch::CountRows(const DriftBatch& batch, uint32_t* scratch) const {
+void DriftSketch::CountRows(const DriftBatch& batch, uint64_t* counts) const {
   const T* base = static_cast<const T*>(batch.data);
   const Layout* layout = layout_.data();
   const double* search = search_.data();
@@ -154,7 +156,7 @@ void DriftSketch::CountRows(const DriftBatch& batch, uint32_t* scratch) const {
             }
             bin = IsFinite(v) ? bin : 0;
           }
-          ++scratch[l.offset + bin];
+          ++counts[l.offset + bin];
         }
       }
     }
@@ -171,54 +173,59 @@ Status DriftSketch::Count(const DriftBatch& batch) {
   if (batch.rows == 0 || batch.features == 0) return Status::Ok();
   if (batch.data == nullptr) return Status::InvalidArgument("batch has no data");
 
-  // One scratch block per thread, reused across batches and sketches.
-  thread_local std::vector<uint32_t> scratch;
-  if (scratch.size() < total_bins_) scratch.resize(total_bins_);
-  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowsPerFlush) {
-    DriftBatch part = batch;
-    part.rows = std::min(kRowsPerFlush, batch.rows - r0);
-    const size_t elem = batch.dtype == DriftDType::kFloat32 ? sizeof(float) : sizeof(double);
-    part.data = static_cast<const char*>(batch.data) + r0 * batch.row_stride * int64_t(elem);
-    std::fill(scratch.begin(), scratch.begin() + static_cast<std::ptrdiff_t>(total_bins_), 0u);
-    if (batch.dtype == DriftDType::kFloat32) {
-      CountInto<float>(part, scratch.data());
-    } else {
-      CountInto<double>(part, scratch.data());
-    }
-    for (size_t i = 0; i < total_bins_; ++i) {
-      // Relaxed: a counter is a plain tally; TakeWindow()'s exchange on the
-      // same counter sees every add that precedes it in its modification order.
-      if (scratch[i] != 0) counts_[i].fetch_add(scratch[i], std::memory_order_relaxed);
+  // Each thread starts at its own shard, so steady counting threads rarely meet.
+  static std::atomic<size_t> next_hint{0};
+  // Relaxed: only spreads threads over shards; no data is published through it.
+  thread_local const size_t hint = next_hint.fetch_add(1, std::memory_order_relaxed);
+  Shard* shard = nullptr;
+  for (size_t i = 0; i < num_shards_; ++i) {
+    Shard& s = shards_[(hint + i) % num_shards_];
+    if (s.mu.try_lock()) {
+      shard = &s;
+      break;
     }
   }
+  if (shard == nullptr) {  // every shard busy: wait for our own
+    shard = &shards_[hint % num_shards_];
+    shard->mu.lock();
+  }
+  if (batch.dtype == DriftDType::kFloat32) {
+    CountInto<float>(batch, shard->counts.get());
+  } else {
+    CountInto<double>(batch, shard->counts.get());
+  }
+  shard->mu.unlock();
   // Relaxed: an informational total, not used to order other data.
   values_.fetch_add(static_cast<uint64_t>(batch.rows * batch.features), std::memory_order_relaxed);
   return Status::Ok();
 }
 
 std::vector<uint64_t> DriftSketch::TakeWindow() {
-  std::lock_guard<std::mutex> lock(window_mu_);
-  std::vector<uint64_t> window(total_bins_);
-  for (size_t i = 0; i < total_bins_; ++i) {
-    // Relaxed: the exchange is atomic per counter, so each add from Count()
-    // lands either before it (this window) or after it (the next one).
-    window[i] = counts_[i].exchange(0, std::memory_order_relaxed);
-    totals_[i] += window[i];
+  std::lock_guard<std::mutex> window_lock(window_mu_);
+  std::vector<uint64_t> window(total_bins_, 0);
+  for (size_t s = 0; s < num_shards_; ++s) {
+    std::lock_guard<std::mutex> lock(shards_[s].mu);
+    uint64_t* counts = shards_[s].counts.get();
+    for (size_t i = 0; i < total_bins_; ++i) window[i] += counts[i];
+    std::fill(counts, counts + total_bins_, uint64_t{0});
   }
+  std::lock_guard<std::mutex> totals_lock(totals_mu_);
+  for (size_t i = 0; i < total_bins_; ++i) totals_[i] += window[i];
   return window;
 }
 
 std::vector<uint64_t> DriftSketch::PeekWindow() const {
-  std::vector<uint64_t> window(total_bins_);
-  for (size_t i = 0; i < total_bins_; ++i) {
-    // Relaxed: a best-effort read, like HistogramSnapshot.
-    window[i] = counts_[i].load(std::memory_order_relaxed);
+  std::vector<uint64_t> window(total_bins_, 0);
+  for (size_t s = 0; s < num_shards_; ++s) {
+    std::lock_guard<std::mutex> lock(shards_[s].mu);
+    const uint64_t* counts = shards_[s].counts.get();
+    for (size_t i = 0; i < total_bins_; ++i) window[i] += counts[i];
   }
   return window;
 }
 
 std::vector<uint64_t> DriftSketch::Totals() const {
-  std::lock_guard<std::mutex> lock(window_mu_);
+  std::lock_guard<std::mutex> lock(totals_mu_);
   return totals_;
 }
 

@@ -134,7 +134,8 @@ void TestUniformFastPathMatchesBinOf() {
 // the windows plus the last partial window equals a sequential count.
 void TestConcurrentCountMatchesSequential() {
   test::SetContext("seed=" + std::to_string(kSeed));
-  constexpr int kThreads = 4, kBatches = 200, kRows = 64, kFeatures = 2;
+  // More threads than counter shards, so some wait for a busy shard.
+  constexpr int kThreads = 12, kBatches = 100, kRows = 64, kFeatures = 2;
   std::vector<std::vector<double>> batches(kThreads * kBatches);
   std::mt19937_64 rng(kSeed);
   std::normal_distribution<double> normal(1.0, 1.5);

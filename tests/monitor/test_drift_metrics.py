@@ -57,8 +57,23 @@ def test_ks_binned_golden_and_scipy() -> None:
     v = np.repeat(CENTERS_4, CUR_4[1:])
     res = ks_2samp(u, v, method="asymp")
     assert ks_binned(REF_4, CUR_4) == pytest.approx(res.statistic, abs=1e-12)
+    # Effective size 50: scipy's kstwo, exactly as ks_2samp(method="asymp").
     assert ks_pvalue(0.4, 100, 100) == pytest.approx(res.pvalue, rel=1e-9)
     assert ks_pvalue(0.4, 100, 100) == pytest.approx(9.8636e-08, rel=1e-4)
+
+
+def test_ks_pvalue_large_samples_use_the_corrected_asymptotic_form() -> None:
+    from scipy.stats import ks_2samp, kstwo
+
+    # Effective size 2,000: Stephens' form, within 2 % of kstwo at moderate p-values.
+    for d in (0.02, 0.03, 0.04):
+        exact = float(kstwo.sf(d, 2000))
+        assert ks_pvalue(d, 4000, 4000) == pytest.approx(exact, rel=0.02), d
+    # And of ks_2samp on real samples.
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=4000), rng.normal(0.05, size=4000)
+    res = ks_2samp(a, b, method="asymp")
+    assert ks_pvalue(res.statistic, 4000, 4000) == pytest.approx(res.pvalue, rel=0.02)
 
 
 def test_wasserstein_binned_golden_and_scipy() -> None:
@@ -81,3 +96,40 @@ def test_chisquare_pvalue_matches_scipy() -> None:
     assert chisquare_pvalue(ref, cur) == pytest.approx(float(want), rel=1e-12)
     # X^2 = 100/30 + 400/30 + 100/40 = 115/6 with 2 degrees of freedom: p = exp(-115/12).
     assert chisquare_pvalue(ref, cur) == pytest.approx(6.886701e-05, rel=1e-6)
+
+
+def test_dataset_evaluation_matches_the_scalar_functions() -> None:
+    """evaluate_drift computes every metric over a features x bins matrix at once; it must agree
+    with the one-feature functions above on random counts (empty bins included)."""
+    from aiarch.monitor import Profile, evaluate_drift
+
+    rng = np.random.default_rng(5)
+    data = {f"n{i}": rng.normal(size=3000) * (i + 1) for i in range(5)}
+    data["cat"] = rng.choice(["a", "b", "c", "d"], size=3000)
+    data["few"] = rng.integers(0, 3, size=3000).astype(np.float64)  # fewer bins: its own group
+    profile = Profile.build(data, categorical=["cat"])
+    for rows in (200, 5000):
+        cur = {k: v[rng.integers(0, 3000, rows)] for k, v in data.items()}
+        cur["n0"] = cur["n0"] + 0.3
+        cur["n1"][:20] = np.nan
+        counts = profile.count(cur)
+        drift = evaluate_drift(profile, counts)
+        off = profile.offsets()
+        for i, (f, got) in enumerate(zip(profile.features, drift.features)):
+            ref = np.asarray(f.reference_counts)
+            c = counts[off[i] : off[i + 1]]
+            assert got.name == f.name and got.rows == int(c[1:].sum())
+            assert got.psi == pytest.approx(psi(ref, c), rel=1e-9)
+            assert got.js == pytest.approx(js_distance(ref, c), rel=1e-9, abs=1e-12)
+            if f.kind == "numeric":
+                assert got.ks == pytest.approx(ks_binned(ref, c), abs=1e-12)
+                w = wasserstein_binned(ref, c, np.asarray(f.centers)) / f.std
+                assert got.wasserstein == pytest.approx(w, rel=1e-9, abs=1e-12)
+                if got.method == "ks":
+                    p = ks_pvalue(ks_binned(ref, c), int(ref[1:].sum()), got.rows)
+                    assert got.score == pytest.approx(p, rel=1e-9, abs=1e-300)
+            elif got.method == "chisquare":
+                assert got.score == pytest.approx(chisquare_pvalue(ref, c), rel=1e-9, abs=1e-300)
+        assert {f.method for f in drift.features} == (
+            {"ks", "chisquare"} if rows <= 1000 else {"wasserstein", "js"}
+        )

@@ -61,6 +61,17 @@ def test_counts_every_served_row_but_not_the_warm_up(runtime: aiarch.Runtime) ->
     assert drift.rows == 100 and not drift.drifted
 
 
+def test_row_sampling_counts_every_kth_row() -> None:
+    mon = Monitor(_profile(), config=MonitorConfig(ticker=False, max_rows_per_batch=16))
+    x = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
+    mon.observe((x,), None)
+    assert mon.sketch.values_counted == 16 * 3
+    want = Profile.from_bytes(mon.profile.to_bytes()).count(x[::4])
+    assert np.asarray(mon.sketch.peek_window()).tolist() == want.tolist()
+    mon.observe((x[:10],), None)  # under the limit: every row
+    assert mon.sketch.values_counted == 16 * 3 + 10 * 3
+
+
 def test_nan_inf_none_counted_as_nulls_and_served(runtime: aiarch.Runtime) -> None:
     mon = Monitor(_profile(), config=MonitorConfig(ticker=False))
     runtime.add_model("m", _model, inputs=SPEC, monitor=mon)

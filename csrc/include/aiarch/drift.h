@@ -13,18 +13,19 @@
 // by addition.
 //
 // Concurrency contract
-// - Count(): wait-free. It bins a whole batch into a thread-local scratch
-//   block, then publishes each non-zero bin with one relaxed fetch_add.
+// - Count(): bins the batch straight into one of several counter shards
+//   (plain, non-atomic counters) under that shard's mutex. A thread tries its
+//   own shard first and then the others with try_lock, so it blocks only when
+//   every shard is held: more threads counting at once than there are shards,
+//   or a TakeWindow() draining them. No atomic read-modify-write per bin.
 //   Any number of threads may count concurrently.
-// - TakeWindow(): lock-free with respect to Count() (one atomic exchange per
-//   bin). Every value is counted in exactly one window: a batch published
-//   during TakeWindow() may be split between this window and the next, but
+// - TakeWindow(): drains the shards one at a time under their mutexes. Every
+//   batch is counted whole in exactly one window (a batch never straddles two):
 //   no value is lost or counted twice. Concurrent TakeWindow() calls are
-//   serialized by a mutex (they are rare: once per window).
+//   serialized (they are rare: once per window).
 // - Totals(): the sum of every window taken so far. Thread-safe.
-// - Allocation: the constructor allocates the counters; Count() allocates
-//   only the first time a thread counts into a sketch with more bins than
-//   its scratch block holds; TakeWindow()/Totals() allocate the result.
+// - Allocation: the constructor allocates every shard; Count() never
+//   allocates; TakeWindow()/PeekWindow()/Totals() allocate the result.
 #pragma once
 
 #include <atomic>
@@ -70,7 +71,7 @@ class DriftSketch {
   DriftSketch& operator=(const DriftSketch&) = delete;
 
   // Counts every value of the batch into its feature's bins. The batch must
-  // have exactly num_features() columns. Thread-safe. Wait-free.
+  // have exactly num_features() columns. Thread-safe. Never allocates.
   Status Count(const DriftBatch& batch);
   // Bins one value of `feature` (exposed for tests and the profile builder).
   // Thread-safe. Never allocates.
@@ -103,10 +104,17 @@ class DriftSketch {
   };
 
   explicit DriftSketch(std::vector<FeatureBins> features);
+  // One block of counters; counting threads spread over several to avoid
+  // waiting on each other. Aligned so shards share no cache line.
+  struct alignas(64) Shard {
+    std::mutex mu;
+    std::unique_ptr<uint64_t[]> counts;  // total_bins_ entries, guarded by mu
+  };
+
   template <typename T>
-  void CountInto(const DriftBatch& batch, uint32_t* scratch) const;
+  void CountInto(const DriftBatch& batch, uint64_t* counts) const;
   template <typename T, int kLen>
-  void CountRows(const DriftBatch& batch, uint32_t* scratch) const;
+  void CountRows(const DriftBatch& batch, uint64_t* counts) const;
 
   std::vector<FeatureBins> features_;
   std::vector<Layout> layout_;
@@ -115,10 +123,12 @@ class DriftSketch {
   // The search length shared by every feature when all are numeric (0 otherwise): selects
   // a fully unrolled search.
   size_t uniform_numeric_len_ = 0;
-  std::unique_ptr<std::atomic<uint64_t>[]> counts_;
+  std::unique_ptr<Shard[]> shards_;
+  size_t num_shards_ = 0;
   std::atomic<uint64_t> values_{0};
-  mutable std::mutex window_mu_;
-  std::vector<uint64_t> totals_;  // guarded by window_mu_
+  std::mutex window_mu_;          // serializes TakeWindow(); taken before any shard mutex
+  mutable std::mutex totals_mu_;  // guards totals_
+  std::vector<uint64_t> totals_;
 };
 
 }  // namespace aiarch

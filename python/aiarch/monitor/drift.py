@@ -93,14 +93,35 @@ def wasserstein_binned(reference: np.ndarray, current: np.ndarray, centers: np.n
     return float(np.sum(np.abs(r - c)[:-1] * gaps))
 
 
-def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
-    """Two-sample KS p-value (scipy's asymptotic form: kstwo at the effective size)."""
-    from scipy.stats import kstwo
+EXACT_KS_MAX_N = 50
+"""Up to this effective sample size the KS p-value uses scipy's ``kstwo`` (the form of
+``ks_2samp(method="asymp")``); above it, Stephens' corrected asymptotic form
+``Q_KS((sqrt(n) + 0.12 + 0.11 / sqrt(n)) * D)``, within about 2.5 % of ``kstwo`` at p > 0.001
+and microseconds per feature instead of milliseconds (``kstwo`` costs ~1 ms per value at
+n = 50 and ~150 ms at n = 50,000). Windows this small with many features still pay ~1 ms
+per feature."""
 
+
+def _ks_sf(statistic: np.ndarray, en: np.ndarray) -> np.ndarray:
+    from scipy.stats import kstwo, kstwobign
+
+    n = np.maximum(1, np.round(en))
+    out = np.empty(np.shape(statistic), dtype=np.float64)
+    small = n <= EXACT_KS_MAX_N
+    if np.any(small):
+        out[small] = kstwo.sf(statistic[small], n[small])
+    if np.any(~small):
+        root = np.sqrt(n[~small])
+        out[~small] = kstwobign.sf((root + 0.12 + 0.11 / root) * statistic[~small])
+    return out
+
+
+def ks_pvalue(statistic: float, n_reference: int, n_current: int) -> float:
+    """Two-sample KS p-value at the effective size n*m/(n+m) (see EXACT_KS_MAX_N)."""
     if n_reference <= 0 or n_current <= 0:
         return 1.0
     en = n_reference * n_current / (n_reference + n_current)
-    return float(kstwo.sf(statistic, max(1, round(en))))
+    return float(_ks_sf(np.asarray([statistic], dtype=np.float64), np.asarray([en]))[0])
 
 
 def chisquare_pvalue(reference: np.ndarray, current: np.ndarray) -> float:
@@ -192,7 +213,10 @@ class DatasetDrift(msgspec.Struct):
 def evaluate_drift(
     profile: Profile, counts: np.ndarray, config: DriftConfig | None = None
 ) -> DatasetDrift:
-    """Drift of a window's flat counts (the sketch layout) against the profile's reference."""
+    """Drift of a window's flat counts (the sketch layout) against the profile's reference.
+
+    Metrics are computed for all features with the same number of bins at once (numpy over a
+    features x bins matrix), so a report over thousands of features costs milliseconds."""
     cfg = config or DriftConfig()
     counts = np.asarray(counts, dtype=np.int64)
     offsets = profile.offsets()
@@ -200,39 +224,91 @@ def evaluate_drift(
         raise InvalidArgumentError(
             f"counts have shape {counts.shape}; this profile's layout has {int(offsets[-1])} bins"
         )
-    results = []
+    groups: dict[tuple[str, int], list[int]] = {}
     for i, f in enumerate(profile.features):
-        ref = np.asarray(f.reference_counts, dtype=np.int64)
-        cur = counts[offsets[i] : offsets[i + 1]]
-        results.append(_feature_drift(f, ref, cur, cfg, cfg.features.get(f.name)))
-    n = len(results)
-    share = sum(r.drifted for r in results) / n if n else 0.0
+        groups.setdefault((f.kind, f.num_bins), []).append(i)
+    results: list[FeatureDrift | None] = [None] * len(profile.features)
+    for (kind, bins), members in groups.items():
+        feats = [profile.features[i] for i in members]
+        idx = np.asarray([offsets[i] for i in members])[:, None] + np.arange(bins)
+        ref = np.asarray([f.reference_counts for f in feats], dtype=np.int64).reshape(-1, bins)
+        m = _group_metrics(
+            ref,
+            counts[idx],
+            np.asarray([f.centers for f in feats], dtype=np.float64) if kind == "numeric" else None,
+            np.asarray([f.std for f in feats], dtype=np.float64),
+        )
+        for j, (i, f) in enumerate(zip(members, feats)):
+            results[i] = _decide(f, {k: v[j] for k, v in m.items()}, cfg, cfg.features.get(f.name))
+    done = [r for r in results if r is not None]
+    n = len(done)
+    share = sum(r.drifted for r in done) / n if n else 0.0
     rows = int(counts[offsets[0] : offsets[1]].sum()) if n else 0
     return DatasetDrift(
-        rows=rows, share=share, drifted=n > 0 and share >= cfg.drift_share, features=results
+        rows=rows, share=share, drifted=n > 0 and share >= cfg.drift_share, features=done
     )
 
 
-def _feature_drift(
-    f: Any, ref: np.ndarray, cur: np.ndarray, cfg: DriftConfig, own: FeatureDriftConfig | None
+def _group_metrics(
+    ref: np.ndarray, cur: np.ndarray, centers: np.ndarray | None, std: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every metric for a features x bins matrix (row-wise versions of the functions above)."""
+    from scipy.stats import chi2
+
+    total = cur.sum(axis=1)
+    rows = total - cur[:, 0]
+    null_rate = np.divide(cur[:, 0], total, out=np.zeros(len(cur)), where=total > 0)
+    r_n, c_n = ref[:, 1:].astype(np.float64), cur[:, 1:].astype(np.float64)
+    ref_rows = r_n.sum(axis=1, keepdims=True)
+    r = np.divide(r_n, ref_rows, out=np.zeros_like(r_n), where=ref_rows > 0)
+    c = np.divide(c_n, rows[:, None], out=np.zeros_like(c_n), where=rows[:, None] > 0)
+    rs, cs = np.where(r == 0, SMOOTHING, r), np.where(c == 0, SMOOTHING, c)
+    psi_v = np.sum((rs - cs) * np.log(rs / cs), axis=1)
+    mid = (r + c) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_r = np.where(r > 0, r * np.log(r / mid), 0.0).sum(axis=1)
+        kl_c = np.where(c > 0, c * np.log(c / mid), 0.0).sum(axis=1)
+    js_v = np.sqrt(np.maximum(0.0, (kl_r + kl_c) / 2))
+    nan = np.full(len(cur), np.nan)
+    ks_v, w_v, ks_p = nan, nan, nan
+    n_ref = ref_rows[:, 0]
+    if centers is not None:
+        gaps = np.abs(np.cumsum(r, axis=1) - np.cumsum(c, axis=1))
+        ks_v = gaps.max(axis=1) if gaps.shape[1] else np.zeros(len(cur))
+        w_v = np.sum(gaps[:, :-1] * np.diff(centers, axis=1), axis=1)
+        w_v = np.where(std > 0, w_v / np.where(std > 0, std, 1.0), w_v)
+        en = np.where((n_ref > 0) & (rows > 0), n_ref * rows / np.maximum(n_ref + rows, 1), 1)
+        ks_p = np.where(rows > 0, _ks_sf(ks_v, en), 1.0)
+    expected = rs / rs.sum(axis=1, keepdims=True) * rows[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x2 = np.sum((c_n - expected) ** 2 / expected, axis=1)
+    dof = c_n.shape[1] - 1
+    chi_p = chi2.sf(x2, dof) if dof > 0 else np.ones(len(cur))
+    chi_p = np.where(rows > 0, chi_p, 1.0)
+    return {
+        "rows": rows,
+        "ref_rows": n_ref,
+        "null_rate": null_rate,
+        "psi": psi_v,
+        "js": js_v,
+        "ks": ks_v,
+        "wasserstein": w_v,
+        "ks_p": ks_p,
+        "chi_p": chi_p,
+    }
+
+
+def _decide(
+    f: Any, m: Mapping[str, Any], cfg: DriftConfig, own: FeatureDriftConfig | None
 ) -> FeatureDrift:
-    total = int(cur.sum())
-    rows = total - int(cur[0])
-    null_rate = cur[0] / total if total else 0.0
+    rows = int(m["rows"])
     numeric = f.kind == "numeric"
     nan = float("nan")
-    if rows == 0 or int(ref[1:].sum()) == 0:
+    null_rate = float(m["null_rate"])
+    if rows == 0 or m["ref_rows"] == 0:
         return FeatureDrift(
-            f.name, f.kind, rows, float(null_rate), nan, nan, nan, nan, "none", nan, nan, False
+            f.name, f.kind, rows, null_rate, nan, nan, nan, nan, "none", nan, nan, False
         )
-    p = psi(ref, cur)
-    js = js_distance(ref, cur)
-    ks = ks_binned(ref, cur) if numeric else nan
-    w = nan
-    if numeric:
-        w = wasserstein_binned(ref, cur, np.asarray(f.centers))
-        if f.std > 0:
-            w /= f.std
     method = own.method if own is not None else "auto"
     if method == "auto":
         small = rows <= cfg.small_window_rows
@@ -244,24 +320,21 @@ def _feature_drift(
     threshold = own.threshold if own is not None and own.threshold is not None else None
     if method in _P_VALUE_METHODS:
         threshold = cfg.alpha if threshold is None else threshold
-        if method == "ks":
-            score = ks_pvalue(ks, int(ref[1:].sum()), rows)
-        else:
-            score = chisquare_pvalue(ref, cur)
+        score = float(m["ks_p"] if method == "ks" else m["chi_p"])
         drifted = score < threshold
     else:
         threshold = cfg.effect_threshold if threshold is None else threshold
-        score = {"psi": p, "js": js, "wasserstein": w}[method]
+        score = float(m[method])
         drifted = score >= threshold
     return FeatureDrift(
         f.name,
         f.kind,
         rows,
-        float(null_rate),
-        p,
-        js,
-        ks,
-        w,
+        null_rate,
+        float(m["psi"]),
+        float(m["js"]),
+        float(m["ks"]),
+        float(m["wasserstein"]),
         method,
         score,
         threshold,

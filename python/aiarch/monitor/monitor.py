@@ -65,6 +65,9 @@ class MonitorConfig:
     """Sampled Parquet log of inputs/outputs (None = off)."""
     history: int = 120
     """Closed windows kept for reports over time."""
+    max_rows_per_batch: int = 0
+    """Count at most about this many rows of each batch (every k-th row, a zero-copy strided
+    view) to bound the cost for very wide or very fast models; 0 = count every row."""
 
     def __post_init__(self) -> None:
         if not self.window_s > 0:
@@ -81,7 +84,14 @@ class MonitorConfig:
             kwargs["alerts"] = tuple(AlertRule(**a) for a in t.pop("alerts"))
         if "prediction_log" in t:
             kwargs["prediction_log"] = PredictionLogConfig(**t.pop("prediction_log"))
-        known = {"window_s", "ticker", "webhook_url", "webhook_timeout_s", "history"}
+        known = {
+            "window_s",
+            "ticker",
+            "webhook_url",
+            "webhook_timeout_s",
+            "history",
+            "max_rows_per_batch",
+        }
         unknown = sorted(set(t) - known)
         if unknown:
             raise InvalidArgumentError(
@@ -218,6 +228,10 @@ class Monitor:
         config: MonitorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Windows are evaluated with scipy; importing it takes seconds of CPU holding the GIL,
+        # so it happens here, while the model loads, not on the first window while serving.
+        import scipy.stats  # noqa: F401
+
         self.profile = profile
         self.output_profile = output_profile
         self.config = config or MonitorConfig()
@@ -338,7 +352,11 @@ class Monitor:
         """Counts one batch. Never raises: a batch the profile does not fit is counted as an
         observe error (logged once) and the batch is served as usual. Thread-safe."""
         try:
-            self.sketch.count(_features(self.profile, inputs))
+            x = _features(self.profile, inputs)
+            limit = self.config.max_rows_per_batch
+            if 0 < limit < x.shape[0]:
+                x = x[:: -(-x.shape[0] // limit)]
+            self.sketch.count(x)
             if self.output_sketch is not None:
                 outs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
                 self.output_sketch.count(_features(self.output_profile, tuple(outs)))
