@@ -24,8 +24,9 @@ from aiarch.bench.load import COLUMNS, LoadSettings, Point, run_http, run_in_pro
 from aiarch.bench.target import build_request, open_http_target, synthesize_body
 from aiarch.cli import main
 from aiarch.errors import InvalidArgumentError
+from aiarch.serving.process import free_port
 
-from .conftest import MODELS, Server, free_port
+from .conftest import MODELS, Server
 from .models import SERVICE_S
 
 ANALYTICAL_CAPACITY = 1.0 / SERVICE_S  # 50 requests/s
@@ -33,7 +34,7 @@ PAUSE_S = 0.5
 
 
 def _requests(server: Server, model: str, binary: bool = False) -> tuple[Any, list[bytes]]:
-    target = open_http_target(server.url, model)
+    target = open_http_target(server.base, model)
     body, hlen = synthesize_body(target.inputs(), binary=binary)
     return target, [build_request(target, body, hlen)]
 
@@ -92,7 +93,7 @@ def test_capacity_is_within_15_percent_of_the_analytical_value(
     out = tmp_path / "cap.json"
     rc = main(
         [
-            "bench", "capacity", "--url", server.url, "--model", "svc",
+            "bench", "capacity", "--url", server.base, "--model", "svc",
             "--slo-p99-ms", "100", "--repeats", "2", "--window-s", "1.5", "--warmup-s", "0.5",
             "--peak-rps", "1000", "--headroom", "0.3", "--quiet",
             "--json", str(out), "--csv", str(tmp_path / "cap.csv"), "--plot", str(tmp_path / "cap.png"),
@@ -127,7 +128,7 @@ def test_generator_detects_and_reports_falling_behind(
     out = tmp_path / "run.json"
     rc = main(
         [
-            "bench", "run", "--url", server.url, "-m", "svc", "--rate", "200",
+            "bench", "run", "--url", server.base, "-m", "svc", "--rate", "200",
             "--connections", "1", "--duration-s", "1", "--warmup-s", "0", "--quiet",
             "--json", str(out),
         ]
@@ -164,7 +165,7 @@ def test_capacity_search_stops_when_the_generator_cannot_keep_the_schedule(serve
 def test_bad_capacity_arguments(
     server: Server, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
 ) -> None:
-    rc = main(["bench", "capacity", "--url", server.url, "--quiet", *argv])
+    rc = main(["bench", "capacity", "--url", server.base, "--quiet", *argv])
     err = capsys.readouterr().err
     assert rc == code, err
     assert message in err
@@ -179,9 +180,9 @@ def test_bad_run_arguments(
     cases = [
         (["--url", f"http://127.0.0.1:{free_port()}", "-m", "svc", "--rate", "10"], 3, "cannot reach"),
         (["--url", "https://127.0.0.1:1", "-m", "svc", "--rate", "10"], 2, "http://HOST:PORT"),
-        (["--url", server.url, "-m", "svc"], 2, "give --rate"),
-        (["--url", server.url, "-m", "svc", "--rate", "0"], 2, "must be > 0"),
-        (["--url", server.url, "-m", "svc", "--rate", "5", "--payload", str(tmp_path / "x")], 2, "cannot read --payload"),
+        (["--url", server.base, "-m", "svc"], 2, "give --rate"),
+        (["--url", server.base, "-m", "svc", "--rate", "0"], 2, "must be > 0"),
+        (["--url", server.base, "-m", "svc", "--rate", "5", "--payload", str(tmp_path / "x")], 2, "cannot read --payload"),
         (["-m", "svc", "--rate", "5"], 2, "give exactly one target"),
     ]  # fmt: skip
     for argv, code, message in cases:
@@ -203,7 +204,7 @@ def test_payload_replay_and_binary_bodies(
     for extra in (["--payload", str(payload)], ["--binary"]):
         out = tmp_path / "p.json"
         rc = main(
-            ["bench", "run", "--url", server.url, "-m", "fast", "--rate", "100", "--duration-s", "0.5",
+            ["bench", "run", "--url", server.base, "-m", "fast", "--rate", "100", "--duration-s", "0.5",
              "--warmup-s", "0.1", "--quiet", "--json", str(out), *extra]
         )  # fmt: skip
         assert rc == 0, capsys.readouterr()

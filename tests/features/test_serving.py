@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +17,9 @@ from typing import Any
 import pytest
 
 from aiarch.features import FeatureStore
+from aiarch.serving.process import ServerProcess
 
-from .conftest import CARD, T0, TXN, RedisServer, free_port
+from .conftest import CARD, T0, TXN, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -30,48 +27,16 @@ MODELS = Path(__file__).resolve().parent / "serving_models.py"
 LOOKUPS = '["txn:amount_7d", "txn:count_1h"]'
 
 
-class Server:
-    def __init__(self, config: Path, tmp: Path) -> None:
-        import aiarch
+class Server(ServerProcess):
+    """`aiarch serve` with a config file, ready when constructed."""
 
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        root = str(Path(aiarch.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.log = tmp / "server.log"
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aiarch.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--config",
-                str(config),
-                "--log-level",
-                "warning",
-            ],
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"server not ready: {self.log.read_text()}")
-            time.sleep(0.05)
+    def __init__(self, config: Path, tmp: Path) -> None:
+        super().__init__(["--config", str(config), "--log-level", "warning"], tmp / "server.log")
+        try:
+            self.wait_ready(60)
+        except BaseException:
+            self.stop()
+            raise
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -86,16 +51,6 @@ class Server:
             return status, json.loads(raw)
         except ValueError:
             return status, raw.decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._logf.close()
 
 
 def seed(store: FeatureStore) -> None:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from aiarch.monitor import Profile
+from aiarch.serving.process import package_env
 
-from .conftest import ServerProcess, package_env, running_server
+from .conftest import ServerProcess, running_server
 
 MODELS = Path(__file__).with_name("models.py")
 

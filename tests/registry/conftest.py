@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,6 +16,7 @@ import pytest
 
 from aiarch.registry import Registry
 from aiarch.registry.pgcluster import PostgresUnavailable, TemporaryPostgres
+from aiarch.serving.process import ServerProcess, package_env
 
 _schemas = itertools.count()
 
@@ -107,66 +103,16 @@ def write_model(
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def child_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses that must import this checkout's aiarch."""
-    import aiarch
-
-    env = dict(os.environ)
-    root = str(Path(aiarch.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
+    return package_env(extra)
 
 
-class Server:
-    """`aiarch serve` in a subprocess on a free port."""
+class Server(ServerProcess):
+    """`aiarch serve` in a subprocess on a free port, logging to ``log``."""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str]):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._logf = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aiarch.cli", "serve", "--port", str(self.port), *args],
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self._logf.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._logf.close()
-        return int(self.proc.returncode)
+        super().__init__(args, log, env=env)
 
 
 @pytest.fixture

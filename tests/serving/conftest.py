@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from aiarch.serving.process import ServerProcess as _ServerProcess
+from aiarch.serving.process import free_port
 
 
 def _require_server_deps() -> None:
@@ -29,60 +25,12 @@ HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models.py"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`python -m aiarch.cli serve ...` on a free port; `stop()` sends SIGTERM and waits."""
+class ServerProcess(_ServerProcess):
+    """`aiarch serve` with its log in the test's tmp folder; `stop()` drains, then kills."""
 
     def __init__(self, args: list[str], tmp: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        self.log = tmp / f"server-{self.port}.log"
-        import aiarch
-
-        env = dict(os.environ)
-        pkg_root = str(Path(aiarch.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aiarch.cli", "serve", "--port", str(self.port), *args],
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self._logf.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._logf.close()
-        return self.proc.returncode
+        port = port or free_port()
+        super().__init__(args, tmp / f"server-{port}.log", port=port)
 
 
 @contextlib.contextmanager

@@ -12,19 +12,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiarch.errors import InvalidArgumentError, UnavailableError
@@ -336,12 +327,6 @@ def sweep_configs(
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve_process(
     model: str,
@@ -353,14 +338,9 @@ def serve_process(
 
     The server is stopped with SIGTERM (then killed) when the block exits.
     """
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "aiarch.cli",
-        "serve",
-        "--port",
-        str(port),
+    from aiarch.serving.process import ServerProcess
+
+    args = [
         "--model",
         f"{model}={cfg.source}",
         "--max-batch-size",
@@ -373,40 +353,12 @@ def serve_process(
         "warning",
         *(extra_args or []),
     ]
-    import aiarch
-
-    env = dict(os.environ)
-    root = str(Path(aiarch.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(args)
+    try:
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + ready_timeout_s
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    tail = log.read().decode(errors="replace")[-2000:]
-                    raise UnavailableError(
-                        f"aiarch serve for {cfg.label()} exited with {proc.returncode}:\n{tail}"
-                    )
-                try:
-                    with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise UnavailableError(
-                        f"aiarch serve for {cfg.label()} not ready in {ready_timeout_s:g} s"
-                    )
-                time.sleep(0.1)
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            server.wait_ready(ready_timeout_s)
+        except (RuntimeError, TimeoutError) as e:
+            raise UnavailableError(f"aiarch serve for {cfg.label()}: {str(e)[-2000:]}") from None
+        yield server.base
+    finally:
+        server.stop(30)

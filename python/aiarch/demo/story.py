@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aiarch.serving.process import ServerProcess, free_port
 
 from .data import CARD_FEATURES, MODEL_FEATURES, generate, model_inputs
 
@@ -52,12 +52,6 @@ def _table(columns: list[str], rows: list[list[Any]]) -> None:
     print("  " + "  ".join("-" * w for w in widths))
     for r in cells:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _aiarch(*args: str) -> list[str]:
@@ -235,25 +229,16 @@ def run(opts: DemoOptions) -> int:
 
     # 6-7. serve and benchmark ------------------------------------------------------------
     server = None
-    port = opts.port or _free_port()
+    port = opts.port or free_port()
     if opts.serve:
         _step(6, "aiarch serve with a 90/10 canary between production and staging")
-        log = open(out / "server.log", "wb")
-        server = subprocess.Popen(
-            _aiarch(
-                "serve",
-                "--route",
-                f"{MODEL}=production:90,staging:10",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        server = ServerProcess(
+            ["--route", f"{MODEL}=production:90,staging:10", "--log-level", "warning"],
+            out / "server.log",
+            port=port,
         )
         try:
-            _wait_ready(port, server, out / "server.log")
+            server.wait_ready(120)
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/v2/models/{MODEL}", timeout=10
             ) as r:
@@ -266,7 +251,7 @@ def run(opts: DemoOptions) -> int:
             _step(7, f"aiarch bench capacity (p99 SLO {opts.slo_p99_ms:g} ms, short windows)")
             _bench(port, out, opts)
         except BaseException:
-            _stop(server)
+            server.stop()
             raise
     else:
         print(
@@ -289,15 +274,15 @@ def run(opts: DemoOptions) -> int:
         print(f"\nserving {MODEL} at http://127.0.0.1:{port}  (metrics: /metrics)\n  {curl}")
         if opts.duration_s is None:
             print("Ctrl-C to stop.")
-            server.wait()
+            server.proc.wait()
         else:
-            server.wait(timeout=opts.duration_s)
+            server.proc.wait(timeout=opts.duration_s)
     except subprocess.TimeoutExpired:
         pass
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(server)
+        server.stop()
     return 0
 
 
@@ -310,23 +295,6 @@ def _infer_body(input_name: str, row: np.ndarray) -> bytes:
         "data": [round(float(v), 4) for v in row],
     }
     return json.dumps({"inputs": [tensor]}).encode()
-
-
-def _wait_ready(
-    port: int, server: subprocess.Popen[bytes], log: Path, timeout: float = 120
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"aiarch serve exited: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"aiarch serve not ready after {timeout:.0f} s; see {log}")
 
 
 def _post(port: int, path: str, body: bytes) -> Any:
@@ -348,16 +316,6 @@ def _route_counts(port: int) -> list[list[Any]]:
                 if sample.name.endswith("_total") and sample.labels.get("model") == MODEL:
                     rows.append([sample.labels["arm"], sample.labels["version"], int(sample.value)])
     return sorted(rows)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
 
 
 def _bench(port: int, out: Path, opts: DemoOptions) -> None:
