@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import print_table, write_json
+from aiarch.serving.process import package_env
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "train_mlp.py"
@@ -42,9 +42,8 @@ TIMEOUT_S = 600
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    pkg_root = str(HERE.parent / "python")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    # The workers import the aiarch this script imported (installed, or a dev checkout).
+    env = package_env()
     env["AIARCH_HOME"] = str(home)
     # One intra-op thread per process under both launchers, so 1 vs 2 processes compares
     # one core with two (torchrun sets this itself only for more than one process, and
@@ -69,6 +68,20 @@ def command(
 
 
 def run_job(
+    launcher: str, nproc: int, script_args: list[str], work: Path, device: str = "cpu"
+) -> dict[str, Any]:
+    """Runs one job; a job that fails is run once more (a gloo worker can abort while the
+    group tears down on a loaded host), and the failure is reported, not hidden."""
+    try:
+        return _run_job_once(launcher, nproc, script_args, work, device)
+    except RuntimeError as e:
+        print(f"warning: {launcher} job failed, retrying once:\n{str(e)[-1500:]}", file=sys.stderr)
+        result = _run_job_once(launcher, nproc, script_args, work, device)
+        result["attempts"] = 2
+        return result
+
+
+def _run_job_once(
     launcher: str, nproc: int, script_args: list[str], work: Path, device: str = "cpu"
 ) -> dict[str, Any]:
     """Runs one job; returns the script's --out JSON plus start-up and wall seconds."""
