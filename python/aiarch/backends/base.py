@@ -49,7 +49,8 @@ class BackendOptions:
     calibration: Any = None
     """Calibration inputs for precision="fp8" (an array or a tuple of arrays, rows first)."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Backend-specific settings (e.g. TensorRT's ``cache_dir``, ``workspace_mb``)."""
+    """Backend-specific settings: TensorRT's ``cache_dir`` and ``workspace_mb``; ONNX Runtime's
+    ``spin`` (let pool threads spin between runs; off by default)."""
 
 
 class Backend(abc.ABC):
