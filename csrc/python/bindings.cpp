@@ -29,8 +29,8 @@ namespace py = pybind11;
 using namespace aiarch;
 
 void BindFeatures(py::module_& m);  // bind_features.cpp
-void BindDrift(py::module_& m);  // bind_drift.cpp
-void BindLoadgen(py::module_& m);  // bind_loadgen.cpp
+void BindDrift(py::module_& m);     // bind_drift.cpp
+void BindLoadgen(py::module_& m);   // bind_loadgen.cpp
 
 namespace {
 
