@@ -110,10 +110,12 @@ def cpu_section(
 def overhead_section(
     dims: tuple[int, ...], calls: int, tmp: Path
 ) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    """Runtime.infer_sync of one 64-row request vs calling the same backend on 64 rows.
+    """Runtime.infer_sync of one 64-row request vs calling the same backend on 64 rows, with
+    the batch executed on a batcher thread (the default for model files) and inline on the
+    calling thread.
 
-    The two are called alternately, call by call, and compared by their median call time: on a
-    shared machine, bursts of noise then hit both sides alike instead of whole blocks of one.
+    The three are called in turn, call by call, and compared by their median call time: on a
+    shared machine, bursts of noise then hit all alike instead of whole blocks of one.
     """
     model = mlp(dims)
     name = "x".join(str(d) for d in dims)
@@ -123,35 +125,49 @@ def overhead_section(
     with aiarch.Runtime() as rt:
         for fmt, path in (("onnx", files.onnx), ("pt2", files.pt2)):
             direct = backends.load(path)
-            rt.add_model(
-                f"m-{fmt}", path, batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=0)
-            )
-            direct_ns, runtime_ns = [], []
+            for mode, inline in (("worker", False), ("inline", True)):
+                rt.add_model(
+                    f"{fmt}-{mode}",
+                    path,
+                    batching=aiarch.BatchConfig(
+                        max_batch_size=64, max_delay_us=0, inline_execution=inline
+                    ),
+                )
+            samples: dict[str, list[int]] = {"direct": [], "worker": [], "inline": []}
             for i in range(calls + 5):
-                t0 = time.perf_counter_ns()
-                direct(x)
-                t1 = time.perf_counter_ns()
-                rt.infer_sync(f"m-{fmt}", x)
-                t2 = time.perf_counter_ns()
-                if i >= 5:  # warm-up calls excluded
-                    direct_ns.append(t1 - t0)
-                    runtime_ns.append(t2 - t1)
-            model_us = statistics.median(direct_ns) / 1e3
-            runtime_us = statistics.median(runtime_ns) / 1e3
-            overhead = (runtime_us - model_us) / model_us
-            rows_out.append(
-                [name, fmt, model_us, runtime_us, runtime_us - model_us, overhead * 100]
-            )
-            results.append(
-                {
-                    "model": name,
-                    "format": fmt,
-                    "calls": calls,
-                    "direct_us_median": model_us,
-                    "runtime_us_median": runtime_us,
-                    "overhead_fraction": overhead,
-                }
-            )
+                for key in samples:
+                    t0 = time.perf_counter_ns()
+                    if key == "direct":
+                        direct(x)
+                    else:
+                        rt.infer_sync(f"{fmt}-{key}", x)
+                    if i >= 5:  # warm-up calls excluded
+                        samples[key].append(time.perf_counter_ns() - t0)
+            med = {k: statistics.median(v) / 1e3 for k, v in samples.items()}
+            for mode in ("worker", "inline"):
+                overhead = (med[mode] - med["direct"]) / med["direct"]
+                rows_out.append(
+                    [
+                        name,
+                        fmt,
+                        mode,
+                        med["direct"],
+                        med[mode],
+                        med[mode] - med["direct"],
+                        overhead * 100,
+                    ]
+                )
+                results.append(
+                    {
+                        "model": name,
+                        "format": fmt,
+                        "execution": mode,
+                        "calls": calls,
+                        "direct_us_median": med["direct"],
+                        "runtime_us_median": med[mode],
+                        "overhead_fraction": overhead,
+                    }
+                )
     return rows_out, results
 
 
@@ -345,7 +361,7 @@ def main() -> None:
             results["runtime_overhead"] += res
         print_table(
             "Runtime overhead at batch 64 (median call: one 64-row request through infer_sync vs the backend called directly, alternating)",
-            ["model", "format", "direct us", "runtime us", "added us", "overhead %"],
+            ["model", "format", "execution", "direct us", "runtime us", "added us", "overhead %"],
             rows,
         )
         if torch.cuda.is_available():
