@@ -82,6 +82,13 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         cfg = self.config
+        # With several workers sharing the port, the kernel hands connections to any worker
+        # that listens: a worker joins only once its models are loaded, so no request reaches
+        # one that would answer 404 while loading. A single worker listens at once, so health
+        # probes see it live (and not yet ready) during a slow load.
+        preload = cfg.workers > 1
+        if preload:
+            await self._load_models()
         if sock is None:
             sock = make_socket(cfg.host, cfg.port, reuse_port=cfg.workers > 1)
         server = await loop.create_server(
@@ -92,7 +99,7 @@ class Server:
         if on_listening is not None:
             on_listening(self.port)
         sweeper = loop.create_task(self._sweep_idle())
-        loader = loop.create_task(self._load_models())
+        loader = loop.create_task(asyncio.sleep(0) if preload else self._load_models())
         watcher = loop.create_task(self.routing.watch_loop())
         try:
             await self._stop.wait()
