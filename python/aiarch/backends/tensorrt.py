@@ -292,12 +292,12 @@ class TensorRTBackend(Backend):
     def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         check_arity(self.path, self.inputs, arrays)
         lane = self._lane()
+        rows = arrays[0].shape[0]
         try:
-            outs = (
-                run_bucketed(Bucketing((self.max_rows,)), arrays, lane.run)
-                if (arrays[0].shape[0] > self.max_rows)
-                else lane.run(arrays[0].shape[0], *arrays)
-            )
+            if rows <= self.max_rows:  # any size within the profile runs as it is
+                outs = lane.run(rows, *arrays)
+            else:
+                outs = run_bucketed(Bucketing((self.max_rows,)), arrays, lane.run)
         finally:
             with self._lock:
                 self._lanes.append(lane)

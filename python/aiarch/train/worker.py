@@ -15,7 +15,6 @@ torch.distributed's elastic agent sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``
 from __future__ import annotations
 
 import atexit
-import hashlib
 import math
 import os
 import sys
@@ -25,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from aiarch.backends.base import file_sha256
 
 from .checkpoint import CheckpointStore
 from .rundir import RunDir, new_run_id
@@ -84,14 +85,6 @@ def _script_path() -> Path | None:
         return None
     path = Path(file)
     return path.resolve() if path.is_file() else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Epoch:
@@ -550,7 +543,7 @@ class TrainContext:
 
     def script_sha256(self) -> str | None:
         """sha256 of the running script's file, or None when it has none (``python -c``)."""
-        return sha256_file(self.script_path) if self.script_path else None
+        return file_sha256(self.script_path) if self.script_path else None
 
     def close(self) -> None:
         """Leaves the process group (also done at exit)."""
