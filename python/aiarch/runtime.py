@@ -262,6 +262,10 @@ class Runtime:
             batching = BatchConfig()
         loaded = None
         if isinstance(model, (str, os.PathLike)):
+            if name in self._models:  # refuse before the (slow) load; checked again below
+                raise AlreadyExistsError(
+                    f"model {name!r} is already loaded; remove_model() it first"
+                )
             loaded, batching = self._load_file(
                 model, batching, warmup, device, precision, backend, backend_options
             )
@@ -289,6 +293,8 @@ class Runtime:
         m.backend = loaded
         with self._lock:
             if name in self._models:
+                if loaded is not None:
+                    loaded.close()
                 raise AlreadyExistsError(
                     f"model {name!r} is already loaded; remove_model() it first"
                 )

@@ -73,3 +73,12 @@ def test_file_models_execute_off_the_event_loop_by_default(mlp_files) -> None:
         assert rt.add_model("fn", lambda x: x).batching.inline_execution is True
         forced = aiarch.BatchConfig(inline_execution=True)
         assert rt.add_model("forced", mlp_files.onnx, batching=forced).batching.inline_execution
+
+
+def test_duplicate_name_is_refused_and_the_first_keeps_serving(mlp_files) -> None:
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", mlp_files.onnx)
+        with pytest.raises(aiarch.AlreadyExistsError, match="already loaded"):
+            rt.add_model("m", mlp_files.pt2)
+        x = np.ones((1, 64), np.float32)
+        np.testing.assert_allclose(rt.infer_sync("m", x), mlp_files.eager(x), rtol=1e-4, atol=1e-5)
