@@ -77,9 +77,8 @@ def test_killed_rank_resumes_from_last_complete_checkpoint(jobs, clean_pair):
     line = [x for x in finished.stdout.splitlines() if x.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT ") :])
 
-    # One restart for the kill; a second one can follow a gloo abort while the finished group
-    # tears down on a loaded host (it resumes after the last epoch and trains nothing).
-    assert result["restarts"] in (1, 2)
+    # Exactly one restart: the kill's. A job that finished never restarts.
+    assert result["restarts"] == 1
     # epochs 0 and 1 ran once; epoch 2 died mid-way and ran again after the restart
     assert [(e["restart_count"], e["epoch"]) for e in result["epochs"]] == [
         (0, 0),
@@ -88,14 +87,14 @@ def test_killed_rank_resumes_from_last_complete_checkpoint(jobs, clean_pair):
         (1, 3),
     ]
     resumed = out_json(out)
-    assert (resumed["restart_count"], resumed["start_epoch"]) in ((1, 2), (2, 4))
+    assert (resumed["restart_count"], resumed["start_epoch"]) == (1, 2)
     # Resuming model + optimizer + sampler epoch from the checkpoint reproduces the
     # uninterrupted run exactly.
     assert resumed["weights_sha256"] == clean_outs[0]["weights_sha256"]
 
     run_dir = Path(result["run_dir"])
     attempts = [json.loads(x) for x in (run_dir / "attempts.jsonl").read_text().splitlines()]
-    assert [a["restart_count"] for a in attempts] == list(range(result["restarts"] + 1))
+    assert [a["restart_count"] for a in attempts] == [0, 1]
     pointer = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
     assert pointer["step"] == 3
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt")) == [

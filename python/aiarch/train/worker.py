@@ -182,6 +182,9 @@ class TrainContext:
         """True when a process group is joined (launched by aiarch train or torchrun)."""
         self.backend = "none"
         self._slow_group: Any = None
+        # Tensors handed to gloo by `all_reduce`, kept for the life of the context: see
+        # `all_reduce` for why they must never be freed by Python first.
+        self._collective_buffers: dict[int, Any] = {}
         self._loaders: list[EpochLoader] = []
         self.epoch: int | None = None
         """The epoch `epochs()` is in (0-based), None outside it."""
@@ -318,7 +321,7 @@ class TrainContext:
             backend="gloo", timeout=timedelta(seconds=self.io_timeout_s)
         )
         self.distributed = True
-        atexit.register(_destroy_process_group)
+        atexit.register(self._close_at_exit)
 
     # -- collectives -----------------------------------------------------------------------
 
@@ -352,7 +355,19 @@ class TrainContext:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        # gloo's worker thread releases its reference to the tensor only after wait()
+        # has returned here. Were Python's reference gone by then, torch would hand the
+        # Python object to the tensor and the worker would need the GIL to free it; if
+        # that moment falls in interpreter shutdown the worker thread is unwound by
+        # Python and the process aborts ("terminate called without an active
+        # exception"). One buffer per length, held by the context, keeps every free on
+        # the worker a plain reference-count decrement.
+        t = self._collective_buffers.get(len(values))
+        if t is None:
+            t = self._collective_buffers[len(values)] = torch.zeros(
+                len(values), dtype=torch.float64
+            )
+        t.copy_(torch.tensor([float(v) for v in values], dtype=torch.float64))
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return [float(v) for v in t.tolist()]
 
@@ -545,20 +560,56 @@ class TrainContext:
         """sha256 of the running script's file, or None when it has none (``python -c``)."""
         return file_sha256(self.script_path) if self.script_path else None
 
-    def close(self) -> None:
-        """Leaves the process group (also done at exit)."""
-        _destroy_process_group()
-        self.distributed = False
+    def close(self, *, wait_for_peers: bool = True) -> None:
+        """Leaves the process group and stops its threads. Done at exit if not called.
 
+        Collective: with `wait_for_peers`, every rank first meets in one last barrier (on
+        the long timeout), so that no rank tears down while a peer still talks to it.
+        This must happen while the interpreter is whole. A gloo worker thread frees each
+        collective's work after the caller has moved on; if that free needs the GIL and
+        falls in interpreter shutdown, Python unwinds the thread mid-free and the process
+        aborts ("terminate called without an active exception"). So the tensors of this
+        context's collectives are held until the workers have let them go, and the groups
+        are destroyed here, where gloo joins their threads with the GIL released. The
+        default group can outlive this call while a DistributedDataParallel reducer still
+        holds it; its threads are idle by then.
+        """
+        if not self.distributed:
+            return
+        import gc
 
-def _destroy_process_group() -> None:
-    try:
         import torch.distributed as dist
 
+        if wait_for_peers and self.world_size > 1:
+            try:
+                dist.barrier(group=self._slow_group)
+            except Exception as e:  # a peer already failed: leave without it
+                print(f"aiarch.train: rank {self.rank}: final barrier failed: {e}", file=sys.stderr)
+        # Our own collective tensors: wait (briefly) until gloo's workers have dropped
+        # their references, so that those frees happened while Python still held them.
+        deadline = time.monotonic() + 5.0
+        for buffer in self._collective_buffers.values():
+            while buffer._use_count() > 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
         if dist.is_initialized():
             dist.destroy_process_group()
-    except Exception:
-        pass
+        self._slow_group = None
+        self.distributed = False
+        # Groups held only by reference cycles (a DDP module the script dropped) go now,
+        # not in the collection at interpreter shutdown.
+        gc.collect()
+
+    def _close_at_exit(self) -> None:
+        # An uncaught exception means this rank is failing: waiting for peers in a barrier
+        # would only delay the failure the launcher is about to see.
+        self.close(wait_for_peers=_exit_is_clean())
+
+
+_uncaught_exception = False
+
+
+def _exit_is_clean() -> bool:
+    return not _uncaught_exception
 
 
 def _install_error_recorder() -> None:
@@ -566,12 +617,17 @@ def _install_error_recorder() -> None:
 
     The launcher then reports the root cause (exception type, message, rank) instead of
     only an exit code — what torch's ``@record`` decorator does, without decorating main.
+    Also notes that this rank is failing, so that its exit skips the final barrier.
     """
-    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        return
     previous = sys.excepthook
+    record = bool(os.environ.get("TORCHELASTIC_ERROR_FILE"))
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        global _uncaught_exception
+        _uncaught_exception = True
+        if not record:
+            previous(exc_type, exc, tb)
+            return
         try:
             from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
