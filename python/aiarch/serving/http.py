@@ -65,6 +65,7 @@ _WANTED = frozenset(
         b"accept-encoding",
         b"expect",
         b"authorization",
+        b"origin",
         b"inference-header-content-length",
         b"x-request-timeout-ms",
         b"x-route-key",

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .app import App
-from .config import ServeConfig
+from .config import ServeConfig, is_loopback_address
 from .http import HttpProtocol
 from .loader import ModelRepository, resolve_object
 from .routing import RegistryRouting
@@ -95,6 +95,7 @@ class Server:
             lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
         )
         self.port = sock.getsockname()[1]
+        self.handler.bound_loopback = is_loopback_address(str(sock.getsockname()[0]))
         log.info("listening on http://%s:%d (pid %d)", cfg.host, self.port, os.getpid())
         if on_listening is not None:
             on_listening(self.port)
