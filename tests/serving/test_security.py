@@ -246,7 +246,9 @@ def root_server(
 
 
 def _load(srv: ServerProcess, name: str, config: dict[str, object], headers=AUTH) -> object:  # type: ignore[no-untyped-def]
-    return request(srv.port, "POST", f"/v2/repository/models/{name}/load", _load_body(config), headers)
+    return request(
+        srv.port, "POST", f"/v2/repository/models/{name}/load", _load_body(config), headers
+    )
 
 
 def test_model_root_loads_a_model_file_inside_it(root_server: ServerProcess) -> None:
@@ -413,8 +415,6 @@ def test_deeply_nested_json_is_400(default_server: ServerProcess, path: str, bod
 
 def test_client_errors_log_no_traceback(default_server: ServerProcess) -> None:
     request(default_server.port, "POST", "/predict/lin", b"[" * 5000)
-    request(
-        default_server.port, "POST", "/v2/models/lin/infer", _infer_body(priority=2**64)
-    )
+    request(default_server.port, "POST", "/v2/models/lin/infer", _infer_body(priority=2**64))
     log = default_server.output()
     assert "Traceback" not in log and " ERROR " not in log, log

@@ -435,8 +435,7 @@ def _require_json(req: Request, binary_ok: bool = False) -> None:
     expected = "application/json"
     if binary_ok:
         expected += (
-            " (or application/octet-stream with Inference-Header-Content-Length for binary "
-            "tensors)"
+            " (or application/octet-stream with Inference-Header-Content-Length for binary tensors)"
         )
     raise HttpError(
         415, f"unsupported Content-Type {media.decode('latin-1')[:100]!r}; expected {expected}"
@@ -786,7 +785,8 @@ class App:
         if token is None:
             if not self.bound_loopback:
                 raise HttpError(
-                    403, "repository calls need --auth-token when the server is not bound to loopback"
+                    403,
+                    "repository calls need --auth-token when the server is not bound to loopback",
                 )
             if b"origin" in req.headers:
                 raise HttpError(

@@ -249,7 +249,6 @@ def is_loopback_address(address: str) -> bool:
     return ip.is_loopback
 
 
-
 _BATCH_KEYS = {
     "max_batch_size",
     "max_delay_us",

@@ -203,8 +203,7 @@ def confine_client_config(
             )
         if cfg.monitor is not None and cfg.monitor.get("webhook_url"):
             raise ClientConfigError(
-                "a client config may not set monitor.webhook_url (needs "
-                "--allow-repository-load)",
+                "a client config may not set monitor.webhook_url (needs --allow-repository-load)",
                 True,
             )
         extra = set(cfg.backend_options) - _CLIENT_BACKEND_OPTIONS
@@ -224,9 +223,7 @@ def confine_client_config(
     # Checked only once the path is known to be inside a root, so nothing outside the roots
     # can be probed for existence.
     if not allow_any_source and not _is_model_file(source):
-        raise ClientConfigError(
-            f"model source {cfg.source!r} is not {_MODEL_FILE_FORMS}"
-        )
+        raise ClientConfigError(f"model source {cfg.source!r} is not {_MODEL_FILE_FORMS}")
     if not roots:
         return dataclasses.replace(cfg, source=source)
     monitor = cfg.monitor
@@ -244,7 +241,10 @@ def confine_client_config(
             monitor["prediction_log"] = log_cfg
     features = cfg.features
     if features is not None and features.get("home") is not None:
-        features = {**features, "home": _inside_roots(str(features["home"]), roots, "features.home")}
+        features = {
+            **features,
+            "home": _inside_roots(str(features["home"]), roots, "features.home"),
+        }
     return dataclasses.replace(cfg, source=source, monitor=monitor, features=features)
 
 
