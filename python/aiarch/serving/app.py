@@ -23,6 +23,8 @@ from urllib.parse import unquote
 import msgspec
 import numpy as np
 
+from aiarch.redact import redact_url
+
 from . import v2
 from .config import ModelConfig, ServeConfig, validate_model_name
 from .errors import HttpError, status_for_exception
@@ -132,7 +134,7 @@ class ModelEntry:
                 {"count": int(getattr(batching, "instances", 1) or 1), "kind": "KIND_CPU"}
             ],
             "response_cache": {"enable": info.cache is not None},
-            "parameters": {"source": {"string_value": source}} if source else {},
+            "parameters": {"source": {"string_value": redact_url(source)}} if source else {},
         }
         if max_batch > 0:
             config["dynamic_batching"] = {

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiarch.redact import redact_url
+
 from .config import ModelConfig, _model_from_table, validate_model_name
 
 __all__ = [
@@ -272,7 +274,7 @@ class SourceError(ValueError):
 
     def __init__(self, name: str, source: str):
         super().__init__(
-            f"cannot load model '{name}' from source {source!r}: expected {_MODEL_FILE_FORMS} "
+            f"cannot load model '{name}' from source {redact_url(source)!r}: expected {_MODEL_FILE_FORMS} "
             "or a Python reference 'module:attr' / 'file.py:attr' that can be loaded"
         )
 
@@ -356,7 +358,9 @@ class ModelRepository:
                 kwargs["monitor"] = Monitor.from_config(cfg.monitor)
             rt.add_model(name, model, **kwargs)
             self._known[name] = cfg
-            log.info("loaded model %s (version %s) from %s", name, cfg.version, cfg.source)
+            log.info(
+                "loaded model %s (version %s) from %s", name, cfg.version, redact_url(cfg.source)
+            )
 
     def unload(self, name: str) -> None:
         """Remove `name` from the runtime after draining its queue; it stays known."""
