@@ -159,8 +159,47 @@ def _add_serve(sub: Any) -> None:
     s.add_argument(
         "--auth-token",
         metavar="TOKEN",
-        help="bearer token for repository load/unload (or env AIARCH_AUTH_TOKEN); "
-        "required for them when --host is not loopback",
+        help="bearer token for repository calls (or env AIARCH_AUTH_TOKEN); required for "
+        "them when --host is not loopback, and always with --allow-repository-load/--model-root",
+    )
+    s.add_argument(
+        "--model-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="let clients (with the token) load model files inside DIR through "
+        "POST /v2/repository/models/NAME/load with a config; repeatable",
+    )
+    s.add_argument(
+        "--allow-repository-load",
+        action="store_true",
+        default=None,
+        help="let clients (with the token) load models from any source they send, including "
+        "Python code (module:attr, file.py:attr) that then runs in the server",
+    )
+    s.add_argument(
+        "--header-timeout-s",
+        type=float,
+        metavar="S",
+        help="a request's headers must arrive within S seconds, else 408 (default 10)",
+    )
+    s.add_argument(
+        "--body-timeout-s",
+        type=float,
+        metavar="S",
+        help="a request's body must arrive within S seconds of its headers, else 408 (default 60)",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="open connections per worker; more get 503 (default 10000)",
+    )
+    s.add_argument(
+        "--max-connections-per-ip",
+        type=_positive_int,
+        metavar="N",
+        help="open connections per client address per worker; more get 503 (default 1000)",
     )
     s.add_argument(
         "--request-timeout-s",
@@ -255,6 +294,20 @@ def _serve_config(args: argparse.Namespace) -> Any:
         cfg.runtime_factory = args.runtime
     if args.max_body_mb is not None:
         cfg.limits.max_body_bytes = int(args.max_body_mb * (1 << 20))
+    for flag in (
+        "header_timeout_s",
+        "body_timeout_s",
+        "max_connections",
+        "max_connections_per_ip",
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(cfg.limits, flag, value)
+    if args.allow_repository_load:
+        cfg.allow_repository_load = True
+    if args.model_root:
+        cfg.model_roots = [*cfg.model_roots, *args.model_root]
+    cfg.validate()
     return cfg
 
 

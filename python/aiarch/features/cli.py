@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aiarch.redact import redact_url
+
 __all__ = ["add_parser"]
 
 _EPILOG = """\
@@ -177,7 +179,7 @@ def _list(args: argparse.Namespace) -> int:
             print(
                 json.dumps(
                     {
-                        "online": store.url,
+                        "online": redact_url(store.url),
                         "entities": [e.to_json() for e in ents.values()],
                         "feature_views": [
                             {**v.to_json(), "materialized_until_ns": marks[v.name]}
@@ -189,7 +191,7 @@ def _list(args: argparse.Namespace) -> int:
             return 0
         from .offline import _ns_iso
 
-        print(f"online store: {store.url}\n")
+        print(f"online store: {redact_url(store.url)}\n")
         _table(
             ["entity", "key type", "join key"],
             [[e.name, e.dtype, e.join_key] for e in ents.values()],

@@ -23,6 +23,7 @@ import numpy as np
 
 from aiarch import _core
 from aiarch.errors import InvalidArgumentError, UnavailableError
+from aiarch.redact import redact_url
 
 from .definitions import FeatureView
 
@@ -322,7 +323,9 @@ class RedisBackend(OnlineBackend):
     def _unavailable(self, e: BaseException) -> UnavailableError:
         kind = "timed out" if "Timeout" in type(e).__name__ else "is unreachable"
         return UnavailableError(
-            f"feature store {self.url} {kind} (timeout {self.timeout_s * 1000:.0f} ms): {e}"
+            redact_url(
+                f"feature store {self.url} {kind} (timeout {self.timeout_s * 1000:.0f} ms): {e}"
+            )
         )
 
     def mget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
@@ -426,7 +429,7 @@ def open_backend(url: str | None, *, timeout_s: float = 0.05) -> OnlineBackend:
         return RedisBackend(url, timeout_s=timeout_s)
     else:
         raise InvalidArgumentError(
-            f"unknown online store URL {url!r}; expected memory://[NAME], native://PATH or "
+            f"unknown online store URL {redact_url(url)!r}; expected memory://[NAME], native://PATH or "
             "redis://HOST:PORT/DB"
         )
     with _SHARED_LOCK:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiarch.errors import InvalidArgumentError
+from aiarch.redact import redact_url
 
 __all__ = ["AlertRule", "Alerts", "Webhook"]
 
@@ -55,7 +56,9 @@ class Webhook:
 
     def __init__(self, url: str, timeout_s: float = 5.0, max_pending: int = 64) -> None:
         if not url.startswith(("http://", "https://")):
-            raise InvalidArgumentError(f"webhook URL must be http(s)://..., got {url!r}")
+            raise InvalidArgumentError(
+                f"webhook URL must be http(s)://..., got {redact_url(url)!r}"
+            )
         self.url = url
         self.timeout_s = timeout_s
         self.sent = 0
@@ -93,7 +96,7 @@ class Webhook:
                 self.sent += 1
             except Exception as e:  # the receiver's trouble never reaches the monitor
                 self.failed += 1
-                log.warning("alert webhook %s failed: %s", self.url, e)
+                log.warning("alert webhook %s failed: %s", redact_url(self.url), e)
 
 
 class Alerts:

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from aiarch.redact import redact_url
+
 __all__ = ["add_parser"]
 
 
@@ -116,15 +118,15 @@ def _report(args: argparse.Namespace) -> int:
             if args.version:
                 path += f"/versions/{urllib.parse.quote(args.version, safe='')}"
             url = args.url.rstrip("/") + path + "/monitor"
-            print(f"fetching {url}", file=sys.stderr)
+            print(f"fetching {redact_url(url)}", file=sys.stderr)
             try:
                 with urllib.request.urlopen(url, timeout=args.timeout_s) as resp:
                     body = resp.read()
             except urllib.error.HTTPError as e:
                 detail = e.read().decode("utf-8", "replace")[:300]
-                return _fail(f"{url} answered {e.code}: {detail}")
+                return _fail(f"{redact_url(url)} answered {e.code}: {detail}")
             except (urllib.error.URLError, OSError) as e:
-                return _fail(f"cannot reach {url}: {e}")
+                return _fail(f"cannot reach {redact_url(url)}: {e}")
             report = json.loads(body)
             snap = msgspec.json.decode(
                 msgspec.json.encode(report.pop("snapshot")), type=MonitorSnapshot

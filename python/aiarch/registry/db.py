@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiarch.redact import redact_url
+
 from .errors import RegistryError
 
 __all__ = ["MIGRATIONS", "Database", "Tx", "open_database"]
@@ -221,7 +223,7 @@ class Database:
             applied = {int(r[0]) for r in tx.all("SELECT version FROM schema_migrations")}
             if applied and max(applied) > latest:
                 raise RegistryError(
-                    f"the registry database {self.url} has schema version {max(applied)}, newer "
+                    f"the registry database {redact_url(self.url)} has schema version {max(applied)}, newer "
                     f"than this aiarch understands ({latest}); upgrade aiarch"
                 )
             for number, description, statements in MIGRATIONS:
@@ -379,6 +381,6 @@ def open_database(url: str | None, home: Path) -> Database:
     if "://" not in url:
         return SqliteDatabase(Path(os.fspath(url)))
     raise RegistryError(
-        f"unsupported registry URL {url!r}: expected postgresql://..., sqlite:///PATH or nothing "
+        f"unsupported registry URL {redact_url(url)!r}: expected postgresql://..., sqlite:///PATH or nothing "
         "(SQLite under AIARCH_HOME)"
     )

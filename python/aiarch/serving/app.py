@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import hmac
 import logging
+import math
 import types
 import zlib
 from typing import Any
@@ -22,12 +23,14 @@ from urllib.parse import unquote
 import msgspec
 import numpy as np
 
+from aiarch.redact import redact_url
+
 from . import v2
 from .config import ModelConfig, ServeConfig, validate_model_name
 from .errors import HttpError, status_for_exception
 from .features import lookup_stats, result_check
 from .http import JSON, OCTETS, HttpProtocol, Request, build_response, error_response
-from .loader import ModelRepository
+from .loader import ClientConfigError, ModelRepository, SourceError, confine_client_config
 from .metrics import MetricsExporter
 
 __all__ = ["App", "ModelEntry"]
@@ -131,7 +134,7 @@ class ModelEntry:
                 {"count": int(getattr(batching, "instances", 1) or 1), "kind": "KIND_CPU"}
             ],
             "response_cache": {"enable": info.cache is not None},
-            "parameters": {"source": {"string_value": source}} if source else {},
+            "parameters": {"source": {"string_value": redact_url(source)}} if source else {},
         }
         if max_batch > 0:
             config["dynamic_batching"] = {
@@ -403,6 +406,44 @@ def _int_header(value: bytes, name: str) -> int:
     return int(value)
 
 
+_MAX_TIMEOUT_MS = 86_400_000
+"""Longest deadline a request may ask for (one day); beyond it the value is a client error."""
+_MAX_PRIORITY = 0xFFFFFFFF
+"""Largest priority a request may carry; the model's own levels are checked by the runtime."""
+
+
+def _media_type(req: Request) -> bytes | None:
+    """The request's media type, lowercase without parameters, or None when not sent."""
+    ctype = req.headers.get(b"content-type")
+    if ctype is None:
+        return None
+    return ctype.partition(b";")[0].strip().lower()
+
+
+def _require_json(req: Request, binary_ok: bool = False) -> None:
+    """Refuse (415) a body declared as anything but JSON, so a browser form or `text/plain`
+    request from another site cannot drive a JSON endpoint. A body without Content-Type is
+    read as JSON (tritonclient sends none); with `binary_ok`, the binary tensor extension's
+    `application/octet-stream` is accepted when `Inference-Header-Content-Length` frames it."""
+    media = _media_type(req)
+    if media is None or media == b"application/json":
+        return
+    if (
+        binary_ok
+        and media == b"application/octet-stream"
+        and b"inference-header-content-length" in req.headers
+    ):
+        return
+    expected = "application/json"
+    if binary_ok:
+        expected += (
+            " (or application/octet-stream with Inference-Header-Content-Length for binary tensors)"
+        )
+    raise HttpError(
+        415, f"unsupported Content-Type {media.decode('latin-1')[:100]!r}; expected {expected}"
+    )
+
+
 class App:
     """Request dispatcher. One per worker process; every method runs in the loop thread."""
 
@@ -419,7 +460,11 @@ class App:
             {"name": SERVER_NAME, "version": _version(), "extensions": EXTENSIONS}
         )
         self._infer = runtime.infer
+        config.validate()
         self._token = config.resolved_auth_token()
+        self.bound_loopback = False
+        """True once the server's socket is bound to a loopback address (set by the server
+        from the bound address itself); until then, treated as reachable from anywhere."""
         self.routes: dict[str, Any] = {}
         """Registry-served models by public name (`routing.Route`): canary arms and shadow."""
         self.public_names: dict[str, str] = {}
@@ -621,8 +666,12 @@ class App:
         if params:
             t = params.get("timeout")
             if t is not None:
-                if type(t) is not int or t < 0:
-                    raise HttpError(400, "parameter 'timeout' must be a non-negative integer (us)")
+                if type(t) is not int or not 0 <= t <= _MAX_TIMEOUT_MS * 1000:
+                    raise HttpError(
+                        400,
+                        "parameter 'timeout' must be an integer number of microseconds from 0 "
+                        f"(none) to {_MAX_TIMEOUT_MS * 1000} (one day)",
+                    )
                 if t:
                     return t / 1e6
         h = req.headers.get(b"x-request-timeout-ms")
@@ -630,9 +679,13 @@ class App:
             try:
                 ms = float(h)
             except ValueError:
-                raise HttpError(400, "invalid X-Request-Timeout-Ms header") from None
-            if not ms > 0:
-                raise HttpError(400, "X-Request-Timeout-Ms must be positive")
+                ms = math.nan
+            if not 0 < ms <= _MAX_TIMEOUT_MS:  # also refuses nan and inf
+                raise HttpError(
+                    400,
+                    "X-Request-Timeout-Ms must be a positive number of milliseconds, at most "
+                    f"{_MAX_TIMEOUT_MS} (one day); got {h.decode('latin-1')[:40]!r}",
+                )
             return ms / 1e3
         return self.config.request_timeout_s
 
@@ -640,6 +693,7 @@ class App:
         self, req: Request, conn: HttpProtocol, model: str, version: str | None
     ) -> bytes | list[Any] | None:
         entry = self._entry(model, version)
+        _require_json(req, binary_ok=True)
         headers = req.headers
         hlen = headers.get(b"inference-header-content-length")
         route = self.routes.get(model) if version is None else None
@@ -689,8 +743,12 @@ class App:
             priority = 0
             if params:
                 pr = params.get("priority", 0)
-                if type(pr) is not int or pr < 0:
-                    raise HttpError(400, "parameter 'priority' must be a non-negative integer")
+                if type(pr) is not int or not 0 <= pr <= _MAX_PRIORITY:
+                    raise HttpError(
+                        400,
+                        "parameter 'priority' must be an integer from 0 (the model's default) "
+                        "to the model's priority levels",
+                    )
                 priority = pr
         job.accept = headers.get(b"accept-encoding")
         response = self._submit(job, conn, entry.runtime_name, x, timeout, priority)
@@ -700,6 +758,7 @@ class App:
 
     def _predict(self, req: Request, conn: HttpProtocol, model: str) -> bytes | list[Any] | None:
         entry = self._entry(model, None)
+        _require_json(req)
         route = self.routes.get(model)
         if route is not None:
             entry = route.pick(req.headers.get(b"x-route-key"), None)
@@ -720,11 +779,20 @@ class App:
 
     # -- repository ------------------------------------------------------------------------
     def _authorize(self, req: Request) -> None:
+        """Every repository call passes here. With a token configured (always, when clients may
+        load their own configs) the call must carry it, loopback or not. Without one, only a
+        loopback-bound server accepts calls, and never from a browser page: a request with an
+        `Origin` header is cross-site by construction here (no client of this API sends one)."""
         token = self._token
         if token is None:
-            if not self.config.loopback:
+            if not self.bound_loopback:
                 raise HttpError(
-                    403, "repository load/unload needs --auth-token when bound beyond loopback"
+                    403,
+                    "repository calls need --auth-token when the server is not bound to loopback",
+                )
+            if b"origin" in req.headers:
+                raise HttpError(
+                    403, "repository calls from a browser page are refused without --auth-token"
                 )
             return
         got = req.headers.get(b"authorization", b"")
@@ -733,12 +801,10 @@ class App:
             raise HttpError(401, "missing or wrong bearer token", (("www-authenticate", "Bearer"),))
 
     def _repo_index(self, req: Request, conn: HttpProtocol) -> bytes | list[Any]:
+        _require_json(req)
         ready_only = False
         if req.body:
-            try:
-                body = msgspec.json.decode(req.body)
-            except msgspec.DecodeError as e:
-                raise HttpError(400, f"failed to parse the request JSON: {e}") from None
+            body = _decode_json(req.body)
             if isinstance(body, dict):
                 ready_only = body.get("ready") is True
         out = []
@@ -751,12 +817,10 @@ class App:
         return build_response(200, _encode(out), JSON, (), req.keep_alive)
 
     def _repo_params(self, req: Request) -> dict[str, Any]:
+        _require_json(req)
         if not req.body:
             return {}
-        try:
-            body = msgspec.json.decode(req.body)
-        except msgspec.DecodeError as e:
-            raise HttpError(400, f"failed to parse the request JSON: {e}") from None
+        body = _decode_json(req.body)
         if not isinstance(body, dict):
             raise HttpError(400, "request body must be a JSON object")
         params = body.get("parameters") or {}
@@ -779,13 +843,27 @@ class App:
             raise HttpError(501, "loading model files through the API is not supported")
         cfg: ModelConfig | None = None
         if "config" in params:
-            raw = params["config"]
-            try:
-                tree = msgspec.json.decode(raw) if isinstance(raw, str) else raw
-                cfg = self.repository.config_from_tree(model, tree)
-            except (msgspec.DecodeError, ValueError, TypeError) as e:
-                raise HttpError(400, f"invalid model config: {e}") from None
+            cfg = self._client_config(model, params["config"])
         self._run_blocking(req, conn, self.repository.load, model, cfg)
+
+    def _client_config(self, model: str, raw: Any) -> ModelConfig:
+        """The config a client sent with a load, checked against the operator's policy."""
+        config = self.config
+        if not config.repository_load_enabled:
+            raise HttpError(
+                403,
+                "loading a model from a client-given config is disabled; the operator enables "
+                "it with --model-root DIR (model files inside DIR) or --allow-repository-load",
+            )
+        roots = config.model_roots
+        try:
+            tree = _decode_json(raw.encode()) if isinstance(raw, str) else raw
+            cfg = self.repository.config_from_tree(model, tree, roots[0] if roots else None)
+            return confine_client_config(cfg, roots, config.allow_repository_load)
+        except ClientConfigError as e:
+            raise HttpError(403 if e.forbidden else 400, f"invalid model config: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise HttpError(400, f"invalid model config: {e}") from None
 
     def _repo_unload(self, req: Request, conn: HttpProtocol, model: str) -> None:
         self._authorize(req)
@@ -809,6 +887,10 @@ class App:
                 return
             exc = f.exception()
             self.refresh(name)
+            if isinstance(exc, SourceError):
+                cause = exc.__cause__
+                log.warning("load of model %s failed: %s: %s", name, type(cause).__name__, cause)
+                exc = HttpError(400, str(exc))
             if pending.conn is None:
                 return
             if exc is not None:
@@ -817,6 +899,16 @@ class App:
                 pending.resolve(build_response(200, b"", JSON, (), keep), keep)
 
         fut.add_done_callback(done)
+
+
+def _decode_json(body: bytes) -> Any:
+    """A repository request's JSON body; malformed or too deeply nested JSON is a 400."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise HttpError(400, f"failed to parse the request JSON: {e}") from None
+    except RecursionError:
+        raise HttpError(400, "failed to parse the request JSON: nested too deeply") from None
 
 
 def _model_stat(s: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,11 @@ Every field has a default and a docstring (the attribute docstring right below i
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ __all__ = [
     "HttpLimits",
     "ModelConfig",
     "ServeConfig",
+    "is_loopback_address",
     "load_config_file",
     "validate_model_name",
 ]
@@ -57,6 +60,21 @@ class HttpLimits:
 
     idle_timeout_s: float = 75.0
     """Keep-alive connections idle this long are closed (checked every few seconds)."""
+
+    header_timeout_s: float = 10.0
+    """A request line and header block must arrive within this many seconds of the request's
+    first byte; a client that is slower gets 408 and the connection closes (slow-header
+    clients cannot hold connections open)."""
+
+    body_timeout_s: float = 60.0
+    """A request body must arrive within this many seconds of the end of its headers; a client
+    that is slower gets 408 and the connection closes."""
+
+    max_connections: int = 10_000
+    """Open connections per worker; a connection beyond it gets 503 and is closed at once."""
+
+    max_connections_per_ip: int = 1_000
+    """Open connections per client address per worker; beyond it, 503 and closed at once."""
 
     compress_min_bytes: int = 1024
     """Infer responses at least this large are compressed when the client sends Accept-Encoding."""
@@ -127,8 +145,21 @@ class ServeConfig:
     """Models to load at start-up, in order."""
 
     auth_token: str | None = None
-    """Bearer token required for repository load/unload (env AIARCH_AUTH_TOKEN). Without it,
-    load/unload is allowed only when the server is bound to loopback."""
+    """Bearer token required for repository calls (env AIARCH_AUTH_TOKEN). Without it,
+    unloading and reloading the configured models is allowed only when the server is bound to a
+    loopback address, and never from a browser page (a request carrying `Origin`)."""
+
+    allow_repository_load: bool = False
+    """Let clients load models from a config they send (`POST /v2/repository/models/NAME/load`
+    with `parameters.config`), including Python sources (`module:attr`, `file.py:attr`): that
+    runs client-chosen code in the server. Requires `auth_token`. With `model_roots` set, file
+    paths stay confined to them."""
+
+    model_roots: list[str] = field(default_factory=list)
+    """Folders from which clients may load model files (`.onnx`, `.pt2`, `.pt`, `.engine`) with
+    a config they send; every file a client config names (source, monitor profiles, prediction
+    log) must resolve inside one of them. Setting any requires `auth_token`. Relative paths in a
+    client config are taken relative to the first root."""
 
     request_timeout_s: float | None = None
     """Default per-request deadline when the request carries none (None = no deadline)."""
@@ -167,12 +198,55 @@ class ServeConfig:
 
     @property
     def loopback(self) -> bool:
-        """True when the server is bound to a loopback address only."""
-        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        """True when `host` binds a loopback address: an IP literal is checked as is, a name is
+        resolved as the server resolves it to bind. The running server decides from the address
+        its socket is bound to (`is_loopback_address`)."""
+        try:
+            infos = socket.getaddrinfo(
+                self.host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError:
+            return False
+        return bool(infos) and is_loopback_address(str(infos[0][4][0]))
+
+    @property
+    def repository_load_enabled(self) -> bool:
+        """True when clients may load models from configs they send."""
+        return self.allow_repository_load or bool(self.model_roots)
 
     def resolved_auth_token(self) -> str | None:
         """The configured token, else the AIARCH_AUTH_TOKEN environment variable, else None."""
         return self.auth_token or os.environ.get("AIARCH_AUTH_TOKEN") or None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent setting. Called before serving."""
+        if self.repository_load_enabled and self.resolved_auth_token() is None:
+            raise ValueError(
+                "--allow-repository-load and --model-root let clients load models: they need "
+                "--auth-token (or AIARCH_AUTH_TOKEN)"
+            )
+        for root in self.model_roots:
+            if not os.path.isdir(root):
+                raise ValueError(f"model root {root!r} is not a folder")
+        limits = self.limits
+        for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if not getattr(limits, name) > 0:
+                raise ValueError(f"limits.{name} must be positive, got {getattr(limits, name)}")
+        for name in ("max_connections", "max_connections_per_ip"):
+            if getattr(limits, name) < 1:
+                raise ValueError(f"limits.{name} must be at least 1, got {getattr(limits, name)}")
+
+
+def is_loopback_address(address: str) -> bool:
+    """True when `address` (an IP literal, as a socket reports it) is a loopback address;
+    names are never trusted by their spelling (`127.example.com` is not loopback)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 _BATCH_KEYS = {
@@ -299,10 +373,21 @@ def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     if not isinstance(tree, dict):
         raise ValueError(f"{path}: top level must be a table/object")
     server = dict(tree.get("server") or {})
-    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"models", "limits"}
+    known = {f.name for f in dataclasses.fields(ServeConfig)} - {"models"}
     bad = set(server) - known
     if bad:
         raise ValueError(f"{path}: unknown [server] keys {sorted(bad)}")
+    if "limits" in server:
+        table = server["limits"]
+        fields = {f.name for f in dataclasses.fields(HttpLimits)}
+        if not isinstance(table, dict) or set(table) - fields:
+            raise ValueError(f"{path}: [server.limits] takes the keys {sorted(fields)}")
+        server["limits"] = HttpLimits(**table)
+    if "model_roots" in server:
+        roots = server["model_roots"]
+        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+            raise ValueError(f"{path}: model_roots must be a list of folder paths")
+        server["model_roots"] = [str(p.parent / r) for r in roots]
     models = [
         _model_from_table(name, table, p.parent)
         for name, table in (tree.get("models") or {}).items()

@@ -31,6 +31,7 @@ import numpy as np
 
 from aiarch import _core
 from aiarch.config import TensorSpec
+from aiarch.redact import redact_url
 
 from .errors import HttpError
 
@@ -233,7 +234,8 @@ def result_check(name: str) -> Any:
             return
         if fail_unavailable and (status == 3).any():
             raise HttpError(
-                503, f"model {name!r}: the feature store {w.cfg.store} did not answer in time"
+                503,
+                f"model {name!r}: the feature store {redact_url(w.cfg.store)} did not answer in time",
             )
         if fail_missing and ((status == 1) | (status == 2)).any():
             ids = inputs[0] if isinstance(inputs, (list, tuple)) else inputs

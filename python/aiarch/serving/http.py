@@ -6,8 +6,11 @@ later one overtake it and one bad request never touches another connection. Pars
 the handler all run in the loop thread: Python runs once per request, with no thread hop.
 
 Limits (`HttpLimits`): header block size and count (431), body size before and after
-decompression (413), requests in flight per connection (reading pauses: back-pressure). Malformed
-HTTP gets 400 and the connection is closed after the responses already owed are sent.
+decompression (413), requests in flight per connection (reading pauses: back-pressure), time to
+receive the headers and the body (408, then close: a slow client cannot hold a connection), open
+connections per worker and per client address (503 at once). Malformed HTTP gets 400 and the
+connection is closed after the responses already owed are sent. `HttpCounters` counts what the
+limits refused, for /metrics.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .errors import error_body
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["Handler", "HttpProtocol", "Pending", "Request", "build_response"]
+__all__ = ["Handler", "HttpCounters", "HttpProtocol", "Pending", "Request", "build_response"]
 
 log = logging.getLogger("aiarch.serving")
 
@@ -65,13 +68,15 @@ _WANTED = frozenset(
         b"accept-encoding",
         b"expect",
         b"authorization",
+        b"origin",
         b"inference-header-content-length",
         b"x-request-timeout-ms",
         b"x-route-key",
     }
 )
-_SMALL_WRITE = 64 << 10
-_LINGER_S = 2.0  # how long a refused connection keeps draining input before it closes  # join parts into one buffer below this size
+_SMALL_WRITE = 64 << 10  # join parts into one buffer below this size
+_LINGER_S = 2.0  # how long a refused connection keeps draining input before it closes
+_NO_DEADLINE = float("inf")
 
 
 def build_response(
@@ -165,6 +170,24 @@ class Handler(Protocol):
     def handle(self, req: Request, conn: HttpProtocol) -> None: ...
 
 
+class HttpCounters:
+    """What the connection limits refused, since the worker started. Incremented in the loop
+    thread, read at scrape time. Not thread-safe (plain ints: one writer, readers tolerate a
+    stale value)."""
+
+    __slots__ = ("body_timeouts", "header_timeouts", "refused_global", "refused_per_ip")
+
+    def __init__(self) -> None:
+        self.header_timeouts = 0
+        """Requests whose headers did not arrive within `header_timeout_s`."""
+        self.body_timeouts = 0
+        """Requests whose body did not arrive within `body_timeout_s`."""
+        self.refused_global = 0
+        """Connections refused because `max_connections` were open."""
+        self.refused_per_ip = 0
+        """Connections refused because their address had `max_connections_per_ip` open."""
+
+
 class ServerState(Protocol):
     @property
     def handler(self) -> Any: ...
@@ -172,6 +195,10 @@ class ServerState(Protocol):
     def limits(self) -> HttpLimits: ...
     @property
     def connections(self) -> set[HttpProtocol]: ...
+    @property
+    def connections_per_ip(self) -> dict[str, int]: ...
+    @property
+    def counters(self) -> HttpCounters: ...
     @property
     def draining(self) -> bool: ...
 
@@ -190,14 +217,17 @@ class HttpProtocol(asyncio.Protocol):
         "_body",
         "_body_size",
         "_closing",
+        "_deadline",
         "_discard_input",
         "_header_bytes",
         "_header_count",
         "_headers",
+        "_in_body",
         "_in_request",
         "_limits",
         "_linger",
         "_parser",
+        "_peer",
         "_queue",
         "_read_paused",
         "_state",
@@ -216,6 +246,7 @@ class HttpProtocol(asyncio.Protocol):
         self._discard_input = False
         self._linger = False
         self._in_request = False
+        self._in_body = False
         self._read_paused = False
         self._write_paused = False
         self._url = b""
@@ -226,16 +257,54 @@ class HttpProtocol(asyncio.Protocol):
         self._header_count = 0
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
+        # When the request being received must be complete (loop time); inf when none is.
+        self._deadline = _NO_DEADLINE
+        self._peer: str | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._state.connections.add(self)
         self.last_active = asyncio.get_running_loop().time()
+        state = self._state
+        limits = self._limits
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        per_ip = state.connections_per_ip
+        if len(state.connections) >= limits.max_connections:
+            state.counters.refused_global += 1
+            self._refuse(f"too many open connections (limit {limits.max_connections})")
+            return
+        if per_ip.get(host, 0) >= limits.max_connections_per_ip:
+            state.counters.refused_per_ip += 1
+            self._refuse(
+                f"too many open connections from {host} (limit {limits.max_connections_per_ip})"
+            )
+            return
+        self._peer = host
+        per_ip[host] = per_ip.get(host, 0) + 1
+        state.connections.add(self)
+
+    def _refuse(self, message: str) -> None:
+        """Answer 503 before reading anything and close: the connection never counts."""
+        self._closing = self._discard_input = True
+        transport = self.transport
+        if transport is not None:
+            transport.write(error_response(503, message, keep_alive=False))  # type: ignore[arg-type]
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._state.connections.discard(self)
+        state = self._state
+        state.connections.discard(self)
+        peer = self._peer
+        if peer is not None:
+            self._peer = None
+            per_ip = state.connections_per_ip
+            left = per_ip.get(peer, 1) - 1
+            if left > 0:
+                per_ip[peer] = left
+            else:
+                per_ip.pop(peer, None)
         queue, self._queue = self._queue, deque()
         for p in queue:  # the client is gone: cancel what it still waits for
             p.conn = None
@@ -277,6 +346,8 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_request = True
+        self._in_body = False
+        self._deadline = self.last_active + self._limits.header_timeout_s
         self._url = b""
         self._headers = {}
         self._body = []
@@ -303,6 +374,8 @@ class HttpProtocol(asyncio.Protocol):
             self._headers[name] = value
 
     def on_headers_complete(self) -> None:
+        self._in_body = True
+        self._deadline = self.last_active + self._limits.body_timeout_s
         headers = self._headers
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
@@ -322,6 +395,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_request = False
+        self._deadline = _NO_DEADLINE
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         url = self._url
@@ -422,7 +496,22 @@ class HttpProtocol(asyncio.Protocol):
         self._discard_input = True
         self._linger = True
         self._in_request = False
+        self._deadline = _NO_DEADLINE
         self.respond(error_response(status, message, keep_alive=False), False)
+
+    def check_deadline(self, now: float) -> None:
+        """408 and close if the request being received is late: its headers past
+        `header_timeout_s`, or its body past `body_timeout_s`. Called by the server's sweeper,
+        in the loop thread, a few times per timeout."""
+        if now < self._deadline or not self._in_request or self._closing or self._read_paused:
+            return  # (paused reading is the server's own back-pressure, not a slow client)
+        limits = self._limits
+        if self._in_body:
+            self._state.counters.body_timeouts += 1
+            self._fail(408, f"request body not received within {limits.body_timeout_s:g} s")
+        else:
+            self._state.counters.header_timeouts += 1
+            self._fail(408, f"request headers not received within {limits.header_timeout_s:g} s")
 
     def _close_when_flushed(self) -> None:
         self._discard_input = True

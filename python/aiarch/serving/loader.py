@@ -11,6 +11,10 @@ A source is resolved by the first registered `SourceResolver` that accepts it. B
 optionally with `.inputs` / `.outputs` (lists of TensorSpec). A trailing `()` (`module:make()`)
 calls a zero-argument factory first. Other sources (registry references such as `name@alias`)
 are added by registering resolvers with `register_resolver`.
+
+A config sent by a client (repository load over HTTP) is trusted less than the operator's:
+`confine_client_config` admits only model files inside the configured model roots unless the
+operator allowed arbitrary sources, and keeps every path it names inside those roots.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -26,11 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiarch.redact import redact_url
+
 from .config import ModelConfig, _model_from_table, validate_model_name
 
 __all__ = [
+    "ClientConfigError",
     "ModelRepository",
+    "SourceError",
     "SourceResolver",
+    "confine_client_config",
     "parse_model_arg",
     "register_resolver",
     "resolve_object",
@@ -135,6 +145,111 @@ def resolve_source(source: str) -> Any:
     raise ValueError(f"no loader accepts model source {source!r} (known: {kinds})")
 
 
+class ClientConfigError(ValueError):
+    """A client-given model config asks for something the server's policy does not allow;
+    `forbidden` tells a disabled capability (403) from a path outside the roots (400)."""
+
+    def __init__(self, message: str, forbidden: bool = False):
+        super().__init__(message)
+        self.forbidden = forbidden
+
+
+_MODEL_FILE_FORMS = "a model file (.onnx, .pt2, .pt, .engine, or a folder holding model.*)"
+# Backend options a client may set in model-roots mode: none of them names a file.
+_CLIENT_BACKEND_OPTIONS = frozenset(
+    {"threads", "inter_op_threads", "batch_sizes", "max_batch_size", "cuda_graphs"}
+)
+
+
+def _inside_roots(path: str, roots: list[str], what: str) -> str:
+    """The real path of `path` if it lies inside one of `roots` (symlinks resolved), else
+    ClientConfigError. The message is the same whether or not the path exists."""
+    real = os.path.realpath(path)
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+            return real
+    raise ClientConfigError(
+        f"{what} {path!r} is not inside a model root; expected a path under "
+        f"{', '.join(repr(r) for r in roots)}"
+    )
+
+
+def confine_client_config(
+    cfg: ModelConfig, model_roots: list[str], allow_any_source: bool
+) -> ModelConfig:
+    """Check a model config sent by a client against the server's policy; returns it with its
+    paths resolved. Raises ClientConfigError.
+
+    - Without `allow_any_source`, the source must be a model file inside `model_roots`: no
+      Python (`module:attr`, `file.py:attr`), no registry reference, no feature store, no alert
+      webhook, and only backend options that name no file.
+    - With `model_roots`, every path the config names (source file, monitor profiles,
+      prediction log folder) must resolve inside a root, whatever `allow_any_source` says.
+    """
+    roots = list(model_roots)
+    source = cfg.source
+    python = _is_python_ref(source)
+    registry = not python and ("@" in source or source.startswith("models:/"))
+    if not allow_any_source:
+        if python or registry:
+            raise ClientConfigError(
+                f"model source {source!r} is not allowed: a client may load only "
+                f"{_MODEL_FILE_FORMS} inside a model root (Python and registry sources need "
+                "--allow-repository-load)",
+                forbidden=True,
+            )
+        if cfg.features is not None:
+            raise ClientConfigError(
+                "a client config may not set 'features' (needs --allow-repository-load)", True
+            )
+        if cfg.monitor is not None and cfg.monitor.get("webhook_url"):
+            raise ClientConfigError(
+                "a client config may not set monitor.webhook_url (needs --allow-repository-load)",
+                True,
+            )
+        extra = set(cfg.backend_options) - _CLIENT_BACKEND_OPTIONS
+        if extra:
+            raise ClientConfigError(
+                f"backend_options {sorted(extra)} are not allowed in a client config; "
+                f"expected only {sorted(_CLIENT_BACKEND_OPTIONS)}"
+            )
+    if roots:
+        if python:
+            module_part = source.rpartition(":")[0]
+            if module_part.endswith(".py"):
+                real = _inside_roots(module_part, roots, "model source")
+                source = real + source[len(module_part) :]
+        elif not registry:
+            source = _inside_roots(source, roots, "model source")
+    # Checked only once the path is known to be inside a root, so nothing outside the roots
+    # can be probed for existence.
+    if not allow_any_source and not _is_model_file(source):
+        raise ClientConfigError(f"model source {cfg.source!r} is not {_MODEL_FILE_FORMS}")
+    if not roots:
+        return dataclasses.replace(cfg, source=source)
+    monitor = cfg.monitor
+    if monitor is not None:
+        monitor = dict(monitor)
+        for key in ("reference", "output_reference"):
+            if key in monitor:
+                monitor[key] = _inside_roots(str(monitor[key]), roots, f"monitor.{key}")
+        log_cfg = monitor.get("prediction_log")
+        if isinstance(log_cfg, dict) and "directory" in log_cfg:
+            log_cfg = dict(log_cfg)
+            log_cfg["directory"] = _inside_roots(
+                str(log_cfg["directory"]), roots, "monitor.prediction_log.directory"
+            )
+            monitor["prediction_log"] = log_cfg
+    features = cfg.features
+    if features is not None and features.get("home") is not None:
+        features = {
+            **features,
+            "home": _inside_roots(str(features["home"]), roots, "features.home"),
+        }
+    return dataclasses.replace(cfg, source=source, monitor=monitor, features=features)
+
+
 def parse_model_arg(arg: str) -> ModelConfig:
     """Parse `--model name=SOURCE`, or a bare registry reference (`fraud@production`,
     `models:/fraud/3`), served under the registry's model name."""
@@ -151,6 +266,17 @@ def parse_model_arg(arg: str) -> ModelConfig:
             f"--model expects NAME=SOURCE or a registry reference NAME@ALIAS, got {arg!r}"
         )
     return ModelConfig(name=validate_model_name(name.strip()), source=source.strip())
+
+
+class SourceError(ValueError):
+    """A model's source could not be turned into a model. The message is the same whatever the
+    cause (a missing file, a failed import): the cause is kept as `__cause__` for the log."""
+
+    def __init__(self, name: str, source: str):
+        super().__init__(
+            f"cannot load model '{name}' from source {redact_url(source)!r}: expected {_MODEL_FILE_FORMS} "
+            "or a Python reference 'module:attr' / 'file.py:attr' that can be loaded"
+        )
 
 
 def _runtime_configs(cfg: ModelConfig) -> tuple[Any, Any]:
@@ -189,9 +315,10 @@ class ModelRepository:
         cfg = self._known.get(name)
         return cfg.source if cfg else ""
 
-    def config_from_tree(self, name: str, tree: Any) -> ModelConfig:
-        """A ModelConfig from a JSON/TOML table (as in the config file's `[models.NAME]`)."""
-        return _model_from_table(name, tree, Path.cwd())
+    def config_from_tree(self, name: str, tree: Any, base_dir: str | None = None) -> ModelConfig:
+        """A ModelConfig from a JSON/TOML table (as in the config file's `[models.NAME]`);
+        relative paths are taken relative to `base_dir` (default: the working directory)."""
+        return _model_from_table(name, tree, Path(base_dir) if base_dir else Path.cwd())
 
     def load(self, name: str, cfg: ModelConfig | None = None) -> None:
         """Load (or reload) `name`, from `cfg` or the config it was registered with."""
@@ -202,7 +329,10 @@ class ModelRepository:
                     from .errors import HttpError
 
                     raise HttpError(404, f"no source is known for model '{name}'")
-            model = resolve_source(cfg.source)
+            try:
+                model = resolve_source(cfg.source)
+            except Exception as e:
+                raise SourceError(name, cfg.source) from e
             if cfg.features is not None:
                 from .features import prepare
 
@@ -228,7 +358,9 @@ class ModelRepository:
                 kwargs["monitor"] = Monitor.from_config(cfg.monitor)
             rt.add_model(name, model, **kwargs)
             self._known[name] = cfg
-            log.info("loaded model %s (version %s) from %s", name, cfg.version, cfg.source)
+            log.info(
+                "loaded model %s (version %s) from %s", name, cfg.version, redact_url(cfg.source)
+            )
 
     def unload(self, name: str) -> None:
         """Remove `name` from the runtime after draining its queue; it stays known."""

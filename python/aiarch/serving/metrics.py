@@ -20,7 +20,13 @@ from prometheus_client.core import (
 
 from aiarch.monitor.prometheus import MonitorCollector
 
-__all__ = ["BATCH_BOUNDS", "LATENCY_BOUNDS_NS", "MetricsExporter", "RuntimeCollector"]
+__all__ = [
+    "BATCH_BOUNDS",
+    "LATENCY_BOUNDS_NS",
+    "HttpCollector",
+    "MetricsExporter",
+    "RuntimeCollector",
+]
 
 LATENCY_BOUNDS_NS: list[int] = [
     int(us * 1000)
@@ -169,6 +175,38 @@ class RuntimeCollector:
         from .features import collect_metrics
 
         yield from collect_metrics(rt.models())
+
+
+class HttpCollector:
+    """The HTTP front end's connections and what its limits refused; `collect` runs once per
+    scrape. `server` has `connections` and `counters` (`aiarch.serving.http.HttpCounters`)."""
+
+    def __init__(self, server: Any):
+        self.server = server
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        c = server.counters
+        open_ = GaugeMetricFamily("aiarch_http_connections", "Open HTTP connections.")
+        open_.add_metric([], float(len(server.connections)))
+        timeouts = CounterMetricFamily(
+            "aiarch_http_request_timeouts",
+            "Requests closed with 408 because their headers or body arrived too slowly.",
+            labels=["phase"],
+        )
+        timeouts.add_metric(["header"], float(c.header_timeouts))
+        timeouts.add_metric(["body"], float(c.body_timeouts))
+        refused = CounterMetricFamily(
+            "aiarch_http_connections_refused",
+            "Connections refused with 503 by the connection caps.",
+            labels=["limit"],
+        )
+        refused.add_metric(["global"], float(c.refused_global))
+        refused.add_metric(["per_ip"], float(c.refused_per_ip))
+        yield from (open_, timeouts, refused)
 
 
 class MetricsExporter:

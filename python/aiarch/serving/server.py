@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .app import App
-from .config import ServeConfig
-from .http import HttpProtocol
+from .config import ServeConfig, is_loopback_address
+from .http import HttpCounters, HttpProtocol
 from .loader import ModelRepository, resolve_object
+from .metrics import HttpCollector
 from .routing import RegistryRouting
 
 __all__ = ["Server", "make_socket", "run"]
@@ -60,9 +61,12 @@ class Server:
         self.runtime = runtime
         self.limits = config.limits
         self.connections: set[HttpProtocol] = set()
+        self.connections_per_ip: dict[str, int] = {}
+        self.counters = HttpCounters()
         self.repository = ModelRepository(runtime, config.models)
         self.handler = App(runtime, config, self.repository)
         self.routing = RegistryRouting(self.handler, runtime, config)
+        self.handler.metrics.registry.register(HttpCollector(self))
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
 
@@ -95,6 +99,7 @@ class Server:
             lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
         )
         self.port = sock.getsockname()[1]
+        self.handler.bound_loopback = is_loopback_address(str(sock.getsockname()[0]))
         log.info("listening on http://%s:%d (pid %d)", cfg.host, self.port, os.getpid())
         if on_listening is not None:
             on_listening(self.port)
@@ -133,14 +138,22 @@ class Server:
         log.info("ready: %d model(s) loaded", len(self.config.models))
 
     async def _sweep_idle(self) -> None:
+        """Close idle keep-alive connections and time out requests that arrive too slowly
+        (one pass over the connections a few times per the shortest timeout)."""
         loop = asyncio.get_running_loop()
-        timeout = self.limits.idle_timeout_s
+        limits = self.limits
+        timeout = limits.idle_timeout_s
+        shortest = min(timeout, limits.header_timeout_s, limits.body_timeout_s)
+        period = min(2.0, max(shortest / 4, 0.02))
         while True:
-            await asyncio.sleep(min(5.0, max(timeout / 2, 0.05)))
+            await asyncio.sleep(period)
             now = loop.time()
             for conn in list(self.connections):
-                if conn.idle and now - conn.last_active > timeout:
-                    conn.close()
+                if conn.idle:
+                    if now - conn.last_active > timeout:
+                        conn.close()
+                else:
+                    conn.check_deadline(now)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

@@ -177,6 +177,10 @@ def _flatten_any(value: Any, out: list[Any]) -> None:
         out.append(value)
 
 
+_TOO_DEEP = "failed to parse the request JSON: arrays or objects nested too deeply"
+"""JSON nested past the decoder's recursion limit is a client error, not a server fault."""
+
+
 def _decode_numbers(raw: bytes | memoryview, decoder: Any, what: str) -> list[Any]:
     """Decodes nested or flat JSON numbers as one flat list (brackets carry no
     information once the shape is known), mapping decode errors to 400."""
@@ -223,6 +227,8 @@ def json_tensor(raw: bytes | memoryview, datatype: str, shape: list[int]) -> np.
         raise HttpError(400, f"invalid {datatype} tensor data: {e}") from None
     except msgspec.DecodeError as e:
         raise HttpError(400, f"malformed tensor data: {e}") from None
+    except RecursionError:
+        raise HttpError(400, _TOO_DEEP) from None
     except OverflowError as e:
         raise HttpError(400, f"value out of range for {datatype}: {e}") from None
     raise HttpError(400, f"{datatype} data cannot be sent as JSON; use the binary extension")
@@ -277,6 +283,8 @@ def decode_infer(body: bytes, header_length: int | None) -> DecodedInfer:
         raise HttpError(400, f"invalid inference request: {e}") from None
     except msgspec.DecodeError as e:
         raise HttpError(400, f"failed to parse the request JSON: {e}") from None
+    except RecursionError:
+        raise HttpError(400, _TOO_DEEP) from None
     if not req.inputs:
         raise HttpError(400, "inference request has no inputs")
     offset = header_length
@@ -458,12 +466,16 @@ def decode_predict(
         raise HttpError(400, f"invalid request: {e}") from None
     except msgspec.DecodeError as e:
         raise HttpError(400, f"failed to parse the request JSON: {e}") from None
+    except RecursionError:
+        raise HttpError(400, _TOO_DEEP) from None
     raw = bytes(req.inputs).lstrip()
     if raw[:1] == b"{":
         try:
             by_name = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
         except msgspec.MsgspecError as e:
             raise HttpError(400, f"invalid inputs: {e}") from None
+        except RecursionError:
+            raise HttpError(400, _TOO_DEEP) from None
         missing = [n for n, _, _ in inputs if n not in by_name]
         extra = set(by_name) - {n for n, _, _ in inputs}
         if missing or extra:
