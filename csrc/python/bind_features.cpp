@@ -37,8 +37,17 @@ FeatureKeyKind KindFromName(const std::string& name) {
 // Entity ids for an int64 table: any 1-D array (or list) of integers,
 // converted to native int64 (no copy when it already is one).
 py::array_t<int64_t> IntKeys(const py::handle& ids) {
-  py::array arr =
-      binding::NativeArray(ids, "entity ids of an int64 entity", binding::kIntegerKinds);
+  py::array arr = py::array::ensure(ids);
+  if (!arr) {
+    PyErr_Clear();
+    ThrowInvalidArgument("entity ids must be an array or a list of ints");
+  }
+  // Worded as the Python-side check of the other stores, so every backend says the same.
+  if (!binding::KindAccepted(arr.dtype(), binding::kIntegerKinds)) {
+    ThrowInvalidArgument("entity ids of an int64 entity must be integers; got an array of " +
+                         binding::DTypeText(arr.dtype()));
+  }
+  arr = binding::NativeArray(arr, "entity ids", binding::kIntegerKinds);
   if (arr.ndim() != 1) {
     ThrowInvalidArgument("entity ids must be one-dimensional; got " + std::to_string(arr.ndim()) +
                          " dimensions");

@@ -158,7 +158,7 @@ def test_feature_upsert_and_gather_read_swapped_and_strided_arrays_by_value():
     ("ids", "values", "event_ns", "match"),
     [
         ([1], np.array([[1.0, 2.0]], dtype=object), [0], r"values must be .* got dtype object"),
-        (np.array([1], dtype=object), np.zeros((1, 2)), [0], r"entity ids .* got dtype object"),
+        (np.array([1], dtype=object), np.zeros((1, 2)), [0], r"entity ids .* must be integers; got an array of object"),
         ([1], np.zeros((1, 2)), np.array([1.5]), r"event_ns .* int or uint values; got dtype float"),
         (np.array([2**63], np.uint64), np.zeros((1, 2)), [0], "must fit in int64"),
     ],
