@@ -130,8 +130,11 @@ def test_swapped_and_strided_model_outputs_give_the_right_numbers():
 
 
 def test_object_model_output_fails_the_request_naming_the_dtype():
-    with _runtime_returning(lambda x: x.astype(object)) as rt, pytest.raises(
-        ExecutionError, match=r"model 'm' output 0 must be an array of .* got dtype object"
+    with (
+        _runtime_returning(lambda x: x.astype(object)) as rt,
+        pytest.raises(
+            ExecutionError, match=r"model 'm' output 0 must be an array of .* got dtype object"
+        ),
     ):
         rt.infer_sync("m", np.array([[1, 2]], np.float32))
 
@@ -158,8 +161,18 @@ def test_feature_upsert_and_gather_read_swapped_and_strided_arrays_by_value():
     ("ids", "values", "event_ns", "match"),
     [
         ([1], np.array([[1.0, 2.0]], dtype=object), [0], r"values must be .* got dtype object"),
-        (np.array([1], dtype=object), np.zeros((1, 2)), [0], r"entity ids .* must be integers; got an array of object"),
-        ([1], np.zeros((1, 2)), np.array([1.5]), r"event_ns .* int or uint values; got dtype float"),
+        (
+            np.array([1], dtype=object),
+            np.zeros((1, 2)),
+            [0],
+            r"entity ids .* must be integers; got an array of object",
+        ),
+        (
+            [1],
+            np.zeros((1, 2)),
+            np.array([1.5]),
+            r"event_ns .* int or uint values; got dtype float",
+        ),
         (np.array([2**63], np.uint64), np.zeros((1, 2)), [0], "must fit in int64"),
     ],
     ids=["object-values", "object-ids", "float-event-time", "uint64-above-int64"],

@@ -82,7 +82,7 @@ def test_python_status_codes_match_the_native_ones():
 
 
 def test_an_unknown_code_raises_internal_error_with_the_message():
-    with pytest.raises(aiarch.InternalError, match="^from the future$") as info:
+    with pytest.raises(aiarch.InternalError, match=r"^from the future$") as info:
         _core._raise_status(max(_core.STATUS_CODES.values()) + 1, "from the future")
     assert type(info.value) is aiarch.InternalError
 
@@ -156,8 +156,13 @@ def test_model_failure_keeps_the_models_exception_as_cause():
         raise KeyError("inside the model")
 
     with aiarch.Runtime() as rt:
-        rt.add_model("boom", boom, inputs=[aiarch.TensorSpec("x", "float32", (1,))],
-                     outputs=[aiarch.TensorSpec("y", "float32", (1,))], warmup=False)
+        rt.add_model(
+            "boom",
+            boom,
+            inputs=[aiarch.TensorSpec("x", "float32", (1,))],
+            outputs=[aiarch.TensorSpec("y", "float32", (1,))],
+            warmup=False,
+        )
         with pytest.raises(aiarch.ExecutionError, match="raised KeyError") as info:
             rt.infer_sync("boom", np.zeros((1, 1), np.float32))
     assert isinstance(info.value.__cause__, KeyError)

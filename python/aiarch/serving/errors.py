@@ -47,15 +47,13 @@ def status_for_exception(exc: BaseException) -> tuple[int, str, tuple[tuple[str,
     message = str(exc) or type(exc).__name__
     if status == 429:
         retry = getattr(exc, "retry_after_s", None)
-        seconds = max(1, math.ceil(retry)) if _finite_number(retry) else 1
+        seconds = 1
+        if isinstance(retry, (int, float)) and math.isfinite(retry):
+            seconds = max(1, math.ceil(retry))
         return status, message, (("retry-after", str(seconds)),)
     if status >= 500:
         log.warning("request failed: %s: %s", type(exc).__name__, message)
     return status, message, ()
-
-
-def _finite_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 _encode = msgspec.json.encode
