@@ -94,8 +94,8 @@ class _Model:
         self.version = version
         self.batching = batching
         self.cache_config = cache_config
-        self.cache: Any = None
-        self.handle: Any = None
+        self.cache: _core.ResponseCache | None = None
+        self.handle: _core.Model | None = None
         self.inputs: tuple[TensorSpec, ...] = ()
         self.outputs: tuple[TensorSpec, ...] = ()
         self.lock = threading.Lock()
@@ -614,7 +614,7 @@ class Runtime:
                 priority_levels=b.priority_levels,
                 default_priority_level=b.default_priority_level,
                 drop_unreachable=b.drop_unreachable,
-                inline_execution=b.inline_execution,
+                inline_execution=bool(b.inline_execution),  # None was resolved at add_model
             )
             if m.cache_config is not None and m.cache is None:
                 c = m.cache_config
@@ -650,17 +650,17 @@ class Runtime:
     def _drain(st: _LoopState) -> None:
         """Resolves every finished request; runs on the loop once per wake-up."""
         pending = st.pending
-        for rid, ok, value in st.queue.drain():
-            entry = pending.pop(rid, None)
+        for done in st.queue.drain():
+            entry = pending.pop(done[0], None)
             if entry is None:
                 continue
             fut = entry[0]
             if fut.done():
                 continue  # cancelled by its caller
-            if ok:
-                fut.set_result(value)
+            if done[1]:
+                fut.set_result(done[2])
             else:
-                fut.set_exception(value)
+                fut.set_exception(done[2])
 
     @staticmethod
     def _flush(st: _LoopState) -> None:
