@@ -469,6 +469,7 @@ class Runtime:
                 batch_size={"mean": 0.0, "max": 0, "counts": {}},
                 cache=None,
                 service_rate_rows_per_s=0.0,
+                isolation={"batches": 0, "executions": 0},
             )
             return out
         s = m.handle.stats()
@@ -492,6 +493,12 @@ class Runtime:
         }
         out["cache"] = None if m.cache is None else m.cache.counters()
         out["service_rate_rows_per_s"] = s["service_rate_rows_per_s"]
+        # Failed batches split to isolate the failing requests, and the extra
+        # executions that took (also counted in "batches").
+        out["isolation"] = {
+            "batches": s["isolated_batches"],
+            "executions": s["isolation_executions"],
+        }
         return out
 
     def monitor(self, name: str) -> Any:
