@@ -113,7 +113,7 @@ Batcher::Batcher(std::string name, BatchConfig config, std::vector<TensorSpec> i
       deadline_wake_ns_(kNoDeadline),
       settled_epoch_(config_.instances + 1, 0),
       participant_alive_(config_.instances + 1, true),
-      participant_busy_(config_.instances + 1, false),
+      busy_since_epoch_(config_.instances + 1, -1),
       isolation_credit_(2 * config_.max_batch_size),
       exec_estimate_ns_(config_.max_batch_size + 1, 0),
       queue_ns_(),
@@ -515,9 +515,7 @@ void Batcher::WaitLocked(std::unique_lock<std::mutex>& lock, int participant, in
 }
 
 void Batcher::MarkBusyLocked(int participant, bool busy) {
-  participant_busy_[participant] = busy;
-  // A settle in progress may be waiting for this participant only.
-  if (busy && clock_->IsManual()) settled_cv_.notify_all();
+  busy_since_epoch_[participant] = busy ? static_cast<int64_t>(settle_epoch_) : -1;
 }
 
 void Batcher::SettleFromClock() {
@@ -527,9 +525,9 @@ void Batcher::SettleFromClock() {
   deadline_cv_.notify_all();
   settled_cv_.wait(lock, [&] {
     for (size_t p = 0; p < settled_epoch_.size(); ++p) {
-      if (participant_alive_[p] && !participant_busy_[p] && settled_epoch_[p] < epoch) {
-        return false;
-      }
+      const bool busy_from_before =
+          busy_since_epoch_[p] >= 0 && static_cast<uint64_t>(busy_since_epoch_[p]) < epoch;
+      if (participant_alive_[p] && !busy_from_before && settled_epoch_[p] < epoch) return false;
     }
     return true;
   });
@@ -618,9 +616,7 @@ void Batcher::ExecuteBatch(Requests& requests, int64_t start_ns) {
     queue_ns_.Record(q);
     queue_ns_total_.fetch_add(static_cast<uint64_t>(q), std::memory_order_relaxed);
   }
-  if (ExecuteIsolating(requests, 0, requests.size())) {
-    isolated_batches_.fetch_add(1, std::memory_order_relaxed);
-  }
+  ExecuteIsolating(requests, 0, requests.size());
 }
 
 bool Batcher::TakeIsolationCredit() {
@@ -630,26 +626,29 @@ bool Batcher::TakeIsolationCredit() {
   return true;
 }
 
-bool Batcher::ExecuteIsolating(Requests& requests, size_t begin, size_t end) {
+void Batcher::ExecuteIsolating(Requests& requests, size_t begin, size_t end) {
   Batch batch;
   std::shared_ptr<BatchResult> result;
   std::shared_ptr<ErrorDetail> detail;
   const Status status = ExecuteOnce(requests, begin, end, &batch, &result, &detail);
   if (status.ok()) {
     DeliverSuccess(requests, begin, end, batch, result);
-    return false;
+    return;
   }
   // Several requests failed together: the fault may lie in some of them only.
   if (end - begin > 1 && TakeIsolationCredit()) {
+    // Counted before any completion is delivered, like every counter.
+    if (begin == 0 && end == requests.size()) {
+      isolated_batches_.fetch_add(1, std::memory_order_relaxed);
+    }
     isolation_executions_.fetch_add(2, std::memory_order_relaxed);
     const size_t mid = begin + (end - begin) / 2;
     ExecuteIsolating(requests, begin, mid);
     ExecuteIsolating(requests, mid, end);
-    return true;
+    return;
   }
   failed_.fetch_add(end - begin, std::memory_order_relaxed);
   CompleteWithStatus(requests, begin, end, status, detail);
-  return false;
 }
 
 Status Batcher::ExecuteOnce(const Requests& requests, size_t begin, size_t end, Batch* batch,

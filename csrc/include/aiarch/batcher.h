@@ -217,9 +217,8 @@ class Batcher {
   void CompleteExpired(Requests& expired);
   void ExecuteBatch(Requests& requests, int64_t start_ns);
   // Runs requests[begin, end) as one batch; on failure splits it (see
-  // "Failure isolation" above). Delivers every completion of the range;
-  // returns true when it split the range.
-  bool ExecuteIsolating(Requests& requests, size_t begin, size_t end);
+  // "Failure isolation" above). Delivers every completion of the range.
+  void ExecuteIsolating(Requests& requests, size_t begin, size_t end);
   // One model call over requests[begin, end): gather, execute, check outputs.
   Status ExecuteOnce(const Requests& requests, size_t begin, size_t end, Batch* batch,
                      std::shared_ptr<BatchResult>* result, std::shared_ptr<ErrorDetail>* detail);
@@ -267,12 +266,13 @@ class Batcher {
   int64_t deadline_wake_ns_;  // guarded by mu_
   // ManualClock settling. Participants are the workers (0..instances-1) and
   // the deadline thread (instances). A participant has settled on an epoch
-  // once it waits again after it; a busy one (executing) reads the clock
-  // afresh when it returns, so Advance does not wait for it.
+  // once it waits again after it. One executing a batch it formed before the
+  // epoch began reads the clock afresh when it returns, so Advance does not
+  // wait for it; a batch formed on the new time is waited for.
   uint64_t settle_epoch_ = 0;              // guarded by mu_
   std::vector<uint64_t> settled_epoch_;    // guarded by mu_
   std::vector<bool> participant_alive_;    // guarded by mu_
-  std::vector<bool> participant_busy_;     // guarded by mu_
+  std::vector<int64_t> busy_since_epoch_;  // -1 while not executing; guarded by mu_
   int64_t isolation_credit_;               // guarded by mu_
   std::vector<int64_t> exec_estimate_ns_;  // EWMA per padded batch size; guarded by mu_
   double service_rate_ = 0;                // rows/s EWMA over all instances; guarded by mu_
