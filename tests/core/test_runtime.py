@@ -374,9 +374,7 @@ def test_queued_request_expires_at_its_deadline_while_the_model_is_busy(run):
         return x
 
     with aiarch.Runtime(clock=clock) as rt:
-        rt.add_model(
-            "m", slow_on_seven, inputs=X, batching=BatchConfig(inline_execution=False)
-        )
+        rt.add_model("m", slow_on_seven, inputs=X, batching=BatchConfig(inline_execution=False))
 
         async def main():
             busy = asyncio.ensure_future(rt.infer("m", rows(1, 7)))
@@ -600,3 +598,43 @@ def test_every_fixed_size_dtype_round_trips(dtype):
         y = rt.infer_sync("m", x)
         assert y.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(y, x)
+
+
+def test_infer_many_returns_each_requests_outputs_in_order_sharing_batches(run):
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", lambda x: x * 3, inputs=X, batching=BatchConfig(max_batch_size=64))
+        xs = [rows(1 + i % 3, float(i)) for i in range(100)]
+
+        outs = run(rt.infer_many("m", xs))
+        assert len(outs) == 100
+        for x, out in zip(xs, outs):
+            np.testing.assert_array_equal(out, x * 3)
+        stats = rt.stats("m")
+        assert stats["requests"]["success"] == 100
+        assert stats["batches"] < 100  # submitted in one pass: they share batches
+
+
+def test_infer_many_isolates_errors_when_asked_and_raises_otherwise(run):
+    def poisoned_rows_raise(x):
+        if (x[:, 0] < 0).any():
+            raise ValueError("poisoned row")
+        return x
+
+    with aiarch.Runtime() as rt:
+        rt.add_model("m", poisoned_rows_raise, inputs=X)
+        xs = [rows(1, -1.0 if i == 2 else float(i)) for i in range(6)]
+        xs[4] = np.ones((1, 5), np.float32)  # wrong shape: refused at submit
+
+        outs = run(rt.infer_many("m", xs, return_exceptions=True))
+        assert isinstance(outs[2], aiarch.ExecutionError)
+        assert isinstance(outs[4], aiarch.InvalidArgumentError)
+        for i in (0, 1, 3, 5):
+            np.testing.assert_array_equal(outs[i], xs[i])
+
+        with pytest.raises(aiarch.InvalidArgumentError, match="expected shape"):
+            run(rt.infer_many("m", xs))
+        with pytest.raises(aiarch.ExecutionError, match="poisoned row"):
+            run(rt.infer_many("m", xs[:4]))
+        # Nothing is left queued or unresolved by an abandoned call.
+        assert rt.stats("m")["queue_rows"] == 0
+        np.testing.assert_array_equal(rt.infer_sync("m", rows(1)), rows(1))
