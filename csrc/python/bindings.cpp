@@ -405,6 +405,8 @@ class PyModel {
     d["execution_ns_total"] = s.execution_ns_total;
     d["end_to_end_ns_total"] = s.end_to_end_ns_total;
     d["service_rate_rows_per_s"] = s.service_rate_rows_per_s;
+    d["isolated_batches"] = s.isolated_batches;
+    d["isolation_executions"] = s.isolation_executions;
     return d;
   }
 

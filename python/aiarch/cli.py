@@ -47,7 +47,7 @@ def _add_serve(sub: Any) -> None:
             "  port = 8000\n"
             "  [models.mlp]\n"
             '  source = "mypkg.models:mlp"\n'
-            "  batching = { max_batch_size = 64, max_delay_us = 500, max_queue_rows = 4096 }\n"
+            "  batching = { max_batch_size = 64, max_queue_rows = 4096 }\n"
             "  cache = { max_bytes = 67108864, ttl_s = 30.0 }\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,7 +119,9 @@ def _add_serve(sub: Any) -> None:
         "--max-delay-us",
         type=int,
         metavar="US",
-        help="longest wait to fill a batch (runtime default 500)",
+        help="fixed wait to fill a batch even while the model is idle (runtime default 0: "
+        "a request that finds the model idle runs at once, and batches form from what "
+        "queues while it is busy); a wait pays only for fuller GPU batches under steady load",
     )
     b.add_argument(
         "--max-queue-rows",

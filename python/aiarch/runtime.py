@@ -440,6 +440,87 @@ class Runtime:
                 handle.cancel(r)
             raise
 
+    async def infer_many(
+        self,
+        name: str,
+        requests: Sequence[Any],
+        *,
+        timeout_s: float | None = None,
+        priority: int = 0,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Runs many requests through the model's batcher; awaits all their outputs.
+
+        For a caller that holds many requests at once: each element of ``requests``
+        is what :meth:`infer` takes, and each keeps its own outputs, error and
+        deadline, but they are submitted in one pass and awaited with one
+        coroutine, so they share batches without a task per request. Returns the
+        outputs in request order. An error (a request refused at submit, or one
+        that failed) raises, and cancels the requests still queued, unless
+        ``return_exceptions``, which puts each error in its request's place.
+        """
+        m = self._models.get(name)
+        if m is None:
+            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+        loop = asyncio.get_running_loop()
+        st = self._loops.get(loop)
+        if st is None:
+            st = self._attach(loop)
+        timeout_ns = _timeout_ns(timeout_s)
+        results: list[Any] = [None] * len(requests)
+        waiting: list[tuple[int, int, asyncio.Future[Any]]] = []  # (index, request id, future)
+        handle = m.handle
+        try:
+            for i, inputs in enumerate(requests):
+                try:
+                    x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
+                    if handle is None:
+                        handle = self._create_handle(m, x)
+                    r = handle.submit(x, timeout_ns, priority, st.queue)
+                except Exception as e:
+                    if not return_exceptions:
+                        raise
+                    results[i] = e
+                    continue
+                if r.__class__ is not int:
+                    results[i] = r  # answered from the cache
+                    continue
+                fut = loop.create_future()
+                st.pending[r] = (fut, x)
+                waiting.append((i, r, fut))
+        except BaseException:
+            self._cancel_waiting(handle, waiting)
+            raise
+        if handle is not None and waiting and m.batching.inline_execution:
+            st.dirty.add(handle)
+            if not st.flush_scheduled:
+                st.flush_scheduled = True
+                loop.call_soon(self._flush, st)
+        try:
+            for i, _, fut in waiting:
+                try:
+                    results[i] = await fut
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    if not return_exceptions:
+                        raise
+                    results[i] = e
+        except BaseException:
+            self._cancel_waiting(handle, waiting)
+            raise
+        return results
+
+    @staticmethod
+    def _cancel_waiting(handle: Any, waiting: list[tuple[int, int, asyncio.Future[Any]]]) -> None:
+        """Cancels the still-queued requests of an abandoned infer_many."""
+        for _, r, fut in waiting:
+            if not fut.done():
+                fut.cancel()
+                handle.cancel(r)
+            elif not fut.cancelled():
+                fut.exception()  # retrieved: an abandoned error is not logged as lost
+
     def infer_sync(
         self, name: str, inputs: Any, *, timeout_s: float | None = None, priority: int = 0
     ) -> Any:
@@ -469,6 +550,7 @@ class Runtime:
                 batch_size={"mean": 0.0, "max": 0, "counts": {}},
                 cache=None,
                 service_rate_rows_per_s=0.0,
+                isolation={"batches": 0, "executions": 0},
             )
             return out
         s = m.handle.stats()
@@ -492,6 +574,12 @@ class Runtime:
         }
         out["cache"] = None if m.cache is None else m.cache.counters()
         out["service_rate_rows_per_s"] = s["service_rate_rows_per_s"]
+        # Failed batches split to isolate the failing requests, and the extra
+        # executions that took (also counted in "batches").
+        out["isolation"] = {
+            "batches": s["isolated_batches"],
+            "executions": s["isolation_executions"],
+        }
         return out
 
     def monitor(self, name: str) -> Any:
