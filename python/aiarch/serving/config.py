@@ -355,7 +355,7 @@ def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
         [models.mlp]
         source = "mypkg.models:mlp"
         version = "1"
-        batching = { max_batch_size = 64, max_delay_us = 500 }
+        batching = { max_batch_size = 64, instances = 2 }
         cache = { max_bytes = 67108864, ttl_s = 30.0 }
 
     Returns (server overrides, models).
