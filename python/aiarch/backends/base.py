@@ -20,7 +20,18 @@ import numpy as np
 from aiarch.config import TensorSpec
 from aiarch.errors import InvalidArgumentError
 
-__all__ = ["Backend", "BackendOptions", "Bucketing", "file_sha256", "pad_rows", "zero_batch"]
+__all__ = [
+    "COMPILE_MODES",
+    "Backend",
+    "BackendOptions",
+    "Bucketing",
+    "file_sha256",
+    "pad_rows",
+    "zero_batch",
+]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+"""``BackendOptions.compile`` values, named as ``torch.compile`` names its modes."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from aiarch.config import TensorSpec
 from aiarch.errors import InvalidArgumentError, UnavailableError
 
 from .base import (
+    COMPILE_MODES,
     Backend,
     BackendOptions,
     Bucketing,
@@ -47,12 +48,10 @@ from .base import (
     zero_batch,
 )
 
-__all__ = ["COMPILE_MODES", "TorchBackend"]
+__all__ = ["TorchBackend"]
 
 log = logging.getLogger("aiarch.backends")
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-"""The ``compile`` modes accepted, named as ``torch.compile`` names them."""
 
 # The batcher hands read-only views of its gather buffers; inference never writes its inputs,
 # so torch's warning about non-writable arrays is noise on every batch.
