@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aiarch.backends.base import COMPILE_MODES
+
 __all__ = ["build_parser", "main"]
 
 
@@ -73,6 +75,14 @@ def _add_serve(sub: Any) -> None:
         choices=["fp32", "fp16", "bf16", "fp8", "int8"],
         help="for model files: fp16/bf16/fp8 cast a torch model on CUDA; with --backend "
         "tensorrt, the engine's precision (int8/fp8 need a Q/DQ model from `aiarch quantize`)",
+    )
+    g.add_argument(
+        "--compile",
+        choices=list(COMPILE_MODES),
+        metavar="MODE",
+        help="torch.compile .pt2 models in MODE (default, reduce-overhead, max-autotune): one "
+        "program per batch-size bucket, compiled before the model is ready; compiled code is "
+        "reused across restarts through inductor's cache ($TORCHINDUCTOR_CACHE_DIR)",
     )
     g.add_argument(
         "--backend",
@@ -276,7 +286,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         m.batching = {**batching, **m.batching}
         if m.cache is None and cache is not None:
             m.cache = dict(cache)
-        for flag in ("device", "precision", "backend"):
+        for flag in ("device", "precision", "backend", "compile"):
             if getattr(m, flag) is None and getattr(args, flag) is not None:
                 setattr(m, flag, getattr(args, flag))
     cfg.models = models

@@ -229,6 +229,7 @@ class Runtime:
         backend: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         monitor: Any = None,
+        compile: str | None = None,
     ) -> ModelInfo:
         """Loads a model under ``name``.
 
@@ -239,7 +240,10 @@ class Runtime:
         "tensorrt" for an ONNX file) and ``backend_options`` (fields of
         `aiarch.backends.BackendOptions`) say how it runs. Its batch-size
         buckets (static shapes, CUDA graphs) become the batcher's preferred
-        sizes unless ``batching`` sets them.
+        sizes unless ``batching`` sets them. ``compile`` ("default",
+        "reduce-overhead", "max-autotune") runs a ``.pt2`` model through
+        ``torch.compile``, one program per bucket, compiled before the model is
+        ready (with ``warmup``; the time is in ``info.backend["compile"]``).
 
         A callable is called once per batch, on a batcher thread, with one array
         per input whose first dimension is the batch's rows; it returns an
@@ -266,14 +270,17 @@ class Runtime:
                 raise AlreadyExistsError(
                     f"model {name!r} is already loaded; remove_model() it first"
                 )
+            options = dict(backend_options or {})
+            if compile is not None:
+                options["compile"] = compile
             loaded, batching = self._load_file(
-                model, batching, warmup, device, precision, backend, backend_options
+                model, batching, warmup, device, precision, backend, options
             )
             model = loaded
-        elif device or precision or backend or backend_options:
+        elif device or precision or backend or backend_options or compile:
             raise InvalidArgumentError(
-                f"model {name!r}: device/precision/backend options apply to model files; "
-                "a callable runs as it is"
+                f"model {name!r}: device/precision/backend/compile options apply to model "
+                "files; a callable runs as it is"
             )
         if batching.inline_execution is None:
             batching = replace(batching, inline_execution=loaded is None)

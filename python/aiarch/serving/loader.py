@@ -132,6 +132,22 @@ def _is_model_file(source: str) -> bool:
     return not _is_python_ref(source) and is_model_file(source)
 
 
+def _compile_for(name: str, path: Path, mode: str | None) -> str | None:
+    """The compile mode for a model file: torch.compile applies to torch.export programs only,
+    so a server-wide --compile leaves ONNX/TensorRT/TorchScript models as they are."""
+    if mode is None:
+        return None
+    from aiarch.backends import detect_format
+
+    fmt = detect_format(path)
+    if fmt == "torch_export":
+        return mode
+    log.warning(
+        "model %s: compile=%s applies to .pt2 models; this %s model runs as loaded", name, mode, fmt
+    )
+    return None
+
+
 _RESOLVERS.append(SourceResolver("model file", _is_model_file, _model_file))
 _RESOLVERS.append(SourceResolver("python", _is_python_ref, resolve_object))
 
@@ -351,6 +367,7 @@ class ModelRepository:
                     precision=cfg.precision,
                     backend=cfg.backend,
                     backend_options=cfg.backend_options,
+                    compile=_compile_for(name, model, cfg.compile),
                 )
             if cfg.monitor is not None:
                 from aiarch.monitor import Monitor
