@@ -78,7 +78,9 @@ def test_backend_urls_reach_every_workload(rendered: dict[str, list[dict[str, An
         assert endpoints["data"]["AIARCH_FEATURE_STORE"].startswith("redis")
         # kustomize appended a content hash to the generated name; every consumer must use it.
         name = endpoints["metadata"]["name"]
-        consumers = [d for d in docs if d["kind"] in ("Deployment", "InferenceService", "PyTorchJob")]
+        consumers = [
+            d for d in docs if d["kind"] in ("Deployment", "InferenceService", "PyTorchJob")
+        ]
         assert consumers
         for d in consumers:
             assert f"name: {name}\n" in yaml.safe_dump(d), f"{d['kind']} does not use {name}"
@@ -86,19 +88,35 @@ def test_backend_urls_reach_every_workload(rendered: dict[str, list[dict[str, An
 
 # Each mutation breaks one resource in a way its schema must catch.
 _BREAKAGES = [
-    ("production", "Deployment", lambda d: d["spec"]["template"]["spec"]["containers"][0].update(
-        readinesProbe={}), "readinesProbe"),
-    ("production", "HorizontalPodAutoscaler", lambda d: d["spec"].update(minReplicas="two"),
-     "two"),
-    ("kserve", "ClusterServingRuntime", lambda d: d["spec"].update(protocolVersions=["v3"]),
-     "v3"),
-    ("kserve", "InferenceService", lambda d: d["spec"]["predictor"]["model"].update(
-        modelformat={"name": "aiarch"}), "modelformat"),
-    ("kserve", "InferenceService", lambda d: d["spec"]["predictor"]["model"].update(
-        env=[{"value": "no name"}]), "name"),
+    (
+        "production",
+        "Deployment",
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinesProbe={}),
+        "readinesProbe",
+    ),
+    ("production", "HorizontalPodAutoscaler", lambda d: d["spec"].update(minReplicas="two"), "two"),
+    ("kserve", "ClusterServingRuntime", lambda d: d["spec"].update(protocolVersions=["v3"]), "v3"),
+    (
+        "kserve",
+        "InferenceService",
+        lambda d: d["spec"]["predictor"]["model"].update(modelformat={"name": "aiarch"}),
+        "modelformat",
+    ),
+    (
+        "kserve",
+        "InferenceService",
+        lambda d: d["spec"]["predictor"]["model"].update(env=[{"value": "no name"}]),
+        "name",
+    ),
     ("kserve", "PyTorchJob", lambda d: d["spec"]["elasticPolicy"].update(rdzvBackend="zk"), "zk"),
-    ("kserve", "PyTorchJob", lambda d: d["spec"]["pytorchReplicaSpecs"]["Worker"]["template"][
-        "spec"]["containers"][0].update(imagePullPolicy=3), "3"),
+    (
+        "kserve",
+        "PyTorchJob",
+        lambda d: d["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][
+            0
+        ].update(imagePullPolicy=3),
+        "3",
+    ),
 ]
 
 
@@ -143,10 +161,13 @@ def test_kserve_runtime_and_service_match_the_server(
     container = runtime["containers"][0]
     assert container["name"] == "kserve-container"  # the name KServe merges the model into
     assert runtime["protocolVersions"] == ["v2"] and isvc["model"]["protocolVersion"] == "v2"
-    assert isvc["model"]["runtime"] == _one(rendered["kserve"], "ClusterServingRuntime")[
-        "metadata"]["name"]
-    assert isvc["model"]["modelFormat"]["name"] in {f["name"] for f in runtime[
-        "supportedModelFormats"]}
+    assert (
+        isvc["model"]["runtime"]
+        == _one(rendered["kserve"], "ClusterServingRuntime")["metadata"]["name"]
+    )
+    assert isvc["model"]["modelFormat"]["name"] in {
+        f["name"] for f in runtime["supportedModelFormats"]
+    }
     # KServe appends the service's args to the runtime's: together they are one serve command.
     parsed = build_parser().parse_args(["serve", *container["args"], *isvc["model"]["args"]])
     assert parsed.model == ["fraud@production"]
@@ -168,9 +189,9 @@ def test_pytorchjob_runs_aiarch_train_on_the_elastic_rendezvous(
     worker = job["pytorchReplicaSpecs"]["Worker"]
     container = worker["template"]["spec"]["containers"][0]
     assert container["name"] == "pytorch"  # the container the operator injects PET_* into
-    assert {p["name"]: p["containerPort"] for p in container["ports"]}[
-        "pytorchjob-port"
-    ] == job["elasticPolicy"]["rdzvPort"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["pytorchjob-port"] == job[
+        "elasticPolicy"
+    ]["rdzvPort"]
     script = container["args"][0]
     # What the operator's environment turns the shell command into on a worker.
     env = {
