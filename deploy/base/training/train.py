@@ -23,4 +23,8 @@ for epoch in ctx.epochs(5, start=0 if ckpt is None else ckpt.step + 1):
         opt.step()
         epoch.record(loss, len(xb))
     ctx.checkpoint.save({"model": model, "optimizer": opt}, step=epoch.index)
-ctx.register("fraud", model, example_input=x[:8], reference_data=x[:1000])
+with torch.no_grad():
+    accuracy = ((model(x).squeeze(1) > 0).float() == y).float().mean().item()
+ctx.register(
+    "fraud", model, example_input=x[:8], metrics={"accuracy": accuracy}, reference_data=x[:1000]
+)
