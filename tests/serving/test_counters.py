@@ -49,7 +49,10 @@ def test_last_inference_is_the_time_of_the_last_answer(server) -> None:  # type:
     for model, values in (("lin", [0.5] * 8), ("cached", [0.75] * 8)):
         t0 = int(time.time() * 1000)
         for _ in range(2):  # on "cached", the second is a cache hit
-            assert request(server.port, "POST", f"/v2/models/{model}/infer", _body(values)).status == 200
+            assert (
+                request(server.port, "POST", f"/v2/models/{model}/infer", _body(values)).status
+                == 200
+            )
         t1 = int(time.time() * 1000)
         last = _model_stat(server.port, model)["last_inference"]
         assert t0 <= last <= t1, (model, t0, last, t1)

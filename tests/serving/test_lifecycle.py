@@ -89,5 +89,3 @@ def test_repository_needs_token_when_configured(tmp_path) -> None:  # type: igno
             headers={"Authorization": "Bearer s3cret"},
         )
         assert r.status == 400 and "invalid model name" in r.json()["error"]  # type: ignore[index]
-
-

@@ -101,7 +101,9 @@ def test_crash_loop_gives_up_with_a_reason(tmp_path: Path) -> None:
     marker = tmp_path / "crash"
     env = package_env({"CRASH_MARKER": str(marker)})
     env["PYTHONPATH"] = os.pathsep.join([str(MODELS.parent), env["PYTHONPATH"]])
-    srv = BaseServerProcess(["-m", f"lin={src}:model", "--workers", "2"], tmp_path / "serve.log", env=env)
+    srv = BaseServerProcess(
+        ["-m", f"lin={src}:model", "--workers", "2"], tmp_path / "serve.log", env=env
+    )
     try:
         srv.wait_ready()
         marker.touch()
