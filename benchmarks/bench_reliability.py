@@ -130,10 +130,15 @@ class Outcome:
 
 
 class Pool:
-    """Up to `size` keep-alive connections; a failed one is dropped and reopened on demand."""
+    """Up to `size` keep-alive connections; a failed one is dropped and reopened on demand.
+
+    Like common HTTP clients, a request that fails on a reused keep-alive connection before
+    any byte of the response arrived (the server side closed it: a worker was killed) is sent
+    once more on a fresh connection; `retried` counts those."""
 
     def __init__(self, port: int, size: int) -> None:
         self.port = port
+        self.retried = 0
         self.idle: asyncio.Queue[Conn | None] = asyncio.Queue()
         for _ in range(size):
             self.idle.put_nowait(None)
@@ -142,24 +147,32 @@ class Pool:
         conn = await self.idle.get()
         sent = time.monotonic()
         try:
-            if conn is None:
-                conn = await Conn.open(self.port)
-            sent = time.monotonic()
-            status, _ = await conn.request(raw)
-            return Outcome(intended, time.monotonic(), sent, status)
-        except ConnectionRefusedError:
-            conn = None
-            return Outcome(intended, time.monotonic(), sent, error="refused")
-        except (ConnectionResetError, asyncio.IncompleteReadError, BrokenPipeError):
-            if conn is not None:
-                conn.close()
-            conn = None
-            return Outcome(intended, time.monotonic(), sent, error="reset")
-        except OSError:
-            if conn is not None:
-                conn.close()
-            conn = None
-            return Outcome(intended, time.monotonic(), sent, error="io")
+            for attempt in range(2):
+                reused = conn is not None
+                try:
+                    if conn is None:
+                        conn = await Conn.open(self.port)
+                    sent = time.monotonic()
+                    status, _ = await conn.request(raw)
+                    return Outcome(intended, time.monotonic(), sent, status)
+                except ConnectionRefusedError:
+                    conn = None
+                    return Outcome(intended, time.monotonic(), sent, error="refused")
+                except (ConnectionResetError, asyncio.IncompleteReadError, BrokenPipeError) as e:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    unanswered = not isinstance(e, asyncio.IncompleteReadError) or not e.partial
+                    if reused and unanswered and attempt == 0:
+                        self.retried += 1
+                        continue
+                    return Outcome(intended, time.monotonic(), sent, error="reset")
+                except OSError:
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    return Outcome(intended, time.monotonic(), sent, error="io")
+            raise AssertionError("unreachable")
         finally:
             self.idle.put_nowait(conn)
 
@@ -570,6 +583,7 @@ def kill_worker(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
             "ok": sum(200 <= o.status < 300 for o in outcomes),
             "refused": errors.get("refused", 0),
             "lost_with_killed_worker": errors.get("reset", 0) + errors.get("io", 0),
+            "retried_on_a_fresh_connection": pool.retried,
             "other_failures": {k: v for k, v in errors.items() if k not in ("refused", "reset", "io")},
             "recovery_s": {"mean": float(np.mean(recoveries)) if recoveries else None,
                            "max": max(recoveries, default=None)},
@@ -675,6 +689,7 @@ def main() -> None:
             ["kill", "requests (ok)", f"{r['requests']} ({r['ok']})"],
             ["kill", "refused connections", str(r["refused"])],
             ["kill", "lost with the killed worker", str(r["lost_with_killed_worker"])],
+            ["kill", "stale keep-alive, resent", str(r["retried_on_a_fresh_connection"])],
             ["kill", "replacement listening after", f"mean {_ms(r['recovery_s']['mean'])} s, "
              f"max {_ms(r['recovery_s']['max'])} s"],
             ["kill", "service exited", str(r["service_exited"])],
