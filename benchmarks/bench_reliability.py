@@ -283,7 +283,9 @@ def overload(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
             # Capacity: as many in flight as the admission bound holds, so the model never idles.
             await closed_loop(pool, raw, 16, min(0.5, a.window_s))  # warm-up
             capacity = await closed_loop(pool, raw, 16, a.window_s)
+            before = stats(srv, "busy")
             over = await open_loop(pool, raw, 2 * capacity, a.window_s)
+            during = stats(srv, "busy")
             after = await open_loop(pool, raw, 0.5 * capacity, a.recovery_s)
         finally:
             pool.close()
@@ -293,8 +295,15 @@ def overload(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
         lag = [(o.sent - o.intended) * 1e3 for o in over]
         span = max(o.done for o in over) - min(o.intended for o in over)
         goodput = len(ok) / span
+        # The model's own rate while it was busy: rows per second of execution time.
+        rows = during["inference_count"] - before["inference_count"]
+        busy_ns = (
+            during["inference_stats"]["compute_infer"]["ns"]
+            - before["inference_stats"]["compute_infer"]["ns"]
+        )
         return {
             "capacity_rps": capacity,
+            "model_service_rate_rps": rows / (busy_ns / 1e9) if busy_ns else None,
             "offered_rps": 2 * capacity,
             "goodput_rps": goodput,
             "goodput_vs_capacity": goodput / capacity,
@@ -651,8 +660,13 @@ def main() -> None:
         r = results["overload"]
         rows += [
             ["overload", "capacity (closed loop, baseline)", f"{r['capacity_rps']:.0f} req/s"],
+            ["overload", "model rate while busy (server stats)",
+             f"{r['model_service_rate_rps']:.0f} rows/s" if r["model_service_rate_rps"] else "-"],
             ["overload", "offered (open loop, 2x)", f"{r['offered_rps']:.0f} req/s"],
             ["overload", "goodput / capacity", f"{r['goodput_vs_capacity']:.3f}"],
+            ["overload", "goodput / model rate while busy",
+             f"{r['goodput_rps'] / r['model_service_rate_rps']:.3f}"
+             if r["model_service_rate_rps"] else "-"],
             ["overload", "429 latency p50 / p99", f"{_ms(r['latency_429_ms']['p50'])} / "
              f"{_ms(r['latency_429_ms']['p99'])} ms"],
             ["overload", "429 from the actual write p50 / p99",
