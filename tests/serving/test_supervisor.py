@@ -67,13 +67,12 @@ def test_killed_worker_is_replaced_while_the_others_serve(tmp_path: Path) -> Non
         _wait_for(lambda: victim not in _workers(srv), 30, "the killed worker to be reaped")
         # The survivor holds the port: every request is answered, correctly, with no retry,
         # while the replacement starts.
-        answered = 0
+        limit = time.monotonic() + 60
         after: set[int] = set()
         while len(after) < 2:
             _infer_ok(srv.port, rng.standard_normal(8).astype(np.float32))
-            answered += 1
             after = _workers(srv)
-            assert answered < 10_000, "no replacement worker appeared"
+            assert time.monotonic() < limit, "no replacement worker listened within 60 s"
         assert victim not in after and len(after - before) == 1
         for _ in range(20):
             _infer_ok(srv.port, rng.standard_normal(8).astype(np.float32))
