@@ -95,11 +95,17 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         cfg = self.config
+        owned = sock is None
         if sock is None:
             sock = make_socket(cfg.host, cfg.port, reuse_port=cfg.workers > 1)
         # Bound but not listening while the models load: connections are refused, never
         # accepted by a worker that would answer 404.
-        await self._load_models()
+        try:
+            await self._load_models()
+        except BaseException:
+            if owned:
+                sock.close()
+            raise
         server = await loop.create_server(
             lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
         )
@@ -201,7 +207,6 @@ def run_worker(
         runtime_factory = resolve_object(config.runtime_factory)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    runtime = None
     try:
         runtime = runtime_factory()
         server = Server(config, runtime)
