@@ -397,6 +397,8 @@ class PyModel {
     d["expired"] = s.expired;
     d["rejected"] = s.rejected;
     d["cancelled"] = s.cancelled;
+    d["cache_hits"] = s.cache_hits;
+    d["last_inference_ms"] = s.last_inference_ms;
     d["batches"] = s.batches;
     d["rows"] = s.rows;
     d["queue_rows"] = s.queue_rows;

@@ -194,6 +194,13 @@ bool Batcher::CacheKeyBytes(const SubmitArgs& args, std::vector<uint8_t>* scratc
 }
 
 namespace {
+// Wall-clock milliseconds since the epoch, for the `last_inference` statistic.
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // Relaxed: the id only needs to be unique, it orders nothing.
 std::atomic<uint64_t> g_next_request_id{1};
 uint64_t NextRequestId() { return g_next_request_id.fetch_add(1, std::memory_order_relaxed); }
@@ -242,6 +249,9 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
       hit->offsets = std::move(offsets);
       hit->rows = rows;
       *request_id = 0;
+      success_.fetch_add(1, std::memory_order_relaxed);
+      cache_hits_.fetch_add(1, std::memory_order_relaxed);
+      last_inference_ms_.store(WallClockMs(), std::memory_order_relaxed);
       return Status::Ok();
     }
   }
@@ -688,6 +698,7 @@ Status Batcher::ExecuteOnce(const Requests& requests, size_t begin, size_t end, 
   batch_rows_.Record(batch->rows);
   batches_.fetch_add(1, std::memory_order_relaxed);
   rows_.fetch_add(static_cast<uint64_t>(batch->rows), std::memory_order_relaxed);
+  last_inference_ms_.store(WallClockMs(), std::memory_order_relaxed);
   if (!status.ok()) return status;
 
   // Check the outputs against the declared (or first learned) specs.
@@ -832,6 +843,8 @@ BatcherStats Batcher::Stats() const {
   s.cancelled = cancelled_.load(std::memory_order_relaxed);
   s.batches = batches_.load(std::memory_order_relaxed);
   s.rows = rows_.load(std::memory_order_relaxed);
+  s.cache_hits = cache_hits_.load(std::memory_order_relaxed);
+  s.last_inference_ms = last_inference_ms_.load(std::memory_order_relaxed);
   s.queue_ns_total = queue_ns_total_.load(std::memory_order_relaxed);
   s.execution_ns_total = execution_ns_total_.load(std::memory_order_relaxed);
   s.end_to_end_ns_total = end_to_end_ns_total_.load(std::memory_order_relaxed);

@@ -251,7 +251,9 @@ class Runtime:
         ``inputs``/``outputs`` are omitted, ``model.inputs``/``model.outputs``
         are used if present; otherwise the first request fixes the input specs.
         With inputs known and ``warmup``, the model is called once on a zero
-        row before it is marked ready, which also learns its output specs.
+        row before it is marked ready, which also learns its output specs (a
+        model with a ``warm_up_batch(*arrays)`` method gets that call instead,
+        to keep it out of its own counters).
         ``monitor``: an :class:`aiarch.monitor.Monitor` that counts every batch's inputs
         and outputs (not the warm-up's) and reads this model's histograms.
         """
@@ -548,6 +550,8 @@ class Runtime:
                 requests=dict.fromkeys(
                     ("success", "failed", "expired", "rejected", "cancelled"), 0
                 ),
+                cache_hits=0,
+                last_inference_ms=0,
                 batches=0,
                 rows=0,
                 queue_rows=0,
@@ -564,6 +568,8 @@ class Runtime:
         out["requests"] = {
             k: s[k] for k in ("success", "failed", "expired", "rejected", "cancelled")
         }
+        out["cache_hits"] = s["cache_hits"]  # also counted in requests["success"]
+        out["last_inference_ms"] = s["last_inference_ms"]
         out["batches"] = s["batches"]
         out["rows"] = s["rows"]
         out["queue_rows"] = s["queue_rows"]
@@ -658,7 +664,8 @@ class Runtime:
         """Calls the model once on zero rows; returns the output specs it produced."""
         rows = m.batching.preferred_batch_sizes[0] if m.batching.preferred_batch_sizes else 1
         args = [np.zeros((rows, *s.shape), dtype=_np_dtype(s.dtype)) for s in m.inputs]
-        result = m.fn(*args)
+        # A model that counts its own calls (a feature lookup) takes the warm-up separately.
+        result = getattr(m.fn, "warm_up_batch", m.fn)(*args)
         results = list(result) if isinstance(result, (tuple, list)) else [result]
         learned = []
         for i, r in enumerate(results):

@@ -141,7 +141,10 @@ struct CachedResponse {
 };
 
 struct BatcherStats {
+  // `success` counts requests answered from the cache as well as executed ones.
   uint64_t success = 0, failed = 0, expired = 0, rejected = 0, cancelled = 0;
+  uint64_t cache_hits = 0;
+  int64_t last_inference_ms = 0;  // wall clock (ms since the epoch) of the last answer; 0 = none
   uint64_t batches = 0, rows = 0;
   int64_t queue_rows = 0;
   int64_t in_flight_batches = 0;
@@ -282,8 +285,10 @@ class Batcher {
 
   // Counters are written by workers and read by Stats() without mu_.
   std::atomic<uint64_t> success_{0}, failed_{0}, expired_{0}, rejected_{0}, cancelled_{0};
-  std::atomic<uint64_t> batches_{0}, rows_{0};
+  std::atomic<uint64_t> batches_{0}, rows_{0}, cache_hits_{0};
   std::atomic<uint64_t> isolated_batches_{0}, isolation_executions_{0};
+  // Stored once per executed batch and once per cache hit; orders nothing (relaxed).
+  std::atomic<int64_t> last_inference_ms_{0};
   std::atomic<uint64_t> next_batch_seq_{1};
   int64_t deadline_requests_ = 0;  // queued requests with a deadline; guarded by mu_
   std::atomic<uint64_t> queue_ns_total_{0}, execution_ns_total_{0}, end_to_end_ns_total_{0};

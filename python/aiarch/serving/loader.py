@@ -304,6 +304,20 @@ def _runtime_configs(cfg: ModelConfig) -> tuple[Any, Any]:
     return batching, cache
 
 
+def _check_declared_outputs(name: str, model: Any, cfg: ModelConfig) -> None:
+    """A served callable must make its outputs known before the first request: the metadata
+    endpoints describe them. Declared inputs with warm-up on derive them from one zero-row call;
+    with warm-up off nothing would, so the load is refused."""
+    if isinstance(model, Path) or cfg.warmup or cfg.features is not None:
+        return
+    if getattr(model, "inputs", None) and not getattr(model, "outputs", None):
+        raise ValueError(
+            f"model {name!r} declares .inputs but not .outputs and warmup is off: declare "
+            ".outputs (a list of TensorSpec) or enable warmup so that one zero-row call "
+            "derives them"
+        )
+
+
 class ModelRepository:
     """The models a server knows (by name → ModelConfig) and their loading into the Runtime.
 
@@ -349,6 +363,7 @@ class ModelRepository:
                 model = resolve_source(cfg.source)
             except Exception as e:
                 raise SourceError(name, cfg.source) from e
+            _check_declared_outputs(name, model, cfg)
             if cfg.features is not None:
                 from .features import prepare
 
