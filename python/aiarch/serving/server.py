@@ -26,6 +26,7 @@ from typing import Any
 from .app import App
 from .config import ServeConfig
 from .http import HttpProtocol
+from .native import NativeFront, NativeProtocol
 from .loader import ModelRepository, resolve_object
 from .routing import RegistryRouting
 
@@ -59,7 +60,7 @@ class Server:
         self.config = config
         self.runtime = runtime
         self.limits = config.limits
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Any] = set()
         self.repository = ModelRepository(runtime, config.models)
         self.handler = App(runtime, config, self.repository)
         self.routing = RegistryRouting(self.handler, runtime, config)
@@ -91,9 +92,13 @@ class Server:
             await self._load_models()
         if sock is None:
             sock = make_socket(cfg.host, cfg.port, reuse_port=cfg.workers > 1)
-        server = await loop.create_server(
-            lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
-        )
+        native = NativeFront(self) if cfg.http == "native" else None
+        if native is not None:
+            native.start(loop)
+            protocol: Any = lambda: NativeProtocol(self, native)  # noqa: E731
+        else:
+            protocol = lambda: HttpProtocol(self)  # noqa: E731
+        server = await loop.create_server(protocol, sock=sock, backlog=cfg.backlog)
         self.port = sock.getsockname()[1]
         log.info("listening on http://%s:%d (pid %d)", cfg.host, self.port, os.getpid())
         if on_listening is not None:
@@ -106,6 +111,8 @@ class Server:
         finally:
             log.info("shutting down: draining in-flight requests")
             self.handler.draining = True
+            if native is not None:
+                native.front.draining = True
             server.close()
             loader.cancel()
             watcher.cancel()
@@ -114,6 +121,9 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             await loop.run_in_executor(None, self._close_runtime)
+            if native is not None:
+                native.drain()
+                native.stop()
             log.info("stopped")
 
     async def _load_models(self) -> None:
