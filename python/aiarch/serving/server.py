@@ -26,8 +26,8 @@ from typing import Any
 from .app import App
 from .config import ServeConfig
 from .http import HttpProtocol
-from .native import NativeFront, NativeProtocol
 from .loader import ModelRepository, resolve_object
+from .native import NativeFront, NativeProtocol
 from .routing import RegistryRouting
 
 __all__ = ["Server", "make_socket", "run"]
