@@ -138,12 +138,11 @@ class _NativePending(Pending):
 
 
 def _joined(data: bytes | list[Any]) -> bytes:
-    if data.__class__ is bytes:
-        return data  # type: ignore[return-value]
-    return b"".join(
-        memoryview(b).cast("B") if not isinstance(b, bytes) else b
-        for b in data  # type: ignore[union-attr]
-    )
+    """One bytes object for a response the App built as bytes or as a list of buffers."""
+    if isinstance(data, bytes):
+        return data
+    parts: list[Any] = data
+    return b"".join(b if isinstance(b, bytes) else memoryview(b).cast("B") for b in parts)
 
 
 class NativeProtocol(asyncio.Protocol):
