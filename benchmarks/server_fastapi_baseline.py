@@ -1,17 +1,32 @@
 """The baseline of bench_server.py: the naive design people start with.
 
 FastAPI + uvicorn, one worker, one model call per request, the same MLP and the same v2 JSON
-request/response bodies. Run: `uvicorn --app-dir benchmarks server_fastapi_baseline:app`.
+request/response bodies. Run: `uvicorn --app-dir benchmarks server_fastapi_baseline:app`. With
+AIARCH_BENCH_ONNX=mlp.onnx the model is that ONNX file on onnxruntime (one thread), else torch.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 
-from server_mlp import mlp
+if os.environ.get("AIARCH_BENCH_ONNX"):
+    import onnxruntime as ort
+
+    _opts = ort.SessionOptions()
+    _opts.intra_op_num_threads = 1
+    _opts.inter_op_num_threads = 1
+    _session = ort.InferenceSession(
+        os.environ["AIARCH_BENCH_ONNX"], _opts, providers=["CPUExecutionProvider"]
+    )
+
+    def mlp(x: np.ndarray) -> np.ndarray:
+        return _session.run(None, {"input0": x})[0]
+else:
+    from server_mlp import mlp
 
 app = FastAPI()
 

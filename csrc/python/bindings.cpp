@@ -36,6 +36,7 @@ using aiarch::binding::ThrowStatus;
 void BindFeatures(py::module_& m);  // bind_features.cpp
 void BindDrift(py::module_& m);     // bind_drift.cpp
 void BindLoadgen(py::module_& m);   // bind_loadgen.cpp
+void BindHttp(py::module_& m);      // bind_http.cpp
 
 namespace {
 
@@ -383,6 +384,7 @@ class PyModel {
 
   bool Cancel(uint64_t id) { return batcher_->Cancel(id); }
   int RunReady() { return batcher_->RunReady(); }
+  Batcher* batcher() const { return batcher_.get(); }
 
   void Shutdown(bool drain) {
     py::gil_scoped_release release;  // joins workers that may need the GIL
@@ -465,6 +467,9 @@ Hash128 HashBytes(const py::bytes& b) {
 }
 
 }  // namespace
+
+// For the native HTTP path (bind_http.cpp), which submits to models directly.
+Batcher* BatcherOfModel(py::handle model) { return model.cast<PyModel&>().batcher(); }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "aiarch native core (private: use the aiarch package)";
@@ -702,4 +707,5 @@ PYBIND11_MODULE(_core, m) {
   BindFeatures(m);
   BindDrift(m);
   BindLoadgen(m);
+  BindHttp(m);
 }

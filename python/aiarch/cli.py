@@ -236,6 +236,12 @@ def _add_serve(sub: Any) -> None:
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
     )
+    s.add_argument(
+        "--http",
+        choices=["native", "python"],
+        help="HTTP front end: native (default; v2 infer parsed, batched and encoded in C++) "
+        "or python (httptools, every request in Python)",
+    )
     s.add_argument("--runtime", help=argparse.SUPPRESS)  # module:attr of a Runtime factory
     p.set_defaults(handler=_serve)
 
@@ -300,6 +306,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         "request_timeout_s",
         "drain_timeout_s",
         "log_level",
+        "http",
     ):
         value = getattr(args, flag)
         if value is not None:

@@ -402,6 +402,12 @@ class Runtime:
             backend=m.backend.describe() if m.backend is not None else None,
         )
 
+    def native_handle(self, name: str) -> Any:
+        """The model's native batcher handle (`aiarch._core.Model`), or None before it exists;
+        the server's native request path submits to it directly."""
+        m = self._models.get(name)
+        return None if m is None else m.handle
+
     def invalidate_cache(self, name: str) -> None:
         """Makes every cached response of ``name`` unreachable (a generation bump)."""
         m = self._get(name)

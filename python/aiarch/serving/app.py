@@ -469,6 +469,8 @@ class App:
         """Registry-served models by public name (`routing.Route`): canary arms and shadow."""
         self.public_names: dict[str, str] = {}
         """Runtime name → public model name, for versions loaded under their own names."""
+        self.on_refresh: list[Any] = []
+        """Called with a model name after its entry was rebuilt or dropped (the native path)."""
 
     # -- model entries ---------------------------------------------------------------------
     def refresh(self, name: str) -> None:
@@ -482,6 +484,8 @@ class App:
             self.entries[name] = entry
         else:
             self.entries.pop(name, None)
+        for listener in self.on_refresh:
+            listener(name)
 
     def _entry(self, model: str, version: str | None) -> ModelEntry:
         route = self.routes.get(model)

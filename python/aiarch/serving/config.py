@@ -199,6 +199,10 @@ class ServeConfig:
     """Shadow traffic by model name, e.g. {"fraud": "fraud@staging:0.1"} (mirrored fraction,
     default 0.1); responses never depend on the shadow."""
 
+    http: str = "native"
+    """HTTP front end: "native" (requests parsed and v2 infer answered in C++; everything else
+    handed to Python) or "python" (httptools; every request in Python)."""
+
     registry_poll_s: float = 1.0
     """How often registry aliases are checked for a move (then the new version is loaded,
     warmed and switched to without dropping requests)."""

@@ -32,6 +32,7 @@ from .config import ServeConfig, is_loopback_address
 from .http import HttpCounters, HttpProtocol
 from .loader import ModelRepository, SourceError, resolve_object
 from .metrics import HttpCollector
+from .native import NativeFront, NativeProtocol
 from .routing import RegistryRouting
 from .supervisor import EXIT_MODEL_LOAD, supervise
 
@@ -78,7 +79,8 @@ class Server:
         self.config = config
         self.runtime = runtime
         self.limits = config.limits
-        self.connections: set[HttpProtocol] = set()
+        # HttpProtocol or NativeProtocol, per the front end in use.
+        self.connections: set[Any] = set()
         self.connections_per_ip: dict[str, int] = {}
         self.counters = HttpCounters()
         self.repository = ModelRepository(runtime, config.models)
@@ -116,9 +118,13 @@ class Server:
             if owned:
                 sock.close()
             raise
-        server = await loop.create_server(
-            lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
-        )
+        native = NativeFront(self) if cfg.http == "native" else None
+        if native is not None:
+            native.start(loop)
+            protocol: Any = lambda: NativeProtocol(self, native)  # noqa: E731
+        else:
+            protocol = lambda: HttpProtocol(self)  # noqa: E731
+        server = await loop.create_server(protocol, sock=sock, backlog=cfg.backlog)
         self.port = sock.getsockname()[1]
         self.handler.bound_loopback = is_loopback_address(str(sock.getsockname()[0]))
         log.info("listening on http://%s:%d (pid %d)", cfg.host, self.port, os.getpid())
@@ -131,6 +137,8 @@ class Server:
         finally:
             log.info("shutting down: draining in-flight requests")
             self.handler.draining = True
+            if native is not None:
+                native.front.draining = True
             server.close()
             watcher.cancel()
             sweeper.cancel()
@@ -138,6 +146,9 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             await loop.run_in_executor(None, self._close_runtime)
+            if native is not None:
+                native.drain()
+                native.stop()
             log.info("stopped")
 
     async def _load_models(self) -> None:

@@ -1,0 +1,183 @@
+// The native request path of the HTTP server: socket bytes in, response
+// bytes out, with the v2 infer requests of registered models answered
+// without entering Python per request.
+//
+// Contract
+// - HttpFront is one per event loop. It holds the models served natively
+//   (name → batcher + v2 description), one completion queue for all their
+//   requests (fd() turns readable when completions wait), and the table of
+//   requests in flight. HttpConnection is one per socket.
+// - HttpConnection::Feed takes the bytes of one read and parses every
+//   complete request in them. A v2 infer request (POST
+//   /v2/models/{m}[/versions/{v}]/infer) for a registered model is decoded,
+//   validated, probed in the cache and submitted to the batcher; its
+//   response (or its error, with the same status codes and `{"error": ...}`
+//   bodies as the Python server) is encoded into the connection's output
+//   when it completes. Every other request — other routes, unregistered
+//   models, compressed bodies or responses, FP16 JSON — is returned to the
+//   caller whole (ForwardedRequest) and answered through Respond().
+// - Order: responses leave in request order whichever path answers them
+//   (keep-alive and pipelining). TakeOutput() returns the bytes that may be
+//   written now; Python writes once per read and once per batch.
+// - Protocol errors (400/413/417/431) are answered after the responses
+//   already owed, then the connection closes: want_close() and linger().
+// - Deadlines: parameters.timeout (µs), X-Request-Timeout-Ms, then the
+//   front's default; an expired request gets 504 and never runs. A full
+//   queue gets 429 with Retry-After. Close() (the client went away) cancels
+//   the connection's queued requests.
+// - Threading: every method runs on the event loop's thread, except that
+//   batcher threads deliver completions into the front's queue. A request's
+//   decoded inputs stay owned by the front until its completion arrives.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "aiarch/batcher.h"
+#include "aiarch/completion.h"
+#include "aiarch/http_parser.h"
+#include "aiarch/status.h"
+#include "aiarch/v2_codec.h"
+
+namespace aiarch {
+
+struct HttpFrontConfig {
+  HttpParserLimits limits;
+  int64_t default_timeout_ns = 0;  // <= 0: none
+};
+
+// A request the native path does not answer, with what the Python
+// application reads: lowercase names of the headers it uses, and the body.
+struct ForwardedRequest {
+  uint64_t slot = 0;  // pass back to Respond()
+  std::string method;
+  std::string path;
+  std::string query;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  bool keep_alive = true;
+};
+
+class HttpConnection;
+
+class HttpFront : public std::enable_shared_from_this<HttpFront> {
+ public:
+  static Status Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out);
+
+  int fd() const { return queue_->fd(); }
+
+  // Serves `model` natively through `batcher`. `owner` keeps the batcher
+  // alive while registered and while its requests are in flight. Replaces a
+  // registration of the same name.
+  void RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner);
+  bool UnregisterModel(const std::string& name);
+  std::vector<std::string> registered() const;
+
+  // While draining, every response says `connection: close`.
+  void set_draining(bool draining) { draining_ = draining; }
+  bool draining() const { return draining_; }
+
+  std::shared_ptr<HttpConnection> Connect(uint64_t id);
+
+  // Runs the batches that this loop iteration's submits made ready (inline
+  // execution); returns how many ran.
+  int RunReady();
+  // Encodes every completion waiting in the queue into its connection;
+  // returns the ids of connections that have output to write.
+  std::vector<uint64_t> Drain();
+
+  size_t in_flight() const { return pending_.size(); }
+
+ private:
+  friend class HttpConnection;
+  struct Model {
+    V2Model v2;
+    Batcher* batcher = nullptr;
+    std::shared_ptr<void> owner;
+  };
+  struct Pending {
+    std::shared_ptr<HttpConnection> conn;
+    std::shared_ptr<Model> model;
+    uint64_t slot = 0;
+    bool keep_alive = true;
+    V2ResponsePlan plan;
+    std::vector<V2DecodedInput> inputs;  // the batcher reads these until completion
+  };
+
+  HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue)
+      : config_(config), queue_(std::move(queue)) {}
+  std::shared_ptr<Model> Find(std::string_view name) const;
+
+  const HttpFrontConfig config_;
+  const std::shared_ptr<CompletionQueue> queue_;
+  std::unordered_map<std::string, std::shared_ptr<Model>> models_;
+  std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
+  std::vector<std::shared_ptr<Model>> dirty_;  // submitted to this iteration, inline execution
+  bool draining_ = false;
+};
+
+class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
+ public:
+  HttpConnection(std::shared_ptr<HttpFront> front, uint64_t id);
+
+  uint64_t id() const { return id_; }
+  // Parses the bytes of one read; appends the requests for the caller to
+  // `forwarded`, in order.
+  void Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded);
+  // The response to a forwarded request.
+  void Respond(uint64_t slot, std::string_view bytes, bool keep_alive);
+  // Bytes to write now (possibly empty).
+  std::string TakeOutput();
+  // The output taken so far ends with this connection's last response.
+  bool want_close() const { return closing_; }
+  // The last response refused the request mid-body: half-close and drain a
+  // moment before closing, or the client may never read the response.
+  bool linger() const { return linger_; }
+  // Responses owed (requests received and not yet answered on the wire).
+  size_t owed() const { return slots_.size(); }
+  // Part of a request is buffered.
+  bool in_request() const { return parser_.in_request(); }
+  // The client went away: cancel what is queued, drop what is owed.
+  void Close();
+  bool closed() const { return closed_; }
+
+ private:
+  friend class HttpFront;
+  struct Slot {
+    uint64_t seq = 0;
+    bool ready = false;
+    bool close = false;
+    std::string bytes;
+    uint64_t request_id = 0;  // native request in flight, for Cancel()
+    Batcher* batcher = nullptr;
+  };
+
+  Slot& NewSlot();
+  Slot* FindSlot(uint64_t seq);
+  void Fill(Slot& slot, bool keep_alive);
+  void Flush();
+  void Error(Slot& slot, int status, std::string_view message, bool keep_alive,
+             const std::vector<std::pair<std::string, std::string>>& headers = {});
+  void ErrorFromStatus(Slot& slot, const Status& status, bool keep_alive);
+  // True when answered (or queued) natively; false to forward.
+  bool HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive);
+
+  std::shared_ptr<HttpFront> front_;
+  const uint64_t id_;
+  HttpRequestParser parser_;
+  std::deque<Slot> slots_;
+  uint64_t next_seq_ = 1;
+  std::string out_;
+  bool stop_parsing_ = false;  // a request closes the connection: the rest is not read
+  bool closing_ = false;       // the output holds the connection's last response
+  bool linger_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace aiarch

@@ -1,0 +1,133 @@
+// aiarch._core.HttpFront / HttpConnection: the native request path of the
+// server (see aiarch/http_connection.h). Every call runs on the event loop's
+// thread with the GIL held; batches a call runs inline take it as they would
+// anyway.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aiarch/http_connection.h"
+
+namespace py = pybind11;
+using namespace aiarch;
+
+aiarch::Batcher* BatcherOfModel(py::handle model);  // bindings.cpp
+
+namespace {
+
+void CheckOk(const Status& status) {
+  if (!status.ok()) throw std::runtime_error(status.ToString());
+}
+
+py::list Forwarded(std::vector<ForwardedRequest>& requests) {
+  py::list out(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ForwardedRequest& f = requests[i];
+    py::dict headers;
+    for (const auto& [name, value] : f.headers) {
+      headers[py::bytes(name)] = py::bytes(value);
+    }
+    out[i] = py::make_tuple(f.slot, py::bytes(f.method), py::bytes(f.path), py::bytes(f.query),
+                            headers, py::bytes(f.body), f.keep_alive);
+  }
+  return out;
+}
+
+}  // namespace
+
+void BindHttp(py::module_& m) {
+  py::class_<HttpFront, std::shared_ptr<HttpFront>>(
+      m, "HttpFront", "The native request path shared by the connections of one event loop.")
+      .def(py::init([](size_t max_header_bytes, size_t max_headers, size_t max_body_bytes,
+                       int64_t default_timeout_ns) {
+             HttpFrontConfig config;
+             config.limits.max_header_bytes = max_header_bytes;
+             config.limits.max_headers = max_headers;
+             config.limits.max_body_bytes = max_body_bytes;
+             config.default_timeout_ns = default_timeout_ns;
+             std::shared_ptr<HttpFront> front;
+             CheckOk(HttpFront::Create(config, &front));
+             return front;
+           }),
+           py::arg("max_header_bytes"), py::arg("max_headers"), py::arg("max_body_bytes"),
+           py::arg("default_timeout_ns") = 0)
+      .def_property_readonly("fd", &HttpFront::fd)
+      .def_property("draining", &HttpFront::draining, &HttpFront::set_draining)
+      .def_property_readonly("in_flight", &HttpFront::in_flight)
+      .def(
+          "register_model",
+          [](HttpFront& front, const std::string& name, const std::string& version,
+             py::object model,
+             const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& inputs,
+             const std::vector<std::string>& output_names) {
+            V2Model v2;
+            v2.name = name;
+            v2.version = version;
+            for (const auto& [input, dtype, shape] : inputs) {
+              TensorSpec spec;
+              spec.name = input;
+              CheckOk(DTypeFromName(dtype, &spec.dtype));
+              spec.shape = shape;
+              v2.inputs.push_back(std::move(spec));
+            }
+            v2.output_names = output_names;
+            Batcher* batcher = BatcherOfModel(model);
+            // The registration keeps the model handle (and its batcher) alive;
+            // the last reference may drop wherever, so it takes the GIL.
+            auto* held = new py::object(std::move(model));
+            std::shared_ptr<void> owner(held, [](void* p) {
+              py::gil_scoped_acquire gil;
+              delete static_cast<py::object*>(p);
+            });
+            front.RegisterModel(std::move(v2), batcher, std::move(owner));
+          },
+          py::arg("name"), py::arg("version"), py::arg("model"), py::arg("inputs"),
+          py::arg("output_names"),
+          "Serves v2 infer requests for `name` natively through the batcher of `model` "
+          "(an aiarch._core.Model); inputs are (name, dtype, shape-after-rows).")
+      .def("unregister_model", &HttpFront::UnregisterModel, py::arg("name"))
+      .def("registered", &HttpFront::registered)
+      .def("connect", &HttpFront::Connect, py::arg("id"))
+      .def("run_ready", &HttpFront::RunReady,
+           "Runs the batches this loop iteration's submits made ready; returns how many ran.")
+      .def("drain", &HttpFront::Drain,
+           "Encodes waiting completions into their connections; returns the ids of connections "
+           "with output to write.");
+
+  py::class_<HttpConnection, std::shared_ptr<HttpConnection>>(
+      m, "HttpConnection", "One socket's parser, native requests and response order.")
+      .def_property_readonly("id", &HttpConnection::id)
+      .def(
+          "feed",
+          [](HttpConnection& conn, const py::bytes& data) {
+            std::string_view view = data;
+            std::vector<ForwardedRequest> forwarded;
+            conn.Feed(view.data(), view.size(), &forwarded);
+            if (forwarded.empty()) return py::list();
+            return Forwarded(forwarded);
+          },
+          py::arg("data"),
+          "Parses one read; returns the requests for Python: (slot, method, path, query, "
+          "headers, body, keep_alive) tuples.")
+      .def(
+          "respond",
+          [](HttpConnection& conn, uint64_t slot, const py::bytes& data, bool keep_alive) {
+            std::string_view view = data;
+            conn.Respond(slot, view, keep_alive);
+          },
+          py::arg("slot"), py::arg("data"), py::arg("keep_alive"))
+      .def("take_output",
+           [](HttpConnection& conn) {
+             std::string out = conn.TakeOutput();
+             return py::bytes(out);
+           })
+      .def_property_readonly("want_close", &HttpConnection::want_close)
+      .def_property_readonly("linger", &HttpConnection::linger)
+      .def_property_readonly("owed", &HttpConnection::owed)
+      .def_property_readonly("in_request", &HttpConnection::in_request)
+      .def_property_readonly("closed", &HttpConnection::closed)
+      .def("close", &HttpConnection::Close);
+}

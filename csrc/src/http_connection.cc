@@ -1,0 +1,375 @@
+#include "aiarch/http_connection.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+namespace aiarch {
+namespace {
+
+// Headers the Python application reads; the others are dropped when a
+// request is forwarded.
+constexpr std::string_view kForwardedHeaders[] = {
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "accept-encoding",
+    "expect",
+    "authorization",
+    "inference-header-content-length",
+    "x-request-timeout-ms",
+    "x-route-key",
+};
+
+bool AllDigits(std::string_view s) {
+  if (s.empty() || s.size() > 18) return false;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+  }
+  return true;
+}
+
+int HttpStatusOf(StatusCode code) {
+  switch (code) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kAlreadyExists:
+    case StatusCode::kCancelled: return 400;
+    case StatusCode::kNotFound: return 404;
+    case StatusCode::kResourceExhausted: return 429;
+    case StatusCode::kDeadlineExceeded: return 504;
+    case StatusCode::kUnavailable: return 503;
+    default: return 500;
+  }
+}
+
+// Splits "/v2/models/{m}[/versions/{v}]/infer"; false for any other path or
+// for a percent-encoded one (model names never need encoding).
+bool MatchInferPath(std::string_view path, std::string_view* model, std::string_view* version) {
+  constexpr std::string_view kPrefix = "/v2/models/";
+  constexpr std::string_view kSuffix = "/infer";
+  if (path.size() <= kPrefix.size() + kSuffix.size() || path.substr(0, kPrefix.size()) != kPrefix ||
+      path.substr(path.size() - kSuffix.size()) != kSuffix ||
+      path.find('%') != std::string_view::npos) {
+    return false;
+  }
+  std::string_view rest =
+      path.substr(kPrefix.size(), path.size() - kPrefix.size() - kSuffix.size());
+  const size_t slash = rest.find('/');
+  *version = {};
+  if (slash == std::string_view::npos) {
+    *model = rest;
+    return !rest.empty();
+  }
+  *model = rest.substr(0, slash);
+  std::string_view tail = rest.substr(slash + 1);
+  constexpr std::string_view kVersions = "versions/";
+  if (tail.substr(0, kVersions.size()) != kVersions) return false;
+  *version = tail.substr(kVersions.size());
+  return !model->empty() && !version->empty() && version->find('/') == std::string_view::npos;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- front
+
+Status HttpFront::Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out) {
+  std::shared_ptr<CompletionQueue> queue;
+  AIARCH_RETURN_IF_ERROR(CompletionQueue::Create(&queue));
+  out->reset(new HttpFront(config, std::move(queue)));
+  return Status::Ok();
+}
+
+void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner) {
+  auto m = std::make_shared<Model>();
+  m->v2 = std::move(model);
+  m->batcher = batcher;
+  m->owner = std::move(owner);
+  const std::string name = m->v2.name;
+  models_[name] = std::move(m);
+}
+
+bool HttpFront::UnregisterModel(const std::string& name) { return models_.erase(name) > 0; }
+
+std::vector<std::string> HttpFront::registered() const {
+  std::vector<std::string> names;
+  for (const auto& kv : models_) names.push_back(kv.first);
+  return names;
+}
+
+std::shared_ptr<HttpFront::Model> HttpFront::Find(std::string_view name) const {
+  auto it = models_.find(std::string(name));
+  return it == models_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<HttpConnection> HttpFront::Connect(uint64_t id) {
+  return std::make_shared<HttpConnection>(shared_from_this(), id);
+}
+
+int HttpFront::RunReady() {
+  std::vector<std::shared_ptr<Model>> dirty;
+  dirty.swap(dirty_);
+  int ran = 0;
+  for (const auto& m : dirty) ran += m->batcher->RunReady();
+  return ran;
+}
+
+std::vector<uint64_t> HttpFront::Drain() {
+  std::vector<uint64_t> touched;
+  std::vector<Completion> done = queue_->Drain();
+  std::vector<const uint8_t*> rows;
+  for (Completion& c : done) {
+    auto it = pending_.find(c.request_id);
+    if (it == pending_.end()) continue;
+    std::unique_ptr<Pending> p = std::move(it->second);
+    pending_.erase(it);
+    HttpConnection& conn = *p->conn;
+    if (conn.closed_) continue;
+    HttpConnection::Slot* slot = conn.FindSlot(p->slot);
+    if (slot == nullptr) continue;
+    slot->request_id = 0;
+    const bool keep = p->keep_alive && !draining_;
+    if (c.status.ok()) {
+      const auto& specs = *c.result->specs;
+      rows.clear();
+      for (size_t i = 0; i < specs.size(); ++i) {
+        rows.push_back(c.result->outputs[i]->data() + c.row_offset * specs[i].RowBytes());
+      }
+      std::string error;
+      if (!AppendV2InferResponse(p->model->v2, p->plan, specs, rows, c.rows, keep, &slot->bytes,
+                                 &error)) {
+        slot->bytes.clear();
+        conn.Error(*slot, 500, error, keep);
+      } else {
+        conn.Fill(*slot, keep);
+      }
+    } else {
+      conn.ErrorFromStatus(*slot, c.status, keep);
+    }
+    const bool had_output = !conn.out_.empty();
+    conn.Flush();
+    if (!had_output && !conn.out_.empty()) touched.push_back(conn.id_);
+  }
+  return touched;
+}
+
+// ---------------------------------------------------------------- connection
+
+HttpConnection::HttpConnection(std::shared_ptr<HttpFront> front, uint64_t id)
+    : front_(std::move(front)), id_(id), parser_(front_->config_.limits) {}
+
+HttpConnection::Slot& HttpConnection::NewSlot() {
+  slots_.emplace_back();
+  slots_.back().seq = next_seq_++;
+  return slots_.back();
+}
+
+HttpConnection::Slot* HttpConnection::FindSlot(uint64_t seq) {
+  if (slots_.empty() || seq < slots_.front().seq) return nullptr;
+  const uint64_t index = seq - slots_.front().seq;
+  return index < slots_.size() ? &slots_[index] : nullptr;
+}
+
+void HttpConnection::Fill(Slot& slot, bool keep_alive) {
+  slot.ready = true;
+  slot.close = !keep_alive;
+}
+
+void HttpConnection::Error(Slot& slot, int status, std::string_view message, bool keep_alive,
+                           const std::vector<std::pair<std::string, std::string>>& headers) {
+  AppendErrorResponse(status, message, headers, keep_alive, &slot.bytes);
+  Fill(slot, keep_alive);
+}
+
+void HttpConnection::ErrorFromStatus(Slot& slot, const Status& status, bool keep_alive) {
+  const int http = HttpStatusOf(status.code());
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (http == 429) {
+    const double retry = status.retry_after_s();
+    const double seconds = retry > 0 ? std::max(1.0, std::ceil(retry)) : 1.0;
+    headers.emplace_back("retry-after", std::to_string(static_cast<int64_t>(seconds)));
+  }
+  std::string message = status.message();
+  if (message.empty()) message = StatusCodeName(status.code());
+  Error(slot, http, message, keep_alive, headers);
+}
+
+void HttpConnection::Flush() {
+  while (!slots_.empty() && slots_.front().ready) {
+    Slot& s = slots_.front();
+    out_.append(s.bytes);
+    if (s.close) {
+      closing_ = true;
+      slots_.pop_front();
+      // Nothing after a closing response is ever written.
+      for (Slot& rest : slots_) {
+        if (rest.request_id != 0) rest.batcher->Cancel(rest.request_id);
+      }
+      slots_.clear();
+      return;
+    }
+    slots_.pop_front();
+  }
+}
+
+void HttpConnection::Respond(uint64_t slot, std::string_view bytes, bool keep_alive) {
+  if (closed_) return;
+  Slot* s = FindSlot(slot);
+  if (s == nullptr || s->ready) return;
+  s->bytes.assign(bytes);
+  Fill(*s, keep_alive);
+  Flush();
+}
+
+std::string HttpConnection::TakeOutput() {
+  std::string out;
+  out.swap(out_);
+  return out;
+}
+
+void HttpConnection::Close() {
+  if (closed_) return;
+  closed_ = true;
+  closing_ = true;
+  stop_parsing_ = true;
+  for (Slot& s : slots_) {
+    if (s.request_id != 0) s.batcher->Cancel(s.request_id);
+  }
+  slots_.clear();
+  out_.clear();
+}
+
+void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded) {
+  if (stop_parsing_ || closed_) return;  // a request that closes: the rest is dropped
+  parser_.Feed(data, size);
+  HttpRequest req;
+  while (!stop_parsing_) {
+    const auto r = parser_.Next(&req);
+    if (r == HttpRequestParser::Result::kNeedMore) {
+      if (parser_.TakeContinue() && slots_.empty()) out_.append("HTTP/1.1 100 Continue\r\n\r\n");
+      break;
+    }
+    if (r == HttpRequestParser::Result::kError) {
+      // Parser state is lost: answer after what is owed, then close.
+      Slot& slot = NewSlot();
+      Error(slot, parser_.error_status(), parser_.error_message(), false);
+      linger_ = true;
+      stop_parsing_ = true;
+      break;
+    }
+    const bool keep = req.keep_alive && !front_->draining();
+    Slot& slot = NewSlot();
+    if (!keep) stop_parsing_ = true;  // the rest of the input is not read
+    if (HandleNative(req, slot, keep)) continue;
+    ForwardedRequest f;
+    f.slot = slot.seq;
+    f.method.assign(req.method);
+    f.path.assign(req.path);
+    f.query.assign(req.query);
+    for (const auto& h : req.headers) {
+      for (std::string_view wanted : kForwardedHeaders) {
+        if (EqualsNoCase(h.name, wanted)) {
+          f.headers.emplace_back(std::string(wanted), std::string(h.value));
+          break;
+        }
+      }
+    }
+    f.body.assign(req.body);
+    f.keep_alive = keep;
+    forwarded->push_back(std::move(f));
+  }
+  Flush();
+}
+
+bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive) {
+  if (req.method != "POST") return false;
+  std::string_view model_name, version;
+  if (!MatchInferPath(req.path, &model_name, &version)) return false;
+  std::shared_ptr<HttpFront::Model> model = front_->Find(model_name);
+  if (!model || (!version.empty() && version != model->v2.version)) return false;
+  bool found = false;
+  if (!req.Header("content-encoding", &found).empty() || found) return false;
+  const std::string_view accept = req.Header("accept-encoding");
+  if (accept.find("gzip") != std::string_view::npos ||
+      accept.find("deflate") != std::string_view::npos) {
+    return false;  // compressed responses are the general path's
+  }
+  int64_t header_length = -1;
+  const std::string_view hlen = req.Header("inference-header-content-length", &found);
+  if (found) {
+    if (!AllDigits(hlen)) return false;  // the general path words this 400
+    header_length = std::strtoll(std::string(hlen).c_str(), nullptr, 10);
+  }
+  double header_timeout_ms = 0;
+  const std::string_view hto = req.Header("x-request-timeout-ms", &found);
+  if (found) {
+    const std::string text(hto);
+    char* end = nullptr;
+    header_timeout_ms = std::strtod(text.c_str(), &end);
+    if (end == text.c_str() || *end != '\0' || !(header_timeout_ms > 0) ||
+        !std::isfinite(header_timeout_ms)) {
+      return false;  // malformed: the general path words the 400
+    }
+  }
+
+  auto pending = std::make_unique<HttpFront::Pending>();
+  V2InferRequest decoded;
+  std::string error;
+  switch (DecodeV2Infer(req.body, header_length, model->v2, &decoded, &error)) {
+    case V2DecodeResult::kNotHandled: return false;
+    case V2DecodeResult::kBadRequest: Error(slot, 400, error, keep_alive); return true;
+    case V2DecodeResult::kOk: break;
+  }
+  int64_t timeout_ns = front_->config_.default_timeout_ns;
+  if (decoded.timeout_us > 0) {
+    timeout_ns = decoded.timeout_us * 1000;
+  } else if (header_timeout_ms > 0) {
+    timeout_ns = std::max<int64_t>(1, static_cast<int64_t>(header_timeout_ms * 1e6));
+  }
+  pending->inputs = std::move(decoded.inputs);
+  SubmitArgs args;
+  const auto& specs = model->v2.inputs;
+  for (size_t i = 0; i < pending->inputs.size(); ++i) {
+    const V2DecodedInput& in = pending->inputs[i];
+    args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
+  }
+  args.timeout_ns = timeout_ns;
+  args.priority = decoded.priority;
+  args.sink = front_->queue_;
+  Batcher& batcher = *model->batcher;
+  args.caller_flushes = batcher.config().inline_execution;
+  uint64_t request_id = 0;
+  CachedResponse hit;
+  const Status st = batcher.Submit(args, &request_id, &hit);
+  if (!st.ok()) {
+    ErrorFromStatus(slot, st, keep_alive);
+    return true;
+  }
+  if (request_id == 0) {  // answered from the cache
+    std::vector<const uint8_t*> rows;
+    for (size_t off : hit.offsets) rows.push_back(hit.data->data() + off);
+    if (!AppendV2InferResponse(model->v2, decoded.plan, *hit.specs, rows, hit.rows, keep_alive,
+                               &slot.bytes, &error)) {
+      slot.bytes.clear();
+      Error(slot, 500, error, keep_alive);
+    } else {
+      Fill(slot, keep_alive);
+    }
+    return true;
+  }
+  slot.request_id = request_id;
+  slot.batcher = model->batcher;
+  pending->conn = shared_from_this();
+  pending->model = model;
+  pending->slot = slot.seq;
+  pending->keep_alive = keep_alive;
+  pending->plan = std::move(decoded.plan);
+  if (args.caller_flushes) {
+    bool listed = false;
+    for (const auto& m : front_->dirty_) listed = listed || m == model;
+    if (!listed) front_->dirty_.push_back(model);
+  }
+  front_->pending_.emplace(request_id, std::move(pending));
+  return true;
+}
+
+}  // namespace aiarch

@@ -1,0 +1,1213 @@
+#include "aiarch/v2_codec.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace aiarch {
+namespace {
+
+constexpr int kMaxDepth = 64;
+
+// ---------------------------------------------------------------- JSON reading
+
+// A strict single-pass JSON reader over one buffer. Every method returns
+// false on the first defect and leaves its description in `error`.
+class JsonReader {
+ public:
+  JsonReader(const char* begin, const char* end) : p_(begin), end_(end) {}
+
+  std::string error;
+
+  const char* pos() const { return p_; }
+  void Ws() {
+    while (p_ < end_ && (*p_ == ' ' || *p_ == '\t' || *p_ == '\n' || *p_ == '\r')) ++p_;
+  }
+  char Peek() {
+    Ws();
+    return p_ < end_ ? *p_ : '\0';
+  }
+  bool AtEnd() {
+    Ws();
+    return p_ == end_;
+  }
+  bool Fail(const std::string& what) {
+    if (error.empty()) error = what;
+    return false;
+  }
+  bool Syntax(const char* what) {
+    if (error.empty()) {
+      error = std::string(what) + " at byte " + std::to_string(offset());
+      syntax_ = true;
+    }
+    return false;
+  }
+  bool syntax_error() const { return syntax_; }
+  size_t offset() const { return static_cast<size_t>(p_ - begin_); }
+  void set_begin(const char* b) { begin_ = b; }
+
+  bool Literal(const char* word) {
+    const size_t n = std::strlen(word);
+    if (static_cast<size_t>(end_ - p_) < n || std::memcmp(p_, word, n) != 0) {
+      return Syntax("invalid literal");
+    }
+    p_ += n;
+    return true;
+  }
+
+  // Reads a string; `out` may be null to skip it (still validated).
+  bool String(std::string* out) {
+    Ws();
+    if (p_ >= end_ || *p_ != '"') return Syntax("expected a string");
+    ++p_;
+    if (out) out->clear();
+    while (true) {
+      const char* run = p_;
+      while (p_ < end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20 &&
+             static_cast<unsigned char>(*p_) < 0x80) {
+        ++p_;
+      }
+      if (out) out->append(run, p_);
+      if (p_ >= end_) return Syntax("unterminated string");
+      const unsigned char c = static_cast<unsigned char>(*p_);
+      if (c == '"') {
+        ++p_;
+        return true;
+      }
+      if (c < 0x20) return Syntax("control character in string");
+      if (c == '\\') {
+        if (!Escape(out)) return false;
+        continue;
+      }
+      const size_t n = Utf8Length(p_, end_);
+      if (n == 0) return Syntax("invalid UTF-8 in string");
+      if (out) out->append(p_, n);
+      p_ += n;
+    }
+  }
+
+  struct Number {
+    const char* begin = nullptr;
+    const char* end = nullptr;
+    bool integer = true;  // no fraction, no exponent
+    bool negative = false;
+  };
+  bool ReadNumber(Number* num) {
+    Ws();
+    const char* s = p_;
+    num->begin = s;
+    num->negative = false;
+    num->integer = true;
+    if (p_ < end_ && *p_ == '-') {
+      num->negative = true;
+      ++p_;
+    }
+    if (p_ >= end_ || *p_ < '0' || *p_ > '9') return Syntax("invalid number");
+    if (*p_ == '0') {
+      ++p_;
+    } else {
+      while (p_ < end_ && *p_ >= '0' && *p_ <= '9') ++p_;
+    }
+    if (p_ < end_ && *p_ == '.') {
+      num->integer = false;
+      ++p_;
+      if (p_ >= end_ || *p_ < '0' || *p_ > '9') return Syntax("invalid number");
+      while (p_ < end_ && *p_ >= '0' && *p_ <= '9') ++p_;
+    }
+    if (p_ < end_ && (*p_ == 'e' || *p_ == 'E')) {
+      num->integer = false;
+      ++p_;
+      if (p_ < end_ && (*p_ == '+' || *p_ == '-')) ++p_;
+      if (p_ >= end_ || *p_ < '0' || *p_ > '9') return Syntax("invalid number");
+      while (p_ < end_ && *p_ >= '0' && *p_ <= '9') ++p_;
+    }
+    num->end = p_;
+    return true;
+  }
+
+  bool SkipValue(int depth) {
+    if (depth > kMaxDepth) return Syntax("JSON nested too deeply");
+    switch (Peek()) {
+      case '{': return Object(depth, [&](const std::string&) { return SkipValue(depth + 1); });
+      case '[': return Array(depth, [&](size_t) { return SkipValue(depth + 1); });
+      case '"': return String(nullptr);
+      case 't': return Literal("true");
+      case 'f': return Literal("false");
+      case 'n': return Literal("null");
+      default: {
+        Number n;
+        return ReadNumber(&n);
+      }
+    }
+  }
+
+  // Calls member(key) with the reader at each member's value; member must
+  // consume the value.
+  template <typename Fn>
+  bool Object(int depth, Fn&& member) {
+    if (depth > kMaxDepth) return Syntax("JSON nested too deeply");
+    if (Peek() != '{') return Syntax("expected an object");
+    ++p_;
+    if (Peek() == '}') {
+      ++p_;
+      return true;
+    }
+    std::string key;
+    while (true) {
+      if (!String(&key)) return false;
+      if (Peek() != ':') return Syntax("expected ':'");
+      ++p_;
+      Ws();
+      if (!member(key)) return false;
+      const char c = Peek();
+      ++p_;
+      if (c == '}') return true;
+      if (c != ',') {
+        --p_;
+        return Syntax("expected ',' or '}'");
+      }
+    }
+  }
+
+  template <typename Fn>
+  bool Array(int depth, Fn&& element) {
+    if (depth > kMaxDepth) return Syntax("JSON nested too deeply");
+    if (Peek() != '[') return Syntax("expected an array");
+    ++p_;
+    if (Peek() == ']') {
+      ++p_;
+      return true;
+    }
+    for (size_t i = 0;; ++i) {
+      Ws();
+      if (!element(i)) return false;
+      const char c = Peek();
+      ++p_;
+      if (c == ']') return true;
+      if (c != ',') {
+        --p_;
+        return Syntax("expected ',' or ']'");
+      }
+    }
+  }
+
+ private:
+  static size_t Utf8Length(const char* p, const char* end) {
+    const unsigned char c = static_cast<unsigned char>(*p);
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 2;
+      cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 3;
+      cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 4;
+      cp = c & 0x07;
+    } else {
+      return 0;
+    }
+    if (static_cast<size_t>(end - p) < n) return 0;
+    for (size_t i = 1; i < n; ++i) {
+      const unsigned char k = static_cast<unsigned char>(p[i]);
+      if ((k & 0xC0) != 0x80) return 0;
+      cp = (cp << 6) | (k & 0x3F);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return 0;
+    }
+    return n;
+  }
+
+  static void AppendUtf8(uint32_t cp, std::string* out) {
+    if (cp < 0x80) {
+      out->push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+      out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+      out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+  }
+
+  bool Hex4(uint32_t* v) {
+    if (end_ - p_ < 4) return Syntax("invalid \\u escape");
+    *v = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = *p_++;
+      int d;
+      if (c >= '0' && c <= '9') {
+        d = c - '0';
+      } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
+        d = (c | 0x20) - 'a' + 10;
+      } else {
+        return Syntax("invalid \\u escape");
+      }
+      *v = (*v << 4) | static_cast<uint32_t>(d);
+    }
+    return true;
+  }
+
+  bool Escape(std::string* out) {
+    ++p_;  // the backslash
+    if (p_ >= end_) return Syntax("unterminated string");
+    const char e = *p_++;
+    char plain;
+    switch (e) {
+      case '"': plain = '"'; break;
+      case '\\': plain = '\\'; break;
+      case '/': plain = '/'; break;
+      case 'b': plain = '\b'; break;
+      case 'f': plain = '\f'; break;
+      case 'n': plain = '\n'; break;
+      case 'r': plain = '\r'; break;
+      case 't': plain = '\t'; break;
+      case 'u': {
+        uint32_t cp = 0;
+        if (!Hex4(&cp)) return false;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          uint32_t low = 0;
+          if (end_ - p_ < 2 || p_[0] != '\\' || p_[1] != 'u') return Syntax("unpaired surrogate");
+          p_ += 2;
+          if (!Hex4(&low)) return false;
+          if (low < 0xDC00 || low > 0xDFFF) return Syntax("unpaired surrogate");
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+          return Syntax("unpaired surrogate");
+        }
+        if (out) AppendUtf8(cp, out);
+        return true;
+      }
+      default: return Syntax("invalid escape");
+    }
+    if (out) out->push_back(plain);
+    return true;
+  }
+
+  const char* p_;
+  const char* end_;
+  const char* begin_ = nullptr;
+  bool syntax_ = false;
+};
+
+// A JSON value where the server only needs its type and, for integers, value
+// (parameters: priority, timeout, binary_data_size, binary_data...).
+struct Scalar {
+  enum Kind { kNull, kTrue, kFalse, kInt, kFloat, kString, kOther } kind = kNull;
+  bool negative = false;
+  bool overflow = false;
+  uint64_t magnitude = 0;
+  bool NonNegativeInt() const { return kind == kInt && (!negative || magnitude == 0) && !overflow; }
+};
+
+bool ParseMagnitude(const char* b, const char* e, uint64_t* out) {
+  if (b < e && *b == '-') ++b;
+  uint64_t v = 0;
+  for (; b < e; ++b) {
+    const uint64_t d = static_cast<uint64_t>(*b - '0');
+    if (v > (std::numeric_limits<uint64_t>::max() - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return true;
+}
+
+bool ReadScalar(JsonReader& r, int depth, Scalar* s, std::string* string_value = nullptr) {
+  switch (r.Peek()) {
+    case 'n': s->kind = Scalar::kNull; return r.Literal("null");
+    case 't': s->kind = Scalar::kTrue; return r.Literal("true");
+    case 'f': s->kind = Scalar::kFalse; return r.Literal("false");
+    case '"': s->kind = Scalar::kString; return r.String(string_value);
+    case '[':
+    case '{': s->kind = Scalar::kOther; return r.SkipValue(depth);
+    default: {
+      JsonReader::Number n;
+      if (!r.ReadNumber(&n)) return false;
+      s->kind = n.integer ? Scalar::kInt : Scalar::kFloat;
+      s->negative = n.negative;
+      if (n.integer) s->overflow = !ParseMagnitude(n.begin, n.end, &s->magnitude);
+      return true;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- datatypes
+
+struct V2Type {
+  const char* name;
+  DType dtype;
+};
+constexpr V2Type kV2Types[] = {
+    {"BOOL", DType::kBool},     {"UINT8", DType::kUint8},   {"UINT16", DType::kUint16},
+    {"UINT32", DType::kUint32}, {"UINT64", DType::kUint64}, {"INT8", DType::kInt8},
+    {"INT16", DType::kInt16},   {"INT32", DType::kInt32},   {"INT64", DType::kInt64},
+    {"FP16", DType::kFp16},     {"BF16", DType::kBf16},     {"FP32", DType::kFp32},
+    {"FP64", DType::kFp64},
+};
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+// Product of dims, saturating at a value no body can reach.
+uint64_t ElementCount(const std::vector<int64_t>& shape) {
+  constexpr uint64_t kCap = uint64_t{1} << 62;
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    const uint64_t u = static_cast<uint64_t>(d);
+    if (u != 0 && n > kCap / u) return kCap;
+    n *= u;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------- tensor data
+
+template <typename T>
+void Store(uint8_t* dst, size_t index, T v) {
+  std::memcpy(dst + index * sizeof(T), &v, sizeof(T));
+}
+
+bool IntInRange(DType dt, bool negative, uint64_t m) {
+  switch (dt) {
+    case DType::kInt8: return negative ? m <= 128 : m <= 127;
+    case DType::kInt16: return negative ? m <= 32768 : m <= 32767;
+    case DType::kInt32: return negative ? m <= 2147483648ull : m <= 2147483647ull;
+    case DType::kInt64: return negative ? m <= 9223372036854775808ull : m <= 9223372036854775807ull;
+    case DType::kUint8: return !negative ? m <= 255 : m == 0;
+    case DType::kUint16: return !negative ? m <= 65535 : m == 0;
+    case DType::kUint32: return !negative ? m <= 4294967295ull : m == 0;
+    case DType::kUint64: return !negative || m == 0;
+    default: return false;
+  }
+}
+
+void StoreInt(DType dt, uint8_t* dst, size_t i, bool negative, uint64_t m) {
+  const int64_t s = negative ? static_cast<int64_t>(0 - m) : static_cast<int64_t>(m);
+  switch (dt) {
+    case DType::kInt8: Store<int8_t>(dst, i, static_cast<int8_t>(s)); break;
+    case DType::kInt16: Store<int16_t>(dst, i, static_cast<int16_t>(s)); break;
+    case DType::kInt32: Store<int32_t>(dst, i, static_cast<int32_t>(s)); break;
+    case DType::kInt64: Store<int64_t>(dst, i, s); break;
+    case DType::kUint8: Store<uint8_t>(dst, i, static_cast<uint8_t>(m)); break;
+    case DType::kUint16: Store<uint16_t>(dst, i, static_cast<uint16_t>(m)); break;
+    case DType::kUint32: Store<uint32_t>(dst, i, static_cast<uint32_t>(m)); break;
+    case DType::kUint64: Store<uint64_t>(dst, i, m); break;
+    default: break;
+  }
+}
+
+// Decodes the numbers of a (syntax-checked) JSON value, nested or flat — the
+// brackets carry nothing once the shape is known — into `count` elements
+// (only counted and checked when `out` is null).
+bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
+                    const std::vector<int64_t>& shape, uint64_t count, std::vector<uint8_t>* out,
+                    std::string* error) {
+  const size_t size = DTypeSize(dt);
+  uint8_t* dst = nullptr;
+  if (out != nullptr) {
+    out->assign(static_cast<size_t>(count) * size, 0);
+    dst = out->data();
+  } else {
+    count = std::numeric_limits<uint64_t>::max();  // never store
+  }
+  const uint64_t expected = out != nullptr ? count : ElementCount(shape);
+  const char* p = raw.data();
+  const char* end = p + raw.size();
+  uint64_t n = 0;
+  const std::string what = std::string("invalid ") + dt_name + " tensor data: ";
+  while (p < end) {
+    const char c = *p;
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '[' || c == ']' || c == ',') {
+      ++p;
+      continue;
+    }
+    if (dt == DType::kBool) {
+      bool v;
+      if (c == 't') {
+        v = true;
+        p += 4;
+      } else if (c == 'f') {
+        v = false;
+        p += 5;
+      } else {
+        *error = what + "expected a bool at element " + std::to_string(n);
+        return false;
+      }
+      if (dst != nullptr && n < count) Store<uint8_t>(dst, static_cast<size_t>(n), v ? 1 : 0);
+      ++n;
+      continue;
+    }
+    if (c != '-' && (c < '0' || c > '9')) {
+      *error = what + "expected a number at element " + std::to_string(n);
+      return false;
+    }
+    const char* b = p;
+    bool integer = true;
+    while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
+                       *p == 'e' || *p == 'E')) {
+      if (*p == '.' || *p == 'e' || *p == 'E') integer = false;
+      ++p;
+    }
+    if (dt == DType::kFp32 || dt == DType::kFp64) {
+      double v;
+      const auto r = std::from_chars(b, p, v);
+      if (r.ec != std::errc() || r.ptr != p) {
+        *error = std::string("value out of range for ") + dt_name + ": " + std::string(b, p);
+        return false;
+      }
+      if (dst != nullptr && n < count) {
+        if (dt == DType::kFp32) {
+          Store<float>(dst, static_cast<size_t>(n), static_cast<float>(v));
+        } else {
+          Store<double>(dst, static_cast<size_t>(n), v);
+        }
+      }
+      ++n;
+      continue;
+    }
+    if (!integer) {
+      *error = what + "expected an integer at element " + std::to_string(n);
+      return false;
+    }
+    uint64_t m;
+    const bool negative = *b == '-';
+    if (!ParseMagnitude(b, p, &m) || !IntInRange(dt, negative, m)) {
+      *error = std::string("value out of range for ") + dt_name + ": " + std::string(b, p);
+      return false;
+    }
+    if (dst != nullptr && n < count) StoreInt(dt, dst, static_cast<size_t>(n), negative, m);
+    ++n;
+  }
+  if (n != expected) {
+    *error = "unexpected number of elements for shape " + ShapeText(shape) + ": expected " +
+             std::to_string(expected) + ", got " + std::to_string(n);
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- request parse
+
+struct RawInput {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string datatype;
+  bool has_name = false, has_shape = false, has_datatype = false;
+  std::string_view data;  // raw JSON, empty when absent
+  bool has_binary_size = false;
+  uint64_t binary_size = 0;
+};
+
+struct RawOutput {
+  std::string name;
+  bool has_name = false;
+  bool classification = false;
+  Scalar binary_data;  // kNull when absent
+};
+
+struct RawRequest {
+  std::vector<RawInput> inputs;
+  bool has_inputs = false;
+  std::string id;
+  bool has_id = false;
+  std::vector<RawOutput> outputs;
+  bool has_outputs = false;
+  bool binary_data_output = false;
+  Scalar priority, timeout;  // kNull when absent
+  bool has_priority = false, has_timeout = false;
+  std::string reserved_param;  // first triton_* key
+  bool sequence_param = false;
+};
+
+std::string At(const std::string& path) { return " - at `" + path + "`"; }
+
+bool ParseShape(JsonReader& r, int depth, const std::string& where, std::vector<int64_t>* shape) {
+  shape->clear();
+  if (r.Peek() != '[') {
+    if (r.error.empty()) r.SkipValue(depth);
+    return r.Fail("Expected `array`" + At(where));
+  }
+  return r.Array(depth, [&](size_t i) {
+    Scalar s;
+    if (!ReadScalar(r, depth + 1, &s)) return false;
+    const std::string at = At(where + "[" + std::to_string(i) + "]");
+    if (s.kind != Scalar::kInt) return r.Fail("Expected `int`" + at);
+    if (s.negative && s.magnitude != 0) return r.Fail("Expected `int` >= 0" + at);
+    if (s.overflow || s.magnitude > (uint64_t{1} << 62))
+      return r.Fail("Integer value out of range" + at);
+    shape->push_back(static_cast<int64_t>(s.magnitude));
+    return true;
+  });
+}
+
+bool ParseInput(JsonReader& r, const std::string& where, RawInput* in) {
+  if (r.Peek() != '{') {
+    r.SkipValue(2);
+    return r.Fail("Expected `object`" + At(where));
+  }
+  const bool ok = r.Object(2, [&](const std::string& key) {
+    if (key == "name") {
+      if (r.Peek() != '"') {
+        r.SkipValue(3);
+        return r.Fail("Expected `str`" + At(where + ".name"));
+      }
+      in->has_name = true;
+      return r.String(&in->name);
+    }
+    if (key == "datatype") {
+      if (r.Peek() != '"') {
+        r.SkipValue(3);
+        return r.Fail("Expected `str`" + At(where + ".datatype"));
+      }
+      in->has_datatype = true;
+      return r.String(&in->datatype);
+    }
+    if (key == "shape") {
+      in->has_shape = true;
+      return ParseShape(r, 3, where + ".shape", &in->shape);
+    }
+    if (key == "data") {
+      r.Ws();
+      const char* b = r.pos();
+      if (!r.SkipValue(3)) return false;
+      in->data = std::string_view(b, static_cast<size_t>(r.pos() - b));
+      return true;
+    }
+    if (key == "parameters") {
+      const char c = r.Peek();
+      if (c == 'n') return r.Literal("null");
+      if (c != '{') {
+        r.SkipValue(3);
+        return r.Fail("Expected `object | null`" + At(where + ".parameters"));
+      }
+      return r.Object(3, [&](const std::string& pkey) {
+        Scalar s;
+        if (!ReadScalar(r, 4, &s)) return false;
+        if (pkey == "binary_data_size") {
+          if (s.kind == Scalar::kNull) {
+            in->has_binary_size = false;
+            return true;
+          }
+          if (!s.NonNegativeInt()) return r.Fail("binary_data_size must be a non-negative integer");
+          in->has_binary_size = true;
+          in->binary_size = s.magnitude;
+        }
+        return true;
+      });
+    }
+    return r.SkipValue(3);
+  });
+  if (!ok) return false;
+  if (!in->has_name) return r.Fail("Object missing required field `name`" + At(where));
+  if (!in->has_shape) return r.Fail("Object missing required field `shape`" + At(where));
+  if (!in->has_datatype) return r.Fail("Object missing required field `datatype`" + At(where));
+  return true;
+}
+
+bool ParseOutput(JsonReader& r, const std::string& where, RawOutput* out) {
+  if (r.Peek() != '{') {
+    r.SkipValue(2);
+    return r.Fail("Expected `object`" + At(where));
+  }
+  const bool ok = r.Object(2, [&](const std::string& key) {
+    if (key == "name") {
+      if (r.Peek() != '"') {
+        r.SkipValue(3);
+        return r.Fail("Expected `str`" + At(where + ".name"));
+      }
+      out->has_name = true;
+      return r.String(&out->name);
+    }
+    if (key == "parameters") {
+      const char c = r.Peek();
+      if (c == 'n') return r.Literal("null");
+      if (c != '{') {
+        r.SkipValue(3);
+        return r.Fail("Expected `object | null`" + At(where + ".parameters"));
+      }
+      return r.Object(3, [&](const std::string& pkey) {
+        if (pkey == "classification") out->classification = true;
+        if (pkey == "binary_data") return ReadScalar(r, 4, &out->binary_data);
+        Scalar ignored;
+        return ReadScalar(r, 4, &ignored);
+      });
+    }
+    return r.SkipValue(3);
+  });
+  if (!ok) return false;
+  if (!out->has_name) return r.Fail("Object missing required field `name`" + At(where));
+  return true;
+}
+
+bool ParseRequest(JsonReader& r, RawRequest* req) {
+  if (r.Peek() != '{') {
+    if (!r.SkipValue(0)) return false;
+    return r.Fail("Expected `object`" + At("$"));
+  }
+  const bool ok = r.Object(0, [&](const std::string& key) {
+    if (key == "inputs") {
+      req->has_inputs = true;
+      req->inputs.clear();
+      if (r.Peek() != '[') {
+        r.SkipValue(1);
+        return r.Fail("Expected `array`" + At("$.inputs"));
+      }
+      return r.Array(1, [&](size_t i) {
+        req->inputs.emplace_back();
+        return ParseInput(r, "$.inputs[" + std::to_string(i) + "]", &req->inputs.back());
+      });
+    }
+    if (key == "outputs") {
+      req->outputs.clear();
+      const char c = r.Peek();
+      if (c == 'n') {
+        req->has_outputs = false;
+        return r.Literal("null");
+      }
+      if (c != '[') {
+        r.SkipValue(1);
+        return r.Fail("Expected `array | null`" + At("$.outputs"));
+      }
+      req->has_outputs = true;
+      return r.Array(1, [&](size_t i) {
+        req->outputs.emplace_back();
+        return ParseOutput(r, "$.outputs[" + std::to_string(i) + "]", &req->outputs.back());
+      });
+    }
+    if (key == "id") {
+      const char c = r.Peek();
+      if (c == 'n') {
+        req->has_id = false;
+        return r.Literal("null");
+      }
+      if (c != '"') {
+        r.SkipValue(1);
+        return r.Fail("Expected `str | null`" + At("$.id"));
+      }
+      req->has_id = true;
+      return r.String(&req->id);
+    }
+    if (key == "parameters") {
+      const char c = r.Peek();
+      if (c == 'n') return r.Literal("null");
+      if (c != '{') {
+        r.SkipValue(1);
+        return r.Fail("Expected `object | null`" + At("$.parameters"));
+      }
+      return r.Object(1, [&](const std::string& pkey) {
+        Scalar s;
+        if (!ReadScalar(r, 2, &s)) return false;
+        if (pkey.compare(0, 7, "triton_") == 0 && req->reserved_param.empty()) {
+          req->reserved_param = pkey;
+        } else if (pkey == "sequence_id" || pkey == "sequence_start" || pkey == "sequence_end") {
+          req->sequence_param = true;
+        } else if (pkey == "binary_data_output") {
+          req->binary_data_output = s.kind == Scalar::kTrue;
+        } else if (pkey == "priority") {
+          req->priority = s;
+          req->has_priority = true;
+        } else if (pkey == "timeout") {
+          req->timeout = s;
+          req->has_timeout = true;
+        }
+        return true;
+      });
+    }
+    return r.SkipValue(1);
+  });
+  if (!ok) return false;
+  if (!r.AtEnd()) return r.Syntax("trailing characters");
+  if (!req->has_inputs) return r.Fail("Object missing required field `inputs`");
+  return true;
+}
+
+V2DecodeResult Bad(std::string* error, std::string message) {
+  *error = std::move(message);
+  return V2DecodeResult::kBadRequest;
+}
+
+V2DecodeResult DecodeRaw(std::string_view body, const V2Model& model, V2InferRequest* out,
+                         std::string* error) {
+  if (model.inputs.size() != 1) {
+    return Bad(error, "raw binary requests need a model with exactly one input");
+  }
+  const TensorSpec& spec = model.inputs[0];
+  const size_t row = spec.RowBytes();
+  if (body.size() != row) {
+    return Bad(error, "raw binary input for '" + spec.name + "' must be " + std::to_string(row) +
+                          " bytes, got " + std::to_string(body.size()));
+  }
+  out->inputs.resize(1);
+  V2DecodedInput& in = out->inputs[0];
+  in.shape.assign(1, 1);
+  in.shape.insert(in.shape.end(), spec.shape.begin(), spec.shape.end());
+  in.data.assign(body.begin(), body.end());
+  out->plan = V2ResponsePlan();
+  for (size_t i = 0; i < model.output_names.size(); ++i) {
+    out->plan.outputs.push_back(static_cast<int>(i));
+    out->plan.binary.push_back(true);
+  }
+  return V2DecodeResult::kOk;
+}
+
+}  // namespace
+
+const char* V2DatatypeName(DType dtype) {
+  for (const auto& t : kV2Types) {
+    if (t.dtype == dtype) return t.name;
+  }
+  return "BYTES";
+}
+
+bool V2DatatypeFromName(std::string_view name, DType* out) {
+  for (const auto& t : kV2Types) {
+    if (name == t.name) {
+      *out = t.dtype;
+      return true;
+    }
+  }
+  return false;
+}
+
+V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const V2Model& model,
+                             V2InferRequest* out, std::string* error) {
+  const size_t n = body.size();
+  size_t json_len = n;
+  if (header_length == 0) return DecodeRaw(body, model, out, error);
+  if (header_length > 0) {
+    if (static_cast<uint64_t>(header_length) > n) {
+      return Bad(error, "Inference-Header-Content-Length exceeds the body size");
+    }
+    json_len = static_cast<size_t>(header_length);
+  }
+  RawRequest req;
+  JsonReader r(body.data(), body.data() + json_len);
+  r.set_begin(body.data());
+  if (!ParseRequest(r, &req)) {
+    if (r.syntax_error()) return Bad(error, "failed to parse the request JSON: " + r.error);
+    if (r.error.rfind("binary_data_size", 0) == 0) return Bad(error, r.error);
+    return Bad(error, "invalid inference request: " + r.error);
+  }
+  if (req.inputs.empty()) return Bad(error, "inference request has no inputs");
+  // FP16 numbers in JSON would need half-precision rounding: left to the general path.
+  for (const RawInput& in : req.inputs) {
+    if (!in.has_binary_size && !in.data.empty() && in.datatype == "FP16") {
+      return V2DecodeResult::kNotHandled;
+    }
+  }
+
+  // Tensors in request order, decoded in the request's datatype.
+  struct Decoded {
+    DType dtype;
+    bool known;
+    V2DecodedInput value;
+  };
+  std::vector<Decoded> decoded(req.inputs.size());
+  size_t offset = json_len;
+  for (size_t i = 0; i < req.inputs.size(); ++i) {
+    const RawInput& in = req.inputs[i];
+    Decoded& d = decoded[i];
+    d.known = V2DatatypeFromName(in.datatype, &d.dtype);
+    d.value.shape = in.shape;
+    const uint64_t count = ElementCount(in.shape);
+    if (in.has_binary_size) {
+      if (!in.data.empty()) {
+        return Bad(error, "input '" + in.name + "' has both binary_data_size and data");
+      }
+      if (in.binary_size > n - offset) {
+        return Bad(error, "binary data for input '" + in.name + "' runs past the body");
+      }
+      if (!d.known && in.datatype != "BYTES") {
+        return Bad(error, "unsupported datatype '" + in.datatype + "'");
+      }
+      if (d.known) {
+        const uint64_t want = count * DTypeSize(d.dtype);
+        if (count >= (uint64_t{1} << 62) / 8 || want != in.binary_size) {
+          return Bad(error, "input '" + in.name + "': binary_data_size " +
+                                std::to_string(in.binary_size) + " does not match shape " +
+                                ShapeText(in.shape) + " of " + in.datatype + " (" +
+                                std::to_string(want) + " bytes)");
+        }
+        d.value.data.assign(body.data() + offset, body.data() + offset + in.binary_size);
+      }
+      offset += static_cast<size_t>(in.binary_size);
+    } else if (!in.data.empty()) {
+      if (!d.known) {
+        if (in.datatype == "BYTES") continue;  // refused below: no model takes BYTES here
+        return Bad(error, "unsupported datatype '" + in.datatype + "'");
+      }
+      if (d.dtype == DType::kBf16) {
+        return Bad(error, in.datatype + " data cannot be sent as JSON; use the binary extension");
+      }
+      // Far more elements than the body could hold: counted, never allocated.
+      const bool absurd =
+          count >= (uint64_t{1} << 62) / 8 || count * DTypeSize(d.dtype) > n * 8 + 64;
+      if (!DecodeJsonData(in.data, d.dtype, in.datatype.c_str(), in.shape, count,
+                          absurd ? nullptr : &d.value.data, error)) {
+        return V2DecodeResult::kBadRequest;
+      }
+    } else {
+      return Bad(error, "input '" + in.name + "' has no data");
+    }
+  }
+  if (offset != n) return Bad(error, "request body has bytes after the last binary input");
+  if (!req.reserved_param.empty()) {
+    return Bad(error, "parameter '" + req.reserved_param + "' is reserved");
+  }
+  if (req.sequence_param) return Bad(error, "sequence batching is not supported");
+
+  // Arrange against the model: names, datatypes, shapes, rows.
+  const auto& specs = model.inputs;
+  if (req.inputs.size() != specs.size()) {
+    return Bad(error, "expected " + std::to_string(specs.size()) + " inputs but got " +
+                          std::to_string(req.inputs.size()) + " inputs for model '" + model.name +
+                          "'");
+  }
+  out->inputs.assign(specs.size(), V2DecodedInput());
+  std::vector<bool> seen(specs.size(), false);
+  int64_t rows = -1;
+  for (size_t i = 0; i < req.inputs.size(); ++i) {
+    const RawInput& in = req.inputs[i];
+    size_t k = 0;
+    while (k < specs.size() && specs[k].name != in.name) ++k;
+    if (k == specs.size()) {
+      return Bad(error,
+                 "unexpected inference input '" + in.name + "' for model '" + model.name + "'");
+    }
+    if (seen[k]) return Bad(error, "input '" + in.name + "' given twice");
+    seen[k] = true;
+    const TensorSpec& spec = specs[k];
+    Decoded& d = decoded[i];
+    if (!d.known || d.dtype != spec.dtype) {
+      return Bad(error, "unexpected datatype " + in.datatype + " for inference input '" + in.name +
+                            "', expecting " + V2DatatypeName(spec.dtype));
+    }
+    const auto& shape = in.shape;
+    bool fits = shape.size() == spec.shape.size() + 1 && shape[0] >= 1;
+    for (size_t j = 0; fits && j < spec.shape.size(); ++j) {
+      if (spec.shape[j] >= 0 && shape[j + 1] != spec.shape[j]) fits = false;
+    }
+    if (!fits) {
+      std::vector<int64_t> expected{-1};
+      expected.insert(expected.end(), spec.shape.begin(), spec.shape.end());
+      return Bad(error, "unexpected shape for input '" + in.name + "' for model '" + model.name +
+                            "'. Expected " + ShapeText(expected) + ", got " + ShapeText(shape));
+    }
+    if (rows < 0) {
+      rows = shape[0];
+    } else if (shape[0] != rows) {
+      return Bad(error, "all inputs must have the same batch size");
+    }
+    out->inputs[k] = std::move(d.value);
+  }
+
+  // Outputs to return.
+  V2ResponsePlan& plan = out->plan;
+  plan = V2ResponsePlan();
+  plan.has_id = req.has_id;
+  plan.id = std::move(req.id);
+  if (!req.has_outputs) {
+    for (size_t i = 0; i < model.output_names.size(); ++i) {
+      plan.outputs.push_back(static_cast<int>(i));
+      plan.binary.push_back(req.binary_data_output);
+    }
+  } else {
+    for (const RawOutput& o : req.outputs) {
+      size_t k = 0;
+      while (k < model.output_names.size() && model.output_names[k] != o.name) ++k;
+      if (k == model.output_names.size()) {
+        return Bad(error,
+                   "unexpected inference output '" + o.name + "' for model '" + model.name + "'");
+      }
+      if (o.classification) return Bad(error, "classification outputs are not supported");
+      bool binary = req.binary_data_output;
+      if (o.binary_data.kind != Scalar::kNull) binary = o.binary_data.kind == Scalar::kTrue;
+      plan.outputs.push_back(static_cast<int>(k));
+      plan.binary.push_back(binary);
+    }
+  }
+
+  // Schedule parameters.
+  out->timeout_us = 0;
+  if (req.has_timeout && req.timeout.kind != Scalar::kNull) {
+    if (!req.timeout.NonNegativeInt() || req.timeout.magnitude > (uint64_t{1} << 53)) {
+      return Bad(error, "parameter 'timeout' must be a non-negative integer (us)");
+    }
+    out->timeout_us = static_cast<int64_t>(req.timeout.magnitude);
+  } else if (req.has_timeout) {
+    return Bad(error, "parameter 'timeout' must be a non-negative integer (us)");
+  }
+  out->priority = 0;
+  if (req.has_priority) {
+    if (!req.priority.NonNegativeInt() || req.priority.magnitude > 0xFFFFFFFFu) {
+      return Bad(error, "parameter 'priority' must be a non-negative integer");
+    }
+    out->priority = static_cast<uint32_t>(req.priority.magnitude);
+  }
+  return V2DecodeResult::kOk;
+}
+
+// ---------------------------------------------------------------- responses
+
+namespace {
+
+const char* Reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Status";
+  }
+}
+
+void AppendInt(int64_t v, std::string* out) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, r.ptr);
+}
+
+void AppendUint(uint64_t v, std::string* out) {
+  char buf[24];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, r.ptr);
+}
+
+template <typename F>
+void AppendFloat(F v, std::string* out) {
+  if (!std::isfinite(v)) {
+    out->append("null");
+    return;
+  }
+  char buf[40];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string_view s(buf, static_cast<size_t>(r.ptr - buf));
+  out->append(s);
+  // A float that prints as an integer ("1") keeps a fraction ("1.0") so it
+  // reads back as a float in every JSON library.
+  if (s.find_first_of(".en") == std::string_view::npos) out->append(".0");
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t mant = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      mant &= 0x3FF;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+template <typename T>
+T Load(const uint8_t* p, size_t i) {
+  T v;
+  std::memcpy(&v, p + i * sizeof(T), sizeof(T));
+  return v;
+}
+
+void AppendJsonData(DType dt, const uint8_t* p, size_t count, std::string* out) {
+  out->push_back('[');
+  for (size_t i = 0; i < count; ++i) {
+    if (i) out->push_back(',');
+    switch (dt) {
+      case DType::kBool: out->append(p[i] ? "true" : "false"); break;
+      case DType::kUint8: AppendUint(Load<uint8_t>(p, i), out); break;
+      case DType::kUint16: AppendUint(Load<uint16_t>(p, i), out); break;
+      case DType::kUint32: AppendUint(Load<uint32_t>(p, i), out); break;
+      case DType::kUint64: AppendUint(Load<uint64_t>(p, i), out); break;
+      case DType::kInt8: AppendInt(Load<int8_t>(p, i), out); break;
+      case DType::kInt16: AppendInt(Load<int16_t>(p, i), out); break;
+      case DType::kInt32: AppendInt(Load<int32_t>(p, i), out); break;
+      case DType::kInt64: AppendInt(Load<int64_t>(p, i), out); break;
+      case DType::kFp16: AppendFloat(HalfToFloat(Load<uint16_t>(p, i)), out); break;
+      case DType::kBf16: {
+        const uint32_t bits = static_cast<uint32_t>(Load<uint16_t>(p, i)) << 16;
+        float f;
+        std::memcpy(&f, &bits, sizeof(f));
+        AppendFloat(f, out);
+        break;
+      }
+      case DType::kFp32: AppendFloat(Load<float>(p, i), out); break;
+      case DType::kFp64: AppendFloat(Load<double>(p, i), out); break;
+    }
+  }
+  out->push_back(']');
+}
+
+}  // namespace
+
+void AppendJsonString(std::string_view s, std::string* out) {
+  static const char kHex[] = "0123456789abcdef";
+  out->push_back('"');
+  for (char ch : s) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out->append("\\\""); break;
+      case '\\': out->append("\\\\"); break;
+      case '\n': out->append("\\n"); break;
+      case '\r': out->append("\\r"); break;
+      case '\t': out->append("\\t"); break;
+      case '\b': out->append("\\b"); break;
+      case '\f': out->append("\\f"); break;
+      default:
+        if (c < 0x20) {
+          out->append("\\u00");
+          out->push_back(kHex[c >> 4]);
+          out->push_back(kHex[c & 15]);
+        } else {
+          out->push_back(ch);
+        }
+    }
+  }
+  out->push_back('"');
+}
+
+void AppendHttpResponse(int status, std::string_view content_type, std::string_view body,
+                        const std::vector<std::pair<std::string, std::string>>& headers,
+                        bool keep_alive, std::string* out) {
+  out->append("HTTP/1.1 ");
+  AppendInt(status, out);
+  out->push_back(' ');
+  out->append(Reason(status));
+  out->append("\r\ncontent-type: ");
+  out->append(content_type);
+  out->append("\r\ncontent-length: ");
+  AppendUint(body.size(), out);
+  out->append("\r\n");
+  for (const auto& [name, value] : headers) {
+    out->append(name);
+    out->append(": ");
+    out->append(value);
+    out->append("\r\n");
+  }
+  if (!keep_alive) out->append("connection: close\r\n");
+  out->append("\r\n");
+  out->append(body);
+}
+
+void AppendErrorResponse(int status, std::string_view message,
+                         const std::vector<std::pair<std::string, std::string>>& headers,
+                         bool keep_alive, std::string* out) {
+  std::string body = "{\"error\":";
+  AppendJsonString(message, &body);
+  body.push_back('}');
+  AppendHttpResponse(status, "application/json", body, headers, keep_alive, out);
+}
+
+bool AppendV2InferResponse(const V2Model& model, const V2ResponsePlan& plan,
+                           const std::vector<TensorSpec>& outputs,
+                           const std::vector<const uint8_t*>& data, int64_t rows, bool keep_alive,
+                           std::string* out, std::string* error) {
+  if (outputs.size() != model.output_names.size() || data.size() != outputs.size()) {
+    *error = "model returned " + std::to_string(outputs.size()) + " outputs, expected " +
+             std::to_string(model.output_names.size());
+    return false;
+  }
+  thread_local std::string body;
+  body.clear();
+  body.append("{\"model_name\":");
+  AppendJsonString(model.name, &body);
+  body.append(",\"outputs\":[");
+  bool any_binary = false;
+  size_t binary_bytes = 0;
+  for (size_t j = 0; j < plan.outputs.size(); ++j) {
+    const size_t k = static_cast<size_t>(plan.outputs[j]);
+    const TensorSpec& spec = outputs[k];
+    if (j) body.push_back(',');
+    body.append("{\"name\":");
+    AppendJsonString(model.output_names[k], &body);
+    body.append(",\"datatype\":\"");
+    body.append(V2DatatypeName(spec.dtype));
+    body.append("\",\"shape\":[");
+    AppendInt(rows, &body);
+    for (int64_t d : spec.shape) {
+      body.push_back(',');
+      AppendInt(d, &body);
+    }
+    body.push_back(']');
+    const size_t bytes = static_cast<size_t>(rows) * spec.RowBytes();
+    if (plan.binary[j]) {
+      any_binary = true;
+      binary_bytes += bytes;
+      body.append(",\"parameters\":{\"binary_data_size\":");
+      AppendUint(bytes, &body);
+      body.append("}}");
+    } else {
+      body.append(",\"data\":");
+      AppendJsonData(spec.dtype, data[k], static_cast<size_t>(rows * spec.RowElements()), &body);
+      body.push_back('}');
+    }
+  }
+  body.append("],\"model_version\":");
+  AppendJsonString(model.version, &body);
+  if (plan.has_id) {
+    body.append(",\"id\":");
+    AppendJsonString(plan.id, &body);
+  }
+  body.push_back('}');
+  if (!any_binary) {
+    AppendHttpResponse(200, "application/json", body, {}, keep_alive, out);
+    return true;
+  }
+  const size_t json_len = body.size();
+  for (size_t j = 0; j < plan.outputs.size(); ++j) {
+    if (!plan.binary[j]) continue;
+    const size_t k = static_cast<size_t>(plan.outputs[j]);
+    const size_t bytes = static_cast<size_t>(rows) * outputs[k].RowBytes();
+    body.append(reinterpret_cast<const char*>(data[k]), bytes);
+  }
+  (void)binary_bytes;
+  AppendHttpResponse(200, "application/octet-stream", body,
+                     {{"inference-header-content-length", std::to_string(json_len)}}, keep_alive,
+                     out);
+  return true;
+}
+
+}  // namespace aiarch

@@ -1,0 +1,423 @@
+// The native connection against a real batcher: pipelined requests answered
+// in order across the native and forwarded paths, cache hits, 429, 504,
+// cancellation on close, and a fuzz loop of mutated requests with valid ones
+// interleaved (every valid one must be answered correctly).
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "aiarch/cache.h"
+#include "aiarch/http_connection.h"
+#include "check.h"
+
+namespace aiarch {
+namespace {
+
+constexpr int kWidth = 8;
+
+// y = 2 * x, row by row.
+class DoubleExecutor final : public Executor {
+ public:
+  std::atomic<int64_t> rows{0};
+  Status Execute(const Batch& batch, std::vector<ExecutorOutput>* outputs,
+                 std::shared_ptr<ErrorDetail>*) override {
+    rows.fetch_add(batch.rows, std::memory_order_relaxed);  // a tally
+    ExecutorOutput out;
+    out.spec.dtype = DType::kFp32;
+    out.spec.shape = {kWidth};
+    const size_t n = static_cast<size_t>(batch.padded_rows) * kWidth;
+    out.data = Buffer::Allocate(n * sizeof(float));
+    const float* in = reinterpret_cast<const float*>(batch.inputs[0]->data());
+    float* o = reinterpret_cast<float*>(out.data->data());
+    for (size_t i = 0; i < n; ++i) o[i] = 2 * in[i];
+    outputs->push_back(std::move(out));
+    return Status::Ok();
+  }
+};
+
+// Holds every batch until released; says when one has started.
+class GateExecutor final : public Executor {
+ public:
+  std::atomic<bool> started{false}, released{false};
+  std::atomic<int64_t> rows{0};
+  Status Execute(const Batch& batch, std::vector<ExecutorOutput>* outputs,
+                 std::shared_ptr<ErrorDetail>*) override {
+    started.store(true);
+    while (!released.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    rows.fetch_add(batch.rows, std::memory_order_relaxed);  // a tally
+    ExecutorOutput out;
+    out.spec.dtype = DType::kFp32;
+    out.spec.shape = {kWidth};
+    out.data = Buffer::Allocate(static_cast<size_t>(batch.padded_rows) * kWidth * sizeof(float));
+    std::memset(out.data->data(), 0, out.data->size());
+    outputs->push_back(std::move(out));
+    return Status::Ok();
+  }
+};
+
+struct Served {
+  std::shared_ptr<DoubleExecutor> executor = std::make_shared<DoubleExecutor>();
+  std::unique_ptr<Batcher> batcher;
+};
+
+V2Model LinModel(const std::string& name) {
+  V2Model m;
+  m.name = name;
+  m.version = "1";
+  m.inputs = {TensorSpec{"x", DType::kFp32, {kWidth}}};
+  m.output_names = {"y"};
+  return m;
+}
+
+void Serve(HttpFront& front, Served& s, const std::string& name, BatchConfig config,
+           std::shared_ptr<ResponseCache> cache = nullptr) {
+  const Status st = Batcher::Create(name, config, {TensorSpec{"x", DType::kFp32, {kWidth}}}, {},
+                                    s.executor, nullptr, std::move(cache), &s.batcher);
+  if (!CHECK(st.ok())) {
+    std::fprintf(stderr, "%s\n", st.ToString().c_str());
+    std::abort();
+  }
+  front.RegisterModel(LinModel(name), s.batcher.get(), nullptr);
+}
+
+BatchConfig Immediate() {
+  BatchConfig c;
+  c.max_delay_ns = 0;
+  c.max_batch_size = 16;
+  return c;
+}
+
+std::string Http(const std::string& method, const std::string& path, const std::string& body,
+                 const std::string& extra = "") {
+  return method + " " + path +
+         " HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra +
+         "\r\n" + body;
+}
+
+std::string InferJson(const std::string& input, int rows, int width, float base) {
+  std::string data = "[";
+  for (int i = 0; i < rows * width; ++i) {
+    if (i) data += ",";
+    data += std::to_string(base + static_cast<float>(i));
+  }
+  data += "]";
+  return R"({"inputs":[{"name":")" + input + R"(","shape":[)" + std::to_string(rows) + "," +
+         std::to_string(width) + R"(],"datatype":"FP32","data":)" + data + "}]}";
+}
+
+struct Response {
+  int status = 0;
+  std::string head, body;
+};
+
+// Splits concatenated responses (content-length framed).
+std::vector<Response> SplitResponses(const std::string& wire, bool* ok) {
+  std::vector<Response> out;
+  size_t pos = 0;
+  *ok = true;
+  while (pos < wire.size()) {
+    const size_t end = wire.find("\r\n\r\n", pos);
+    if (end == std::string::npos) {
+      *ok = false;
+      break;
+    }
+    Response r;
+    r.head = wire.substr(pos, end + 4 - pos);
+    r.status = std::atoi(r.head.c_str() + 9);
+    const size_t cl = r.head.find("content-length: ");
+    if (cl == std::string::npos) {  // 100 Continue
+      pos = end + 4;
+      continue;
+    }
+    const size_t n = std::stoul(r.head.substr(cl + 16));
+    r.body = wire.substr(end + 4, n);
+    pos = end + 4 + n;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+// Feeds `wire`, answers forwarded requests with 404 `{"error":"forwarded <path>"}`, runs and
+// drains batches until nothing is in flight, and returns the connection's output.
+std::string Exchange(HttpFront& front, HttpConnection& conn, const std::string& wire,
+                     std::vector<ForwardedRequest>* seen = nullptr) {
+  std::vector<ForwardedRequest> forwarded;
+  conn.Feed(wire.data(), wire.size(), &forwarded);
+  for (const auto& f : forwarded) {
+    std::string bytes;
+    AppendErrorResponse(404, "forwarded " + f.path, {}, f.keep_alive, &bytes);
+    conn.Respond(f.slot, bytes, f.keep_alive);
+  }
+  if (seen) *seen = forwarded;
+  std::string out = conn.TakeOutput();
+  front.RunReady();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (true) {
+    front.Drain();
+    out += conn.TakeOutput();
+    if (front.in_flight() == 0 || std::chrono::steady_clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return out;
+}
+
+void TestPipelinedOrder() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  auto conn = front->Connect(1);
+  std::string wire = Http("POST", "/v2/models/lin/infer", InferJson("x", 2, kWidth, 1)) +
+                     Http("GET", "/v2/health/live", "") +
+                     Http("POST", "/v2/models/lin/infer", InferJson("x", 1, 7, 0)) +
+                     Http("POST", "/v2/models/nope/infer", "{}") +
+                     Http("POST", "/v2/models/lin/versions/1/infer",
+                          InferJson("x", 1, kWidth, 10).insert(1, R"("id":"q7",)"));
+  std::vector<ForwardedRequest> forwarded;
+  const std::string out = Exchange(*front, *conn, wire, &forwarded);
+  CHECK_EQ(forwarded.size(), size_t{2});
+  bool ok;
+  auto rs = SplitResponses(out, &ok);
+  CHECK(ok);
+  if (!CHECK_EQ(rs.size(), size_t{5})) return;
+  CHECK_EQ(rs[0].status, 200);
+  CHECK(rs[0].body.find(R"("data":[2.0,4.0,6.0,8.0,10.0,12.0,14.0,16.0,18.0,20.0)") !=
+        std::string::npos);
+  CHECK(rs[0].body.find(R"("shape":[2,8])") != std::string::npos);
+  CHECK_EQ(rs[1].status, 404);
+  CHECK(rs[1].body.find("forwarded /v2/health/live") != std::string::npos);
+  CHECK_EQ(rs[2].status, 400);
+  CHECK(rs[2].body.find("unexpected shape") != std::string::npos);
+  CHECK_EQ(rs[3].status, 404);
+  CHECK_EQ(rs[4].status, 200);
+  CHECK(rs[4].body.find(R"("id":"q7")") != std::string::npos);
+  CHECK(!conn->want_close());
+  CHECK_EQ(conn->owed(), size_t{0});
+}
+
+void TestCacheHitAndClose() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served lin;
+  Serve(*front, lin, "cached", Immediate(), std::make_shared<ResponseCache>(CacheConfig{}));
+  auto conn = front->Connect(1);
+  const std::string req = Http("POST", "/v2/models/cached/infer", InferJson("x", 1, kWidth, 3));
+  bool ok;
+  auto first = SplitResponses(Exchange(*front, *conn, req), &ok);
+  auto second = SplitResponses(Exchange(*front, *conn, req), &ok);
+  CHECK_EQ(lin.executor->rows.load(), int64_t{1});
+  if (CHECK_EQ(first.size(), size_t{1}) && CHECK_EQ(second.size(), size_t{1})) {
+    CHECK_EQ(first[0].body, second[0].body);
+  }
+  // Connection: close is honoured: the request after it is never read.
+  const std::string out = Exchange(*front, *conn,
+                                   Http("POST", "/v2/models/cached/infer",
+                                        InferJson("x", 1, kWidth, 3), "Connection: close\r\n") +
+                                       req);
+  auto rs = SplitResponses(out, &ok);
+  CHECK_EQ(rs.size(), size_t{1});
+  CHECK(rs[0].head.find("connection: close") != std::string::npos);
+  CHECK(conn->want_close());
+}
+
+void TestOverloadDeadlineCancel() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  auto gate = std::make_shared<GateExecutor>();
+  BatchConfig c;
+  c.max_delay_ns = 0;
+  c.max_batch_size = 1;
+  c.max_queue_rows = 1;
+  c.inline_execution = false;
+  std::unique_ptr<Batcher> batcher;
+  CHECK(Batcher::Create("gated", c, {TensorSpec{"x", DType::kFp32, {kWidth}}}, {}, gate, nullptr,
+                        nullptr, &batcher)
+            .ok());
+  front->RegisterModel(LinModel("gated"), batcher.get(), nullptr);
+  const std::string one = Http("POST", "/v2/models/gated/infer", InferJson("x", 1, kWidth, 0));
+  auto conn = front->Connect(7);
+  std::vector<ForwardedRequest> fw;
+  conn->Feed(one.data(), one.size(), &fw);
+  while (!gate->started.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  conn->Feed(one.data(), one.size(), &fw);  // queued behind the running one
+  CHECK_EQ(front->in_flight(), size_t{2});
+  // The queue is full: refused at the door, with a Retry-After.
+  auto other = front->Connect(8);
+  other->Feed(one.data(), one.size(), &fw);
+  bool ok;
+  auto rs = SplitResponses(other->TakeOutput(), &ok);
+  if (CHECK_EQ(rs.size(), size_t{1})) {
+    CHECK_EQ(rs[0].status, 429);
+    CHECK(rs[0].head.find("retry-after: ") != std::string::npos);
+    CHECK(rs[0].body.find("error") != std::string::npos);
+  }
+  // Nothing is written before the first response, which is still running.
+  CHECK_EQ(conn->TakeOutput(), std::string());
+  // The client goes away: the queued request is cancelled, never run.
+  conn->Close();
+  gate->released.store(true);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (front->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    CHECK(front->Drain().empty());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK_EQ(front->in_flight(), size_t{0});
+  CHECK_EQ(batcher->Stats().cancelled, uint64_t{1});
+  CHECK_EQ(gate->rows.load(), int64_t{1});
+
+  // A deadline that passes while queued: 504, never executed.
+  Served late;
+  BatchConfig d;
+  d.max_delay_ns = 20'000'000;
+  d.inline_execution = false;
+  Serve(*front, late, "late", d);
+  auto b = front->Connect(10);
+  const std::string timed =
+      Http("POST", "/v2/models/late/infer",
+           InferJson("x", 1, kWidth, 0).insert(1, R"("parameters":{"timeout":1000},)"));
+  const std::string header_timed = Http(
+      "POST", "/v2/models/late/infer", InferJson("x", 1, kWidth, 0), "X-Request-Timeout-Ms: 1\r\n");
+  const std::string late_out = Exchange(*front, *b, timed + header_timed);
+  rs = SplitResponses(late_out, &ok);
+  if (CHECK_EQ(rs.size(), size_t{2}) || (std::fprintf(stderr, "%s\n", late_out.c_str()), false)) {
+    CHECK_EQ(rs[0].status, 504);
+    CHECK_EQ(rs[1].status, 504);
+  }
+  CHECK_EQ(late.executor->rows.load(), int64_t{0});
+}
+
+void TestProtocolErrors() {
+  HttpFrontConfig config;
+  config.limits.max_body_bytes = 1000;
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create(config, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  auto conn = front->Connect(1);
+  const std::string good = Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 0));
+  // A good request, then an oversized one: the first is answered, then 413 and close.
+  bool ok;
+  auto rs = SplitResponses(
+      Exchange(*front, *conn,
+               good + "POST /v2/models/lin/infer HTTP/1.1\r\nContent-Length: 1001\r\n\r\n"),
+      &ok);
+  if (CHECK_EQ(rs.size(), size_t{2})) {
+    CHECK_EQ(rs[0].status, 200);
+    CHECK_EQ(rs[1].status, 413);
+    CHECK(rs[1].head.find("connection: close") != std::string::npos);
+  }
+  CHECK(conn->want_close());
+  CHECK(conn->linger());
+  // Expect: 100-continue, body sent later.
+  auto c2 = front->Connect(2);
+  const std::string body = InferJson("x", 1, kWidth, 0);
+  std::string head =
+      "POST /v2/models/lin/infer HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n";
+  std::string out = Exchange(*front, *c2, head);
+  CHECK_EQ(out, std::string("HTTP/1.1 100 Continue\r\n\r\n"));
+  rs = SplitResponses(Exchange(*front, *c2, body), &ok);
+  if (CHECK_EQ(rs.size(), size_t{1})) CHECK_EQ(rs[0].status, 200);
+}
+
+// Mutations of valid requests; after each, a fresh valid request on the same
+// connection must be answered correctly unless the mutation left the
+// connection mid-request or closing.
+void TestFuzz() {
+  std::shared_ptr<HttpFront> front;
+  HttpFrontConfig config;
+  config.limits.max_body_bytes = 4096;
+  config.limits.max_header_bytes = 1024;
+  config.limits.max_headers = 20;
+  CHECK(HttpFront::Create(config, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  const std::string valid = Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 1));
+  std::string binary_header =
+      R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","parameters":{"binary_data_size":32}}],)"
+      R"("outputs":[{"name":"y","parameters":{"binary_data":true}}]})";
+  float row[kWidth] = {1, 2, 3, 4, 5, 6, 7, 8};
+  std::string binary_body = binary_header + std::string(reinterpret_cast<char*>(row), sizeof(row));
+  const std::vector<std::string> seeds = {
+      valid,
+      Http("POST", "/v2/models/lin/infer", binary_body,
+           "Inference-Header-Content-Length: " + std::to_string(binary_header.size()) + "\r\n"),
+      Http("POST", "/v2/models/lin/infer",
+           InferJson("x", 2, kWidth, -3)
+               .insert(1, R"("id":"z","parameters":{"priority":1,"timeout":100000},)")),
+      "POST /v2/models/lin/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n" +
+          std::string(R"({"inputs":[{"na)") + "\r\n0\r\n\r\n",
+      Http("GET", "/v2/models/lin", ""),
+      Http(
+          "POST", "/v2/models/lin/infer",
+          R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"BOOL","data":[true,false,true,false,true,false,true,false]}]})"),
+  };
+  const char kAlphabet[] = "{}[],:\"0123456789.-eE \r\ntrufalsnx%/?\\";
+  std::mt19937_64 rng(20261206);
+  constexpr int kCases = 120000;
+  int checked_valid = 0;
+  for (int n = 0; n < kCases; ++n) {
+    std::string wire = seeds[rng() % seeds.size()];
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !wire.empty(); ++e) {
+      const size_t at = rng() % wire.size();
+      switch (rng() % 6) {
+        case 0: wire[at] = static_cast<char>(rng()); break;
+        case 1: wire[at] = kAlphabet[rng() % (sizeof(kAlphabet) - 1)]; break;
+        case 2: wire.erase(at, 1 + rng() % 8); break;
+        case 3: wire.insert(at, 1, kAlphabet[rng() % (sizeof(kAlphabet) - 1)]); break;
+        case 4: wire.insert(at, wire.substr(rng() % wire.size(), rng() % 16)); break;
+        case 5: wire.resize(at); break;
+      }
+    }
+    test::SetContext("case=" + std::to_string(n));
+    auto conn = front->Connect(static_cast<uint64_t>(n));
+    // Split into up to three reads.
+    std::vector<ForwardedRequest> fw;
+    size_t from = 0;
+    const int pieces = 1 + static_cast<int>(rng() % 3);
+    std::string out;
+    for (int p = 0; p < pieces; ++p) {
+      const size_t to = p + 1 == pieces ? wire.size() : from + rng() % (wire.size() - from + 1);
+      out += Exchange(*front, *conn, wire.substr(from, to - from));
+      from = to;
+    }
+    bool ok;
+    auto rs = SplitResponses(out, &ok);
+    CHECK(ok);
+    for (const auto& r : rs) {
+      const int s = r.status;
+      if (!(s == 200 || s == 400 || s == 404 || s == 413 || s == 417 || s == 431)) {
+        CHECK_EQ(s, 200);
+        break;
+      }
+      if (s != 200) CHECK(r.body.rfind("{\"error\":", 0) == 0);
+    }
+    if (conn->want_close() || conn->in_request()) continue;
+    auto after = SplitResponses(Exchange(*front, *conn, valid), &ok);
+    ++checked_valid;
+    if (!CHECK_EQ(after.size(), size_t{1})) break;
+    if (!CHECK_EQ(after[0].status, 200)) break;
+    CHECK(after[0].body.find(R"("data":[2.0,4.0,6.0,8.0,10.0,12.0,14.0,16.0])") !=
+          std::string::npos);
+  }
+  test::SetContext("");
+  CHECK(checked_valid > kCases / 10);
+  CHECK_EQ(front->in_flight(), size_t{0});
+  std::printf("fuzz: %d cases, %d followed by a valid request\n", kCases, checked_valid);
+}
+
+}  // namespace
+}  // namespace aiarch
+
+int main() {
+  aiarch::TestPipelinedOrder();
+  aiarch::TestCacheHitAndClose();
+  aiarch::TestOverloadDeadlineCancel();
+  aiarch::TestProtocolErrors();
+  aiarch::TestFuzz();
+  return aiarch::test::Finish("test_http_connection");
+}

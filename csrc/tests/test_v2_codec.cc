@@ -1,0 +1,291 @@
+// v2 codec: JSON and binary requests decoded into contiguous inputs, the
+// server's error messages, and responses (shortest round-trip floats, binary
+// layout).
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "aiarch/v2_codec.h"
+#include "check.h"
+
+namespace aiarch {
+namespace {
+
+V2Model LinearModel() {
+  V2Model m;
+  m.name = "lin";
+  m.version = "1";
+  m.inputs = {TensorSpec{"x", DType::kFp32, {8}}};
+  m.output_names = {"y"};
+  return m;
+}
+
+V2Model TwoInputModel() {
+  V2Model m;
+  m.name = "two";
+  m.version = "3";
+  m.inputs = {TensorSpec{"a", DType::kInt32, {2}}, TensorSpec{"b", DType::kBool, {1}}};
+  m.output_names = {"sum", "flag"};
+  return m;
+}
+
+template <typename T>
+std::vector<T> As(const std::vector<uint8_t>& bytes) {
+  std::vector<T> out(bytes.size() / sizeof(T));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  return out;
+}
+
+std::string Decode(const V2Model& m, const std::string& body, V2InferRequest* out,
+                   int64_t hlen = -1) {
+  std::string error;
+  const auto r = DecodeV2Infer(body, hlen, m, out, &error);
+  if (r == V2DecodeResult::kOk) return "ok";
+  if (r == V2DecodeResult::kNotHandled) return "not handled";
+  return error;
+}
+
+void TestJsonRequest() {
+  V2InferRequest req;
+  const std::string body =
+      R"({"id":"r\u00e9q-1","inputs":[{"name":"x","shape":[2,8],"datatype":"FP32",)"
+      R"("data":[[1,2,3,4,5,6,7,8],[0.5,-1e2,0,0,0,0,0,1.25]]}],)"
+      R"("parameters":{"priority":2,"timeout":1500,"other":[1,{"a":null}]},"extra":{}})";
+  if (!CHECK_EQ(Decode(LinearModel(), body, &req), std::string("ok"))) return;
+  CHECK_EQ(req.inputs.size(), size_t{1});
+  CHECK_EQ(req.inputs[0].shape.size(), size_t{2});
+  const auto x = As<float>(req.inputs[0].data);
+  CHECK_EQ(x.size(), size_t{16});
+  CHECK_EQ(x[7], 8.0f);
+  CHECK_EQ(x[9], -100.0f);
+  CHECK_EQ(x[15], 1.25f);
+  CHECK_EQ(req.plan.id, std::string("r\xc3\xa9q-1"));
+  CHECK(req.plan.has_id);
+  CHECK_EQ(req.priority, 2u);
+  CHECK_EQ(req.timeout_us, int64_t{1500});
+  CHECK_EQ(req.plan.outputs.size(), size_t{1});
+  CHECK(!req.plan.binary[0]);
+}
+
+void TestInputsReorderedAndOutputs() {
+  V2InferRequest req;
+  const std::string body =
+      R"({"inputs":[{"data":[true],"datatype":"BOOL","shape":[1,1],"name":"b"},)"
+      R"({"name":"a","shape":[1,2],"datatype":"INT32","data":[-2147483648,7]}],)"
+      R"("outputs":[{"name":"flag","parameters":{"binary_data":true}},{"name":"sum"}],)"
+      R"("parameters":{"binary_data_output":false}})";
+  if (!CHECK_EQ(Decode(TwoInputModel(), body, &req), std::string("ok"))) return;
+  CHECK_EQ(As<int32_t>(req.inputs[0].data)[0], INT32_MIN);
+  CHECK_EQ(As<int32_t>(req.inputs[0].data)[1], 7);
+  CHECK_EQ(req.inputs[1].data[0], uint8_t{1});
+  CHECK_EQ(req.plan.outputs[0], 1);
+  CHECK_EQ(req.plan.outputs[1], 0);
+  CHECK(req.plan.binary[0]);
+  CHECK(!req.plan.binary[1]);
+}
+
+void TestBinaryRequest() {
+  const std::string header =
+      R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","parameters":{"binary_data_size":32}}],)"
+      R"("parameters":{"binary_data_output":true}})";
+  std::string body = header;
+  float values[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  body.append(reinterpret_cast<const char*>(values), sizeof(values));
+  V2InferRequest req;
+  if (!CHECK_EQ(Decode(LinearModel(), body, &req, static_cast<int64_t>(header.size())),
+                std::string("ok"))) {
+    return;
+  }
+  CHECK_EQ(As<float>(req.inputs[0].data)[7], 8.0f);
+  CHECK(req.plan.binary[0]);
+  // Raw: the body is the one input's row.
+  std::string raw(reinterpret_cast<const char*>(values), sizeof(values));
+  CHECK_EQ(Decode(LinearModel(), raw, &req, 0), std::string("ok"));
+  CHECK_EQ(req.inputs[0].shape[0], int64_t{1});
+  CHECK(req.plan.binary[0]);
+  CHECK(Decode(LinearModel(), raw + "x", &req, 0).find("must be 32 bytes") != std::string::npos);
+  // Sizes that disagree.
+  CHECK(Decode(LinearModel(), body + "z", &req, static_cast<int64_t>(header.size()))
+            .find("bytes after the last binary input") != std::string::npos);
+  CHECK(Decode(LinearModel(), body.substr(0, body.size() - 1), &req,
+               static_cast<int64_t>(header.size()))
+            .find("runs past the body") != std::string::npos);
+  CHECK(Decode(LinearModel(), body, &req, static_cast<int64_t>(body.size() + 1))
+            .find("exceeds the body size") != std::string::npos);
+}
+
+void TestErrors() {
+  const V2Model m = LinearModel();
+  V2InferRequest req;
+  auto with = [](const std::string& name, const std::string& shape, const std::string& dt,
+                 const std::string& data) {
+    return R"({"inputs":[{"name":")" + name + R"(","shape":)" + shape + R"(,"datatype":")" + dt +
+           R"(","data":)" + data + "}]}";
+  };
+  const std::string eight = "[0,0,0,0,0,0,0,0]";
+  struct Case {
+    std::string body;
+    const char* fragment;
+  } cases[] = {
+      {R"({"inputs": [)", "failed to parse the request JSON"},
+      {"not json", "failed to parse the request JSON"},
+      {"[1,2]", "invalid inference request"},
+      {"{}", "missing required field `inputs`"},
+      {R"({"inputs":[]})", "has no inputs"},
+      {with("x", "[1,7]", "FP32", "[0,0,0,0,0,0,0]"), "unexpected shape"},
+      {with("z", "[1,8]", "FP32", eight), "unexpected inference input 'z'"},
+      {with("x", "[1,8]", "FP64", eight), "unexpected datatype FP64"},
+      {with("x", "[1,8]", "FP33", eight), "unsupported datatype 'FP33'"},
+      {with("x", "[1,8]", "FP32", "[0,0]"), "expected 8, got 2"},
+      {with("x", "[1,8]", "FP32", R"([0,0,0,0,0,0,0,"a"])"), "expected a number"},
+      {with("x", "[1,-8]", "FP32", eight), "Expected `int` >= 0"},
+      {with("x", "[1,8]", "FP32", eight.substr(0, 8) + ",,0]"), "failed to parse"},
+      {with("x", "[1,8]", "BF16", eight), "cannot be sent as JSON"},
+      {with("x", "[0,8]", "FP32", "[]"), "unexpected shape"},
+      {with("x", "[4611686018427387904,8]", "FP32", eight), "unexpected number of elements"},
+      {R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32"}]})", "has no data"},
+      {R"({"inputs":[{"shape":[1,8],"datatype":"FP32","data":[]}]})", "field `name`"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("outputs":[{"name":"q"}],)"),
+       "unexpected inference output 'q'"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"triton_x":1},)"),
+       "is reserved"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"sequence_id":1},)"),
+       "sequence batching"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"priority":-1},)"),
+       "'priority' must be"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"priority":true},)"),
+       "'priority' must be"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"timeout":1.5},)"),
+       "'timeout' must be"},
+      {with("x", "[1,8]", "FP32", eight).insert(1, R"("id":5,)"), "invalid inference request"},
+      {R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":)" + eight + "}]} x",
+       "failed to parse"},
+      {"{\"inputs\":[{\"name\":\"\xff\"}]}", "failed to parse"},
+  };
+  for (const auto& c : cases) {
+    test::SetContext(c.body);
+    const std::string got = Decode(m, c.body, &req);
+    CHECK(got.find(c.fragment) != std::string::npos) ||
+        (std::fprintf(stderr, "  got: %s\n", got.c_str()), false);
+  }
+  test::SetContext("");
+  // Integer ranges.
+  V2Model ints = TwoInputModel();
+  CHECK(Decode(ints,
+               R"({"inputs":[{"name":"a","shape":[1,2],"datatype":"INT32","data":[2147483648,0]},)"
+               R"({"name":"b","shape":[1,1],"datatype":"BOOL","data":[false]}]})",
+               &req)
+            .find("value out of range for INT32") != std::string::npos);
+  CHECK(Decode(ints,
+               R"({"inputs":[{"name":"a","shape":[1,2],"datatype":"INT32","data":[1.5,0]},)"
+               R"({"name":"b","shape":[1,1],"datatype":"BOOL","data":[false]}]})",
+               &req)
+            .find("expected an integer") != std::string::npos);
+  CHECK(Decode(ints,
+               R"({"inputs":[{"name":"a","shape":[1,2],"datatype":"INT32","data":[1,0]},)"
+               R"({"name":"b","shape":[2,1],"datatype":"BOOL","data":[false,true]}]})",
+               &req)
+            .find("same batch size") != std::string::npos);
+  // FP16 numbers in JSON are left to the general path.
+  V2Model half = LinearModel();
+  half.inputs[0].dtype = DType::kFp16;
+  CHECK_EQ(
+      Decode(
+          half,
+          R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP16","data":[0,0,0,0,0,0,0,0]}]})",
+          &req),
+      std::string("not handled"));
+  // Nesting is bounded.
+  std::string deep = R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":)" +
+                     std::string(100, '[') + std::string(100, ']') + "}]}";
+  CHECK(Decode(m, deep, &req).find("nested too deeply") != std::string::npos);
+}
+
+void TestResponses() {
+  V2Model m = TwoInputModel();
+  std::vector<TensorSpec> specs = {TensorSpec{"o0", DType::kFp32, {3}},
+                                   TensorSpec{"o1", DType::kInt64, {}}};
+  const float f[3] = {0.1f, 1.0f, std::nanf("")};
+  const int64_t i[1] = {-5};
+  V2ResponsePlan plan;
+  plan.id = "a\"b";
+  plan.has_id = true;
+  plan.outputs = {0, 1};
+  plan.binary = {false, false};
+  std::string out, error;
+  CHECK(AppendV2InferResponse(
+      m, plan, specs, {reinterpret_cast<const uint8_t*>(f), reinterpret_cast<const uint8_t*>(i)}, 1,
+      true, &out, &error));
+  const std::string body =
+      R"({"model_name":"two","outputs":[{"name":"sum","datatype":"FP32","shape":[1,3],)"
+      R"("data":[0.1,1.0,null]},{"name":"flag","datatype":"INT64","shape":[1],"data":[-5]}],)"
+      R"("model_version":"3","id":"a\"b"})";
+  CHECK_EQ(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " +
+                    std::to_string(body.size()) + "\r\n\r\n" + body);
+  // Binary: the JSON header, then the raw bytes; the header length is sent.
+  plan.binary = {true, false};
+  plan.has_id = false;
+  out.clear();
+  CHECK(AppendV2InferResponse(
+      m, plan, specs, {reinterpret_cast<const uint8_t*>(f), reinterpret_cast<const uint8_t*>(i)}, 1,
+      false, &out, &error));
+  const size_t head_end = out.find("\r\n\r\n") + 4;
+  const std::string head = out.substr(0, head_end);
+  CHECK(head.find("content-type: application/octet-stream\r\n") != std::string::npos);
+  CHECK(head.find("connection: close\r\n") != std::string::npos);
+  const size_t hl = head.find("inference-header-content-length: ");
+  if (CHECK(hl != std::string::npos)) {
+    const size_t json_len = std::stoul(head.substr(hl + 33));
+    const std::string json = out.substr(head_end, json_len);
+    CHECK(json.find(R"("parameters":{"binary_data_size":12})") != std::string::npos);
+    CHECK_EQ(out.size() - head_end - json_len, size_t{12});
+    CHECK_EQ(std::memcmp(out.data() + head_end + json_len, f, 12), 0);
+  }
+  // A model that returned the wrong number of outputs.
+  out.clear();
+  CHECK(!AppendV2InferResponse(m, plan, {specs[0]}, {reinterpret_cast<const uint8_t*>(f)}, 1, true,
+                               &out, &error));
+  CHECK(error.find("returned 1 outputs, expected 2") != std::string::npos);
+  // Error bodies.
+  out.clear();
+  AppendErrorResponse(429, "queue \"full\"\n", {{"retry-after", "2"}}, true, &out);
+  CHECK_EQ(out, std::string("HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                            "content-length: 28\r\nretry-after: 2\r\n\r\n"
+                            R"({"error":"queue \"full\"\n"})"));
+}
+
+// Shortest round-trip: every float32 printed reads back as itself.
+void TestFloatRoundTrip() {
+  V2Model m = LinearModel();
+  std::vector<TensorSpec> specs = {TensorSpec{"y", DType::kFp32, {1}}};
+  V2ResponsePlan plan;
+  plan.outputs = {0};
+  plan.binary = {false};
+  uint32_t bits = 0x12345678;
+  for (int n = 0; n < 20000; ++n) {
+    bits = bits * 1664525u + 1013904223u;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    if (!std::isfinite(v)) continue;
+    std::string out, error;
+    AppendV2InferResponse(m, plan, specs, {reinterpret_cast<const uint8_t*>(&v)}, 1, true, &out,
+                          &error);
+    const size_t at = out.find("\"data\":[") + 8;
+    const float back = std::strtof(out.c_str() + at, nullptr);
+    if (!CHECK_EQ(back, v)) break;
+  }
+}
+
+}  // namespace
+}  // namespace aiarch
+
+int main() {
+  aiarch::TestJsonRequest();
+  aiarch::TestInputsReorderedAndOutputs();
+  aiarch::TestBinaryRequest();
+  aiarch::TestErrors();
+  aiarch::TestResponses();
+  aiarch::TestFloatRoundTrip();
+  return aiarch::test::Finish("test_v2_codec");
+}

@@ -1,0 +1,344 @@
+"""HTTP/1.1 front end on the native request path (the server's default).
+
+The event loop and sockets stay uvloop's; the bytes of each read go to the native connection
+(`aiarch._core.HttpConnection`), which parses every request in them and answers v2 infer requests
+for the models registered with the loop's `HttpFront` without entering Python per request:
+decode into contiguous input buffers, validation, cache probe, batcher submit, and on completion
+the response encoded into the connection's output. Python runs once per read (feed, then one
+`transport.write`) and once per batch (drain the completion queue, one write per connection).
+
+Everything else — other routes, models with per-request result checks or registry routes
+(canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a
+whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`,
+kept as the fallback: `aiarch serve --http python`). Responses leave in request order whichever
+path answers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from aiarch import _core
+
+from .http import Pending, Request, error_response
+
+if TYPE_CHECKING:
+    from .config import HttpLimits
+
+__all__ = ["NativeFront", "NativeProtocol"]
+
+log = logging.getLogger("aiarch.serving")
+
+_LINGER_S = 2.0  # how long a refused connection keeps draining input before it closes
+
+
+class NativeFront:
+    """One per server (event loop): the native front, its models, and its connections."""
+
+    def __init__(self, server: Any):
+        self.server = server
+        self.app = server.handler
+        limits: HttpLimits = server.limits
+        timeout = server.config.request_timeout_s
+        self.front = _core.HttpFront(
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            max_body_bytes=limits.max_body_bytes,
+            default_timeout_ns=int(timeout * 1e9) if timeout else 0,
+        )
+        self.protocols: dict[int, NativeProtocol] = {}
+        self._next_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self.app.on_refresh.append(self.sync)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch the completion queue on `loop` and register the models already loaded."""
+        self._loop = loop
+        loop.add_reader(self.front.fd, self.drain)
+        for name in list(self.app.entries):
+            self.sync(name)
+
+    def stop(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.front.fd)
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # -- models ----------------------------------------------------------------------------
+    def sync(self, name: str) -> None:
+        """(Re)register `name` natively when it qualifies, else make sure it is not."""
+        self.front.unregister_model(name)
+        app = self.app
+        entry = app.entries.get(name)
+        if entry is None or name in app.routes or entry.check is not None:
+            return
+        if entry.runtime_name != name or entry.name != name:
+            return
+        handle_of = getattr(app.runtime, "native_handle", None)
+        handle = handle_of(name) if handle_of is not None else None
+        if handle is None:
+            return
+        info = app.runtime.model_info(name)
+        inputs = [(s.name, s.dtype, tuple(int(d) for d in s.shape)) for s in info.inputs]
+        if any(d < 0 for _, _, shape in inputs for d in shape):
+            return
+        self.front.register_model(name, entry.version, handle, inputs, list(entry.output_names))
+
+    def maybe_register(self, path: bytes) -> None:
+        """A v2 infer request reached Python for a model loaded but not registered (its batcher
+        did not exist yet at load): register it for the next ones."""
+        parts = path.split(b"/")
+        if len(parts) >= 5 and parts[-1] == b"infer" and parts[2] == b"models":
+            name = parts[3].decode("latin-1")
+            if name in self.app.entries and name not in self.front.registered():
+                self.sync(name)
+
+    # -- completions -----------------------------------------------------------------------
+    def schedule_flush(self) -> None:
+        """Run this loop iteration's ready batches once, after every read of the iteration."""
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.front.run_ready()
+        self.drain()
+
+    def drain(self) -> None:
+        """Encode finished requests into their connections and write each connection once."""
+        protocols = self.protocols
+        for cid in self.front.drain():
+            p = protocols.get(cid)
+            if p is not None:
+                p.write_output()
+
+
+class _NativePending(Pending):
+    """A response slot of a request the App answers later (see `http.Pending`)."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, conn: NativeProtocol, slot: int):
+        super().__init__(None)
+        self.conn = conn  # type: ignore[assignment]
+        self.slot = slot
+
+    def resolve(self, data: bytes | list[Any], keep_alive: bool) -> None:
+        conn: Any = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.resolve_slot(self.slot, data, keep_alive)
+
+
+def _joined(data: bytes | list[Any]) -> bytes:
+    """One bytes object for a response the App built as bytes or as a list of buffers."""
+    if isinstance(data, bytes):
+        return data
+    parts: list[Any] = data
+    return b"".join(b if isinstance(b, bytes) else memoryview(b).cast("B") for b in parts)
+
+
+class NativeProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection on the native path. Everything runs in the loop thread."""
+
+    __slots__ = (
+        "_conn",
+        "_discard_input",
+        "_native",
+        "_pending",
+        "_read_paused",
+        "_slot",
+        "_state",
+        "_write_paused",
+        "last_active",
+        "transport",
+    )
+
+    def __init__(self, state: Any, native: NativeFront):
+        self._state = state
+        self._native = native
+        self._conn = native.front.connect(native.new_id())
+        self._pending: dict[int, _NativePending] = {}
+        self._slot = 0
+        self._discard_input = False
+        self._read_paused = False
+        self._write_paused = False
+        self.transport: asyncio.Transport | None = None
+        self.last_active = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._state.connections.add(self)
+        self._native.protocols[self._conn.id] = self
+        self.last_active = asyncio.get_running_loop().time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.close()  # cancels the native requests still queued
+        self._state.connections.discard(self)
+        self._native.protocols.pop(self._conn.id, None)
+        pending, self._pending = self._pending, {}
+        for p in pending.values():  # the client is gone: cancel what it still waits for
+            p.conn = None
+            fut = p.future
+            if fut is not None and not fut.done():
+                fut.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._discard_input:
+            return
+        native = self._native
+        self.last_active = native._loop.time() if native._loop is not None else 0.0
+        if self._state.draining:
+            native.front.draining = True
+        forwarded = self._conn.feed(data)
+        if forwarded:
+            for item in forwarded:
+                self._dispatch(*item)
+        native.schedule_flush()
+        self.write_output()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # -- the App's side --------------------------------------------------------------------
+    def _dispatch(
+        self,
+        slot: int,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        keep_alive: bool,
+    ) -> None:
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None and body:
+            try:
+                body = _decompress(body, encoding, self._state.limits.max_body_bytes)
+            except _Refused as e:
+                self._conn.respond(slot, _joined(error_response(e.status, e.message, False)), False)
+                return
+        req = Request(method, path, query, headers, body, keep_alive)
+        self._slot = slot
+        if method == b"POST":
+            self._native.maybe_register(path)
+        try:
+            self._state.handler.handle(req, self)
+        except Exception:
+            log.exception("handler failed")
+            self.respond(error_response(500, "internal error"), True)
+
+    def respond(self, data: bytes | list[Any], keep_alive: bool) -> None:
+        """The App's answer to the request being dispatched."""
+        self._conn.respond(self._slot, _joined(data), keep_alive)
+
+    def defer(self) -> Pending:
+        """Reserve the response of the request being dispatched; the App resolves it later."""
+        p = _NativePending(self, self._slot)
+        self._pending[self._slot] = p
+        return p
+
+    def resolve_slot(self, slot: int, data: bytes | list[Any], keep_alive: bool) -> None:
+        self._pending.pop(slot, None)
+        self._conn.respond(slot, _joined(data), keep_alive)
+        self.write_output()
+
+    # -- output ----------------------------------------------------------------------------
+    def write_output(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        conn = self._conn
+        out = conn.take_output()
+        if out:
+            transport.write(out)
+        if conn.want_close:
+            self._close_after_write(transport, conn.linger)
+            return
+        if self._state.draining and conn.owed == 0 and not conn.in_request:
+            self.close()
+            return
+        self._update_reading()
+
+    def _close_after_write(self, transport: asyncio.Transport, linger: bool) -> None:
+        if self._discard_input:
+            return
+        self._discard_input = True
+        if linger and transport.can_write_eof():
+            # The client may still be sending a body we refused: closing now would make the
+            # kernel answer its data with RST and lose our response. Half-close, drop what
+            # arrives for a moment, then close.
+            transport.write_eof()
+            if self._read_paused:
+                self._read_paused = False
+                transport.resume_reading()
+            asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self._discard_input:
+            return
+        pause = self._write_paused or self._conn.owed >= self._state.limits.max_pipelined
+        if pause and not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+        elif not pause and self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No request being received and no response owed."""
+        return not self._conn.in_request and self._conn.owed == 0
+
+    def close(self) -> None:
+        """Close now (responses not yet written are dropped; their requests are cancelled)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._discard_input = True
+            self.transport.close()
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """A gzip/deflate body, bounded by `limit` after decompression (as `http.HttpProtocol`)."""
+    enc = encoding.strip().lower()
+    if enc == b"identity":
+        return body
+    if enc == b"gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif enc == b"deflate":
+        d = zlib.decompressobj(zlib.MAX_WBITS)
+    else:
+        raise _Refused(415, f"unsupported Content-Encoding {enc.decode('latin-1')!r}")
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise _Refused(400, f"bad {enc.decode()} body: {e}") from None
+    if len(out) > limit:
+        raise _Refused(413, f"decompressed body larger than {limit} bytes")
+    if not d.eof:
+        raise _Refused(400, f"truncated {enc.decode()} body")
+    return out

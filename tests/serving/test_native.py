@@ -1,0 +1,251 @@
+"""The native request path of the server (the default front end): v2 infer answered in C++,
+everything else forwarded to the App, and `--http python` as the fallback.
+
+Runs against the real server (`server` fixture, native by default) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+
+import numpy as np
+import pytest
+
+from .conftest import read_response, request, running_server
+from .models import _W
+
+
+def _json_infer(rows: list[list[float]], **extra: object) -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [len(rows), len(rows[0])], "datatype": "FP32", "data": rows}
+            ],
+            **extra,
+        }
+    ).encode()
+
+
+def _raw_data(body: bytes) -> str:
+    """The text of the first output's `data` array, as sent."""
+    start = body.index(b'"data":[') + 8
+    return body[start : body.index(b"]", start)].decode()
+
+
+def test_json_floats_are_shortest_round_trip(server) -> None:  # type: ignore[no-untyped-def]
+    x = np.array([[0.1, -0.2, 0.3, 1e-3, 5, 6, 7, 8.5]], dtype=np.float32)
+    r = request(server.port, "POST", "/v2/models/lin/infer", _json_infer(x.tolist()))
+    assert r.status == 200, r.body
+    expected = x @ _W
+    texts = _raw_data(r.body).split(",")
+    # Each number reads back as exactly the model's float32, in the fewest digits doing so.
+    assert np.array_equal(np.array([float(t) for t in texts], dtype=np.float32), expected[0])
+    for t, v in zip(texts, expected[0]):
+        assert np.float32(float(t)) == v
+        assert len(t.lstrip("-").replace(".", "").lstrip("0")) <= 9
+
+
+def test_binary_request_and_response(server) -> None:  # type: ignore[no-untyped-def]
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    header = json.dumps(
+        {
+            "id": "b1",
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [2, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    r = request(
+        server.port,
+        "POST",
+        "/v2/models/lin/infer",
+        header + x.tobytes(),
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status == 200, r.body
+    assert r.headers["content-type"] == "application/octet-stream"
+    hlen = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.body[:hlen])
+    assert meta["id"] == "b1" and meta["outputs"][0]["shape"] == [2, 4]
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 2 * 4 * 4
+    y = np.frombuffer(r.body[hlen:], dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(y, x @ _W, rtol=1e-6)
+
+
+def test_raw_binary_request(server) -> None:  # type: ignore[no-untyped-def]
+    x = np.linspace(-1, 1, 8, dtype=np.float32)
+    r = request(
+        server.port,
+        "POST",
+        "/v2/models/lin/infer",
+        x.tobytes(),
+        {"Inference-Header-Content-Length": "0"},
+    )
+    assert r.status == 200, r.body
+    hlen = int(r.headers["inference-header-content-length"])
+    y = np.frombuffer(r.body[hlen:], dtype=np.float32)
+    np.testing.assert_allclose(y, x @ _W, rtol=1e-6)
+
+
+def test_two_inputs_and_selected_outputs(server) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "b", "shape": [1, 2], "datatype": "FP64", "data": [0.25, -1]},
+                {"name": "a", "shape": [1, 3], "datatype": "INT32", "data": [[1, 2, 2147483647]]},
+            ],
+            "outputs": [{"name": "double"}, {"name": "sum"}],
+        }
+    ).encode()
+    r = request(server.port, "POST", "/v2/models/two/versions/3/infer", body)
+    assert r.status == 200, r.body
+    out = r.json()
+    assert out["model_version"] == "3"  # type: ignore[index]
+    assert [o["name"] for o in out["outputs"]] == ["double", "sum"]  # type: ignore[index]
+    assert out["outputs"][0]["data"] == [0.5, -2.0]  # type: ignore[index]
+    assert out["outputs"][1]["data"] == [1 + 2 + 2147483647]  # type: ignore[index]
+    # A version the server does not have is the App's 404.
+    r = request(server.port, "POST", "/v2/models/two/versions/9/infer", body)
+    assert r.status == 404
+
+
+def test_cache_hit_answered_natively(server) -> None:  # type: ignore[no-untyped-def]
+    body = _json_infer([[3.0] * 8])
+    first = request(server.port, "POST", "/v2/models/cached/infer", body)
+    second = request(server.port, "POST", "/v2/models/cached/infer", body)
+    assert first.status == second.status == 200
+    assert first.body == second.body
+    stats = request(server.port, "GET", "/v2/models/cached/stats").json()
+    assert stats["model_stats"][0]["inference_stats"]["cache_hit"]["count"] >= 1  # type: ignore[index]
+
+
+def test_compressed_request_goes_through_python(server) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    body = _json_infer([[1.0] * 8])
+    r = request(
+        server.port,
+        "POST",
+        "/v2/models/lin/infer",
+        gzip.compress(body),
+        {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"},
+    )
+    assert r.status == 200
+    out = json.loads(gzip.decompress(r.body)) if r.headers.get("content-encoding") else r.json()
+    np.testing.assert_allclose(out["outputs"][0]["data"], (np.ones((1, 8), np.float32) @ _W)[0])  # type: ignore[index]
+
+
+def test_chunked_request_body(server) -> None:  # type: ignore[no-untyped-def]
+    body = _json_infer([[1.0] * 8])
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 10]), body[i : i + 10]) for i in range(0, len(body), 10)
+    )
+    head = b"POST /v2/models/lin/infer HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head + chunks + b"0\r\n\r\n")
+        with s.makefile("rb") as f:
+            r = read_response(f)
+    assert r.status == 200, r.body
+
+
+def _mutate(rng: random.Random, wire: bytes) -> bytes:
+    b = bytearray(wire)
+    for _ in range(rng.randint(1, 4)):
+        if not b:
+            break
+        at = rng.randrange(len(b))
+        op = rng.randrange(4)
+        if op == 0:
+            b[at] = rng.randrange(256)
+        elif op == 1:
+            del b[at : at + rng.randint(1, 8)]
+        elif op == 2:
+            b[at:at] = bytes([rng.choice(b'{}[],:"0123456789.-e \r\n%')])
+        else:
+            del b[at:]
+    return bytes(b)
+
+
+def test_live_fuzz_with_valid_requests_interleaved(server) -> None:  # type: ignore[no-untyped-def]
+    """Mutated requests on their own connections, each followed by a valid request on a
+    keep-alive connection: every valid one is answered correctly."""
+    rng = random.Random(1206)
+    x = [[float(i) for i in range(8)]]
+    valid_body = _json_infer(x)
+    valid = b"POST /v2/models/lin/infer HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(valid_body),
+        valid_body,
+    )
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 32},
+                }
+            ]
+        }
+    ).encode()
+    binary = (
+        b"POST /v2/models/lin/infer HTTP/1.1\r\nHost: h\r\nInference-Header-Content-Length: %d\r\n"
+        b"Content-Length: %d\r\n\r\n%s%s"
+        % (len(header), len(header) + 32, header, struct.pack("<8f", *x[0]))
+    )
+    expected = (np.array(x, np.float32) @ _W)[0]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as keep:
+        f = keep.makefile("rb")
+        for _ in range(300):
+            junk = _mutate(rng, rng.choice([valid, binary]))
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(5)
+                got = b""
+                try:
+                    while chunk := s.recv(65536):
+                        got += chunk
+                except (ConnectionResetError, TimeoutError):
+                    pass
+                for status in [
+                    int(line.split()[1])
+                    for line in got.split(b"\r\n")
+                    if line.startswith(b"HTTP/1.1 ")
+                ]:
+                    assert status in (100, 200, 400, 404, 405, 413, 415, 417, 431), got[:300]
+            keep.sendall(valid)
+            r = read_response(f)
+            assert r.status == 200, r.body
+            data = np.array(r.json()["outputs"][0]["data"], dtype=np.float32)  # type: ignore[index]
+            np.testing.assert_array_equal(data, expected)
+        f.close()
+
+
+@pytest.mark.parametrize("http", ["python", "native"])
+def test_front_end_flag(tmp_path, http: str) -> None:  # type: ignore[no-untyped-def]
+    """`--http python` keeps the httptools front end; both answer the same requests alike."""
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parent / "models.py"
+    args = ["--model", f"lin={models}:linear", "--http", http, "--log-level", "warning"]
+    with running_server(args, tmp_path) as srv:
+        x = np.full((1, 8), 0.1, np.float32)
+        r = request(srv.port, "POST", "/v2/models/lin/infer", _json_infer(x.tolist()))
+        assert r.status == 200
+        text = _raw_data(r.body)
+        values = np.array([float(t) for t in text.split(",")], dtype=np.float32)
+        np.testing.assert_array_equal(values, (x @ _W)[0])
+        # The native encoder writes float32 in its shortest form; msgspec widens to float64.
+        assert (max(len(t) for t in text.split(",")) <= 15) == (http == "native")
+        bad = request(srv.port, "POST", "/v2/models/lin/infer", _json_infer([[1.0] * 7]))
+        assert bad.status == 400 and "unexpected shape" in bad.json()["error"]  # type: ignore[index]
