@@ -350,4 +350,10 @@ class ServiceRuntime:
                 continue
             models[public] = {"version": info.version, "ready": info.ready}
         ok = self.ready and not self.draining and all(m["ready"] for m in models.values())
-        return ok, {"ready": ok, "state": "serving", "pid": os.getpid(), "models": models}
+        return ok, {
+            "ready": ok,
+            "state": "draining" if self.draining else "serving",
+            "pid": os.getpid(),
+            "runtime_pid": self._pid,
+            "models": models,
+        }

@@ -99,7 +99,12 @@ def install(
 
     app.register_error_handler(AiarchError, on_error)
     if start == "lazy":
-        app.before_request(service.ensure_started)
+
+        def start_in_this_process() -> None:
+            # A before_request hook that returns a value would replace the response.
+            service.ensure_started()
+
+        app.before_request(start_in_this_process)
 
     if metrics_path is not None:
 
