@@ -100,20 +100,35 @@ async def cancel_on_disconnect(request: Request, inference: Awaitable[T]) -> T:
     is removed from the batcher) and raise `ClientDisconnectedError`.
 
     Call it after the request body was read (a FastAPI body parameter reads it first): the
-    only message the connection can then deliver is ``http.disconnect``."""
-    task = asyncio.ensure_future(inference)
+    only message the connection can then deliver is ``http.disconnect``. Costs one watcher
+    task per call; the inference itself runs in the handler's own task."""
+    handler = asyncio.current_task()
+    if handler is None:
+        return await inference
+    gone = finished = False
+
+    def on_disconnect(watcher: asyncio.Task[None]) -> None:
+        nonlocal gone
+        # `finished`: the callback may already be scheduled when the inference completes.
+        if not finished and not watcher.cancelled() and watcher.exception() is None:
+            gone = True
+            handler.cancel()  # interrupts the await below, which cancels the queued request
+
     watcher = asyncio.ensure_future(_disconnected(request.receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await inference
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not gone:
+            raise
+        if hasattr(handler, "uncancel"):
+            handler.uncancel()  # this cancellation was ours and ends here
+        raise ClientDisconnectedError(
+            "the client disconnected; its inference was cancelled"
+        ) from None
     finally:
+        finished = True
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientDisconnectedError("the client disconnected; its inference was cancelled")
-    return task.result()
 
 
 async def _disconnected(receive: Receive) -> None:
