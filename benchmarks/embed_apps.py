@@ -16,9 +16,10 @@ The same endpoint, POST /predict with ``{"x": [floats]}`` (one row) answering
 # No `from __future__ import annotations`: FastAPI resolves the handlers' annotations, and
 # the request models are local to the factories.
 
+import itertools
 import os
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def make_model(kind: str) -> tuple[Any, int]:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     layers: list[Any] = []
-    for a, b in zip(dims, dims[1:]):
+    for a, b in itertools.pairwise(dims):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers[:-1]).eval()
 
@@ -59,7 +60,8 @@ def _service(model: Any, n_in: int) -> Any:
             inputs=[aiarch.TensorSpec("x", "float32", (n_in,))],
             batching=aiarch.BatchConfig(
                 max_batch_size=64,
-                max_delay_us=float(os.environ.get("EMBED_MAX_DELAY_US", "500")),
+                # No fill wait: a batch is what arrived while the previous one ran.
+                max_delay_us=float(os.environ.get("EMBED_MAX_DELAY_US", "0")),
                 inline_execution=os.environ.get("EMBED_INLINE", "1") == "1",
             ),
         )
@@ -95,13 +97,17 @@ def fastapi_app() -> Any:
     service = _service(model, n_in)
     app = FastAPI(lifespan=asgi.lifespan(service))
     asgi.install(app, service)
+    service_dependency = Depends(asgi.dependency(service))
 
     @app.post("/predict")
     async def predict_batched(
-        body: Body, request: Request, svc: ServiceRuntime = Depends(asgi.dependency(service))
+        body: Body, request: Request, svc: Annotated[ServiceRuntime, service_dependency]
     ) -> dict[str, list[float]]:
         x = np.asarray([body.x], dtype=np.float32)
-        y = await asgi.cancel_on_disconnect(request, svc.infer("mlp", x))
+        if os.environ.get("EMBED_WATCH_DISCONNECT", "1") == "1":
+            y = await asgi.cancel_on_disconnect(request, svc.infer("mlp", x))
+        else:
+            y = await svc.infer("mlp", x)
         return {"y": y[0].tolist()}
 
     return app

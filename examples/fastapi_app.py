@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -53,6 +54,7 @@ def load_models(service: ServiceRuntime) -> None:
 service = ServiceRuntime(setup=load_models)
 app = FastAPI(lifespan=asgi.lifespan(service))  # starts the runtime; drains it at shutdown
 asgi.install(app, service)  # AiarchError -> its HTTP status + {"error": ...}; /metrics; /healthz
+Service = Annotated[ServiceRuntime, Depends(asgi.dependency(service))]  # 503 if not started
 
 
 class Transaction(BaseModel):
@@ -61,9 +63,7 @@ class Transaction(BaseModel):
 
 
 @app.post("/predict")
-async def predict(
-    txn: Transaction, request: Request, svc: ServiceRuntime = Depends(asgi.dependency(service))
-) -> dict[str, float | int]:
+async def predict(txn: Transaction, request: Request, svc: Service) -> dict[str, float | int]:
     stored, _status = card_features.get([txn.card_id])  # defaults for unknown or expired cards
     x = np.concatenate([[[txn.amount]], stored], axis=1, dtype=np.float32)
     # Queued with concurrent requests into one batch; cancelled if the client goes away.

@@ -37,7 +37,9 @@ def load_models(service: ServiceRuntime) -> None:
 
 service = ServiceRuntime(setup=load_models)
 app = Flask(__name__)
-wsgi.install(app, service)  # lazy start per worker; AiarchError -> status + {"error"}; /metrics; /healthz
+wsgi.install(
+    app, service
+)  # lazy start per worker; AiarchError -> status + {"error"}; /metrics; /healthz
 
 
 @app.post("/predict")

@@ -77,7 +77,9 @@ class AppProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"app did not exit {timeout:g}s after SIGTERM:\n{self.output()}")
+            raise AssertionError(
+                f"app did not exit {timeout:g}s after SIGTERM:\n{self.output()}"
+            ) from None
         finally:
             self._logf.close()
 
@@ -140,3 +142,13 @@ def app_process(tmp_path: Path) -> Any:
 PY = sys.executable
 CLEAN_EXIT = (0, -signal.SIGTERM)
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc() -> Any:
+    """A started ServiceRuntime freezes the collector's heap; give this process's objects
+    back to it so that later tests see a normal collector."""
+    yield
+    import gc
+
+    gc.unfreeze()

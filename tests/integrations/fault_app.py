@@ -5,11 +5,13 @@ and waits for ``$GATE_DIR/release``, so a test knows a request is executing and 
 ends. ``failing`` raises on a negative value. ``app_without_lifespan`` forgets the lifespan.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI resolves the handler's annotations, and
+# its dependency is local to the factory.
 
 import os
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -50,13 +52,14 @@ def make_app(with_lifespan: bool) -> FastAPI:
     service = ServiceRuntime(setup=load)
     app = FastAPI(lifespan=asgi.lifespan(service) if with_lifespan else None)
     asgi.install(app, service)
+    service_dependency = Depends(asgi.dependency(service))
 
     @app.post("/predict/{model}")
     async def predict(
         model: str,
         body: Body,
         request: Request,
-        svc: ServiceRuntime = Depends(asgi.dependency(service)),
+        svc: Annotated[ServiceRuntime, service_dependency],
     ) -> dict[str, list[float]]:
         y = await asgi.cancel_on_disconnect(request, svc.infer(model, [body.x]))
         return {"y": y[0].tolist()}

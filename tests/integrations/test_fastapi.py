@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi", reason="fastapi is not installed (the 'embed' extra)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (the 'embed' extra)")
 
-from .conftest import CLEAN_EXIT, EXAMPLES, HERE, PY, get, metric, post_json  # noqa: E402
+from .conftest import CLEAN_EXIT, EXAMPLES, HERE, PY, get, metric, post_json
 
 UVICORN = [PY, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
 

@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("flask", reason="flask is not installed (the 'embed' extra)")
 
-import aiarch  # noqa: E402
-from aiarch.integrations import ServiceRuntime  # noqa: E402
+import aiarch
+from aiarch.integrations import ServiceRuntime
 
-from .conftest import EXAMPLES, PY, get, metric, post_json  # noqa: E402
+from .conftest import EXAMPLES, PY, get, metric, post_json
 
 
 @pytest.fixture
@@ -123,3 +123,18 @@ def test_not_started_and_closed_services_fail_at_once():
         service.infer_sync("double", np.ones((1, 2), np.float32))
     with pytest.raises(aiarch.UnavailableError, match="closed"):
         service.start()
+
+
+def test_start_freezes_the_start_up_heap_unless_told_not_to():
+    import gc
+
+    gc.unfreeze()
+    service = _double_service()
+    service.start()
+    assert gc.get_freeze_count() > 0  # models and framework objects left out of collections
+    service.close()
+    gc.unfreeze()
+    kept = ServiceRuntime(lambda svc: None, freeze_gc=False)
+    kept.start()
+    assert gc.get_freeze_count() == 0
+    kept.close()

@@ -84,11 +84,13 @@ def lifespan(
     return run
 
 
-def dependency(service: ServiceRuntime) -> Callable[[], ServiceRuntime]:
+def dependency(service: ServiceRuntime) -> Callable[[], Awaitable[ServiceRuntime]]:
     """A FastAPI dependency handing ``service`` to handlers (``Depends(dependency(service))``).
     Fails the request with 503 naming the missing lifespan when the service is not started."""
 
-    def get_service() -> ServiceRuntime:
+    # A coroutine: FastAPI runs a plain-function dependency on its thread pool, a thread hop
+    # per request that costs more than the inference of a small model.
+    async def get_service() -> ServiceRuntime:
         service.runtime  # noqa: B018 - raises UnavailableError when not started
         return service
 
@@ -193,4 +195,3 @@ def install(
         app.add_route(
             health_path, health_endpoint(service), methods=["GET"], include_in_schema=False
         )
-
