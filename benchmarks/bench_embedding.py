@@ -66,8 +66,26 @@ def server_cmd(framework: str, port: int) -> list[str]:
             "embed_apps:flask_app()"]  # fmt: skip
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its children (a
+    gunicorn master and its worker). Linux /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 @contextmanager
-def running(framework: str, model: str, mode: str, log: Path) -> Iterator[int]:
+def running(framework: str, model: str, mode: str, log: Path) -> Iterator[tuple[int, int]]:
     port = _free_port()
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
@@ -89,7 +107,7 @@ def running(framework: str, model: str, mode: str, log: Path) -> Iterator[int]:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{framework} not ready:\n{log.read_text()}") from None
                     time.sleep(0.1)
-            yield port
+            yield port, proc.pid
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -139,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         for model in ("wide", "small"):
             for mode in ("naive", "aiarch"):
                 log = tmp / f"{framework}-{model}-{mode}.log"
-                with running(framework, model, mode, log) as port:
+                with running(framework, model, mode, log) as (port, pid):
                     for conns in (1, 64):
+                        cpu0 = tree_cpu_s(pid)
                         r = run_wrk(port, "/predict", bodies[model], None, conns, duration)
+                        # Robust to a loaded machine where req/s is not: CPU the server spent.
+                        r["server_cpu_us_per_request"] = (
+                            (tree_cpu_s(pid) - cpu0) / max(1, r["requests"]) * 1e6
+                        )
                         if r["errors_status"] or r["errors_connect"]:
                             raise RuntimeError(f"{framework}/{model}/{mode}: errors {r}")
                         results.append(
@@ -149,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         print(f"{framework:8}{model:6}{mode:7}c={conns:<3}"
                               f"{r['rps']:>9,.0f} req/s  p50 {r['p50_us'] / 1e3:.2f} ms  "
-                              f"p99 {r['p99_us'] / 1e3:.2f} ms", flush=True)  # fmt: skip
+                              f"p99 {r['p99_us'] / 1e3:.2f} ms  server CPU "
+                              f"{r['server_cpu_us_per_request']:.0f} us/req", flush=True)  # fmt: skip
     framework_us = {}
     for framework in frameworks:
-        with running(framework, "noop", "naive", tmp / f"{framework}-noop.log") as port:
+        with running(framework, "noop", "naive", tmp / f"{framework}-noop.log") as (port, pid):
+            cpu0 = tree_cpu_s(pid)
             r = run_wrk(port, "/predict", bodies["noop"], None, 64, duration)
-            framework_us[framework] = 1e6 / r["rps"]
+            framework_us[framework] = (tree_cpu_s(pid) - cpu0) / max(1, r["requests"]) * 1e6
     repeats = 20 if args.smoke else 200
     model_us = {
         kind: {rows: model_call_us(kind, rows, repeats) for rows in (1, 64)}
@@ -191,12 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             for mode, r1, r64 in (("naive", n1, n64), ("aiarch", a1, a64)):
                 rows.append([
                     framework, model, mode, r1["rps"], r1["p50_us"] / 1e3, r64["rps"],
-                    r64["p99_us"] / 1e3, r64["rps"] / n64["rps"],
+                    r64["p99_us"] / 1e3, r64["server_cpu_us_per_request"],
+                    r64["rps"] / n64["rps"],
                 ])  # fmt: skip
     print_table(
         f"Same service, naive vs aiarch embedded (wrk -t1, {duration:g} s per point)",
         ["framework", "model", "app", "c=1 req/s", "c=1 p50 ms", "c=64 req/s",
-         "c=64 p99 ms", "x naive @64"],
+         "c=64 p99 ms", "CPU us/req @64", "x naive @64"],
         rows,
     )  # fmt: skip
     print_table(
@@ -206,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
           s["p50_ratio_c1"], "yes" if s["met"] else "no"] for s in summary],
     )  # fmt: skip
     print_table(
-        "Where the time goes (µs): the framework alone per request at 64 connections, "
-        "the model per call",
+        "Where the time goes (µs): the server's CPU per request with a no-op model at 64 "
+        "connections (the framework alone), the bare model per call",
         ["model", "model @1 row", "model @64 rows", "per row @64", "FastAPI/request",
          "Flask/request"],
         [[kind, m[1], m[64], m[64] / 64, framework_us["fastapi"], framework_us["flask"]]

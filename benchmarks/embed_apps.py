@@ -11,6 +11,9 @@ The same endpoint, POST /predict with ``{"x": [floats]}`` (one row) answering
 
 ``EMBED_MODEL``: ``wide`` (MLP 512→2048→2048→16) or ``small`` (64→256→256→16), or ``noop``
 (returns its input's first 16 values: the framework's own cost). torch runs one thread.
+Knobs of the aiarch apps, for experiments: ``EMBED_MAX_DELAY_US`` (default 0: a batch is what
+arrived while the previous one ran), ``EMBED_INLINE`` (1: batches run on the submitting
+thread), ``EMBED_WATCH_DISCONNECT`` (1: FastAPI handlers cancel on client disconnect).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the handlers' annotations, and
