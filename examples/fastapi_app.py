@@ -45,7 +45,8 @@ def load_models(service: ServiceRuntime) -> None:
         "fraud",
         fraud_score,
         inputs=[aiarch.TensorSpec("features", "float32", (3,))],
-        batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=200),
+        # No fill wait: requests that arrive together or while a batch runs share the next one.
+        batching=aiarch.BatchConfig(max_batch_size=64, max_delay_us=0),
         cache=aiarch.CacheConfig(max_bytes=16 << 20, ttl_s=60),
         monitor=Monitor(Profile.build(TRAIN, FEATURES), config=MonitorConfig(window_s=60)),
     )

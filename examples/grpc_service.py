@@ -47,7 +47,8 @@ def load_models(service: ServiceRuntime) -> None:
         "classify",
         lambda x: x @ W,
         inputs=[aiarch.TensorSpec("x", "float32", (4,))],
-        batching=aiarch.BatchConfig(max_batch_size=32, max_delay_us=200),
+        # No fill wait: requests that arrive while a batch runs share the next one.
+        batching=aiarch.BatchConfig(max_batch_size=32, max_delay_us=0),
     )
 
 
