@@ -24,5 +24,5 @@ PIP=(python -m pip install --quiet --disable-pip-version-check)
 # would let pip download a multi-GB CUDA build.
 echo "==> pip install build tools and torch==2.13.0"
 "${PIP[@]}" scikit-build-core pybind11 ninja "torch==2.13.0"
-echo "==> pip install aiarch[all,test,bench,dev] (builds the native core)"
-"${PIP[@]}" --no-build-isolation ".[all,test,bench,dev]" "torch==2.13.0"
+echo "==> pip install aiarch[all,test,bench,dev,embed] (builds the native core)"
+"${PIP[@]}" --no-build-isolation ".[all,test,bench,dev,embed]" "torch==2.13.0"
