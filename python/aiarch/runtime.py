@@ -183,6 +183,31 @@ def _close_live_runtimes() -> None:
         rt.close(drain=False)
 
 
+# Models of runtimes a forked child inherited, kept for the child's whole life.
+_inherited_models: list[Any] = []
+
+
+def _disown_after_fork() -> None:
+    """In a forked child: the parent's runtimes are unusable (their batcher threads exist
+    only in the parent, so a request would wait forever and a shutdown would join threads
+    that are not there). Each is closed without touching its batchers, whose objects are
+    kept so that no destructor ever runs in the child; a call says to create a Runtime
+    after the fork (gunicorn's post-fork hook, or lazily in the worker)."""
+    for rt in list(_live_runtimes):
+        _inherited_models.extend(rt._models.values())
+        rt._models = {}
+        rt._closed = True
+        rt._closed_reason = (
+            f"this Runtime was created in process {rt._pid} and cannot be used in a forked "
+            "child; create the Runtime after the fork"
+        )
+    _live_runtimes.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 def _timeout_ns(timeout_s: float | None) -> int:
     if timeout_s is None or timeout_s == math.inf:
         return 0
@@ -209,6 +234,8 @@ class Runtime:
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._closed_reason = "runtime is closed"
+        self._pid = os.getpid()
         _live_runtimes.add(self)
 
     # ------------------------------------------------------------ models
@@ -258,7 +285,7 @@ class Runtime:
         and outputs (not the warm-up's) and reads this model's histograms.
         """
         if self._closed:
-            raise UnavailableError("runtime is closed")
+            raise UnavailableError(self._closed_reason)
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise InvalidArgumentError(
                 f"model name {name!r} is invalid: use 1-128 letters, digits, '_', '-' or '.', "
@@ -372,7 +399,7 @@ class Runtime:
         with self._lock:
             m = self._models.pop(name, None)
         if m is None:
-            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+            raise self._not_loaded(name)
         if m.handle is not None:
             m.handle.shutdown(drain)
         if m.backend is not None:
@@ -431,7 +458,7 @@ class Runtime:
         """
         m = self._models.get(name)
         if m is None:
-            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+            raise self._not_loaded(name)
         x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
         handle = m.handle if m.handle is not None else self._create_handle(m, x)
         loop = asyncio.get_running_loop()
@@ -476,7 +503,7 @@ class Runtime:
         """
         m = self._models.get(name)
         if m is None:
-            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+            raise self._not_loaded(name)
         loop = asyncio.get_running_loop()
         st = self._loops.get(loop)
         if st is None:
@@ -663,8 +690,13 @@ class Runtime:
     def _get(self, name: str) -> _Model:
         m = self._models.get(name)
         if m is None:
-            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+            raise self._not_loaded(name)
         return m
+
+    def _not_loaded(self, name: str) -> Exception:
+        if self._closed:
+            return UnavailableError(self._closed_reason)
+        return NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
 
     def _warm_up(self, m: _Model) -> tuple[TensorSpec, ...]:
         """Calls the model once on zero rows; returns the output specs it produced."""

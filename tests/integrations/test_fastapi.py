@@ -39,7 +39,8 @@ def test_example_scores_caches_monitors_and_exports_metrics(app_process):
     status, text = get(f"{url}/metrics")
     assert status == 200
     labels = {"model": "fraud", "version": "1"}
-    assert metric(text, "aiarch_requests_total", status="success", **labels) == 2
+    # Three answered requests, one of them from the cache.
+    assert metric(text, "aiarch_requests_total", status="success", **labels) == 3
     assert metric(text, "aiarch_cache_operations_total", op="hits", **labels) == 1
     # The drift monitor counted the 3 features of each executed row.
     assert metric(text, "aiarch_monitor_values_counted_total", **labels) == 6

@@ -218,7 +218,12 @@ def open_http_target(url: str, model: str) -> HttpTarget:
 
 
 def _known_models(base: str) -> list[str]:
-    req = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
+    req = urllib.request.Request(
+        f"{base}/v2/repository/index",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as r:
             return sorted(str(m.get("name")) for m in json.loads(r.read()))

@@ -298,7 +298,12 @@ def _infer_body(input_name: str, row: np.ndarray) -> bytes:
 
 
 def _post(port: int, path: str, body: bytes) -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 

@@ -147,8 +147,10 @@ class ServiceRuntime:
         whose workers are forked from a parent that must not own one. Costs one attribute
         read and one ``getpid`` comparison once started."""
         rt = self._runtime
-        if rt is not None and self._pid == os.getpid():
+        if rt is not None and self._pid == os.getpid() and self.ready:
             return rt
+        # Not started, or another thread of this process is starting it: start() takes the
+        # lock, so this waits for the models to load rather than racing past them.
         self.start()
         return self.runtime
 
