@@ -169,7 +169,7 @@ class ObjectArtifactStore:
             redact_url(f"cannot {action} {self.location}: {e}{hint}")
         )
 
-    def _head_size(self, key: str) -> int | None:
+    def _head_size(self, key: str, action: str = "read") -> int | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -177,9 +177,9 @@ class ObjectArtifactStore:
         except ClientError as e:
             if _not_found(e):
                 return None
-            raise self._unavailable("read", e) from e
+            raise self._unavailable(action, e) from e
         except BotoCoreError as e:
-            raise self._unavailable("reach", e) from e
+            raise self._unavailable(action, e) from e
 
     # -- writing ---------------------------------------------------------------------------
     def put(self, source: str | os.PathLike[str]) -> Manifest:
@@ -189,22 +189,23 @@ class ObjectArtifactStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         manifest = self.local.put(source)
+        action = "upload the artifact to"
         try:
             for sha, size in sorted({(sha, size) for _, size, sha in manifest.files}):
                 key = self._object_key(sha)
-                if self._head_size(key) != size:
+                if self._head_size(key, action) != size:
                     self.client.upload_file(
                         str(self.local.object_path(sha)), self.loc.bucket, key
                     )
             key = self._manifest_key(manifest.digest)
             data = manifest.to_bytes()
-            if self._head_size(key) != len(data):
+            if self._head_size(key, action) != len(data):
                 self.client.put_object(Bucket=self.loc.bucket, Key=key, Body=data)
         except (ClientError, BotoCoreError) as e:
-            raise self._unavailable("upload the artifact to", e) from e
+            raise self._unavailable(action, e) from e
         except Exception as e:  # boto3's transfer manager wraps errors it met in threads
             if type(e).__module__.startswith(("boto3", "s3transfer")):
-                raise self._unavailable("upload the artifact to", e) from e
+                raise self._unavailable(action, e) from e
             raise
         return manifest
 
