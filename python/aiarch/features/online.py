@@ -415,6 +415,13 @@ class RedisBackend(OnlineBackend):
 # ---------------------------------------------------------------------------- redis cluster
 
 
+_REDIRECTS = 2
+"""Attempts of one cluster command: enough to follow a MOVED or an ASK. A multi-key read refused
+with TRYAGAIN (its slot mid-migration, its keys split between two nodes) then pauses once in the
+client (50 ms) and is read key by key, instead of being retried through the client's whole
+series of sleeps. Plans of one view send one key per entity and never meet TRYAGAIN."""
+
+
 def _cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     """Startup nodes and connection options of a ``redis+cluster://`` URL."""
     from urllib.parse import unquote, urlsplit
@@ -499,11 +506,13 @@ class RedisClusterBackend(RedisBackend):
             with self._lock:
                 if self._client is None:
                     try:
-                        self._client = RedisCluster(
+                        client = RedisCluster(
                             startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
                             retry=Retry(NoBackoff(), 0),
                             **self._kwargs,
                         )
+                        client.RedisClusterRequestTTL = _REDIRECTS
+                        self._client = client
                     except self._errors() as e:
                         raise self._unavailable(e) from e
         return self._client
@@ -516,13 +525,49 @@ class RedisClusterBackend(RedisBackend):
     def _per_view(replies: list[list[bytes | None]], views: int) -> list[list[bytes | None]]:
         return [[r[v] for r in replies] for v in range(views)]
 
+    @staticmethod
+    def _split_slot(reply: Any) -> bool:
+        """Whether a reply is the refusal of a multi-key read in a slot being migrated (its
+        keys split between two nodes: TRYAGAIN until the client gives up)."""
+        from redis.exceptions import ClusterError, ConnectionError, TimeoutError, TryAgainError
+
+        return isinstance(reply, (TryAgainError, ClusterError)) and not isinstance(
+            reply, (ConnectionError, TimeoutError)
+        )
+
+    def _settle(self, replies: list[Any], per_entity: list[list[bytes]]) -> list[int]:
+        """Indexes of the entities to read key by key; raises any other error."""
+        again = []
+        for i, r in enumerate(replies):
+            if isinstance(r, BaseException):
+                if not self._split_slot(r):
+                    raise r
+                again.append(i)
+        return again
+
+    def _pipeline(self) -> Any:
+        pipe = self.client.pipeline()
+        pipe.RedisClusterRequestTTL = _REDIRECTS  # commands resent one by one use the pipe's
+        return pipe
+
     def mget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
-        """One MGET per entity (all its views, one slot), pipelined: one round trip per node."""
+        """One MGET per entity (all its views, one slot), pipelined: one round trip per node.
+        An entity whose slot is being migrated is read again with one GET per key."""
+        per_entity = self._per_entity(key_lists)
         try:
-            pipe = self.client.pipeline()
-            for keys in self._per_entity(key_lists):
+            pipe = self._pipeline()
+            for keys in per_entity:
                 pipe.execute_command("MGET", *keys)
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+            again = self._settle(replies, per_entity)
+            if again:
+                pipe = self._pipeline()
+                for i in again:
+                    for key in per_entity[i]:
+                        pipe.execute_command("GET", key)
+                singles = iter(pipe.execute())
+                for i in again:
+                    replies[i] = [next(singles) for _ in per_entity[i]]
         except self._errors() as e:
             raise self._unavailable(e) from e
         return self._per_view(replies, len(key_lists))
@@ -543,17 +588,35 @@ class RedisClusterBackend(RedisBackend):
                     retry=Retry(NoBackoff(), 0),
                     **self._kwargs,
                 )
+                c.RedisClusterRequestTTL = _REDIRECTS
         return c
 
     async def amget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
+        per_entity = self._per_entity(key_lists)
+        client = self._aclient()
         try:
-            pipe = self._aclient().pipeline()
-            for keys in self._per_entity(key_lists):
+            pipe = client.pipeline()
+            for keys in per_entity:
                 pipe.execute_command("MGET", *keys)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+            again = self._settle(replies, per_entity)
+            if again:
+                pipe = client.pipeline()
+                for i in again:
+                    for key in per_entity[i]:
+                        pipe.execute_command("GET", key)
+                singles = iter(await pipe.execute())
+                for i in again:
+                    replies[i] = [next(singles) for _ in per_entity[i]]
         except self._errors() as e:
             raise self._unavailable(e) from e
         return self._per_view(replies, len(key_lists))
+
+    async def aclose(self) -> None:
+        """Close the asyncio client of the running loop (if it has one)."""
+        c = self._async.pop(asyncio.get_running_loop(), None)
+        if c is not None:
+            await c.aclose()
 
     def write(
         self,
