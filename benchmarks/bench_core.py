@@ -1,10 +1,13 @@
-"""Runtime throughput and batcher-added latency against a pure-Python asyncio batcher.
+"""Runtime throughput and batcher-added latency against pure-Python batchers.
 
 Both sides serve the same identity model on the same event loop, driven by N
 concurrent submitter coroutines that each await one 1-row request at a time.
 The baseline is the batcher people write first: an asyncio.Queue, a task that
 collects up to max_batch_size items or waits max_delay, np.concatenate, one
-model call, and a future per request.
+model call, and a future per request. Two more cases: a caller holding 64
+requests at once (`rt.infer_many` against gathering 64 baseline requests),
+and 32 plain threads calling `rt.infer_sync` against a threaded batcher
+(queue.Queue, one Event per request, one batching thread).
 
     python benchmarks/bench_core.py            # full run (~1 minute)
     python benchmarks/bench_core.py --smoke    # a few seconds
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +87,167 @@ class NaiveBatcher:
                 if not fut.done():
                     fut.set_result(out[offset : offset + n])
                 offset += n
+
+
+class ThreadedBatcher:
+    """The straightforward pure-Python threaded batcher (the infer_sync baseline)."""
+
+    def __init__(self, fn: Any, max_batch_size: int) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        slot: list[Any] = [x, threading.Event(), None]
+        self.queue.put(slot)
+        slot[1].wait()
+        return slot[2]
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < self.max_batch_size:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                items.append(item)
+            out = self.fn(np.concatenate([it[0] for it in items]))
+            offset = 0
+            for it in items:
+                n = it[0].shape[0]
+                it[2] = out[offset : offset + n]
+                offset += n
+                it[1].set()
+
+
+def drive_threads(infer: Any, threads: int, duration_s: float) -> dict[str, float]:
+    """Closed loop over plain threads: each calls infer one request at a time."""
+    hist = aiarch.Histogram()
+    x = np.ones((1, FEATURES), np.float32)
+    for _ in range(50):
+        infer(x)
+    counts = [0] * threads
+    stop_at = time.perf_counter() + duration_s
+
+    def worker(k: int) -> None:
+        perf = time.perf_counter_ns
+        end_ns = int(stop_at * 1e9)
+        n = 0
+        while True:
+            t0 = perf()
+            if t0 >= end_ns:
+                break
+            infer(x)
+            hist.record(perf() - t0)
+            n += 1
+        counts[k] = n
+
+    t0 = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    snap = hist.snapshot()
+    return {
+        "requests": sum(counts),
+        "rps": sum(counts) / elapsed,
+        "p50_us": snap.percentile(50) / 1e3,
+        "p99_us": snap.percentile(99) / 1e3,
+        "p999_us": snap.percentile(99.9) / 1e3,
+    }
+
+
+async def drive_many(infer_many: Any, per_call: int, duration_s: float) -> dict[str, float]:
+    """One caller holding per_call requests at a time; latency is per call."""
+    hist = aiarch.Histogram()
+    xs = [np.ones((1, FEATURES), np.float32) for _ in range(per_call)]
+    for _ in range(10):
+        await infer_many(xs)
+    perf = time.perf_counter_ns
+    end_ns = perf() + int(duration_s * 1e9)
+    calls = 0
+    t0 = time.perf_counter()
+    while True:
+        c0 = perf()
+        if c0 >= end_ns:
+            break
+        await infer_many(xs)
+        hist.record(perf() - c0)
+        calls += 1
+    elapsed = time.perf_counter() - t0
+    snap = hist.snapshot()
+    return {
+        "requests": calls * per_call,
+        "rps": calls * per_call / elapsed,
+        "p50_us": snap.percentile(50) / 1e3,
+        "p99_us": snap.percentile(99) / 1e3,
+        "p999_us": snap.percentile(99.9) / 1e3,
+    }
+
+
+def _runtime() -> aiarch.Runtime:
+    rt = aiarch.Runtime()
+    rt.add_model(
+        "identity",
+        identity,
+        inputs=[aiarch.TensorSpec("x", "float32", (FEATURES,))],
+        batching=aiarch.BatchConfig(max_batch_size=64, max_queue_rows=1 << 16),
+    )
+    return rt
+
+
+async def run_aiarch_many(per_call: int, duration_s: float) -> dict[str, float]:
+    rt = _runtime()
+    try:
+        result = await drive_many(lambda xs: rt.infer_many("identity", xs), per_call, duration_s)
+        result["mean_batch"] = rt.stats("identity")["batch_size"]["mean"]
+        return result
+    finally:
+        rt.close()
+
+
+async def run_naive_many(per_call: int, duration_s: float) -> dict[str, float]:
+    b = NaiveBatcher(identity, 64, 0.0)
+    b.start()
+    try:
+        return await drive_many(
+            lambda xs: asyncio.gather(*(b.infer(x) for x in xs)), per_call, duration_s
+        )
+    finally:
+        await b.stop()
+
+
+def run_aiarch_threads(threads: int, duration_s: float) -> dict[str, float]:
+    rt = _runtime()
+    try:
+        result = drive_threads(lambda x: rt.infer_sync("identity", x), threads, duration_s)
+        result["mean_batch"] = rt.stats("identity")["batch_size"]["mean"]
+        return result
+    finally:
+        rt.close()
+
+
+def run_threaded_baseline(threads: int, duration_s: float) -> dict[str, float]:
+    b = ThreadedBatcher(identity, 64)
+    try:
+        return drive_threads(b.infer, threads, duration_s)
+    finally:
+        b.stop()
 
 
 async def drive(infer: Any, submitters: int, duration_s: float) -> dict[str, float]:
@@ -175,17 +341,51 @@ def main() -> None:
     else:
         runner = asyncio.run
 
-    # (label, submitters, max_delay_us): 64 submitters batch with a delay; one
-    # submitter with max_delay 0 measures the batcher's added latency.
+    # (label, submitters, max_delay_us): the default (no fill wait) and an
+    # opt-in 500 us fill wait, under load and at one submitter, where the wait
+    # is paid in full by every request.
     cases = [
+        ("64 submitters, delay 0 (default)", 64, 0.0),
         ("64 submitters, delay 500us", 64, 500.0),
-        ("64 submitters, delay 0", 64, 0.0),
-        ("1 submitter, delay 0", 1, 0.0),
+        ("1 submitter, delay 0 (default)", 1, 0.0),
+        ("1 submitter, delay 500us", 1, 500.0),
     ]
+    # (label, aiarch run, baseline run, baseline name)
+    runs: list[tuple[str, Any, Any, str, int, float]] = [
+        (
+            label,
+            lambda n=n, d=delay: runner(run_aiarch(n, duration, d)),
+            lambda n=n, d=delay: runner(run_naive(n, duration, d)),
+            "asyncio baseline",
+            n,
+            delay,
+        )
+        for label, n, delay in cases
+    ]
+    runs.append(
+        (
+            "infer_many, 64 per call",
+            lambda: runner(run_aiarch_many(64, duration)),
+            lambda: runner(run_naive_many(64, duration)),
+            "asyncio baseline (gather)",
+            1,
+            0.0,
+        )
+    )
+    runs.append(
+        (
+            "infer_sync, 32 threads",
+            lambda: run_aiarch_threads(32, duration),
+            lambda: run_threaded_baseline(32, duration),
+            "threaded baseline",
+            32,
+            0.0,
+        )
+    )
     rows, results = [], []
-    for label, n, delay in cases:
-        ours = runner(run_aiarch(n, duration, delay))
-        base = runner(run_naive(n, duration, delay))
+    for label, run_ours, run_base, base_name, n, delay in runs:
+        ours = run_ours()
+        base = run_base()
         ratio = ours["rps"] / base["rps"]
         rows.append(
             [
@@ -202,7 +402,7 @@ def main() -> None:
         rows.append(
             [
                 label,
-                "asyncio baseline",
+                base_name,
                 base["rps"],
                 base["p50_us"],
                 base["p99_us"],
@@ -222,7 +422,7 @@ def main() -> None:
             }
         )
     print_table(
-        f"Runtime vs pure-Python asyncio batcher (identity model, 1 row x {FEATURES} float32, "
+        f"Runtime vs pure-Python batchers (identity model, 1 row x {FEATURES} float32, "
         f"{args.loop}, {duration:g}s per point)",
         ["case", "impl", "req/s", "p50 us", "p99 us", "p99.9 us", "mean batch", "x baseline"],
         rows,

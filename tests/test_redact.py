@@ -60,3 +60,21 @@ def test_unknown_online_store_url_error_has_no_password() -> None:
     with pytest.raises(Exception) as e:
         open_backend(f"memcached://u:{SECRET}@127.0.0.1:1/")
     assert "unknown online store URL" in str(e.value) and SECRET not in str(e.value)
+
+
+def test_failed_webhook_log_has_no_password(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from aiarch.monitor.alerts import Webhook
+
+    with socket.socket() as s:  # a port with nothing listening: the POST fails at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hook = Webhook(f"http://alerts:{SECRET}@127.0.0.1:{port}/hook?token={SECRET}", timeout_s=2)
+    with caplog.at_level("WARNING", logger="aiarch"):
+        hook.post({"alert": "drift"})
+        hook.close()
+    assert hook.failed == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "alert webhook" in logged
+    assert SECRET not in logged and "alerts:***@" in logged

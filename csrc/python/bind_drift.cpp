@@ -1,5 +1,6 @@
 // Python binding of the drift sketch (aiarch._core.DriftSketch): converts
-// arrays, maps Status onto aiarch.errors, releases the GIL while counting.
+// arrays (py_arrays.h), maps Status onto aiarch.errors (py_errors.h), releases
+// the GIL while counting.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,34 +11,19 @@
 
 #include "aiarch/drift.h"
 #include "aiarch/status.h"
+#include "py_arrays.h"
+#include "py_errors.h"
 
 namespace py = pybind11;
 
 namespace {
 
-// numpy marks native order '=' (or '|'); only the opposite explicit order needs a byte swap.
 // Batches with fewer values are counted holding the GIL (about 10 us of work at
 // most); releasing and re-taking it would cost more than it frees.
 constexpr int64_t kReleaseGilValues = 2048;
 
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-constexpr char kForeignByteOrder = '<';
-#else
-constexpr char kForeignByteOrder = '>';
-#endif
-
-[[noreturn]] void ThrowDriftStatus(const aiarch::Status& status) {
-  py::object by_code = py::module_::import("aiarch.errors").attr("ERRORS_BY_CODE");
-  py::object cls = by_code.attr("get")(static_cast<int>(status.code()));
-  if (cls.is_none()) cls = py::module_::import("aiarch.errors").attr("InternalError");
-  py::object exc = cls(status.message());
-  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
-  throw py::error_already_set();
-}
-
-void CheckDrift(const aiarch::Status& status) {
-  if (!status.ok()) ThrowDriftStatus(status);
-}
+using aiarch::binding::Check;
+using aiarch::binding::ThrowInvalidArgument;
 
 py::array_t<uint64_t> ToArray(std::vector<uint64_t>&& v) {
   auto* owned = new std::vector<uint64_t>(std::move(v));
@@ -45,25 +31,26 @@ py::array_t<uint64_t> ToArray(std::vector<uint64_t>&& v) {
   return py::array_t<uint64_t>(static_cast<py::ssize_t>(owned->size()), owned->data(), owner);
 }
 
-// Counts a 2-D float32/float64 array (any strides) without copying; other
-// dtypes are converted to float64 first.
-void CountArray(aiarch::DriftSketch& sketch, const py::array& input) {
-  py::array arr = input;
+// Counts a 2-D float32/float64 array (any strides: the sketch walks them)
+// without copying; byte-swapped floats and other real dtypes are converted to
+// native float64 first, values unchanged. Object, str and other kinds are
+// refused (categories are counted by their codes: Profile.encode).
+void CountArray(aiarch::DriftSketch& sketch, const py::handle& input) {
+  constexpr const char* kWhat = "a drift batch (rows x features)";
+  py::array arr;
+  Check(aiarch::binding::AsArray(input, kWhat, aiarch::binding::kRealKinds, &arr));
   const py::dtype dt = arr.dtype();
   const auto size = dt.itemsize();
-  const bool native_float =
-      dt.kind() == 'f' && (size == 4 || size == 8) && dt.byteorder() != kForeignByteOrder;
-  if (!native_float) {
-    arr = py::array_t<double>::ensure(input);
-    if (!arr) throw py::error_already_set();
-  }
+  const bool native_float = dt.kind() == 'f' && (size == 4 || size == 8) &&
+                            dt.byteorder() != aiarch::binding::kForeignByteOrder;
+  if (!native_float) arr = py::array_t<double>::ensure(arr);  // lossless for these kinds
   if (arr.ndim() != 2) {
-    ThrowDriftStatus(aiarch::Status::InvalidArgument(
-        "expected a 2-D array (rows x features), got " + std::to_string(arr.ndim()) + " dims"));
+    ThrowInvalidArgument("expected a 2-D array (rows x features), got " +
+                         std::to_string(arr.ndim()) + " dims");
   }
   const auto item = static_cast<py::ssize_t>(arr.itemsize());
   if (arr.strides(0) % item != 0 || arr.strides(1) % item != 0) {
-    arr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(input);
+    arr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(arr);
   }
   aiarch::DriftBatch batch;
   batch.data = arr.data();
@@ -79,7 +66,7 @@ void CountArray(aiarch::DriftSketch& sketch, const py::array& input) {
     py::gil_scoped_release release;  // bins the batch: touches only `arr`'s buffer and the sketch
     st = sketch.Count(batch);
   }
-  CheckDrift(st);
+  Check(st);
 }
 
 }  // namespace
@@ -89,27 +76,26 @@ void BindDrift(py::module_& m) {
       m, "DriftSketch",
       "Per-feature binned counters against a reference profile's bins (one native call per "
       "batch).")
-      .def(py::init([](const std::vector<int>& kinds,
-                       const std::vector<std::vector<double>>& points) {
-             if (kinds.size() != points.size()) {
-               ThrowDriftStatus(aiarch::Status::InvalidArgument(
-                   "kinds has " + std::to_string(kinds.size()) + " entries but points has " +
-                   std::to_string(points.size())));
-             }
-             std::vector<aiarch::FeatureBins> features(kinds.size());
-             for (size_t i = 0; i < kinds.size(); ++i) {
-               if (kinds[i] != 0 && kinds[i] != 1) {
-                 ThrowDriftStatus(aiarch::Status::InvalidArgument(
-                     "kind of feature " + std::to_string(i) +
-                     " must be 0 (numeric) or 1 (categorical), got " + std::to_string(kinds[i])));
-               }
-               features[i].kind = static_cast<aiarch::FeatureKind>(kinds[i]);
-               features[i].points = points[i];
-             }
-             std::unique_ptr<aiarch::DriftSketch> sketch;
-             CheckDrift(aiarch::DriftSketch::Create(std::move(features), &sketch));
-             return sketch;
-           }),
+      .def(py::init(
+               [](const std::vector<int>& kinds, const std::vector<std::vector<double>>& points) {
+                 if (kinds.size() != points.size()) {
+                   ThrowInvalidArgument("kinds has " + std::to_string(kinds.size()) +
+                                        " entries but points has " + std::to_string(points.size()));
+                 }
+                 std::vector<aiarch::FeatureBins> features(kinds.size());
+                 for (size_t i = 0; i < kinds.size(); ++i) {
+                   if (kinds[i] != 0 && kinds[i] != 1) {
+                     ThrowInvalidArgument("kind of feature " + std::to_string(i) +
+                                          " must be 0 (numeric) or 1 (categorical), got " +
+                                          std::to_string(kinds[i]));
+                   }
+                   features[i].kind = static_cast<aiarch::FeatureKind>(kinds[i]);
+                   features[i].points = points[i];
+                 }
+                 std::unique_ptr<aiarch::DriftSketch> sketch;
+                 Check(aiarch::DriftSketch::Create(std::move(features), &sketch));
+                 return sketch;
+               }),
            py::arg("kinds"), py::arg("points"))
       .def("count", &CountArray, py::arg("batch"),
            "Counts a rows x features array (NaN/inf are nulls). Thread-safe; releases the GIL.")

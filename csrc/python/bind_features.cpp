@@ -1,36 +1,28 @@
 // Python binding of the feature table (aiarch._core.FeatureTable,
-// aiarch._core.FeaturePlan): converts entity ids and arrays, maps Status
-// codes onto aiarch.errors, and releases the GIL around every native call
-// that touches no Python object. The table's logic lives in
-// csrc/src/feature_table.cc.
+// aiarch._core.FeaturePlan): converts entity ids and arrays (py_arrays.h),
+// maps Status codes onto aiarch.errors (py_errors.h), and releases the GIL
+// around every native call that touches no Python object. The table's logic
+// lives in csrc/src/feature_table.cc.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "aiarch/feature_table.h"
+#include "py_arrays.h"
+#include "py_errors.h"
 
 namespace py = pybind11;
 
 namespace aiarch {
 namespace {
 
-[[noreturn]] void ThrowFeatureStatus(const Status& status) {
-  // The error path only: look the class up in aiarch.errors by code.
-  py::object errors = py::module_::import("aiarch.errors");
-  py::object cls = errors.attr("ERRORS_BY_CODE")
-                       .attr("get")(static_cast<int>(status.code()), errors.attr("InternalError"));
-  py::object exc = cls(status.message());
-  PyErr_SetObject(cls.ptr(), exc.ptr());
-  throw py::error_already_set();
-}
-
-void CheckStatus(const Status& status) {
-  if (!status.ok()) ThrowFeatureStatus(status);
-}
+using binding::Check;
+using binding::ThrowInvalidArgument;
 
 const char* KindName(FeatureKeyKind kind) {
   return kind == FeatureKeyKind::kInt64 ? "int64" : "string";
@@ -39,27 +31,31 @@ const char* KindName(FeatureKeyKind kind) {
 FeatureKeyKind KindFromName(const std::string& name) {
   if (name == "int64") return FeatureKeyKind::kInt64;
   if (name == "string") return FeatureKeyKind::kString;
-  ThrowFeatureStatus(
-      Status::InvalidArgument("key_kind must be 'int64' or 'string', got '" + name + "'"));
+  ThrowInvalidArgument("key_kind must be 'int64' or 'string', got '" + name + "'");
 }
 
-// Entity ids for an int64 table: any 1-D array of integers (converted to
-// int64 without a copy when it already is one).
+// Entity ids for an int64 table: any 1-D array (or list) of integers,
+// converted to native int64 (no copy when it already is one).
 py::array_t<int64_t> IntKeys(const py::handle& ids) {
   py::array arr = py::array::ensure(ids);
   if (!arr) {
     PyErr_Clear();
-    ThrowFeatureStatus(Status::InvalidArgument("entity ids must be an array or a list of ints"));
+    ThrowInvalidArgument("entity ids must be an array or a list of ints");
   }
-  const char kind = arr.dtype().kind();
-  if (kind != 'i' && kind != 'u') {
-    ThrowFeatureStatus(
-        Status::InvalidArgument("entity ids of an int64 entity must be integers; got an array of " +
-                                py::str(arr.dtype()).cast<std::string>()));
+  // Worded as the Python-side check of the other stores, so every backend says the same.
+  if (!binding::KindAccepted(arr.dtype(), binding::kIntegerKinds)) {
+    ThrowInvalidArgument("entity ids of an int64 entity must be integers; got an array of " +
+                         binding::DTypeText(arr.dtype()));
   }
+  arr = binding::NativeArray(arr, "entity ids", binding::kIntegerKinds);
   if (arr.ndim() != 1) {
-    ThrowFeatureStatus(Status::InvalidArgument("entity ids must be one-dimensional; got " +
-                                               std::to_string(arr.ndim()) + " dimensions"));
+    ThrowInvalidArgument("entity ids must be one-dimensional; got " + std::to_string(arr.ndim()) +
+                         " dimensions");
+  }
+  if (arr.dtype().kind() == 'u' && arr.itemsize() == 8 && arr.size() > 0 &&
+      py::int_(arr.attr("max")()).cast<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    ThrowInvalidArgument("entity ids of an int64 entity must fit in int64; got a uint64 above " +
+                         std::to_string(INT64_MAX));
   }
   return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
 }
@@ -68,8 +64,7 @@ py::array_t<int64_t> IntKeys(const py::handle& ids) {
 // iterable (a list, or a numpy array of str, bytes or objects).
 std::vector<std::string> StringKeys(const py::handle& ids) {
   if (py::isinstance<py::str>(ids) || py::isinstance<py::bytes>(ids)) {
-    ThrowFeatureStatus(
-        Status::InvalidArgument("entity ids must be a sequence of ids, not a single str or bytes"));
+    ThrowInvalidArgument("entity ids must be a sequence of ids, not a single str or bytes");
   }
   std::vector<std::string> out;
   for (py::handle item : py::iter(ids)) {
@@ -82,9 +77,8 @@ std::vector<std::string> StringKeys(const py::handle& ids) {
       out.emplace_back(PyBytes_AS_STRING(item.ptr()),
                        static_cast<size_t>(PyBytes_GET_SIZE(item.ptr())));
     } else {
-      ThrowFeatureStatus(
-          Status::InvalidArgument("entity ids of a string entity must be str or bytes; got " +
-                                  std::string(Py_TYPE(item.ptr())->tp_name)));
+      ThrowInvalidArgument("entity ids of a string entity must be str or bytes; got " +
+                           std::string(Py_TYPE(item.ptr())->tp_name));
     }
   }
   return out;
@@ -94,44 +88,48 @@ std::vector<FeatureKey> KeyRefs(const std::vector<std::string>& keys) {
   std::vector<FeatureKey> refs(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     if (keys[i].size() > 0xFFFFFFF0u) {
-      ThrowFeatureStatus(Status::InvalidArgument("an entity id is longer than 4 GiB"));
+      ThrowInvalidArgument("an entity id is longer than 4 GiB");
     }
     refs[i] = FeatureKey{keys[i].data(), static_cast<uint32_t>(keys[i].size())};
   }
   return refs;
 }
 
-size_t Upsert(FeatureTable& t, const py::handle& ids,
-              py::array_t<float, py::array::c_style | py::array::forcecast> values,
-              py::array_t<int64_t, py::array::c_style | py::array::forcecast> event_ns) {
+size_t Upsert(FeatureTable& t, const py::handle& ids, const py::handle& values_obj,
+              const py::handle& event_ns_obj) {
+  // Values are stored as float32 (the table's type); event times must be
+  // integers: a float nanosecond time cannot hold today's epoch exactly.
+  auto values = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
+      binding::NativeArray(values_obj, "values", binding::kRealKinds));
+  auto event_ns = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(
+      binding::NativeArray(event_ns_obj, "event_ns (int64 nanoseconds)", binding::kIntegerKinds));
   if (values.ndim() != 2 || values.shape(1) != t.width()) {
-    ThrowFeatureStatus(Status::InvalidArgument("values must be a [rows, " +
-                                               std::to_string(t.width()) + "] array of float32"));
+    ThrowInvalidArgument("values must be a [rows, " + std::to_string(t.width()) +
+                         "] array of float32");
   }
   const size_t n = static_cast<size_t>(values.shape(0));
   if (event_ns.ndim() != 1 || static_cast<size_t>(event_ns.shape(0)) != n) {
-    ThrowFeatureStatus(
-        Status::InvalidArgument("event_ns must hold one int64 timestamp per row of values"));
+    ThrowInvalidArgument("event_ns must hold one int64 timestamp per row of values");
   }
   size_t applied = 0;
   Status st;
   if (t.key_kind() == FeatureKeyKind::kInt64) {
     py::array_t<int64_t> keys = IntKeys(ids);
     if (static_cast<size_t>(keys.shape(0)) != n) {
-      ThrowFeatureStatus(Status::InvalidArgument("entity ids and values differ in rows"));
+      ThrowInvalidArgument("entity ids and values differ in rows");
     }
     py::gil_scoped_release release;  // blocks on shard mutexes only
     st = t.UpsertInt64(keys.data(), n, values.data(), event_ns.data(), &applied);
   } else {
     std::vector<std::string> keys = StringKeys(ids);
     if (keys.size() != n) {
-      ThrowFeatureStatus(Status::InvalidArgument("entity ids and values differ in rows"));
+      ThrowInvalidArgument("entity ids and values differ in rows");
     }
     std::vector<FeatureKey> refs = KeyRefs(keys);
     py::gil_scoped_release release;  // blocks on shard mutexes only
     st = t.UpsertStrings(refs.data(), n, values.data(), event_ns.data(), &applied);
   }
-  CheckStatus(st);
+  Check(st);
   return applied;
 }
 
@@ -141,9 +139,8 @@ py::object ReadRow(const FeatureTable& t, const py::handle& id) {
   bool found;
   if (t.key_kind() == FeatureKeyKind::kInt64) {
     if (PyBool_Check(id.ptr()) || !PyIndex_Check(id.ptr())) {
-      ThrowFeatureStatus(
-          Status::InvalidArgument("an entity id of an int64 entity must be an int; got " +
-                                  std::string(Py_TYPE(id.ptr())->tp_name)));
+      ThrowInvalidArgument("an entity id of an int64 entity must be an int; got " +
+                           std::string(Py_TYPE(id.ptr())->tp_name));
     }
     found = t.ReadInt64(id.cast<int64_t>(), values.mutable_data(), &event_ns);
   } else {
@@ -169,7 +166,7 @@ py::tuple Gather(const FeaturePlan& plan, const py::handle& ids, int64_t now_ns)
       py::gil_scoped_release release;  // lock-free reads of native rows only
       st = plan.GatherInt64(keys.data(), static_cast<size_t>(n), now_ns, o, s);
     }
-    CheckStatus(st);
+    Check(st);
     return py::make_tuple(out, status);
   }
   std::vector<std::string> keys = StringKeys(ids);
@@ -183,7 +180,7 @@ py::tuple Gather(const FeaturePlan& plan, const py::handle& ids, int64_t now_ns)
     py::gil_scoped_release release;  // lock-free reads of native rows only
     st = plan.GatherStrings(refs.data(), refs.size(), now_ns, o, s);
   }
-  CheckStatus(st);
+  Check(st);
   return py::make_tuple(out, status);
 }
 
@@ -202,7 +199,7 @@ void BindFeatures(py::module_& m) {
                  c.shards = shards;
                  c.initial_slots = initial_slots;
                  std::unique_ptr<FeatureTable> t;
-                 CheckStatus(FeatureTable::Create(c, &t));
+                 Check(FeatureTable::Create(c, &t));
                  return std::shared_ptr<FeatureTable>(std::move(t));
                }),
            py::arg("width"), py::arg("key_kind") = "int64", py::arg("shards") = 16,
@@ -218,7 +215,7 @@ void BindFeatures(py::module_& m) {
               py::gil_scoped_release release;  // file I/O and shard mutexes only
               st = t.Snapshot(path);
             }
-            CheckStatus(st);
+            Check(st);
           },
           py::arg("path"))
       .def(
@@ -230,7 +227,7 @@ void BindFeatures(py::module_& m) {
               py::gil_scoped_release release;  // file I/O and shard mutexes only
               st = t.LoadSnapshot(path, &loaded);
             }
-            CheckStatus(st);
+            Check(st);
             return loaded;
           },
           py::arg("path"))
@@ -253,8 +250,8 @@ void BindFeatures(py::module_& m) {
              for (py::handle item : segments) {
                py::tuple t = py::reinterpret_borrow<py::tuple>(item);
                if (t.size() != 5) {
-                 ThrowFeatureStatus(Status::InvalidArgument(
-                     "a plan segment is (table, columns, defaults, ttl_ns, out_offset)"));
+                 ThrowInvalidArgument(
+                     "a plan segment is (table, columns, defaults, ttl_ns, out_offset)");
                }
                FeaturePlanSegment s;
                s.table = t[0].cast<std::shared_ptr<FeatureTable>>();
@@ -265,7 +262,7 @@ void BindFeatures(py::module_& m) {
                segs.push_back(std::move(s));
              }
              std::unique_ptr<FeaturePlan> plan;
-             CheckStatus(FeaturePlan::Create(std::move(segs), out_width, &plan));
+             Check(FeaturePlan::Create(std::move(segs), out_width, &plan));
              return std::shared_ptr<FeaturePlan>(std::move(plan));
            }),
            py::arg("segments"), py::arg("out_width"))

@@ -1,5 +1,5 @@
 // aiarch._core.LoadGenerator: converts arguments, maps Status codes onto
-// aiarch.errors and releases the GIL while the native workers run. The send /
+// aiarch.errors (py_errors.h) and releases the GIL while the native workers run. The send /
 // receive loop lives in csrc/src/loadgen.cc.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,29 +11,20 @@
 #include "aiarch/histogram.h"
 #include "aiarch/loadgen.h"
 #include "aiarch/status.h"
+#include "py_errors.h"
 
 namespace py = pybind11;
 
 namespace {
 
-[[noreturn]] void RaiseStatus(const aiarch::Status& status) {
-  py::dict by_code = py::module_::import("aiarch.errors").attr("ERRORS_BY_CODE");
-  py::object cls = by_code[py::int_(static_cast<int>(status.code()))];
-  py::object exc = cls(status.message());
-  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
-  throw py::error_already_set();
-}
-
-void Check(const aiarch::Status& status) {
-  if (!status.ok()) RaiseStatus(status);
-}
+using aiarch::binding::Check;
+using aiarch::binding::ThrowInvalidArgument;
 
 aiarch::LoadMode ParseMode(const std::string& mode) {
   if (mode == "constant") return aiarch::LoadMode::kConstant;
   if (mode == "poisson") return aiarch::LoadMode::kPoisson;
   if (mode == "closed") return aiarch::LoadMode::kClosed;
-  RaiseStatus(aiarch::Status::InvalidArgument("unknown load mode '" + mode +
-                                              "'; expected constant, poisson or closed"));
+  ThrowInvalidArgument("unknown load mode '" + mode + "'; expected constant, poisson or closed");
 }
 
 int64_t SecondsToNs(double s) { return static_cast<int64_t>(s * 1e9); }

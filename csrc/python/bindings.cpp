@@ -1,6 +1,6 @@
-// aiarch._core: the only file that includes pybind11. It converts types,
-// maps Status codes onto the aiarch.errors hierarchy, scopes GIL releases and
-// exchanges buffers. Batching, caching and histogram logic live in csrc/src.
+// aiarch._core: converts types, maps Status codes onto the aiarch.errors
+// hierarchy (py_errors.h), scopes GIL releases and exchanges buffers
+// (py_arrays.h). Batching, caching and histogram logic live in csrc/src.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -20,6 +20,8 @@
 #include "aiarch/histogram.h"
 #include "aiarch/status.h"
 #include "aiarch/tensor.h"
+#include "py_arrays.h"
+#include "py_errors.h"
 
 #ifndef AIARCH_VERSION
 #define AIARCH_VERSION "0.0.0"
@@ -27,6 +29,9 @@
 
 namespace py = pybind11;
 using namespace aiarch;
+using aiarch::binding::Check;
+using aiarch::binding::MakeError;
+using aiarch::binding::ThrowStatus;
 
 void BindFeatures(py::module_& m);  // bind_features.cpp
 void BindDrift(py::module_& m);     // bind_drift.cpp
@@ -35,30 +40,6 @@ void BindLoadgen(py::module_& m);   // bind_loadgen.cpp
 namespace {
 
 // ---------------------------------------------------------------- errors
-
-// Exception classes from aiarch/errors.py, indexed by StatusCode. Filled at
-// import; the references live as long as the module.
-std::array<PyObject*, 10> g_error_classes{};
-
-py::object MakeError(const Status& status) {
-  const int code = static_cast<int>(status.code());
-  PyObject* cls = (code > 0 && code < static_cast<int>(g_error_classes.size()))
-                      ? g_error_classes[code]
-                      : g_error_classes[static_cast<int>(StatusCode::kInternal)];
-  py::object exc = py::reinterpret_borrow<py::object>(cls)(status.message());
-  if (status.retry_after_s() > 0) exc.attr("retry_after_s") = status.retry_after_s();
-  return exc;
-}
-
-[[noreturn]] void ThrowStatus(const Status& status) {
-  py::object exc = MakeError(status);
-  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
-  throw py::error_already_set();
-}
-
-void Check(const Status& status) {
-  if (!status.ok()) ThrowStatus(status);
-}
 
 // The original Python exception of a failed batch, handed to every request of
 // the batch as the __cause__ of its ExecutionError.
@@ -102,28 +83,6 @@ void InitDTypes() {
       continue;
     }
     objs[i] = np.attr("dtype")(DTypeName(dt));
-  }
-}
-
-bool DTypeOfArray(const py::array& arr, DType* out) {
-  // numpy (kind, itemsize) -> DType; index = log2(itemsize).
-  static constexpr DType kNone = DType::kBool;  // placeholder for "no such type"
-  static constexpr DType kFloat[4] = {kNone, DType::kFp16, DType::kFp32, DType::kFp64};
-  static constexpr DType kInt[4] = {DType::kInt8, DType::kInt16, DType::kInt32, DType::kInt64};
-  static constexpr DType kUint[4] = {DType::kUint8, DType::kUint16, DType::kUint32, DType::kUint64};
-  const py::dtype dt = arr.dtype();
-  const auto size = dt.itemsize();
-  const int log2 = size == 1 ? 0 : size == 2 ? 1 : size == 4 ? 2 : size == 8 ? 3 : -1;
-  switch (dt.kind()) {
-    case 'b': *out = DType::kBool; return size == 1;
-    case 'f': *out = kFloat[log2 < 0 ? 0 : log2]; return log2 >= 1;
-    case 'i': *out = kInt[log2 < 0 ? 0 : log2]; return log2 >= 0;
-    case 'u': *out = kUint[log2 < 0 ? 0 : log2]; return log2 >= 0;
-    case 'V':
-      // ml_dtypes.bfloat16 is a 2-byte void-kind type.
-      *out = DType::kBf16;
-      return size == 2 && py::str(dt.attr("name")).cast<std::string>() == "bfloat16";
-    default: return false;
   }
 }
 
@@ -240,29 +199,29 @@ class PyExecutor final : public Executor {
         return Status::ExecutionFailed("model '" + model_ + "' returned no outputs");
       outputs->clear();
       for (size_t i = 0; i < items.size(); ++i) {
-        // ensure() accepts anything array-like (a CPU torch tensor, a list).
-        py::array arr = py::array::ensure(items[i], py::array::c_style);
-        if (!arr) {
-          PyErr_Clear();
-          return Status::ExecutionFailed("model '" + model_ + "' output " + std::to_string(i) +
-                                         " is not array-like");
+        auto what = [&] { return "model '" + model_ + "' output " + std::to_string(i); };
+        // AsArray accepts anything array-like (a CPU torch tensor, a list).
+        py::array arr;
+        binding::TensorBytes bytes;
+        Status st = binding::AsArray(items[i], what(), binding::kTensorKinds, &arr);
+        if (st.ok()) st = binding::ReadTensor(arr, what, &bytes);
+        if (!st.ok()) return Status::ExecutionFailed(st.message());
+        if (bytes.shape.empty() || bytes.shape[0] != batch.padded_rows) {
+          return Status::ExecutionFailed(what() + " must have the batch's " +
+                                         std::to_string(batch.padded_rows) +
+                                         " rows as its first dimension, got shape " +
+                                         py::str(py::getattr(arr, "shape")).cast<std::string>());
         }
         ExecutorOutput out;
-        if (!DTypeOfArray(arr, &out.spec.dtype)) {
-          return Status::ExecutionFailed("model '" + model_ + "' output " + std::to_string(i) +
-                                         " has unsupported dtype " +
-                                         py::str(arr.dtype()).cast<std::string>());
+        out.spec.dtype = bytes.dtype;
+        out.spec.shape.assign(bytes.shape.begin() + 1, bytes.shape.end());
+        if (bytes.owned) {
+          out.data = std::move(bytes.owned);  // the native-order copy is the output
+        } else {
+          out.data = Buffer::Allocate(bytes.bytes);
+          if (!out.data) return Status::Internal("out of memory copying " + what());
+          std::memcpy(out.data->data(), bytes.data, bytes.bytes);
         }
-        if (arr.ndim() < 1 || arr.shape(0) != batch.padded_rows) {
-          return Status::ExecutionFailed(
-              "model '" + model_ + "' output " + std::to_string(i) + " must have the batch's " +
-              std::to_string(batch.padded_rows) + " rows as its first dimension, got shape " +
-              py::str(py::getattr(arr, "shape")).cast<std::string>());
-        }
-        for (py::ssize_t d = 1; d < arr.ndim(); ++d) out.spec.shape.push_back(arr.shape(d));
-        out.data = Buffer::Allocate(static_cast<size_t>(arr.nbytes()));
-        if (!out.data) return Status::Internal("out of memory copying outputs of '" + model_ + "'");
-        std::memcpy(out.data->data(), arr.data(), static_cast<size_t>(arr.nbytes()));
         outputs->push_back(std::move(out));
       }
       return Status::Ok();
@@ -284,24 +243,35 @@ class PyExecutor final : public Executor {
 
 // ---------------------------------------------------------------- model handle
 
-void ParseInputs(const py::handle& obj, SubmitArgs* args) {
+// Native-order copies the binding made of a request's inputs. The batcher
+// reads input bytes until the request's completion, so the copies live as long.
+using InputCopies = std::vector<std::shared_ptr<Buffer>>;
+
+// Fills args->inputs from an ndarray or a tuple/list of them, in the model's
+// input order. Byte-swapped or strided arrays are copied into `copies`.
+void ParseInputs(const py::handle& obj, const Batcher& batcher, SubmitArgs* args,
+                 InputCopies* copies) {
   auto add = [&](py::handle h) {
+    auto what = [&] {
+      const size_t i = args->inputs.size();
+      const std::vector<TensorSpec> specs = batcher.input_specs();
+      return "input " + (i < specs.size() ? "'" + specs[i].name + "'" : std::to_string(i)) +
+             " of model '" + batcher.name() + "'";
+    };
     if (!py::isinstance<py::array>(h)) {
-      ThrowStatus(Status::InvalidArgument(
-          std::string("inputs must be numpy arrays (or a tuple of them); got ") +
-          Py_TYPE(h.ptr())->tp_name));
+      ThrowStatus(Status::InvalidArgument(what() + " must be a numpy array; got " +
+                                          Py_TYPE(h.ptr())->tp_name));
     }
-    auto arr = py::reinterpret_borrow<py::array>(h);
+    binding::TensorBytes bytes;
+    Check(binding::ReadTensor(py::reinterpret_borrow<py::array>(h), what, &bytes));
     SubmitArgs::Input in;
-    if (!DTypeOfArray(arr, &in.dtype)) {
-      ThrowStatus(Status::InvalidArgument("unsupported input dtype " +
-                                          py::str(arr.dtype()).cast<std::string>()));
-    }
-    in.data = static_cast<const uint8_t*>(arr.data());
-    in.bytes = static_cast<size_t>(arr.nbytes());
-    in.shape.assign(arr.shape(), arr.shape() + arr.ndim());
-    in.contiguous = (arr.flags() & py::array::c_style) != 0;
+    in.data = bytes.data;
+    in.bytes = bytes.bytes;
+    in.dtype = bytes.dtype;
+    in.shape = std::move(bytes.shape);
+    in.contiguous = true;  // ReadTensor hands out C-order bytes only
     args->inputs.push_back(std::move(in));
+    if (bytes.owned) copies->push_back(std::move(bytes.owned));
   };
   if (PyTuple_Check(obj.ptr()) || PyList_Check(obj.ptr())) {
     for (auto item : obj) add(item);
@@ -309,6 +279,23 @@ void ParseInputs(const py::handle& obj, SubmitArgs* args) {
     add(obj);
   }
 }
+
+// Delivers one request's completion to `inner`, then frees the input copies
+// the binding made for it. Never touches Python (Buffer frees without the GIL).
+class KeepCopiesSink final : public CompletionSink {
+ public:
+  KeepCopiesSink(std::shared_ptr<CompletionSink> inner, InputCopies copies)
+      : inner_(std::move(inner)), copies_(std::move(copies)) {}
+  // Called once: a request gets exactly one completion.
+  void Deliver(std::vector<Completion>&& completions) override {
+    inner_->Deliver(std::move(completions));
+    copies_.clear();
+  }
+
+ private:
+  std::shared_ptr<CompletionSink> inner_;
+  InputCopies copies_;
+};
 
 class PyModel {
  public:
@@ -339,10 +326,15 @@ class PyModel {
   py::object Submit(const py::handle& inputs, int64_t timeout_ns, uint32_t priority,
                     const std::shared_ptr<CompletionQueue>& queue) {
     SubmitArgs args;
-    ParseInputs(inputs, &args);
+    InputCopies copies;
+    ParseInputs(inputs, *batcher_, &args, &copies);
     args.timeout_ns = timeout_ns;
     args.priority = priority;
-    args.sink = queue;
+    if (copies.empty()) {
+      args.sink = queue;
+    } else {
+      args.sink = std::make_shared<KeepCopiesSink>(queue, std::move(copies));
+    }
     args.caller_flushes = true;
     uint64_t id = 0;
     CachedResponse hit;
@@ -353,7 +345,8 @@ class PyModel {
 
   py::object SubmitSync(const py::handle& inputs, int64_t timeout_ns, uint32_t priority) {
     SubmitArgs args;
-    ParseInputs(inputs, &args);
+    InputCopies copies;  // read by the batcher until the completion below
+    ParseInputs(inputs, *batcher_, &args, &copies);
     args.timeout_ns = timeout_ns;
     args.priority = priority;
     auto sink = std::make_shared<SyncCompletion>();
@@ -384,11 +377,7 @@ class PyModel {
       throw py::error_already_set();
     }
     Completion c = sink->Take();
-    if (!c.status.ok()) {
-      py::object exc = ErrorOfCompletion(c);
-      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
-      throw py::error_already_set();
-    }
+    if (!c.status.ok()) binding::Raise(ErrorOfCompletion(c));
     return OutputsOfCompletion(c, OwnerCapsule(c.result));
   }
 
@@ -408,6 +397,8 @@ class PyModel {
     d["expired"] = s.expired;
     d["rejected"] = s.rejected;
     d["cancelled"] = s.cancelled;
+    d["cache_hits"] = s.cache_hits;
+    d["last_inference_ms"] = s.last_inference_ms;
     d["batches"] = s.batches;
     d["rows"] = s.rows;
     d["queue_rows"] = s.queue_rows;
@@ -416,6 +407,8 @@ class PyModel {
     d["execution_ns_total"] = s.execution_ns_total;
     d["end_to_end_ns_total"] = s.end_to_end_ns_total;
     d["service_rate_rows_per_s"] = s.service_rate_rows_per_s;
+    d["isolated_batches"] = s.isolated_batches;
+    d["isolation_executions"] = s.isolation_executions;
     return d;
   }
 
@@ -477,27 +470,11 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "aiarch native core (private: use the aiarch package)";
   m.attr("__version__") = AIARCH_VERSION;
 
+  binding::LoadErrorTable();
   InitDTypes();
-  {
-    py::module_ errors = py::module_::import("aiarch.errors");
-    py::dict by_code = errors.attr("ERRORS_BY_CODE");
-    for (auto kv : by_code) {
-      const int code = kv.first.cast<int>();
-      if (code > 0 && code < static_cast<int>(g_error_classes.size())) {
-        g_error_classes[code] = kv.second.ptr();
-        Py_INCREF(kv.second.ptr());
-      }
-    }
-    for (int c = 1; c < static_cast<int>(g_error_classes.size()); ++c) {
-      if (g_error_classes[c] == nullptr) {
-        throw std::runtime_error("aiarch.errors lacks a class for status code " +
-                                 std::to_string(c));
-      }
-    }
-  }
 
   py::dict codes;
-  for (int c = 0; c < static_cast<int>(g_error_classes.size()); ++c) {
+  for (int c = 0; c < kStatusCodeCount; ++c) {
     codes[StatusCodeName(static_cast<StatusCode>(c))] = c;
   }
   m.attr("STATUS_CODES") = codes;
@@ -529,7 +506,9 @@ PYBIND11_MODULE(_core, m) {
   // ---- histograms
   py::class_<HistogramSnapshot>(m, "HistogramSnapshot")
       .def(
-          py::init([](int64_t highest, int digits, py::array_t<uint64_t> counts, uint64_t clamped) {
+          py::init([](int64_t highest, int digits, const py::handle& counts_obj, uint64_t clamped) {
+            py::array_t<uint64_t> counts = py::array_t<uint64_t>::ensure(
+                binding::NativeArray(counts_obj, "counts", binding::kIntegerKinds));
             std::vector<uint64_t> v(counts.data(), counts.data() + counts.size());
             aiarch::Histogram layout(highest, digits);
             if (v.size() != layout.counts_length()) {
@@ -591,8 +570,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("expected_interval"))
       .def(
           "record_many",
-          [](aiarch::Histogram& h,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> v) {
+          [](aiarch::Histogram& h, const py::handle& values) {
+            // Integers only: a float latency would be truncated without a word.
+            auto v = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(
+                binding::NativeArray(values, "values", binding::kIntegerKinds));
             const int64_t* p = v.data();
             const py::ssize_t n = v.size();
             py::gil_scoped_release release;  // touches only the native histogram

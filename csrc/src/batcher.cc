@@ -94,6 +94,7 @@ Status Batcher::Create(std::string name, BatchConfig config, std::vector<TensorS
   for (int w = 0; w < b->config_.instances; ++w) {
     b->workers_.emplace_back([raw = b.get(), w] { raw->WorkerLoop(w); });
   }
+  b->deadline_thread_ = std::thread([raw = b.get()] { raw->DeadlineLoop(); });
   *out = std::move(b);
   return Status::Ok();
 }
@@ -109,8 +110,11 @@ Batcher::Batcher(std::string name, BatchConfig config, std::vector<TensorSpec> i
       inputs_(std::move(inputs)),
       outputs_(std::make_shared<const std::vector<TensorSpec>>(std::move(outputs))),
       levels_(config_.priority_levels),
-      worker_settled_(config_.instances, 0),
-      worker_alive_(config_.instances, true),
+      deadline_wake_ns_(kNoDeadline),
+      settled_epoch_(config_.instances + 1, 0),
+      participant_alive_(config_.instances + 1, true),
+      busy_since_epoch_(config_.instances + 1, -1),
+      isolation_credit_(2 * config_.max_batch_size),
       exec_estimate_ns_(config_.max_batch_size + 1, 0),
       queue_ns_(),
       execution_ns_(),
@@ -190,6 +194,13 @@ bool Batcher::CacheKeyBytes(const SubmitArgs& args, std::vector<uint8_t>* scratc
 }
 
 namespace {
+// Wall-clock milliseconds since the epoch, for the `last_inference` statistic.
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // Relaxed: the id only needs to be unique, it orders nothing.
 std::atomic<uint64_t> g_next_request_id{1};
 uint64_t NextRequestId() { return g_next_request_id.fetch_add(1, std::memory_order_relaxed); }
@@ -238,6 +249,9 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
       hit->offsets = std::move(offsets);
       hit->rows = rows;
       *request_id = 0;
+      success_.fetch_add(1, std::memory_order_relaxed);
+      cache_hits_.fetch_add(1, std::memory_order_relaxed);
+      last_inference_ms_.store(WallClockMs(), std::memory_order_relaxed);
       return Status::Ok();
     }
   }
@@ -255,7 +269,9 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
   req->sink = args.sink;
 
   bool wake = false;
-  std::vector<std::unique_ptr<Request>> inline_batch, inline_expired;
+  bool wake_deadline_thread = false;
+  int64_t inline_now = 0;
+  Requests inline_batch, inline_expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
@@ -284,22 +300,32 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     wake = idle_workers_ > 0 &&
            (was_empty || queued_rows_ >= config_.max_batch_size || req->deadline_ns != kNoDeadline);
     const bool deadline = req->deadline_ns != kNoDeadline;
+    if (deadline && req->deadline_ns < deadline_wake_ns_) {
+      deadline_wake_ns_ = req->deadline_ns;
+      wake_deadline_thread = true;
+    }
     queued_.emplace(req->id, std::move(req));
-    if (config_.inline_execution && CloseTimeLocked(now) <= now) {
-      if (args.caller_flushes) {
-        wake = deadline && wake;  // RunReady() will take it; workers only watch deadlines
-      } else if (in_flight_ < config_.instances) {
-        FormBatchLocked(now, &inline_batch, &inline_expired);
-        ++in_flight_;
-        wake = false;
+    if (config_.inline_execution) {
+      // A fresh reading: time has passed since `now` set the deadline, and a
+      // request whose deadline passed meanwhile must expire, not run.
+      inline_now = clock_->NowNs();
+      if (CloseTimeLocked(inline_now) <= inline_now) {
+        if (args.caller_flushes) {
+          wake = deadline && wake;  // RunReady() will take it; workers only watch deadlines
+        } else if (in_flight_ < config_.instances) {
+          FormBatchLocked(inline_now, &inline_batch, &inline_expired);
+          ++in_flight_;
+          wake = false;
+        }
       }
     }
   }
   if (wake) work_cv_.notify_one();
+  if (wake_deadline_thread) deadline_cv_.notify_one();
   if (!inline_batch.empty() || !inline_expired.empty()) {
-    RunFormed(inline_batch, inline_expired, now);
+    RunFormed(inline_batch, inline_expired, inline_now);
     std::lock_guard<std::mutex> lock(mu_);
-    --in_flight_;
+    FinishInFlightLocked();
     // Work queued meanwhile is picked up by a worker.
     if (queued_rows_ > 0 && idle_workers_ > 0) work_cv_.notify_one();
   }
@@ -312,14 +338,14 @@ int Batcher::RunReady() {
   while (!stopping_ && in_flight_ < config_.instances) {
     const int64_t now = clock_->NowNs();
     if (CloseTimeLocked(now) > now) break;
-    std::vector<std::unique_ptr<Request>> batch, expired;
+    Requests batch, expired;
     FormBatchLocked(now, &batch, &expired);
     ++in_flight_;
     lock.unlock();
     RunFormed(batch, expired, now);
     ++ran;
     lock.lock();
-    --in_flight_;
+    FinishInFlightLocked();
   }
   // Whatever is left (a partial batch waiting for max_delay, or all
   // instances busy) belongs to the workers.
@@ -327,16 +353,23 @@ int Batcher::RunReady() {
   return ran;
 }
 
-void Batcher::RunFormed(std::vector<std::unique_ptr<Request>>& batch,
-                        std::vector<std::unique_ptr<Request>>& expired, int64_t now) {
-  if (!expired.empty()) {
-    expired_.fetch_add(expired.size(), std::memory_order_relaxed);
-    CompleteWithStatus(
-        expired,
-        Status::DeadlineExceeded("request to model '" + name_ + "' expired before it could run"),
-        nullptr);
-  }
+void Batcher::FinishInFlightLocked() {
+  --in_flight_;
+  if (stopping_ && in_flight_ == 0) idle_cv_.notify_all();
+}
+
+void Batcher::RunFormed(Requests& batch, Requests& expired, int64_t now) {
+  CompleteExpired(expired);
   if (!batch.empty()) ExecuteBatch(batch, now);
+}
+
+void Batcher::CompleteExpired(Requests& expired) {
+  if (expired.empty()) return;
+  expired_.fetch_add(expired.size(), std::memory_order_relaxed);
+  CompleteWithStatus(
+      expired, 0, expired.size(),
+      Status::DeadlineExceeded("request to model '" + name_ + "' expired before it could run"),
+      nullptr);
 }
 
 bool Batcher::Cancel(uint64_t request_id) {
@@ -422,15 +455,13 @@ std::unique_ptr<Batcher::Request> Batcher::UnqueueLocked(Request* r) {
   return owned;
 }
 
-void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>* batch,
-                              std::vector<std::unique_ptr<Request>>* expired) {
-  // Expire first, over the whole queue, so that a request that can no longer
-  // make its deadline fails now rather than when it reaches the front.
+void Batcher::ExpireLocked(int64_t now, Requests* expired) {
+  // Without deadlines in the queue there is nothing to expire: skip the scan.
+  if (deadline_requests_ == 0) return;
   const int64_t estimate =
       config_.drop_unreachable
           ? EstimateExecNsLocked(PaddedRows(std::min(queued_rows_, config_.max_batch_size)))
           : 0;
-  // Without deadlines in the queue there is nothing to expire: skip the scan.
   for (auto& level : levels_) {
     if (deadline_requests_ == 0) break;
     for (auto it = level.begin(); it != level.end();) {
@@ -445,6 +476,21 @@ void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>
       expired->push_back(UnqueueLocked(r));
     }
   }
+}
+
+int64_t Batcher::EarliestDeadlineLocked() const {
+  int64_t earliest = kNoDeadline;
+  if (deadline_requests_ == 0) return earliest;
+  for (const auto& level : levels_) {
+    for (const Request* r : level) earliest = std::min(earliest, r->deadline_ns);
+  }
+  return earliest;
+}
+
+void Batcher::FormBatchLocked(int64_t now, Requests* batch, Requests* expired) {
+  // Expire first, over the whole queue, so that a request that can no longer
+  // make its deadline fails now rather than when it reaches the front.
+  ExpireLocked(now, expired);
   // The survivors may not be due yet: an expired request may have been what
   // made the batch closable (its deadline), not theirs.
   if (!expired->empty() && CloseTimeLocked(now) > now) return;
@@ -460,30 +506,38 @@ void Batcher::FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>
   }
 }
 
-void Batcher::WaitLocked(std::unique_lock<std::mutex>& lock, int worker, int64_t until_ns) {
-  ++idle_workers_;
+void Batcher::WaitLocked(std::unique_lock<std::mutex>& lock, int participant, int64_t until_ns,
+                         std::condition_variable& cv) {
+  const bool worker = participant < config_.instances;
+  if (worker) ++idle_workers_;
   if (clock_->IsManual()) {
     // Time moves only through ManualClock::Advance, which waits on
-    // settled_cv_ until every live worker has reached this point again.
-    worker_settled_[worker] = settle_epoch_;
+    // settled_cv_ until every live participant has reached this point again.
+    settled_epoch_[participant] = settle_epoch_;
     settled_cv_.notify_all();
-    work_cv_.wait(lock);
+    cv.wait(lock);
   } else if (until_ns == kNoDeadline) {
-    work_cv_.wait(lock);
+    cv.wait(lock);
   } else {
-    work_cv_.wait_until(lock,
-                        std::chrono::steady_clock::time_point(std::chrono::nanoseconds(until_ns)));
+    cv.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(until_ns)));
   }
-  --idle_workers_;
+  if (worker) --idle_workers_;
+}
+
+void Batcher::MarkBusyLocked(int participant, bool busy) {
+  busy_since_epoch_[participant] = busy ? static_cast<int64_t>(settle_epoch_) : -1;
 }
 
 void Batcher::SettleFromClock() {
   std::unique_lock<std::mutex> lock(mu_);
   const uint64_t epoch = ++settle_epoch_;
   work_cv_.notify_all();
+  deadline_cv_.notify_all();
   settled_cv_.wait(lock, [&] {
-    for (size_t w = 0; w < worker_settled_.size(); ++w) {
-      if (worker_alive_[w] && worker_settled_[w] < epoch) return false;
+    for (size_t p = 0; p < settled_epoch_.size(); ++p) {
+      const bool busy_from_before =
+          busy_since_epoch_[p] >= 0 && static_cast<uint64_t>(busy_since_epoch_[p]) < epoch;
+      if (participant_alive_[p] && !busy_from_before && settled_epoch_[p] < epoch) return false;
     }
     return true;
   });
@@ -495,33 +549,62 @@ void Batcher::WorkerLoop(int worker) {
     if (stopping_ && (!drain_ || queued_rows_ == 0)) break;
     const int64_t now = clock_->NowNs();
     const int64_t close = CloseTimeLocked(now);
-    if (close > now) {
-      WaitLocked(lock, worker, close);
+    if (in_flight_ >= config_.instances) {
+      // Inline executions hold every instance; the last to finish wakes us.
+      WaitLocked(lock, worker, kNoDeadline, work_cv_);
       continue;
     }
-    std::vector<std::unique_ptr<Request>> batch, expired;
+    if (close > now) {
+      WaitLocked(lock, worker, close, work_cv_);
+      continue;
+    }
+    Requests batch, expired;
     FormBatchLocked(now, &batch, &expired);
     ++in_flight_;
+    MarkBusyLocked(worker, true);
     lock.unlock();
     RunFormed(batch, expired, now);
     lock.lock();
-    --in_flight_;
+    MarkBusyLocked(worker, false);
+    FinishInFlightLocked();
   }
-  worker_alive_[worker] = false;
+  participant_alive_[worker] = false;
+  settled_cv_.notify_all();
+}
+
+void Batcher::DeadlineLoop() {
+  // Completes queued requests at their deadline, whatever the instances are
+  // doing: a caller hears DeadlineExceeded on time even behind a long batch.
+  const int me = config_.instances;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!deadline_thread_stop_) {
+    Requests expired;
+    ExpireLocked(clock_->NowNs(), &expired);
+    if (!expired.empty()) {
+      lock.unlock();
+      CompleteExpired(expired);
+      lock.lock();
+      continue;
+    }
+    deadline_wake_ns_ = EarliestDeadlineLocked();
+    WaitLocked(lock, me, deadline_wake_ns_, deadline_cv_);
+  }
+  participant_alive_[me] = false;
   settled_cv_.notify_all();
 }
 
 template <typename Fill>
-void Batcher::DeliverGrouped(std::vector<std::unique_ptr<Request>>& requests, Fill&& fill) {
+void Batcher::DeliverGrouped(Requests& requests, size_t begin, size_t end, Fill&& fill) {
   std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
-  for (auto& r : requests) {
+  for (size_t i = begin; i < end; ++i) {
+    Request& r = *requests[i];
     Completion c;
-    c.request_id = r->id;
-    fill(*r, &c);
+    c.request_id = r.id;
+    fill(r, &c);
     auto it = std::find_if(groups.begin(), groups.end(),
-                           [&](const auto& g) { return g.first == r->sink.get(); });
+                           [&](const auto& g) { return g.first == r.sink.get(); });
     if (it == groups.end()) {
-      groups.emplace_back(r->sink.get(), std::vector<Completion>{});
+      groups.emplace_back(r.sink.get(), std::vector<Completion>{});
       it = groups.end() - 1;
     }
     it->second.push_back(std::move(c));
@@ -529,154 +612,192 @@ void Batcher::DeliverGrouped(std::vector<std::unique_ptr<Request>>& requests, Fi
   for (auto& g : groups) g.first->Deliver(std::move(g.second));
 }
 
-void Batcher::CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests,
-                                 const Status& status, const std::shared_ptr<ErrorDetail>& detail) {
-  DeliverGrouped(requests, [&](const Request&, Completion* c) {
+void Batcher::CompleteWithStatus(Requests& requests, size_t begin, size_t end, const Status& status,
+                                 const std::shared_ptr<ErrorDetail>& detail) {
+  DeliverGrouped(requests, begin, end, [&](const Request&, Completion* c) {
     c->status = status;
     c->error_detail = detail;
   });
 }
 
-void Batcher::ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int64_t start_ns) {
-  Batch batch;
-  for (const auto& r : requests) batch.rows += r->rows;
-  batch.padded_rows = PaddedRows(batch.rows);
-  batch.seq = next_batch_seq_.fetch_add(1, std::memory_order_relaxed);  // a label; orders nothing
+void Batcher::ExecuteBatch(Requests& requests, int64_t start_ns) {
   for (const auto& r : requests) {
     const int64_t q = std::max<int64_t>(0, start_ns - r->enqueue_ns);
     queue_ns_.Record(q);
     queue_ns_total_.fetch_add(static_cast<uint64_t>(q), std::memory_order_relaxed);
   }
+  ExecuteIsolating(requests, 0, requests.size());
+}
+
+bool Batcher::TakeIsolationCredit() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (isolation_credit_ < 2) return false;
+  isolation_credit_ -= 2;  // one split = two executions
+  return true;
+}
+
+void Batcher::ExecuteIsolating(Requests& requests, size_t begin, size_t end) {
+  Batch batch;
+  std::shared_ptr<BatchResult> result;
+  std::shared_ptr<ErrorDetail> detail;
+  const Status status = ExecuteOnce(requests, begin, end, &batch, &result, &detail);
+  if (status.ok()) {
+    DeliverSuccess(requests, begin, end, batch, result);
+    return;
+  }
+  // Several requests failed together: the fault may lie in some of them only.
+  if (end - begin > 1 && TakeIsolationCredit()) {
+    // Counted before any completion is delivered, like every counter.
+    if (begin == 0 && end == requests.size()) {
+      isolated_batches_.fetch_add(1, std::memory_order_relaxed);
+    }
+    isolation_executions_.fetch_add(2, std::memory_order_relaxed);
+    const size_t mid = begin + (end - begin) / 2;
+    ExecuteIsolating(requests, begin, mid);
+    ExecuteIsolating(requests, mid, end);
+    return;
+  }
+  failed_.fetch_add(end - begin, std::memory_order_relaxed);
+  CompleteWithStatus(requests, begin, end, status, detail);
+}
+
+Status Batcher::ExecuteOnce(const Requests& requests, size_t begin, size_t end, Batch* batch,
+                            std::shared_ptr<BatchResult>* result_out,
+                            std::shared_ptr<ErrorDetail>* detail) {
+  for (size_t i = begin; i < end; ++i) batch->rows += requests[i]->rows;
+  batch->padded_rows = PaddedRows(batch->rows);
+  batch->seq = next_batch_seq_.fetch_add(1, std::memory_order_relaxed);  // a label; orders nothing
 
   // Gather: the only copy of the request bytes, into one buffer per input.
   Status status;
-  batch.inputs.reserve(inputs_.size());
+  batch->inputs.reserve(inputs_.size());
   for (size_t i = 0; i < inputs_.size() && status.ok(); ++i) {
     const size_t row_bytes = inputs_[i].RowBytes();
-    auto buf = Buffer::Allocate(static_cast<size_t>(batch.padded_rows) * row_bytes);
+    auto buf = Buffer::Allocate(static_cast<size_t>(batch->padded_rows) * row_bytes);
     if (!buf) {
       status = Status::Internal("out of memory allocating a batch for model '" + name_ + "'");
       break;
     }
     size_t offset = 0;
-    for (const auto& r : requests) {
-      const size_t n = static_cast<size_t>(r->rows) * row_bytes;
-      std::memcpy(buf->data() + offset, r->data[i], n);
+    for (size_t r = begin; r < end; ++r) {
+      const size_t n = static_cast<size_t>(requests[r]->rows) * row_bytes;
+      std::memcpy(buf->data() + offset, requests[r]->data[i], n);
       offset += n;
     }
     std::memset(buf->data() + offset, 0, buf->size() - offset);
-    batch.inputs.push_back(std::move(buf));
+    batch->inputs.push_back(std::move(buf));
   }
 
   std::vector<ExecutorOutput> outs;
-  std::shared_ptr<ErrorDetail> detail;
   const int64_t exec_start = clock_->NowNs();
-  if (status.ok()) status = executor_->Execute(batch, &outs, &detail);
+  if (status.ok()) status = executor_->Execute(*batch, &outs, detail);
   const int64_t exec_end = clock_->NowNs();
   const int64_t exec_ns = std::max<int64_t>(0, exec_end - exec_start);
   execution_ns_.Record(exec_ns);
   execution_ns_total_.fetch_add(static_cast<uint64_t>(exec_ns), std::memory_order_relaxed);
-  batch_rows_.Record(batch.rows);
+  batch_rows_.Record(batch->rows);
   batches_.fetch_add(1, std::memory_order_relaxed);
-  rows_.fetch_add(static_cast<uint64_t>(batch.rows), std::memory_order_relaxed);
+  rows_.fetch_add(static_cast<uint64_t>(batch->rows), std::memory_order_relaxed);
+  last_inference_ms_.store(WallClockMs(), std::memory_order_relaxed);
+  if (!status.ok()) return status;
 
   // Check the outputs against the declared (or first learned) specs.
   auto result = std::make_shared<BatchResult>();
-  if (status.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (outputs_->empty()) {
-      auto learned = std::make_shared<std::vector<TensorSpec>>();
-      for (size_t i = 0; i < outs.size(); ++i) {
-        TensorSpec spec = outs[i].spec;
-        if (spec.name.empty()) spec.name = "output" + std::to_string(i);
-        learned->push_back(std::move(spec));
-      }
-      std::atomic_store(&outputs_, std::shared_ptr<const std::vector<TensorSpec>>(learned));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (outputs_->empty()) {
+    auto learned = std::make_shared<std::vector<TensorSpec>>();
+    for (size_t i = 0; i < outs.size(); ++i) {
+      TensorSpec spec = outs[i].spec;
+      if (spec.name.empty()) spec.name = "output" + std::to_string(i);
+      learned->push_back(std::move(spec));
     }
-    const std::vector<TensorSpec>& expected_outputs = *outputs_;
-    if (outs.size() != expected_outputs.size()) {
-      status = Status::ExecutionFailed("model '" + name_ + "' returned " +
-                                       std::to_string(outs.size()) + " output(s); expected " +
-                                       std::to_string(expected_outputs.size()));
+    std::atomic_store(&outputs_, std::shared_ptr<const std::vector<TensorSpec>>(learned));
+  }
+  const std::vector<TensorSpec>& expected_outputs = *outputs_;
+  if (outs.size() != expected_outputs.size()) {
+    return Status::ExecutionFailed("model '" + name_ + "' returned " + std::to_string(outs.size()) +
+                                   " output(s); expected " +
+                                   std::to_string(expected_outputs.size()));
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const TensorSpec& want = expected_outputs[i];
+    const TensorSpec& got = outs[i].spec;
+    if (got.dtype != want.dtype || got.shape != want.shape) {
+      return Status::ExecutionFailed("model '" + name_ + "' output " + std::to_string(i) + " ('" +
+                                     want.name + "') is " + DTypeName(got.dtype) +
+                                     ShapeString(got.shape) + " per row; expected " +
+                                     DTypeName(want.dtype) + ShapeString(want.shape));
     }
-    for (size_t i = 0; status.ok() && i < outs.size(); ++i) {
-      const TensorSpec& want = expected_outputs[i];
-      const TensorSpec& got = outs[i].spec;
-      if (got.dtype != want.dtype || got.shape != want.shape) {
-        status = Status::ExecutionFailed("model '" + name_ + "' output " + std::to_string(i) +
-                                         " ('" + want.name + "') is " + DTypeName(got.dtype) +
-                                         ShapeString(got.shape) + " per row; expected " +
-                                         DTypeName(want.dtype) + ShapeString(want.shape));
-      } else if (!outs[i].data ||
-                 outs[i].data->size() < static_cast<size_t>(batch.rows) * want.RowBytes()) {
-        status = Status::ExecutionFailed("model '" + name_ + "' output '" + want.name +
-                                         "' has fewer rows than the batch");
-      }
-    }
-    if (status.ok()) {
-      result->specs = outputs_;  // shared, not copied
-      for (auto& o : outs) result->outputs.push_back(std::move(o.data));
-    }
-    // Moving averages for close-time planning and Retry-After.
-    if (status.ok() && exec_ns > 0) {
-      int64_t& est = exec_estimate_ns_[std::min(batch.padded_rows, config_.max_batch_size)];
-      est =
-          est == 0 ? exec_ns : static_cast<int64_t>(kEwmaAlpha * exec_ns + (1 - kEwmaAlpha) * est);
-      const double rate = static_cast<double>(batch.rows) * 1e9 / exec_ns * config_.instances;
-      service_rate_ =
-          service_rate_ == 0 ? rate : kEwmaAlpha * rate + (1 - kEwmaAlpha) * service_rate_;
+    if (!outs[i].data ||
+        outs[i].data->size() < static_cast<size_t>(batch->rows) * want.RowBytes()) {
+      return Status::ExecutionFailed("model '" + name_ + "' output '" + want.name +
+                                     "' has fewer rows than the batch");
     }
   }
+  result->specs = outputs_;  // shared, not copied
+  for (auto& o : outs) result->outputs.push_back(std::move(o.data));
+  // Moving averages for close-time planning and Retry-After.
+  if (exec_ns > 0) {
+    int64_t& est = exec_estimate_ns_[std::min(batch->padded_rows, config_.max_batch_size)];
+    est = est == 0 ? exec_ns : static_cast<int64_t>(kEwmaAlpha * exec_ns + (1 - kEwmaAlpha) * est);
+    const double rate = static_cast<double>(batch->rows) * 1e9 / exec_ns * config_.instances;
+    service_rate_ =
+        service_rate_ == 0 ? rate : kEwmaAlpha * rate + (1 - kEwmaAlpha) * service_rate_;
+  }
+  // Requests served earn failure-isolation credit (see the header).
+  isolation_credit_ = std::min<int64_t>(2 * config_.max_batch_size,
+                                        isolation_credit_ + 2 * static_cast<int64_t>(end - begin));
+  *result_out = std::move(result);
+  return Status::Ok();
+}
 
-  if (!status.ok()) {
-    failed_.fetch_add(requests.size(), std::memory_order_relaxed);
-    CompleteWithStatus(requests, status, detail);
-  } else {
-    std::shared_ptr<const BatchResult> shared = result;
-    const int64_t done_ns = clock_->NowNs();
-    for (auto& r : requests) {
-      const int64_t e2e = std::max<int64_t>(0, done_ns - r->enqueue_ns);
-      end_to_end_ns_.Record(e2e);
-      end_to_end_ns_total_.fetch_add(static_cast<uint64_t>(e2e), std::memory_order_relaxed);
-    }
-    success_.fetch_add(requests.size(), std::memory_order_relaxed);
-    // Fill the cache before delivery: a client that repeats a request as soon
-    // as it has the answer must hit.
-    if (cache_) {
-      std::vector<uint8_t> key, value;
-      int64_t row = 0;
-      for (auto& r : requests) {
-        if (r->cacheable) {
-          key.clear();
-          value.clear();
-          for (size_t i = 0; i < inputs_.size(); ++i) {
-            const size_t rb = inputs_[i].RowBytes();
-            const uint8_t* p = batch.inputs[i]->data() + row * rb;
-            key.insert(key.end(), p, p + r->rows * rb);
-          }
-          for (size_t i = 0; i < result->specs->size(); ++i) {
-            const size_t rb = (*result->specs)[i].RowBytes();
-            const uint8_t* p = result->outputs[i]->data() + row * rb;
-            value.insert(value.end(), p, p + r->rows * rb);
-          }
-          cache_->Insert(r->key, key.data(), key.size(), value.data(), value.size(), done_ns);
-        }
-        row += r->rows;
-      }
-    }
-    int64_t offset = 0;
-    DeliverGrouped(requests, [&](const Request& r, Completion* c) {
-      c->result = shared;
-      c->row_offset = offset;
-      c->rows = r.rows;
-      offset += r.rows;
-    });
+void Batcher::DeliverSuccess(Requests& requests, size_t begin, size_t end, const Batch& batch,
+                             const std::shared_ptr<BatchResult>& result) {
+  std::shared_ptr<const BatchResult> shared = result;
+  const int64_t done_ns = clock_->NowNs();
+  for (size_t i = begin; i < end; ++i) {
+    const int64_t e2e = std::max<int64_t>(0, done_ns - requests[i]->enqueue_ns);
+    end_to_end_ns_.Record(e2e);
+    end_to_end_ns_total_.fetch_add(static_cast<uint64_t>(e2e), std::memory_order_relaxed);
   }
+  success_.fetch_add(end - begin, std::memory_order_relaxed);
+  // Fill the cache before delivery: a client that repeats a request as soon
+  // as it has the answer must hit.
+  if (cache_) {
+    std::vector<uint8_t> key, value;
+    int64_t row = 0;
+    for (size_t i = begin; i < end; ++i) {
+      const Request& r = *requests[i];
+      if (r.cacheable) {
+        key.clear();
+        value.clear();
+        for (size_t in = 0; in < inputs_.size(); ++in) {
+          const size_t rb = inputs_[in].RowBytes();
+          const uint8_t* p = batch.inputs[in]->data() + row * rb;
+          key.insert(key.end(), p, p + r.rows * rb);
+        }
+        for (size_t o = 0; o < result->specs->size(); ++o) {
+          const size_t rb = (*result->specs)[o].RowBytes();
+          const uint8_t* p = result->outputs[o]->data() + row * rb;
+          value.insert(value.end(), p, p + r.rows * rb);
+        }
+        cache_->Insert(r.key, key.data(), key.size(), value.data(), value.size(), done_ns);
+      }
+      row += r.rows;
+    }
+  }
+  int64_t offset = 0;
+  DeliverGrouped(requests, begin, end, [&](const Request& r, Completion* c) {
+    c->result = shared;
+    c->row_offset = offset;
+    c->rows = r.rows;
+    offset += r.rows;
+  });
 }
 
 void Batcher::Shutdown(bool drain) {
   std::lock_guard<std::mutex> serial(shutdown_mu_);
-  std::vector<std::unique_ptr<Request>> dropped;
+  Requests dropped;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ && workers_.empty()) return;
@@ -693,10 +814,19 @@ void Batcher::Shutdown(bool drain) {
   work_cv_.notify_all();
   if (!dropped.empty()) {
     failed_.fetch_add(dropped.size(), std::memory_order_relaxed);
-    CompleteWithStatus(dropped, Status::Unavailable("model '" + name_ + "' was shut down"),
-                       nullptr);
+    CompleteWithStatus(dropped, 0, dropped.size(),
+                       Status::Unavailable("model '" + name_ + "' was shut down"), nullptr);
   }
   for (auto& t : workers_) t.join();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    // Workers are gone, but a batch may still run inline on a caller's
+    // thread: the executor (and what it uses) must outlive it.
+    idle_cv_.wait(lock, [&] { return in_flight_ == 0; });
+    deadline_thread_stop_ = true;
+  }
+  deadline_cv_.notify_all();
+  deadline_thread_.join();
   workers_.clear();
   if (clock_subscription_ != 0) {
     static_cast<ManualClock*>(clock_.get())->Unsubscribe(clock_subscription_);
@@ -713,9 +843,13 @@ BatcherStats Batcher::Stats() const {
   s.cancelled = cancelled_.load(std::memory_order_relaxed);
   s.batches = batches_.load(std::memory_order_relaxed);
   s.rows = rows_.load(std::memory_order_relaxed);
+  s.cache_hits = cache_hits_.load(std::memory_order_relaxed);
+  s.last_inference_ms = last_inference_ms_.load(std::memory_order_relaxed);
   s.queue_ns_total = queue_ns_total_.load(std::memory_order_relaxed);
   s.execution_ns_total = execution_ns_total_.load(std::memory_order_relaxed);
   s.end_to_end_ns_total = end_to_end_ns_total_.load(std::memory_order_relaxed);
+  s.isolated_batches = isolated_batches_.load(std::memory_order_relaxed);
+  s.isolation_executions = isolation_executions_.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(mu_);
   s.queue_rows = queued_rows_;
   s.in_flight_batches = in_flight_;

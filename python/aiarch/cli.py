@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from aiarch.backends.base import COMPILE_MODES
 
 __all__ = ["build_parser", "main"]
 
@@ -47,7 +51,7 @@ def _add_serve(sub: Any) -> None:
             "  port = 8000\n"
             "  [models.mlp]\n"
             '  source = "mypkg.models:mlp"\n'
-            "  batching = { max_batch_size = 64, max_delay_us = 500, max_queue_rows = 4096 }\n"
+            "  batching = { max_batch_size = 64, max_queue_rows = 4096 }\n"
             "  cache = { max_bytes = 67108864, ttl_s = 30.0 }\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -73,6 +77,14 @@ def _add_serve(sub: Any) -> None:
         choices=["fp32", "fp16", "bf16", "fp8", "int8"],
         help="for model files: fp16/bf16/fp8 cast a torch model on CUDA; with --backend "
         "tensorrt, the engine's precision (int8/fp8 need a Q/DQ model from `aiarch quantize`)",
+    )
+    g.add_argument(
+        "--compile",
+        choices=list(COMPILE_MODES),
+        metavar="MODE",
+        help="torch.compile .pt2 models in MODE (default, reduce-overhead, max-autotune): one "
+        "program per batch-size bucket, compiled before the model is ready; compiled code is "
+        "reused across restarts through inductor's cache ($TORCHINDUCTOR_CACHE_DIR)",
     )
     g.add_argument(
         "--backend",
@@ -125,7 +137,9 @@ def _add_serve(sub: Any) -> None:
         "--max-delay-us",
         type=int,
         metavar="US",
-        help="longest wait to fill a batch (runtime default 500)",
+        help="fixed wait to fill a batch even while the model is idle (runtime default 0: "
+        "a request that finds the model idle runs at once, and batches form from what "
+        "queues while it is busy); a wait pays only for fuller GPU batches under steady load",
     )
     b.add_argument(
         "--max-queue-rows",
@@ -282,7 +296,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         m.batching = {**batching, **m.batching}
         if m.cache is None and cache is not None:
             m.cache = dict(cache)
-        for flag in ("device", "precision", "backend"):
+        for flag in ("device", "precision", "backend", "compile"):
             if getattr(m, flag) is None and getattr(args, flag) is not None:
                 setattr(m, flag, getattr(args, flag))
     cfg.models = models
@@ -468,7 +482,91 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`aiarch` entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    json_out = getattr(args, "json", None)
+    if not json_out:
+        return int(args.handler(args) or 0)
+    return _run_with_json_errors(args, json_out)
+
+
+class _StreamCopy(io.TextIOBase):
+    """Passes writes through to a real stream and keeps a copy, so a failure's message can
+    be repeated as JSON and a result already printed is never followed by an error object."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.parts: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return int(self.target.write(text))
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    @property
+    def written(self) -> bool:
+        return any(p.strip() for p in self.parts)
+
+    def error_message(self) -> str:
+        """The last message starting "aiarch ...", with its continuation lines, else the last
+        line written."""
+        lines = [line.strip() for line in "".join(self.parts).splitlines() if line.strip()]
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].startswith("aiarch "):
+                return " ".join(lines[i:])
+        return lines[-1] if lines else ""
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _run_with_json_errors(args: argparse.Namespace, json_out: Any) -> int:
+    """Runs a command given `--json`. When it fails without producing its JSON (nothing on
+    stdout for `--json`; the file not written for `--json PATH`), a JSON error object goes to
+    stdout (and to the PATH) and the exit code stays non-zero, so a script that parses the
+    output never reads an empty or stale result. A command that printed its result keeps its
+    own exit code meaning (e.g. `monitor report` exits 1 when drift is detected)."""
+    import contextlib
+    import json
+    import traceback
+
+    to_file = isinstance(json_out, str)
+    before = _mtime(json_out) if to_file else None
+    out, err = _StreamCopy(sys.stdout), _StreamCopy(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = int(args.handler(args) or 0)
+        message = err.error_message()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        message = err.error_message() or str(e.code or "")
+    except Exception as e:
+        traceback.print_exc()
+        code, message = 1, f"{type(e).__name__}: {e}"
+    produced = (_mtime(json_out) not in (None, before)) if to_file else out.written
+    if code == 0 or produced:
+        return code
+    sub = getattr(args, f"{args.command}_command", None)  # e.g. `models_command` = "list"
+    command = f"{args.command} {sub}" if sub else str(args.command)
+    doc = {
+        "error": message or f"aiarch {command} failed",
+        "command": command,
+        "exit_code": code,
+    }
+    text = json.dumps(doc)
+    print(text)
+    if to_file:
+        with contextlib.suppress(OSError):
+            with open(json_out, "w") as f:
+                f.write(text + "\n")
+    return code
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ class _Model:
         self.version = version
         self.batching = batching
         self.cache_config = cache_config
-        self.cache: Any = None
-        self.handle: Any = None
+        self.cache: _core.ResponseCache | None = None
+        self.handle: _core.Model | None = None
         self.inputs: tuple[TensorSpec, ...] = ()
         self.outputs: tuple[TensorSpec, ...] = ()
         self.lock = threading.Lock()
@@ -229,6 +229,7 @@ class Runtime:
         backend: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         monitor: Any = None,
+        compile: str | None = None,
     ) -> ModelInfo:
         """Loads a model under ``name``.
 
@@ -239,7 +240,10 @@ class Runtime:
         "tensorrt" for an ONNX file) and ``backend_options`` (fields of
         `aiarch.backends.BackendOptions`) say how it runs. Its batch-size
         buckets (static shapes, CUDA graphs) become the batcher's preferred
-        sizes unless ``batching`` sets them.
+        sizes unless ``batching`` sets them. ``compile`` ("default",
+        "reduce-overhead", "max-autotune") runs a ``.pt2`` model through
+        ``torch.compile``, one program per bucket, compiled before the model is
+        ready (with ``warmup``; the time is in ``info.backend["compile"]``).
 
         A callable is called once per batch, on a batcher thread, with one array
         per input whose first dimension is the batch's rows; it returns an
@@ -247,7 +251,9 @@ class Runtime:
         ``inputs``/``outputs`` are omitted, ``model.inputs``/``model.outputs``
         are used if present; otherwise the first request fixes the input specs.
         With inputs known and ``warmup``, the model is called once on a zero
-        row before it is marked ready, which also learns its output specs.
+        row before it is marked ready, which also learns its output specs (a
+        model with a ``warm_up_batch(*arrays)`` method gets that call instead,
+        to keep it out of its own counters).
         ``monitor``: an :class:`aiarch.monitor.Monitor` that counts every batch's inputs
         and outputs (not the warm-up's) and reads this model's histograms.
         """
@@ -266,14 +272,17 @@ class Runtime:
                 raise AlreadyExistsError(
                     f"model {name!r} is already loaded; remove_model() it first"
                 )
+            options = dict(backend_options or {})
+            if compile is not None:
+                options["compile"] = compile
             loaded, batching = self._load_file(
-                model, batching, warmup, device, precision, backend, backend_options
+                model, batching, warmup, device, precision, backend, options
             )
             model = loaded
-        elif device or precision or backend or backend_options:
+        elif device or precision or backend or backend_options or compile:
             raise InvalidArgumentError(
-                f"model {name!r}: device/precision/backend options apply to model files; "
-                "a callable runs as it is"
+                f"model {name!r}: device/precision/backend/compile options apply to model "
+                "files; a callable runs as it is"
             )
         if batching.inline_execution is None:
             batching = replace(batching, inline_execution=loaded is None)
@@ -440,6 +449,87 @@ class Runtime:
                 handle.cancel(r)
             raise
 
+    async def infer_many(
+        self,
+        name: str,
+        requests: Sequence[Any],
+        *,
+        timeout_s: float | None = None,
+        priority: int = 0,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Runs many requests through the model's batcher; awaits all their outputs.
+
+        For a caller that holds many requests at once: each element of ``requests``
+        is what :meth:`infer` takes, and each keeps its own outputs, error and
+        deadline, but they are submitted in one pass and awaited with one
+        coroutine, so they share batches without a task per request. Returns the
+        outputs in request order. An error (a request refused at submit, or one
+        that failed) raises, and cancels the requests still queued, unless
+        ``return_exceptions``, which puts each error in its request's place.
+        """
+        m = self._models.get(name)
+        if m is None:
+            raise NotFoundError(f"model {name!r} is not loaded; loaded: {sorted(self._models)}")
+        loop = asyncio.get_running_loop()
+        st = self._loops.get(loop)
+        if st is None:
+            st = self._attach(loop)
+        timeout_ns = _timeout_ns(timeout_s)
+        results: list[Any] = [None] * len(requests)
+        waiting: list[tuple[int, int, asyncio.Future[Any]]] = []  # (index, request id, future)
+        handle = m.handle
+        try:
+            for i, inputs in enumerate(requests):
+                try:
+                    x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
+                    if handle is None:
+                        handle = self._create_handle(m, x)
+                    r = handle.submit(x, timeout_ns, priority, st.queue)
+                except Exception as e:
+                    if not return_exceptions:
+                        raise
+                    results[i] = e
+                    continue
+                if r.__class__ is not int:
+                    results[i] = r  # answered from the cache
+                    continue
+                fut = loop.create_future()
+                st.pending[r] = (fut, x)
+                waiting.append((i, r, fut))
+        except BaseException:
+            self._cancel_waiting(handle, waiting)
+            raise
+        if handle is not None and waiting and m.batching.inline_execution:
+            st.dirty.add(handle)
+            if not st.flush_scheduled:
+                st.flush_scheduled = True
+                loop.call_soon(self._flush, st)
+        try:
+            for i, _, fut in waiting:
+                try:
+                    results[i] = await fut
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    if not return_exceptions:
+                        raise
+                    results[i] = e
+        except BaseException:
+            self._cancel_waiting(handle, waiting)
+            raise
+        return results
+
+    @staticmethod
+    def _cancel_waiting(handle: Any, waiting: list[tuple[int, int, asyncio.Future[Any]]]) -> None:
+        """Cancels the still-queued requests of an abandoned infer_many."""
+        for _, r, fut in waiting:
+            if not fut.done():
+                fut.cancel()
+                handle.cancel(r)
+            elif not fut.cancelled():
+                fut.exception()  # retrieved: an abandoned error is not logged as lost
+
     def infer_sync(
         self, name: str, inputs: Any, *, timeout_s: float | None = None, priority: int = 0
     ) -> Any:
@@ -460,6 +550,8 @@ class Runtime:
                 requests=dict.fromkeys(
                     ("success", "failed", "expired", "rejected", "cancelled"), 0
                 ),
+                cache_hits=0,
+                last_inference_ms=0,
                 batches=0,
                 rows=0,
                 queue_rows=0,
@@ -469,12 +561,15 @@ class Runtime:
                 batch_size={"mean": 0.0, "max": 0, "counts": {}},
                 cache=None,
                 service_rate_rows_per_s=0.0,
+                isolation={"batches": 0, "executions": 0},
             )
             return out
         s = m.handle.stats()
         out["requests"] = {
             k: s[k] for k in ("success", "failed", "expired", "rejected", "cancelled")
         }
+        out["cache_hits"] = s["cache_hits"]  # also counted in requests["success"]
+        out["last_inference_ms"] = s["last_inference_ms"]
         out["batches"] = s["batches"]
         out["rows"] = s["rows"]
         out["queue_rows"] = s["queue_rows"]
@@ -492,6 +587,12 @@ class Runtime:
         }
         out["cache"] = None if m.cache is None else m.cache.counters()
         out["service_rate_rows_per_s"] = s["service_rate_rows_per_s"]
+        # Failed batches split to isolate the failing requests, and the extra
+        # executions that took (also counted in "batches").
+        out["isolation"] = {
+            "batches": s["isolated_batches"],
+            "executions": s["isolation_executions"],
+        }
         return out
 
     def monitor(self, name: str) -> Any:
@@ -563,7 +664,8 @@ class Runtime:
         """Calls the model once on zero rows; returns the output specs it produced."""
         rows = m.batching.preferred_batch_sizes[0] if m.batching.preferred_batch_sizes else 1
         args = [np.zeros((rows, *s.shape), dtype=_np_dtype(s.dtype)) for s in m.inputs]
-        result = m.fn(*args)
+        # A model that counts its own calls (a feature lookup) takes the warm-up separately.
+        result = getattr(m.fn, "warm_up_batch", m.fn)(*args)
         results = list(result) if isinstance(result, (tuple, list)) else [result]
         learned = []
         for i, r in enumerate(results):
@@ -614,7 +716,7 @@ class Runtime:
                 priority_levels=b.priority_levels,
                 default_priority_level=b.default_priority_level,
                 drop_unreachable=b.drop_unreachable,
-                inline_execution=b.inline_execution,
+                inline_execution=bool(b.inline_execution),  # None was resolved at add_model
             )
             if m.cache_config is not None and m.cache is None:
                 c = m.cache_config
@@ -650,17 +752,17 @@ class Runtime:
     def _drain(st: _LoopState) -> None:
         """Resolves every finished request; runs on the loop once per wake-up."""
         pending = st.pending
-        for rid, ok, value in st.queue.drain():
-            entry = pending.pop(rid, None)
+        for done in st.queue.drain():
+            entry = pending.pop(done[0], None)
             if entry is None:
                 continue
             fut = entry[0]
             if fut.done():
                 continue  # cancelled by its caller
-            if ok:
-                fut.set_result(value)
+            if done[1]:
+                fut.set_result(done[2])
             else:
-                fut.set_exception(value)
+                fut.set_exception(done[2])
 
     @staticmethod
     def _flush(st: _LoopState) -> None:

@@ -105,3 +105,13 @@ def test_user_errors_exit_1_without_traceback(project: Path) -> None:
         assert message in r.stderr and "Traceback" not in r.stderr
     r = cli(["get"], home)
     assert r.returncode == 2  # argparse usage error
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_list_never_prints_the_online_store_password(tmp_path: Path, as_json: bool) -> None:
+    secret = "S3cretPassw0rd"
+    args = ["list", "--online", f"redis://:{secret}@127.0.0.1:6399/0"]
+    r = cli([*args, "--json"] if as_json else args, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert secret not in r.stdout + r.stderr
+    assert "redis://:***@127.0.0.1:6399/0" in r.stdout

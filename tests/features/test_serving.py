@@ -40,7 +40,8 @@ class Server(ServerProcess):
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=20) as r:
                 raw = r.read()

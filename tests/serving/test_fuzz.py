@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 
+import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed")
@@ -19,6 +20,7 @@ from aiarch.serving import v2  # noqa: E402
 from aiarch.serving.errors import HttpError  # noqa: E402
 
 from .conftest import request  # noqa: E402
+from .models import linear  # noqa: E402
 
 _json = st.recursive(
     st.none()
@@ -95,12 +97,15 @@ def test_server_survives_random_input(server, junk: bytes) -> None:  # type: ign
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         s.sendall(junk)
         s.shutdown(socket.SHUT_WR)
+        # The server answers what it can parse and closes once the client has finished
+        # sending: a read that times out is a connection the server left hanging.
         s.settimeout(5)
         try:
             while s.recv(65536):
                 pass
-        except (ConnectionResetError, TimeoutError):
-            pass
+        except ConnectionResetError:
+            pass  # refused outright: fine, as long as the server itself lives on
+    _assert_answers_correctly(server.port)
 
 
 @settings(
@@ -113,10 +118,19 @@ def test_server_random_infer_json(server, doc: dict) -> None:  # type: ignore[no
     r = request(server.port, "POST", "/v2/models/lin/infer", json.dumps(doc).encode())
     assert r.status in (200, 400), r.body
     assert "error" in r.json() or r.status == 200
+    _assert_answers_correctly(server.port)
 
 
-def test_still_serving_after_fuzz(server) -> None:  # type: ignore[no-untyped-def]
+_ROW = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+
+
+def _assert_answers_correctly(port: int) -> None:
+    """The server is alive and right: a valid request gets 200 and the model's exact answer."""
     body = json.dumps(
-        {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}]}
+        {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": _ROW.tolist()}]}
     ).encode()
-    assert request(server.port, "POST", "/v2/models/lin/infer", body).status == 200
+    r = request(port, "POST", "/v2/models/lin/infer", body)
+    assert r.status == 200, r.body
+    out = r.json()["outputs"][0]  # type: ignore[index]
+    assert out["shape"] == [1, 4]
+    np.testing.assert_allclose(out["data"], linear(_ROW[None, :])[0], rtol=1e-6)

@@ -1,25 +1,47 @@
 // Dynamic batcher: one per model.
 //
+// Batch policy
+// - Idle-aware by default (max_delay_ns = 0): a request that arrives while an
+//   execution instance is free starts at once; requests that arrive while
+//   every instance is busy queue and form the next batch, which starts as soon
+//   as an instance frees. Batches grow with load and nothing waits at low load.
+// - max_delay_ns > 0 (opt-in) adds a fixed fill wait: a batch closes when it
+//   is full, when its oldest request has waited max_delay_ns, or when the
+//   earliest deadline in it would otherwise become unreachable. It pays when
+//   fuller batches are worth latency (a GPU whose cost per batch barely grows
+//   with rows) and load is steady enough that company arrives within the wait.
+//
 // Concurrency contract
 // - Submit(), Cancel(), Stats(), Shutdown(): thread-safe; Submit and Cancel
 //   take the batcher mutex for a few hundred nanoseconds (blocking, not
 //   lock-free). Submit never waits for execution: it enqueues, or fails at
 //   once (queue full => ResourceExhausted with a retry-after estimate).
-// - `instances` worker threads form and execute batches; up to `instances`
-//   batches are in flight at once. With inline_execution, a batch that a
-//   submit makes closable runs on the submitting thread instead: inside
-//   Submit() for blocking callers, or in the caller's next RunReady() when it
-//   set caller_flushes (an event loop). Batches closed by time (max_delay,
-//   deadlines) always run on workers. The executor is called with no batcher
-//   lock held.
+// - `instances` worker threads form and execute batches; at most `instances`
+//   batches are in flight at once, inline ones included. With
+//   inline_execution, a batch that a submit makes closable runs on the
+//   submitting thread instead: inside Submit() for blocking callers, or in the
+//   caller's next RunReady() when it set caller_flushes (an event loop).
+//   Batches closed by time (max_delay, deadlines) always run on workers. The
+//   executor is called with no batcher lock held.
 // - Ordering promised: within one priority level, requests enter batches in
 //   submit order; a higher-priority level is always drained first. Every
 //   request receives exactly one Completion. Ordering NOT promised:
 //   completion order across batches when instances > 1.
 // - Expiry: a request whose deadline has passed — or, with
 //   drop_unreachable, whose deadline cannot be met given the measured
-//   execution time — is completed with DeadlineExceeded when a batch is
-//   formed, and is never executed.
+//   execution time — is completed with DeadlineExceeded and is never
+//   executed. A deadline thread completes queued requests at their deadline
+//   even while every instance is busy; batch formation checks again with a
+//   fresh clock reading.
+// - Failure isolation: when a batch of several requests fails, it is split in
+//   halves that run again, recursively, so that only the requests whose rows
+//   make the model fail get its error. Each extra execution spends one credit
+//   of a per-batcher allowance that starts at 2 * max_batch_size, is capped
+//   there, and earns 2 credits per request served successfully; with no
+//   credit left a failed part fails whole. A model that fails on every batch
+//   therefore costs at most 2 * max_batch_size extra executions in all, and
+//   isolation never does more than two extra executions per good request.
+// - Shutdown returns only once no batch is executing, on any thread.
 // - Allocation: Submit allocates the request record; each batch allocates its
 //   input and output buffers.
 #pragma once
@@ -45,8 +67,10 @@
 namespace aiarch {
 
 struct BatchConfig {
-  int64_t max_batch_size = 64;                 // rows per batch
-  int64_t max_delay_ns = 500'000;              // longest the oldest request waits for company
+  int64_t max_batch_size = 64;  // rows per batch
+  // Fixed fill wait: longest the oldest request waits for company even when an
+  // instance is free. 0 (default): idle-aware, a free instance starts at once.
+  int64_t max_delay_ns = 0;
   std::vector<int64_t> preferred_batch_sizes;  // pad a batch up to the smallest size >= its rows
   int64_t max_queue_rows = 4096;               // admission bound; beyond it Submit fails at once
   int instances = 1;                           // batches in flight (worker threads)
@@ -79,10 +103,11 @@ struct ExecutorOutput {
 class Executor {
  public:
   virtual ~Executor() = default;
-  // Runs one batch. Called on a batcher worker thread, once per batch, with
-  // no batcher lock held; concurrently from several workers when
+  // Runs one batch. Called on a batcher worker thread (or a submitting thread
+  // with inline_execution), with no batcher lock held; concurrently when
   // instances > 1. On failure, `detail` may carry extra information to every
-  // request of the batch.
+  // request of the batch; the batcher may then call again on parts of the
+  // failed batch to isolate the failing requests.
   virtual Status Execute(const Batch& batch, std::vector<ExecutorOutput>* outputs,
                          std::shared_ptr<ErrorDetail>* detail) = 0;
 };
@@ -116,12 +141,18 @@ struct CachedResponse {
 };
 
 struct BatcherStats {
+  // `success` counts requests answered from the cache as well as executed ones.
   uint64_t success = 0, failed = 0, expired = 0, rejected = 0, cancelled = 0;
+  uint64_t cache_hits = 0;
+  int64_t last_inference_ms = 0;  // wall clock (ms since the epoch) of the last answer; 0 = none
   uint64_t batches = 0, rows = 0;
   int64_t queue_rows = 0;
   int64_t in_flight_batches = 0;
   uint64_t queue_ns_total = 0, execution_ns_total = 0, end_to_end_ns_total = 0;
   double service_rate_rows_per_s = 0;  // 0 until measured
+  // Failure isolation: failed batches that were split, and the extra
+  // executions run to split them (also counted in batches and rows).
+  uint64_t isolated_batches = 0, isolation_executions = 0;
 };
 
 class Batcher {
@@ -146,7 +177,9 @@ class Batcher {
   // false when it is already executing or finished. Thread-safe.
   bool Cancel(uint64_t request_id);
   // Stops admission; with drain, executes what is queued, otherwise fails it
-  // with Unavailable; joins the workers. Blocks. Thread-safe, idempotent.
+  // with Unavailable; joins the workers and waits until no batch is executing
+  // on any thread (inline executions included). Blocks. Thread-safe,
+  // idempotent. Must not be called from inside the executor.
   void Shutdown(bool drain);
 
   BatcherStats Stats() const;  // Thread-safe.
@@ -166,24 +199,41 @@ class Batcher {
           std::vector<TensorSpec> outputs, std::shared_ptr<Executor> executor,
           std::shared_ptr<Clock> clock, std::shared_ptr<ResponseCache> cache);
 
+  using Requests = std::vector<std::unique_ptr<Request>>;
+
   void WorkerLoop(int worker);
+  void DeadlineLoop();
   // Everything below with "Locked" runs with mu_ held.
   int64_t CloseTimeLocked(int64_t now) const;
   std::unique_ptr<Request> UnqueueLocked(Request* r);
-  void FormBatchLocked(int64_t now, std::vector<std::unique_ptr<Request>>* batch,
-                       std::vector<std::unique_ptr<Request>>* expired);
-  void WaitLocked(std::unique_lock<std::mutex>& lock, int worker, int64_t until_ns);
+  void ExpireLocked(int64_t now, Requests* expired);
+  int64_t EarliestDeadlineLocked() const;
+  void FormBatchLocked(int64_t now, Requests* batch, Requests* expired);
+  void WaitLocked(std::unique_lock<std::mutex>& lock, int participant, int64_t until_ns,
+                  std::condition_variable& cv);
+  void MarkBusyLocked(int participant, bool busy);
+  void FinishInFlightLocked();
   int64_t EstimateExecNsLocked(int64_t rows) const;
   int64_t PaddedRows(int64_t rows) const;
   double RetryAfterSecondsLocked(int64_t extra_rows) const;
-  void RunFormed(std::vector<std::unique_ptr<Request>>& batch,
-                 std::vector<std::unique_ptr<Request>>& expired, int64_t now);
-  void ExecuteBatch(std::vector<std::unique_ptr<Request>>& requests, int64_t start_ns);
-  // Delivers one Completion per request, grouped by sink so that each event
-  // loop is woken once per call; fill(request, completion) sets the payload.
+  void RunFormed(Requests& batch, Requests& expired, int64_t now);
+  void CompleteExpired(Requests& expired);
+  void ExecuteBatch(Requests& requests, int64_t start_ns);
+  // Runs requests[begin, end) as one batch; on failure splits it (see
+  // "Failure isolation" above). Delivers every completion of the range.
+  void ExecuteIsolating(Requests& requests, size_t begin, size_t end);
+  // One model call over requests[begin, end): gather, execute, check outputs.
+  Status ExecuteOnce(const Requests& requests, size_t begin, size_t end, Batch* batch,
+                     std::shared_ptr<BatchResult>* result, std::shared_ptr<ErrorDetail>* detail);
+  void DeliverSuccess(Requests& requests, size_t begin, size_t end, const Batch& batch,
+                      const std::shared_ptr<BatchResult>& result);
+  bool TakeIsolationCredit();
+  // Delivers one Completion per request of [begin, end), grouped by sink so
+  // that each event loop is woken once per call; fill(request, completion)
+  // sets the payload.
   template <typename Fill>
-  void DeliverGrouped(std::vector<std::unique_ptr<Request>>& requests, Fill&& fill);
-  void CompleteWithStatus(std::vector<std::unique_ptr<Request>>& requests, const Status& status,
+  void DeliverGrouped(Requests& requests, size_t begin, size_t end, Fill&& fill);
+  void CompleteWithStatus(Requests& requests, size_t begin, size_t end, const Status& status,
                           const std::shared_ptr<ErrorDetail>& detail);
   Status Validate(const SubmitArgs& args, int64_t* rows) const;
   bool CacheKeyBytes(const SubmitArgs& args, std::vector<uint8_t>* scratch, const uint8_t** key,
@@ -199,6 +249,8 @@ class Batcher {
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_;       // workers wait here for requests / time
+  std::condition_variable deadline_cv_;   // the deadline thread waits here
+  std::condition_variable idle_cv_;       // Shutdown waits here for in_flight_ == 0
   std::condition_variable settled_cv_;    // ManualClock::Advance waits here
   const std::vector<TensorSpec> inputs_;  // immutable after Create: read without mu_
   // Learned once, then immutable: published with std::atomic_store so that
@@ -211,17 +263,32 @@ class Batcher {
   int64_t in_flight_ = 0;                                          // guarded by mu_
   bool stopping_ = false;                                          // guarded by mu_
   bool drain_ = false;                                             // guarded by mu_
-  uint64_t settle_epoch_ = 0;                                      // guarded by mu_
-  std::vector<uint64_t> worker_settled_;                           // guarded by mu_
-  std::vector<bool> worker_alive_;                                 // guarded by mu_
+  bool deadline_thread_stop_ = false;                              // guarded by mu_
+  // What the deadline thread's wait ends at; a submit with an earlier
+  // deadline wakes it. kNoDeadline while it waits for any deadline.
+  int64_t deadline_wake_ns_;  // guarded by mu_
+  // ManualClock settling. Participants are the workers (0..instances-1) and
+  // the deadline thread (instances). A participant has settled on an epoch
+  // once it waits again after it. One executing a batch it formed before the
+  // epoch began reads the clock afresh when it returns, so Advance does not
+  // wait for it; a batch formed on the new time is waited for.
+  uint64_t settle_epoch_ = 0;              // guarded by mu_
+  std::vector<uint64_t> settled_epoch_;    // guarded by mu_
+  std::vector<bool> participant_alive_;    // guarded by mu_
+  std::vector<int64_t> busy_since_epoch_;  // -1 while not executing; guarded by mu_
+  int64_t isolation_credit_;               // guarded by mu_
   std::vector<int64_t> exec_estimate_ns_;  // EWMA per padded batch size; guarded by mu_
   double service_rate_ = 0;                // rows/s EWMA over all instances; guarded by mu_
   std::vector<std::thread> workers_;
+  std::thread deadline_thread_;
   std::mutex shutdown_mu_;  // serialises Shutdown()
 
   // Counters are written by workers and read by Stats() without mu_.
   std::atomic<uint64_t> success_{0}, failed_{0}, expired_{0}, rejected_{0}, cancelled_{0};
-  std::atomic<uint64_t> batches_{0}, rows_{0};
+  std::atomic<uint64_t> batches_{0}, rows_{0}, cache_hits_{0};
+  std::atomic<uint64_t> isolated_batches_{0}, isolation_executions_{0};
+  // Stored once per executed batch and once per cache hit; orders nothing (relaxed).
+  std::atomic<int64_t> last_inference_ms_{0};
   std::atomic<uint64_t> next_batch_seq_{1};
   int64_t deadline_requests_ = 0;  // queued requests with a deadline; guarded by mu_
   std::atomic<uint64_t> queue_ns_total_{0}, execution_ns_total_{0}, end_to_end_ns_total_{0};

@@ -38,12 +38,23 @@ class ManualClock final : public Clock {
  public:
   explicit ManualClock(int64_t start_ns = 0) : now_ns_(start_ns) {}
 
-  int64_t NowNs() const override { return now_ns_.load(std::memory_order_acquire); }
+  int64_t NowNs() const override {
+    const int64_t step = advance_per_read_.load(std::memory_order_relaxed);
+    if (step == 0) return now_ns_.load(std::memory_order_acquire);
+    return now_ns_.fetch_add(step, std::memory_order_acq_rel) + step;
+  }
   bool IsManual() const override { return true; }
 
   // Moves time forward by delta_ns (>= 0) and settles every subscriber.
   // Thread-safe; blocks until the subscribers have settled.
   void Advance(int64_t delta_ns);
+
+  // Makes every NowNs() move time forward by step_ns first (0: off), so that
+  // two reads inside one call differ, as they do on a real clock. Time moved
+  // this way settles no subscriber. Thread-safe.
+  void SetAdvancePerRead(int64_t step_ns) {
+    advance_per_read_.store(step_ns < 0 ? 0 : step_ns, std::memory_order_relaxed);
+  }
 
   // A subscriber's hook wakes it and blocks until it has acted on the new
   // time. Returns an id for Unsubscribe. Thread-safe.
@@ -53,7 +64,8 @@ class ManualClock final : public Clock {
  private:
   // Pairs with the acquire load in NowNs(): a subscriber woken by Advance
   // sees the advanced time.
-  std::atomic<int64_t> now_ns_;
+  mutable std::atomic<int64_t> now_ns_;
+  std::atomic<int64_t> advance_per_read_{0};
   std::mutex mu_;  // guards subscribers_ and serialises Advance()
   std::vector<std::pair<uint64_t, std::function<void()>>> subscribers_;
   uint64_t next_id_ = 1;

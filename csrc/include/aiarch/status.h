@@ -1,5 +1,7 @@
 // Status: errors are values in the core. Every fallible call returns a Status;
-// the Python binding maps each code 1:1 onto one AiarchError subclass.
+// the Python binding maps each code 1:1 onto one AiarchError subclass, whose
+// class also names the HTTP status a server answers with (the one table of
+// code <-> exception <-> HTTP status is python/aiarch/errors.py).
 #pragma once
 
 #include <string>
@@ -20,6 +22,10 @@ enum class StatusCode : int {
   kInternal = 8,           // a bug or an unexpected failure inside the core
   kExecutionFailed = 9,    // the model's executor raised or returned bad outputs
 };
+
+// One more than the highest code: the binding checks at import that
+// aiarch.errors has a class for every code below it.
+inline constexpr int kStatusCodeCount = 10;
 
 const char* StatusCodeName(StatusCode code);
 

@@ -156,6 +156,11 @@ def load(
         raise InvalidArgumentError(
             f"unknown backend {backend!r}; expected 'torch', 'onnxruntime' or 'tensorrt'"
         )
+    if opts.compile is not None and fmt not in ("torch_export", "torchscript"):
+        raise InvalidArgumentError(
+            f"compile={opts.compile!r} applies to torch models (.pt2); {str(p)!r} is a {fmt} "
+            "model, which its own library optimises"
+        )
     if fmt in ("torch_export", "torchscript"):
         from .torch import TorchBackend
 

@@ -20,7 +20,18 @@ import numpy as np
 from aiarch.config import TensorSpec
 from aiarch.errors import InvalidArgumentError
 
-__all__ = ["Backend", "BackendOptions", "Bucketing", "file_sha256", "pad_rows"]
+__all__ = [
+    "COMPILE_MODES",
+    "Backend",
+    "BackendOptions",
+    "Bucketing",
+    "file_sha256",
+    "pad_rows",
+    "zero_batch",
+]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+"""``BackendOptions.compile`` values, named as ``torch.compile`` names its modes."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,11 @@ class BackendOptions:
     """Largest batch the batcher will hand over."""
     cuda_graphs: bool = True
     """On CUDA, capture one graph per bucket so a batch costs one replay."""
+    compile: str | None = None
+    """torch models: ``torch.compile`` mode ("default", "reduce-overhead", "max-autotune"), one
+    specialised program per batch-size bucket, compiled at warm-up; None runs the model as
+    loaded. On CUDA with ``cuda_graphs`` the backend's own graph per bucket captures the compiled
+    kernels (see `aiarch.backends.torch`)."""
     calibration: Any = None
     """Calibration inputs for precision="fp8" (an array or a tuple of arrays, rows first)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -76,9 +92,8 @@ class Backend(abc.ABC):
 
     def warm_up(self) -> None:
         """Runs every bucket once (or one row when dynamic) so the first request is not slow."""
-        sizes = self.buckets or (1,)
-        for rows in sizes:
-            self(*(np.zeros((rows, *s.shape), dtype=_np_dtype(s.dtype)) for s in self.inputs))
+        for rows in self.buckets or (1,):
+            self(*zero_batch(self.inputs, rows))
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for logs, /config and benchmarks."""
@@ -103,6 +118,11 @@ def _np_dtype(name: str) -> Any:
     if name == "bfloat16":
         return np.float32  # numpy has no bfloat16; backends cast on the way in
     return np.dtype(name)
+
+
+def zero_batch(specs: Sequence[TensorSpec], rows: int) -> list[np.ndarray]:
+    """One all-zero array per input spec, ``rows`` rows each (what warm-up runs)."""
+    return [np.zeros((rows, *s.shape), dtype=_np_dtype(s.dtype)) for s in specs]
 
 
 def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:

@@ -7,12 +7,26 @@ CUDA: weights optionally cast to fp16/bf16 (or Linear layers to FP8 on Hopper); 
 CUDA graph per batch-size bucket, captured at warm-up. The Runtime makes the buckets the
 batcher's preferred sizes, so a batch arrives padded to a bucket and costs one host-to-device
 copy, one graph replay and one device-to-host copy.
+
+``compile`` (torch.export programs): the model is wrapped in ``torch.compile`` with static
+shapes, so each batch-size bucket gets its own specialised program, and warm-up compiles every
+bucket before the model is ready (the time is in ``describe()["compile"]`` and the log). The
+buckets are always set when compiling (powers of two up to max_batch_size unless given), so a
+batch never reaches an uncompiled shape. Inductor's FX graph cache (on by default, under
+``TORCHINDUCTOR_CACHE_DIR``, else ``/tmp/torchinductor_$USER``) makes a restart with the same
+model, shapes and torch version load compiled code from disk instead of generating it again;
+dynamo still traces the model anew in each process. On CUDA with CUDA graphs the backend captures
+the compiled kernels in its own graph per bucket, so inductor's own CUDA graphs are turned off:
+"reduce-overhead" then compiles like "default" and "max-autotune" like
+"max-autotune-no-cudagraphs" — the graphs they would have added are the backend's.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,9 +37,21 @@ import torch
 from aiarch.config import TensorSpec
 from aiarch.errors import InvalidArgumentError, UnavailableError
 
-from .base import Backend, BackendOptions, Bucketing, check_arity, default_buckets, run_bucketed
+from .base import (
+    COMPILE_MODES,
+    Backend,
+    BackendOptions,
+    Bucketing,
+    check_arity,
+    default_buckets,
+    run_bucketed,
+    zero_batch,
+)
 
 __all__ = ["TorchBackend"]
+
+log = logging.getLogger("aiarch.backends")
+
 
 # The batcher hands read-only views of its gather buffers; inference never writes its inputs,
 # so torch's warning about non-writable arrays is noise on every batch.
@@ -152,6 +178,46 @@ def _host_out_dtype(d: torch.dtype) -> torch.dtype:
     return torch.float32 if d in (torch.float16, torch.bfloat16) else d
 
 
+def _check_compile_mode(mode: str | None, fmt: str) -> None:
+    if mode is None:
+        return
+    if mode not in COMPILE_MODES:
+        raise InvalidArgumentError(
+            f"compile mode {mode!r}: expected one of {list(COMPILE_MODES)} (or None for no compile)"
+        )
+    if fmt != "torch_export":
+        raise InvalidArgumentError(
+            f"compile={mode!r} needs a torch.export (.pt2) program; a {fmt} model runs as loaded "
+            "(TorchScript is compiled by its own JIT, not by torch.compile)"
+        )
+
+
+def _inductor_mode(mode: str, own_cuda_graphs: bool) -> str:
+    """The torch.compile mode to use. With the backend's own graph per bucket, inductor's CUDA
+    graphs would be captured inside it, which CUDA does not allow; the backend's graph gives the
+    same launch savings, so only the kernel choices of the mode are kept."""
+    if not own_cuda_graphs:
+        return mode
+    return {"default": "default", "reduce-overhead": "default"}.get(
+        mode, "max-autotune-no-cudagraphs"
+    )
+
+
+def _fx_cache_counts() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    c = counters["inductor"]
+    return {"hits": int(c["fxgraph_cache_hit"]), "misses": int(c["fxgraph_cache_miss"])}
+
+
+def _inductor_cache_dir() -> str:
+    """Where inductor keeps compiled code across processes ($TORCHINDUCTOR_CACHE_DIR or its
+    default under the temp dir)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return str(cache_dir())
+
+
 class TorchBackend(Backend):
     """Runs a ``.pt2`` or TorchScript model on CPU or one CUDA device."""
 
@@ -175,6 +241,7 @@ class TorchBackend(Backend):
                 f"precision {options.precision!r}: the torch backend supports fp32, fp16, bf16 "
                 "(CUDA) and fp8 (torch.export programs)"
             )
+        _check_compile_mode(options.compile, fmt)
         self.torch_device = dev
         self.device = str(dev)
         if options.threads:
@@ -199,19 +266,37 @@ class TorchBackend(Backend):
         if self.compute_dtype is not None:
             module = module.to(self.compute_dtype)
         self.module = module.to(dev)
+        self.cuda_graphs = dev.type == "cuda" and options.cuda_graphs and bool(specs)
+        self.compile_mode = options.compile
+        self.inductor_mode = (
+            _inductor_mode(options.compile, self.cuda_graphs) if options.compile else None
+        )
+        self._compile_s: dict[int, float] = {}
+        self._fx_cache: dict[str, int] = {}
+        if self.inductor_mode is not None:
+            # Static shapes: one program per bucket (the buckets below make them the only
+            # shapes a batch has), fullgraph so a model dynamo cannot take whole fails at load
+            # rather than silently running in pieces.
+            self.module = torch.compile(
+                self.module, mode=self.inductor_mode, dynamic=False, fullgraph=True
+            )
 
         # Buckets: a static batch dim fixes one; CUDA graphs need one per size.
         if static_batch:
             sizes: tuple[int, ...] = (static_batch,)
         elif options.batch_sizes:
             sizes = tuple(options.batch_sizes)
-        elif dev.type == "cuda" and options.cuda_graphs:
+        elif (dev.type == "cuda" and options.cuda_graphs) or options.compile:
             sizes = default_buckets(options.max_batch_size)
         else:
             sizes = ()
         self.bucketing = Bucketing(sizes)
         self.buckets = self.bucketing.sizes
-        self.cuda_graphs = dev.type == "cuda" and options.cuda_graphs and bool(self.inputs)
+        if options.compile:
+            # Dynamo keeps at most `recompile_limit` programs per model (8 by default) and runs
+            # eager past it; every bucket must keep its own. Process-wide, so only ever raised.
+            limit = torch._dynamo.config.recompile_limit
+            torch._dynamo.config.recompile_limit = max(limit, len(self.buckets))
         self._lanes: queue.SimpleQueue[_CudaInstance] = queue.SimpleQueue()
         self._lane_count = 0
         self._lane_lock = threading.Lock()
@@ -277,18 +362,43 @@ class TorchBackend(Backend):
                 lane = _CudaInstance(self)
                 if self.cuda_graphs:
                     for b in sorted(self.buckets, reverse=True):  # big first: the pool reuses
-                        lane.capture(b)
+                        started = time.perf_counter()
+                        lane.capture(b)  # compiles the bucket first when compiling
+                        if self.compile_mode:
+                            self._compile_s.setdefault(b, time.perf_counter() - started)
                 return lane
         return self._lanes.get()
 
     def warm_up(self) -> None:
-        """Creates every CUDA lane (capturing its graphs) and runs each bucket once."""
+        """Creates every CUDA lane (capturing its graphs) and runs each bucket once; with
+        ``compile``, that first run of a bucket is its compilation. Called once, at load."""
+        cache_before = _fx_cache_counts() if self.compile_mode else {}
         if self.torch_device.type == "cuda":
             lanes = [self._take_lane() for _ in range(self._lanes_wanted)]
             for lane in lanes:
                 self._lanes.put(lane)
-        if self.inputs:
-            super().warm_up()
+        if not self.inputs:
+            return
+        for rows in self.buckets or (1,):
+            started = time.perf_counter()
+            self(*zero_batch(self.inputs, rows))
+            if self.compile_mode:
+                self._compile_s.setdefault(rows, time.perf_counter() - started)
+        if self.compile_mode:
+            after = _fx_cache_counts()
+            self._fx_cache = {k: after[k] - cache_before[k] for k in after}
+            log.info(
+                "%s: torch.compile %s (inductor mode %s) of buckets %s took %.1f s; "
+                "FX graph cache: %d hit(s), %d miss(es) under %s",
+                self.path,
+                self.compile_mode,
+                self.inductor_mode,
+                list(self.buckets),
+                sum(self._compile_s.values()),
+                self._fx_cache["hits"],
+                self._fx_cache["misses"],
+                _inductor_cache_dir(),
+            )
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -299,6 +409,15 @@ class TorchBackend(Backend):
         )
         if hasattr(self, "fp8_layers"):
             d["fp8_layers"] = self.fp8_layers
+        if self.compile_mode:
+            d["compile"] = {
+                "mode": self.compile_mode,
+                "inductor_mode": self.inductor_mode,
+                "seconds": round(sum(self._compile_s.values()), 3),
+                "bucket_seconds": {str(b): round(t, 3) for b, t in sorted(self._compile_s.items())},
+                "fx_graph_cache": dict(self._fx_cache),
+                "cache_dir": _inductor_cache_dir(),
+            }
         return d
 
     def close(self) -> None:

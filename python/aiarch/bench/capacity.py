@@ -154,11 +154,18 @@ class CapacityResult:
 
     def to_dict(self) -> dict[str, Any]:
         best = self.at_capacity
+        # No failing rate was found when every rate up to --max-rps passed: JSON has no
+        # infinity, so the bound is null and the reason says why.
+        failing = self.failing_rps if math.isfinite(self.failing_rps) else None
         return {
             "slo_p99_ms": self.slo_p99_ms,
             "capacity_rps": self.capacity_rps,
-            "failing_rps": self.failing_rps,
-            "bracket_rps": [self.capacity_rps, self.failing_rps],
+            "failing_rps": failing,
+            "failing_rps_reason": None
+            if failing is not None
+            else f"every probed rate passed, up to the rate cap {self.capacity_rps:g} req/s "
+            "(--max-rps); the capacity is at least that",
+            "bracket_rps": [self.capacity_rps, failing],
             "spread": best.spread() if best else None,
             "knee_rps": self.knee_rps,
             "closed_loop_probe": self.closed_loop_probe.to_dict()

@@ -269,8 +269,8 @@ def add_parser(sub: Any) -> None:
         "--max-delay-us",
         dest="delays_us",
         type=_int_list,
-        default=[500],
-        help="max_delay_us values (default 500)",
+        default=[0],
+        help="max_delay_us values; 0 = no fill wait, the serving default (default 0)",
     )
     sw.add_argument(
         "--instance-counts",

@@ -333,10 +333,14 @@ def _capacity_summary(
         )
         return lines, extra
     s = best.spread()
-    hi = "inf" if math.isinf(result.failing_rps) else f"{result.failing_rps:,.1f}"
+    fails = (
+        "no failing rate up to --max-rps"
+        if math.isinf(result.failing_rps)
+        else f"fails at {result.failing_rps:,.1f}"
+    )
     lines.append(
         f"capacity at p99 <= {result.slo_p99_ms:g} ms: {result.capacity_rps:,.1f} req/s "
-        f"(fails at {hi}; {len(best.windows)} windows: p99 {s['p99_ms_median']:.2f} ms "
+        f"({fails}; {len(best.windows)} windows: p99 {s['p99_ms_median']:.2f} ms "
         f"[{s['p99_ms_min']:.2f} .. {s['p99_ms_max']:.2f}], throughput "
         f"{s['throughput_median']:,.1f} [{s['throughput_min']:,.1f} .. {s['throughput_max']:,.1f}] inf/s)"
     )

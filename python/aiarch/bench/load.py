@@ -17,11 +17,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiarch.errors import InvalidArgumentError
 
 from .target import HttpTarget, ServerSnapshot, breakdown
+
+if TYPE_CHECKING:
+    from aiarch import _core
 
 __all__ = ["LoadSettings", "Point", "run_http", "run_in_process"]
 
@@ -183,7 +186,7 @@ def _lag_us(h: Any) -> dict[str, float]:
     }
 
 
-def _throughput(r: dict[str, Any], settings: LoadSettings) -> float:
+def _throughput(r: _core.LoadResult, settings: LoadSettings) -> float:
     """Successful replies per second: those that arrived inside the measured window when it
     has a duration (perf_analyzer's definition), else the measured ones over their span."""
     if settings.duration_s > 0:

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from aiarch._json import finite
+
 __all__ = [
     "ProgressBar",
     "format_table",
@@ -93,15 +95,16 @@ def format_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
+    """Writes `doc` as strict JSON (RFC 8259): a non-finite number becomes null, never
+    `Infinity`/`NaN`, which most JSON parsers reject."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    text = json.dumps(finite(doc), indent=2, default=_json_default, allow_nan=False)
+    Path(path).write_text(text + "\n")
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and math.isinf(o):
-        return None
     if hasattr(o, "to_dict"):
-        return o.to_dict()
+        return finite(o.to_dict())
     return str(o)
 
 

@@ -119,7 +119,7 @@ class OnlineBackend:
 class _NativeReader:
     __slots__ = ("_plan",)
 
-    def __init__(self, plan: Any) -> None:
+    def __init__(self, plan: _core.FeaturePlan) -> None:
         self._plan = plan
 
     def get(self, ids: Any, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,14 +137,14 @@ class NativeBackend(OnlineBackend):
         self.url = url
         self.path = path
         self.persistent = path is not None
-        self._tables: dict[tuple[str, str], Any] = {}
+        self._tables: dict[tuple[str, str], _core.FeatureTable] = {}
         self._lock = threading.Lock()
 
     def _snapshot_path(self, view: FeatureView) -> Path:
         assert self.path is not None
         return self.path / f"{view.name}-{view.fingerprint}.snap"
 
-    def table(self, view: FeatureView, key_dtype: str) -> Any:
+    def table(self, view: FeatureView, key_dtype: str) -> _core.FeatureTable:
         """The native table of `view` (created, and loaded from its snapshot, on first use)."""
         key = (view.name, view.fingerprint)
         t = self._tables.get(key)

@@ -116,11 +116,14 @@ class Alerts:
 
     def evaluate(self, values: Mapping[str, float], version: str, now: float) -> list[str]:
         """Checks every rule against its value (``values`` by rule name); returns the rules
-        whose state changed."""
+        whose state changed. A NaN value (a window with no traffic) is no evidence either way:
+        the rule keeps its state, so a quiet window never resolves a firing alert."""
         changed = []
         for rule in self.rules:
             value = float(values.get(rule.name, float("nan")))
             self.values[rule.name] = value
+            if value != value:
+                continue
             on = rule.firing(value)
             if on == self.active[rule.name]:
                 continue

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from aiarch._json import finite
 from aiarch.errors import InvalidArgumentError
 
 from .alerts import AlertRule, Alerts, Webhook
@@ -108,7 +109,8 @@ class HistoryPoint(msgspec.Struct):
     drift_share: float
     dataset_drift: bool
     latency_us: dict[str, float]
-    """End-to-end percentiles (p50_us, p90_us, p99_us, p999_us) within the window."""
+    """End-to-end percentiles (p50_us, p90_us, p99_us, p999_us) within the window; empty when
+    no request finished in it (no latency, not a latency of 0)."""
 
 
 class MonitorSnapshot(msgspec.Struct):
@@ -202,7 +204,8 @@ def report_from_snapshot(
         "processes": snap.processes,
         "latency_us": latency,
         "requests": requests,
-        "drift": drift,
+        # A window with no rows has no drift scores: null, never NaN (not JSON).
+        "drift": finite(drift),
         "history": msgspec.to_builtins(snap.history),
     }
 
@@ -400,7 +403,9 @@ class Monitor:
                     rows=drift.rows,
                     drift_share=drift.share,
                     dataset_drift=drift.drifted,
-                    latency_us={k: v for k, v in tick_latency.items() if k.endswith("_us")},
+                    latency_us={k: v for k, v in tick_latency.items() if k.endswith("_us")}
+                    if tick_latency["count"]
+                    else {},
                 )
             )
             values = {
@@ -472,7 +477,8 @@ class Monitor:
                 "kind": r.kind,
                 "threshold": r.threshold,
                 "active": self.alerts.active[r.name],
-                "value": self.alerts.values[r.name],
+                # NaN (no traffic in the rule's window) is not JSON: null.
+                "value": finite(self.alerts.values[r.name]),
             }
             for r in self.alerts.rules
         ]

@@ -173,7 +173,7 @@ class Profile:
         """Start of each feature's bins in the flat count arrays, plus the total at the end."""
         return np.cumsum([0, *(f.num_bins for f in self.features)])
 
-    def sketch(self) -> Any:
+    def sketch(self) -> _core.DriftSketch:
         """A new native drift sketch with this profile's bins."""
         kinds = [0 if f.kind == "numeric" else 1 for f in self.features]
         points: list[list[float]] = []

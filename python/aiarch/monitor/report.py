@@ -6,9 +6,10 @@ import math
 import time
 from typing import Any
 
-__all__ = ["render_table", "write_png"]
+__all__ = ["latency_series_ms", "render_table", "write_png"]
 
 _STAGE_ORDER = ("queue", "feature_lookup", "execution", "end_to_end")
+_PCT_KEYS = ("p50_us", "p90_us", "p99_us", "p999_us")
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -35,9 +36,10 @@ def render_table(report: dict[str, Any], max_features: int = 40) -> str:
             stages, key=lambda s: _STAGE_ORDER.index(s) if s in _STAGE_ORDER else 9
         ):
             s = stages[stage]
+            # An empty window has no latency: "-", never 0.
+            pct = [_f(s[k], 1) if s["count"] else "-" for k in _PCT_KEYS]
             lines.append(
-                f"{stage:<16}{window:>7}{s['count']:>10}{s['p50_us']:>11.1f}{s['p90_us']:>11.1f}"
-                f"{s['p99_us']:>11.1f}{s['p999_us']:>11.1f}"
+                f"{stage:<16}{window:>7}{s['count']:>10}" + "".join(f"{v:>11}" for v in pct)
             )
     lines += [
         "",
@@ -83,6 +85,12 @@ def render_table(report: dict[str, Any], max_features: int = 40) -> str:
     return "\n".join(lines)
 
 
+def latency_series_ms(history: list[dict[str, Any]], key: str) -> list[float]:
+    """One percentile (``key``, e.g. "p99_us") per history window, in ms; NaN for a window in
+    which no request finished, which matplotlib draws as a gap (no data, not 0 ms)."""
+    return [h["latency_us"].get(key, math.nan) / 1e3 for h in history]
+
+
 def write_png(report: dict[str, Any], path: str, max_features: int = 30) -> None:
     """Latency percentiles over time (or per window) and per-feature drift bars."""
     import matplotlib
@@ -101,14 +109,12 @@ def write_png(report: dict[str, Any], path: str, max_features: int = 30) -> None
             ("p99_us", "p99"),
             ("p999_us", "p99.9"),
         ):
-            ax_lat.plot(
-                xs, [h["latency_us"].get(key, 0) / 1e3 for h in history], marker=".", label=label
-            )
+            ax_lat.plot(xs, latency_series_ms(history, key), marker=".", label=label)
         ax_lat.set_xlabel("minutes")
         ax_lat.set_title(f"{report['model']} end-to-end latency per window")
     else:
         e2e = {w: s.get("end_to_end") for w, s in report["latency_us"].items()}
-        windows = [w for w, s in e2e.items() if s]
+        windows = [w for w, s in e2e.items() if s and s["count"]]
         width = 0.2
         for i, (key, label) in enumerate(
             (("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9"))

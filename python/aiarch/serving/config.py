@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiarch.backends.base import COMPILE_MODES
+
 __all__ = [
     "HttpLimits",
     "ModelConfig",
@@ -113,6 +115,11 @@ class ModelConfig:
 
     backend: str | None = None
     """For ONNX files: "tensorrt" builds a TensorRT engine instead of using ONNX Runtime."""
+
+    compile: str | None = None
+    """For torch.export (.pt2) files: a ``torch.compile`` mode ("default", "reduce-overhead",
+    "max-autotune"), compiled per batch-size bucket before the model is ready; other formats
+    run as loaded (with a warning)."""
 
     backend_options: dict[str, Any] = field(default_factory=dict)
     """Further `aiarch.backends.BackendOptions` fields (threads, cuda_graphs, extra...)."""
@@ -281,6 +288,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         "device",
         "precision",
         "backend",
+        "compile",
         "backend_options",
         "features",
         "monitor",
@@ -311,10 +319,15 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         source = str(base_dir / path_part) + source[len(path_part) :]
     elif _is_model_path(source) and not os.path.isabs(source):
         source = str(base_dir / source)
-    optional = {k: table.get(k) for k in ("device", "precision", "backend")}
+    optional = {k: table.get(k) for k in ("device", "precision", "backend", "compile")}
     for key, value in optional.items():
         if value is not None and not isinstance(value, str):
             raise ValueError(f"model {name!r}: {key} must be a string, got {value!r}")
+    if optional["compile"] is not None and optional["compile"] not in COMPILE_MODES:
+        raise ValueError(
+            f"model {name!r}: compile must be one of {list(COMPILE_MODES)}, "
+            f"got {optional['compile']!r}"
+        )
     return ModelConfig(
         name=validate_model_name(name),
         source=source,
@@ -325,6 +338,7 @@ def _model_from_table(name: str, table: Any, base_dir: Path) -> ModelConfig:
         device=optional["device"],
         precision=optional["precision"],
         backend=optional["backend"],
+        compile=optional["compile"],
         backend_options=dict(table.get("backend_options") or {}),
         features=dict(table["features"]) if table.get("features") is not None else None,
         monitor=_monitor_table(table.get("monitor"), base_dir),
@@ -359,7 +373,7 @@ def load_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
         [models.mlp]
         source = "mypkg.models:mlp"
         version = "1"
-        batching = { max_batch_size = 64, max_delay_us = 500 }
+        batching = { max_batch_size = 64, instances = 2 }
         cache = { max_bytes = 67108864, ttl_s = 30.0 }
 
     Returns (server overrides, models).

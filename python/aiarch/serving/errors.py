@@ -1,17 +1,21 @@
 """The ONE place where exceptions become HTTP status codes and `{"error": ...}` bodies.
 
-Runtime errors are matched by class name along the exception's MRO, so an error class from the
-`aiarch` hierarchy (or a subclass a backend defines) maps the same without this module importing
-the native core. Codes follow the KServe v2 / Triton mapping (docs/v2-protocol.md §3), except that
-a full queue is 429 + Retry-After (overload is refused at the door) and an expired deadline is 504.
+An :class:`aiarch.AiarchError` carries its own HTTP status (``http_status``: the table is
+:mod:`aiarch.errors`), so this module reads it rather than keeping a second table: a subclass
+defined anywhere (``ConflictError`` 409, ``GateFailedError`` 412) is answered with the status
+it declares. The server's own errors are :class:`HttpError` (status + message); anything else
+is a bug and answers 500 with its class name only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
 import msgspec
+
+from aiarch.errors import AiarchError, RequestCancelledError
 
 __all__ = ["HttpError", "error_body", "status_for_exception"]
 
@@ -28,39 +32,28 @@ class HttpError(Exception):
         self.headers = headers
 
 
-_STATUS_BY_CLASS_NAME: dict[str, int] = {
-    "InvalidArgumentError": 400,
-    "AlreadyExistsError": 400,
-    "RequestCancelledError": 400,
-    "NotFoundError": 404,
-    "ResourceExhaustedError": 429,
-    "UnimplementedError": 501,
-    "UnavailableError": 503,
-    "DeadlineExceededError": 504,
-    "InternalError": 500,
-    "ExecutionError": 500,
-    "AiarchError": 500,
-}
-
-
 def status_for_exception(exc: BaseException) -> tuple[int, str, tuple[tuple[str, str], ...]]:
     """Map an exception to (status, message, extra headers). Called once per failed request."""
     if isinstance(exc, HttpError):
         return exc.status, exc.message, exc.headers
-    for cls in type(exc).__mro__:
-        status = _STATUS_BY_CLASS_NAME.get(cls.__name__)
-        if status is None:
-            continue
-        message = str(exc) or cls.__name__
-        if status == 429:
-            retry = getattr(exc, "retry_after_s", None)
-            seconds = max(1, math.ceil(retry)) if isinstance(retry, (int, float)) else 1
-            return status, message, (("retry-after", str(seconds)),)
-        if status == 500:
-            log.warning("request failed: %s: %s", type(exc).__name__, message)
-        return status, message, ()
-    log.exception("unexpected error while serving a request", exc_info=exc)
-    return 500, f"internal error: {type(exc).__name__}", ()
+    if isinstance(exc, asyncio.CancelledError):
+        # The request's task was cancelled because its client went away: the answer is
+        # never read, and there is nothing to log.
+        return RequestCancelledError.http_status, "request cancelled", ()
+    if not isinstance(exc, AiarchError):
+        log.exception("unexpected error while serving a request", exc_info=exc)
+        return 500, f"internal error: {type(exc).__name__}", ()
+    status = exc.http_status
+    message = str(exc) or type(exc).__name__
+    if status == 429:
+        retry = getattr(exc, "retry_after_s", None)
+        seconds = 1
+        if isinstance(retry, (int, float)) and math.isfinite(retry):
+            seconds = max(1, math.ceil(retry))
+        return status, message, (("retry-after", str(seconds)),)
+    if status >= 500:
+        log.warning("request failed: %s: %s", type(exc).__name__, message)
+    return status, message, ()
 
 
 _encode = msgspec.json.encode

@@ -132,6 +132,22 @@ def _is_model_file(source: str) -> bool:
     return not _is_python_ref(source) and is_model_file(source)
 
 
+def _compile_for(name: str, path: Path, mode: str | None) -> str | None:
+    """The compile mode for a model file: torch.compile applies to torch.export programs only,
+    so a server-wide --compile leaves ONNX/TensorRT/TorchScript models as they are."""
+    if mode is None:
+        return None
+    from aiarch.backends import detect_format
+
+    fmt = detect_format(path)
+    if fmt == "torch_export":
+        return mode
+    log.warning(
+        "model %s: compile=%s applies to .pt2 models; this %s model runs as loaded", name, mode, fmt
+    )
+    return None
+
+
 _RESOLVERS.append(SourceResolver("model file", _is_model_file, _model_file))
 _RESOLVERS.append(SourceResolver("python", _is_python_ref, resolve_object))
 
@@ -288,6 +304,20 @@ def _runtime_configs(cfg: ModelConfig) -> tuple[Any, Any]:
     return batching, cache
 
 
+def _check_declared_outputs(name: str, model: Any, cfg: ModelConfig) -> None:
+    """A served callable must make its outputs known before the first request: the metadata
+    endpoints describe them. Declared inputs with warm-up on derive them from one zero-row call;
+    with warm-up off nothing would, so the load is refused."""
+    if isinstance(model, Path) or cfg.warmup or cfg.features is not None:
+        return
+    if getattr(model, "inputs", None) and not getattr(model, "outputs", None):
+        raise ValueError(
+            f"model {name!r} declares .inputs but not .outputs and warmup is off: declare "
+            ".outputs (a list of TensorSpec) or enable warmup so that one zero-row call "
+            "derives them"
+        )
+
+
 class ModelRepository:
     """The models a server knows (by name → ModelConfig) and their loading into the Runtime.
 
@@ -333,6 +363,7 @@ class ModelRepository:
                 model = resolve_source(cfg.source)
             except Exception as e:
                 raise SourceError(name, cfg.source) from e
+            _check_declared_outputs(name, model, cfg)
             if cfg.features is not None:
                 from .features import prepare
 
@@ -351,6 +382,7 @@ class ModelRepository:
                     precision=cfg.precision,
                     backend=cfg.backend,
                     backend_options=cfg.backend_options,
+                    compile=_compile_for(name, model, cfg.compile),
                 )
             if cfg.monitor is not None:
                 from aiarch.monitor import Monitor

@@ -83,8 +83,9 @@ class ServerProcess:
         raise TimeoutError(f"server not ready after {timeout:g}s:\n{self.output()}")
 
     def output(self) -> str:
-        """Everything the server printed so far."""
-        self._logf.flush()
+        """Everything the server printed so far (also after `stop()` when ``log`` names a file)."""
+        if not self._logf.closed:
+            self._logf.flush()
         if self.log is not None:
             return self.log.read_text(errors="replace")
         pos = self._logf.tell()

@@ -1,10 +1,13 @@
 """Lifecycle of `aiarch serve`: sockets, worker processes, start-up loading and graceful drain.
 
 - One worker = one process, one uvloop event loop, one Runtime, one listening socket. With
-  `workers > 1` a supervisor spawns N workers that bind the same port with SO_REUSEPORT (the
-  kernel spreads connections); each loads its own models.
-- Start-up: listen first (so `/v2/health/live` answers), then load and warm the models in a
-  worker thread; `/v2/health/ready` turns 200 once all are loaded.
+  `workers > 1` a supervisor (`supervisor.py`) spawns N workers that bind the same port with
+  SO_REUSEPORT (the kernel spreads connections) and replaces any that dies; each worker loads
+  its own models.
+- Start-up: bind the port (so a port in use fails at once), load and warm every model, then
+  listen. No request ever reaches a worker that would answer 404 while loading, and a model
+  that cannot load ends the process with `EXIT_MODEL_LOAD` and one line naming the model and
+  the reason, before anything listens.
 - SIGTERM/SIGINT: readiness turns false, the listening socket closes, idle keep-alive
   connections close, in-flight requests finish (up to `drain_timeout_s`), the runtime closes,
   the process exits 0.
@@ -15,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -23,14 +25,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from aiarch.redact import redact_url
+
 from .app import App
 from .config import ServeConfig, is_loopback_address
 from .http import HttpCounters, HttpProtocol
-from .loader import ModelRepository, resolve_object
+from .loader import ModelRepository, SourceError, resolve_object
 from .metrics import HttpCollector
 from .routing import RegistryRouting
+from .supervisor import EXIT_MODEL_LOAD, supervise
 
-__all__ = ["Server", "make_socket", "run"]
+__all__ = ["ModelLoadError", "Server", "make_socket", "run"]
 
 log = logging.getLogger("aiarch.serving")
 
@@ -51,6 +56,19 @@ def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class ModelLoadError(Exception):
+    """A model of the configuration could not be loaded at start-up."""
+
+    def __init__(self, name: str, source: str, cause: BaseException) -> None:
+        # Clients get one message for every unloadable source (no oracle of which files
+        # exist); the operator starting the server is told the real reason.
+        if isinstance(cause, SourceError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        super().__init__(f"model {name!r} (source {redact_url(source)}) cannot load: {reason}")
+        self.name = name
 
 
 class Server:
@@ -82,19 +100,22 @@ class Server:
     async def serve(
         self, sock: socket.socket | None = None, on_listening: Callable[[int], None] | None = None
     ) -> None:
-        """Serve until `request_stop`, then drain. Runs in the worker's event loop."""
+        """Load every model, listen, serve until `request_stop`, then drain. Runs in the
+        worker's event loop. Raises ModelLoadError (before listening) when a model cannot load."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         cfg = self.config
-        # With several workers sharing the port, the kernel hands connections to any worker
-        # that listens: a worker joins only once its models are loaded, so no request reaches
-        # one that would answer 404 while loading. A single worker listens at once, so health
-        # probes see it live (and not yet ready) during a slow load.
-        preload = cfg.workers > 1
-        if preload:
-            await self._load_models()
+        owned = sock is None
         if sock is None:
             sock = make_socket(cfg.host, cfg.port, reuse_port=cfg.workers > 1)
+        # Bound but not listening while the models load: connections are refused, never
+        # accepted by a worker that would answer 404.
+        try:
+            await self._load_models()
+        except BaseException:
+            if owned:
+                sock.close()
+            raise
         server = await loop.create_server(
             lambda: HttpProtocol(self), sock=sock, backlog=cfg.backlog
         )
@@ -104,7 +125,6 @@ class Server:
         if on_listening is not None:
             on_listening(self.port)
         sweeper = loop.create_task(self._sweep_idle())
-        loader = loop.create_task(asyncio.sleep(0) if preload else self._load_models())
         watcher = loop.create_task(self.routing.watch_loop())
         try:
             await self._stop.wait()
@@ -112,7 +132,6 @@ class Server:
             log.info("shutting down: draining in-flight requests")
             self.handler.draining = True
             server.close()
-            loader.cancel()
             watcher.cancel()
             sweeper.cancel()
             await self._drain()
@@ -127,12 +146,11 @@ class Server:
             try:
                 if self.routing.handles(m):
                     await self.routing.load(m)
-                    continue
-                await loop.run_in_executor(None, self.repository.load, m.name, None)
-            except Exception:
-                log.exception("failed to load model %s from %s", m.name, m.source)
-                self.request_stop()
-                return
+                else:
+                    await loop.run_in_executor(None, self.repository.load, m.name, None)
+            except Exception as e:
+                log.debug("loading model %s failed", m.name, exc_info=True)
+                raise ModelLoadError(m.name, m.source, e) from e
             self.handler.refresh(m.name)
         self.handler.ready = True
         log.info("ready: %d model(s) loaded", len(self.config.models))
@@ -201,7 +219,8 @@ def run_worker(
     runtime_factory: Callable[[], Any] | None = None,
     sock: socket.socket | None = None,
 ) -> int:
-    """Run one worker in this process until SIGTERM/SIGINT; returns the exit code."""
+    """Run one worker in this process until SIGTERM/SIGINT; returns the exit code
+    (`EXIT_MODEL_LOAD` when a model cannot load)."""
     _setup_logging(config.log_level)
     if runtime_factory is None:
         runtime_factory = resolve_object(config.runtime_factory)
@@ -212,7 +231,13 @@ def run_worker(
         server = Server(config, runtime)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.request_stop)
-        loop.run_until_complete(server.serve(sock))
+        try:
+            loop.run_until_complete(server.serve(sock))
+        except ModelLoadError as e:
+            log.error("aiarch serve: %s", e)
+            with contextlib.suppress(Exception):
+                server._close_runtime()
+            return EXIT_MODEL_LOAD
         return 0
     finally:
         with contextlib.suppress(Exception):
@@ -225,10 +250,27 @@ def _exit_now(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _worker_main(config: ServeConfig) -> None:
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies, so no worker outlives it (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import multiprocessing
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        raise SystemExit(0)  # the supervisor died before the request took effect
+
+
+def worker_main(config: ServeConfig) -> None:
+    """Entry point of one supervised worker process."""
     # A stop that arrives before the loop takes over the signals ends the worker cleanly.
     signal.signal(signal.SIGTERM, _exit_now)
     signal.signal(signal.SIGINT, _exit_now)
+    _die_with_parent()
     sys.exit(run_worker(config))
 
 
@@ -238,44 +280,10 @@ def run(config: ServeConfig) -> int:
         return run_worker(config)
     _setup_logging(config.log_level)
     # Reserve the port (port 0 → a concrete one) for the whole group: a bound, non-listening
-    # member of the SO_REUSEPORT group receives no connections but keeps the port ours.
+    # member of the SO_REUSEPORT group receives no connections but keeps the port ours, also
+    # while a dead worker is being replaced.
     holder = make_socket(config.host, config.port, reuse_port=True)
-    port = holder.getsockname()[1]
-    worker_cfg = ServeConfig(**{**config.__dict__, "port": port})
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker_main, args=(worker_cfg,), name=f"aiarch-worker-{i}")
-        for i in range(config.workers)
-    ]
-    stopping = False
-
-    def forward(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in procs:
-            if p.pid is not None and p.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    log.info("starting %d workers on http://%s:%d", config.workers, config.host, port)
-    for p in procs:
-        p.start()
-    code = 0
     try:
-        while any(p.exitcode is None for p in procs):
-            for p in procs:
-                p.join(0.2)
-                if p.exitcode is not None and p.exitcode != 0 and not stopping:
-                    log.error("worker %s exited with %s; stopping the others", p.name, p.exitcode)
-                    code = 1
-                    forward(signal.SIGTERM, None)
+        return supervise(config, holder.getsockname()[1])
     finally:
         holder.close()
-    clean = (0, -signal.SIGTERM) if stopping else (0,)
-    failed = [(p.name, p.exitcode) for p in procs if p.exitcode not in clean]
-    if failed:
-        log.error("workers exited with errors: %s", failed)
-        code = code or 1
-    return code

@@ -1,0 +1,266 @@
+# Types of the compiled module aiarch._core (csrc/python/*.cpp). Private: the package's public
+# surface is what aiarch.__all__ lists. Keep in step with the bindings; mypy checks the package
+# against this file, and tests/core/test_core_stub.py checks it names what the module defines.
+
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, TypeAlias, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+from aiarch.errors import AiarchError
+
+__version__: str
+
+# Status code name -> value (aiarch.errors.StatusCode).
+STATUS_CODES: dict[str, int]
+
+def _raise_status(code: int, message: str, retry_after_s: float = 0.0) -> None:
+    """Raises the aiarch.errors class mapped from a core status code (OK raises nothing)."""
+
+# A model's result: one array for a single-output model, else a tuple in output order. Arrays
+# are read-only views of the batch's result.
+Outputs: TypeAlias = np.ndarray | tuple[np.ndarray, ...]
+# What a submit takes: one array for a single-input model, else one per input in order.
+Inputs: TypeAlias = np.ndarray | Sequence[np.ndarray]
+# (name, dtype, shape after the rows dim).
+SpecTuple: TypeAlias = tuple[str, str, tuple[int, ...]]
+# (request_id, True, outputs) or (request_id, False, the error to raise).
+Completed: TypeAlias = tuple[int, Literal[True], Outputs] | tuple[int, Literal[False], AiarchError]
+
+class TensorSpecLike(Protocol):
+    """Anything with a tensor's name, dtype name and per-row shape (aiarch.TensorSpec)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+# ---------------------------------------------------------------- clock
+
+class ManualClock:
+    """A clock that moves only on advance()."""
+
+    def __init__(self, start_ns: int = 0) -> None: ...
+    @property
+    def now_ns(self) -> int: ...
+    def advance(self, ns: int) -> None: ...
+
+# ---------------------------------------------------------------- histograms
+
+class HistogramSnapshot:
+    def __init__(
+        self,
+        highest_trackable: int,
+        significant_digits: int,
+        counts: npt.ArrayLike,
+        clamped: int = 0,
+    ) -> None: ...
+    @property
+    def total_count(self) -> int: ...
+    @property
+    def clamped(self) -> int: ...
+    @property
+    def min(self) -> int: ...
+    @property
+    def max(self) -> int: ...
+    @property
+    def mean(self) -> float: ...
+    @property
+    def highest_trackable(self) -> int: ...
+    @property
+    def significant_digits(self) -> int: ...
+    def percentile(self, p: float) -> int: ...
+    def merge(self, other: HistogramSnapshot) -> None: ...
+    def counts(self) -> npt.NDArray[np.uint64]: ...
+    def cumulative_counts(self, bounds: Sequence[int]) -> list[int]: ...
+
+class Histogram:
+    """Log-linear latency histogram (wait-free record)."""
+
+    def __init__(
+        self, highest_trackable: int = 68719476736, significant_digits: int = 3
+    ) -> None: ...
+    def record(self, value: int) -> None: ...
+    def record_n(self, value: int, count: int) -> None: ...
+    def record_corrected(self, value: int, expected_interval: int) -> None: ...
+    def record_many(self, values: npt.ArrayLike) -> None: ...
+    def snapshot(self) -> HistogramSnapshot: ...
+    def reset(self) -> None: ...
+    @property
+    def counts_length(self) -> int: ...
+
+# ---------------------------------------------------------------- cache
+
+class ResponseCache:
+    def __init__(
+        self, max_bytes: int, ttl_ns: int = 0, shards: int = 16, buckets: int = 65536
+    ) -> None: ...
+    def lookup(self, key: bytes, now_ns: int = 0) -> bytes | None: ...
+    def insert(self, key: bytes, value: bytes, now_ns: int = 0) -> bool: ...
+    def erase(self, key: bytes) -> bool: ...
+    def invalidate(self) -> None: ...
+    def clear(self) -> None: ...
+    @property
+    def generation(self) -> int: ...
+    def counters(self) -> dict[str, int]: ...
+
+# ---------------------------------------------------------------- batching
+
+class BatchConfig:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_delay_ns: int,
+        preferred_batch_sizes: Sequence[int],
+        max_queue_rows: int,
+        instances: int,
+        priority_levels: int,
+        default_priority_level: int,
+        drop_unreachable: bool,
+        inline_execution: bool,
+    ) -> None: ...
+
+class CompletionQueue:
+    def __init__(self) -> None: ...
+    @property
+    def fd(self) -> int: ...
+    def drain(self) -> list[Completed]:
+        """Takes every finished request."""
+
+class Model:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., object],
+        inputs: Sequence[TensorSpecLike],
+        outputs: Sequence[TensorSpecLike],
+        batching: BatchConfig,
+        cache: ResponseCache | None = None,
+        clock: ManualClock | None = None,
+    ) -> None: ...
+    def submit(
+        self, inputs: Inputs, timeout_ns: int, priority: int, queue: CompletionQueue
+    ) -> int | Outputs:
+        """The request id, or the outputs when the cache answered."""
+    def submit_sync(self, inputs: Inputs, timeout_ns: int, priority: int) -> Outputs: ...
+    def cancel(self, request_id: int) -> bool: ...
+    def run_ready(self) -> int: ...
+    def shutdown(self, drain: bool) -> None: ...
+    def stats(self) -> dict[str, int | float]:
+        """Counters (ints) and service_rate_rows_per_s (float)."""
+    def histogram(self, which: str) -> HistogramSnapshot:
+        """queue, execution, end_to_end or batch_size; another name raises InvalidArgumentError."""
+    def input_specs(self) -> list[SpecTuple]: ...
+    def output_specs(self) -> list[SpecTuple]: ...
+
+# ---------------------------------------------------------------- features
+
+# Entity ids: integers (an int64 table) or str/bytes (a string table).
+EntityIds: TypeAlias = npt.ArrayLike | Sequence[str | bytes]
+
+class FeatureTable:
+    """In-process online feature table: entity key -> float32 row + event time."""
+
+    def __init__(
+        self, width: int, key_kind: str = "int64", shards: int = 16, initial_slots: int = 1024
+    ) -> None: ...
+    def upsert(self, ids: EntityIds, values: npt.ArrayLike, event_ns: npt.ArrayLike) -> int: ...
+    def read(self, id: int | str | bytes) -> tuple[npt.NDArray[np.float32], int] | None: ...
+    def snapshot(self, path: str) -> None: ...
+    def load_snapshot(self, path: str) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def key_kind(self) -> str: ...
+    def counters(self) -> dict[str, int]: ...
+
+# (table, columns, defaults, ttl_ns, out_offset)
+PlanSegment: TypeAlias = tuple[FeatureTable, Sequence[int], Sequence[float], int, int]
+
+class FeaturePlan:
+    """A resolved multi-table gather into one float32 array."""
+
+    def __init__(self, segments: Sequence[PlanSegment], out_width: int) -> None: ...
+    def gather(
+        self, ids: EntityIds, now_ns: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]: ...
+    @property
+    def out_width(self) -> int: ...
+    @property
+    def key_kind(self) -> str: ...
+
+# ---------------------------------------------------------------- drift
+
+class DriftSketch:
+    def __init__(self, kinds: Sequence[int], points: Sequence[Sequence[float]]) -> None: ...
+    def count(self, batch: npt.ArrayLike) -> None: ...
+    def bin_of(self, feature: int, value: float) -> int: ...
+    def take_window(self) -> npt.NDArray[np.uint64]: ...
+    def peek_window(self) -> npt.NDArray[np.uint64]: ...
+    def totals(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def num_features(self) -> int: ...
+    @property
+    def num_bins(self) -> int: ...
+    @property
+    def values_counted(self) -> int: ...
+    @property
+    def offsets(self) -> npt.NDArray[np.uint64]: ...
+
+# ---------------------------------------------------------------- load generator
+
+class LoadProgress(TypedDict):
+    sent: int
+    completed: int
+    errors: int
+    measuring: bool
+    done: bool
+    elapsed_s: float
+
+class LoadResult(TypedDict):
+    latency: HistogramSnapshot
+    service: HistogramSnapshot
+    send_lag: HistogramSnapshot
+    scheduled: int
+    sent: int
+    completed: int
+    succeeded: int
+    io_errors: int
+    timeouts: int
+    unsent: int
+    waited_for_connection: int
+    succeeded_in_window: int
+    status_counts: dict[int, int]
+    window_s: float
+    stopped: bool
+    first_error: str
+
+class LoadGenerator:
+    """Native HTTP/1.1 open/closed-loop load generator (epoll)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        requests: Sequence[bytes],
+        mode: str = "constant",
+        rate_per_s: float = 0.0,
+        threads: int = 1,
+        connections: int = 16,
+        pipeline: int = 1,
+        warmup_s: float = 0.0,
+        duration_s: float = 0.0,
+        max_requests: int = 0,
+        drain_timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
+        seed: int = 1,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def wait(self, timeout_s: float = -1.0) -> bool: ...
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+    def progress(self) -> LoadProgress: ...
+    def result(self) -> LoadResult: ...
