@@ -312,7 +312,16 @@ def test_artifacts_urls_are_checked_and_credentials_refused(tmp_path: Path) -> N
         Registry(url, home=tmp_path, artifacts="gs://bucket/p")
 
 
-def test_a_server_on_another_host_serves_what_was_registered(
+def _infer(server: Any) -> tuple[int, Any]:
+    return http_json(
+        "POST",
+        f"{server.base}/v2/models/fraud/infer",
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def test_a_server_on_another_host_serves_from_the_bucket_and_keeps_serving_when_it_breaks(
     hosts: Callable[..., Registry],
     s3_env: TemporaryS3,
     bucket: str,
@@ -329,13 +338,20 @@ def test_a_server_on_another_host_serves_what_was_registered(
         **s3_env.env(),
     )
     server = serve(["--model", "fraud@production", "--registry", pg_url], env)
-    status, body = http_json(
-        "POST",
-        f"{server.base}/v2/models/fraud/infer",
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
-        headers={"Content-Type": "application/json"},
-    )
+    status, body = _infer(server)
     assert status == 200, body
-    assert body["outputs"][0]["data"] == [3.0, 6.0, 9.0, 12.0]
+    assert (body["model_version"], body["outputs"][0]["data"]) == ("1", [3.0, 6.0, 9.0, 12.0])
     cached = list((tmp_path / "server-home" / "artifacts" / "trees").glob("*.manifest.json"))
     assert [p.name for p in cached] == [f"{mv.digest}.manifest.json"]
+
+    # Version 2's object disappears from the bucket before the server ever fetched it.
+    mv2 = a.register("fraud", f"{write_model(tmp_path / 'src', 4.0)}:predict")
+    _delete(a, _object_key(mv2))
+    a.set_alias("fraud", "production", mv2.version)  # set_alias does not verify; the server must
+    deadline = time.monotonic() + 30
+    while "cannot switch production to version 2" not in server.output():
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
+    assert "is missing from s3://" in server.output()
+    status, body = _infer(server)
+    assert (status, body["model_version"], body["outputs"][0]["data"][0]) == (200, "1", 3.0)
