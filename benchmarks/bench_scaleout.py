@@ -55,8 +55,10 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     if binary is None:
         sys.exit("redis-server is not installed (bash scripts/setup.sh installs it)")
     proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)]
-        + ["--save", "", "--appendonly", "no", "--logfile", str(workdir / "redis.log")],
+        [
+            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)),
+            *("--save", "", "--appendonly", "no", "--logfile", str(workdir / "redis.log")),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -136,8 +138,10 @@ def bench_lookups(samples: int, tmp: Path) -> list[dict[str, Any]]:
                 }
                 results.append(row)
                 table.append(
-                    [f"{n} x {N_FEATURES}", label, samples, p50, p99, p999]
-                    + [f"{row['p50_over_baseline']:.2f}x", f"{row['p99_over_baseline']:.2f}x"]
+                    [
+                        *(f"{n} x {N_FEATURES}", label, samples, p50, p99, p999),
+                        *(f"{row['p50_over_baseline']:.2f}x", f"{row['p99_over_baseline']:.2f}x"),
+                    ]
                 )
         for store in stores:
             store.close()
@@ -147,8 +151,10 @@ def bench_lookups(samples: int, tmp: Path) -> list[dict[str, Any]]:
         proc.wait(10)
     print_table(
         "Feature lookup latency (µs per call from Python; baseline = one redis-server)",
-        ["entities x features", "backend", "samples", "p50", "p99", "p99.9"]
-        + ["p50 / baseline", "p99 / baseline"],
+        [
+            *("entities x features", "backend", "samples", "p50", "p99", "p99.9"),
+            *("p50 / baseline", "p99 / baseline"),
+        ],
         table,
     )
     return results

@@ -274,8 +274,10 @@ def test_a_deleted_object_makes_verify_name_the_broken_version(
 
     # The CLI says the same and exits 1; the bucket comes from --artifacts.
     cli = subprocess.run(
-        [sys.executable, "-m", "aiarch", "models", "verify", "fraud/2", "--registry", pg_url]
-        + ["--artifacts", _store(a).loc.url.rstrip("/") + f"?endpoint_url={s3_env.endpoint_url}"],
+        [
+            *(sys.executable, "-m", "aiarch", "models", "verify", "fraud/2", "--registry", pg_url),
+            *("--artifacts", f"{_store(a).loc.url}?endpoint_url={s3_env.endpoint_url}"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -64,11 +64,14 @@ class TemporaryRedisCluster:
             workdir.mkdir()
             # Each node is its own process; output goes to its log, never to a pipe.
             self.procs[port] = subprocess.Popen(
-                [server, "--bind", "127.0.0.1", "--port", str(port), "--cluster-port", str(bus)]
-                + ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-                + ["--cluster-node-timeout", str(self.node_timeout_ms)]
-                + ["--dir", str(workdir), "--save", "", "--appendonly", "no"]
-                + ["--logfile", str(workdir / "redis.log")],
+                [
+                    *(server, "--bind", "127.0.0.1", "--port", str(port)),
+                    *("--cluster-port", str(bus), "--cluster-enabled", "yes"),
+                    *("--cluster-config-file", "nodes.conf"),
+                    *("--cluster-node-timeout", str(self.node_timeout_ms)),
+                    *("--dir", str(workdir), "--save", "", "--appendonly", "no"),
+                    *("--logfile", str(workdir / "redis.log")),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
             )
@@ -76,8 +79,10 @@ class TemporaryRedisCluster:
             for port in self.ports:
                 self._wait(lambda p=port: self._ping(p), f"node {port} did not answer")
             create = subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
-                + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                [
+                    *(cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)),
+                    *("--cluster-replicas", str(self.replicas), "--cluster-yes"),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -119,7 +124,10 @@ class TemporaryRedisCluster:
                 with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as r:
                     if r.cluster("info")["cluster_state"] != "ok":
                         return False
-                    if self.replicas and len(self.roles()["replica"]) < self.masters * self.replicas:
+                    if (
+                        self.replicas
+                        and len(self.roles()["replica"]) < self.masters * self.replicas
+                    ):
                         return False
             return True
         except redis.RedisError:

@@ -165,9 +165,7 @@ class ObjectArtifactStore:
             hint = " (check the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / profile)"
         elif code == "NoSuchBucket":
             hint = f" (bucket {self.loc.bucket!r} does not exist)"
-        return StorageUnavailableError(
-            redact_url(f"cannot {action} {self.location}: {e}{hint}")
-        )
+        return StorageUnavailableError(redact_url(f"cannot {action} {self.location}: {e}{hint}"))
 
     def _head_size(self, key: str, action: str = "read") -> int | None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -194,9 +192,7 @@ class ObjectArtifactStore:
             for sha, size in sorted({(sha, size) for _, size, sha in manifest.files}):
                 key = self._object_key(sha)
                 if self._head_size(key, action) != size:
-                    self.client.upload_file(
-                        str(self.local.object_path(sha)), self.loc.bucket, key
-                    )
+                    self.client.upload_file(str(self.local.object_path(sha)), self.loc.bucket, key)
             key = self._manifest_key(manifest.digest)
             data = manifest.to_bytes()
             if self._head_size(key, action) != len(data):

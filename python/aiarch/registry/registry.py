@@ -32,9 +32,9 @@ from .errors import (
     ModelNotFoundError,
 )
 from .filters import parse_filter, parse_order_by
+from .objectstore import ObjectArtifactStore
 from .search import VERSION_COLUMNS, check_gates, search_sql
 from .signature import infer_signature
-from .objectstore import ObjectArtifactStore
 from .store import ArtifactStore
 from .uris import SCHEME, ModelRef, parse_ref, validate_alias, validate_name
 

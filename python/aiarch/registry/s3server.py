@@ -49,6 +49,7 @@ class TemporaryS3:
         self.region = "us-east-1"
         self._log = log
         self.proc: subprocess.Popen[bytes] | None = None
+        self._out: Any = None
 
     def start(self) -> TemporaryS3:
         try:
@@ -60,10 +61,10 @@ class TemporaryS3:
         env = dict(os.environ)
         if self.authenticated:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_SETUP_ACTIONS)
-        out = open(self._log, "ab") if self._log else subprocess.DEVNULL  # noqa: SIM115
+        self._out = out = open(self._log, "ab") if self._log else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=out,
+            stdout=out or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             env=env,
         )
@@ -77,7 +78,9 @@ class TemporaryS3:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise S3Unavailable(f"moto_server did not listen on {self.port} in 30 s")
+                    raise S3Unavailable(
+                        f"moto_server did not listen on {self.port} in 30 s"
+                    ) from None
                 time.sleep(0.05)
         if self.authenticated:
             self._create_user()
@@ -133,6 +136,9 @@ class TemporaryS3:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
     def __enter__(self) -> TemporaryS3:
         return self.start()
