@@ -267,6 +267,7 @@ def test_a_stalled_master_times_out_within_the_timeout_and_recovers(
     _flush(cluster)
     s = make_store(cluster.url, timeout_s=0.05)
     _seed(s, n=20)
+    cluster.wait_replicated()  # were a loaded machine to stretch the stall into a failover
     plan = s.plan(REFS)
     plan.get([0])
     backend = s.backend
