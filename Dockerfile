@@ -17,7 +17,7 @@ COPY csrc csrc
 COPY python python
 RUN python -m pip wheel --no-cache-dir --no-deps -w /wheels .
 # Extras baked into the image: ONNX Runtime models, the PostgreSQL registry, the Redis store.
-ARG AIARCH_EXTRAS=onnx,postgres,redis
+ARG AIARCH_EXTRAS=onnx,postgres,redis,s3
 ARG TORCH_VERSION=
 RUN python -m venv /opt/aiarch \
  && /opt/aiarch/bin/pip install --no-cache-dir "$(ls /wheels/aiarch-*.whl)[${AIARCH_EXTRAS}]" \

@@ -99,6 +99,12 @@ def _add_serve(sub: Any) -> None:
         "$AIARCH_REGISTRY, else SQLite under $AIARCH_HOME)",
     )
     g.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="where registry artifacts live, e.g. s3://bucket/prefix (default: "
+        "$AIARCH_ARTIFACTS, else files under $AIARCH_HOME)",
+    )
+    g.add_argument(
         "--route",
         action="append",
         default=[],
@@ -261,6 +267,8 @@ def _serve_config(args: argparse.Namespace) -> Any:
     models = [m for m in models if m.name not in names] + flag_models
     if args.registry:
         cfg.registry = args.registry
+    if args.artifacts:
+        cfg.artifacts = args.artifacts
     for spec in args.route:
         name, sep, arms = spec.partition("=")
         if not sep:

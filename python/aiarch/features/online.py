@@ -7,6 +7,10 @@
 - ``redis://HOST:PORT/DB``: Redis, shared by every replica. One key per entity per view holding a
   packed row (big-endian int64 event time, then float32 values); reads are one pipelined round
   trip per batch (one MGET per view), writes one Lua call per chunk that keeps the newer row.
+- ``redis+cluster://HOST:PORT,HOST:PORT,...``: Redis Cluster (any reachable nodes; the rest are
+  discovered). Keys carry the entity id as a hash tag, so one entity's rows of every view live in
+  one slot: a batch is one MGET per entity, pipelined by node - one round trip per node per
+  batch, the nodes answering in parallel; writes are one Lua call per slot, pipelined by node.
 
 A reader is built once per lookup plan and called once per batch.
 """
@@ -35,6 +39,7 @@ __all__ = [
     "NativeBackend",
     "OnlineBackend",
     "RedisBackend",
+    "RedisClusterBackend",
     "Segment",
     "normalize_ids",
     "open_backend",
@@ -218,6 +223,14 @@ def _row_dtype(width: int) -> np.dtype[Any]:
     return np.dtype([("ts", ">i8"), ("v", "<f4", (width,))])
 
 
+def _row_keys(parts: tuple[bytes, bytes], key_dtype: str, ids: Any) -> list[bytes]:
+    """The row key of each entity id: ``head + id + tail``."""
+    head, tail = parts
+    if key_dtype == "int64":
+        return [b"%s%d%s" % (head, i, tail) for i in np.asarray(ids).tolist()]
+    return [head + (i.encode() if isinstance(i, str) else i) + tail for i in ids]
+
+
 class _RedisReader:
     """One plan's pipelined Redis read: an MGET per view, one round trip per batch."""
 
@@ -229,7 +242,7 @@ class _RedisReader:
         self.width = width
         self.segments = [
             (
-                backend.prefix(s.view),
+                backend.key_parts(s.view),
                 np.asarray(s.columns, np.intp),
                 np.asarray(s.defaults, np.float32),
                 s.view.ttl_ns,
@@ -242,13 +255,8 @@ class _RedisReader:
         for s in segments:
             self.defaults[s.out_offset : s.out_offset + len(s.columns)] = s.defaults
 
-    def _keys(self, prefix: bytes, ids: Any) -> list[bytes]:
-        if self.key_dtype == "int64":
-            return [prefix + b"%d" % i for i in ids.tolist()]
-        return [prefix + (i.encode() if isinstance(i, str) else i) for i in ids]
-
     def _commands(self, ids: Any) -> list[list[bytes]]:
-        return [self._keys(seg[0], ids) for seg in self.segments]
+        return [_row_keys(seg[0], self.key_dtype, ids) for seg in self.segments]
 
     def _assemble(
         self, n: int, replies: list[list[bytes | None]], now_ns: int
@@ -317,8 +325,9 @@ class RedisBackend(OnlineBackend):
         self._async: dict[asyncio.AbstractEventLoop, Any] = {}
         self._lock = threading.Lock()
 
-    def prefix(self, view: FeatureView) -> bytes:
-        return f"{self.namespace}:fv:{view.name}:{view.fingerprint}:".encode()
+    def key_parts(self, view: FeatureView) -> tuple[bytes, bytes]:
+        """(head, tail) of `view`'s row keys: a row key is ``head + entity id + tail``."""
+        return f"{self.namespace}:fv:{view.name}:{view.fingerprint}:".encode(), b""
 
     def _unavailable(self, e: BaseException) -> UnavailableError:
         kind = "timed out" if "Timeout" in type(e).__name__ else "is unreachable"
@@ -385,11 +394,7 @@ class RedisBackend(OnlineBackend):
         rec["v"] = values
         raw = rec.tobytes()
         size = rec.dtype.itemsize
-        prefix = self.prefix(view)
-        if key_dtype == "int64":
-            keys = [prefix + b"%d" % i for i in np.asarray(ids).tolist()]
-        else:
-            keys = [prefix + (i.encode() if isinstance(i, str) else i) for i in ids]
+        keys = _row_keys(self.key_parts(view), key_dtype, ids)
         applied = 0
         try:
             for start in range(0, len(keys), chunk):
@@ -405,6 +410,264 @@ class RedisBackend(OnlineBackend):
 
     def close(self) -> None:
         self.client.close()
+
+
+# ---------------------------------------------------------------------------- redis cluster
+
+
+_REDIRECTS = 2
+"""Attempts of one cluster command: enough to follow a MOVED or an ASK. A multi-key read refused
+with TRYAGAIN (its slot mid-migration, its keys split between two nodes) then pauses once in the
+client (50 ms) and is read key by key, instead of being retried through the client's whole
+series of sleeps. Plans of one view send one key per entity and never meet TRYAGAIN."""
+
+
+def _cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """Startup nodes and connection options of a ``redis+cluster://`` URL."""
+    from urllib.parse import unquote, urlsplit
+
+    form = "expected redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]"
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgumentError(
+                f"invalid node {item!r} in online store URL {redact_url(url)!r}; {form}"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    if parts.path.strip("/") not in ("", "0"):
+        raise InvalidArgumentError(
+            f"online store URL {redact_url(url)!r} names database {parts.path.strip('/')!r}; "
+            "Redis Cluster has only database 0"
+        )
+    options: dict[str, Any] = {"ssl": parts.scheme == "rediss+cluster"}
+    if userinfo:
+        user, sep, password = userinfo.partition(":")
+        options["username"] = unquote(user) or None
+        options["password"] = unquote(password) if sep else None
+    return nodes, options
+
+
+class RedisClusterBackend(RedisBackend):
+    """Redis Cluster through redis-py's cluster client, with the same row format, timeouts and
+    no retries: a node that is down or stalled fails the batch within ``timeout_s``
+    (UnavailableError, so the plan's policy raises or serves defaults, counted), never a hang.
+    The slot map is refreshed after an error, so lookups recover once a replica has taken over.
+
+    Rows of one entity share a hash tag (``aiarch:fv:{id=42}:txn:...``): every view of an
+    entity is one MGET on one node. The client connects on first use."""
+
+    def __init__(self, url: str, timeout_s: float = 0.05, namespace: str = "aiarch") -> None:
+        if not timeout_s > 0:
+            raise InvalidArgumentError(f"timeout_s must be > 0, got {timeout_s}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.namespace = namespace
+        self._nodes, options = _cluster_nodes(url)
+        self._kwargs = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            **options,
+        }
+        self._client: Any = None
+        self._async: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._lock = threading.Lock()
+
+    def key_parts(self, view: FeatureView) -> tuple[bytes, bytes]:
+        # The tag is never empty ("id=" + id), so even an empty id keeps its views together.
+        return (
+            f"{self.namespace}:fv:{{id=".encode(),
+            f"}}:{view.name}:{view.fingerprint}".encode(),
+        )
+
+    @staticmethod
+    def _errors() -> tuple[type[BaseException], ...]:
+        from redis import exceptions as x
+
+        return (
+            x.ConnectionError,
+            x.TimeoutError,
+            x.ClusterError,
+            x.RedisClusterException,
+            x.TryAgainError,
+            x.MasterDownError,
+            OSError,
+        )
+
+    @property
+    def client(self) -> Any:  # type: ignore[override]
+        if self._client is None:
+            from redis.backoff import NoBackoff
+            from redis.cluster import ClusterNode, RedisCluster
+            from redis.retry import Retry
+
+            with self._lock:
+                if self._client is None:
+                    try:
+                        client = RedisCluster(
+                            startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
+                            retry=Retry(NoBackoff(), 0),
+                            **self._kwargs,
+                        )
+                        client.RedisClusterRequestTTL = _REDIRECTS
+                        self._client = client
+                    except self._errors() as e:
+                        raise self._unavailable(e) from e
+        return self._client
+
+    @staticmethod
+    def _per_entity(key_lists: list[list[bytes]]) -> list[list[bytes]]:
+        return [list(keys) for keys in zip(*key_lists)]
+
+    @staticmethod
+    def _per_view(replies: list[list[bytes | None]], views: int) -> list[list[bytes | None]]:
+        return [[r[v] for r in replies] for v in range(views)]
+
+    @staticmethod
+    def _split_slot(reply: Any) -> bool:
+        """Whether a reply is the refusal of a multi-key read in a slot being migrated (its
+        keys split between two nodes: TRYAGAIN until the client gives up)."""
+        from redis.exceptions import ClusterError, ConnectionError, TimeoutError, TryAgainError
+
+        return isinstance(reply, (TryAgainError, ClusterError)) and not isinstance(
+            reply, (ConnectionError, TimeoutError)
+        )
+
+    def _settle(self, replies: list[Any], per_entity: list[list[bytes]]) -> list[int]:
+        """Indexes of the entities to read key by key; raises any other error."""
+        again = []
+        for i, r in enumerate(replies):
+            if isinstance(r, BaseException):
+                if not self._split_slot(r):
+                    raise r
+                again.append(i)
+        return again
+
+    def _pipeline(self) -> Any:
+        pipe = self.client.pipeline()
+        pipe.RedisClusterRequestTTL = _REDIRECTS  # commands resent one by one use the pipe's
+        return pipe
+
+    def mget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
+        """One MGET per entity (all its views, one slot), pipelined: one round trip per node.
+        An entity whose slot is being migrated is read again with one GET per key."""
+        per_entity = self._per_entity(key_lists)
+        try:
+            pipe = self._pipeline()
+            for keys in per_entity:
+                pipe.execute_command("MGET", *keys)
+            replies = pipe.execute(raise_on_error=False)
+            again = self._settle(replies, per_entity)
+            if again:
+                pipe = self._pipeline()
+                for i in again:
+                    for key in per_entity[i]:
+                        pipe.execute_command("GET", key)
+                singles = iter(pipe.execute())
+                for i in again:
+                    replies[i] = [next(singles) for _ in per_entity[i]]
+        except self._errors() as e:
+            raise self._unavailable(e) from e
+        return self._per_view(replies, len(key_lists))
+
+    def _aclient(self) -> Any:
+        loop = asyncio.get_running_loop()
+        c = self._async.get(loop)
+        if c is None:
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            with self._lock:
+                for old in [lp for lp in self._async if lp.is_closed()]:
+                    del self._async[old]
+                c = self._async[loop] = RedisCluster(
+                    startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
+                    retry=Retry(NoBackoff(), 0),
+                    **self._kwargs,
+                )
+                c.RedisClusterRequestTTL = _REDIRECTS
+        return c
+
+    async def amget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
+        per_entity = self._per_entity(key_lists)
+        client = self._aclient()
+        try:
+            pipe = client.pipeline()
+            for keys in per_entity:
+                pipe.execute_command("MGET", *keys)
+            replies = await pipe.execute(raise_on_error=False)
+            again = self._settle(replies, per_entity)
+            if again:
+                pipe = client.pipeline()
+                for i in again:
+                    for key in per_entity[i]:
+                        pipe.execute_command("GET", key)
+                singles = iter(await pipe.execute())
+                for i in again:
+                    replies[i] = [next(singles) for _ in per_entity[i]]
+        except self._errors() as e:
+            raise self._unavailable(e) from e
+        return self._per_view(replies, len(key_lists))
+
+    async def aclose(self) -> None:
+        """Close the asyncio client of the running loop (if it has one)."""
+        c = self._async.pop(asyncio.get_running_loop(), None)
+        if c is not None:
+            await c.aclose()
+
+    def write(
+        self,
+        view: FeatureView,
+        key_dtype: str,
+        ids: Any,
+        values: np.ndarray,
+        event_ns: np.ndarray,
+        chunk: int = 1000,
+    ) -> int:
+        """Upsert rows: one Lua call per slot (a call's keys must share one), pipelined by node
+        per chunk of slots. The script is loaded on every master first (EVALSHA then finds it
+        also on a replica promoted since: it is loaded again if not)."""
+        from redis.crc import key_slot
+        from redis.exceptions import NoScriptError
+
+        rec = np.empty(len(values), _row_dtype(len(view.features)))
+        rec["ts"] = event_ns
+        rec["v"] = values
+        raw = rec.tobytes()
+        size = rec.dtype.itemsize
+        groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
+        for i, key in enumerate(_row_keys(self.key_parts(view), key_dtype, ids)):
+            ks, rows = groups.setdefault(key_slot(key), ([], []))
+            ks.append(key)
+            rows.append(raw[i * size : (i + 1) * size])
+        batches = list(groups.values())
+        applied = 0
+        try:
+            sha = self.client.script_load(_UPSERT_LUA)
+            for start in range(0, len(batches), chunk):
+                for attempt in (0, 1):
+                    pipe = self.client.pipeline()
+                    for ks, rows in batches[start : start + chunk]:
+                        pipe.evalsha(sha, len(ks), *ks, *rows)
+                    results = pipe.execute(raise_on_error=False)
+                    if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                        self.client.script_load(_UPSERT_LUA)  # a master without it took over
+                        continue
+                    for r in results:
+                        if isinstance(r, BaseException):
+                            raise r
+                    applied += sum(int(r) for r in results)
+                    break
+        except self._errors() as e:
+            raise self._unavailable(e) from e
+        return applied
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 # ---------------------------------------------------------------------------- selection
@@ -427,10 +690,12 @@ def open_backend(url: str | None, *, timeout_s: float = 0.05) -> OnlineBackend:
         key = f"native://{path}"
     elif url.startswith(("redis://", "rediss://", "unix://")):
         return RedisBackend(url, timeout_s=timeout_s)
+    elif url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return RedisClusterBackend(url, timeout_s=timeout_s)
     else:
         raise InvalidArgumentError(
-            f"unknown online store URL {redact_url(url)!r}; expected memory://[NAME], native://PATH or "
-            "redis://HOST:PORT/DB"
+            f"unknown online store URL {redact_url(url)!r}; expected memory://[NAME], native://PATH, "
+            "redis://HOST:PORT/DB or redis+cluster://HOST:PORT,HOST:PORT,..."
         )
     with _SHARED_LOCK:
         b = _SHARED.get(key)

@@ -1,5 +1,6 @@
 """The model registry: versions, content-addressed artifacts, aliases with history and
-rollback, search; SQLite by default, PostgreSQL for many machines.
+rollback, search; SQLite by default, PostgreSQL for many machines; artifacts on local disk or
+in an S3-compatible bucket.
 
     from aiarch.registry import Registry
     reg = Registry()
@@ -16,6 +17,7 @@ from .errors import (
     ModelNotFoundError,
     RegistryError,
 )
+from .objectstore import StorageUnavailableError
 from .registry import AliasChange, AliasWatch, ModelSummary, ModelVersion, Registry
 from .uris import ModelRef, is_registry_ref, parse_ref
 
@@ -31,6 +33,7 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "RegistryError",
+    "StorageUnavailableError",
     "is_registry_ref",
     "parse_ref",
 ]

@@ -26,6 +26,8 @@ examples:
 references: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, NAME@ALIAS, NAME/VERSION
 registry:   --registry URL, else $AIARCH_REGISTRY, else SQLite under $AIARCH_HOME (./.aiarch);
             postgresql://user@host/db selects PostgreSQL.
+artifacts:  --artifacts s3://BUCKET/PREFIX, else $AIARCH_ARTIFACTS, else files under $AIARCH_HOME;
+            boto3 reads credentials and AWS_ENDPOINT_URL as usual (?endpoint_url=URL also works).
 exit codes: 0 ok; 1 refused (conflict, failed gate, tampered artifact); 2 bad input or not found.
 """
 
@@ -55,6 +57,9 @@ def add_parser(subparsers: Any) -> None:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--registry", metavar="URL", help="registry database URL")
+    common.add_argument(
+        "--artifacts", metavar="URL", help="artifact bucket, e.g. s3://bucket/prefix"
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     sub.required = True
@@ -185,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     from .registry import Registry
 
     try:
-        reg = Registry(args.registry)
+        reg = Registry(args.registry, artifacts=args.artifacts)
         try:
             return _dispatch(reg, args)
         finally:

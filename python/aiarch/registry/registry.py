@@ -22,13 +22,17 @@ from typing import Any
 
 import msgspec
 
+from aiarch.redact import redact_url
+
 from .db import Database, Tx, open_database
 from .errors import (
     ConflictError,
+    IntegrityError,
     InvalidArgumentError,
     ModelNotFoundError,
 )
 from .filters import parse_filter, parse_order_by
+from .objectstore import ObjectArtifactStore
 from .search import VERSION_COLUMNS, check_gates, search_sql
 from .signature import infer_signature
 from .store import ArtifactStore
@@ -195,8 +199,11 @@ class Registry:
 
     `url`: None → `$AIARCH_REGISTRY` if set, else SQLite at `$AIARCH_HOME/registry.db`
     (AIARCH_HOME defaults to `./.aiarch`); `postgresql://...` → PostgreSQL (psycopg 3);
-    `sqlite:///PATH` → that SQLite file. Artifacts live under `store` (default
-    `$AIARCH_HOME/artifacts`).
+    `sqlite:///PATH` → that SQLite file.
+
+    `artifacts`: None → `$AIARCH_ARTIFACTS` if set, else the local store; `s3://BUCKET/PREFIX`
+    (see `aiarch.registry.objectstore`) → a bucket shared by every host, with the local store as
+    this host's cache. The local store lives under `store` (default `$AIARCH_HOME/artifacts`).
     """
 
     def __init__(
@@ -205,13 +212,23 @@ class Registry:
         *,
         home: str | os.PathLike[str] | None = None,
         store: str | os.PathLike[str] | None = None,
+        artifacts: str | None = None,
     ):
         home_path = Path(home if home is not None else os.environ.get("AIARCH_HOME", ".aiarch"))
         url = url or os.environ.get("AIARCH_REGISTRY") or None
+        artifacts = artifacts or os.environ.get("AIARCH_ARTIFACTS") or None
+        if artifacts is not None and not artifacts.startswith("s3://"):
+            raise InvalidArgumentError(
+                f"artifacts must be an s3://BUCKET[/PREFIX] URL, got {redact_url(artifacts)!r} "
+                "(a local store is chosen with store= or $AIARCH_HOME)"
+            )
+        root = Path(store) if store is not None else home_path / "artifacts"
+        local = ArtifactStore(root.absolute())
+        self.store: ArtifactStore | ObjectArtifactStore = (
+            local if artifacts is None else ObjectArtifactStore(artifacts, local)
+        )
         self.db: Database = open_database(url, home_path)
         self.url = self.db.url
-        root = Path(store) if store is not None else home_path / "artifacts"
-        self.store = ArtifactStore(root.absolute())
         self._trees = str(self.store.trees)
         self.db.migrate()
 
@@ -336,7 +353,7 @@ class Registry:
                     "INSERT INTO version_references (version_id, data) VALUES (?, ?)",
                     (version_id, bytes(reference)),
                 )
-        if not self.store.manifest_path(manifest.digest).exists():
+        if not self.store.has(manifest.digest):
             # A concurrent delete of the last version sharing this content removed the tree
             # between the copy and the commit: put it back (content-addressed, idempotent).
             self.store.put(art)
@@ -468,14 +485,31 @@ class Registry:
             mv = self.resolve(name)
         else:
             mv = self.get(name, version, alias)
-        self.store.verify(mv.digest)
+        self._verified(mv, self.store.verify)
         return mv
+
+    def _verified(self, mv: ModelVersion, check: Any) -> None:
+        try:
+            check(mv.digest)
+        except IntegrityError as e:
+            raise IntegrityError(f"{mv.uri} cannot be loaded: {e}") from None
 
     def verify(
         self, name: str, version: int | None = None, alias: str | None = None
     ) -> ModelVersion:
-        """Re-hash a version's artifact; returns it, or raises IntegrityError."""
-        return self.open(name, version, alias)
+        """Re-hash a version's artifact where it is stored (the bucket, for an object store;
+        this host's cache is not trusted for this); returns the version, or raises
+        IntegrityError naming it and the file that is missing or altered."""
+        if (
+            version is None
+            and alias is None
+            and ("@" in name or "/" in name or name.startswith(SCHEME))
+        ):
+            mv = self.resolve(name)
+        else:
+            mv = self.get(name, version, alias)
+        self._verified(mv, self.store.check)
+        return mv
 
     def load_reference(self, name: str, version: int) -> bytes | None:
         """The drift reference stored with a version, or None."""
@@ -658,7 +692,7 @@ class Registry:
         mv = self.get(name, version)
         if gates:
             check_gates(mv, [gates] if isinstance(gates, str) else list(gates))
-        self.store.verify(mv.digest)
+        self._verified(mv, self.store.verify)
         return self.set_alias(
             name, to, version, expected_current=expected_current, reason=reason, action="promote"
         )
@@ -685,7 +719,7 @@ class Registry:
         current, target = stack[-1], stack[-2]
         assert target is not None
         mv = self.get(name, target)
-        self.store.verify(mv.digest)
+        self._verified(mv, self.store.verify)
         change = self.set_alias(
             name,
             alias,
@@ -783,11 +817,15 @@ class Registry:
         running after a bulk import; PostgreSQL's autovacuum also does it on its own schedule."""
         self.db.analyze()
 
-    def sweep_store(self) -> int:
+    def sweep_store(self, *, grace_s: float = 3600.0) -> int:
         """Remove store entries no version references (left by interrupted registrations or
-        deletions). Run it while nothing registers. Returns the count removed."""
+        deletions). Run it while nothing registers on this host. In a bucket, entries younger
+        than `grace_s` are kept: they may belong to a registration in flight elsewhere.
+        Returns the count removed."""
         with self.db.tx() as tx:
             keep = {r[0] for r in tx.all("SELECT DISTINCT digest FROM versions")}
+        if isinstance(self.store, ObjectArtifactStore):
+            return self.store.sweep(keep, grace_s=grace_s)
         return self.store.sweep(keep)
 
 

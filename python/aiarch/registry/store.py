@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,32 @@ class ArtifactStore:
             digest, size = self._put_object(path)
             entries.append((rel, size, digest))
         manifest = Manifest(kind, tuple(entries))
-        self._put_tree(manifest)
+        self.add_tree(manifest)
         return manifest
+
+    def add_object(self, digest: str, fill: Callable[[Path], None], what: str = "") -> None:
+        """Install content fetched from elsewhere: `fill(path)` writes it to a temporary file,
+        which goes in place only if its sha256 is `digest`, else IntegrityError naming `what`
+        (e.g. the file and artifact it belongs to). A no-op when a verified copy is present."""
+        final = self.object_path(digest)
+        if final.exists():
+            if hash_file(final)[0] == digest:
+                return
+            final.unlink()  # a damaged cached copy: replace it
+        tmp = self.tmp / f"obj-{uuid.uuid4().hex}"
+        try:
+            fill(tmp)
+            got, _ = hash_file(tmp)
+            if got != digest:
+                raise IntegrityError(
+                    f"{what or 'object ' + digest} arrived altered (sha256 {got[:12]}..., "
+                    f"expected {digest[:12]}...); refusing to load it"
+                )
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _put_object(self, path: Path) -> tuple[str, int]:
         # Known content (a re-registration, an unchanged shard) costs one read and no write.
@@ -140,7 +165,9 @@ class ArtifactStore:
             raise
         return digest, size
 
-    def _put_tree(self, manifest: Manifest) -> None:
+    def add_tree(self, manifest: Manifest) -> None:
+        """Build the artifact's tree from its objects (all present) and write its manifest.
+        Idempotent."""
         digest = manifest.digest
         final = self.trees / digest
         if final.exists() and self.manifest_path(digest).exists():
@@ -176,6 +203,10 @@ class ArtifactStore:
 
     def manifest_path(self, digest: str) -> Path:
         return self.trees / f"{digest}.manifest.json"
+
+    def has(self, digest: str) -> bool:
+        """Whether the artifact's manifest is in the store (its tree went in place first)."""
+        return self.manifest_path(digest).exists()
 
     def manifest(self, digest: str) -> Manifest:
         """The stored manifest of `digest`; IntegrityError if it is missing or altered."""
@@ -217,6 +248,15 @@ class ArtifactStore:
                     f"expected {sha[:12]}...); refusing to load it"
                 )
         return self.artifact_path(digest, m)
+
+    def check(self, digest: str) -> None:
+        """Re-hash the stored artifact (what `verify` does; the store is its own source)."""
+        self.verify(digest)
+
+    @property
+    def location(self) -> str:
+        """Where artifacts live, for messages."""
+        return str(self.root)
 
     # -- maintenance -----------------------------------------------------------------------
     def remove_tree(self, digest: str) -> None:

@@ -191,6 +191,10 @@ class ServeConfig:
     """Model registry URL for registry-served models (`--model fraud@production`); None =
     `$AIARCH_REGISTRY`, else SQLite under `$AIARCH_HOME`."""
 
+    artifacts: str | None = None
+    """Where registry artifacts live: `s3://BUCKET/PREFIX` for a bucket shared by every replica
+    (cached under `$AIARCH_HOME`); None = `$AIARCH_ARTIFACTS`, else files under `$AIARCH_HOME`."""
+
     routes: dict[str, str] = field(default_factory=dict)
     """Canary splits by model name, e.g. {"fraud": "production:90,staging:10"} (aliases or
     version numbers with weights); see `aiarch.serving.routing`."""

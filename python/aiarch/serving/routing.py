@@ -335,7 +335,7 @@ class RegistryRouting:
         if self._registry is None:
             from aiarch.registry import Registry
 
-            self._registry = Registry(self.config.registry)
+            self._registry = Registry(self.config.registry, artifacts=self.config.artifacts)
         return self._registry
 
     async def load(self, cfg: ModelConfig) -> None:
