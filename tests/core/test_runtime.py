@@ -475,7 +475,7 @@ def test_close_drains_or_fails_queued_requests(run, drain):
     else:
         assert all(isinstance(r, aiarch.UnavailableError) for r in results)
         assert model.batches == []
-    with pytest.raises(aiarch.NotFoundError):
+    with pytest.raises(aiarch.UnavailableError, match="runtime is closed"):
         rt.infer_sync("m", rows(1))
     rt.close()  # idempotent
 
