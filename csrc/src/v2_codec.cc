@@ -958,9 +958,9 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
   out->timeout_us = 0;
   if (req.has_timeout && req.timeout.kind != Scalar::kNull) {
     if (!req.timeout.NonNegativeInt() || req.timeout.magnitude > kMaxTimeoutUs) {
-      return Bad(error, "parameter 'timeout' must be an integer number of microseconds from 0 "
-                        "(none) to " +
-                            std::to_string(kMaxTimeoutUs) + " (one day)");
+      return Bad(error,
+                 "parameter 'timeout' must be an integer number of microseconds from 0 (none) to " +
+                     std::to_string(kMaxTimeoutUs) + " (one day)");
     }
     out->timeout_us = static_cast<int64_t>(req.timeout.magnitude);
   }

@@ -185,9 +185,10 @@ void TestErrors() {
   }
   test::SetContext("");
   // A null timeout is none, and one day is the longest accepted.
-  CHECK_EQ(Decode(m, with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"timeout":null},)"),
-                  &req),
-           std::string("ok"));
+  CHECK_EQ(
+      Decode(m, with("x", "[1,8]", "FP32", eight).insert(1, R"("parameters":{"timeout":null},)"),
+             &req),
+      std::string("ok"));
   CHECK_EQ(req.timeout_us, int64_t{0});
   CHECK_EQ(Decode(m,
                   with("x", "[1,8]", "FP32", eight)
