@@ -102,16 +102,17 @@ void BindHttp(py::module_& m) {
       .def_property_readonly("id", &HttpConnection::id)
       .def(
           "feed",
-          [](HttpConnection& conn, const py::bytes& data) {
+          [](HttpConnection& conn, const py::bytes& data, double now) {
             std::string_view view = data;
             std::vector<ForwardedRequest> forwarded;
-            conn.Feed(view.data(), view.size(), &forwarded);
+            conn.Feed(view.data(), view.size(), &forwarded, now);
             if (forwarded.empty()) return py::list();
             return Forwarded(forwarded);
           },
-          py::arg("data"),
-          "Parses one read; returns the requests for Python: (slot, method, path, query, "
-          "headers, body, keep_alive) tuples.")
+          py::arg("data"), py::arg("now") = 0.0,
+          "Parses one read received at `now` (the caller's clock, for `phase_since`); returns "
+          "the requests for Python: (slot, method, path, query, headers, body, keep_alive) "
+          "tuples.")
       .def(
           "respond",
           [](HttpConnection& conn, uint64_t slot, const py::bytes& data, bool keep_alive) {
@@ -128,6 +129,20 @@ void BindHttp(py::module_& m) {
       .def_property_readonly("linger", &HttpConnection::linger)
       .def_property_readonly("owed", &HttpConnection::owed)
       .def_property_readonly("in_request", &HttpConnection::in_request)
+      .def_property_readonly(
+          "phase", [](const HttpConnection& conn) { return static_cast<int>(conn.phase()); },
+          "What is buffered of the request being received: 0 nothing, 1 part of its head, "
+          "2 its whole head and part of its body.")
+      .def_property_readonly("phase_since", &HttpConnection::phase_since,
+                             "The `now` of the read that began the current phase.")
+      .def(
+          "fail",
+          [](HttpConnection& conn, int status, const std::string& message) {
+            conn.Fail(status, message);
+          },
+          py::arg("status"), py::arg("message"),
+          "Answers `status` with `{\"error\": message}` after the responses owed, reads "
+          "nothing more, and closes (see `want_close`, `linger`).")
       .def_property_readonly("closed", &HttpConnection::closed)
       .def("close", &HttpConnection::Close);
 }

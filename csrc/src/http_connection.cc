@@ -7,8 +7,8 @@
 namespace aiarch {
 namespace {
 
-// Headers the Python application reads; the others are dropped when a
-// request is forwarded.
+// Headers the Python application reads (http.py `_WANTED`); the others are
+// dropped when a request is forwarded.
 constexpr std::string_view kForwardedHeaders[] = {
     "content-length",
     "content-type",
@@ -16,6 +16,7 @@ constexpr std::string_view kForwardedHeaders[] = {
     "accept-encoding",
     "expect",
     "authorization",
+    "origin",
     "inference-header-content-length",
     "x-request-timeout-ms",
     "x-route-key",
@@ -27,6 +28,50 @@ bool AllDigits(std::string_view s) {
     if (c < '0' || c > '9') return false;
   }
   return true;
+}
+
+// Longest deadline a request may ask for: one day, as the Python application.
+constexpr double kMaxTimeoutMs = 86'400'000;
+
+// `text` as a plain decimal number (digits, optional fraction, optional
+// exponent) of milliseconds in (0, kMaxTimeoutMs]. Every other spelling —
+// out of range, nan, inf, hex, underscores — is left to the general path,
+// which words the 400 (or accepts what Python's float() reads).
+bool ParseTimeoutMs(std::string_view text, double* ms) {
+  size_t i = 0, digits = 0;
+  const auto run = [&] {
+    const size_t from = i;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+    return i - from;
+  };
+  digits += run();
+  if (i < text.size() && text[i] == '.') {
+    ++i;
+    digits += run();
+  }
+  if (digits == 0) return false;
+  if (i < text.size() && (text[i] == 'e' || text[i] == 'E')) {
+    ++i;
+    if (i < text.size() && (text[i] == '+' || text[i] == '-')) ++i;
+    if (run() == 0) return false;
+  }
+  if (i != text.size() || text.size() > 64) return false;
+  const std::string copy(text);
+  *ms = std::strtod(copy.c_str(), nullptr);
+  return *ms > 0 && *ms <= kMaxTimeoutMs;
+}
+
+// The body is declared as JSON (or not declared), or as the binary tensor
+// extension's application/octet-stream framed by
+// Inference-Header-Content-Length. Anything else is the general path's 415.
+bool AcceptedContentType(const HttpRequest& req, bool has_header_length) {
+  bool found = false;
+  std::string_view media = req.Header("content-type", &found);
+  if (!found) return true;
+  media = media.substr(0, media.find(';'));
+  while (!media.empty() && (media.back() == ' ' || media.back() == '\t')) media.remove_suffix(1);
+  if (EqualsNoCase(media, "application/json")) return true;
+  return has_header_length && EqualsNoCase(media, "application/octet-stream");
 }
 
 int HttpStatusOf(StatusCode code) {
@@ -238,10 +283,12 @@ void HttpConnection::Close() {
   out_.clear();
 }
 
-void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded) {
+void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded,
+                          double now) {
   if (stop_parsing_ || closed_) return;  // a request that closes: the rest is dropped
   parser_.Feed(data, size);
   HttpRequest req;
+  bool completed_some = false;
   while (!stop_parsing_) {
     const auto r = parser_.Next(&req);
     if (r == HttpRequestParser::Result::kNeedMore) {
@@ -250,12 +297,10 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
     }
     if (r == HttpRequestParser::Result::kError) {
       // Parser state is lost: answer after what is owed, then close.
-      Slot& slot = NewSlot();
-      Error(slot, parser_.error_status(), parser_.error_message(), false);
-      linger_ = true;
-      stop_parsing_ = true;
-      break;
+      Fail(parser_.error_status(), parser_.error_message());
+      return;
     }
+    completed_some = true;
     const bool keep = req.keep_alive && !front_->draining();
     Slot& slot = NewSlot();
     if (!keep) stop_parsing_ = true;  // the rest of the input is not read
@@ -277,6 +322,33 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
     f.keep_alive = keep;
     forwarded->push_back(std::move(f));
   }
+  UpdatePhase(now, completed_some);
+  Flush();
+}
+
+void HttpConnection::UpdatePhase(double now, bool completed_some) {
+  if (stop_parsing_ || !parser_.in_request()) {
+    phase_ = Phase::kNone;
+    return;
+  }
+  // A request completed in this read: what is buffered now began in it.
+  if (phase_ == Phase::kNone || completed_some) {
+    phase_ = Phase::kHead;
+    phase_since_ = now;
+  }
+  if (phase_ == Phase::kHead && parser_.in_body()) {
+    phase_ = Phase::kBody;
+    phase_since_ = now;
+  }
+}
+
+void HttpConnection::Fail(int status, std::string_view message) {
+  if (closed_ || stop_parsing_) return;  // already closing: nothing more is answered
+  Slot& slot = NewSlot();
+  Error(slot, status, message, false);
+  linger_ = true;
+  stop_parsing_ = true;
+  phase_ = Phase::kNone;
   Flush();
 }
 
@@ -299,16 +371,11 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
     if (!AllDigits(hlen)) return false;  // the general path words this 400
     header_length = std::strtoll(std::string(hlen).c_str(), nullptr, 10);
   }
+  if (!AcceptedContentType(req, found)) return false;  // the general path's 415
   double header_timeout_ms = 0;
   const std::string_view hto = req.Header("x-request-timeout-ms", &found);
-  if (found) {
-    const std::string text(hto);
-    char* end = nullptr;
-    header_timeout_ms = std::strtod(text.c_str(), &end);
-    if (end == text.c_str() || *end != '\0' || !(header_timeout_ms > 0) ||
-        !std::isfinite(header_timeout_ms)) {
-      return false;  // malformed: the general path words the 400
-    }
+  if (found && !ParseTimeoutMs(hto, &header_timeout_ms)) {
+    return false;  // out of range or not a plain number: the general path words the 400
   }
 
   auto pending = std::make_unique<HttpFront::Pending>();

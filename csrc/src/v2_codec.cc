@@ -9,6 +9,8 @@ namespace aiarch {
 namespace {
 
 constexpr int kMaxDepth = 64;
+// Longest parameters.timeout a request may ask for: one day.
+constexpr uint64_t kMaxTimeoutUs = uint64_t{86'400'000} * 1000;
 
 // ---------------------------------------------------------------- JSON reading
 
@@ -43,7 +45,12 @@ class JsonReader {
     }
     return false;
   }
+  bool TooDeep() {
+    if (error.empty()) too_deep_ = true;
+    return Syntax("JSON nested too deeply");
+  }
   bool syntax_error() const { return syntax_; }
+  bool too_deep() const { return too_deep_; }
   size_t offset() const { return static_cast<size_t>(p_ - begin_); }
   void set_begin(const char* b) { begin_ = b; }
 
@@ -127,7 +134,7 @@ class JsonReader {
   }
 
   bool SkipValue(int depth) {
-    if (depth > kMaxDepth) return Syntax("JSON nested too deeply");
+    if (depth > kMaxDepth) return TooDeep();
     switch (Peek()) {
       case '{': return Object(depth, [&](const std::string&) { return SkipValue(depth + 1); });
       case '[': return Array(depth, [&](size_t) { return SkipValue(depth + 1); });
@@ -146,7 +153,7 @@ class JsonReader {
   // consume the value.
   template <typename Fn>
   bool Object(int depth, Fn&& member) {
-    if (depth > kMaxDepth) return Syntax("JSON nested too deeply");
+    if (depth > kMaxDepth) return TooDeep();
     if (Peek() != '{') return Syntax("expected an object");
     ++p_;
     if (Peek() == '}') {
@@ -172,7 +179,7 @@ class JsonReader {
 
   template <typename Fn>
   bool Array(int depth, Fn&& element) {
-    if (depth > kMaxDepth) return Syntax("JSON nested too deeply");
+    if (depth > kMaxDepth) return TooDeep();
     if (Peek() != '[') return Syntax("expected an array");
     ++p_;
     if (Peek() == ']') {
@@ -298,6 +305,7 @@ class JsonReader {
   const char* end_;
   const char* begin_ = nullptr;
   bool syntax_ = false;
+  bool too_deep_ = false;
 };
 
 // A JSON value where the server only needs its type and, for integers, value
@@ -800,6 +808,8 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
   JsonReader r(body.data(), body.data() + json_len);
   r.set_begin(body.data());
   if (!ParseRequest(r, &req)) {
+    // Deeper nesting than the native reader descends: the general path decides.
+    if (r.too_deep()) return V2DecodeResult::kNotHandled;
     if (r.syntax_error()) return Bad(error, "failed to parse the request JSON: " + r.error);
     if (r.error.rfind("binary_data_size", 0) == 0) return Bad(error, r.error);
     return Bad(error, "invalid inference request: " + r.error);
@@ -943,20 +953,23 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
     }
   }
 
-  // Schedule parameters.
+  // Schedule parameters, checked as the Python application does: timeout
+  // (null or 0: none) before priority.
   out->timeout_us = 0;
   if (req.has_timeout && req.timeout.kind != Scalar::kNull) {
-    if (!req.timeout.NonNegativeInt() || req.timeout.magnitude > (uint64_t{1} << 53)) {
-      return Bad(error, "parameter 'timeout' must be a non-negative integer (us)");
+    if (!req.timeout.NonNegativeInt() || req.timeout.magnitude > kMaxTimeoutUs) {
+      return Bad(error,
+                 "parameter 'timeout' must be an integer number of microseconds from 0 (none) to " +
+                     std::to_string(kMaxTimeoutUs) + " (one day)");
     }
     out->timeout_us = static_cast<int64_t>(req.timeout.magnitude);
-  } else if (req.has_timeout) {
-    return Bad(error, "parameter 'timeout' must be a non-negative integer (us)");
   }
   out->priority = 0;
   if (req.has_priority) {
     if (!req.priority.NonNegativeInt() || req.priority.magnitude > 0xFFFFFFFFu) {
-      return Bad(error, "parameter 'priority' must be a non-negative integer");
+      return Bad(error,
+                 "parameter 'priority' must be an integer from 0 (the model's default) to the "
+                 "model's priority levels");
     }
     out->priority = static_cast<uint32_t>(req.priority.magnitude);
   }

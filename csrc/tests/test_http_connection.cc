@@ -323,6 +323,109 @@ void TestProtocolErrors() {
   if (CHECK_EQ(rs.size(), size_t{1})) CHECK_EQ(rs[0].status, 200);
 }
 
+// What the native path leaves to the general one so that both answer alike:
+// a body declared as anything but JSON (415 there), a timeout header out of
+// range or not a plain number (400 there), JSON nested deeper than the native
+// reader descends. The Origin header travels with a forwarded request.
+void TestForwardsWhatThePythonPathWords() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  auto conn = front->Connect(1);
+  const std::string body = InferJson("x", 1, kWidth, 0);
+  const auto status_of = [&](const std::string& extra, const std::string& b) {
+    bool ok;
+    const std::string wire = Http("POST", "/v2/models/lin/infer", b, extra);
+    auto rs = SplitResponses(Exchange(*front, *conn, wire), &ok);
+    return rs.size() == 1 ? rs[0].status : -1;
+  };
+  for (const char* ctype : {"text/plain", "application/x-www-form-urlencoded",
+                            "multipart/form-data; boundary=x", "application/octet-stream", ""}) {
+    CHECK_EQ(status_of(std::string("Content-Type: ") + ctype + "\r\n", body), 404);
+  }
+  for (const char* ctype : {"application/json", "Application/JSON; charset=utf-8"}) {
+    CHECK_EQ(status_of(std::string("Content-Type: ") + ctype + "\r\n", body), 200);
+  }
+  CHECK_EQ(status_of("Content-Type: application/octet-stream\r\n"
+                     "Inference-Header-Content-Length: 0\r\n",
+                     std::string(kWidth * sizeof(float), '\0')),
+           200);
+  for (const char* ms :
+       {"1e20", "1e308", "inf", "nan", "-1", "0", "abc", "0x10", "86400001", "1_0", ".", "1e"}) {
+    CHECK_EQ(status_of(std::string("X-Request-Timeout-Ms: ") + ms + "\r\n", body), 404);
+  }
+  for (const char* ms : {"86400000", "1000", "2.5", "1e3", ".5"}) {
+    CHECK_EQ(status_of(std::string("X-Request-Timeout-Ms: ") + ms + "\r\n", body), 200);
+  }
+  const std::string deep = R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":)" +
+                           std::string(100, '[') + "0,0,0,0,0,0,0,0" + std::string(100, ']') +
+                           "}]}";
+  CHECK_EQ(status_of("", deep), 404);
+  std::vector<ForwardedRequest> seen;
+  Exchange(*front, *conn, Http("GET", "/v2", "", "Origin: https://a.example\r\n"), &seen);
+  bool origin = false;
+  if (CHECK_EQ(seen.size(), size_t{1})) {
+    for (const auto& [name, value] : seen[0].headers) {
+      origin = origin || (name == "origin" && value == "https://a.example");
+    }
+  }
+  CHECK(origin);
+}
+
+// phase()/phase_since(): the time a partial request's head, then its body,
+// began to arrive; Fail() answers after what is owed and closes.
+void TestPhaseAndFail() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  auto conn = front->Connect(1);
+  std::vector<ForwardedRequest> fw;
+  const std::string req = Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 0));
+  CHECK(conn->phase() == HttpConnection::Phase::kNone);
+  conn->Feed(req.data(), 10, &fw, 1.0);
+  CHECK(conn->phase() == HttpConnection::Phase::kHead);
+  CHECK_EQ(conn->phase_since(), 1.0);
+  conn->Feed(req.data() + 10, 5, &fw, 2.0);  // same head: its deadline does not move
+  CHECK_EQ(conn->phase_since(), 1.0);
+  const size_t head_end = req.find("\r\n\r\n") + 4;
+  conn->Feed(req.data() + 15, head_end - 15 + 3, &fw, 3.0);
+  CHECK(conn->phase() == HttpConnection::Phase::kBody);
+  CHECK_EQ(conn->phase_since(), 3.0);
+  // The rest of this request and half of the next head in one read: the next
+  // request began in this read.
+  std::string rest = req.substr(head_end + 3) + req.substr(0, 20);
+  conn->Feed(rest.data(), rest.size(), &fw, 4.0);
+  CHECK(conn->phase() == HttpConnection::Phase::kHead);
+  CHECK_EQ(conn->phase_since(), 4.0);
+  front->RunReady();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (front->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    front->Drain();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  conn->Fail(408, "request headers not received within 0.3 s");
+  CHECK(conn->phase() == HttpConnection::Phase::kNone);
+  bool ok;
+  auto rs = SplitResponses(conn->TakeOutput(), &ok);
+  if (CHECK_EQ(rs.size(), size_t{2})) {
+    CHECK_EQ(rs[0].status, 200);
+    CHECK_EQ(rs[1].status, 408);
+    CHECK(rs[1].body.find("request headers not received") != std::string::npos);
+    CHECK(rs[1].head.find("connection: close") != std::string::npos);
+  }
+  CHECK(conn->want_close());
+  CHECK(conn->linger());
+  conn->Fail(408, "again");  // closing: nothing more is answered
+  CHECK(conn->TakeOutput().empty());
+  // A complete request leaves no phase.
+  auto c2 = front->Connect(2);
+  c2->Feed(req.data(), req.size(), &fw, 5.0);
+  CHECK(c2->phase() == HttpConnection::Phase::kNone);
+  front->RunReady();
+}
+
 // Mutations of valid requests; after each, a fresh valid request on the same
 // connection must be answered correctly unless the mutation left the
 // connection mid-request or closing.
@@ -418,6 +521,8 @@ int main() {
   aiarch::TestCacheHitAndClose();
   aiarch::TestOverloadDeadlineCancel();
   aiarch::TestProtocolErrors();
+  aiarch::TestForwardsWhatThePythonPathWords();
+  aiarch::TestPhaseAndFail();
   aiarch::TestFuzz();
   return aiarch::test::Finish("test_http_connection");
 }

@@ -156,6 +156,77 @@ class Model:
     def input_specs(self) -> list[SpecTuple]: ...
     def output_specs(self) -> list[SpecTuple]: ...
 
+# ---------------------------------------------------------------- HTTP front end
+
+# A request the native path leaves to the App:
+# (slot, method, path, query, headers read by the App (lowercase), body, keep_alive).
+ForwardedRequest: TypeAlias = tuple[int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool]
+
+class HttpFront:
+    """The native request path shared by the connections of one event loop."""
+
+    def __init__(
+        self,
+        max_header_bytes: int,
+        max_headers: int,
+        max_body_bytes: int,
+        default_timeout_ns: int = 0,
+    ) -> None: ...
+    @property
+    def fd(self) -> int:
+        """Readable when completions wait (see `drain`)."""
+    @property
+    def draining(self) -> bool: ...
+    @draining.setter
+    def draining(self, value: bool) -> None: ...
+    @property
+    def in_flight(self) -> int: ...
+    def register_model(
+        self,
+        name: str,
+        version: str,
+        model: Model,
+        inputs: Sequence[SpecTuple],
+        output_names: Sequence[str],
+    ) -> None:
+        """Serves v2 infer requests for `name` natively through the batcher of `model`."""
+    def unregister_model(self, name: str) -> bool: ...
+    def registered(self) -> list[str]: ...
+    def connect(self, id: int) -> HttpConnection: ...
+    def run_ready(self) -> int:
+        """Runs the batches this loop iteration's submits made ready; returns how many ran."""
+    def drain(self) -> list[int]:
+        """Encodes waiting completions; returns the ids of connections with output to write."""
+
+class HttpConnection:
+    """One socket's parser, native requests and response order."""
+
+    @property
+    def id(self) -> int: ...
+    def feed(self, data: bytes, now: float = 0.0) -> list[ForwardedRequest]:
+        """Parses one read received at `now`; returns the requests for the App."""
+    def respond(self, slot: int, data: bytes, keep_alive: bool) -> None: ...
+    def take_output(self) -> bytes: ...
+    @property
+    def want_close(self) -> bool: ...
+    @property
+    def linger(self) -> bool: ...
+    @property
+    def owed(self) -> int: ...
+    @property
+    def in_request(self) -> bool: ...
+    @property
+    def phase(self) -> Literal[0, 1, 2]:
+        """0 nothing buffered, 1 part of a request head, 2 a whole head and part of its body."""
+    @property
+    def phase_since(self) -> float:
+        """The `now` of the read that began the current phase."""
+    def fail(self, status: int, message: str) -> None:
+        """Answers `status` after the responses owed, reads nothing more, and closes."""
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+
 # ---------------------------------------------------------------- features
 
 # Entity ids: integers (an int64 table) or str/bytes (a string table).

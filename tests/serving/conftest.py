@@ -24,6 +24,9 @@ def _require_server_deps() -> None:
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models.py"
 
+FRONT_ENDS = ["native", "python"]
+"""The `--http` front ends; tests of front-end behaviour run against each."""
+
 
 class ServerProcess(_ServerProcess):
     """`aiarch serve` with its log in the test's tmp folder; `stop()` drains, then kills."""

@@ -249,3 +249,21 @@ def test_front_end_flag(tmp_path, http: str) -> None:  # type: ignore[no-untyped
         assert (max(len(t) for t in text.split(",")) <= 15) == (http == "native")
         bad = request(srv.port, "POST", "/v2/models/lin/infer", _json_infer([[1.0] * 7]))
         assert bad.status == 400 and "unexpected shape" in bad.json()["error"]  # type: ignore[index]
+
+
+def test_forwarded_requests_carry_every_header_the_app_reads() -> None:
+    """A header the App reads (authorization, origin, ...) but the native connection drops
+    would silently turn off the App's check on the default front end."""
+    from aiarch import _core
+    from aiarch.serving.http import _WANTED
+
+    front = _core.HttpFront(max_header_bytes=1 << 16, max_headers=100, max_body_bytes=1 << 20)
+    conn = front.connect(1)
+    lines = "".join(f"{name.decode()}: v-{name.decode()}\r\n" for name in sorted(_WANTED))
+    lines = lines.replace("content-length: v-content-length", "content-length: 0")
+    lines = lines.replace("expect: v-expect", "x-other: dropped")
+    [item] = conn.feed(f"GET /v2 HTTP/1.1\r\nHost: a\r\n{lines}\r\n".encode())
+    headers = item[4]
+    for name in _WANTED - {b"expect"}:
+        assert name in headers, name
+    assert b"x-other" not in headers and b"host" not in headers

@@ -14,7 +14,14 @@ import pytest
 
 from aiarch.serving.config import ServeConfig, is_loopback_address
 
-from .conftest import MODELS, ServerProcess, _require_server_deps, request, running_server
+from .conftest import (
+    FRONT_ENDS,
+    MODELS,
+    ServerProcess,
+    _require_server_deps,
+    request,
+    running_server,
+)
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -95,11 +102,15 @@ def test_a_name_that_starts_with_127_is_not_loopback() -> None:
 # -- repository load is off by default -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=FRONT_ENDS)
+def default_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with default settings, on each front end: what the App refuses must be refused
+    the same whichever front end parses the request."""
     _require_server_deps()
     tmp = tmp_path_factory.mktemp("default")
-    with running_server(["-m", f"lin={MODELS}:linear"], tmp) as srv:
+    with running_server(["-m", f"lin={MODELS}:linear", "--http", request.param], tmp) as srv:
         yield srv
 
 

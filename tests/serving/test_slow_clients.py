@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
+    FRONT_ENDS,
     MODELS,
     ServerProcess,
     _require_server_deps,
@@ -32,13 +33,17 @@ HALF_BODY = (
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=FRONT_ENDS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     _require_server_deps()
     tmp = tmp_path_factory.mktemp("slow")
     args = [
         "-m",
         f"lin={MODELS}:linear",
+        "--http",
+        request.param,
         "--header-timeout-s",
         "0.3",
         "--body-timeout-s",
@@ -126,6 +131,7 @@ def _refused_reply(port: int) -> bytes:
     return reply
 
 
+@pytest.mark.parametrize("http", FRONT_ENDS)
 @pytest.mark.parametrize(
     ("flag", "limit", "message"),
     [
@@ -138,10 +144,11 @@ def _refused_reply(port: int) -> bytes:
     ],
 )
 def test_connection_caps_answer_503_and_free_their_slots(
-    tmp_path: Path, flag: str, limit: str, message: bytes
+    tmp_path: Path, flag: str, limit: str, message: bytes, http: str
 ) -> None:
     _require_server_deps()
-    with running_server(["-m", f"lin={MODELS}:linear", flag, "4"], tmp_path) as srv:
+    args = ["-m", f"lin={MODELS}:linear", flag, "4", "--http", http]
+    with running_server(args, tmp_path) as srv:
         held = [_hold(srv.port) for _ in range(4)]
         reply = _refused_reply(srv.port)
         assert reply.startswith(b"HTTP/1.1 503 "), reply[:200]

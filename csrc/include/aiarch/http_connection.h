@@ -21,6 +21,11 @@
 //   written now; Python writes once per read and once per batch.
 // - Protocol errors (400/413/417/431) are answered after the responses
 //   already owed, then the connection closes: want_close() and linger().
+//   Fail() does the same for an error the caller decides (a 408 when the
+//   request being received is late).
+// - Slow clients: phase() says whether a partial request is buffered, and
+//   whether its head is complete; phase_since() is the time (the `now` given
+//   to the Feed that began that phase) from which its deadline runs.
 // - Deadlines: parameters.timeout (µs), X-Request-Timeout-Ms, then the
 //   front's default; an expired request gets 504 and never runs. A full
 //   queue gets 429 with Retry-After. Close() (the client went away) cancels
@@ -127,9 +132,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   HttpConnection(std::shared_ptr<HttpFront> front, uint64_t id);
 
   uint64_t id() const { return id_; }
-  // Parses the bytes of one read; appends the requests for the caller to
+  // Parses the bytes of one read, received at `now` (the caller's clock,
+  // used only for phase_since()); appends the requests for the caller to
   // `forwarded`, in order.
-  void Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded);
+  void Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded,
+            double now = 0);
   // The response to a forwarded request.
   void Respond(uint64_t slot, std::string_view bytes, bool keep_alive);
   // Bytes to write now (possibly empty).
@@ -143,6 +150,13 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   size_t owed() const { return slots_.size(); }
   // Part of a request is buffered.
   bool in_request() const { return parser_.in_request(); }
+  // What is buffered of the request being received.
+  enum class Phase { kNone, kHead, kBody };
+  Phase phase() const { return phase_; }
+  double phase_since() const { return phase_since_; }
+  // Answers `status` after the responses owed, reads nothing more, and
+  // closes (with linger()): the request being received is abandoned.
+  void Fail(int status, std::string_view message);
   // The client went away: cancel what is queued, drop what is owed.
   void Close();
   bool closed() const { return closed_; }
@@ -167,6 +181,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void ErrorFromStatus(Slot& slot, const Status& status, bool keep_alive);
   // True when answered (or queued) natively; false to forward.
   bool HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive);
+  void UpdatePhase(double now, bool completed_some);
 
   std::shared_ptr<HttpFront> front_;
   const uint64_t id_;
@@ -178,6 +193,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool closing_ = false;       // the output holds the connection's last response
   bool linger_ = false;
   bool closed_ = false;
+  Phase phase_ = Phase::kNone;
+  double phase_since_ = 0;
 };
 
 }  // namespace aiarch

@@ -73,6 +73,8 @@ class HttpRequestParser {
   const std::string& error_message() const { return error_message_; }
   // Some bytes of a request not yet complete are buffered.
   bool in_request() const { return buffer_.size() > start_ || state_ != State::kHead; }
+  // The head of the request being received is complete; its body is not.
+  bool in_body() const { return state_ != State::kHead; }
   // True once for a request whose head is complete, that asked for
   // "Expect: 100-continue", and whose body has not fully arrived.
   bool TakeContinue();

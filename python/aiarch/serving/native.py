@@ -12,6 +12,11 @@ Everything else — other routes, models with per-request result checks or regis
 whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`,
 kept as the fallback: `aiarch serve --http python`). Responses leave in request order whichever
 path answers them.
+
+The limits are the same on both front ends: the native connection forwards what the App must
+refuse in its own words (a body not declared as JSON, a timeout header out of range, JSON nested
+deeper than the native reader goes), and `NativeProtocol` applies the connection caps and the
+header/body read timeouts as `HttpProtocol` does, counted in the same `HttpCounters`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from aiarch import _core
 
 from .http import Pending, Request, error_response
+
+_PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
 
 if TYPE_CHECKING:
     from .config import HttpLimits
@@ -152,6 +159,7 @@ class NativeProtocol(asyncio.Protocol):
         "_conn",
         "_discard_input",
         "_native",
+        "_peer",
         "_pending",
         "_read_paused",
         "_slot",
@@ -172,17 +180,53 @@ class NativeProtocol(asyncio.Protocol):
         self._write_paused = False
         self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
+        self._peer: str | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._state.connections.add(self)
-        self._native.protocols[self._conn.id] = self
         self.last_active = asyncio.get_running_loop().time()
+        state = self._state
+        limits = state.limits
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        per_ip = state.connections_per_ip
+        if len(state.connections) >= limits.max_connections:
+            state.counters.refused_global += 1
+            self._refuse(f"too many open connections (limit {limits.max_connections})")
+            return
+        if per_ip.get(host, 0) >= limits.max_connections_per_ip:
+            state.counters.refused_per_ip += 1
+            self._refuse(
+                f"too many open connections from {host} (limit {limits.max_connections_per_ip})"
+            )
+            return
+        self._peer = host
+        per_ip[host] = per_ip.get(host, 0) + 1
+        state.connections.add(self)
+        self._native.protocols[self._conn.id] = self
+
+    def _refuse(self, message: str) -> None:
+        """Answer 503 before reading anything and close: the connection never counts."""
+        self._discard_input = True
+        transport = self.transport
+        if transport is not None:
+            transport.write(_joined(error_response(503, message, keep_alive=False)))
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.close()  # cancels the native requests still queued
-        self._state.connections.discard(self)
+        state = self._state
+        state.connections.discard(self)
+        peer = self._peer
+        if peer is not None:
+            self._peer = None
+            per_ip = state.connections_per_ip
+            left = per_ip.get(peer, 1) - 1
+            if left > 0:
+                per_ip[peer] = left
+            else:
+                per_ip.pop(peer, None)
         self._native.protocols.pop(self._conn.id, None)
         pending, self._pending = self._pending, {}
         for p in pending.values():  # the client is gone: cancel what it still waits for
@@ -196,10 +240,10 @@ class NativeProtocol(asyncio.Protocol):
         if self._discard_input:
             return
         native = self._native
-        self.last_active = native._loop.time() if native._loop is not None else 0.0
+        now = self.last_active = native._loop.time() if native._loop is not None else 0.0
         if self._state.draining:
             native.front.draining = True
-        forwarded = self._conn.feed(data)
+        forwarded = self._conn.feed(data, now)
         if forwarded:
             for item in forwarded:
                 self._dispatch(*item)
@@ -307,6 +351,29 @@ class NativeProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         """No request being received and no response owed."""
         return not self._conn.in_request and self._conn.owed == 0
+
+    def check_deadline(self, now: float) -> None:
+        """408 and close if the request being received is late: its headers past
+        `header_timeout_s` from its first byte, or its body past `body_timeout_s` from the end
+        of its headers. Called by the server's sweeper, in the loop thread, a few times per
+        timeout (as `HttpProtocol.check_deadline`)."""
+        conn = self._conn
+        phase = conn.phase
+        if not phase or self._discard_input or self._read_paused:
+            return  # (paused reading is the server's own back-pressure, not a slow client)
+        state = self._state
+        limits = state.limits
+        if phase == _PHASE_HEAD:
+            if now - conn.phase_since < limits.header_timeout_s:
+                return
+            state.counters.header_timeouts += 1
+            conn.fail(408, f"request headers not received within {limits.header_timeout_s:g} s")
+        else:
+            if now - conn.phase_since < limits.body_timeout_s:
+                return
+            state.counters.body_timeouts += 1
+            conn.fail(408, f"request body not received within {limits.body_timeout_s:g} s")
+        self.write_output()
 
     def close(self) -> None:
         """Close now (responses not yet written are dropped; their requests are cancelled)."""
