@@ -459,6 +459,59 @@ py::list DrainQueue(CompletionQueue& queue) {
   return out;
 }
 
+// Resolves the futures of drained completions in one pass. `pending` maps a
+// request id to a tuple whose first item is the request's asyncio future; each
+// completed id is removed, and a future already done (its caller cancelled)
+// is left alone. A future that refuses its result does not stop the others:
+// the first such error is raised once every completion is handled.
+int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
+  static const py::str kDone("done"), kSetResult("set_result"), kSetException("set_exception");
+  const BatchResult* last = nullptr;
+  py::object base;
+  py::object first_error;
+  int resolved = 0;
+  for (Completion& c : items) {
+    py::int_ id(c.request_id);
+    PyObject* entry = PyDict_GetItemWithError(pending.ptr(), id.ptr());  // borrowed
+    if (entry == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      continue;
+    }
+    // Owned before the dict drops its reference.
+    py::object fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
+    if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
+    try {
+      if (PyObject_IsTrue(fut.attr(kDone)().ptr())) continue;  // cancelled by its caller
+      if (c.status.ok()) {
+        if (c.result.get() != last) {
+          last = c.result.get();
+          base = OwnerCapsule(c.result);
+        }
+        fut.attr(kSetResult)(OutputsOfCompletion(c, base));
+      } else {
+        fut.attr(kSetException)(ErrorOfCompletion(c));
+      }
+      ++resolved;
+    } catch (py::error_already_set& e) {
+      if (!first_error) first_error = e.value();
+    }
+  }
+  if (first_error) binding::Raise(first_error);
+  return resolved;
+}
+
+// Runs the ready batches of `models` on this thread, then resolves what is
+// complete — those batches' requests included, with no wake-up in between.
+int FlushQueue(CompletionQueue& queue, const py::iterable& models, const py::dict& pending) {
+  std::vector<Completion> items;
+  {
+    CompletionQueue::InlineDrain scope(queue);
+    for (py::handle model : models) model.cast<PyModel&>().RunReady();
+    items = queue.Drain();
+  }
+  return ResolvePending(std::move(items), pending);
+}
+
 Hash128 HashBytes(const py::bytes& b) {
   std::string_view v = b;
   Hasher h;
@@ -684,7 +737,17 @@ PYBIND11_MODULE(_core, m) {
       }))
       .def_property_readonly("fd", &CompletionQueue::fd)
       .def("drain", &DrainQueue,
-           "Takes every finished request: a list of (request_id, ok, outputs-or-exception).");
+           "Takes every finished request: a list of (request_id, ok, outputs-or-exception).")
+      .def(
+          "resolve",
+          [](CompletionQueue& q, const py::dict& pending) {
+            return ResolvePending(q.Drain(), pending);
+          },
+          py::arg("pending"),
+          "Takes every finished request and resolves its future in `pending` (request id -> "
+          "(future, ...)); returns how many futures were resolved.")
+      .def("flush", &FlushQueue, py::arg("models"), py::arg("pending"),
+           "Runs the ready batches of `models` on this thread, then resolve()s.");
 
   py::class_<PyModel>(m, "Model")
       .def(py::init<const std::string&, py::object, const py::list&, const py::list&,

@@ -789,26 +789,15 @@ class Runtime:
     @staticmethod
     def _drain(st: _LoopState) -> None:
         """Resolves every finished request; runs on the loop once per wake-up."""
-        pending = st.pending
-        for done in st.queue.drain():
-            entry = pending.pop(done[0], None)
-            if entry is None:
-                continue
-            fut = entry[0]
-            if fut.done():
-                continue  # cancelled by its caller
-            if done[1]:
-                fut.set_result(done[2])
-            else:
-                fut.set_exception(done[2])
+        st.queue.resolve(st.pending)
 
     @staticmethod
     def _flush(st: _LoopState) -> None:
-        """Runs the batches this loop iteration's submits made ready, on the loop."""
+        """Runs the batches this loop iteration's submits made ready, on the loop, and
+        resolves their requests at once (no wake-up, no extra loop iteration)."""
         st.flush_scheduled = False
         dirty, st.dirty = st.dirty, set()
-        for handle in dirty:
-            handle.run_ready()
+        st.queue.flush(dirty, st.pending)
 
     def _finish_loop(self, st: _LoopState) -> None:
         self._drain(st)
