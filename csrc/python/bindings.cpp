@@ -87,19 +87,28 @@ void InitDTypes() {
   }
 }
 
-void SetReadOnly(py::array& arr) {
-  py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-}
-
-// A read-only numpy view of `bytes` at `data`, kept alive by `base`.
+// A read-only numpy view of `bytes` at `data`, kept alive by `base`. Made by
+// the numpy C API directly (C strides computed by numpy, read-only from the
+// start): one of these is made per completed request.
 py::array ViewOf(const TensorSpec& spec, int64_t rows, const uint8_t* data, py::handle base) {
-  std::vector<py::ssize_t> shape;
-  shape.reserve(spec.shape.size() + 1);
-  shape.push_back(rows);
-  for (int64_t d : spec.shape) shape.push_back(d);
-  py::array arr(py::reinterpret_borrow<py::dtype>(DTypeObjects()[static_cast<int>(spec.dtype)]),
-                shape, {}, data, base);
-  SetReadOnly(arr);
+  constexpr size_t kMaxDims = 32;  // NPY_MAXDIMS
+  if (spec.shape.size() + 1 > kMaxDims) {
+    ThrowStatus(Status::InvalidArgument("tensor '" + spec.name + "' has more than " +
+                                        std::to_string(kMaxDims) + " dimensions"));
+  }
+  py::ssize_t shape[kMaxDims];
+  shape[0] = rows;
+  for (size_t i = 0; i < spec.shape.size(); ++i) shape[i + 1] = spec.shape[i];
+  auto& api = py::detail::npy_api::get();
+  PyObject* descr = DTypeObjects()[static_cast<int>(spec.dtype)].ptr();
+  Py_INCREF(descr);  // stolen by PyArray_NewFromDescr
+  auto arr = py::reinterpret_steal<py::array>(api.PyArray_NewFromDescr_(
+      api.PyArray_Type_, descr, static_cast<int>(spec.shape.size() + 1), shape,
+      /*strides=*/nullptr, const_cast<uint8_t*>(data), /*flags=*/0, nullptr));
+  if (!arr) throw py::error_already_set();
+  if (api.PyArray_SetBaseObject_(arr.ptr(), base.inc_ref().ptr()) != 0) {
+    throw py::error_already_set();
+  }
   return arr;
 }
 
@@ -118,8 +127,12 @@ py::object PackOutputs(std::vector<py::array>&& arrays) {
 }
 
 py::object OutputsOfCompletion(const Completion& c, py::handle base) {
-  std::vector<py::array> arrays;
   const auto& specs = *c.result->specs;
+  if (specs.size() == 1) {  // the common case: no vector, no tuple
+    return ViewOf(specs[0], c.rows,
+                  c.result->outputs[0]->data() + c.row_offset * specs[0].RowBytes(), base);
+  }
+  std::vector<py::array> arrays;
   arrays.reserve(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];
@@ -465,13 +478,17 @@ py::list DrainQueue(CompletionQueue& queue) {
 // is left alone. A future that refuses its result does not stop the others:
 // the first such error is raised once every completion is handled.
 int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
-  static const py::str kDone("done"), kSetResult("set_result"), kSetException("set_exception");
+  // Method calls by vectorcall: no bound-method object per call.
+  static PyObject* const kDone = PyUnicode_InternFromString("done");
+  static PyObject* const kSetResult = PyUnicode_InternFromString("set_result");
+  static PyObject* const kSetException = PyUnicode_InternFromString("set_exception");
   const BatchResult* last = nullptr;
   py::object base;
   py::object first_error;
   int resolved = 0;
   for (Completion& c : items) {
-    py::int_ id(c.request_id);
+    py::object id = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(c.request_id));
+    if (!id) throw py::error_already_set();
     PyObject* entry = PyDict_GetItemWithError(pending.ptr(), id.ptr());  // borrowed
     if (entry == nullptr) {
       if (PyErr_Occurred()) throw py::error_already_set();
@@ -481,16 +498,25 @@ int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
     py::object fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
     if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
     try {
-      if (PyObject_IsTrue(fut.attr(kDone)().ptr())) continue;  // cancelled by its caller
+      py::object done =
+          py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(fut.ptr(), kDone));
+      if (!done) throw py::error_already_set();
+      if (done.ptr() == Py_True) continue;  // cancelled by its caller
+      py::object value;
+      PyObject* method = kSetException;
       if (c.status.ok()) {
         if (c.result.get() != last) {
           last = c.result.get();
           base = OwnerCapsule(c.result);
         }
-        fut.attr(kSetResult)(OutputsOfCompletion(c, base));
+        value = OutputsOfCompletion(c, base);
+        method = kSetResult;
       } else {
-        fut.attr(kSetException)(ErrorOfCompletion(c));
+        value = ErrorOfCompletion(c);
       }
+      py::object r = py::reinterpret_steal<py::object>(
+          PyObject_CallMethodOneArg(fut.ptr(), method, value.ptr()));
+      if (!r) throw py::error_already_set();
       ++resolved;
     } catch (py::error_already_set& e) {
       if (!first_error) first_error = e.value();
