@@ -87,19 +87,28 @@ void InitDTypes() {
   }
 }
 
-void SetReadOnly(py::array& arr) {
-  py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-}
-
-// A read-only numpy view of `bytes` at `data`, kept alive by `base`.
+// A read-only numpy view of `bytes` at `data`, kept alive by `base`. Made by
+// the numpy C API directly (C strides computed by numpy, read-only from the
+// start): one of these is made per completed request.
 py::array ViewOf(const TensorSpec& spec, int64_t rows, const uint8_t* data, py::handle base) {
-  std::vector<py::ssize_t> shape;
-  shape.reserve(spec.shape.size() + 1);
-  shape.push_back(rows);
-  for (int64_t d : spec.shape) shape.push_back(d);
-  py::array arr(py::reinterpret_borrow<py::dtype>(DTypeObjects()[static_cast<int>(spec.dtype)]),
-                shape, {}, data, base);
-  SetReadOnly(arr);
+  constexpr size_t kMaxDims = 32;  // NPY_MAXDIMS
+  if (spec.shape.size() + 1 > kMaxDims) {
+    ThrowStatus(Status::InvalidArgument("tensor '" + spec.name + "' has more than " +
+                                        std::to_string(kMaxDims) + " dimensions"));
+  }
+  py::ssize_t shape[kMaxDims];
+  shape[0] = rows;
+  for (size_t i = 0; i < spec.shape.size(); ++i) shape[i + 1] = spec.shape[i];
+  auto& api = py::detail::npy_api::get();
+  PyObject* descr = DTypeObjects()[static_cast<int>(spec.dtype)].ptr();
+  Py_INCREF(descr);  // stolen by PyArray_NewFromDescr
+  auto arr = py::reinterpret_steal<py::array>(api.PyArray_NewFromDescr_(
+      api.PyArray_Type_, descr, static_cast<int>(spec.shape.size() + 1), shape,
+      /*strides=*/nullptr, const_cast<uint8_t*>(data), /*flags=*/0, nullptr));
+  if (!arr) throw py::error_already_set();
+  if (api.PyArray_SetBaseObject_(arr.ptr(), base.inc_ref().ptr()) != 0) {
+    throw py::error_already_set();
+  }
   return arr;
 }
 
@@ -118,8 +127,12 @@ py::object PackOutputs(std::vector<py::array>&& arrays) {
 }
 
 py::object OutputsOfCompletion(const Completion& c, py::handle base) {
-  std::vector<py::array> arrays;
   const auto& specs = *c.result->specs;
+  if (specs.size() == 1) {  // the common case: no vector, no tuple
+    return ViewOf(specs[0], c.rows,
+                  c.result->outputs[0]->data() + c.row_offset * specs[0].RowBytes(), base);
+  }
+  std::vector<py::array> arrays;
   arrays.reserve(specs.size());
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto& spec = specs[i];
@@ -459,6 +472,72 @@ py::list DrainQueue(CompletionQueue& queue) {
   return out;
 }
 
+// Resolves the futures of drained completions in one pass. `pending` maps a
+// request id to a tuple whose first item is the request's asyncio future; each
+// completed id is removed, and a future already done (its caller cancelled)
+// is left alone. A future that refuses its result does not stop the others:
+// the first such error is raised once every completion is handled.
+int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
+  // Method calls by vectorcall: no bound-method object per call.
+  static PyObject* const kDone = PyUnicode_InternFromString("done");
+  static PyObject* const kSetResult = PyUnicode_InternFromString("set_result");
+  static PyObject* const kSetException = PyUnicode_InternFromString("set_exception");
+  const BatchResult* last = nullptr;
+  py::object base;
+  py::object first_error;
+  int resolved = 0;
+  for (Completion& c : items) {
+    py::object id = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(c.request_id));
+    if (!id) throw py::error_already_set();
+    PyObject* entry = PyDict_GetItemWithError(pending.ptr(), id.ptr());  // borrowed
+    if (entry == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      continue;
+    }
+    // Owned before the dict drops its reference.
+    py::object fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
+    if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
+    try {
+      py::object done =
+          py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(fut.ptr(), kDone));
+      if (!done) throw py::error_already_set();
+      if (done.ptr() == Py_True) continue;  // cancelled by its caller
+      py::object value;
+      PyObject* method = kSetException;
+      if (c.status.ok()) {
+        if (c.result.get() != last) {
+          last = c.result.get();
+          base = OwnerCapsule(c.result);
+        }
+        value = OutputsOfCompletion(c, base);
+        method = kSetResult;
+      } else {
+        value = ErrorOfCompletion(c);
+      }
+      py::object r = py::reinterpret_steal<py::object>(
+          PyObject_CallMethodOneArg(fut.ptr(), method, value.ptr()));
+      if (!r) throw py::error_already_set();
+      ++resolved;
+    } catch (py::error_already_set& e) {
+      if (!first_error) first_error = e.value();
+    }
+  }
+  if (first_error) binding::Raise(first_error);
+  return resolved;
+}
+
+// Runs the ready batches of `models` on this thread, then resolves what is
+// complete — those batches' requests included, with no wake-up in between.
+int FlushQueue(CompletionQueue& queue, const py::iterable& models, const py::dict& pending) {
+  std::vector<Completion> items;
+  {
+    CompletionQueue::InlineDrain scope(queue);
+    for (py::handle model : models) model.cast<PyModel&>().RunReady();
+    items = queue.Drain();
+  }
+  return ResolvePending(std::move(items), pending);
+}
+
 Hash128 HashBytes(const py::bytes& b) {
   std::string_view v = b;
   Hasher h;
@@ -684,7 +763,17 @@ PYBIND11_MODULE(_core, m) {
       }))
       .def_property_readonly("fd", &CompletionQueue::fd)
       .def("drain", &DrainQueue,
-           "Takes every finished request: a list of (request_id, ok, outputs-or-exception).");
+           "Takes every finished request: a list of (request_id, ok, outputs-or-exception).")
+      .def(
+          "resolve",
+          [](CompletionQueue& q, const py::dict& pending) {
+            return ResolvePending(q.Drain(), pending);
+          },
+          py::arg("pending"),
+          "Takes every finished request and resolves its future in `pending` (request id -> "
+          "(future, ...)); returns how many futures were resolved.")
+      .def("flush", &FlushQueue, py::arg("models"), py::arg("pending"),
+           "Runs the ready batches of `models` on this thread, then resolve()s.");
 
   py::class_<PyModel>(m, "Model")
       .def(py::init<const std::string&, py::object, const py::list&, const py::list&,

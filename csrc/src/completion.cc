@@ -37,6 +37,7 @@ CompletionQueue::~CompletionQueue() {
 }
 
 void CompletionQueue::Wake() {
+  signalled_ = true;
   const uint64_t one = 1;
   // EAGAIN means the counter/pipe is already signalled: the reader will wake.
   ssize_t n = write(write_fd_, &one, write_fd_ == read_fd_ ? sizeof one : 1);
@@ -51,28 +52,42 @@ void CompletionQueue::ClearWake() {
 
 void CompletionQueue::Deliver(std::vector<Completion>&& completions) {
   if (completions.empty()) return;
-  bool was_empty;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    was_empty = items_.empty();
-    if (was_empty) {
-      items_ = std::move(completions);
-    } else {
-      for (auto& c : completions) items_.push_back(std::move(c));
-    }
+  // Only this thread ever stores its own id, so a relaxed load suffices.
+  const bool caller_drains =
+      inline_drainer_.load(std::memory_order_relaxed) == std::this_thread::get_id();
+  std::lock_guard<std::mutex> lock(mu_);
+  const bool was_empty = items_.empty();
+  if (was_empty) {
+    items_ = std::move(completions);
+  } else {
+    for (auto& c : completions) items_.push_back(std::move(c));
   }
-  // Only the delivery that made the queue non-empty signals: Drain() clears
-  // the signal before it swaps, so a delivery after the swap sees an empty
-  // queue and signals again — no wake-up is lost, and none is duplicated.
-  if (was_empty) Wake();
+  // Only the delivery that made the queue non-empty signals (a non-empty,
+  // unsignalled queue belongs to an inline drain that is about to take it).
+  // The signal and signalled_ change together under mu_, so Drain() reads
+  // the fd exactly when it is readable: no wake-up is lost or left behind.
+  if (was_empty && !caller_drains) Wake();
 }
 
 std::vector<Completion> CompletionQueue::Drain() {
-  ClearWake();
   std::vector<Completion> out;
   std::lock_guard<std::mutex> lock(mu_);
   out.swap(items_);
+  if (signalled_) {
+    ClearWake();
+    signalled_ = false;
+  }
   return out;
+}
+
+CompletionQueue::InlineDrain::InlineDrain(CompletionQueue& queue) : queue_(queue) {
+  queue_.inline_drainer_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+}
+
+CompletionQueue::InlineDrain::~InlineDrain() {
+  queue_.inline_drainer_.store(std::thread::id(), std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(queue_.mu_);
+  if (!queue_.items_.empty() && !queue_.signalled_) queue_.Wake();
 }
 
 void SyncCompletion::Deliver(std::vector<Completion>&& completions) {

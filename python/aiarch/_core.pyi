@@ -2,7 +2,8 @@
 # surface is what aiarch.__all__ lists. Keep in step with the bindings; mypy checks the package
 # against this file, and tests/core/test_core_stub.py checks it names what the module defines.
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol, TypeAlias, TypedDict
 
 import numpy as np
@@ -129,6 +130,13 @@ class CompletionQueue:
     def fd(self) -> int: ...
     def drain(self) -> list[Completed]:
         """Takes every finished request."""
+    def resolve(self, pending: dict[int, tuple[asyncio.Future[object], object]]) -> int:
+        """Takes every finished request and resolves its future: ``pending`` maps a request id
+        to (future, ...); each completed id leaves it. Returns how many futures were resolved."""
+    def flush(
+        self, models: Iterable[Model], pending: dict[int, tuple[asyncio.Future[object], object]]
+    ) -> int:
+        """Runs the ready batches of ``models`` on this thread, then resolve()s."""
 
 class Model:
     def __init__(

@@ -73,6 +73,7 @@ class _Model:
         "cache_config",
         "fn",
         "handle",
+        "inline",
         "inputs",
         "lock",
         "monitor",
@@ -93,6 +94,8 @@ class _Model:
         self.fn = fn
         self.version = version
         self.batching = batching
+        # Batches run on the submitting loop's flush (read once per request).
+        self.inline = bool(batching.inline_execution)
         self.cache_config = cache_config
         self.cache: _core.ResponseCache | None = None
         self.handle: _core.Model | None = None
@@ -171,6 +174,8 @@ class _LoopState:
         # alive until the batcher has copied them into a batch.
         self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
 
+
+_get_running_loop = asyncio.get_running_loop  # one global lookup per request, not two
 
 _live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -460,17 +465,20 @@ class Runtime:
         if m is None:
             raise self._not_loaded(name)
         x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
-        handle = m.handle if m.handle is not None else self._create_handle(m, x)
-        loop = asyncio.get_running_loop()
+        handle = m.handle
+        if handle is None:
+            handle = self._create_handle(m, x)
+        loop = _get_running_loop()
         st = self._loops.get(loop)
         if st is None:
             st = self._attach(loop)
-        r = handle.submit(x, _timeout_ns(timeout_s), priority, st.queue)
+        timeout_ns = 0 if timeout_s is None else _timeout_ns(timeout_s)
+        r = handle.submit(x, timeout_ns, priority, st.queue)
         if r.__class__ is not int:
             return r  # answered from the cache
         fut = loop.create_future()
         st.pending[r] = (fut, x)
-        if m.batching.inline_execution:
+        if m.inline:
             st.dirty.add(handle)
             if not st.flush_scheduled:
                 st.flush_scheduled = True
@@ -533,7 +541,7 @@ class Runtime:
         except BaseException:
             self._cancel_waiting(handle, waiting)
             raise
-        if handle is not None and waiting and m.batching.inline_execution:
+        if handle is not None and waiting and m.inline:
             st.dirty.add(handle)
             if not st.flush_scheduled:
                 st.flush_scheduled = True
@@ -789,26 +797,15 @@ class Runtime:
     @staticmethod
     def _drain(st: _LoopState) -> None:
         """Resolves every finished request; runs on the loop once per wake-up."""
-        pending = st.pending
-        for done in st.queue.drain():
-            entry = pending.pop(done[0], None)
-            if entry is None:
-                continue
-            fut = entry[0]
-            if fut.done():
-                continue  # cancelled by its caller
-            if done[1]:
-                fut.set_result(done[2])
-            else:
-                fut.set_exception(done[2])
+        st.queue.resolve(st.pending)
 
     @staticmethod
     def _flush(st: _LoopState) -> None:
-        """Runs the batches this loop iteration's submits made ready, on the loop."""
+        """Runs the batches this loop iteration's submits made ready, on the loop, and
+        resolves their requests at once (no wake-up, no extra loop iteration)."""
         st.flush_scheduled = False
         dirty, st.dirty = st.dirty, set()
-        for handle in dirty:
-            handle.run_ready()
+        st.queue.flush(dirty, st.pending)
 
     def _finish_loop(self, st: _LoopState) -> None:
         self._drain(st)

@@ -6,10 +6,12 @@
 // Deliver() call per sink, so an event loop is woken once per batch.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "aiarch/status.h"
@@ -51,6 +53,12 @@ class CompletionSink {
 // goes from empty to non-empty, makes fd() readable (eventfd on Linux, a
 // pipe elsewhere); Drain() takes everything and clears the fd.
 // Blocking (a short mutex) on both sides; at most one wake-up per Deliver.
+//
+// Inline drains: the loop's own thread runs inline batches (RunReady) and
+// drains right after, inside an InlineDrain scope. Deliveries made by that
+// thread inside the scope skip the wake-up — the scope's Drain() takes them
+// with no system call and no extra loop iteration; other threads' deliveries
+// signal as usual.
 class CompletionQueue final : public CompletionSink {
  public:
   static Status Create(std::shared_ptr<CompletionQueue>* out);
@@ -61,15 +69,32 @@ class CompletionQueue final : public CompletionSink {
   // Returns all queued completions in delivery order. Thread-safe.
   std::vector<Completion> Drain();
 
+  // Marks the constructing thread as the one that drains this queue before
+  // the scope ends. On leaving, anything still queued without a wake-up is
+  // signalled, so no completion is ever stranded. One scope per queue at a time.
+  class InlineDrain {
+   public:
+    explicit InlineDrain(CompletionQueue& queue);
+    ~InlineDrain();
+    InlineDrain(const InlineDrain&) = delete;
+    InlineDrain& operator=(const InlineDrain&) = delete;
+
+   private:
+    CompletionQueue& queue_;
+  };
+
  private:
   CompletionQueue(int read_fd, int write_fd) : read_fd_(read_fd), write_fd_(write_fd) {}
-  void Wake();
+  void Wake();  // with mu_ held
   void ClearWake();
 
   const int read_fd_;
   const int write_fd_;  // == read_fd_ for an eventfd
+  // The thread inside an InlineDrain scope (default id: none).
+  std::atomic<std::thread::id> inline_drainer_{};
   std::mutex mu_;
   std::vector<Completion> items_;  // guarded by mu_
+  bool signalled_ = false;         // guarded by mu_: the fd is readable for items_
 };
 
 // A single completion awaited by a blocking caller (Runtime.infer_sync).
