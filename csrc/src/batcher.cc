@@ -140,10 +140,11 @@ Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
   for (size_t i = 0; i < inputs_.size(); ++i) {
     const auto& spec = inputs_[i];
     const auto& in = args.inputs[i];
-    const std::string what = "input '" + spec.name + "' of model '" + name_ + "'";
+    // Built only on an error path: a successful submit allocates no message.
+    const auto what = [&] { return "input '" + spec.name + "' of model '" + name_ + "'"; };
     if (in.dtype != spec.dtype) {
-      return Status::InvalidArgument(what + ": expected dtype " + DTypeName(spec.dtype) + ", got " +
-                                     DTypeName(in.dtype));
+      return Status::InvalidArgument(what() + ": expected dtype " + DTypeName(spec.dtype) +
+                                     ", got " + DTypeName(in.dtype));
     }
     bool shape_ok = in.shape.size() == spec.shape.size() + 1;
     for (size_t d = 0; shape_ok && d < spec.shape.size(); ++d) {
@@ -152,14 +153,15 @@ Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
     if (!shape_ok) {
       std::vector<int64_t> expected{-1};
       expected.insert(expected.end(), spec.shape.begin(), spec.shape.end());
-      return Status::InvalidArgument(what + ": expected shape " + ShapeString(expected) +
+      return Status::InvalidArgument(what() + ": expected shape " + ShapeString(expected) +
                                      " (rows first), got " + ShapeString(in.shape));
     }
     if (!in.contiguous) {
-      return Status::InvalidArgument(what + ": expected a C-contiguous array, got a strided view");
+      return Status::InvalidArgument(what() +
+                                     ": expected a C-contiguous array, got a strided view");
     }
     if (in.shape[0] < 1)
-      return Status::InvalidArgument(what + ": expected at least one row, got 0");
+      return Status::InvalidArgument(what() + ": expected at least one row, got 0");
     if (rows >= 0 && in.shape[0] != rows) {
       return Status::InvalidArgument("model '" + name_ +
                                      "': every input must have the same number of rows, got " +
@@ -167,7 +169,7 @@ Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
     }
     rows = in.shape[0];
     if (in.bytes != static_cast<size_t>(rows) * spec.RowBytes()) {
-      return Status::InvalidArgument(what + ": byte size does not match its shape and dtype");
+      return Status::InvalidArgument(what() + ": byte size does not match its shape and dtype");
     }
   }
   if (rows > config_.max_batch_size) {
