@@ -24,12 +24,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httptools
 
 from .config import HttpLimits
-from .errors import error_body
+from .errors import HttpError, error_body
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["Handler", "HttpCounters", "HttpProtocol", "Pending", "Request", "build_response"]
+__all__ = [
+    "Handler",
+    "HttpCounters",
+    "HttpProtocol",
+    "Pending",
+    "Request",
+    "build_response",
+    "media_type",
+    "require_json",
+]
 
 log = logging.getLogger("aiarch.serving")
 
@@ -553,3 +562,35 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self._closing = self._discard_input = True
             self.transport.close()
+
+
+def media_type(req: Request) -> bytes | None:
+    """The request's media type, lowercase without parameters, or None when not sent."""
+    ctype = req.headers.get(b"content-type")
+    if ctype is None:
+        return None
+    return ctype.partition(b";")[0].strip().lower()
+
+
+def require_json(req: Request, binary_ok: bool = False) -> None:
+    """Refuse (415) a body declared as anything but JSON, so a browser form or `text/plain`
+    request from another site cannot drive a JSON endpoint. A body without Content-Type is
+    read as JSON (tritonclient sends none); with `binary_ok`, the binary tensor extension's
+    `application/octet-stream` is accepted when `Inference-Header-Content-Length` frames it."""
+    media = media_type(req)
+    if media is None or media == b"application/json":
+        return
+    if (
+        binary_ok
+        and media == b"application/octet-stream"
+        and b"inference-header-content-length" in req.headers
+    ):
+        return
+    expected = "application/json"
+    if binary_ok:
+        expected += (
+            " (or application/octet-stream with Inference-Header-Content-Length for binary tensors)"
+        )
+    raise HttpError(
+        415, f"unsupported Content-Type {media.decode('latin-1')[:100]!r}; expected {expected}"
+    )

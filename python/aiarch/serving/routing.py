@@ -383,7 +383,7 @@ class RegistryRouting:
 
     def _acquire(self, route: Route, version: int) -> Any:
         """Load `version` (verified) unless loaded; returns its ModelEntry. Worker thread."""
-        from .app import ModelEntry
+        from .entry import ModelEntry
 
         rn = f"{route.name}.v{version}"
         rt = self.runtime
