@@ -21,7 +21,7 @@ from . import v2
 from .config import ServeConfig
 from .entry import ModelEntry
 from .errors import HttpError, status_for_exception
-from .features import lookup_stats, result_check
+from .features import result_check
 from .http import JSON, HttpProtocol, Request, build_response, error_response, require_json
 from .jobs import InferJob
 from .loader import ModelRepository
@@ -263,7 +263,8 @@ class App:
         mon = self.runtime.monitor(entry.name)
         if mon is None:
             raise HttpError(404, f"model '{entry.name}' is not monitored (no monitor.reference)")
-        return build_response(200, _encode(mon.report()), JSON, (), req.keep_alive)
+        report = self.metrics.monitor_report(entry.name, mon)
+        return build_response(200, _encode(report), JSON, (), req.keep_alive)
 
     def _stats(
         self, req: Request, conn: HttpProtocol, model: str | None, version: str | None
@@ -272,11 +273,12 @@ class App:
             names = list(self.entries)
         else:
             names = [self._entry(model, version).runtime_name]
-        stats = [_model_stat(self.runtime.stats(n)) for n in names]
-        for stat, n in zip(stats, names):
-            lookup = lookup_stats(n)
-            if lookup is not None:
-                stat["feature_lookup"] = lookup
+        stats = []
+        for s in self.metrics.model_stats(names):  # over all workers when supervised
+            stat = _model_stat(s)
+            if s.get("feature_lookup") is not None:
+                stat["feature_lookup"] = s["feature_lookup"]
+            stats.append(stat)
         return build_response(200, _encode({"model_stats": stats}), JSON, (), req.keep_alive)
 
     # -- inference -------------------------------------------------------------------------

@@ -2,14 +2,19 @@
 
 Nothing is recorded per request in Python: a scrape calls `runtime.stats(name)` and
 `runtime.histograms(name)` once per model and turns the core's snapshots into metric families
-(histogram buckets from `HistogramSnapshot.cumulative_counts`).
+(histogram buckets from `HistogramSnapshot.cumulative_counts`). A supervised worker
+(`--workers N`) merges every worker's published families, stats and monitor snapshots into
+each answer (`shared_stats`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,7 +23,23 @@ from prometheus_client.core import (
     Metric,
 )
 
+from aiarch.monitor.drift import evaluate_drift
+from aiarch.monitor.monitor import MonitorSnapshot, report_from_snapshot
 from aiarch.monitor.prometheus import MonitorCollector
+
+from .features import lookup_stats
+from .shared_stats import (
+    MonitorPart,
+    Peers,
+    SharedStats,
+    WorkerSnapshot,
+    collect_families,
+    merge_families,
+    merge_monitor_parts,
+    merge_stats,
+    stats_key,
+    to_metrics,
+)
 
 __all__ = [
     "BATCH_BOUNDS",
@@ -210,13 +231,201 @@ class HttpCollector:
 
 
 class MetricsExporter:
-    """Owns a private CollectorRegistry (so several servers in one process never clash)."""
+    """`/metrics`, `/stats` and `/monitor` data of one worker: owns a private CollectorRegistry
+    (so several servers in one process never clash). In a supervised worker (`--workers N`) every
+    answer covers all workers (see `shared_stats`); a lone server reads only its own runtime."""
 
     def __init__(self, runtime: Any, app: Any = None):
+        self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RuntimeCollector(runtime, app))
-        self.registry.register(MonitorCollector(runtime))
+        self.shared = SharedStats.from_environment()
+        if self.shared is None:
+            self.registry.register(MonitorCollector(runtime))
+        # Supervised: monitor families are computed from the merged snapshots at render time.
 
+    # -- one worker's snapshot (supervised workers only) ------------------------------------
+    def publish(self) -> WorkerSnapshot | None:
+        """Take this worker's snapshot and publish it for the other workers; None for a lone
+        server. Called every `PUBLISH_PERIOD_S` on the loop thread, and by every scrape."""
+        if self.shared is None:
+            return None
+        rt = self.runtime
+        stats: dict[str, dict[str, Any]] = {}
+        monitors: dict[str, MonitorPart] = {}
+        for name in rt.models():
+            try:
+                s = rt.stats(name)
+                mon = rt.monitor(name)
+            except Exception:  # unloaded between models() and stats()
+                continue
+            lookup = lookup_stats(name)
+            if lookup is not None:
+                s["feature_lookup"] = lookup
+            key = stats_key(name, s.get("version", ""))
+            stats[key] = s
+            if mon is not None:
+                monitors[key] = MonitorPart(mon.snapshot(), monitor_counters(mon))
+        snap = WorkerSnapshot(
+            self.shared.worker,
+            time.time(),
+            families=collect_families(self.registry),
+            stats=stats,
+            monitors=monitors,
+        )
+        self.shared.publish(snap)
+        return snap
+
+    def _server_view(self) -> tuple[WorkerSnapshot, Peers]:
+        assert self.shared is not None
+        own = self.publish()
+        assert own is not None
+        return own, self.shared.peers()
+
+    # -- answers -----------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format. Called once per scrape."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.shared is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        own, peers = self._server_view()
+        retired = peers.retired
+        families = merge_families(
+            [own.families, *(p.families for p in peers.live)],
+            retired.families if retired is not None else None,
+        )
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Fixed(list(to_metrics(families))))
+        merged.register(MonitorCollector(_MergedMonitors(self.runtime, own, peers)))
+        return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    def model_stats(self, names: list[str]) -> list[dict[str, Any]]:
+        """Runtime stats of each model (with "feature_lookup" when it has a lookup stage), over
+        all workers when supervised. Called once per `/stats` request."""
+        if self.shared is None:
+            out = []
+            for n in names:
+                s = self.runtime.stats(n)
+                lookup = lookup_stats(n)
+                if lookup is not None:
+                    s["feature_lookup"] = lookup
+                out.append(s)
+            return out
+        own, peers = self._server_view()
+        result = []
+        for n in names:
+            key = _key_of(own, n)
+            if key is None:
+                result.append(self.runtime.stats(n))  # loaded after the snapshot: local only
+                continue
+            live = [own.stats[key], *(p.stats[key] for p in peers.live if key in p.stats)]
+            gone = peers.retired.stats.get(key) if peers.retired is not None else None
+            result.append(merge_stats(live, [gone] if gone is not None else []))
+        return result
+
+    def monitor_report(self, name: str, monitor: Any) -> dict[str, Any]:
+        """The monitor report of model `name` (runtime name), over all workers when supervised:
+        latency, request counts, drift and counters merged; alerts and output drift are this
+        worker's. Called once per `/monitor` request."""
+        report: dict[str, Any] = monitor.report()
+        if self.shared is None:
+            return report
+        own, peers = self._server_view()
+        key = _key_of(own, name)
+        if key is None or key not in own.monitors:
+            return report
+        part = _merged_monitor(key, own, peers)
+        merged = report_from_snapshot(part.snapshot, monitor.config.drift, monitor.profile)
+        for field in ("taken_at", "processes", "latency_us", "requests", "drift"):
+            report[field] = merged[field]
+        report["counters"] = {**report["counters"], **part.counters}
+        report["snapshot"] = part.snapshot
+        return report
+
+
+def monitor_counters(mon: Any) -> dict[str, int]:
+    """A monitor's counters, as its report names them."""
+    pl = mon.prediction_log
+    return {
+        "values_counted": int(mon.sketch.values_counted),
+        "windows_closed": int(mon.windows_closed),
+        "observe_errors": int(mon.observe_errors),
+        "prediction_log_rows": int(pl.logged_rows) if pl else 0,
+        "prediction_log_dropped": int(pl.dropped_rows) if pl else 0,
+        "webhook_dropped": int(mon.webhook.dropped) if mon.webhook else 0,
+    }
+
+
+def _key_of(own: WorkerSnapshot, name: str) -> str | None:
+    for key in own.stats:
+        if key.rpartition("@")[0] == name:
+            return key
+    return None
+
+
+def _merged_monitor(key: str, own: WorkerSnapshot, peers: Peers) -> MonitorPart:
+    parts = [own.monitors[key], *(p.monitors[key] for p in peers.live if key in p.monitors)]
+    if peers.retired is not None and key in peers.retired.monitors:
+        parts.append(peers.retired.monitors[key])
+    return merge_monitor_parts(parts)
+
+
+class _Fixed:
+    """A collector of metric families computed before the scrape's render."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
+class _MergedMonitors:
+    """What `MonitorCollector` reads from a runtime (`models`, `monitor`), answered with every
+    worker's monitors merged, so the exported monitor families are those of the server."""
+
+    def __init__(self, runtime: Any, own: WorkerSnapshot, peers: Peers) -> None:
+        self.runtime = runtime
+        self.own = own
+        self.peers = peers
+        self.keys = {key.rpartition("@")[0]: key for key in own.monitors}
+
+    def models(self) -> list[str]:
+        return list(self.keys)
+
+    def monitor(self, name: str) -> Any:
+        live = self.runtime.monitor(name)
+        if live is None:
+            return None
+        return _MergedMonitor(live, _merged_monitor(self.keys[name], self.own, self.peers))
+
+
+class _MergedMonitor:
+    """The attributes `MonitorCollector` reads from a Monitor, over every worker: merged
+    snapshot, drift of the merged last windows, summed counters; alerts are this worker's."""
+
+    def __init__(self, live: Any, part: MonitorPart) -> None:
+        self.version = live.version
+        self.alerts = live.alerts
+        self._snapshot = part.snapshot
+        c = part.counters
+        self.sketch = SimpleNamespace(values_counted=c.get("values_counted", 0))
+        self.observe_errors = c.get("observe_errors", 0)
+        self.prediction_log = (
+            SimpleNamespace(
+                logged_rows=c.get("prediction_log_rows", 0),
+                dropped_rows=c.get("prediction_log_dropped", 0),
+            )
+            if live.prediction_log is not None
+            else None
+        )
+        self.last_drift = (
+            evaluate_drift(live.profile, np.asarray(part.snapshot.drift_window), live.config.drift)
+            if c.get("windows_closed", 0) > 0
+            else None
+        )
+
+    def snapshot(self) -> MonitorSnapshot:
+        return self._snapshot

@@ -34,6 +34,7 @@ from .loader import ModelRepository, SourceError, resolve_object
 from .metrics import HttpCollector
 from .native import NativeFront, NativeProtocol
 from .routing import RegistryRouting
+from .shared_stats import publish_periodically
 from .supervisor import EXIT_MODEL_LOAD, supervise
 
 __all__ = ["ModelLoadError", "Server", "make_socket", "run"]
@@ -132,6 +133,10 @@ class Server:
             on_listening(self.port)
         sweeper = loop.create_task(self._sweep_idle())
         watcher = loop.create_task(self.routing.watch_loop())
+        metrics = self.handler.metrics
+        publisher = (
+            loop.create_task(publish_periodically(metrics.publish)) if metrics.shared else None
+        )
         try:
             await self._stop.wait()
         finally:
@@ -143,6 +148,12 @@ class Server:
             watcher.cancel()
             sweeper.cancel()
             await self._drain()
+            if publisher is not None:
+                publisher.cancel()
+                try:
+                    metrics.publish()  # the final counts, for the supervisor to retire
+                except Exception:
+                    log.exception("publishing the final worker stats failed")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             await loop.run_in_executor(None, self._close_runtime)

@@ -12,6 +12,10 @@ stops the others and exits 1, saying why, only when:
 
 SIGTERM/SIGINT to the supervisor are forwarded to every worker (each drains, then exits 0);
 workers get SIGTERM when the supervisor itself dies, so none outlives it.
+
+The supervisor owns the run directory where workers publish their stats (`shared_stats`): it
+creates it, folds a dead worker's last counts into the retired snapshot before starting its
+replacement (so merged counters never go backwards), and removes it at the end.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ServeConfig
+from .shared_stats import RUN_DIR_ENV, WORKER_ENV, absorb_dead_worker
 
 __all__ = ["EXIT_MODEL_LOAD", "RestartPolicy", "supervise"]
 
@@ -64,6 +71,22 @@ class _Slot:
     restart_at: float | None = None
 
 
+def _supervised_worker(config: ServeConfig, run_dir: str, worker: str) -> None:
+    """Entry point of a worker process: names its run directory and identity, then serves."""
+    from .server import worker_main
+
+    os.environ[RUN_DIR_ENV] = run_dir
+    os.environ[WORKER_ENV] = worker
+    worker_main(config)
+
+
+def _run_directory() -> str:
+    """A private directory for the workers' stats, on tmpfs when the machine has one."""
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="aiarch-serve-", dir=base)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         with contextlib.suppress(ValueError):
@@ -71,14 +94,16 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-class _Supervisor:
-    def __init__(self, config: ServeConfig, port: int, policy: RestartPolicy) -> None:
-        from .server import worker_main
+def _worker_id(slot: _Slot) -> str:
+    return f"{slot.index}:{slot.generation}"
 
+
+class _Supervisor:
+    def __init__(self, config: ServeConfig, port: int, policy: RestartPolicy, run_dir: str) -> None:
         self.config = config
         self.worker_config = ServeConfig(**{**config.__dict__, "port": port})
         self.policy = policy
-        self.target = worker_main
+        self.run_dir = run_dir
         self.ctx = multiprocessing.get_context("spawn")
         self.slots = [_Slot(i) for i in range(config.workers)]
         self.stopping = False
@@ -89,8 +114,8 @@ class _Supervisor:
         slot.restart_at = None
         slot.reaped = False
         p = self.ctx.Process(
-            target=self.target,
-            args=(self.worker_config,),
+            target=_supervised_worker,
+            args=(self.worker_config, self.run_dir, _worker_id(slot)),
             name=f"aiarch-worker-{slot.index}",
         )
         p.start()
@@ -112,6 +137,10 @@ class _Supervisor:
         code = slot.process.exitcode
         slot.process.join()
         slot.reaped = True
+        try:
+            absorb_dead_worker(self.run_dir, slot.index, _worker_id(slot))
+        except Exception:  # losing one worker's counts must not take the server down
+            log.exception("could not keep the counts of worker %d", slot.index)
         if self.stopping:
             return
         how = _describe_exit(code)
@@ -186,7 +215,16 @@ def supervise(config: ServeConfig, port: int, policy: RestartPolicy | None = Non
     """Run `config.workers` workers on `port` until SIGTERM/SIGINT or a give-up; the exit code.
 
     The caller holds a bound socket on `port` for the whole run (see `server.run`)."""
-    sup = _Supervisor(config, port, policy or RestartPolicy())
+    run_dir = _run_directory()
+    log.info("workers share their stats in %s", run_dir)
+    try:
+        return _supervise(config, port, policy or RestartPolicy(), run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _supervise(config: ServeConfig, port: int, policy: RestartPolicy, run_dir: str) -> int:
+    sup = _Supervisor(config, port, policy, run_dir)
 
     def forward(signum: int, frame: Any) -> None:
         sup.stop_all()
