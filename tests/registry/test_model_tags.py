@@ -94,7 +94,7 @@ def test_list_models_filters_by_model_fields_only(reg: Registry, tmp_path: Path)
     assert names("model.tags.team = 'risk' and model.tags.tier = '1'") == ["fraud"]
     assert names("model.description like 'card%'") == ["fraud"]
     assert names("name != 'fraud'") == ["churn", "ranking"]
-    with pytest.raises(InvalidArgumentError, match="tags.v is a field of versions"):
+    with pytest.raises(InvalidArgumentError, match=r"tags\.v is a field of versions"):
         reg.list_models("tags.v = '0'")
     with pytest.raises(InvalidArgumentError, match=r"unknown field 'model\.owner'"):
         reg.list_models("model.owner = 'x'")
@@ -139,7 +139,9 @@ def test_models_cli_tags_and_description(
     monkeypatch.setenv("AIARCH_HOME", str(tmp_path / "home"))
     reg = ["--registry", registry_url]
     for name in ("fraud", "churn"):
-        assert _cli(capsys, "register", name, str(_artifact(tmp_path, f"{name}.onnx")), *reg)[0] == 0
+        assert (
+            _cli(capsys, "register", name, str(_artifact(tmp_path, f"{name}.onnx")), *reg)[0] == 0
+        )
 
     code, out, _ = _cli(capsys, "tag", "fraud", "team=risk", "tier=1", *reg, "--json")
     assert code == 0 and json.loads(out)["tags"] == {"team": "risk", "tier": "1"}
