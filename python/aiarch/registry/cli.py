@@ -210,12 +210,18 @@ def _model_rows(models: list[Any]) -> str:
                 m.latest,
                 ",".join(f"{a}={v}" for a, v in sorted(m.aliases.items())),
                 _short(m.tags),
-                m.description if len(m.description) <= 40 else m.description[:39] + "…",
+                _one_line(m.description, 40),
             ]
             for m in models
         ],
         ["NAME", "VERSIONS", "LATEST", "ALIASES", "TAGS", "DESCRIPTION"],
     )
+
+
+def _one_line(text: str, width: int) -> str:
+    """`text` on one table line: whitespace runs (newlines too) collapsed, cut to `width`."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _describe(args: argparse.Namespace, model: Any) -> None:
