@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aiarch.registry import Registry
+from aiarch.registry.db import MIGRATIONS
 
 from .conftest import child_env
 
@@ -57,12 +58,12 @@ def test_migrations_run_once_when_processes_start_together(
     results = _run_all([script] * 6, timeout=90)
     for r in results:
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == "1"
+        assert r.stdout.strip() == str(MIGRATIONS[-1][0])
     reg = Registry(registry_url, home=home)
     with reg.db.tx() as tx:
-        rows = tx.all("SELECT version FROM schema_migrations")
+        rows = tx.all("SELECT version FROM schema_migrations ORDER BY version")
     reg.close()
-    assert rows == [(1,)]
+    assert rows == [(number,) for number, _, _ in MIGRATIONS]
 
 
 def test_concurrent_promotions_exactly_one_wins(registry_url: str, tmp_path: Path) -> None:

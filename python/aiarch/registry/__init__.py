@@ -18,7 +18,14 @@ from .errors import (
     RegistryError,
 )
 from .objectstore import StorageUnavailableError
-from .registry import AliasChange, AliasWatch, ModelSummary, ModelVersion, Registry
+from .registry import (
+    AliasChange,
+    AliasWatch,
+    ModelSummary,
+    ModelVersion,
+    Registry,
+    SearchPage,
+)
 from .uris import ModelRef, is_registry_ref, parse_ref
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "RegistryError",
+    "SearchPage",
     "StorageUnavailableError",
     "is_registry_ref",
     "parse_ref",

@@ -1,5 +1,6 @@
 """`aiarch models ...`: register, list, show, search, promote, rollback, history, archive,
-delete and verify model versions. Heavy imports happen inside the handlers."""
+delete and verify model versions; tag, untag and describe models. Heavy imports happen inside
+the handlers."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ _EPILOG = """\
 examples:
   aiarch models register fraud ./model.onnx --metric auc=0.93 --tag task=fraud
   aiarch models register fraud ./model.py:predict --param lr=0.01
-  aiarch models list
+  aiarch models list --filter "model.tags.team = 'risk'"
   aiarch models show fraud@production
   aiarch models search "metrics.auc >= 0.9 and tags.task = 'fraud'" --order-by "metrics.auc desc"
+  aiarch models search "model.tags.team = 'risk'" --limit 50 --page-token TOKEN
+  aiarch models tag fraud team=risk tier=1
+  aiarch models describe fraud --set "card fraud score, retrained weekly"
   aiarch models promote fraud 3 --to production --gate "metrics.auc >= 0.9"
   aiarch models rollback fraud --alias production
   aiarch models history fraud
@@ -91,6 +95,12 @@ def add_parser(subparsers: Any) -> None:
 
     ls = add("list", "list models, or the versions of one model")
     ls.add_argument("name", nargs="?", help="model name (omit for all models)")
+    ls.add_argument(
+        "--filter",
+        metavar="COND",
+        help="models only: e.g. \"model.tags.team = 'risk'\" (name, model.description, "
+        "model.tags.KEY)",
+    )
 
     sh = add("show", "show one version")
     sh.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, models:/... or NAME (latest)")
@@ -100,7 +110,28 @@ def add_parser(subparsers: Any) -> None:
         "filter", nargs="?", default="", help="e.g. \"metrics.auc >= 0.9 and tags.task = 'fraud'\""
     )
     se.add_argument("--order-by", help="e.g. 'metrics.auc desc' (default: newest first)")
-    se.add_argument("--limit", type=_version, default=100, help="most results (default 100)")
+    se.add_argument(
+        "--limit", type=_version, default=100, help="most results per page (default 100)"
+    )
+    paging = se.add_mutually_exclusive_group()
+    paging.add_argument(
+        "--page-token", metavar="TOKEN", help="continue a search: the next_page_token it printed"
+    )
+    paging.add_argument(
+        "--all", action="store_true", help="every match, read --limit at a time (no token)"
+    )
+
+    tg = add("tag", "set tags of a model (not of one version)")
+    tg.add_argument("name", help="model name")
+    tg.add_argument("tags", type=_kv, nargs="+", metavar="K=V")
+
+    ut = add("untag", "remove tags of a model")
+    ut.add_argument("name", help="model name")
+    ut.add_argument("keys", nargs="+", metavar="KEY")
+
+    ds = add("describe", "show a model (description, tags, aliases), or set its description")
+    ds.add_argument("name", help="model name")
+    ds.add_argument("--set", metavar="TEXT", help="replace the description ('' clears it)")
 
     pr = add("promote", "point an alias at a version (compare-and-swap, optional gates)")
     pr.add_argument("name", help="model name")
@@ -167,6 +198,40 @@ def _version_rows(versions: list[Any]) -> str:
             for mv in versions
         ],
         ["NAME", "VERSION", "ALIASES", "FORMAT", "STATUS", "METRICS", "TAGS", "CREATED", "DIGEST"],
+    )
+
+
+def _model_rows(models: list[Any]) -> str:
+    return _table(
+        [
+            [
+                m.name,
+                m.versions,
+                m.latest,
+                ",".join(f"{a}={v}" for a, v in sorted(m.aliases.items())),
+                _short(m.tags),
+                _one_line(m.description, 40),
+            ]
+            for m in models
+        ],
+        ["NAME", "VERSIONS", "LATEST", "ALIASES", "TAGS", "DESCRIPTION"],
+    )
+
+
+def _one_line(text: str, width: int) -> str:
+    """`text` on one table line: whitespace runs (newlines too) collapsed, cut to `width`."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _describe(args: argparse.Namespace, model: Any) -> None:
+    d = model.to_dict()
+    _emit(
+        args,
+        d,
+        "\n".join(
+            f"{k:<13}{json.dumps(v) if isinstance(v, dict) else v}" for k, v in sorted(d.items())
+        ),
     )
 
 
@@ -240,26 +305,15 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
         )
     elif cmd == "list":
         if args.name:
+            if args.filter:
+                raise InvalidArgumentError(
+                    "--filter selects models; use `aiarch models search` to filter versions"
+                )
             versions = reg.list_versions(args.name)
             _emit(args, [v.to_dict() for v in versions], _version_rows(versions))
         else:
-            models = reg.list_models()
-            _emit(
-                args,
-                [m.__dict__ for m in models],
-                _table(
-                    [
-                        [
-                            m.name,
-                            m.versions,
-                            m.latest,
-                            ",".join(f"{a}={v}" for a, v in sorted(m.aliases.items())),
-                        ]
-                        for m in models
-                    ],
-                    ["NAME", "VERSIONS", "LATEST", "ALIASES"],
-                ),
-            )
+            models = reg.list_models(args.filter)
+            _emit(args, [m.to_dict() for m in models], _model_rows(models))
     elif cmd == "show":
         mv = reg.resolve(args.ref)
         d = mv.to_dict()
@@ -272,8 +326,35 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
             ),
         )
     elif cmd == "search":
-        versions = reg.search(args.filter, order_by=args.order_by, limit=args.limit)
-        _emit(args, [v.to_dict() for v in versions], _version_rows(versions))
+        if args.all:
+            from .registry import SearchPage
+
+            page = SearchPage(
+                list(reg.search_all(args.filter, order_by=args.order_by, page_size=args.limit))
+            )
+        else:
+            page = reg.search(
+                args.filter, order_by=args.order_by, limit=args.limit, page_token=args.page_token
+            )
+        _emit(args, page.to_dict(), _version_rows(page))
+        if page.truncated and not args.json:
+            print(
+                f"{len(page)} shown, more match: continue with --page-token "
+                f"{page.next_page_token} (or --all)",
+                file=sys.stderr,
+            )
+    elif cmd == "tag":
+        for key, value in args.tags:
+            reg.set_model_tag(args.name, key, value)
+        _describe(args, reg.get_model(args.name))
+    elif cmd == "untag":
+        for key in args.keys:
+            reg.delete_model_tag(args.name, key)
+        _describe(args, reg.get_model(args.name))
+    elif cmd == "describe":
+        if args.set is not None:
+            reg.set_model_description(args.name, args.set)
+        _describe(args, reg.get_model(args.name))
     elif cmd == "promote":
         from .registry import UNSET
 

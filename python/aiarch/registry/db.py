@@ -110,6 +110,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX alias_history_model ON alias_history (model_id, alias, id)",
         ],
     ),
+    (
+        2,
+        "model-level description and searchable model tags",
+        [
+            "ALTER TABLE models ADD COLUMN description TEXT NOT NULL DEFAULT ''",
+            """CREATE TABLE model_tags (
+                model_id BIGINT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                PRIMARY KEY (model_id, key)
+            ){clustered}""",
+            "CREATE INDEX model_tags_kv ON model_tags (key, value, model_id)",
+        ],
+    ),
 ]
 
 _MIGRATION_LOCK_KEY = 0x616961726368  # "aiarch": the advisory lock id of migrations
@@ -357,7 +371,14 @@ class PostgresDatabase(Database):
         # VACUUM also marks pages all-visible, which lets searches use index-only scans of the
         # key/value indexes; it cannot run inside a transaction block.
         conn = self._conn()
-        for table in ("models", "versions", "version_metrics", "version_params", "version_tags"):
+        for table in (
+            "models",
+            "model_tags",
+            "versions",
+            "version_metrics",
+            "version_params",
+            "version_tags",
+        ):
             conn.execute(f"VACUUM (ANALYZE) {table}")
 
     def ddl(self, statement: str) -> str:

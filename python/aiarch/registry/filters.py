@@ -3,10 +3,11 @@
     metrics.auc >= 0.9 and tags.task = 'fraud' and params.optimizer != 'sgd'
 
 A condition is `FIELD OP VALUE`. FIELD is `metrics.KEY` (numbers), `params.KEY` or `tags.KEY`
-(strings), or an attribute: `name`, `version`, `format`, `status`, `created_at`. OP is one of
+(strings) of the version, `model.tags.KEY` or `model.description` (strings) of the model the
+version belongs to, or an attribute: `name`, `version`, `format`, `status`, `created_at`. OP is one of
 `= == != < <= > >=` or `like` (SQL `%`/`_` wildcards, strings only). VALUE is a number or a
 quoted string ('...' or "..."). A key with unusual characters can be back-quoted:
-``tags.`team name` = 'risk'``. The same parsed conditions compile to SQL (`db.py`) and evaluate
+``tags.`team name` = 'risk'``, ``model.tags.`cost center` = 'risk'``. The same parsed conditions compile to SQL (`db.py`) and evaluate
 in Python (promotion gates).
 """
 
@@ -23,15 +24,24 @@ from .errors import InvalidArgumentError
 __all__ = ["Condition", "OrderKey", "evaluate", "parse_filter", "parse_order_by"]
 
 KINDS = ("metrics", "params", "tags")
+MODEL_TAGS = "model.tags"
+"""The kind of a `model.tags.KEY` condition: a tag of the model, not of the version."""
 ATTRIBUTES = {"name": str, "version": int, "format": str, "status": str, "created_at": float}
+MODEL_ATTRIBUTES = {"model.name": str, "model.description": str}
+"""Attributes of the model a version belongs to (`model.name` is the same as `name`)."""
+_EXPECTED = (
+    "expected metrics.KEY, params.KEY, tags.KEY, model.tags.KEY, model.description or one of "
+)
 OPS = ("=", "!=", "<", "<=", ">", ">=", "like")
+
+_ATTR_TYPES = {**ATTRIBUTES, **MODEL_ATTRIBUTES}
 
 _TOKEN = re.compile(
     r"""\s*(?:
       (?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![\w.])
     | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     | (?P<op>==|!=|<=|>=|<|>|=)
-    | (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\.(?:`[^`]+`|[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*))?)
+    | (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\.(?:`[^`]+`|[A-Za-z0-9_\-]+))*)
     )""",
     re.VERBOSE,
 )
@@ -39,7 +49,8 @@ _TOKEN = re.compile(
 
 @dataclass(frozen=True)
 class Condition:
-    """One `kind.key op value` test; kind is metrics/params/tags or "attr" (key = attribute)."""
+    """One `kind.key op value` test; kind is metrics/params/tags, "model.tags", or "attr" (key =
+    an attribute of the version or of its model, e.g. "status", "model.description")."""
 
     kind: str
     key: str
@@ -58,21 +69,35 @@ def _unquote(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s[1:-1])
 
 
-def _field(text: str, where: str) -> tuple[str, str]:
-    head, dot, key = text.partition(".")
-    if dot:
-        if head not in KINDS:
+def _key(text: str, key: str, where: str) -> str:
+    """A key as written after `kind.`: plain (dots allowed) or one back-quoted name."""
+    if key.startswith("`") or key.endswith("`"):
+        if len(key) < 3 or not (key.startswith("`") and key.endswith("`")) or "`" in key[1:-1]:
             raise InvalidArgumentError(
-                f"{where}: unknown field {text!r}; expected metrics.KEY, params.KEY, tags.KEY or "
-                f"one of {sorted(ATTRIBUTES)}"
+                f"{where}: bad key in {text!r}; back-quote the whole key: kind.`KEY`"
             )
-        return head, key[1:-1] if key.startswith("`") else key
-    if text not in ATTRIBUTES:
-        raise InvalidArgumentError(
-            f"{where}: unknown field {text!r}; expected metrics.KEY, params.KEY, tags.KEY or "
-            f"one of {sorted(ATTRIBUTES)}"
-        )
-    return "attr", text
+        return key[1:-1]
+    return key
+
+
+def _field(text: str, where: str) -> tuple[str, str]:
+    unknown = InvalidArgumentError(
+        f"{where}: unknown field {text!r}; {_EXPECTED}{sorted(ATTRIBUTES)}"
+    )
+    head, dot, key = text.partition(".")
+    if not dot:
+        if text not in ATTRIBUTES:
+            raise unknown
+        return "attr", text
+    if head in KINDS:
+        return head, _key(text, key, where)
+    if head == "model":
+        if text in MODEL_ATTRIBUTES:
+            return "attr", text
+        sub, dot, key = key.partition(".")
+        if sub == "tags" and dot and key:
+            return MODEL_TAGS, _key(text, key, where)
+    raise unknown
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -123,7 +148,7 @@ def parse_filter(text: str | None) -> list[Condition]:
             raise InvalidArgumentError(
                 f"filter {text!r}: expected a number or a quoted string after {ot!r}, got {vt!r}"
             )
-        wants_number = kind == "metrics" or (kind == "attr" and ATTRIBUTES[key] is not str)
+        wants_number = kind == "metrics" or (kind == "attr" and _ATTR_TYPES[key] is not str)
         if op == "like" and wants_number:
             raise InvalidArgumentError(f"filter {text!r}: like applies to strings, not {ft}")
         if wants_number and not isinstance(value, float):
@@ -183,8 +208,8 @@ def _compare(left: Any, op: str, right: Any) -> bool:
 
 
 def evaluate(conds: list[Condition], fields: Mapping[str, Any]) -> bool:
-    """True if every condition holds for `fields` (keys: metrics/params/tags dicts and the
-    attributes). A missing key fails its condition (as in SQL)."""
+    """True if every condition holds for `fields` (keys: metrics/params/tags/"model.tags" dicts
+    and the attributes). A missing key fails its condition (as in SQL)."""
     for c in conds:
         if c.kind == "attr":
             left = fields.get(c.key)
@@ -194,7 +219,7 @@ def evaluate(conds: list[Condition], fields: Mapping[str, Any]) -> bool:
             return False
         if c.kind == "metrics":
             left = float(left)
-        elif c.kind in ("params", "tags"):
+        elif c.kind in ("params", "tags", MODEL_TAGS):
             left = str(left)
         if not _compare(left, c.op, c.value):
             return False

@@ -6,6 +6,8 @@ history, search, promotion gates and rollback.
     reg.promote("fraud", mv.version, to="production", gates="metrics.auc >= 0.9")
     mv = reg.open("fraud", alias="production")        # get + verify the artifact's digest
     reg.rollback("fraud")                             # production back to the previous holder
+    reg.set_model_tag("fraud", "team", "risk")        # tags and a description of the model
+    page = reg.search("model.tags.team = 'risk'")     # a page; page.next_page_token continues it
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,15 @@ from .errors import (
 )
 from .filters import parse_filter, parse_order_by
 from .objectstore import ObjectArtifactStore
-from .search import VERSION_COLUMNS, check_gates, search_sql
+from .search import (
+    SORT_COLUMNS_AT,
+    VERSION_COLUMNS,
+    check_gates,
+    decode_page_token,
+    encode_page_token,
+    model_filter_sql,
+    search_sql,
+)
 from .signature import infer_signature
 from .store import ArtifactStore
 from .uris import SCHEME, ModelRef, parse_ref, validate_alias, validate_name
@@ -45,6 +55,7 @@ __all__ = [
     "ModelSummary",
     "ModelVersion",
     "Registry",
+    "SearchPage",
 ]
 
 FORMATS_BY_SUFFIX = {".onnx": "onnx", ".pt2": "torch_export", ".pt": "torchscript", ".py": "python"}
@@ -118,11 +129,40 @@ class AliasChange:
 
 @dataclass(frozen=True)
 class ModelSummary:
+    """A model: its version count, latest active version, aliases, description and tags."""
+
     name: str
     versions: int
     latest: int | None
     aliases: dict[str, int]
     created_at: float
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SearchPage(list[ModelVersion]):
+    """One page of a search: the versions (a list), and `next_page_token`, the token that
+    continues the search where this page stopped, or None when nothing is left. `truncated`
+    is True exactly when more matching versions exist beyond this page."""
+
+    def __init__(self, versions: Sequence[ModelVersion] = (), next_page_token: str | None = None):
+        super().__init__(versions)
+        self.next_page_token = next_page_token
+
+    @property
+    def truncated(self) -> bool:
+        return self.next_page_token is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"versions": [...], "next_page_token": ..., "truncated": ...}`."""
+        return {
+            "versions": [v.to_dict() for v in self],
+            "next_page_token": self.next_page_token,
+            "truncated": self.truncated,
+        }
 
 
 def _actor() -> str:
@@ -526,18 +566,28 @@ class Registry:
             data = tx.scalar("SELECT data FROM version_references WHERE version_id = ?", (row[0],))
         return None if data is None else bytes(data)
 
-    def list_models(self) -> list[ModelSummary]:
-        """Every model with its version count, latest active version and aliases."""
+    def list_models(self, filter: str | None = None) -> list[ModelSummary]:
+        """Every model (or those matching `filter`, conditions on `name`, `model.description`
+        and `model.tags.KEY` only, e.g. `model.tags.team = 'risk'`) with its version count,
+        latest active version, aliases, description and tags, by name."""
+        where, args = model_filter_sql(parse_filter(filter), filter)
         with self.db.tx() as tx:
             rows = tx.all(
-                "SELECT m.id, m.name, m.created_at, COUNT(v.id), "
+                "SELECT m.id, m.name, m.created_at, m.description, COUNT(v.id), "
                 "MAX(CASE WHEN v.status = 'active' THEN v.version END) "
                 "FROM models m LEFT JOIN versions v ON v.model_id = m.id "
-                "GROUP BY m.id, m.name, m.created_at ORDER BY m.name"
+                + (f"WHERE {where} " if where else "")
+                + "GROUP BY m.id, m.name, m.created_at, m.description ORDER BY m.name",
+                args,
             )
             aliases: dict[int, dict[str, int]] = {}
             for model_id, alias, version in tx.all("SELECT model_id, alias, version FROM aliases"):
                 aliases.setdefault(int(model_id), {})[alias] = int(version)
+            tags: dict[int, dict[str, str]] = {}
+            for model_id, key, value in tx.all(
+                "SELECT model_id, key, value FROM model_tags ORDER BY key"
+            ):
+                tags.setdefault(int(model_id), {})[key] = value
         return [
             ModelSummary(
                 name=name,
@@ -545,9 +595,84 @@ class Registry:
                 latest=None if latest is None else int(latest),
                 aliases=aliases.get(int(model_id), {}),
                 created_at=float(created),
+                description=description,
+                tags=tags.get(int(model_id), {}),
             )
-            for model_id, name, created, count, latest in rows
+            for model_id, name, created, description, count, latest in rows
         ]
+
+    def get_model(self, name: str) -> ModelSummary:
+        """One model with its description and tags; ModelNotFoundError naming the models."""
+        with self.db.tx() as tx:
+            model_id = self._model_id(tx, name)
+            created, description, count, latest = tx.one(
+                "SELECT m.created_at, m.description, COUNT(v.id), "
+                "MAX(CASE WHEN v.status = 'active' THEN v.version END) "
+                "FROM models m LEFT JOIN versions v ON v.model_id = m.id WHERE m.id = ? "
+                "GROUP BY m.id, m.created_at, m.description",
+                (model_id,),
+            ) or (0.0, "", 0, None)
+            aliases = {
+                a: int(v)
+                for a, v in tx.all(
+                    "SELECT alias, version FROM aliases WHERE model_id = ?", (model_id,)
+                )
+            }
+            tags = dict(
+                tx.all(
+                    "SELECT key, value FROM model_tags WHERE model_id = ? ORDER BY key",
+                    (model_id,),
+                )
+            )
+        return ModelSummary(
+            name=name,
+            versions=int(count),
+            latest=None if latest is None else int(latest),
+            aliases=aliases,
+            created_at=float(created),
+            description=description,
+            tags=tags,
+        )
+
+    # -- model tags and description --------------------------------------------------------
+    def set_model_tag(self, name: str, key: str, value: Any) -> None:
+        """Set tag `key` of model `name` (not of one version) to `value` (a string; other
+        values are stored as their JSON text), replacing any earlier value. Searchable as
+        `model.tags.KEY`. Thread-safe."""
+        (key, text), *_ = _str_map("model tags", {key: value}).items()
+        with self.db.tx(write=True) as tx:
+            model_id = self._model_id(tx, name)
+            tx.execute(
+                "INSERT INTO model_tags (model_id, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (model_id, key) DO UPDATE SET value = excluded.value",
+                (model_id, key, text),
+            )
+
+    def delete_model_tag(self, name: str, key: str) -> None:
+        """Remove tag `key` of model `name`; ModelNotFoundError (naming the tags it has) when
+        it has no such tag. Thread-safe."""
+        with self.db.tx(write=True) as tx:
+            model_id = self._model_id(tx, name)
+            tx.execute("DELETE FROM model_tags WHERE model_id = ? AND key = ?", (model_id, key))
+            if tx.rowcount == 0:
+                keys = [
+                    r[0]
+                    for r in tx.all(
+                        "SELECT key FROM model_tags WHERE model_id = ? ORDER BY key", (model_id,)
+                    )
+                ]
+                raise ModelNotFoundError(
+                    f"model {name!r} has no tag {key!r}; tags: {', '.join(keys) or '(none)'}"
+                )
+
+    def set_model_description(self, name: str, description: str) -> None:
+        """Replace the description of model `name` ("" clears it). Searchable as
+        `model.description`. Thread-safe."""
+        if not isinstance(description, str):
+            raise InvalidArgumentError(f"description must be a string, got {description!r}")
+        with self.db.tx(write=True) as tx:
+            model_id = self._model_id(tx, name)
+            tx.execute("UPDATE models SET description = ? WHERE id = ?", (description, model_id))
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         """Every version of `name`, newest first (archived included)."""
@@ -570,20 +695,27 @@ class Registry:
         filter: str | None = None,
         order_by: str | list[str] | None = None,
         limit: int = 100,
-    ) -> list[ModelVersion]:
-        """Versions matching every condition of `filter` (see `aiarch.registry.filters`), e.g.
-        `metrics.auc >= 0.9 and tags.task = 'fraud'`; `order_by` like `metrics.auc desc`
-        (default: newest first). Each key/value condition is answered from an index."""
+        page_token: str | None = None,
+    ) -> SearchPage:
+        """One page of at most `limit` versions matching every condition of `filter` (see
+        `aiarch.registry.filters`), e.g. `metrics.auc >= 0.9 and model.tags.team = 'risk'`;
+        `order_by` like `metrics.auc desc` (default: newest first). The page's
+        `next_page_token` (None on the last page; `truncated` says the same) passed back as
+        `page_token` with the same filter and order_by continues after the page's last
+        version: paging returns every match once, in order, even while versions are added.
+        Each key/value condition is answered from an index. Thread-safe."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgumentError(f"limit must be a positive int, got {limit!r}")
         conds = parse_filter(filter)
         order = parse_order_by(order_by)
-        sql, args = search_sql(conds, order, limit)
+        cursor = None if page_token is None else decode_page_token(page_token, conds, order)
+        # One row more than the page says whether anything is left after it.
+        sql, args = search_sql(conds, order, limit + 1, cursor)
         with self.db.tx() as tx:
             # Plans depend on the values (how selective each condition is): never a generic one.
             rows = tx.all(sql, args, prepare=False)
             aliases: dict[tuple[int, int], list[str]] = {}
-            model_ids = sorted({int(r[16]) for r in rows})
+            model_ids = sorted({int(r[16]) for r in rows[:limit]})
             if model_ids:
                 marks = ",".join("?" * len(model_ids))
                 for model_id, alias, version in tx.all(
@@ -591,10 +723,30 @@ class Registry:
                     model_ids,
                 ):
                     aliases.setdefault((int(model_id), int(version)), []).append(alias)
-        return [
-            self._row_to_version(r, tuple(sorted(aliases.get((int(r[16]), int(r[1])), []))))
-            for r in rows
-        ]
+        token = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            token = encode_page_token(conds, order, list(rows[-1][SORT_COLUMNS_AT:]))
+        return SearchPage(
+            [
+                self._row_to_version(r, tuple(sorted(aliases.get((int(r[16]), int(r[1])), []))))
+                for r in rows
+            ],
+            token,
+        )
+
+    def search_all(
+        self,
+        filter: str | None = None,
+        order_by: str | list[str] | None = None,
+        page_size: int = 100,
+    ) -> Iterator[ModelVersion]:
+        """Every version matching `filter`, in `order_by` order, read `page_size` at a time."""
+        page = self.search(filter, order_by, page_size)
+        yield from page
+        while page.next_page_token is not None:
+            page = self.search(filter, order_by, page_size, page.next_page_token)
+            yield from page
 
     # -- aliases ---------------------------------------------------------------------------
     def alias_version(self, name: str, alias: str) -> int | None:
@@ -691,7 +843,9 @@ class Registry:
             expected_current = self.alias_version(name, to)
         mv = self.get(name, version)
         if gates:
-            check_gates(mv, [gates] if isinstance(gates, str) else list(gates))
+            check_gates(
+                mv, [gates] if isinstance(gates, str) else list(gates), self.get_model(name)
+            )
         self._verified(mv, self.store.verify)
         return self.set_alias(
             name, to, version, expected_current=expected_current, reason=reason, action="promote"
