@@ -221,14 +221,18 @@ def test_client_cancel_removes_queued_request(server: GrpcServer, client) -> Non
     cancelled = _metric(port, "aiarch_requests_total", model="slowc", status="cancelled")
     x = np.ones((1, 2), np.float32)
     results: list[object] = []
-    client.async_infer("slowc", [_input("x", x, "FP32")], lambda result, error: results.append(error))
+    client.async_infer(
+        "slowc", [_input("x", x, "FP32")], lambda result, error: results.append(error)
+    )
     _wait_metric(port, "aiarch_in_flight_batches", 1, model="slowc")
     queued = client.async_infer("slowc", [_input("x", x, "FP32")], lambda result, error: None)
     _wait_metric(port, "aiarch_queue_rows", 1, model="slowc")
     assert _metric(port, "aiarch_queue_rows", model="slowc") == 1
     queued.cancel()
     assert (
-        _wait_metric(port, "aiarch_requests_total", cancelled + 1, model="slowc", status="cancelled")
+        _wait_metric(
+            port, "aiarch_requests_total", cancelled + 1, model="slowc", status="cancelled"
+        )
         == cancelled + 1
     )
     assert _metric(port, "aiarch_queue_rows", model="slowc") == 0

@@ -146,7 +146,9 @@ def _from_contents(t: Any) -> np.ndarray:
     shape = _shape(t)
     field = _CONTENTS_FIELD.get(t.datatype)
     if field is None:
-        raise HttpError(400, f"input '{t.name}': {t.datatype} data must be sent in raw_input_contents")
+        raise HttpError(
+            400, f"input '{t.name}': {t.datatype} data must be sent in raw_input_contents"
+        )
     values = getattr(t.contents, field)
     count = _count(shape)
     if len(values) != count:
@@ -162,7 +164,9 @@ def _from_contents(t: Any) -> np.ndarray:
     try:
         return np.array(values, dtype=dtype).reshape(shape)
     except OverflowError as e:
-        raise HttpError(400, f"input '{t.name}': value out of range for {t.datatype}: {e}") from None
+        raise HttpError(
+            400, f"input '{t.name}': value out of range for {t.datatype}: {e}"
+        ) from None
 
 
 def _raw_output(arr: Any, datatype: str) -> bytes:
@@ -278,9 +282,7 @@ class GrpcInferenceService:
         select = self._select(request, entry)
         timeout = self._timeout(context, params)
         priority = _priority(params)
-        pending = self.runtime.infer(
-            entry.runtime_name, x, timeout_s=timeout, priority=priority
-        )
+        pending = self.runtime.infer(entry.runtime_name, x, timeout_s=timeout, priority=priority)
         if route is not None and route.shadow is not None:
             route.mirror(self.runtime.infer, x)
         result = await pending
