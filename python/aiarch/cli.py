@@ -171,6 +171,12 @@ def _add_serve(sub: Any) -> None:
     s.add_argument("--host", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="TCP port (default 8000; 0 = any free port)")
     s.add_argument(
+        "--grpc-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the KServe v2 gRPC service on this port (default: no gRPC)",
+    )
+    s.add_argument(
         "--workers",
         "-w",
         type=_positive_int,
@@ -309,6 +315,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
     for flag in (
         "host",
         "port",
+        "grpc_port",
         "workers",
         "auth_token",
         "request_timeout_s",

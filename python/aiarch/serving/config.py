@@ -145,6 +145,10 @@ class ServeConfig:
     port: int = 8000
     """TCP port (0 picks a free one)."""
 
+    grpc_port: int | None = None
+    """TCP port of the KServe v2 gRPC service on the same host (None = no gRPC; 0 picks a free
+    one, single worker only)."""
+
     workers: int = 1
     """Processes sharing the port through SO_REUSEPORT; each has its own Runtime and models."""
 
@@ -235,6 +239,10 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting. Called before serving."""
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ValueError(f"grpc_port must be a TCP port (0-65535), got {self.grpc_port}")
+        if self.grpc_port == 0 and self.workers > 1:
+            raise ValueError("--grpc-port 0 picks a port per process: give one with --workers")
         if self.repository_load_enabled and self.resolved_auth_token() is None:
             raise ValueError(
                 "--allow-repository-load and --model-root let clients load models: they need "

@@ -90,6 +90,7 @@ class Server:
         self.handler.metrics.registry.register(HttpCollector(self))
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
+        self.grpc_port: int | None = None
 
     @property
     def draining(self) -> bool:
@@ -125,6 +126,7 @@ class Server:
             protocol: Any = lambda: NativeProtocol(self, native)  # noqa: E731
         else:
             protocol = lambda: HttpProtocol(self)  # noqa: E731
+        grpc_server = await self._start_grpc() if cfg.grpc_port is not None else None
         server = await loop.create_server(protocol, sock=sock, backlog=cfg.backlog)
         self.port = sock.getsockname()[1]
         self.handler.bound_loopback = is_loopback_address(str(sock.getsockname()[0]))
@@ -147,7 +149,11 @@ class Server:
             server.close()
             watcher.cancel()
             sweeper.cancel()
+            if grpc_server is not None:  # refuses new calls, lets in-flight ones finish
+                grpc_stopped = loop.create_task(grpc_server.stop(cfg.drain_timeout_s))
             await self._drain()
+            if grpc_server is not None:
+                await grpc_stopped
             if publisher is not None:
                 publisher.cancel()
                 try:
@@ -161,6 +167,24 @@ class Server:
                 native.drain()
                 native.stop()
             log.info("stopped")
+
+    async def _start_grpc(self) -> Any:
+        """Start the KServe v2 gRPC service in this loop, beside HTTP (same App and Runtime)."""
+        from .grpc_service import start_grpc
+
+        cfg = self.config
+        assert cfg.grpc_port is not None
+        server, self.grpc_port = await start_grpc(
+            self.handler,
+            self.runtime,
+            cfg.host,
+            cfg.grpc_port,
+            request_timeout_s=cfg.request_timeout_s,
+            max_message_bytes=cfg.limits.max_body_bytes,
+            reuse_port=cfg.workers > 1,
+        )
+        log.info("listening on grpc://%s:%d (pid %d)", cfg.host, self.grpc_port, os.getpid())
+        return server
 
     async def _load_models(self) -> None:
         loop = asyncio.get_running_loop()
