@@ -156,9 +156,13 @@ class Profile:
                 numeric_columns.append(numeric)
         if numeric_at:
             # An all-numeric array is summarized in place; otherwise its numeric columns.
-            whole = isinstance(data, np.ndarray) and len(numeric_at) == len(names)
-            matrix = _as_matrix(data) if whole else np.column_stack(numeric_columns)
-            for i, f in zip(numeric_at, _numeric(names, numeric_at, matrix, bins, edge_sample_rows)):
+            if isinstance(data, np.ndarray) and len(numeric_at) == len(names):
+                matrix = _as_matrix(data)
+            else:
+                matrix = np.column_stack(numeric_columns)
+            for i, f in zip(
+                numeric_at, _numeric(names, numeric_at, matrix, bins, edge_sample_rows)
+            ):
                 features[i] = f
         if categorical_at:
             sub = cls([f for i, f in enumerate(features) if i in categorical_at and f], rows)
@@ -361,9 +365,7 @@ def _quantile_edges(columns: np.ndarray, bins: int) -> list[list[float]]:
     diff = b - a
     value = a + diff * gamma
     np.subtract(b, diff * (1 - gamma), out=value, where=gamma >= 0.5)
-    return [
-        np.unique(value[i]).tolist() if count[i] > 0 else [] for i in range(len(columns))
-    ]
+    return [np.unique(value[i]).tolist() if count[i] > 0 else [] for i in range(len(columns))]
 
 
 def _numeric(
@@ -382,22 +384,18 @@ def _numeric(
         counts = s["counts"]
         if s["finite"] == 0:
             out.append(
-                FeatureProfile(
-                    names[i], "numeric", centers=[0.0], reference_counts=counts.tolist()
-                )
+                FeatureProfile(names[i], "numeric", centers=[0.0], reference_counts=counts.tolist())
             )
             continue
-        edges, finite_counts = s["edges"], counts[1:]
-        bounds = np.concatenate([[s["min"]], edges, [s["max"]]])
+        kept, finite_counts = s["edges"], counts[1:]
+        bounds = np.concatenate([[s["min"]], kept, [s["max"]]])
         midpoints = (bounds[:-1] + bounds[1:]) / 2
-        centers = np.where(
-            finite_counts > 0, s["sums"] / np.maximum(finite_counts, 1), midpoints
-        )
+        centers = np.where(finite_counts > 0, s["sums"] / np.maximum(finite_counts, 1), midpoints)
         out.append(
             FeatureProfile(
                 names[i],
                 "numeric",
-                edges=edges.tolist(),
+                edges=kept.tolist(),
                 reference_counts=counts.tolist(),
                 centers=centers.tolist(),
                 std=float(s["std"]),
