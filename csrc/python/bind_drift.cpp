@@ -69,9 +69,60 @@ void CountArray(aiarch::DriftSketch& sketch, const py::handle& input) {
   Check(st);
 }
 
+// Summarizes a 2-D float32/float64 array column by column (aiarch::SummarizeNumeric) into
+// one dict per column of numpy arrays and floats.
+py::list SummarizeArray(const py::handle& input, const std::vector<std::vector<double>>& edges) {
+  constexpr const char* kWhat = "reference values (rows x features)";
+  py::array arr;
+  Check(aiarch::binding::AsArray(input, kWhat, aiarch::binding::kRealKinds, &arr));
+  const py::dtype dt = arr.dtype();
+  const bool native_float = dt.kind() == 'f' && (dt.itemsize() == 4 || dt.itemsize() == 8) &&
+                            dt.byteorder() != aiarch::binding::kForeignByteOrder;
+  if (!native_float) arr = py::array_t<double>::ensure(arr);  // lossless for these kinds
+  if (arr.ndim() != 2) {
+    ThrowInvalidArgument("expected a 2-D array (rows x features), got " +
+                         std::to_string(arr.ndim()) + " dims");
+  }
+  const auto item = static_cast<py::ssize_t>(arr.itemsize());
+  if (arr.strides(0) % item != 0 || arr.strides(1) % item != 0) {
+    arr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(arr);
+  }
+  aiarch::DriftBatch batch;
+  batch.data = arr.data();
+  batch.dtype = arr.itemsize() == 4 ? aiarch::DriftDType::kFloat32 : aiarch::DriftDType::kFloat64;
+  batch.rows = arr.shape(0);
+  batch.features = arr.shape(1);
+  batch.row_stride = arr.strides(0) / static_cast<py::ssize_t>(arr.itemsize());
+  batch.feature_stride = arr.strides(1) / static_cast<py::ssize_t>(arr.itemsize());
+  std::vector<aiarch::NumericSummary> summaries;
+  aiarch::Status st;
+  {
+    py::gil_scoped_release release;  // reads only `arr`'s buffer and the argument vectors
+    st = aiarch::SummarizeNumeric(batch, edges, &summaries);
+  }
+  Check(st);
+  py::list out;
+  for (auto& s : summaries) {
+    py::dict d;
+    d["edges"] = py::array_t<double>(static_cast<py::ssize_t>(s.edges.size()), s.edges.data());
+    d["counts"] = py::array_t<uint64_t>(static_cast<py::ssize_t>(s.counts.size()), s.counts.data());
+    d["sums"] = py::array_t<double>(static_cast<py::ssize_t>(s.sums.size()), s.sums.data());
+    d["finite"] = s.finite;
+    d["min"] = s.min;
+    d["max"] = s.max;
+    d["std"] = s.stddev;
+    out.append(std::move(d));
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindDrift(py::module_& m) {
+  m.def("summarize_numeric", &SummarizeArray, py::arg("data"), py::arg("edges"),
+        "Per column, binned by its candidate edges in one pass: counts (null bin first), per-bin "
+        "sums, min, max and std of the finite values; edges at or below the minimum dropped. "
+        "Releases the GIL.");
   py::class_<aiarch::DriftSketch>(
       m, "DriftSketch",
       "Per-feature binned counters against a reference profile's bins (one native call per "

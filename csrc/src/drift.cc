@@ -229,4 +229,178 @@ std::vector<uint64_t> DriftSketch::Totals() const {
   return totals_;
 }
 
+namespace {
+
+template <typename T>
+double ValueAt(const DriftBatch& b, int64_t row, int64_t feature) {
+  return static_cast<double>(
+      static_cast<const T*>(b.data)[row * b.row_stride + feature * b.feature_stride]);
+}
+
+// Every feature's state in the binning pass, in flat arrays: feature f's
+// search table is search[f * len, (f + 1) * len) (its candidate edges, padded
+// with +inf to the common power-of-two length `len`), its counters
+// counts[f * (len + 1) ...] (null bin first) and sums[f * len ...].
+struct NumericPass {
+  size_t len = 1;
+  std::vector<size_t> edges;  // candidate edges per feature
+  std::vector<double> search, sums, lo, hi, shift, s1, s2;
+  std::vector<uint64_t> counts, finite;
+};
+
+void Prepare(const std::vector<std::vector<double>>& candidates, NumericPass* pass) {
+  const size_t features = candidates.size();
+  size_t most = 0;
+  for (const auto& c : candidates) most = std::max(most, c.size());
+  const size_t len = SearchLength(most);
+  pass->len = len;
+  pass->edges.resize(features);
+  pass->search.assign(features * len, std::numeric_limits<double>::infinity());
+  pass->counts.assign(features * (len + 1), 0);
+  pass->sums.assign(features * len, 0.0);
+  pass->lo.assign(features, std::numeric_limits<double>::infinity());
+  pass->hi.assign(features, -std::numeric_limits<double>::infinity());
+  pass->shift.assign(features, 0.0);
+  pass->s1.assign(features, 0.0);
+  pass->s2.assign(features, 0.0);
+  pass->finite.assign(features, 0);
+  for (size_t f = 0; f < features; ++f) {
+    const auto& c = candidates[f];
+    pass->edges[f] = c.size();
+    std::copy(c.begin(), c.end(), pass->search.begin() + static_cast<std::ptrdiff_t>(f * len));
+    // Moments around the middle edge (near the mean) keep the variance precise.
+    pass->shift[f] = c.empty() ? 0.0 : c[c.size() / 2];
+  }
+}
+
+// One pass over every value: rows outermost so a row-major batch is read in
+// order, and each feature's values are added in row order. kLen > 0: the
+// search length, fully unrolled.
+template <typename T, int kLen>
+void Accumulate(const DriftBatch& b, NumericPass* pass) {
+  const size_t len = kLen > 0 ? static_cast<size_t>(kLen) : pass->len;
+  const double* search = pass->search.data();
+  uint64_t* counts = pass->counts.data();
+  double* sums = pass->sums.data();
+  double *lo = pass->lo.data(), *hi = pass->hi.data(), *shift = pass->shift.data();
+  double *s1 = pass->s1.data(), *s2 = pass->s2.data();
+  uint64_t* finite = pass->finite.data();
+  for (int64_t r0 = 0; r0 < b.rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(b.rows, r0 + kRowTile);
+    for (int64_t f0 = 0; f0 < b.features; f0 += kFeatureTile) {
+      const int64_t f1 = std::min(b.features, f0 + kFeatureTile);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t fi = f0; fi < f1; ++fi) {
+          const auto f = static_cast<size_t>(fi);
+          const double v = ValueAt<T>(b, r, fi);
+          if (!IsFinite(v)) {
+            ++counts[f * (len + 1)];
+            continue;
+          }
+          const double* s = search + f * len;
+          size_t pos = 0;
+          for (size_t step = len >> 1; step > 0; step >>= 1) {
+            pos += (s[pos + step - 1] <= v) ? step : 0;
+          }
+          ++counts[f * (len + 1) + pos + 1];
+          sums[f * len + pos] += v;
+          lo[f] = std::min(lo[f], v);
+          hi[f] = std::max(hi[f], v);
+          const double d = v - shift[f];
+          s1[f] += d;
+          s2[f] += d * d;
+          ++finite[f];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void AccumulateAny(const DriftBatch& b, NumericPass* pass) {
+  switch (pass->len) {
+    case 1: Accumulate<T, 1>(b, pass); break;
+    case 2: Accumulate<T, 2>(b, pass); break;
+    case 4: Accumulate<T, 4>(b, pass); break;
+    case 8: Accumulate<T, 8>(b, pass); break;
+    case 16: Accumulate<T, 16>(b, pass); break;
+    case 32: Accumulate<T, 32>(b, pass); break;
+    default: Accumulate<T, 0>(b, pass);
+  }
+}
+
+// Drops the leading candidate edges at or below the minimum; the bins below
+// them are empty, so they merge into the next bin unchanged (0 + x == x).
+NumericSummary Finish(const NumericPass& pass, size_t f) {
+  const size_t len = pass.len;
+  const double* search = pass.search.data() + f * len;
+  const uint64_t* counts = pass.counts.data() + f * (len + 1);
+  const double* sums = pass.sums.data() + f * len;
+  const size_t edges = pass.edges[f];
+  NumericSummary s;
+  size_t drop = 0;
+  while (drop < edges && pass.finite[f] > 0 && search[drop] <= pass.lo[f]) ++drop;
+  s.edges.assign(search + drop, search + edges);
+  s.counts.assign(s.edges.size() + 2, 0);
+  s.sums.assign(s.edges.size() + 1, 0.0);
+  s.counts[0] = counts[0];
+  for (size_t i = 0; i <= edges; ++i) {
+    const size_t to = i <= drop ? 0 : i - drop;
+    s.counts[to + 1] += counts[i + 1];
+    s.sums[to] += sums[i];
+  }
+  s.finite = pass.finite[f];
+  if (s.finite > 0) {
+    const auto n = static_cast<double>(s.finite);
+    s.min = pass.lo[f];
+    s.max = pass.hi[f];
+    s.stddev = std::sqrt(std::max(0.0, (pass.s2[f] - pass.s1[f] * pass.s1[f] / n) / n));
+  }
+  return s;
+}
+
+}  // namespace
+
+Status SummarizeNumeric(const DriftBatch& batch, const std::vector<std::vector<double>>& edges,
+                        std::vector<NumericSummary>* out) {
+  if (batch.rows < 0 || batch.features < 0) {
+    return Status::InvalidArgument("batch has a negative shape");
+  }
+  if (batch.data == nullptr && batch.rows > 0 && batch.features > 0) {
+    return Status::InvalidArgument("batch has no data");
+  }
+  if (edges.size() != static_cast<size_t>(batch.features)) {
+    return Status::InvalidArgument("batch has " + std::to_string(batch.features) +
+                                   " feature columns but " + std::to_string(edges.size()) +
+                                   " lists of edges were given");
+  }
+  for (size_t f = 0; f < edges.size(); ++f) {
+    const auto& p = edges[f];
+    if (p.size() > kMaxPoints) {
+      return Status::InvalidArgument("feature " + std::to_string(f) + " has " +
+                                     std::to_string(p.size()) + " edges; at most " +
+                                     std::to_string(kMaxPoints) + " are supported");
+    }
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (!std::isfinite(p[i]) || (i > 0 && !(p[i - 1] < p[i]))) {
+        return Status::InvalidArgument("feature " + std::to_string(f) +
+                                       ": edges must be finite and strictly increasing; entry " +
+                                       std::to_string(i) + " is " + std::to_string(p[i]));
+      }
+    }
+  }
+  NumericPass pass;
+  Prepare(edges, &pass);
+  if (batch.dtype == DriftDType::kFloat32) {
+    AccumulateAny<float>(batch, &pass);
+  } else {
+    AccumulateAny<double>(batch, &pass);
+  }
+  std::vector<NumericSummary> result;
+  result.reserve(edges.size());
+  for (size_t f = 0; f < edges.size(); ++f) result.push_back(Finish(pass, f));
+  *out = std::move(result);
+  return Status::Ok();
+}
+
 }  // namespace aiarch

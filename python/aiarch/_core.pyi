@@ -273,6 +273,19 @@ class FeaturePlan:
 
 # ---------------------------------------------------------------- drift
 
+class NumericSummary(TypedDict):
+    edges: npt.NDArray[np.float64]
+    counts: npt.NDArray[np.uint64]
+    sums: npt.NDArray[np.float64]
+    finite: int
+    min: float
+    max: float
+    std: float
+
+def summarize_numeric(
+    data: npt.ArrayLike, edges: Sequence[Sequence[float]]
+) -> list[NumericSummary]: ...
+
 class DriftSketch:
     def __init__(self, kinds: Sequence[int], points: Sequence[Sequence[float]]) -> None: ...
     def count(self, batch: npt.ArrayLike) -> None: ...

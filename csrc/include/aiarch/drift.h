@@ -131,4 +131,31 @@ class DriftSketch {
   std::vector<uint64_t> totals_;
 };
 
+// Reference statistics of one numeric feature (the profile builder's native
+// half, see SummarizeNumeric).
+struct NumericSummary {
+  // The candidate edges less any at or below the minimum of the finite values
+  // (such an edge would leave the underflow bin empty by construction).
+  std::vector<double> edges;
+  // Values of every row per bin, in the sketch layout: null, underflow,
+  // [e0, e1), ..., overflow (edges.size() + 2 entries).
+  std::vector<uint64_t> counts;
+  // Sum of the finite values in each non-null bin (edges.size() + 1 entries),
+  // added in row order (as numpy.bincount with weights).
+  std::vector<double> sums;
+  uint64_t finite = 0;  // finite values over all rows
+  double min = 0.0;     // of the finite values; 0 when there are none
+  double max = 0.0;
+  double stddev = 0.0;  // population standard deviation of the finite values
+};
+
+// Summarizes every column of `batch` as a numeric feature binned by its
+// candidate `edges` (one list per column, finite and strictly increasing), in
+// one pass over every value: counts, per-bin sums, min, max and standard
+// deviation. On success *out holds one summary per column; on failure it is
+// untouched. Thread-safe (touches nothing shared). Allocates the result and
+// per-feature accumulators.
+Status SummarizeNumeric(const DriftBatch& batch, const std::vector<std::vector<double>>& edges,
+                        std::vector<NumericSummary>* out);
+
 }  // namespace aiarch

@@ -232,14 +232,25 @@ def evaluate_drift(
         feats = [profile.features[i] for i in members]
         idx = np.asarray([offsets[i] for i in members])[:, None] + np.arange(bins)
         ref = np.asarray([f.reference_counts for f in feats], dtype=np.int64).reshape(-1, bins)
+        cur = counts[idx]
         m = _group_metrics(
             ref,
-            counts[idx],
+            cur,
             np.asarray([f.centers for f in feats], dtype=np.float64) if kind == "numeric" else None,
             np.asarray([f.std for f in feats], dtype=np.float64),
         )
+        methods = [
+            _method(f, int(m["rows"][j]), cfg, cfg.features.get(f.name))
+            for j, f in enumerate(feats)
+        ]
+        # p-values (scipy) only for the features a test decides: large windows never pay it.
+        tested = np.asarray([mt in _P_VALUE_METHODS for mt in methods])
+        if tested.any():
+            m.update(_p_values(ref[tested], cur[tested], m, tested))
         for j, (i, f) in enumerate(zip(members, feats)):
-            results[i] = _decide(f, {k: v[j] for k, v in m.items()}, cfg, cfg.features.get(f.name))
+            results[i] = _decide(
+                f, {k: v[j] for k, v in m.items()}, methods[j], cfg.features.get(f.name), cfg
+            )
     done = [r for r in results if r is not None]
     n = len(done)
     share = sum(r.drifted for r in done) / n if n else 0.0
@@ -252,9 +263,8 @@ def evaluate_drift(
 def _group_metrics(
     ref: np.ndarray, cur: np.ndarray, centers: np.ndarray | None, std: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Every metric for a features x bins matrix (row-wise versions of the functions above)."""
-    from scipy.stats import chi2
-
+    """Every distance for a features x bins matrix (row-wise versions of the functions above);
+    p-values are NaN here (``_p_values`` fills the features that need them)."""
     total = cur.sum(axis=1)
     rows = total - cur[:, 0]
     null_rate = np.divide(cur[:, 0], total, out=np.zeros(len(cur)), where=total > 0)
@@ -270,21 +280,13 @@ def _group_metrics(
         kl_c = np.where(c > 0, c * np.log(c / mid), 0.0).sum(axis=1)
     js_v = np.sqrt(np.maximum(0.0, (kl_r + kl_c) / 2))
     nan = np.full(len(cur), np.nan)
-    ks_v, w_v, ks_p = nan, nan, nan
+    ks_v, w_v = nan, nan
     n_ref = ref_rows[:, 0]
     if centers is not None:
         gaps = np.abs(np.cumsum(r, axis=1) - np.cumsum(c, axis=1))
         ks_v = gaps.max(axis=1) if gaps.shape[1] else np.zeros(len(cur))
         w_v = np.sum(gaps[:, :-1] * np.diff(centers, axis=1), axis=1)
         w_v = np.where(std > 0, w_v / np.where(std > 0, std, 1.0), w_v)
-        en = np.where((n_ref > 0) & (rows > 0), n_ref * rows / np.maximum(n_ref + rows, 1), 1)
-        ks_p = np.where(rows > 0, _ks_sf(ks_v, en), 1.0)
-    expected = rs / rs.sum(axis=1, keepdims=True) * rows[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x2 = np.sum((c_n - expected) ** 2 / expected, axis=1)
-    dof = c_n.shape[1] - 1
-    chi_p = chi2.sf(x2, dof) if dof > 0 else np.ones(len(cur))
-    chi_p = np.where(rows > 0, chi_p, 1.0)
     return {
         "rows": rows,
         "ref_rows": n_ref,
@@ -293,13 +295,52 @@ def _group_metrics(
         "js": js_v,
         "ks": ks_v,
         "wasserstein": w_v,
-        "ks_p": ks_p,
-        "chi_p": chi_p,
+        "ks_p": nan.copy(),
+        "chi_p": nan.copy(),
     }
 
 
+def _p_values(
+    ref: np.ndarray, cur: np.ndarray, m: Mapping[str, np.ndarray], where: np.ndarray
+) -> dict[str, np.ndarray]:
+    """KS and chi-square p-values of the ``where`` rows of a group (all of ``m``'s rows out)."""
+    from scipy.stats import chi2
+
+    rows, n_ref, ks_v = m["rows"][where], m["ref_rows"][where], m["ks"][where]
+    r_n, c_n = ref[:, 1:].astype(np.float64), cur[:, 1:].astype(np.float64)
+    ref_rows = r_n.sum(axis=1, keepdims=True)
+    r = np.divide(r_n, ref_rows, out=np.zeros_like(r_n), where=ref_rows > 0)
+    rs = np.where(r == 0, SMOOTHING, r)
+    ks_p = m["ks_p"].copy()
+    if np.isfinite(ks_v).all():
+        en = np.where((n_ref > 0) & (rows > 0), n_ref * rows / np.maximum(n_ref + rows, 1), 1)
+        ks_p[where] = np.where(rows > 0, _ks_sf(ks_v, en), 1.0)
+    expected = rs / rs.sum(axis=1, keepdims=True) * rows[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x2 = np.sum((c_n - expected) ** 2 / expected, axis=1)
+    dof = c_n.shape[1] - 1
+    chi = chi2.sf(x2, dof) if dof > 0 else np.ones(len(cur))
+    chi_p = m["chi_p"].copy()
+    chi_p[where] = np.where(rows > 0, chi, 1.0)
+    return {"ks_p": ks_p, "chi_p": chi_p}
+
+
+def _method(f: Any, rows: int, cfg: DriftConfig, own: FeatureDriftConfig | None) -> str:
+    """The method that decides ``f``'s drift in a window of ``rows`` non-null values."""
+    method = own.method if own is not None else "auto"
+    if method == "auto":
+        small = rows <= cfg.small_window_rows
+        numeric = f.kind == "numeric"
+        method = ("ks" if small else "wasserstein") if numeric else ("chisquare" if small else "js")
+    return method
+
+
 def _decide(
-    f: Any, m: Mapping[str, Any], cfg: DriftConfig, own: FeatureDriftConfig | None
+    f: Any,
+    m: Mapping[str, Any],
+    method: str,
+    own: FeatureDriftConfig | None,
+    cfg: DriftConfig,
 ) -> FeatureDrift:
     rows = int(m["rows"])
     numeric = f.kind == "numeric"
@@ -309,10 +350,6 @@ def _decide(
         return FeatureDrift(
             f.name, f.kind, rows, null_rate, nan, nan, nan, nan, "none", nan, nan, False
         )
-    method = own.method if own is not None else "auto"
-    if method == "auto":
-        small = rows <= cfg.small_window_rows
-        method = ("ks" if small else "wasserstein") if numeric else ("chisquare" if small else "js")
     if method in ("ks", "wasserstein") and not numeric:
         raise InvalidArgumentError(
             f"feature {f.name!r} is categorical; {method} needs numeric bins"
