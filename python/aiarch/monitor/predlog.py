@@ -34,7 +34,7 @@ class PredictionLogConfig:
     sample_rate: float = 0.01
     """Share of rows logged, in [0, 1]."""
     rows_per_file: int = 100_000
-    """A new file is started after this many rows."""
+    """Rows per file: a file is closed, and the next one started, once it holds this many."""
     max_files: int = 100
     """Oldest files are deleted beyond this many (0 = keep all)."""
     max_pending_batches: int = 1024
@@ -126,15 +126,21 @@ class PredictionLog:
                 continue
             try:
                 table = self._table(pa, items)
-                if writer is None:
-                    writer = pq.ParquetWriter(self._new_path(), table.schema)
-                writer.write_table(table)
-                rows_in_file += table.num_rows
-                self.logged_rows += table.num_rows
-                if rows_in_file >= self.config.rows_per_file:
-                    writer.close()
-                    writer, rows_in_file = None, 0
-                    self._prune()
+                # Split what was queued at file boundaries: a file holds at most rows_per_file
+                # rows however many batches the writer found waiting.
+                start = 0
+                while start < table.num_rows:
+                    part = table.slice(start, self.config.rows_per_file - rows_in_file)
+                    if writer is None:
+                        writer = pq.ParquetWriter(self._new_path(), table.schema)
+                    writer.write_table(part)
+                    start += part.num_rows
+                    rows_in_file += part.num_rows
+                    self.logged_rows += part.num_rows
+                    if rows_in_file >= self.config.rows_per_file:
+                        writer.close()
+                        writer, rows_in_file = None, 0
+                        self._prune()
             except Exception as e:  # a full disk must not kill the writer
                 log.warning("prediction log for %s failed to write: %s", self.model, e)
                 self.dropped_rows += sum(int(i[3][0].shape[0]) for i in items)
