@@ -35,8 +35,10 @@ __all__ = [
     "HttpProtocol",
     "Pending",
     "Request",
+    "admit_connection",
     "build_response",
     "media_type",
+    "release_connection",
     "require_json",
 ]
 
@@ -274,24 +276,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.last_active = asyncio.get_running_loop().time()
-        state = self._state
-        limits = self._limits
-        peer = transport.get_extra_info("peername")
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        per_ip = state.connections_per_ip
-        if len(state.connections) >= limits.max_connections:
-            state.counters.refused_global += 1
-            self._refuse(f"too many open connections (limit {limits.max_connections})")
-            return
-        if per_ip.get(host, 0) >= limits.max_connections_per_ip:
-            state.counters.refused_per_ip += 1
-            self._refuse(
-                f"too many open connections from {host} (limit {limits.max_connections_per_ip})"
-            )
-            return
-        self._peer = host
-        per_ip[host] = per_ip.get(host, 0) + 1
-        state.connections.add(self)
+        self._peer, refusal = admit_connection(self._state, self, transport)
+        if refusal is not None:
+            self._refuse(refusal)
 
     def _refuse(self, message: str) -> None:
         """Answer 503 before reading anything and close: the connection never counts."""
@@ -303,17 +290,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        state = self._state
-        state.connections.discard(self)
-        peer = self._peer
-        if peer is not None:
-            self._peer = None
-            per_ip = state.connections_per_ip
-            left = per_ip.get(peer, 1) - 1
-            if left > 0:
-                per_ip[peer] = left
-            else:
-                per_ip.pop(peer, None)
+        release_connection(self._state, self, self._peer)
+        self._peer = None
         queue, self._queue = self._queue, deque()
         for p in queue:  # the client is gone: cancel what it still waits for
             p.conn = None
@@ -594,3 +572,37 @@ def require_json(req: Request, binary_ok: bool = False) -> None:
     raise HttpError(
         415, f"unsupported Content-Type {media.decode('latin-1')[:100]!r}; expected {expected}"
     )
+
+
+def admit_connection(state: Any, conn: Any, transport: Any) -> tuple[str | None, str | None]:
+    """Applies the server's global and per-IP connection caps to a new connection (either
+    front end): (peer host, None) once it is counted in, or (None, refusal message) after
+    counting the refusal. Runs in the loop thread."""
+    limits = state.limits
+    peer = transport.get_extra_info("peername")
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+    per_ip = state.connections_per_ip
+    if len(state.connections) >= limits.max_connections:
+        state.counters.refused_global += 1
+        return None, f"too many open connections (limit {limits.max_connections})"
+    if per_ip.get(host, 0) >= limits.max_connections_per_ip:
+        state.counters.refused_per_ip += 1
+        return None, (
+            f"too many open connections from {host} (limit {limits.max_connections_per_ip})"
+        )
+    per_ip[host] = per_ip.get(host, 0) + 1
+    state.connections.add(conn)
+    return host, None
+
+
+def release_connection(state: Any, conn: Any, host: str | None) -> None:
+    """Undoes `admit_connection` when the connection closes (`host` None: it was refused)."""
+    state.connections.discard(conn)
+    if host is None:
+        return
+    per_ip = state.connections_per_ip
+    left = per_ip.get(host, 1) - 1
+    if left > 0:
+        per_ip[host] = left
+    else:
+        per_ip.pop(host, None)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiarch import _core
 
-from .http import Pending, Request, error_response
+from .http import Pending, Request, admit_connection, error_response, release_connection
 
 _PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
 
@@ -186,24 +186,10 @@ class NativeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.last_active = asyncio.get_running_loop().time()
-        state = self._state
-        limits = state.limits
-        peer = transport.get_extra_info("peername")
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        per_ip = state.connections_per_ip
-        if len(state.connections) >= limits.max_connections:
-            state.counters.refused_global += 1
-            self._refuse(f"too many open connections (limit {limits.max_connections})")
+        self._peer, refusal = admit_connection(self._state, self, transport)
+        if refusal is not None:
+            self._refuse(refusal)
             return
-        if per_ip.get(host, 0) >= limits.max_connections_per_ip:
-            state.counters.refused_per_ip += 1
-            self._refuse(
-                f"too many open connections from {host} (limit {limits.max_connections_per_ip})"
-            )
-            return
-        self._peer = host
-        per_ip[host] = per_ip.get(host, 0) + 1
-        state.connections.add(self)
         self._native.protocols[self._conn.id] = self
 
     def _refuse(self, message: str) -> None:
@@ -216,17 +202,8 @@ class NativeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.close()  # cancels the native requests still queued
-        state = self._state
-        state.connections.discard(self)
-        peer = self._peer
-        if peer is not None:
-            self._peer = None
-            per_ip = state.connections_per_ip
-            left = per_ip.get(peer, 1) - 1
-            if left > 0:
-                per_ip[peer] = left
-            else:
-                per_ip.pop(peer, None)
+        release_connection(self._state, self, self._peer)
+        self._peer = None
         self._native.protocols.pop(self._conn.id, None)
         pending, self._pending = self._pending, {}
         for p in pending.values():  # the client is gone: cancel what it still waits for
