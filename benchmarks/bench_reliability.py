@@ -1,7 +1,7 @@
 """Reliability benchmark: `aiarch serve` attacked on purpose, on 127.0.0.1 only, bounded in time
 and request count.
 
-Four scenarios, each against its own freshly started server:
+Five scenarios, each against its own freshly started server:
 
 - overload: the capacity of a model with a fixed service time (`busy`, 4 ms per batch of 1 row,
   admission bound 16 rows) is measured closed-loop; then an open-loop generator offers 2x that
@@ -19,6 +19,9 @@ Four scenarios, each against its own freshly started server:
 - kill: `--workers 2` under open-loop load; one worker is killed with SIGKILL (repeatedly in the
   full run). Reported: refused connections, requests lost with the killed worker's connections,
   and the time until the supervisor's replacement listens.
+- soak: wrk (64 keep-alive connections) sends `--soak-requests` valid requests in chunks.
+  Reported: requests and non-2xx answers, and the server's RSS and open file descriptors after a
+  warm-up chunk and at the end (flat means nothing leaks per request).
 
     python benchmarks/bench_reliability.py              # full run (~3 min), table + JSON
     python benchmarks/bench_reliability.py --smoke      # seconds (CI)
@@ -609,6 +612,67 @@ def kill_worker(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------ report
 
 
+def _open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def _wrk_chunk(port: int, body_file: Path, seconds: float) -> dict[str, int]:
+    import subprocess
+
+    env = dict(os.environ)
+    env["AIARCH_BENCH_PATH"] = "/v2/models/lin/infer"
+    env["AIARCH_BENCH_BODY"] = str(body_file)
+    env.pop("AIARCH_BENCH_HLEN", None)
+    out = subprocess.run(
+        ["wrk", "-t1", "-c64", f"-d{max(1, round(seconds))}s", "-s", str(HERE / "wrk_post.lua"),
+         f"http://{HOST}:{port}/v2/models/lin/infer"],
+        capture_output=True, text=True, env=env, timeout=seconds + 60, check=False,
+    )  # fmt: skip
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[len("WRKJSON ") :])  # type: ignore[no-any-return]
+    raise RuntimeError(f"wrk gave no result: {out.stdout}\n{out.stderr}")
+
+
+def soak(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install wrk)"}
+    srv = start_server(["-m", f"lin={MODELS}:linear"], tmp, "soak")
+    body = tmp / "soak-body.json"
+    body.write_bytes(v2_body("x", np.ones((1, 8), np.float32)))
+    total = non_2xx = 0
+    try:
+        warm = _wrk_chunk(srv.port, body, min(2.0, a.soak_max_s / 2))
+        total += warm["requests"]
+        non_2xx += warm["errors_status"]
+        pid = srv.proc.pid
+        rss_warm, fds_warm = rss_mb(pid), _open_fds(pid)
+        deadline = time.monotonic() + a.soak_max_s
+        while total < a.soak_requests and time.monotonic() < deadline:
+            r = _wrk_chunk(srv.port, body, min(10.0, a.soak_max_s / 2))
+            total += r["requests"]
+            non_2xx += r["errors_status"] + r["errors_read"] + r["errors_write"]
+        time.sleep(0.5)  # let closed connections go
+        rss_end, fds_end = rss_mb(pid), _open_fds(pid)
+        alive = srv.proc.poll() is None
+    finally:
+        srv.stop()
+    return {
+        "requests": total,
+        "non_2xx_or_errors": non_2xx,
+        "rss_after_warmup_mb": rss_warm,
+        "rss_end_mb": rss_end,
+        "fds_after_warmup": fds_warm,
+        "fds_end": fds_end,
+        "server_alive": alive,
+    }
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -629,16 +693,25 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=5, help="workers killed, one after another")
     ap.add_argument("--kill-rate", type=float, default=300.0, help="requests/s during the kills")
     ap.add_argument("--kill-load-s", type=float, default=6.0, help="load per kill")
+    ap.add_argument("--soak-requests", type=int, default=1_000_000, help="valid requests")
+    ap.add_argument("--soak-max-s", type=float, default=120.0, help="time cap of the soak")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--scenarios", default="overload,deadline,fuzz,kill", help="comma-separated subset"
+        "--scenarios", default="overload,deadline,fuzz,kill,soak", help="comma-separated subset"
     )
     a = ap.parse_args()
     if a.smoke:
         a.window_s, a.recovery_s, a.deadline_trials = 1.5, 0.5, 3
         a.fuzz_requests, a.kills, a.kill_rate, a.kill_load_s = 300, 1, 150.0, 3.0
+        a.soak_requests, a.soak_max_s = 20_000, 3.0
     chosen = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    runners = {"overload": overload, "deadline": deadline, "fuzz": fuzz, "kill": kill_worker}
+    runners = {
+        "overload": overload,
+        "deadline": deadline,
+        "fuzz": fuzz,
+        "kill": kill_worker,
+        "soak": soak,
+    }
     unknown = set(chosen) - set(runners)
     if unknown:
         ap.error(f"unknown scenarios {sorted(unknown)}; expected {sorted(runners)}")
@@ -708,6 +781,18 @@ def main() -> None:
              f"max {_ms(r['recovery_s']['max'])} s"],
             ["kill", "service exited", str(r["service_exited"])],
         ]  # fmt: skip
+    if "soak" in results:
+        r = results["soak"]
+        if "skipped" in r:
+            rows.append(["soak", "skipped", r["skipped"]])
+        else:
+            rows += [
+                ["soak", "requests (non-2xx or errors)", f"{r['requests']} ({r['non_2xx_or_errors']})"],
+                ["soak", "RSS after warm-up -> end", f"{_ms(r['rss_after_warmup_mb'])} -> "
+                 f"{_ms(r['rss_end_mb'])} MB"],
+                ["soak", "open fds after warm-up -> end", f"{r['fds_after_warmup']} -> {r['fds_end']}"],
+                ["soak", "server alive at the end", str(r["server_alive"])],
+            ]  # fmt: skip
     print_table("aiarch serve under attack (127.0.0.1)", ["scenario", "measure", "value"], rows)
     write_json(a.json, "bench_reliability", results)
 
