@@ -10,7 +10,7 @@
 #
 #   scripts/gpu_check.sh                 # on the GPU machine
 #   scripts/gpu_check.sh --dry-run       # the same steps on a CPU machine, tiny benchmark sizes
-#   options: --no-build (use the python/aiarch/_core*.so already in the tree)
+#   options: --no-build (use the python/aiarch/_core*.so in the tree, else the installed one)
 #            --budget-s S (default 450)  --out DIR (default $OUT, else bench-results/gpu_check)
 set -uo pipefail
 
@@ -84,12 +84,19 @@ if [ "$BUILD" = 1 ]; then
   fi
 fi
 if [ "$BUILD_STATUS" != built ]; then
-  # --no-build, or no working toolchain: a core built elsewhere and carried in the tree.
+  # --no-build, or no working toolchain: a core built elsewhere and carried in the tree, else
+  # the one of an installed aiarch (pip install . of this tree, as scripts/setup.sh does).
+  INSTALLED=$(cd / && "$PY" -c "import aiarch._core as c; print(c.__file__)" 2>/dev/null || true)
   if ls "$ROOT"/python/aiarch/_core*.so >/dev/null 2>&1; then
     cp "$ROOT"/python/aiarch/_core*.so "$PKG/aiarch/"
     [ "$BUILD_STATUS" = failed ] && BUILD_STATUS=failed-using-prebuilt
+  elif [ -n "$INSTALLED" ] && [ -f "$INSTALLED" ]; then
+    echo "using the installed native core $INSTALLED"
+    cp "$INSTALLED" "$PKG/aiarch/"
+    [ "$BUILD_STATUS" = failed ] && BUILD_STATUS=failed-using-prebuilt
   else
-    echo "no native core: the build failed (see $DEST/build.log) and none is in the tree" >&2
+    echo "no native core: the build failed (see $DEST/build.log), none is in the tree and" \
+      "none is installed" >&2
     BUILD_STATUS=failed
   fi
 fi
