@@ -156,6 +156,32 @@ def test_killing_the_master_serves_counted_defaults_until_the_replica_is_promote
         assert r.exists(head + b"1") == 1
 
 
+def test_a_password_protected_master_is_reached_with_the_urls_password(
+    make_store: Callable[..., FeatureStore],
+) -> None:
+    try:
+        deployment = TemporaryRedisSentinel(replicas=1, sentinels=1, password="s3cr@t").start()
+    except RedisSentinelUnavailable as e:
+        pytest.fail(str(e))
+    try:
+        assert "s3cr%40t@" in deployment.url
+        s = make_store(deployment.url, timeout_s=0.5)
+        _seed(s, 10)
+        values, status = s.plan(REFS).get([0, 1])
+        np.testing.assert_array_equal(values, _expected([0, 1]))
+        np.testing.assert_array_equal(status, [PRESENT, MISSING])
+
+        wrong = make_store(deployment.url.replace("s3cr%40t", "hunter2"), timeout_s=0.5)
+        wrong.apply(CARD, TXN)
+        with pytest.raises(UnavailableError) as e:
+            bounded(lambda: wrong.plan(["txn:amount_7d"]).get([0]), limit_s=10)
+        message = str(e.value)
+        assert "hunter2" not in message and "***" in message
+        assert "password" in message.lower(), message
+    finally:
+        deployment.stop()
+
+
 def test_sentinel_urls_are_checked(make_store: Callable[..., FeatureStore]) -> None:
     with pytest.raises(InvalidArgumentError, match="names no service") as e:
         make_store("redis+sentinel://:hunter2@127.0.0.1:26379")

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .rediscluster import _free_ports
 
@@ -27,7 +28,8 @@ class RedisSentinelUnavailable(RuntimeError):
 
 class TemporaryRedisSentinel:
     """One master, `replicas` replicas and `sentinels` sentinels (quorum: a majority of them)
-    for the service `service`; `stop()` ends every process."""
+    for the service `service`; `stop()` ends every process. With `password`, the data nodes
+    require it (the sentinels themselves do not)."""
 
     def __init__(
         self,
@@ -36,8 +38,10 @@ class TemporaryRedisSentinel:
         service: str = "aiarch",
         down_after_ms: int = 500,
         failover_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         self.service = service
+        self.password = password
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.dir = Path(tempfile.mkdtemp(prefix="aiarch-redis-sentinel-"))
@@ -49,8 +53,11 @@ class TemporaryRedisSentinel:
 
     @property
     def url(self) -> str:
+        from urllib.parse import quote
+
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{self.service}"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{self.service}"
 
     def _spawn(self, port: int, args: list[str]) -> None:
         # Output goes to each process's log, never to a pipe.
@@ -70,6 +77,8 @@ class TemporaryRedisSentinel:
                 workdir = self.dir / str(port)
                 workdir.mkdir()
                 follow = ["--replicaof", "127.0.0.1", str(master)] if port != master else []
+                if self.password:  # any node may become the master: each requires and uses it
+                    follow += ["--requirepass", self.password, "--masterauth", self.password]
                 self._spawn(
                     port,
                     [
@@ -89,6 +98,11 @@ class TemporaryRedisSentinel:
                     f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
                     f"sentinel parallel-syncs {self.service} 1\n"
+                    + (
+                        f"sentinel auth-pass {self.service} {self.password}\n"
+                        if self.password
+                        else ""
+                    )
                 )
                 self._spawn(port, [server, str(conf), "--sentinel"])
             self._wait(self._formed, "the sentinels did not see the master, replicas and peers")
@@ -122,26 +136,28 @@ class TemporaryRedisSentinel:
         except redis.RedisError:
             return False
 
+    def client(self, port: int) -> Any:
+        """A client of the data node on `port` (with the deployment's password)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5)
+
     def alive(self, port: int) -> bool:
         return self.procs[port].poll() is None
 
     def master_port(self) -> int:
         """Port of the data node that answers ROLE as master (alive ones only)."""
-        import redis
-
         for port in self.data_ports:
             if not self.alive(port):
                 continue
-            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as r:
+            with self.client(port) as r:
                 if r.execute_command("ROLE")[0] in (b"master", "master"):
                     return port
         raise RedisSentinelUnavailable("no live data node is a master")
 
     def replicated(self) -> bool:
         """Whether every live replica has received everything the master has."""
-        import redis
-
-        with redis.Redis(host="127.0.0.1", port=self.master_port(), socket_timeout=2) as r:
+        with self.client(self.master_port()) as r:
             info = r.info("replication")
         offset = info["master_repl_offset"]
         replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
