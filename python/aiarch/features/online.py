@@ -11,6 +11,10 @@
   discovered). Keys carry the entity id as a hash tag, so one entity's rows of every view live in
   one slot: a batch is one MGET per entity, pipelined by node - one round trip per node per
   batch, the nodes answering in parallel; writes are one Lua call per slot, pipelined by node.
+- ``redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]``: the master of
+  SERVICE as Redis Sentinel names it (the nodes are sentinels; the credentials and DB are the
+  master's). Keys, reads and writes are those of ``redis://``; after a failover the next
+  connection asks the sentinels again and lands on the promoted replica.
 
 A reader is built once per lookup plan and called once per batch.
 """
@@ -40,6 +44,7 @@ __all__ = [
     "OnlineBackend",
     "RedisBackend",
     "RedisClusterBackend",
+    "RedisSentinelBackend",
     "Segment",
     "normalize_ids",
     "open_backend",
@@ -670,6 +675,116 @@ class RedisClusterBackend(RedisBackend):
             self._client.close()
 
 
+# ---------------------------------------------------------------------------- redis sentinel
+
+_SENTINEL_FORM = "expected redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"
+
+
+def _sentinel_target(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """Sentinels, service name and master connection options of a ``redis+sentinel://`` URL."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgumentError(
+                f"invalid sentinel {item!r} in online store URL {redact_url(url)!r}; "
+                f"{_SENTINEL_FORM}"
+            )
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [unquote(p) for p in parts.path.strip("/").split("/")] if parts.path.strip("/") else []
+    if not path or not path[0]:
+        raise InvalidArgumentError(
+            f"online store URL {redact_url(url)!r} names no service; {_SENTINEL_FORM}"
+        )
+    if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise InvalidArgumentError(
+            f"online store URL {redact_url(url)!r} has path {parts.path!r} where SERVICE[/DB] "
+            f"was expected (DB a number); {_SENTINEL_FORM}"
+        )
+    if parts.query:
+        raise InvalidArgumentError(
+            f"online store URL {redact_url(url)!r} takes no query options; {_SENTINEL_FORM}"
+        )
+    options: dict[str, Any] = {"db": int(path[1]) if len(path) == 2 else 0}
+    if userinfo:
+        user, sep, password = userinfo.partition(":")
+        options["username"] = unquote(user) or None
+        options["password"] = unquote(password) if sep else None
+    return sentinels, path[0], options
+
+
+class RedisSentinelBackend(RedisBackend):
+    """The master of a Redis Sentinel service, through redis-py's ``Sentinel.master_for``: the
+    client is a normal redis client whose connections ask the sentinels where the master is
+    before connecting, so the row format, the pipelined MGETs and the Lua upsert are those of
+    ``redis://``. Every socket operation (a sentinel query, the master's connect and reads) is
+    bounded by ``timeout_s`` with no retries. While the master is down and not yet replaced, a
+    batch fails within that time (the sentinels name the dead master, or none while it is
+    flagged down): the plan raises UnavailableError or serves counted defaults. Once a replica
+    is promoted, the next connection is made to it; a connection still open to a demoted
+    master is dropped on its first read-only refusal."""
+
+    def __init__(self, url: str, timeout_s: float = 0.05, namespace: str = "aiarch") -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        from redis.sentinel import Sentinel
+
+        if not timeout_s > 0:
+            raise InvalidArgumentError(f"timeout_s must be > 0, got {timeout_s}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.namespace = namespace
+        self._sentinels, self.service, options = _sentinel_target(url)
+        timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        self._sentinel_kwargs: dict[str, Any] = dict(timeouts)
+        self._kwargs = {**timeouts, "health_check_interval": 0, **options}
+        self._sentinel = Sentinel(self._sentinels, sentinel_kwargs=self._sentinel_kwargs)
+        self.client = self._sentinel.master_for(
+            self.service, retry=Retry(NoBackoff(), 0), **self._kwargs
+        )
+        self._upsert = self.client.register_script(_UPSERT_LUA)
+        self._async: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._async_sentinels: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._lock = threading.Lock()
+
+    def _aclient(self) -> Any:
+        loop = asyncio.get_running_loop()
+        c = self._async.get(loop)
+        if c is None:
+            from redis.asyncio.retry import Retry
+            from redis.asyncio.sentinel import Sentinel
+            from redis.backoff import NoBackoff
+
+            with self._lock:
+                for old in [lp for lp in self._async if lp.is_closed()]:
+                    del self._async[old]
+                    self._async_sentinels.pop(old, None)
+                sentinel = Sentinel(self._sentinels, sentinel_kwargs=self._sentinel_kwargs)
+                self._async_sentinels[loop] = sentinel
+                c = self._async[loop] = sentinel.master_for(
+                    self.service, retry=Retry(NoBackoff(), 0), **self._kwargs
+                )
+        return c
+
+    async def aclose(self) -> None:
+        """Close the asyncio client of the running loop and its sentinel connections."""
+        loop = asyncio.get_running_loop()
+        c = self._async.pop(loop, None)
+        if c is not None:
+            await c.aclose()
+        sentinel = self._async_sentinels.pop(loop, None)
+        if sentinel is not None:
+            await sentinel.aclose()
+
+    def close(self) -> None:
+        self.client.close()
+        self._sentinel.close()
+
+
 # ---------------------------------------------------------------------------- selection
 
 _SHARED: dict[str, NativeBackend] = {}
@@ -692,10 +807,13 @@ def open_backend(url: str | None, *, timeout_s: float = 0.05) -> OnlineBackend:
         return RedisBackend(url, timeout_s=timeout_s)
     elif url.startswith(("redis+cluster://", "rediss+cluster://")):
         return RedisClusterBackend(url, timeout_s=timeout_s)
+    elif url.startswith("redis+sentinel://"):
+        return RedisSentinelBackend(url, timeout_s=timeout_s)
     else:
         raise InvalidArgumentError(
             f"unknown online store URL {redact_url(url)!r}; expected memory://[NAME], native://PATH, "
-            "redis://HOST:PORT/DB or redis+cluster://HOST:PORT,HOST:PORT,..."
+            "redis://HOST:PORT/DB, redis+cluster://HOST:PORT,HOST:PORT,... or "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"
         )
     with _SHARED_LOCK:
         b = _SHARED.get(key)

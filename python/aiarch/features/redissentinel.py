@@ -1,0 +1,192 @@
+"""A throw-away Redis Sentinel deployment for tests: Debian's redis-server as one master, its
+replicas and the sentinels watching them (`redis-server sentinel.conf --sentinel`), one process
+each on free loopback ports in a temporary directory.
+
+    with TemporaryRedisSentinel(replicas=1, sentinels=3) as deployment:
+        store = FeatureStore(deployment.url)   # redis+sentinel://127.0.0.1:S1,.../aiarch
+        deployment.kill(deployment.master_port())   # the sentinels promote a replica
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .rediscluster import _free_ports
+
+__all__ = ["RedisSentinelUnavailable", "TemporaryRedisSentinel"]
+
+
+class RedisSentinelUnavailable(RuntimeError):
+    """redis-server is missing, or the deployment did not come up."""
+
+
+class TemporaryRedisSentinel:
+    """One master, `replicas` replicas and `sentinels` sentinels (quorum: a majority of them)
+    for the service `service`; `stop()` ends every process. With `password`, the data nodes
+    require it (the sentinels themselves do not)."""
+
+    def __init__(
+        self,
+        replicas: int = 1,
+        sentinels: int = 3,
+        service: str = "aiarch",
+        down_after_ms: int = 500,
+        failover_timeout_ms: int = 2000,
+        password: str | None = None,
+    ) -> None:
+        self.service = service
+        self.password = password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.dir = Path(tempfile.mkdtemp(prefix="aiarch-redis-sentinel-"))
+        ports = _free_ports(1 + replicas + sentinels)
+        self.data_ports = ports[: 1 + replicas]
+        self.sentinel_ports = ports[1 + replicas :]
+        self.quorum = len(self.sentinel_ports) // 2 + 1
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        from urllib.parse import quote
+
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{self.service}"
+
+    def _spawn(self, port: int, args: list[str]) -> None:
+        # Output goes to each process's log, never to a pipe.
+        self.procs[port] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+
+    def start(self) -> TemporaryRedisSentinel:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RedisSentinelUnavailable(
+                "redis-server is not installed (bash scripts/setup.sh installs it)"
+            )
+        master = self.data_ports[0]
+        try:
+            for port in self.data_ports:
+                workdir = self.dir / str(port)
+                workdir.mkdir()
+                follow = ["--replicaof", "127.0.0.1", str(master)] if port != master else []
+                if self.password:  # any node may become the master: each requires and uses it
+                    follow += ["--requirepass", self.password, "--masterauth", self.password]
+                self._spawn(
+                    port,
+                    [
+                        *(server, "--bind", "127.0.0.1", "--port", str(port), *follow),
+                        *("--dir", str(workdir), "--save", "", "--appendonly", "no"),
+                        *("--logfile", str(workdir / "redis.log")),
+                    ],
+                )
+            for port in self.sentinel_ports:
+                workdir = self.dir / str(port)
+                workdir.mkdir()
+                conf = workdir / "sentinel.conf"  # sentinels rewrite their config: a file each
+                conf.write_text(
+                    f"bind 127.0.0.1\nport {port}\ndir {workdir}\n"
+                    f"logfile {workdir / 'sentinel.log'}\n"
+                    f"sentinel monitor {self.service} 127.0.0.1 {master} {self.quorum}\n"
+                    f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                    f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {self.service} 1\n"
+                    + (
+                        f"sentinel auth-pass {self.service} {self.password}\n"
+                        if self.password
+                        else ""
+                    )
+                )
+                self._spawn(port, [server, str(conf), "--sentinel"])
+            self._wait(self._formed, "the sentinels did not see the master, replicas and peers")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RedisSentinelUnavailable(
+                    f"{what} within {timeout_s:.0f} s (logs: {self.dir})"
+                )
+            time.sleep(0.05)
+
+    def _formed(self) -> bool:
+        import redis
+
+        replicas = len(self.data_ports) - 1
+        try:
+            for port in self.sentinel_ports:
+                with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as s:
+                    state = s.sentinel_master(self.service)
+                    if int(state["num-slaves"]) < replicas:
+                        return False
+                    if int(state["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
+                        return False
+            return self.replicated()
+        except redis.RedisError:
+            return False
+
+    def client(self, port: int) -> Any:
+        """A client of the data node on `port` (with the deployment's password)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5)
+
+    def alive(self, port: int) -> bool:
+        return self.procs[port].poll() is None
+
+    def master_port(self) -> int:
+        """Port of the data node that answers ROLE as master (alive ones only)."""
+        for port in self.data_ports:
+            if not self.alive(port):
+                continue
+            with self.client(port) as r:
+                if r.execute_command("ROLE")[0] in (b"master", "master"):
+                    return port
+        raise RedisSentinelUnavailable("no live data node is a master")
+
+    def replicated(self) -> bool:
+        """Whether every live replica has received everything the master has."""
+        with self.client(self.master_port()) as r:
+            info = r.info("replication")
+        offset = info["master_repl_offset"]
+        replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        live = sum(1 for p in self.data_ports if self.alive(p)) - 1
+        return len(replicas) >= live and all(int(s["offset"]) >= offset for s in replicas)
+
+    def wait_replicated(self, timeout_s: float = 10.0) -> None:
+        self._wait(self.replicated, "replicas did not catch up", timeout_s)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one process (the sentinels notice after down_after_ms)."""
+        proc = self.procs[port]
+        proc.kill()
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> TemporaryRedisSentinel:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
