@@ -651,6 +651,7 @@ def soak(tmp: Path, a: argparse.Namespace) -> dict[str, Any]:
         total += warm["requests"]
         non_2xx += warm["errors_status"]
         pid = srv.proc.pid
+        time.sleep(0.5)  # let wrk's connections close: both readings count no client socket
         rss_warm, fds_warm = rss_mb(pid), _open_fds(pid)
         deadline = time.monotonic() + a.soak_max_s
         while total < a.soak_requests and time.monotonic() < deadline:
