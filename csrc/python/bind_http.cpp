@@ -92,7 +92,8 @@ void BindHttp(py::module_& m) {
       .def("registered", &HttpFront::registered)
       .def("connect", &HttpFront::Connect, py::arg("id"))
       .def("run_ready", &HttpFront::RunReady,
-           "Runs the batches this loop iteration's submits made ready; returns how many ran.")
+           "Submits the native requests this loop iteration's reads decoded, then runs the batches "
+           "those submits made ready; returns how many ran.")
       .def("drain", &HttpFront::Drain,
            "Encodes waiting completions into their connections; returns the ids of connections "
            "with output to write.");

@@ -150,7 +150,60 @@ std::shared_ptr<HttpConnection> HttpFront::Connect(uint64_t id) {
   return std::make_shared<HttpConnection>(shared_from_this(), id);
 }
 
+void HttpFront::Submit(std::unique_ptr<Pending> p) {
+  HttpConnection& conn = *p->conn;
+  if (conn.closed_) return;
+  HttpConnection::Slot* slot = conn.FindSlot(p->slot);
+  if (slot == nullptr) return;  // dropped behind a response that closed the connection
+  const std::shared_ptr<Model>& model = p->model;
+  SubmitArgs args;
+  const auto& specs = model->v2.inputs;
+  args.inputs.reserve(p->inputs.size());
+  for (size_t i = 0; i < p->inputs.size(); ++i) {
+    const V2DecodedInput& in = p->inputs[i];
+    args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
+  }
+  args.timeout_ns = p->timeout_ns;
+  args.priority = p->priority;
+  args.sink = queue_;
+  Batcher& batcher = *model->batcher;
+  args.caller_flushes = batcher.config().inline_execution;
+  uint64_t request_id = 0;
+  CachedResponse hit;
+  const Status st = batcher.Submit(args, &request_id, &hit);
+  if (!st.ok()) {
+    conn.ErrorFromStatus(*slot, st, p->keep_alive);
+    conn.FlushTouching(&touched_);
+    return;
+  }
+  if (request_id == 0) {  // answered from the cache
+    std::vector<const uint8_t*> rows;
+    for (size_t off : hit.offsets) rows.push_back(hit.data->data() + off);
+    std::string error;
+    if (!AppendV2InferResponse(model->v2, p->plan, *hit.specs, rows, hit.rows, p->keep_alive,
+                               &slot->bytes, &error)) {
+      slot->bytes.clear();
+      conn.Error(*slot, 500, error, p->keep_alive);
+    } else {
+      conn.Fill(*slot, p->keep_alive);
+    }
+    conn.FlushTouching(&touched_);
+    return;
+  }
+  slot->request_id = request_id;
+  slot->batcher = model->batcher;
+  if (args.caller_flushes) {
+    bool listed = false;
+    for (const auto& m : dirty_) listed = listed || m == model;
+    if (!listed) dirty_.push_back(model);
+  }
+  pending_.emplace(request_id, std::move(p));
+}
+
 int HttpFront::RunReady() {
+  std::vector<std::unique_ptr<Pending>> decoded;
+  decoded.swap(decoded_);
+  for (auto& p : decoded) Submit(std::move(p));
   std::vector<std::shared_ptr<Model>> dirty;
   dirty.swap(dirty_);
   int ran = 0;
@@ -160,6 +213,7 @@ int HttpFront::RunReady() {
 
 std::vector<uint64_t> HttpFront::Drain() {
   std::vector<uint64_t> touched;
+  touched.swap(touched_);
   std::vector<Completion> done = queue_->Drain();
   std::vector<const uint8_t*> rows;
   for (Completion& c : done) {
@@ -190,9 +244,7 @@ std::vector<uint64_t> HttpFront::Drain() {
     } else {
       conn.ErrorFromStatus(*slot, c.status, keep);
     }
-    const bool had_output = !conn.out_.empty();
-    conn.Flush();
-    if (!had_output && !conn.out_.empty()) touched.push_back(conn.id_);
+    conn.FlushTouching(&touched);
   }
   return touched;
 }
@@ -254,6 +306,12 @@ void HttpConnection::Flush() {
     }
     slots_.pop_front();
   }
+}
+
+void HttpConnection::FlushTouching(std::vector<uint64_t>* touched) {
+  const bool had_output = !out_.empty();
+  Flush();
+  if (!had_output && !out_.empty()) touched->push_back(id_);
 }
 
 void HttpConnection::Respond(uint64_t slot, std::string_view bytes, bool keep_alive) {
@@ -393,49 +451,14 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
     timeout_ns = std::max<int64_t>(1, static_cast<int64_t>(header_timeout_ms * 1e6));
   }
   pending->inputs = std::move(decoded.inputs);
-  SubmitArgs args;
-  const auto& specs = model->v2.inputs;
-  for (size_t i = 0; i < pending->inputs.size(); ++i) {
-    const V2DecodedInput& in = pending->inputs[i];
-    args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
-  }
-  args.timeout_ns = timeout_ns;
-  args.priority = decoded.priority;
-  args.sink = front_->queue_;
-  Batcher& batcher = *model->batcher;
-  args.caller_flushes = batcher.config().inline_execution;
-  uint64_t request_id = 0;
-  CachedResponse hit;
-  const Status st = batcher.Submit(args, &request_id, &hit);
-  if (!st.ok()) {
-    ErrorFromStatus(slot, st, keep_alive);
-    return true;
-  }
-  if (request_id == 0) {  // answered from the cache
-    std::vector<const uint8_t*> rows;
-    for (size_t off : hit.offsets) rows.push_back(hit.data->data() + off);
-    if (!AppendV2InferResponse(model->v2, decoded.plan, *hit.specs, rows, hit.rows, keep_alive,
-                               &slot.bytes, &error)) {
-      slot.bytes.clear();
-      Error(slot, 500, error, keep_alive);
-    } else {
-      Fill(slot, keep_alive);
-    }
-    return true;
-  }
-  slot.request_id = request_id;
-  slot.batcher = model->batcher;
+  pending->plan = std::move(decoded.plan);
+  pending->timeout_ns = timeout_ns;
+  pending->priority = decoded.priority;
   pending->conn = shared_from_this();
-  pending->model = model;
+  pending->model = std::move(model);
   pending->slot = slot.seq;
   pending->keep_alive = keep_alive;
-  pending->plan = std::move(decoded.plan);
-  if (args.caller_flushes) {
-    bool listed = false;
-    for (const auto& m : front_->dirty_) listed = listed || m == model;
-    if (!listed) front_->dirty_.push_back(model);
-  }
-  front_->pending_.emplace(request_id, std::move(pending));
+  front_->decoded_.push_back(std::move(pending));  // submitted by the iteration's RunReady()
   return true;
 }
 

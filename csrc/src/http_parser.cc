@@ -333,6 +333,7 @@ HttpRequestParser::Result HttpRequestParser::Complete(HttpRequest* out, std::str
   out->minor_version = minor_version_;
   out->keep_alive = keep_alive_;
   out->headers.clear();
+  out->headers.reserve(header_spans_.size());  // one allocation, not one per doubling
   for (const auto& [name, value] : header_spans_) {
     out->headers.push_back({std::string_view(base + name.offset, name.size),
                             std::string_view(base + value.offset, value.size)});

@@ -438,7 +438,8 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
   const char* p = raw.data();
   const char* end = p + raw.size();
   uint64_t n = 0;
-  const std::string what = std::string("invalid ") + dt_name + " tensor data: ";
+  // Built only for an error: the happy path allocates nothing per element or per call.
+  const auto what = [dt_name] { return std::string("invalid ") + dt_name + " tensor data: "; };
   while (p < end) {
     const char c = *p;
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '[' || c == ']' || c == ',') {
@@ -454,7 +455,7 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
         v = false;
         p += 5;
       } else {
-        *error = what + "expected a bool at element " + std::to_string(n);
+        *error = what() + "expected a bool at element " + std::to_string(n);
         return false;
       }
       if (dst != nullptr && n < count) Store<uint8_t>(dst, static_cast<size_t>(n), v ? 1 : 0);
@@ -462,7 +463,7 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       continue;
     }
     if (c != '-' && (c < '0' || c > '9')) {
-      *error = what + "expected a number at element " + std::to_string(n);
+      *error = what() + "expected a number at element " + std::to_string(n);
       return false;
     }
     const char* b = p;
@@ -490,7 +491,7 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       continue;
     }
     if (!integer) {
-      *error = what + "expected an integer at element " + std::to_string(n);
+      *error = what() + "expected an integer at element " + std::to_string(n);
       return false;
     }
     uint64_t m;

@@ -241,12 +241,18 @@ void TestOverloadDeadlineCancel() {
   auto conn = front->Connect(7);
   std::vector<ForwardedRequest> fw;
   conn->Feed(one.data(), one.size(), &fw);
+  CHECK_EQ(gate->started.load(), false);  // decoded only: the iteration's RunReady() submits
+  front->RunReady();
   while (!gate->started.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
   conn->Feed(one.data(), one.size(), &fw);  // queued behind the running one
+  front->RunReady();
   CHECK_EQ(front->in_flight(), size_t{2});
   // The queue is full: refused at the door, with a Retry-After.
   auto other = front->Connect(8);
   other->Feed(one.data(), one.size(), &fw);
+  CHECK_EQ(other->TakeOutput(), std::string());
+  front->RunReady();
+  CHECK(front->Drain() == std::vector<uint64_t>{8});  // refused at submit: output to write
   bool ok;
   auto rs = SplitResponses(other->TakeOutput(), &ok);
   if (CHECK_EQ(rs.size(), size_t{1})) {

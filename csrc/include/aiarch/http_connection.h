@@ -90,14 +90,17 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
 
   std::shared_ptr<HttpConnection> Connect(uint64_t id);
 
-  // Runs the batches that this loop iteration's submits made ready (inline
-  // execution); returns how many ran.
+  // Submits the native requests this loop iteration's reads decoded, then
+  // runs the batches those submits made ready (inline execution); returns how
+  // many ran. Submitting once per iteration instead of once per read lets the
+  // iteration's requests share a batch and wake a worker once.
   int RunReady();
   // Encodes every completion waiting in the queue into its connection;
-  // returns the ids of connections that have output to write.
+  // returns the ids of connections that have output to write (including
+  // those RunReady() answered at submit: cache hits, refusals).
   std::vector<uint64_t> Drain();
 
-  size_t in_flight() const { return pending_.size(); }
+  size_t in_flight() const { return pending_.size() + decoded_.size(); }
 
  private:
   friend class HttpConnection;
@@ -113,17 +116,22 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     bool keep_alive = true;
     V2ResponsePlan plan;
     std::vector<V2DecodedInput> inputs;  // the batcher reads these until completion
+    int64_t timeout_ns = 0;
+    uint32_t priority = 0;
   };
 
   HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue)
       : config_(config), queue_(std::move(queue)) {}
+  void Submit(std::unique_ptr<Pending> p);
   std::shared_ptr<Model> Find(std::string_view name) const;
 
   const HttpFrontConfig config_;
   const std::shared_ptr<CompletionQueue> queue_;
   std::unordered_map<std::string, std::shared_ptr<Model>> models_;
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
-  std::vector<std::shared_ptr<Model>> dirty_;  // submitted to this iteration, inline execution
+  std::vector<std::shared_ptr<Model>> dirty_;      // submitted to this iteration, inline execution
+  std::vector<std::unique_ptr<Pending>> decoded_;  // decoded this iteration, not yet submitted
+  std::vector<uint64_t> touched_;  // connections RunReady() gave output, for Drain()
   bool draining_ = false;
 };
 
@@ -181,6 +189,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   void ErrorFromStatus(Slot& slot, const Status& status, bool keep_alive);
   // True when answered (or queued) natively; false to forward.
   bool HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive);
+  // Flush(), adding id() to `touched` when the output was empty before.
+  void FlushTouching(std::vector<uint64_t>* touched);
   void UpdatePhase(double now, bool completed_some);
 
   std::shared_ptr<HttpFront> front_;

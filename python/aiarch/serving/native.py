@@ -3,9 +3,11 @@
 The event loop and sockets stay uvloop's; the bytes of each read go to the native connection
 (`aiarch._core.HttpConnection`), which parses every request in them and answers v2 infer requests
 for the models registered with the loop's `HttpFront` without entering Python per request:
-decode into contiguous input buffers, validation, cache probe, batcher submit, and on completion
-the response encoded into the connection's output. Python runs once per read (feed, then one
-`transport.write`) and once per batch (drain the completion queue, one write per connection).
+decode into contiguous input buffers, validation, cache probe, batcher submit (the requests of
+every read of a loop iteration together, in `HttpFront.run_ready` after the iteration's reads, so
+they share a batch and wake a worker once), and on completion the response encoded into the
+connection's output. Python runs once per read (feed, then one `transport.write`) and once per
+batch (drain the completion queue, one write per connection).
 
 Everything else — other routes, models with per-request result checks or registry routes
 (canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a
@@ -108,7 +110,8 @@ class NativeFront:
 
     # -- completions -----------------------------------------------------------------------
     def schedule_flush(self) -> None:
-        """Run this loop iteration's ready batches once, after every read of the iteration."""
+        """Submit the requests this loop iteration decoded and run the batches they made ready,
+        once, after every read of the iteration."""
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
