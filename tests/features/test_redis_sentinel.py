@@ -160,7 +160,11 @@ def test_a_password_protected_master_is_reached_with_the_urls_password(
     make_store: Callable[..., FeatureStore],
 ) -> None:
     try:
-        deployment = TemporaryRedisSentinel(replicas=1, sentinels=1, password="s3cr@t").start()
+        # No failover here: a long down-after keeps a loaded machine's slow reply from marking
+        # the master down while the test reads through the sentinel.
+        deployment = TemporaryRedisSentinel(
+            replicas=1, sentinels=1, password="s3cr@t", down_after_ms=10_000
+        ).start()
     except RedisSentinelUnavailable as e:
         pytest.fail(str(e))
     try:

@@ -128,6 +128,10 @@ class TemporaryRedisSentinel:
             for port in self.sentinel_ports:
                 with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as s:
                     state = s.sentinel_master(self.service)
+                    # Healthy in this sentinel's eyes (flags exactly "master": not s_down or
+                    # o_down), as a client asking it for the master requires.
+                    if not state.get("is_master") or state.get("is_sdown") or state.get("is_odown"):
+                        return False
                     if int(state["num-slaves"]) < replicas:
                         return False
                     if int(state["num-other-sentinels"]) < len(self.sentinel_ports) - 1:
