@@ -2,6 +2,10 @@
 
 One SQLite file (WAL) under ``AIARCH_HOME`` (default ``./.aiarch``): ``features.db``. Every call
 opens a short transaction, so several processes (a server, the CLI) may share the file.
+
+A materialization target (the online store's URL) is stored with its password redacted: the
+password does not identify the store, and the file is readable by whoever can read the home
+folder. Rows written before that rule are rewritten when the file is first opened.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from aiarch.redact import redact_url
 
 from .definitions import Entity, FeatureView
 
@@ -32,6 +38,25 @@ CREATE TABLE IF NOT EXISTS materialize_runs (
   view TEXT NOT NULL, target TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
   last_key TEXT, rows_done INTEGER NOT NULL, PRIMARY KEY (view, target));
 """
+
+
+_TARGET_TABLES = ("watermarks", "materialize_runs")
+
+
+def _target_key(target: str) -> str:
+    """How a materialization target is stored and looked up: its URL without secrets."""
+    return redact_url(target)
+
+
+def _redact_stored_targets(conn: sqlite3.Connection) -> None:
+    """Rewrite rows keyed by a URL that still holds a password (the newest row wins a clash)."""
+    for table in _TARGET_TABLES:
+        rows = conn.execute(f"SELECT rowid, view, target FROM {table} ORDER BY rowid").fetchall()
+        for rowid, view, target in rows:
+            key = _target_key(target)
+            if key != target:
+                conn.execute(f"DELETE FROM {table} WHERE view = ? AND target = ?", (view, key))
+                conn.execute(f"UPDATE {table} SET target = ? WHERE rowid = ?", (key, rowid))
 
 
 def default_home() -> Path:
@@ -54,10 +79,14 @@ class MetadataStore:
             if not self._ready:
                 self.home.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=10.0)
+            # Freed pages are zeroed, so a rewritten target leaves no password behind.
+            conn.execute("PRAGMA secure_delete=ON")
             try:
                 if not self._ready:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(_SCHEMA)
+                    with conn:
+                        _redact_stored_targets(conn)
                     self._ready = True
                 with conn:
                     yield conn
@@ -96,6 +125,7 @@ class MetadataStore:
     # -- materialization -----------------------------------------------------------------------
     def watermark(self, view: str, target: str) -> int | None:
         """End (ns) of the last completed materialization of `view` into `target`."""
+        target = _target_key(target)
         with self._tx() as c:
             row = c.execute(
                 "SELECT end_ns FROM watermarks WHERE view = ? AND target = ?", (view, target)
@@ -103,6 +133,7 @@ class MetadataStore:
         return None if row is None else int(row[0])
 
     def set_watermark(self, view: str, target: str, end_ns: int) -> None:
+        target = _target_key(target)
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?)",
@@ -112,6 +143,7 @@ class MetadataStore:
 
     def run(self, view: str, target: str) -> dict[str, Any] | None:
         """The unfinished materialization of `view` into `target`, if any."""
+        target = _target_key(target)
         with self._tx() as c:
             row = c.execute(
                 "SELECT start_ns, end_ns, last_key, rows_done FROM materialize_runs "
@@ -130,6 +162,7 @@ class MetadataStore:
     def save_run(
         self, view: str, target: str, start_ns: int, end_ns: int, last_key: Any, rows_done: int
     ) -> None:
+        target = _target_key(target)
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO materialize_runs VALUES (?, ?, ?, ?, ?, ?)",
