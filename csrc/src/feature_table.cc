@@ -286,9 +286,8 @@ void FeatureTable::CopyBlob(const Row* row, size_t i, int64_t now_ns, int64_t tt
   status[i] = static_cast<uint8_t>(st);
 }
 
-Status FeatureTable::GatherBlobsInt64(const int64_t* keys, size_t n, int64_t now_ns,
-                                      int64_t ttl_ns, std::vector<std::string>* blobs,
-                                      uint8_t* status) const {
+Status FeatureTable::GatherBlobsInt64(const int64_t* keys, size_t n, int64_t now_ns, int64_t ttl_ns,
+                                      std::vector<std::string>* blobs, uint8_t* status) const {
   if (config_.key_kind != FeatureKeyKind::kInt64) {
     return WrongKind(config_.key_kind, FeatureKeyKind::kInt64);
   }
@@ -455,9 +454,9 @@ Status FeatureTable::UpsertStrings(const FeatureKey* keys, size_t n, const float
   size_t done = 0;
   const size_t w = static_cast<size_t>(config_.width);
   for (size_t i = 0; i < n; ++i) {
-    done += UpsertOne(HashBytes(keys[i].data, keys[i].size), keys[i].data, keys[i].size,
-                      values + i * w, blobs != nullptr ? blobs[i] : FeatureKey{}, event_ns[i],
-                      &touched);
+    done +=
+        UpsertOne(HashBytes(keys[i].data, keys[i].size), keys[i].data, keys[i].size, values + i * w,
+                  blobs != nullptr ? blobs[i] : FeatureKey{}, event_ns[i], &touched);
   }
   ReclaimTouched(&touched);
   if (applied != nullptr) *applied = done;
@@ -535,7 +534,7 @@ Status FeatureTable::LoadSnapshot(const std::string& path, size_t* loaded) {
   uint32_t width = 0;
   uint8_t kind[4];
   if (!r.Read(magic, sizeof magic) || (std::memcmp(magic, kMagic, sizeof kMagic) != 0 &&
-                                        std::memcmp(magic, kMagicV1, sizeof kMagicV1) != 0)) {
+                                       std::memcmp(magic, kMagicV1, sizeof kMagicV1) != 0)) {
     return corrupt("not a feature snapshot (bad magic)");
   }
   const bool has_blobs = std::memcmp(magic, kMagic, sizeof kMagic) == 0;
@@ -596,17 +595,15 @@ Status FeatureTable::LoadSnapshot(const std::string& path, size_t* loaded) {
   if (config_.key_kind == FeatureKeyKind::kInt64) {
     std::vector<int64_t> ints(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) std::memcpy(&ints[i], keys[i].data(), sizeof(int64_t));
-    AIARCH_RETURN_IF_ERROR(
-        UpsertInt64(ints.data(), ints.size(), values.data(), times.data(), &applied,
-                    blob_refs.data()));
+    AIARCH_RETURN_IF_ERROR(UpsertInt64(ints.data(), ints.size(), values.data(), times.data(),
+                                       &applied, blob_refs.data()));
   } else {
     std::vector<FeatureKey> refs(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) {
       refs[i] = FeatureKey{keys[i].data(), static_cast<uint32_t>(keys[i].size())};
     }
-    AIARCH_RETURN_IF_ERROR(
-        UpsertStrings(refs.data(), refs.size(), values.data(), times.data(), &applied,
-                      blob_refs.data()));
+    AIARCH_RETURN_IF_ERROR(UpsertStrings(refs.data(), refs.size(), values.data(), times.data(),
+                                         &applied, blob_refs.data()));
   }
   if (loaded != nullptr) *loaded = keys.size();
   return Status::Ok();

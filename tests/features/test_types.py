@@ -222,9 +222,7 @@ def _parquet_source(tmp_path: Path) -> str:
     table = pa.table(
         {
             "user": ["alice", "alice", "bob"],
-            "event_timestamp": pa.array(
-                [T0, T0 + 100 * S, T0 + 50 * S], pa.timestamp("ns", "UTC")
-            ),
+            "event_timestamp": pa.array([T0, T0 + 100 * S, T0 + 50 * S], pa.timestamp("ns", "UTC")),
             "score": pa.array([1.25, 2.5, 3.75], pa.float64()),
             "visits": pa.array([BIG, BIG + 1, None], pa.int64()),
             "country": ["US", "FR", "DE"],
@@ -314,7 +312,7 @@ def test_served_join_of_typed_features(tmp_path: Path) -> None:
         store=url, lookups=["items:emb", "items:stock", "items:kind"], home=str(tmp_path / "home")
     )
     wrapped = FeatureLookupModel("m", model, cfg)
-    out, status = wrapped(np.array([2, 1, 3], np.int64))
+    _, status = wrapped(np.array([2, 1, 3], np.int64))
     assert seen[-1].tolist() == [[2.5, 3.5, 20, 2], [0.5, 1.5, 10, 1], [0, 0, -1, 2]]
     assert status.tolist() == [PRESENT, PRESENT, MISSING]
     assert wrapped.stats()["rows"]["missing"] == 1

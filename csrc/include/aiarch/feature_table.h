@@ -98,8 +98,7 @@ class FeatureTable {
   Status UpsertInt64(const int64_t* keys, size_t n, const float* values, const int64_t* event_ns,
                      size_t* applied, const FeatureKey* blobs = nullptr);
   Status UpsertStrings(const FeatureKey* keys, size_t n, const float* values,
-                       const int64_t* event_ns, size_t* applied,
-                       const FeatureKey* blobs = nullptr);
+                       const int64_t* event_ns, size_t* applied, const FeatureKey* blobs = nullptr);
 
   // Copies the selected columns of each key's row into the target, or the
   // defaults for a missing or expired row, and merges each row's status.

@@ -353,7 +353,9 @@ def materialize(
                 typed_column(f.name, f.type, f.default, batch.column(2 + j), len(times))
                 for j, f in enumerate(view.features)
             ]
-            applied += store.backend.write(view, entity.dtype, ids, times, *view.layout.encode(values))
+            applied += store.backend.write(
+                view, entity.dtype, ids, times, *view.layout.encode(values)
+            )
             done += batch.num_rows
             chunks += 1
             last = ids[-1]

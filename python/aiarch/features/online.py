@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +177,7 @@ class _NativeReader:
         # Microseconds, lock-free, GIL released: no reason to leave the loop.
         return self.get(ids, now_ns)
 
-    async def aget_typed(
-        self, ids: Any, now_ns: int
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    async def aget_typed(self, ids: Any, now_ns: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         return self.get_typed(ids, now_ns)
 
 
@@ -322,9 +319,7 @@ class _RedisReader:
             replies = [[] for _ in self.segments]
         return assemble_typed(self.segments, self._raw(replies, now_ns), len(ids))
 
-    async def aget_typed(
-        self, ids: Any, now_ns: int
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    async def aget_typed(self, ids: Any, now_ns: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         ids = normalize_ids(ids, self.key_dtype)
         replies = await self.backend.amget_many(self._commands(ids)) if len(ids) else []
         if not replies:

@@ -157,13 +157,12 @@ class LookupPlan:
         except UnavailableError as e:
             return self._fallback(ids, e)
 
-
     def _typed_fallback(
         self, ids: Any, exc: UnavailableError
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         from .rows import RawRows, assemble_typed
 
-        values, status = self._fallback(ids, exc)
+        _, status = self._fallback(ids, exc)
         n = len(status)
         raws = [
             RawRows(np.zeros((n, s.view.layout.width), np.float32), None, status)

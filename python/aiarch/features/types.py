@@ -64,9 +64,7 @@ class FeatureType:
     @property
     def numpy(self) -> np.dtype[Any]:
         """The numpy dtype of one value (of one element for a vector)."""
-        return np.dtype(
-            {"float64": "<f8", "int64": "<i8", "string": "O"}.get(self.kind, "<f4")
-        )
+        return np.dtype({"float64": "<f8", "int64": "<i8", "string": "O"}.get(self.kind, "<f4"))
 
     def normalize_default(self, feature: str, default: Any) -> Any:
         """The default as stored: a float, an int, a str, or a tuple of N floats."""
@@ -80,9 +78,7 @@ class FeatureType:
         if self.kind == "int64":
             if default is None:
                 return 0
-            if isinstance(default, (bool, np.bool_)) or not isinstance(
-                default, (int, np.integer)
-            ):
+            if isinstance(default, (bool, np.bool_)) or not isinstance(default, (int, np.integer)):
                 raise InvalidArgumentError(f"{expect} an int, got {default!r}")
             if not -(2**63) <= int(default) < 2**63:
                 raise InvalidArgumentError(f"{expect} an int64, got {default!r}")
@@ -292,7 +288,7 @@ class ViewLayout:
         self.width = max(slots, 1)
         """Slots of the stored row (a row of strings only keeps one unused slot)."""
         fields["itemsize"] = 4 * self.width
-        self.record = np.dtype(fields)
+        self.record: np.dtype[Any] = np.dtype(fields)  # type: ignore[call-overload]
         """The slots viewed as one record of typed fields."""
         self.plain = all(t.kind == "float32" for t in self.types)
         """Every feature is one float32 slot: the layout rows had before typed features."""
