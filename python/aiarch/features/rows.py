@@ -36,6 +36,10 @@ class Segment:
     slot_columns: tuple[int, ...] = field(default=(), init=False)
     """The row slots of the model columns, when every selected feature is float32 slots
     (float32, int32, bool, vector): then one gather serves the model input. Else empty."""
+    slot_index: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    """`slot_columns` as an index array; None when they are the whole row in order."""
+    default_row: np.ndarray = field(init=False, repr=False, compare=False)
+    """`defaults` as float32."""
 
     def __post_init__(self) -> None:
         lay = self.view.layout
@@ -45,6 +49,9 @@ class Segment:
             for c in self.columns:
                 slots.extend(range(lay.slot_of[c], lay.slot_of[c] + lay.types[c].length))
             object.__setattr__(self, "slot_columns", tuple(slots))
+            if slots != list(range(lay.width)):
+                object.__setattr__(self, "slot_index", np.asarray(slots, np.intp))
+        object.__setattr__(self, "default_row", np.asarray(self.defaults, np.float32))
 
     @property
     def model_width(self) -> int:
@@ -71,17 +78,23 @@ def assemble_model(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The float32 model input [n, width] and the worst status of each row."""
     out = np.empty((n, width), np.float32)
-    status = np.zeros(n, np.uint8)
+    if len(segments) == 1:
+        status = raws[0].status
+    else:
+        status = np.zeros(n, np.uint8)
+        for raw in raws:
+            np.maximum(status, raw.status, out=status)
     for seg, raw in zip(segments, raws):
-        present = raw.status == PRESENT
         off, k = seg.out_offset, seg.model_width
-        defaults = np.asarray(seg.defaults, np.float32)
+        present = raw.status == PRESENT
         if seg.slot_columns:
-            vals = raw.slots[:, seg.slot_columns]
+            vals = raw.slots if seg.slot_index is None else raw.slots[:, seg.slot_index]
         else:
             vals = _model_values(seg, raw, present, n)
-        out[:, off : off + k] = np.where(present[:, None], vals, defaults)
-        np.maximum(status, raw.status, out=status)
+        target = out[:, off : off + k]
+        target[...] = vals
+        if not present.all():
+            target[~present] = seg.default_row
     return out, status
 
 
@@ -159,8 +172,6 @@ def unpack_rows(
     rec = redis_row_dtype(width)
     size = rec.itemsize
     has_blob = view.layout.strings > 0
-    slots = np.zeros((n, width), np.float32)
-    status = np.full(n, MISSING, np.uint8)
     blobs: list[bytes] | None = [b""] * n if want_blobs else None
     if has_blob:
         hit = [i for i, v in enumerate(values) if v is not None and len(v) >= size]
@@ -168,15 +179,24 @@ def unpack_rows(
     else:
         hit = [i for i, v in enumerate(values) if v is not None and len(v) == size]
         head = b"".join([values[i] for i in hit])  # type: ignore[misc]
-    if hit:
-        rows = np.frombuffer(head, rec)
-        idx = np.asarray(hit, np.intp)
-        fresh = np.ones(len(hit), bool)
-        if ttl_ns > 0:
-            fresh = (now_ns - rows["ts"].astype(np.int64)) <= ttl_ns
-        status[idx] = np.where(fresh, PRESENT, EXPIRED)
-        slots[idx] = rows["v"]
-        if blobs is not None:
-            for i in hit:
-                blobs[i] = values[i][size:]  # type: ignore[index]
+    rows = np.frombuffer(head, rec)
+    fresh = (now_ns - rows["ts"].astype(np.int64)) <= ttl_ns if ttl_ns > 0 else None
+    if len(hit) == n:
+        # Every entity has a row (the common case): no scatter.
+        slots = np.ascontiguousarray(rows["v"])
+        status = (
+            np.zeros(n, np.uint8)
+            if fresh is None
+            else np.where(fresh, PRESENT, EXPIRED).astype(np.uint8)
+        )
+    else:
+        slots = np.zeros((n, width), np.float32)
+        status = np.full(n, MISSING, np.uint8)
+        if hit:
+            idx = np.asarray(hit, np.intp)
+            status[idx] = PRESENT if fresh is None else np.where(fresh, PRESENT, EXPIRED)
+            slots[idx] = rows["v"]
+    if blobs is not None:
+        for i in hit:
+            blobs[i] = values[i][size:]  # type: ignore[index]
     return RawRows(slots, blobs, status)
