@@ -319,3 +319,45 @@ def test_served_join_of_typed_features(tmp_path: Path) -> None:
     bad = FeatureInputs(store=url, lookups=["items:label"], home=str(tmp_path / "home"))
     with pytest.raises(ValueError, match=r"model 'm': .*items:label.*vocabulary"):
         FeatureLookupModel("m", model, bad)
+
+
+def test_async_typed_lookup_matches_sync(
+    backend_url: str, make_store: Callable[..., FeatureStore]
+) -> None:
+    import asyncio
+
+    store = make_store(backend_url)
+    store.apply(USER, PROFILE)
+    store.write("uprofile", _rows())
+    plan = store.plan(["uprofile:*"])
+    ids = ["bob", "nobody", "alice"]
+
+    async def both() -> tuple[object, object]:
+        try:
+            return await plan.get_typed_async(ids), await plan.get_async(ids[:1])
+        finally:
+            aclose = getattr(store.backend, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    (cols, status), (values, _) = asyncio.run(both())
+    want_cols, want_status = plan.get_typed(ids)
+    assert status.tolist() == want_status.tolist()  # type: ignore[attr-defined]
+    for ref, col in want_cols.items():
+        assert cols[ref].tolist() == col.tolist(), ref  # type: ignore[index]
+    assert values.tolist() == plan.get(ids[:1])[0].tolist()  # type: ignore[attr-defined]
+
+
+@pytest.mark.redis
+def test_typed_lookup_serves_defaults_when_redis_is_down(
+    own_redis: object, make_store: Callable[..., FeatureStore]
+) -> None:
+    store = make_store(own_redis.url, on_unavailable="default", timeout_s=0.2)  # type: ignore[attr-defined]
+    store.apply(USER, PROFILE)
+    store.write("uprofile", _rows())
+    own_redis.stop()  # type: ignore[attr-defined]
+    cols, status = store.plan(["uprofile:visits", "uprofile:country"]).get_typed(["alice"])
+    assert status.tolist() == [3]  # UNAVAILABLE
+    assert cols["uprofile:visits"].tolist() == [-1]
+    assert cols["uprofile:country"].tolist() == ["??"]
+    assert store.counters.fallbacks == 1

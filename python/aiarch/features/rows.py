@@ -108,7 +108,9 @@ def _model_values(seg: Segment, raw: RawRows, present: np.ndarray, n: int) -> np
         if t.kind == "string":
             parts.append(lay.string_code(c, [row[lay.string_of[c]] for row in strings]))
         else:
-            parts.append(rec[lay.names[c]].reshape(n, t.length).astype(np.float32))
+            # float64 beyond the float32 range becomes +-inf, as a cast in the model would.
+            with np.errstate(over="ignore"):
+                parts.append(rec[lay.names[c]].reshape(n, t.length).astype(np.float32))
     return np.column_stack(parts) if parts else np.empty((n, 0), np.float32)
 
 

@@ -10,7 +10,8 @@ two parts, so a row means the same in the native table (slots + blob), in Redis 
 slots, blob, one value) and after a snapshot.
 
 Model input: a served join and ``LookupPlan.get`` produce float32 columns. float64 and int64
-cast to float32 (int64 is exact up to 2**24); a vector expands into N columns; a string joins
+cast to float32 (int64 is exact up to 2**24; a float64 beyond the float32 range becomes
++-inf); a vector expands into N columns; a string joins
 only when its feature declares a ``vocabulary``: the value's position in it, or
 ``len(vocabulary)`` for any other string (one out-of-vocabulary bucket).
 """
