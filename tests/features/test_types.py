@@ -361,3 +361,26 @@ def test_typed_lookup_serves_defaults_when_redis_is_down(
     assert cols["uprofile:visits"].tolist() == [-1]
     assert cols["uprofile:country"].tolist() == ["??"]
     assert store.counters.fallbacks == 1
+
+
+def test_int64_bits_that_look_like_nans_come_back_exactly(
+    backend_url: str, make_store: Callable[..., FeatureStore]
+) -> None:
+    """An int64 lives in two float32 slots; halves that read as signalling NaNs, quiet NaNs or
+    denormals must survive every copy (gather, defaults over absent rows, Redis bytes)."""
+    store = make_store(backend_url)
+    store.apply(USER, PROFILE)
+    tricky = [0x7F8000017F800001, -1, 0x0000000100000001, -(2**63), 2**63 - 1]
+    rows = {
+        "user": [f"u{i}" for i in range(5)],
+        "event_timestamp": np.full(5, T0, np.int64),
+        "score": [0.0] * 5,
+        "visits": np.array(tricky, np.int64),
+        "country": ["US"] * 5,
+        "emb": np.zeros((5, 3), np.float32),
+        "ratio": [0.0] * 5,
+    }
+    store.write("uprofile", rows)
+    ids = ["nobody", "u0", "u1", "u2", "u3", "u4"]
+    cols, _ = store.plan(["uprofile:visits", "uprofile:ratio"]).get_typed(ids)
+    assert cols["uprofile:visits"].tolist() == [-1, *tricky]

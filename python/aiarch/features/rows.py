@@ -40,6 +40,14 @@ class Segment:
     """`slot_columns` as an index array; None when they are the whole row in order."""
     default_row: np.ndarray = field(init=False, repr=False, compare=False)
     """`defaults` as float32."""
+    float_at: tuple[np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """(model columns, row slots) of the float32-slot features, copied in one step."""
+    wide_at: tuple[tuple[int, int], ...] = field(default=(), init=False, repr=False)
+    """(model column, feature index) of each int64 and float64 feature."""
+    string_at: tuple[tuple[int, int], ...] = field(default=(), init=False, repr=False)
+    """(model column, feature index) of each string feature."""
 
     def __post_init__(self) -> None:
         lay = self.view.layout
@@ -52,6 +60,26 @@ class Segment:
             if slots != list(range(lay.width)):
                 object.__setattr__(self, "slot_index", np.asarray(slots, np.intp))
         object.__setattr__(self, "default_row", np.asarray(self.defaults, np.float32))
+        at, float_pos, float_slots = 0, [], []
+        wide, strings = [], []
+        for c in self.columns:
+            t = lay.types[c]
+            if t.kind in ("float32", "vector"):
+                float_pos.extend(range(at, at + t.length))
+                float_slots.extend(range(lay.slot_of[c], lay.slot_of[c] + t.length))
+            elif t.kind == "string":
+                strings.append((at, c))
+            else:
+                wide.append((at, c))
+            at += t.length
+        if float_pos:
+            object.__setattr__(
+                self,
+                "float_at",
+                (np.asarray(float_pos, np.intp), np.asarray(float_slots, np.intp)),
+            )
+        object.__setattr__(self, "wide_at", tuple(wide))
+        object.__setattr__(self, "string_at", tuple(strings))
 
     @property
     def model_width(self) -> int:
@@ -87,31 +115,33 @@ def assemble_model(
     for seg, raw in zip(segments, raws):
         off, k = seg.out_offset, seg.model_width
         present = raw.status == PRESENT
-        if seg.slot_columns:
-            vals = raw.slots if seg.slot_index is None else raw.slots[:, seg.slot_index]
-        else:
-            vals = _model_values(seg, raw, present, n)
         target = out[:, off : off + k]
-        target[...] = vals
+        if seg.slot_columns:
+            target[...] = raw.slots if seg.slot_index is None else raw.slots[:, seg.slot_index]
+        else:
+            _convert(seg, raw, present, target)
         if not present.all():
             target[~present] = seg.default_row
     return out, status
 
 
-def _model_values(seg: Segment, raw: RawRows, present: np.ndarray, n: int) -> np.ndarray:
+def _convert(seg: Segment, raw: RawRows, present: np.ndarray, target: np.ndarray) -> None:
+    """Model columns of a segment with int64, float64 or string features: float32 slots in one
+    copy, each wide feature from its two slots, each string through its vocabulary."""
     lay = seg.view.layout
-    rec = raw.slots.view(lay.record).reshape(n)
-    strings = lay.decode_strings(raw.blobs or [b""] * n, present) if seg.needs_blobs else []
-    parts = []
-    for c in seg.columns:
-        t = lay.types[c]
-        if t.kind == "string":
-            parts.append(lay.string_code(c, [row[lay.string_of[c]] for row in strings]))
-        else:
-            # float64 beyond the float32 range becomes +-inf, as a cast in the model would.
-            with np.errstate(over="ignore"):
-                parts.append(rec[lay.names[c]].reshape(n, t.length).astype(np.float32))
-    return np.column_stack(parts) if parts else np.empty((n, 0), np.float32)
+    if seg.float_at is not None:
+        target[:, seg.float_at[0]] = raw.slots[:, seg.float_at[1]]
+    for at, c in seg.wide_at:
+        s = lay.slot_of[c]
+        wide = np.ascontiguousarray(raw.slots[:, s : s + 2]).view(lay.types[c].numpy)
+        # float64 beyond the float32 range becomes +-inf, as a cast in the model would.
+        with np.errstate(over="ignore"):
+            target[:, at] = wide[:, 0]
+    if seg.string_at:
+        n = len(present)
+        strings = lay.decode_strings(raw.blobs or [b""] * n, present)
+        for at, c in seg.string_at:
+            target[:, at] = lay.string_code(c, [row[lay.string_of[c]] for row in strings])
 
 
 def assemble_typed(
@@ -125,17 +155,17 @@ def assemble_typed(
     for seg, raw in zip(segments, raws):
         lay = seg.view.layout
         present = raw.status == PRESENT
-        rec = raw.slots.view(lay.record).reshape(n)
+        # Defaults over absent rows in one step; each column is then a field of the records.
+        rec = np.where(present[:, None], raw.slots, lay.default_slots).view(lay.record)
+        rec = rec.reshape(n)
         strings = lay.decode_strings(raw.blobs or [b""] * n, present) if seg.needs_blobs else []
         for c in seg.columns:
-            t, name, default = lay.types[c], lay.names[c], lay.defaults[c]
+            t, name = lay.types[c], lay.names[c]
             if t.kind == "string":
                 col = np.empty(n, object)
                 col[:] = [row[lay.string_of[c]] for row in strings]
-            elif t.kind == "vector":
-                col = np.where(present[:, None], rec[name], np.asarray(default, np.float32))
             else:
-                col = np.where(present, rec[name], np.asarray(default, t.numpy))
+                col = np.ascontiguousarray(rec[name])
             out[f"{seg.view.name}:{name}"] = col
         np.maximum(status, raw.status, out=status)
     return out, status

@@ -291,6 +291,12 @@ class ViewLayout:
         fields["itemsize"] = 4 * self.width
         self.record: np.dtype[Any] = np.dtype(fields)  # type: ignore[call-overload]
         """The slots viewed as one record of typed fields."""
+        defaults = np.zeros(1, self.record)
+        for name, t, d in zip(self.names, self.types, self.defaults):
+            if t.kind != "string":
+                defaults[name] = d
+        self.default_slots = defaults.view(np.float32).reshape(self.width)
+        """The row of defaults, as slots."""
         self.plain = all(t.kind == "float32" for t in self.types)
         """Every feature is one float32 slot: the layout rows had before typed features."""
 
