@@ -60,8 +60,11 @@ class Segment:
             if slots != list(range(lay.width)):
                 object.__setattr__(self, "slot_index", np.asarray(slots, np.intp))
         object.__setattr__(self, "default_row", np.asarray(self.defaults, np.float32))
-        at, float_pos, float_slots = 0, [], []
-        wide, strings = [], []
+        at = 0
+        float_pos: list[int] = []
+        float_slots: list[int] = []
+        wide: list[tuple[int, int]] = []
+        strings: list[tuple[int, int]] = []
         for c in self.columns:
             t = lay.types[c]
             if t.kind in ("float32", "vector"):
