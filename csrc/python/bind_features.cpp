@@ -95,8 +95,24 @@ std::vector<FeatureKey> KeyRefs(const std::vector<std::string>& keys) {
   return refs;
 }
 
+// Row blobs: None (every blob empty) or one bytes object per row.
+std::vector<std::string> Blobs(const py::handle& blobs, size_t n) {
+  std::vector<std::string> out;
+  if (blobs.is_none()) return out;
+  for (py::handle item : py::iter(blobs)) {
+    if (!PyBytes_Check(item.ptr())) {
+      ThrowInvalidArgument("row blobs must be bytes; got " +
+                           std::string(Py_TYPE(item.ptr())->tp_name));
+    }
+    out.emplace_back(PyBytes_AS_STRING(item.ptr()),
+                     static_cast<size_t>(PyBytes_GET_SIZE(item.ptr())));
+  }
+  if (out.size() != n) ThrowInvalidArgument("row blobs and values differ in rows");
+  return out;
+}
+
 size_t Upsert(FeatureTable& t, const py::handle& ids, const py::handle& values_obj,
-              const py::handle& event_ns_obj) {
+              const py::handle& event_ns_obj, const py::handle& blobs_obj) {
   // Values are stored as float32 (the table's type); event times must be
   // integers: a float nanosecond time cannot hold today's epoch exactly.
   auto values = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
@@ -111,6 +127,9 @@ size_t Upsert(FeatureTable& t, const py::handle& ids, const py::handle& values_o
   if (event_ns.ndim() != 1 || static_cast<size_t>(event_ns.shape(0)) != n) {
     ThrowInvalidArgument("event_ns must hold one int64 timestamp per row of values");
   }
+  const std::vector<std::string> blobs = Blobs(blobs_obj, n);
+  const std::vector<FeatureKey> blob_refs = KeyRefs(blobs);
+  const FeatureKey* row_blobs = blobs_obj.is_none() ? nullptr : blob_refs.data();
   size_t applied = 0;
   Status st;
   if (t.key_kind() == FeatureKeyKind::kInt64) {
@@ -119,7 +138,7 @@ size_t Upsert(FeatureTable& t, const py::handle& ids, const py::handle& values_o
       ThrowInvalidArgument("entity ids and values differ in rows");
     }
     py::gil_scoped_release release;  // blocks on shard mutexes only
-    st = t.UpsertInt64(keys.data(), n, values.data(), event_ns.data(), &applied);
+    st = t.UpsertInt64(keys.data(), n, values.data(), event_ns.data(), &applied, row_blobs);
   } else {
     std::vector<std::string> keys = StringKeys(ids);
     if (keys.size() != n) {
@@ -127,7 +146,7 @@ size_t Upsert(FeatureTable& t, const py::handle& ids, const py::handle& values_o
     }
     std::vector<FeatureKey> refs = KeyRefs(keys);
     py::gil_scoped_release release;  // blocks on shard mutexes only
-    st = t.UpsertStrings(refs.data(), n, values.data(), event_ns.data(), &applied);
+    st = t.UpsertStrings(refs.data(), n, values.data(), event_ns.data(), &applied, row_blobs);
   }
   Check(st);
   return applied;
@@ -151,6 +170,33 @@ py::object ReadRow(const FeatureTable& t, const py::handle& id) {
   }
   if (!found) return py::none();
   return py::make_tuple(values, event_ns);
+}
+
+// (blobs: list of bytes, b"" for a missing or expired row; status uint8 per key).
+py::tuple GatherBlobs(const FeatureTable& t, const py::handle& ids, int64_t now_ns,
+                      int64_t ttl_ns) {
+  std::vector<std::string> blobs;
+  Status st;
+  py::array_t<uint8_t> status;
+  if (t.key_kind() == FeatureKeyKind::kInt64) {
+    py::array_t<int64_t> keys = IntKeys(ids);
+    const size_t n = static_cast<size_t>(keys.shape(0));
+    status = py::array_t<uint8_t>(static_cast<py::ssize_t>(n));
+    uint8_t* s = status.mutable_data();
+    py::gil_scoped_release release;  // lock-free reads of native rows only
+    st = t.GatherBlobsInt64(keys.data(), n, now_ns, ttl_ns, &blobs, s);
+  } else {
+    std::vector<std::string> keys = StringKeys(ids);
+    std::vector<FeatureKey> refs = KeyRefs(keys);
+    status = py::array_t<uint8_t>(static_cast<py::ssize_t>(refs.size()));
+    uint8_t* s = status.mutable_data();
+    py::gil_scoped_release release;  // lock-free reads of native rows only
+    st = t.GatherBlobsStrings(refs.data(), refs.size(), now_ns, ttl_ns, &blobs, s);
+  }
+  Check(st);
+  py::list out(blobs.size());
+  for (size_t i = 0; i < blobs.size(); ++i) out[i] = py::bytes(blobs[i]);
+  return py::make_tuple(out, status);
 }
 
 py::tuple Gather(const FeaturePlan& plan, const py::handle& ids, int64_t now_ns) {
@@ -190,7 +236,8 @@ py::tuple Gather(const FeaturePlan& plan, const py::handle& ids, int64_t now_ns)
 void BindFeatures(py::module_& m) {
   using namespace aiarch;
   py::class_<FeatureTable, std::shared_ptr<FeatureTable>>(
-      m, "FeatureTable", "In-process online feature table: entity key -> float32 row + event time.")
+      m, "FeatureTable",
+      "In-process online feature table: entity key -> 32-bit slots + blob + event time.")
       .def(py::init(
                [](int32_t width, const std::string& key_kind, int shards, int64_t initial_slots) {
                  FeatureTableConfig c;
@@ -205,7 +252,11 @@ void BindFeatures(py::module_& m) {
            py::arg("width"), py::arg("key_kind") = "int64", py::arg("shards") = 16,
            py::arg("initial_slots") = 1024)
       .def("upsert", &Upsert, py::arg("ids"), py::arg("values"), py::arg("event_ns"),
-           "Writes rows; newer event time wins per key. Returns the rows applied.")
+           py::arg("blobs") = py::none(),
+           "Writes rows (and their blobs: None or one bytes per row); newer event time wins "
+           "per key. Returns the rows applied.")
+      .def("gather_blobs", &GatherBlobs, py::arg("ids"), py::arg("now_ns"), py::arg("ttl_ns") = 0,
+           "(blobs: list of bytes, b'' for a missing or expired row; status[n] uint8).")
       .def("read", &ReadRow, py::arg("id"), "(values, event_ns) of one key, or None.")
       .def(
           "snapshot",

@@ -11,28 +11,31 @@
 
 namespace aiarch {
 
-// An immutable row: header, then `width` floats, then the key bytes. Built
-// fully before it is published and never written afterwards.
+// An immutable row: header, then `width` floats, then the key bytes, then the
+// blob bytes. Built fully before it is published and never written afterwards.
 struct FeatureTable::Row {
   uint64_t hash;
   int64_t event_ns;
   uint32_t key_size;
-  uint32_t reserved;
+  uint32_t blob_size;
 
   float* values() { return reinterpret_cast<float*>(this + 1); }
   const float* values() const { return reinterpret_cast<const float*>(this + 1); }
   const char* key(int32_t width) const { return reinterpret_cast<const char*>(values() + width); }
+  const char* blob(int32_t width) const { return key(width) + key_size; }
 
   static Row* Make(uint64_t hash, const char* key, uint32_t key_size, const float* values,
-                   int64_t event_ns, int32_t width) {
-    const size_t bytes = sizeof(Row) + sizeof(float) * static_cast<size_t>(width) + key_size;
+                   const FeatureKey& blob, int64_t event_ns, int32_t width) {
+    const size_t bytes =
+        sizeof(Row) + sizeof(float) * static_cast<size_t>(width) + key_size + blob.size;
     Row* r = static_cast<Row*>(::operator new(bytes));
     r->hash = hash;
     r->event_ns = event_ns;
     r->key_size = key_size;
-    r->reserved = 0;
+    r->blob_size = blob.size;
     std::memcpy(r->values(), values, sizeof(float) * static_cast<size_t>(width));
     std::memcpy(const_cast<char*>(r->key(width)), key, key_size);
+    if (blob.size > 0) std::memcpy(const_cast<char*>(r->blob(width)), blob.data, blob.size);
     return r;
   }
   static void Free(void* p) { ::operator delete(p); }
@@ -62,7 +65,10 @@ struct alignas(64) FeatureTable::Shard {
 
 namespace {
 
-constexpr char kMagic[8] = {'A', 'I', 'F', 'T', 'S', 'N', 'P', '1'};
+// Version 2 stores each row's blob after its values; version 1 files (no
+// blobs) still load.
+constexpr char kMagic[8] = {'A', 'I', 'F', 'T', 'S', 'N', 'P', '2'};
+constexpr char kMagicV1[8] = {'A', 'I', 'F', 'T', 'S', 'N', 'P', '1'};
 constexpr uint32_t kEndOfRows = 0xFFFFFFFFu;
 constexpr uint64_t kChecksumSeed = 0x5EED0F7AB1Eull;
 constexpr uint64_t kReclaimEvery = 64;
@@ -264,6 +270,56 @@ Status FeatureTable::GatherInt64(const int64_t* keys, size_t n, const GatherTarg
   return Status::Ok();
 }
 
+void FeatureTable::CopyBlob(const Row* row, size_t i, int64_t now_ns, int64_t ttl_ns,
+                            std::vector<std::string>* blobs, uint8_t* status) const {
+  FeatureRowStatus st = FeatureRowStatus::kPresent;
+  if (row == nullptr) {
+    st = FeatureRowStatus::kMissing;
+  } else if (ttl_ns > 0 && now_ns - row->event_ns > ttl_ns) {
+    st = FeatureRowStatus::kExpired;
+  }
+  if (st == FeatureRowStatus::kPresent) {
+    (*blobs)[i].assign(row->blob(config_.width), row->blob_size);
+  } else {
+    (*blobs)[i].clear();
+  }
+  status[i] = static_cast<uint8_t>(st);
+}
+
+Status FeatureTable::GatherBlobsInt64(const int64_t* keys, size_t n, int64_t now_ns, int64_t ttl_ns,
+                                      std::vector<std::string>* blobs, uint8_t* status) const {
+  if (config_.key_kind != FeatureKeyKind::kInt64) {
+    return WrongKind(config_.key_kind, FeatureKeyKind::kInt64);
+  }
+  if (ttl_ns < 0) return Status::InvalidArgument("ttl must be >= 0");
+  blobs->resize(n);
+  epoch::EnterRead();
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t k = keys[i];
+    CopyBlob(Find(HashInt64(k), reinterpret_cast<const char*>(&k), sizeof k), i, now_ns, ttl_ns,
+             blobs, status);
+  }
+  epoch::ExitRead();
+  return Status::Ok();
+}
+
+Status FeatureTable::GatherBlobsStrings(const FeatureKey* keys, size_t n, int64_t now_ns,
+                                        int64_t ttl_ns, std::vector<std::string>* blobs,
+                                        uint8_t* status) const {
+  if (config_.key_kind != FeatureKeyKind::kString) {
+    return WrongKind(config_.key_kind, FeatureKeyKind::kString);
+  }
+  if (ttl_ns < 0) return Status::InvalidArgument("ttl must be >= 0");
+  blobs->resize(n);
+  epoch::EnterRead();
+  for (size_t i = 0; i < n; ++i) {
+    CopyBlob(Find(HashBytes(keys[i].data, keys[i].size), keys[i].data, keys[i].size), i, now_ns,
+             ttl_ns, blobs, status);
+  }
+  epoch::ExitRead();
+  return Status::Ok();
+}
+
 Status FeatureTable::GatherStrings(const FeatureKey* keys, size_t n, const GatherTarget& t) const {
   if (config_.key_kind != FeatureKeyKind::kString) {
     return WrongKind(config_.key_kind, FeatureKeyKind::kString);
@@ -302,7 +358,8 @@ bool FeatureTable::ReadString(const FeatureKey& key, float* values, int64_t* eve
 }
 
 bool FeatureTable::UpsertOne(uint64_t hash, const char* key, uint32_t key_size, const float* values,
-                             int64_t event_ns, std::vector<Shard*>* touched) {
+                             const FeatureKey& blob, int64_t event_ns,
+                             std::vector<Shard*>* touched) {
   Shard& shard = ShardOf(hash);
   std::lock_guard<std::mutex> lock(shard.mu);
   // Relaxed: the index is only replaced under mu, which we hold.
@@ -319,7 +376,7 @@ bool FeatureTable::UpsertOne(uint64_t hash, const char* key, uint32_t key_size, 
         stale_.fetch_add(1, std::memory_order_relaxed);
         return false;
       }
-      Row* fresh = Row::Make(hash, key, key_size, values, event_ns, config_.width);
+      Row* fresh = Row::Make(hash, key, key_size, values, blob, event_ns, config_.width);
       // Release: pairs with the acquire slot load in Find(); a reader that
       // sees the new row sees all of its bytes.
       idx->slots[i].store(fresh, std::memory_order_release);
@@ -351,7 +408,7 @@ bool FeatureTable::UpsertOne(uint64_t hash, const char* key, uint32_t key_size, 
     i = hash & idx->mask;
     while (idx->slots[i].load(std::memory_order_relaxed) != nullptr) i = (i + 1) & idx->mask;
   }
-  Row* fresh = Row::Make(hash, key, key_size, values, event_ns, config_.width);
+  Row* fresh = Row::Make(hash, key, key_size, values, blob, event_ns, config_.width);
   // Release: pairs with the acquire slot load in Find().
   idx->slots[i].store(fresh, std::memory_order_release);
   ++shard.count;
@@ -369,7 +426,8 @@ void FeatureTable::ReclaimTouched(std::vector<Shard*>* touched) {
 }
 
 Status FeatureTable::UpsertInt64(const int64_t* keys, size_t n, const float* values,
-                                 const int64_t* event_ns, size_t* applied) {
+                                 const int64_t* event_ns, size_t* applied,
+                                 const FeatureKey* blobs) {
   if (config_.key_kind != FeatureKeyKind::kInt64) {
     return WrongKind(config_.key_kind, FeatureKeyKind::kInt64);
   }
@@ -379,7 +437,7 @@ Status FeatureTable::UpsertInt64(const int64_t* keys, size_t n, const float* val
   for (size_t i = 0; i < n; ++i) {
     const int64_t k = keys[i];
     done += UpsertOne(HashInt64(k), reinterpret_cast<const char*>(&k), sizeof k, values + i * w,
-                      event_ns[i], &touched);
+                      blobs != nullptr ? blobs[i] : FeatureKey{}, event_ns[i], &touched);
   }
   ReclaimTouched(&touched);
   if (applied != nullptr) *applied = done;
@@ -387,7 +445,8 @@ Status FeatureTable::UpsertInt64(const int64_t* keys, size_t n, const float* val
 }
 
 Status FeatureTable::UpsertStrings(const FeatureKey* keys, size_t n, const float* values,
-                                   const int64_t* event_ns, size_t* applied) {
+                                   const int64_t* event_ns, size_t* applied,
+                                   const FeatureKey* blobs) {
   if (config_.key_kind != FeatureKeyKind::kString) {
     return WrongKind(config_.key_kind, FeatureKeyKind::kString);
   }
@@ -395,8 +454,9 @@ Status FeatureTable::UpsertStrings(const FeatureKey* keys, size_t n, const float
   size_t done = 0;
   const size_t w = static_cast<size_t>(config_.width);
   for (size_t i = 0; i < n; ++i) {
-    done += UpsertOne(HashBytes(keys[i].data, keys[i].size), keys[i].data, keys[i].size,
-                      values + i * w, event_ns[i], &touched);
+    done +=
+        UpsertOne(HashBytes(keys[i].data, keys[i].size), keys[i].data, keys[i].size, values + i * w,
+                  blobs != nullptr ? blobs[i] : FeatureKey{}, event_ns[i], &touched);
   }
   ReclaimTouched(&touched);
   if (applied != nullptr) *applied = done;
@@ -437,7 +497,9 @@ Status FeatureTable::Snapshot(const std::string& path) const {
       if (r == nullptr) continue;
       ok = w.Write(&r->key_size, sizeof r->key_size) &&
            w.Write(r->key(config_.width), r->key_size) &&
-           w.Write(&r->event_ns, sizeof r->event_ns) && w.Write(r->values(), value_bytes);
+           w.Write(&r->event_ns, sizeof r->event_ns) && w.Write(r->values(), value_bytes) &&
+           w.Write(&r->blob_size, sizeof r->blob_size) &&
+           w.Write(r->blob(config_.width), r->blob_size);
       ++count;
     }
   }
@@ -471,9 +533,11 @@ Status FeatureTable::LoadSnapshot(const std::string& path, size_t* loaded) {
   char magic[sizeof kMagic];
   uint32_t width = 0;
   uint8_t kind[4];
-  if (!r.Read(magic, sizeof magic) || std::memcmp(magic, kMagic, sizeof kMagic) != 0) {
+  if (!r.Read(magic, sizeof magic) || (std::memcmp(magic, kMagic, sizeof kMagic) != 0 &&
+                                       std::memcmp(magic, kMagicV1, sizeof kMagicV1) != 0)) {
     return corrupt("not a feature snapshot (bad magic)");
   }
+  const bool has_blobs = std::memcmp(magic, kMagic, sizeof kMagic) == 0;
   if (!r.Read(&width, sizeof width) || !r.Read(kind, sizeof kind)) return corrupt("short header");
   if (static_cast<int32_t>(width) != config_.width || kind[0] != uint8_t(config_.key_kind)) {
     return Status::InvalidArgument(
@@ -483,6 +547,7 @@ Status FeatureTable::LoadSnapshot(const std::string& path, size_t* loaded) {
         KindName(config_.key_kind) + " keys");
   }
   std::vector<std::string> keys;
+  std::vector<std::string> blobs;
   std::vector<int64_t> times;
   std::vector<float> values;
   const size_t value_bytes = sizeof(float) * width;
@@ -496,6 +561,14 @@ Status FeatureTable::LoadSnapshot(const std::string& path, size_t* loaded) {
                            ? nullptr
                            : (r.Read(&event_ns, sizeof event_ns) ? r.Take(value_bytes) : nullptr);
     if (vals == nullptr) return corrupt("truncated row");
+    uint32_t blob_size = 0;
+    const char* blob = nullptr;
+    if (has_blobs) {
+      if (!r.Read(&blob_size, sizeof blob_size)) return corrupt("truncated row");
+      blob = r.Take(blob_size);
+      if (blob == nullptr) return corrupt("truncated row");
+    }
+    blobs.emplace_back(blob == nullptr ? "" : std::string(blob, blob_size));
     if (config_.key_kind == FeatureKeyKind::kInt64 && key_size != sizeof(int64_t)) {
       return corrupt("an int64 key is not 8 bytes");
     }
@@ -515,18 +588,22 @@ Status FeatureTable::LoadSnapshot(const std::string& path, size_t* loaded) {
   if (count != keys.size()) return corrupt("row count mismatch");
 
   size_t applied = 0;
+  std::vector<FeatureKey> blob_refs(blobs.size());
+  for (size_t i = 0; i < blobs.size(); ++i) {
+    blob_refs[i] = FeatureKey{blobs[i].data(), static_cast<uint32_t>(blobs[i].size())};
+  }
   if (config_.key_kind == FeatureKeyKind::kInt64) {
     std::vector<int64_t> ints(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) std::memcpy(&ints[i], keys[i].data(), sizeof(int64_t));
-    AIARCH_RETURN_IF_ERROR(
-        UpsertInt64(ints.data(), ints.size(), values.data(), times.data(), &applied));
+    AIARCH_RETURN_IF_ERROR(UpsertInt64(ints.data(), ints.size(), values.data(), times.data(),
+                                       &applied, blob_refs.data()));
   } else {
     std::vector<FeatureKey> refs(keys.size());
     for (size_t i = 0; i < keys.size(); ++i) {
       refs[i] = FeatureKey{keys[i].data(), static_cast<uint32_t>(keys[i].size())};
     }
-    AIARCH_RETURN_IF_ERROR(
-        UpsertStrings(refs.data(), refs.size(), values.data(), times.data(), &applied));
+    AIARCH_RETURN_IF_ERROR(UpsertStrings(refs.data(), refs.size(), values.data(), times.data(),
+                                         &applied, blob_refs.data()));
   }
   if (loaded != nullptr) *loaded = keys.size();
   return Status::Ok();

@@ -215,6 +215,64 @@ void TestPlan() {
   CHECK_EQ(int(FeaturePlan::Create(mixed, 3, &plan).code()), int(StatusCode::kInvalidArgument));
 }
 
+// Blobs travel with their rows (replaced together, expired together, kept by
+// snapshots), and slots come back bit for bit, so two slots can hold an int64.
+void TestBlobsAndBitExactSlots() {
+  auto t = MakeTable(2, FeatureKeyKind::kInt64);
+  const int64_t wide = INT64_C(0x7FF0000000000001);  // an int64 whose halves look like NaNs
+  float slots[2];
+  std::memcpy(slots, &wide, sizeof wide);
+  const int64_t k1 = 1, k2 = 2;
+  const std::string b1 = std::string("red\0blue", 8);
+  const FeatureKey blob1{b1.data(), static_cast<uint32_t>(b1.size())};
+  const int64_t t1 = 100;
+  CHECK(t->UpsertInt64(&k1, 1, slots, &t1, nullptr, &blob1).ok());
+  CHECK(t->UpsertInt64(&k2, 1, slots, &t1, nullptr).ok());  // no blobs: an empty one
+  const int64_t keys[] = {1, 2, 3};
+  std::vector<std::string> blobs;
+  uint8_t status[3];
+  CHECK(t->GatherBlobsInt64(keys, 3, /*now_ns=*/150, /*ttl_ns=*/0, &blobs, status).ok());
+  CHECK_EQ(blobs.size(), size_t{3});
+  CHECK(blobs[0] == b1);
+  CHECK(blobs[1].empty());
+  CHECK_EQ(int{status[0]}, int(FeatureRowStatus::kPresent));
+  CHECK_EQ(int{status[2]}, int(FeatureRowStatus::kMissing));
+  CHECK(t->GatherBlobsInt64(keys, 1, /*now_ns=*/1000, /*ttl_ns=*/10, &blobs, status).ok());
+  CHECK(blobs[0].empty());
+  CHECK_EQ(int{status[0]}, int(FeatureRowStatus::kExpired));
+  CHECK_EQ(int(t->GatherBlobsInt64(keys, 1, 0, -1, &blobs, status).code()),
+           int(StatusCode::kInvalidArgument));
+
+  const int32_t cols[] = {0, 1};
+  const float defs[] = {0, 0};
+  float out[2];
+  uint8_t st = 0;
+  GatherTarget g{cols, 2, defs, out, 2, &st, 150, 0};
+  CHECK(t->GatherInt64(&k1, 1, g).ok());
+  int64_t back = 0;
+  std::memcpy(&back, out, sizeof back);
+  CHECK_EQ(back, wide);
+
+  const std::string b2 = "green";
+  const FeatureKey blob2{b2.data(), static_cast<uint32_t>(b2.size())};
+  const int64_t t2 = 200;
+  CHECK(t->UpsertInt64(&k1, 1, slots, &t2, nullptr, &blob2).ok());
+  const std::string path = TempPath("blobs");
+  CHECK(t->Snapshot(path).ok());
+  auto reloaded = MakeTable(2, FeatureKeyKind::kInt64);
+  size_t loaded = 0;
+  CHECK(reloaded->LoadSnapshot(path, &loaded).ok());
+  CHECK_EQ(loaded, size_t{2});
+  CHECK(reloaded->GatherBlobsInt64(keys, 2, 250, 0, &blobs, status).ok());
+  CHECK(blobs[0] == b2);
+  CHECK(blobs[1].empty());
+  std::remove(path.c_str());
+  CHECK_EQ(int(MakeTable(2, FeatureKeyKind::kString)
+                   ->GatherBlobsInt64(keys, 1, 0, 0, &blobs, status)
+                   .code()),
+           int(StatusCode::kInvalidArgument));
+}
+
 void TestSnapshot() {
   auto t = MakeTable(2, FeatureKeyKind::kInt64);
   std::vector<int64_t> keys, ts;
@@ -443,6 +501,7 @@ int main() {
   TestStringKeysAndGrowth();
   TestPlan();
   TestSnapshot();
+  TestBlobsAndBitExactSlots();
   for (uint64_t round = 0; round < 3; ++round) {
     StressAgainstOracle(FeatureKeyKind::kInt64, kSeed + round);
     StressAgainstOracle(FeatureKeyKind::kString, kSeed + 100 + round);

@@ -241,12 +241,21 @@ class HttpConnection:
 EntityIds: TypeAlias = npt.ArrayLike | Sequence[str | bytes]
 
 class FeatureTable:
-    """In-process online feature table: entity key -> float32 row + event time."""
+    """In-process online feature table: entity key -> 32-bit slots + blob + event time."""
 
     def __init__(
         self, width: int, key_kind: str = "int64", shards: int = 16, initial_slots: int = 1024
     ) -> None: ...
-    def upsert(self, ids: EntityIds, values: npt.ArrayLike, event_ns: npt.ArrayLike) -> int: ...
+    def upsert(
+        self,
+        ids: EntityIds,
+        values: npt.ArrayLike,
+        event_ns: npt.ArrayLike,
+        blobs: Sequence[bytes] | None = None,
+    ) -> int: ...
+    def gather_blobs(
+        self, ids: EntityIds, now_ns: int, ttl_ns: int = 0
+    ) -> tuple[list[bytes], npt.NDArray[np.uint8]]: ...
     def read(self, id: int | str | bytes) -> tuple[npt.NDArray[np.float32], int] | None: ...
     def snapshot(self, path: str) -> None: ...
     def load_snapshot(self, path: str) -> int: ...

@@ -115,3 +115,33 @@ def test_list_never_prints_the_online_store_password(tmp_path: Path, as_json: bo
     assert r.returncode == 0, r.stderr
     assert secret not in r.stdout + r.stderr
     assert "redis://:***@127.0.0.1:6399/0" in r.stdout
+
+
+def test_get_prints_each_type(tmp_path: Path) -> None:
+    (tmp_path / "defs.py").write_text(
+        "from aiarch.features import Entity, Feature, FeatureView\n"
+        "user = Entity('user', dtype='string')\n"
+        "views = [FeatureView('u', user, (Feature('n', 'int64', default=-1), "
+        "Feature('emb', 'vector[2]'), Feature('tag', 'string', default='none')))]\n"
+    )
+    assert cli(["apply", str(tmp_path / "defs.py")], tmp_path / "home").returncode == 0
+    write = (
+        "from aiarch.features import FeatureStore\n"
+        's = FeatureStore(f\'native://{__import__("os").environ["AIARCH_HOME"]}/online\')\n'
+        "s.write('u', {'user': ['ann'], 'event_timestamp': [1], 'n': [2**53 + 1], "
+        "'emb': [[0.5, 2.0]], 'tag': ['vip']})\n"
+        "s.close()\n"
+    )
+    env = dict(os.environ, AIARCH_HOME=str(tmp_path / "home"))
+    root = str(Path(aiarch.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    subprocess.run([sys.executable, "-c", write], env=env, check=True, timeout=120)
+    r = cli(["get", "u:*", "--ids", "ann,bob", "--json"], tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["columns"] == ["u:n", "u:emb", "u:tag"]
+    assert [row["values"] for row in out["rows"]] == [
+        [2**53 + 1, [0.5, 2.0], "vip"],
+        [-1, [0.0, 0.0], "none"],
+    ]
+    assert [row["status"] for row in out["rows"]] == ["present", "missing"]

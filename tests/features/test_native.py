@@ -149,3 +149,23 @@ def test_gathers_release_the_gil_and_see_whole_rows() -> None:
     assert torn == []
     values, _ = plan.gather(keys, 0)
     assert (values == 299).all()
+
+
+def test_row_blobs_are_stored_replaced_and_checked() -> None:
+    t = table(1, "string")
+    ones = np.ones((2, 1), np.float32)
+    assert t.upsert(["a", b"b"], ones, np.array([10, 10]), [b"\x00red", b""]) == 2
+    blobs, status = t.gather_blobs(["a", "b", "c"], now_ns=20, ttl_ns=0)
+    assert blobs == [b"\x00red", b"", b""]
+    assert status.tolist() == [PRESENT, PRESENT, MISSING]
+    assert t.upsert(["a"], ones[:1], np.array([30])) == 1  # no blobs: the row's blob is empty
+    assert t.gather_blobs(["a"], now_ns=40)[0] == [b""]
+    assert t.gather_blobs(["a"], now_ns=100, ttl_ns=5)[1].tolist() == [EXPIRED]
+    with pytest.raises(InvalidArgumentError, match="row blobs must be bytes; got str"):
+        t.upsert(["a"], ones[:1], np.array([50]), ["text"])
+    with pytest.raises(InvalidArgumentError, match="row blobs and values differ in rows"):
+        t.upsert(["a"], ones[:1], np.array([50]), [b"x", b"y"])
+    with pytest.raises(
+        InvalidArgumentError, match="entity ids of a string entity must be str or bytes; got int"
+    ):
+        t.gather_blobs([1], now_ns=0)

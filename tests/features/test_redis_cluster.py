@@ -310,3 +310,22 @@ def test_an_unreachable_cluster_fails_lookups_fast_with_a_redacted_error(
         bounded(lambda: plan.get([1]), limit_s=10)
     assert "hunter2" not in str(e.value) and "***" in str(e.value)
     assert s.counters.failures == 1
+
+
+def test_typed_features_and_string_entities_round_trip_on_the_cluster(
+    cluster: TemporaryRedisCluster, make_store: Callable[..., FeatureStore]
+) -> None:
+    from .test_types import BIG, PROFILE, USER, _rows
+
+    _flush(cluster)
+    store = make_store(cluster.url, timeout_s=0.5)
+    store.apply(USER, PROFILE)
+    assert store.write("uprofile", _rows()) == 3
+    plan = store.plan(["uprofile:*"])
+    cols, status = plan.get_typed(["bob", "alice", "nobody"])
+    assert status.tolist() == [PRESENT, PRESENT, MISSING]
+    assert cols["uprofile:visits"].tolist() == [-7, BIG, -1]
+    assert cols["uprofile:country"].tolist() == ["XX", "DE", "??"]
+    assert cols["uprofile:emb"].tolist() == [[4, 5, 6], [1, 2, 3], [9, 9, 9]]
+    values, _ = store.plan(["uprofile:country", "uprofile:score"]).get(["alice", "nobody"])
+    assert values.tolist() == [[1, np.float32(0.1)], [3, -0.5]]

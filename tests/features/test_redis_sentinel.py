@@ -87,7 +87,8 @@ def test_lookups_and_writes_go_through_the_sentinels_to_the_master(
         assert r.dbsize() == N + N // 2
         head, _ = store.backend.key_parts(store.view("txn"))
         row = r.get(head + b"5")
-        assert row is not None and len(row) == 8 + 4 * 3
+        # Event time, then slots: amount_7d and risky take one each, the int64 count_1h two.
+        assert row is not None and len(row) == 8 + 4 * 4
         assert int.from_bytes(row[:8], "big", signed=True) == T0
     deployment.wait_replicated()
     replica = next(p for p in deployment.data_ports if p != master)

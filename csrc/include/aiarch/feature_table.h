@@ -1,7 +1,10 @@
 // Feature table: the in-process online feature store. Maps an entity key (an
-// int64 or a byte string, fixed per table) to one row of `width` float32
-// feature values and the row's event time, and gathers the rows of many
-// entities into one contiguous array in a single call.
+// int64 or a byte string, fixed per table) to one row of `width` 32-bit
+// slots, an optional byte string (the row's blob: variable-length values such
+// as strings, which the caller encodes) and the row's event time, and gathers
+// the slots of many entities into one contiguous array in a single call.
+// Slots are copied as float32 words, bit for bit: a caller may store wider
+// numbers (int64, float64) across two slots and reinterpret what it gathers.
 //
 // Concurrency contract
 // - Gather*(): lock-free. Readers take no mutex and write no shared memory
@@ -87,13 +90,15 @@ class FeatureTable {
   FeatureTable& operator=(const FeatureTable&) = delete;
 
   // Writes n rows (values: n * width floats, row-major) with their event
-  // times; newer event time wins per key. *applied (may be null) receives the
-  // number of rows written. Fails without writing anything when the table's
-  // key kind differs. Thread-safe. Allocates.
+  // times; newer event time wins per key. blobs (may be null: every row's
+  // blob is empty) holds n byte strings stored with the rows, replaced with
+  // them. *applied (may be null) receives the number of rows written. Fails
+  // without writing anything when the table's key kind differs. Thread-safe.
+  // Allocates.
   Status UpsertInt64(const int64_t* keys, size_t n, const float* values, const int64_t* event_ns,
-                     size_t* applied);
+                     size_t* applied, const FeatureKey* blobs = nullptr);
   Status UpsertStrings(const FeatureKey* keys, size_t n, const float* values,
-                       const int64_t* event_ns, size_t* applied);
+                       const int64_t* event_ns, size_t* applied, const FeatureKey* blobs = nullptr);
 
   // Copies the selected columns of each key's row into the target, or the
   // defaults for a missing or expired row, and merges each row's status.
@@ -101,6 +106,14 @@ class FeatureTable {
   // Never allocates.
   Status GatherInt64(const int64_t* keys, size_t n, const GatherTarget& target) const;
   Status GatherStrings(const FeatureKey* keys, size_t n, const GatherTarget& target) const;
+
+  // Copies the blob of each key's row into (*blobs)[i] (resized to n), or
+  // clears it for a missing or expired row, and sets status[i] to that row's
+  // status. Thread-safe. Lock-free. Allocates (the copied strings).
+  Status GatherBlobsInt64(const int64_t* keys, size_t n, int64_t now_ns, int64_t ttl_ns,
+                          std::vector<std::string>* blobs, uint8_t* status) const;
+  Status GatherBlobsStrings(const FeatureKey* keys, size_t n, int64_t now_ns, int64_t ttl_ns,
+                            std::vector<std::string>* blobs, uint8_t* status) const;
 
   // Reads one row: the full row into values (width floats) and its event time.
   // Returns false when the key is absent. Thread-safe. Lock-free.
@@ -132,9 +145,11 @@ class FeatureTable {
   Shard& ShardOf(uint64_t hash) const;
   const Row* Find(uint64_t hash, const char* key, uint32_t key_size) const;
   void CopyOut(const Row* row, size_t i, const GatherTarget& t) const;
+  void CopyBlob(const Row* row, size_t i, int64_t now_ns, int64_t ttl_ns,
+                std::vector<std::string>* blobs, uint8_t* status) const;
   // Writes one row under its shard's lock; returns true when applied.
   bool UpsertOne(uint64_t hash, const char* key, uint32_t key_size, const float* values,
-                 int64_t event_ns, std::vector<Shard*>* touched);
+                 const FeatureKey& blob, int64_t event_ns, std::vector<Shard*>* touched);
   void ReclaimTouched(std::vector<Shard*>* touched);
 
   FeatureTableConfig config_;

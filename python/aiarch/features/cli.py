@@ -243,6 +243,27 @@ def _materialize(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def _plain(value: Any) -> Any:
+    """A typed value as JSON takes it: float, int, str, or a list of floats (a vector)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return [float(x) for x in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{x:g}" for x in value) + "]"
+    return str(value)
+
+
 def _get(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
         store = _store(args)
@@ -257,30 +278,27 @@ def _get(args: argparse.Namespace) -> int:
                 ) from None
         else:
             ids = raw
-        values, status = plan.get(ids)
+        typed, status = plan.get_typed(ids)
         names = ("present", "expired", "missing", "unavailable")
+        rows = [[_plain(typed[ref][i]) for ref in plan.refs] for i in range(len(status))]
         if args.json:
             print(
                 json.dumps(
                     {
-                        "columns": plan.columns,
+                        "columns": plan.refs,
                         "rows": [
-                            {
-                                "id": i,
-                                "status": names[int(s)],
-                                "values": [float(x) for x in row],
-                            }
-                            for i, s, row in zip(ids, status, values)
+                            {"id": i, "status": names[int(s)], "values": row}
+                            for i, s, row in zip(ids, status, rows)
                         ],
                     }
                 )
             )
         else:
             _table(
-                [plan.entity.name, "status", *plan.columns],
+                [plan.entity.name, "status", *plan.refs],
                 [
-                    [i, names[int(s)], *(f"{float(x):g}" for x in row)]
-                    for i, s, row in zip(ids, status, values)
+                    [i, names[int(s)], *(_text(x) for x in row)]
+                    for i, s, row in zip(ids, status, rows)
                 ],
             )
         return 0

@@ -1,8 +1,9 @@
 """Feature definitions in Feast's nouns: Entity, Feature, FeatureView.
 
 Definitions are plain frozen dataclasses; `FeatureStore.apply` stores them in the metadata store
-(SQLite under ``AIARCH_HOME``). Online rows hold every feature as float32: integer and boolean
-features are exact up to 2**24.
+(SQLite under ``AIARCH_HOME``). Feature types (see `types`): float32, int32 and bool (held as
+float32: exact up to 2**24), float64 and int64 (exact), string (categorical) and vector[N]
+(N float32 values, e.g. an embedding).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 
 from aiarch.errors import InvalidArgumentError
 
+from .types import VALID_TYPES, FeatureType, ViewLayout, parse_type
+
 __all__ = ["ENTITY_DTYPES", "FEATURE_DTYPES", "Entity", "Feature", "FeatureView", "parse_ref"]
 
 ENTITY_DTYPES = ("int64", "string")
 """Entity key types: 64-bit integers or strings (UTF-8 bytes online)."""
 
-FEATURE_DTYPES = ("float32", "float64", "int32", "int64", "bool")
-"""Feature value types accepted in definitions and sources (served online as float32)."""
+FEATURE_DTYPES = VALID_TYPES
+"""Feature types accepted in definitions (``vector[N]`` with a length N)."""
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -85,24 +88,52 @@ class Feature:
     """Feature name, unique within its view; also its column name in the source."""
 
     dtype: str = "float32"
-    """Source type: float32, float64, int32, int64 or bool."""
+    """Type: float32, float64, int32, int64, bool, string or vector[N]."""
 
-    default: float = 0.0
-    """Value served for a missing or expired row (and for nulls in the source)."""
+    default: Any = None
+    """Value served for a missing or expired row (and for nulls in the source); None = the
+    type's zero: 0.0, 0, "" or N zeros (a vector also takes one number for every element)."""
+
+    vocabulary: tuple[str, ...] = ()
+    """String features only: the categories, in order. A served join (float model input)
+    feeds a string as its position in this list, ``len(vocabulary)`` for any other value; a
+    string feature without one cannot be joined into a float input."""
+
+    type: FeatureType = field(init=False, repr=False, compare=False)
+    """The parsed type."""
 
     def __post_init__(self) -> None:
         _check_name("feature", self.name)
-        if self.dtype not in FEATURE_DTYPES:
+        ftype = parse_type(self.name, self.dtype)
+        object.__setattr__(self, "type", ftype)
+        object.__setattr__(self, "dtype", ftype.name)
+        object.__setattr__(self, "default", ftype.normalize_default(self.name, self.default))
+        vocab = self.vocabulary
+        if isinstance(vocab, str) or not all(isinstance(v, str) for v in vocab):
             raise InvalidArgumentError(
-                f"feature {self.name!r}: dtype must be one of {list(FEATURE_DTYPES)}, "
-                f"got {self.dtype!r}"
+                f"feature {self.name!r}: vocabulary must be a list of strings, got {vocab!r}"
             )
-        try:
-            object.__setattr__(self, "default", float(self.default))
-        except (TypeError, ValueError):
+        vocab = tuple(vocab)
+        if vocab and ftype.kind != "string":
             raise InvalidArgumentError(
-                f"feature {self.name!r}: default must be a number, got {self.default!r}"
-            ) from None
+                f"feature {self.name!r}: a vocabulary applies to string features; "
+                f"this one is {ftype.name}"
+            )
+        if len(set(vocab)) != len(vocab):
+            raise InvalidArgumentError(f"feature {self.name!r}: vocabulary has duplicates")
+        object.__setattr__(self, "vocabulary", vocab)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "default": self.default}
+        if self.vocabulary:
+            d["vocabulary"] = list(self.vocabulary)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Feature:
+        return cls(
+            d["name"], d.get("dtype", "float32"), d.get("default"), tuple(d.get("vocabulary", ()))
+        )
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,7 @@ class FeatureView:
     """Free text shown by ``aiarch features list``."""
 
     _fingerprint: str = field(default="", init=False, repr=False, compare=False)
+    _layout: ViewLayout | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_name("feature view", self.name)
@@ -162,7 +194,14 @@ class FeatureView:
             raise InvalidArgumentError(f"feature view {self.name!r}: ttl must be >= 0, got {ttl}")
         object.__setattr__(self, "ttl", ttl)
         _check_name("timestamp field", self.timestamp_field)
-        schema = json.dumps([self.entity, [(f.name, f.dtype) for f in feats]])
+        layout = ViewLayout(feats)
+        object.__setattr__(self, "_layout", layout)
+        shape: list[Any] = [self.entity, [(f.name, f.dtype) for f in feats]]
+        if not layout.plain:
+            # Typed rows (wide slots, blobs) are a second row format: a view that once held
+            # int64 or float64 as float32 must not read its old rows as the new ones.
+            shape.append("typed-rows-1")
+        schema = json.dumps(shape)
         object.__setattr__(self, "_fingerprint", hashlib.sha1(schema.encode()).hexdigest()[:10])
 
     @property
@@ -176,6 +215,12 @@ class FeatureView:
         under it, so a changed layout never reads rows written for another."""
         return self._fingerprint
 
+    @property
+    def layout(self) -> ViewLayout:
+        """Where each feature lives in an online row."""
+        assert self._layout is not None
+        return self._layout
+
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
 
@@ -183,9 +228,7 @@ class FeatureView:
         return {
             "name": self.name,
             "entity": self.entity,
-            "features": [
-                {"name": f.name, "dtype": f.dtype, "default": f.default} for f in self.features
-            ],
+            "features": [f.to_json() for f in self.features],
             "source": self.source,
             "timestamp_field": self.timestamp_field,
             "ttl": self.ttl,
@@ -197,10 +240,7 @@ class FeatureView:
         return cls(
             name=d["name"],
             entity=d["entity"],
-            features=tuple(
-                Feature(f["name"], f.get("dtype", "float32"), f.get("default", 0.0))
-                for f in d["features"]
-            ),
+            features=tuple(Feature.from_json(f) for f in d["features"]),
             source=d.get("source", ""),
             timestamp_field=d.get("timestamp_field", "event_timestamp"),
             ttl=d.get("ttl", 0.0),

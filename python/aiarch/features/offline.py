@@ -18,7 +18,8 @@ import numpy as np
 
 from aiarch.errors import InvalidArgumentError, NotFoundError
 
-from .definitions import Entity, FeatureView, parse_ref
+from .definitions import Entity, Feature, FeatureView, parse_ref
+from .types import typed_column
 
 if TYPE_CHECKING:
     from .store import FeatureStore
@@ -113,9 +114,12 @@ def _times_of(col: Any, name: str) -> np.ndarray:
     )
 
 
-def columns_of(data: Any, view: FeatureView, entity: Entity) -> tuple[Any, np.ndarray, np.ndarray]:
-    """(ids, event_ns int64, values float32 [n, features]) from a pyarrow Table/RecordBatch or a
-    dict of arrays. Nulls take the feature's default."""
+def columns_of(
+    data: Any, view: FeatureView, entity: Entity
+) -> tuple[Any, np.ndarray, list[np.ndarray]]:
+    """(ids, event_ns int64, one typed column per feature) from a pyarrow Table/RecordBatch or
+    a dict of arrays. Nulls take the feature's default; a wrong-typed value raises
+    InvalidArgumentError naming the feature and its type."""
     import pyarrow as pa
 
     if isinstance(data, (pa.Table, pa.RecordBatch)):
@@ -141,30 +145,31 @@ def columns_of(data: Any, view: FeatureView, entity: Entity) -> tuple[Any, np.nd
     ids = _ids_of(column(entity.join_key), entity)
     times = _times_of(column(view.timestamp_field), view.timestamp_field)
     n = len(times)
-    values = np.empty((n, len(view.features)), np.float32)
-    for j, f in enumerate(view.features):
-        col = column(f.name)
-        if isinstance(col, (pa.Array, pa.ChunkedArray)):
-            try:
-                col = col.cast(pa.float32())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise InvalidArgumentError(f"feature {f.name!r}: {e}") from None
-            if col.null_count:
-                col = col.fill_null(f.default)
-            arr = np.asarray(col.to_numpy(), dtype=np.float32)
-        else:
-            try:
-                arr = np.asarray(col, dtype=np.float32)
-            except (TypeError, ValueError) as e:
-                raise InvalidArgumentError(f"feature {f.name!r}: {e}") from None
-        if arr.shape != (n,):
-            raise InvalidArgumentError(
-                f"feature {f.name!r} has {arr.shape[0] if arr.ndim else 0} rows; expected {n}"
-            )
-        values[:, j] = arr
+    values = [typed_column(f.name, f.type, f.default, column(f.name), n) for f in view.features]
     if len(ids) != n:
         raise InvalidArgumentError(f"key column has {len(ids)} rows; expected {n}")
     return ids, times, values
+
+
+def sql_type(f: Feature) -> str:
+    """The DuckDB type a feature's values take in materialization and training sets."""
+    return {
+        "float32": "FLOAT",
+        "float64": "DOUBLE",
+        "int64": "BIGINT",
+        "string": "VARCHAR",
+        "vector": "FLOAT[]",
+    }[f.type.kind]
+
+
+def sql_default(f: Feature) -> str:
+    """The feature's default as a typed DuckDB literal."""
+    d = f.default
+    if f.type.kind == "string":
+        return "'" + str(d).replace("'", "''") + "'::VARCHAR"
+    if f.type.kind == "vector":
+        return "[" + ", ".join(repr(float(x)) for x in d) + "]::FLOAT[]"
+    return f"{d!r}::{sql_type(f)}"
 
 
 # ---------------------------------------------------------------------------- sources
@@ -313,8 +318,7 @@ def materialize(
     key = _quote(entity.join_key)
     ts = _time_expr(view.timestamp_field, ts_type)
     feats = ", ".join(
-        f"COALESCE(CAST({_quote(f.name)} AS FLOAT), {f.default!r}::FLOAT) AS {_quote(f.name)}"
-        for f in view.features
+        f"CAST({_quote(f.name)} AS {sql_type(f)}) AS {_quote(f.name)}" for f in view.features
     )
     window = f"{ts} >= $start AND {ts} < $end AND {key} IS NOT NULL"
     params: dict[str, Any] = {"start": start_ns, "end": end_ns}
@@ -345,13 +349,13 @@ def materialize(
                 break
             ids = _ids_of(batch.column(0), entity)
             times = np.asarray(batch.column(1).to_numpy(), dtype=np.int64)
-            values = np.column_stack(
-                [
-                    np.asarray(batch.column(2 + j).to_numpy(), np.float32)
-                    for j in range(len(view.features))
-                ]
-            ).astype(np.float32, copy=False)
-            applied += store.backend.write(view, entity.dtype, ids, values, times)
+            values = [
+                typed_column(f.name, f.type, f.default, batch.column(2 + j), len(times))
+                for j, f in enumerate(view.features)
+            ]
+            applied += store.backend.write(
+                view, entity.dtype, ids, times, *view.layout.encode(values)
+            )
             done += batch.num_rows
             chunks += 1
             last = ids[-1]
@@ -473,13 +477,13 @@ def training_set(
             if v.ttl_ns > 0:
                 fresh += f" AND e.__ets - {alias}.__ts <= {v.ttl_ns}"
             for f in fnames:
-                default = next(x.default for x in v.features if x.name == f)
-                value = f"CAST({alias}.{_quote(f)} AS FLOAT)"
+                feat = next(x for x in v.features if x.name == f)
+                value = f"CAST({alias}.{_quote(f)} AS {sql_type(feat)})"
                 if fill_defaults:
-                    value = f"COALESCE({value}, {default!r}::FLOAT)"
-                    otherwise = f"{default!r}::FLOAT"
+                    value = f"COALESCE({value}, {sql_default(feat)})"
+                    otherwise = sql_default(feat)
                 else:
-                    otherwise = "NULL"
+                    otherwise = f"NULL::{sql_type(feat)}"
                 selects[f"{vname}:{f}"] = (
                     f"CASE WHEN {fresh} THEN {value} ELSE {otherwise} END AS "
                     f"{_quote(vname + ':' + f)}"

@@ -5,8 +5,9 @@
 - ``native://PATH``: the native table, loaded from snapshots under the directory PATH at start
   and snapshotted there by ``FeatureStore.save()`` (and after each materialized chunk).
 - ``redis://HOST:PORT/DB``: Redis, shared by every replica. One key per entity per view holding a
-  packed row (big-endian int64 event time, then float32 values); reads are one pipelined round
-  trip per batch (one MGET per view), writes one Lua call per chunk that keeps the newer row.
+  packed row (big-endian int64 event time, the row's 32-bit slots, then its blob of strings, see
+  `types`); reads are one pipelined round trip per batch (one MGET per view), writes one Lua
+  call per chunk that keeps the newer row.
 - ``redis+cluster://HOST:PORT,HOST:PORT,...``: Redis Cluster (any reachable nodes; the rest are
   discovered). Keys carry the entity id as a hash tag, so one entity's rows of every view live in
   one slot: a batch is one MGET per entity, pipelined by node - one round trip per node per
@@ -16,14 +17,14 @@
   master's). Keys, reads and writes are those of ``redis://``; after a failover the next
   connection asks the sentinels again and lands on the promoted replica.
 
-A reader is built once per lookup plan and called once per batch.
+A reader is built once per lookup plan and called once per batch: ``get`` answers the float32
+model input, ``get_typed`` typed columns (`rows`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ from aiarch.errors import InvalidArgumentError, UnavailableError
 from aiarch.redact import redact_url
 
 from .definitions import FeatureView
+from .rows import (
+    EXPIRED,
+    MISSING,
+    PRESENT,
+    RawRows,
+    Segment,
+    assemble_model,
+    assemble_typed,
+    pack_rows,
+    unpack_rows,
+)
 
 __all__ = [
     "EXPIRED",
@@ -50,24 +62,8 @@ __all__ = [
     "open_backend",
 ]
 
-PRESENT = 0
-"""Row status: the entity's row was found and is within the TTL."""
-EXPIRED = 1
-"""Row status: the row is older than the view's TTL; defaults were served."""
-MISSING = 2
-"""Row status: no row for the entity; defaults were served."""
 UNAVAILABLE = 3
 """Row status: the online store did not answer; defaults were served (fallback mode only)."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One view's part of a lookup plan."""
-
-    view: FeatureView
-    columns: tuple[int, ...]
-    defaults: tuple[float, ...]
-    out_offset: int
 
 
 def normalize_ids(ids: Any, key_dtype: str) -> Any:
@@ -101,14 +97,22 @@ class OnlineBackend:
     persistent: bool = False
 
     def write(
-        self, view: FeatureView, key_dtype: str, ids: Any, values: np.ndarray, event_ns: np.ndarray
+        self,
+        view: FeatureView,
+        key_dtype: str,
+        ids: Any,
+        event_ns: np.ndarray,
+        slots: np.ndarray,
+        blobs: list[bytes] | None,
     ) -> int:
-        """Upsert rows (newer event time wins); returns rows applied. Called once per chunk."""
+        """Upsert rows encoded by the view's layout (slots float32 [n, width], blobs or None);
+        newer event time wins. Returns rows applied. Called once per chunk."""
         raise NotImplementedError
 
     def reader(self, segments: list[Segment], key_dtype: str, width: int) -> Any:
-        """An object with ``get(ids, now_ns) -> (values, status)`` (and ``aget``), built once per
-        plan."""
+        """An object with ``get(ids, now_ns) -> (values, status)`` and
+        ``get_typed(ids, now_ns) -> (columns, status)`` (and ``aget``/``aget_typed``), built
+        once per plan."""
         raise NotImplementedError
 
     def save(self) -> None:
@@ -122,17 +126,59 @@ class OnlineBackend:
 
 
 class _NativeReader:
-    __slots__ = ("_plan",)
+    """A plan's native reads. A plan whose features are all float32 slots (float32, int32,
+    bool, vector) is one lock-free C++ gather of every view into the model input; other plans
+    gather each view's whole row (and its blob when strings are read) and convert in numpy."""
 
-    def __init__(self, plan: _core.FeaturePlan) -> None:
-        self._plan = plan
+    __slots__ = ("_blob_tables", "_direct", "_segments", "_view_plans", "_width")
+
+    def __init__(
+        self, segments: list[Segment], tables: list[_core.FeatureTable], width: int
+    ) -> None:
+        self._segments = segments
+        self._width = width
+        self._direct: _core.FeaturePlan | None = None
+        if all(s.slot_columns for s in segments):
+            self._direct = _core.FeaturePlan(
+                [
+                    (t, list(s.slot_columns), list(s.defaults), s.view.ttl_ns, s.out_offset)
+                    for s, t in zip(segments, tables)
+                ],
+                width,
+            )
+        # Whole rows, zeros for absent ones (defaults are applied per type afterwards).
+        self._view_plans = [
+            _core.FeaturePlan(
+                [(t, list(range(t.width)), [0.0] * t.width, s.view.ttl_ns, 0)], t.width
+            )
+            for s, t in zip(segments, tables)
+        ]
+        self._blob_tables = [t if s.needs_blobs else None for s, t in zip(segments, tables)]
+
+    def _raw(self, ids: Any, now_ns: int) -> list[RawRows]:
+        raws = []
+        for s, plan, bt in zip(self._segments, self._view_plans, self._blob_tables):
+            slots, status = plan.gather(ids, now_ns)
+            blobs = None if bt is None else bt.gather_blobs(ids, now_ns, s.view.ttl_ns)[0]
+            raws.append(RawRows(slots, blobs, status))
+        return raws
 
     def get(self, ids: Any, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._plan.gather(ids, now_ns)
+        if self._direct is not None:
+            return self._direct.gather(ids, now_ns)
+        raws = self._raw(ids, now_ns)
+        return assemble_model(self._segments, raws, len(raws[0].status), self._width)
+
+    def get_typed(self, ids: Any, now_ns: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        raws = self._raw(ids, now_ns)
+        return assemble_typed(self._segments, raws, len(raws[0].status))
 
     async def aget(self, ids: Any, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         # Microseconds, lock-free, GIL released: no reason to leave the loop.
-        return self._plan.gather(ids, now_ns)
+        return self.get(ids, now_ns)
+
+    async def aget_typed(self, ids: Any, now_ns: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return self.get_typed(ids, now_ns)
 
 
 class NativeBackend(OnlineBackend):
@@ -158,29 +204,26 @@ class NativeBackend(OnlineBackend):
         with self._lock:
             t = self._tables.get(key)
             if t is None:
-                t = _core.FeatureTable(len(view.features), key_dtype)
+                t = _core.FeatureTable(view.layout.width, key_dtype)
                 if self.path is not None and self._snapshot_path(view).exists():
                     t.load_snapshot(str(self._snapshot_path(view)))
                 self._tables[key] = t
         return t
 
     def write(
-        self, view: FeatureView, key_dtype: str, ids: Any, values: np.ndarray, event_ns: np.ndarray
+        self,
+        view: FeatureView,
+        key_dtype: str,
+        ids: Any,
+        event_ns: np.ndarray,
+        slots: np.ndarray,
+        blobs: list[bytes] | None,
     ) -> int:
-        return int(self.table(view, key_dtype).upsert(ids, values, event_ns))
+        return int(self.table(view, key_dtype).upsert(ids, slots, event_ns, blobs))
 
     def reader(self, segments: list[Segment], key_dtype: str, width: int) -> _NativeReader:
-        parts = [
-            (
-                self.table(s.view, key_dtype),
-                list(s.columns),
-                list(s.defaults),
-                s.view.ttl_ns,
-                s.out_offset,
-            )
-            for s in segments
-        ]
-        return _NativeReader(_core.FeaturePlan(parts, width))
+        tables = [self.table(s.view, key_dtype) for s in segments]
+        return _NativeReader(segments, tables, width)
 
     def save(self) -> None:
         if self.path is None:
@@ -224,10 +267,6 @@ return applied
 """
 
 
-def _row_dtype(width: int) -> np.dtype[Any]:
-    return np.dtype([("ts", ">i8"), ("v", "<f4", (width,))])
-
-
 def _row_keys(parts: tuple[bytes, bytes], key_dtype: str, ids: Any) -> list[bytes]:
     """The row key of each entity id: ``head + id + tail``."""
     head, tail = parts
@@ -245,54 +284,25 @@ class _RedisReader:
         self.backend = backend
         self.key_dtype = key_dtype
         self.width = width
-        self.segments = [
-            (
-                backend.key_parts(s.view),
-                np.asarray(s.columns, np.intp),
-                np.asarray(s.defaults, np.float32),
-                s.view.ttl_ns,
-                s.out_offset,
-                _row_dtype(len(s.view.features)),
-            )
-            for s in segments
-        ]
-        self.defaults = np.zeros(width, np.float32)
-        for s in segments:
-            self.defaults[s.out_offset : s.out_offset + len(s.columns)] = s.defaults
+        self.segments = segments
+        self.parts = [backend.key_parts(s.view) for s in segments]
 
     def _commands(self, ids: Any) -> list[list[bytes]]:
-        return [_row_keys(seg[0], self.key_dtype, ids) for seg in self.segments]
+        return [_row_keys(p, self.key_dtype, ids) for p in self.parts]
 
-    def _assemble(
-        self, n: int, replies: list[list[bytes | None]], now_ns: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        out = np.empty((n, self.width), np.float32)
-        out[:] = self.defaults
-        status = np.zeros(n, np.uint8)
-        for (_, cols, _defaults, ttl_ns, off, rec), vals in zip(self.segments, replies):
-            size = rec.itemsize
-            hit = [i for i, v in enumerate(vals) if v is not None and len(v) == size]
-            seg_status = np.full(n, MISSING, np.uint8)
-            if hit:
-                rows = np.frombuffer(b"".join([vals[i] for i in hit]), rec)  # type: ignore[misc]
-                idx = np.asarray(hit, np.intp)
-                fresh = np.ones(len(hit), bool)
-                if ttl_ns > 0:
-                    fresh = (now_ns - rows["ts"].astype(np.int64)) <= ttl_ns
-                seg_status[idx] = np.where(fresh, PRESENT, EXPIRED)
-                use = idx[fresh]
-                out[use, off : off + len(cols)] = rows["v"][fresh][:, cols]
-            np.maximum(status, seg_status, out=status)
-        return out, status
+    def _raw(self, replies: list[list[bytes | None]], now_ns: int) -> list[RawRows]:
+        return [
+            unpack_rows(s.view, vals, now_ns, s.view.ttl_ns, s.needs_blobs)
+            for s, vals in zip(self.segments, replies)
+        ]
 
     def get(self, ids: Any, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         ids = normalize_ids(ids, self.key_dtype)
         n = len(ids)
         if n == 0:
             return np.empty((0, self.width), np.float32), np.empty(0, np.uint8)
-        cmds = self._commands(ids)
-        replies = self.backend.mget_many(cmds)
-        return self._assemble(n, replies, now_ns)
+        replies = self.backend.mget_many(self._commands(ids))
+        return assemble_model(self.segments, self._raw(replies, now_ns), n, self.width)
 
     async def aget(self, ids: Any, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         ids = normalize_ids(ids, self.key_dtype)
@@ -300,7 +310,21 @@ class _RedisReader:
         if n == 0:
             return np.empty((0, self.width), np.float32), np.empty(0, np.uint8)
         replies = await self.backend.amget_many(self._commands(ids))
-        return self._assemble(n, replies, now_ns)
+        return assemble_model(self.segments, self._raw(replies, now_ns), n, self.width)
+
+    def get_typed(self, ids: Any, now_ns: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        ids = normalize_ids(ids, self.key_dtype)
+        replies = self.backend.mget_many(self._commands(ids)) if len(ids) else []
+        if not replies:
+            replies = [[] for _ in self.segments]
+        return assemble_typed(self.segments, self._raw(replies, now_ns), len(ids))
+
+    async def aget_typed(self, ids: Any, now_ns: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        ids = normalize_ids(ids, self.key_dtype)
+        replies = await self.backend.amget_many(self._commands(ids)) if len(ids) else []
+        if not replies:
+            replies = [[] for _ in self.segments]
+        return assemble_typed(self.segments, self._raw(replies, now_ns), len(ids))
 
 
 class RedisBackend(OnlineBackend):
@@ -388,24 +412,20 @@ class RedisBackend(OnlineBackend):
         view: FeatureView,
         key_dtype: str,
         ids: Any,
-        values: np.ndarray,
         event_ns: np.ndarray,
+        slots: np.ndarray,
+        blobs: list[bytes] | None,
         chunk: int = 1000,
     ) -> int:
         import redis
 
-        rec = np.empty(len(values), _row_dtype(len(view.features)))
-        rec["ts"] = event_ns
-        rec["v"] = values
-        raw = rec.tobytes()
-        size = rec.dtype.itemsize
+        packed = pack_rows(view, event_ns, slots, blobs)
         keys = _row_keys(self.key_parts(view), key_dtype, ids)
         applied = 0
         try:
             for start in range(0, len(keys), chunk):
                 stop = min(start + chunk, len(keys))
-                rows = [raw[i * size : (i + 1) * size] for i in range(start, stop)]
-                applied += int(self._upsert(keys=keys[start:stop], args=rows))
+                applied += int(self._upsert(keys=keys[start:stop], args=packed[start:stop]))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             raise self._unavailable(e) from e
         return applied
@@ -628,8 +648,9 @@ class RedisClusterBackend(RedisBackend):
         view: FeatureView,
         key_dtype: str,
         ids: Any,
-        values: np.ndarray,
         event_ns: np.ndarray,
+        slots: np.ndarray,
+        blobs: list[bytes] | None,
         chunk: int = 1000,
     ) -> int:
         """Upsert rows: one Lua call per slot (a call's keys must share one), pipelined by node
@@ -638,16 +659,12 @@ class RedisClusterBackend(RedisBackend):
         from redis.crc import key_slot
         from redis.exceptions import NoScriptError
 
-        rec = np.empty(len(values), _row_dtype(len(view.features)))
-        rec["ts"] = event_ns
-        rec["v"] = values
-        raw = rec.tobytes()
-        size = rec.dtype.itemsize
+        packed = pack_rows(view, event_ns, slots, blobs)
         groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
         for i, key in enumerate(_row_keys(self.key_parts(view), key_dtype, ids)):
             ks, rows = groups.setdefault(key_slot(key), ([], []))
             ks.append(key)
-            rows.append(raw[i * size : (i + 1) * size])
+            rows.append(packed[i])
         batches = list(groups.values())
         applied = 0
         try:

@@ -2,8 +2,9 @@
 point-in-time-correct training sets behind one object.
 
 A lookup plan is resolved once (views, column offsets, defaults, TTLs) and then called once per
-batch: on the native backend ``plan.get`` is one C++ call that gathers every view into one
-float32 array with the GIL released; on Redis it is one pipelined round trip.
+batch: on the native backend ``plan.get`` of float32 features is one C++ call that gathers every
+view into one float32 array with the GIL released; on Redis it is one pipelined round trip.
+``plan.get_typed`` answers each feature in its own type.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from aiarch.errors import InvalidArgumentError, NotFoundError, UnavailableError
 
 from .definitions import Entity, FeatureView, parse_ref
 from .metadata import MetadataStore
-from .online import UNAVAILABLE, OnlineBackend, Segment, open_backend
+from .online import UNAVAILABLE, OnlineBackend, open_backend
+from .rows import Segment
 
 __all__ = ["FeatureStore", "LookupCounters", "LookupPlan"]
 
@@ -50,10 +52,13 @@ class LookupCounters:
 class LookupPlan:
     """A resolved list of ``"view:feature"`` references over one entity.
 
-    ``get(ids)`` returns ``(values, status)``: ``values`` is a float32 array
-    ``[len(ids), len(columns)]`` with defaults filled for missing, expired or unavailable rows,
-    ``status`` a uint8 array per row (``PRESENT`` 0, ``EXPIRED`` 1, ``MISSING`` 2,
-    ``UNAVAILABLE`` 3; a row reading several views gets the worst of them). Thread-safe.
+    ``get(ids)`` returns ``(values, status)``: ``values`` is the float32 model input
+    ``[len(ids), len(columns)]`` with defaults filled for missing, expired or unavailable rows
+    (float64 and int64 cast to float32, a vector[N] as N columns, a string as its vocabulary
+    index), ``status`` a uint8 array per row (``PRESENT`` 0, ``EXPIRED`` 1, ``MISSING`` 2,
+    ``UNAVAILABLE`` 3; a row reading several views gets the worst of them).
+    ``get_typed(ids)`` returns ``(columns, status)``: a dict of ``"view:feature"`` → values in
+    the feature's own type. Thread-safe.
     """
 
     def __init__(
@@ -67,17 +72,32 @@ class LookupPlan:
         counters: LookupCounters,
     ) -> None:
         self.refs = refs
-        """The references, in column order."""
+        """The features (``"view:feature"``), in column order."""
         self.entity = entity
         """The entity every view of the plan describes."""
-        self.width = len(refs)
-        """Number of value columns."""
+        self.width = sum(s.model_width for s in segments)
+        """Number of model-input columns (a vector[N] feature takes N)."""
+        self.model_columns: list[str] = []
+        """Name of each model-input column: the feature, or ``"view:feature[i]"`` for element i
+        of a vector."""
+        self.unjoinable: list[str] = []
+        """String features without a vocabulary: `get` refuses a plan that has any."""
+        for s in segments:
+            lay = s.view.layout
+            for c in s.columns:
+                ref, t = f"{s.view.name}:{lay.names[c]}", lay.types[c]
+                if t.kind == "vector":
+                    self.model_columns.extend(f"{ref}[{i}]" for i in range(t.length))
+                else:
+                    self.model_columns.append(ref)
+                if t.kind == "string" and not lay.codes[c]:
+                    self.unjoinable.append(ref)
         self.on_unavailable = on_unavailable
         """"error" (raise UnavailableError) or "default" (serve defaults, status UNAVAILABLE)."""
         self.defaults = np.zeros(self.width, np.float32)
         """Default of each column."""
         for s in segments:
-            self.defaults[s.out_offset : s.out_offset + len(s.columns)] = s.defaults
+            self.defaults[s.out_offset : s.out_offset + s.model_width] = s.defaults
         self.segments = segments
         self._reader = reader
         self._clock = clock
@@ -85,13 +105,24 @@ class LookupPlan:
 
     @property
     def columns(self) -> list[str]:
-        return list(self.refs)
+        """The model-input columns of `get` (see `model_columns`)."""
+        return list(self.model_columns)
 
     @staticmethod
     def _as_batch(ids: Any) -> Any:
         if isinstance(ids, (int, str, bytes, np.integer)):
             return [ids]
         return ids
+
+    def check_joinable(self) -> None:
+        """Raise InvalidArgumentError when a feature cannot become a float model input."""
+        if self.unjoinable:
+            raise InvalidArgumentError(
+                f"string features {self.unjoinable} cannot be joined into a float model input; "
+                "declare a vocabulary on each (Feature(..., 'string', vocabulary=[...]): a "
+                "value becomes its index, any other value len(vocabulary)) or read them with "
+                "get_typed()"
+            )
 
     def _fallback(self, ids: Any, exc: UnavailableError) -> tuple[np.ndarray, np.ndarray]:
         if self.on_unavailable != "default":
@@ -102,7 +133,8 @@ class LookupPlan:
         return np.tile(self.defaults, (n, 1)), np.full(n, UNAVAILABLE, np.uint8)
 
     def get(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Values and status of each entity id. Called once per batch."""
+        """Model input and status of each entity id. Called once per batch."""
+        self.check_joinable()
         ids = self._as_batch(ids)
         c = self._counters
         c.lookups += 1
@@ -115,6 +147,7 @@ class LookupPlan:
     async def get_async(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """`get` for an event loop: Redis reads go through redis.asyncio; native reads run
         inline (they take microseconds and never block)."""
+        self.check_joinable()
         ids = self._as_batch(ids)
         c = self._counters
         c.lookups += 1
@@ -124,9 +157,56 @@ class LookupPlan:
         except UnavailableError as e:
             return self._fallback(ids, e)
 
+    def _typed_fallback(
+        self, ids: Any, exc: UnavailableError
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        from .rows import RawRows, assemble_typed
+
+        _, status = self._fallback(ids, exc)
+        n = len(status)
+        raws = [
+            RawRows(np.zeros((n, s.view.layout.width), np.float32), None, status)
+            for s in self.segments
+        ]
+        return assemble_typed(self.segments, raws, n)[0], status
+
+    def get_typed(self, ids: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each feature in its own type (``"view:feature"`` → float32/float64/int64 [n],
+        float32 [n, N] for a vector, object array of str for a string) and the status of each
+        entity id."""
+        ids = self._as_batch(ids)
+        c = self._counters
+        c.lookups += 1
+        c.rows += len(ids)
+        try:
+            return self._reader.get_typed(ids, self._clock())
+        except UnavailableError as e:
+            return self._typed_fallback(ids, e)
+
+    async def get_typed_async(self, ids: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`get_typed` for an event loop."""
+        ids = self._as_batch(ids)
+        c = self._counters
+        c.lookups += 1
+        c.rows += len(ids)
+        try:
+            return await self._reader.aget_typed(ids, self._clock())
+        except UnavailableError as e:
+            return self._typed_fallback(ids, e)
+
 
 def _wall_clock_ns() -> int:
     return time.time_ns()
+
+
+def _model_defaults(view: FeatureView, index: int) -> list[float]:
+    """Model-input defaults of one feature (N for a vector; a string's vocabulary index)."""
+    f = view.features[index]
+    if f.type.kind == "vector":
+        return [float(x) for x in f.default]
+    if f.type.kind == "string":
+        return [float(view.layout.string_code(index, [f.default])[0])] if f.vocabulary else [0.0]
+    return [float(f.default)]
 
 
 class FeatureStore:
@@ -260,6 +340,7 @@ class FeatureStore:
         # Columns are grouped per view in the output, in the order the references gave them.
         segments: list[Segment] = []
         out_cols: list[str] = []
+        width = 0
         for vname in order:
             v = views[vname]
             cols = picked[vname]
@@ -267,10 +348,11 @@ class FeatureStore:
                 Segment(
                     view=v,
                     columns=tuple(cols),
-                    defaults=tuple(v.features[c].default for c in cols),
-                    out_offset=len(out_cols),
+                    defaults=tuple(d for c in cols for d in _model_defaults(v, c)),
+                    out_offset=width,
                 )
             )
+            width += segments[-1].model_width
             out_cols.extend(f"{vname}:{v.features[c].name}" for c in cols)
         return out_cols, entity, segments
 
@@ -283,7 +365,7 @@ class FeatureStore:
                 f"on_unavailable must be 'error' or 'default', got {policy!r}"
             )
         columns, entity, segments = self.resolve(refs)
-        reader = self.backend.reader(segments, entity.dtype, len(columns))
+        reader = self.backend.reader(segments, entity.dtype, sum(s.model_width for s in segments))
         return LookupPlan(columns, entity, segments, reader, self.clock, policy, self.counters)
 
     def get(self, refs: Sequence[str], ids: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +386,8 @@ class FeatureStore:
         ids, event_ns, values = columns_of(data, v, entity)
         if len(event_ns) == 0:
             return 0
-        return self.backend.write(v, entity.dtype, ids, values, event_ns)
+        slots, blobs = v.layout.encode(values)
+        return self.backend.write(v, entity.dtype, ids, event_ns, slots, blobs)
 
     def save(self) -> None:
         """Snapshot native tables to their directory (native://PATH); no-op otherwise."""

@@ -10,7 +10,10 @@ A model's serve config may declare::
 The model is then wrapped: requests carry the int64 entity ids (input `entity_input`, one per
 row) plus any request-time inputs the model declares after its first; once per batch the wrapper
 does ONE lookup for all rows and calls the model with ``(features[rows, len(lookups)], *rest)``.
-It appends an output ``feature_status`` (uint8 per row: 0 present, 1 expired, 2 missing,
+Feature types join as float32 columns: float64 and int64 are cast, a ``vector[N]`` feature
+expands into N columns, and a ``string`` feature joins only when it declares a vocabulary (its
+index; ``len(vocabulary)`` for any other value) - a model whose lookups include a string feature
+without one is refused at load. It appends an output ``feature_status`` (uint8 per row: 0 present, 1 expired, 2 missing,
 3 store unavailable). With ``on_missing = "error"`` (or ``on_unavailable = "error"``) a request
 whose rows were not all served from the store fails alone (404, or 503) while the rest of the
 batch is answered. Lookup time is recorded per batch in a native histogram and shows up in
@@ -31,6 +34,7 @@ import numpy as np
 
 from aiarch import _core
 from aiarch.config import TensorSpec
+from aiarch.errors import InvalidArgumentError
 from aiarch.redact import redact_url
 
 from .errors import HttpError
@@ -119,6 +123,10 @@ class FeatureLookupModel:
             cfg.store, home=cfg.home, timeout_s=cfg.timeout_ms / 1000.0, on_unavailable="default"
         )
         self.plan = self.store.plan(cfg.lookups)
+        try:
+            self.plan.check_joinable()
+        except InvalidArgumentError as e:
+            raise ValueError(f"model {name!r}: {e}") from None
         if self.plan.entity.dtype != "int64":
             raise ValueError(
                 f"model {name!r}: served feature lookups need an int64 entity; "
