@@ -167,8 +167,11 @@ class Model:
 # ---------------------------------------------------------------- HTTP front end
 
 # A request the native path leaves to the App:
-# (slot, method, path, query, headers read by the App (lowercase), body, keep_alive).
-ForwardedRequest: TypeAlias = tuple[int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool]
+# (slot, method, path, query, headers read by the App (lowercase), body, keep_alive,
+#  traced: chosen for tracing by `HttpFront.trace_every` or a sampled traceparent).
+ForwardedRequest: TypeAlias = tuple[
+    int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool, bool
+]
 
 class HttpFront:
     """The native request path shared by the connections of one event loop."""
@@ -189,6 +192,12 @@ class HttpFront:
     def draining(self, value: bool) -> None: ...
     @property
     def in_flight(self) -> int: ...
+    @property
+    def trace_every(self) -> int:
+        """Every N-th request, and each with a sampled traceparent, is forwarded to the App
+        for tracing (0: off)."""
+    @trace_every.setter
+    def trace_every(self, value: int) -> None: ...
     def register_model(
         self,
         name: str,

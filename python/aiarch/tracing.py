@@ -1,0 +1,404 @@
+"""OpenTelemetry tracing of inference requests (off by default).
+
+A traced request gets a span for the whole request and children for its stages::
+
+    POST /v2/models/{m}/infer   (server span; the caller's W3C traceparent is its parent)
+    ├── queue                   waiting in the batcher, from submit to its batch's start
+    ├── execution               the batch that answered it (attribute aiarch.batch.rows)
+    │   └── feature_lookup      the batch's online feature lookup, for models with features
+    └── encode                  the response body
+
+`aiarch serve --trace-sample RATE` (or ``AIARCH_TRACE_SAMPLE``) traces every 1/RATE-th
+request, plus every request whose ``traceparent`` asks for sampling; the response then carries
+the server span's own ``traceparent``. Spans go to an OTLP collector when
+``opentelemetry-exporter-otlp`` is installed and ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, else one JSON object per line to
+``AIARCH_TRACE_FILE`` when set, else to stderr.
+
+Embedded: after :func:`enable` (with the application's tracer provider, or the global one),
+``await Runtime.infer(...)`` called under a recording span adds the queue, execution and
+feature-lookup spans under it.
+
+Cost: while tracing is off, a request pays one test of :data:`enabled` (Python path) or one
+branch (native path); unsampled requests never leave the native path. Batch timings come from
+the batcher itself (the completion carries when the request was queued and when its batch ran),
+so a traced request's stages are exact, not inferred.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+__all__ = [
+    "RequestSpan",
+    "configure",
+    "disable",
+    "enable",
+    "enabled",
+    "ensure_enabled",
+    "every_nth",
+    "recent_lookups",
+    "shutdown",
+    "tracer_provider",
+]
+
+log = logging.getLogger("aiarch.tracing")
+
+enabled = False
+"""True while spans are made; the one test an untraced request pays on the Python path."""
+
+_tracer: Any = None
+_provider: Any = None  # the SDK provider `configure` made (shut down by `shutdown`)
+_enabled_provider: Any = None  # the provider `_tracer` comes from
+_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def every_nth(rate: float) -> int:
+    """The counter period that samples `rate` of the requests (0 = none)."""
+    if not 0 <= rate <= 1:
+        raise ValueError(f"the trace sample rate must be in [0, 1], got {rate}")
+    return 0 if rate == 0 else max(1, round(1 / rate))
+
+
+def enable(tracer_provider: Any = None) -> None:
+    """Make spans with `tracer_provider` (default: OpenTelemetry's global provider)."""
+    global _tracer, _enabled_provider, enabled
+    from opentelemetry import trace
+
+    provider = tracer_provider or trace.get_tracer_provider()
+    _tracer = provider.get_tracer("aiarch")
+    _enabled_provider = provider
+    enabled = True
+
+
+def tracer_provider() -> Any:
+    """The provider spans are made with (None before :func:`enable` or :func:`configure`)."""
+    return _enabled_provider
+
+
+def disable() -> None:
+    """Stop making spans (requests in flight finish their spans)."""
+    global enabled
+    enabled = False
+
+
+def configure(exporter: Any = None, *, simple: bool = False) -> None:
+    """Set up an SDK tracer provider for this process and :func:`enable` it.
+
+    `exporter`: a span exporter (tests pass the SDK's ``InMemorySpanExporter``); default
+    :func:`default_exporter`. `simple` exports each span as it ends instead of in batches from
+    a background thread. Idempotent: a second call replaces the first provider."""
+    global _provider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    with _lock:
+        old = _provider
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aiarch")})
+        provider = TracerProvider(resource=resource)
+        exp = exporter if exporter is not None else default_exporter()
+        provider.add_span_processor(SimpleSpanProcessor(exp) if simple else BatchSpanProcessor(exp))
+        _provider = provider
+        enable(provider)
+    if old is not None:
+        old.shutdown()
+
+
+def ensure_enabled() -> bool:
+    """Enable tracing, with :func:`configure`'s defaults unless a provider was set up before
+    (an embedding application's, or a test's). Returns True when this call configured it."""
+    global enabled
+    if _tracer is None:
+        configure()
+        return True
+    enabled = True
+    return False
+
+
+def configured() -> bool:
+    """True once :func:`configure` or :func:`enable` ran in this process."""
+    return _tracer is not None
+
+
+def shutdown() -> None:
+    """Flush and close the provider :func:`configure` made (at server exit)."""
+    global _provider
+    disable()
+    with _lock:
+        provider, _provider = _provider, None
+    if provider is not None:
+        provider.shutdown()
+
+
+def default_exporter() -> Any:
+    """OTLP when installed and configured by the standard environment, else JSON lines to
+    ``AIARCH_TRACE_FILE`` or stderr."""
+    env = os.environ
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        protocol = (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        try:
+            if protocol == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+            else:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+            return OTLPSpanExporter()  # reads the OTEL_EXPORTER_OTLP_* variables itself
+        except ImportError:
+            log.warning(
+                "an OTLP endpoint is set but the OTLP %s exporter is not installed "
+                "(pip install opentelemetry-exporter-otlp); writing spans locally",
+                protocol,
+            )
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    path = env.get("AIARCH_TRACE_FILE")
+    out = open(path, "a", buffering=1) if path else sys.stderr  # noqa: SIM115 - lives with the exporter
+    return ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+
+
+# ---------------------------------------------------------------- clocks
+
+# The batcher's clock is std::chrono::steady_clock, CLOCK_MONOTONIC on Linux, as
+# time.monotonic_ns(); spans want wall-clock (epoch) nanoseconds.
+
+
+def _wall(monotonic_ns: int) -> int:
+    return monotonic_ns + (time.time_ns() - time.monotonic_ns())
+
+
+# ---------------------------------------------------------------- feature lookups
+
+_LOOKUP_LOG = 256  # lookups remembered per model, to find the one of a traced batch
+
+
+def recent_lookups() -> deque[tuple[int, int]]:
+    """A bounded log of (start, end) monotonic ns of a model's feature lookups; appended only
+    while tracing is enabled (one per batch), read for a traced request's batch."""
+    return deque(maxlen=_LOOKUP_LOG)
+
+
+def _lookup_in(lookups: Any, start: int, end: int) -> tuple[int, int] | None:
+    """The lookup of the batch that executed in [start, end]: the first lookup a batch does,
+    so the one starting closest after `start` and ending before `end`."""
+    best = None
+    for s, e in list(lookups):
+        if start <= s and e <= end and (best is None or s < best[0]):
+            best = (s, e)
+    return best
+
+
+# ---------------------------------------------------------------- Runtime.infer
+
+
+class InferTrace:
+    """The stages of one `Runtime.infer` under a recording span. `timing` is filled by the
+    native completion: [enqueue_ns, exec_start_ns, exec_end_ns, batch_rows]."""
+
+    __slots__ = ("context", "model", "submit_ns", "timing")
+
+    def __init__(self, context: Any, model: str) -> None:
+        self.context = context
+        self.model = model
+        self.submit_ns = time.monotonic_ns()
+        self.timing: list[int] = []
+
+    def finish(self, lookups: Any, error: BaseException | None, cache_hit: bool = False) -> None:
+        """Emit the queue / execution / feature-lookup spans. Called once, in the loop."""
+        tracer = _tracer
+        if tracer is None:
+            return
+        ctx = self.context
+        attrs = {"aiarch.model": self.model}
+        if cache_hit:
+            now = time.time_ns()
+            span = tracer.start_span("cache_hit", ctx, attributes=attrs, start_time=now)
+            span.end(end_time=now)
+            return
+        timing = self.timing
+        if len(timing) == 4 and timing[1] > 0:
+            enqueue, start, end, rows = timing
+            q = tracer.start_span("queue", ctx, attributes=attrs, start_time=_wall(enqueue))
+            q.end(end_time=_wall(start))
+            from opentelemetry import trace
+
+            ex = tracer.start_span(
+                "execution",
+                ctx,
+                attributes={**attrs, "aiarch.batch.rows": rows},
+                start_time=_wall(start),
+            )
+            if lookups is not None:
+                found = _lookup_in(lookups, start, end)
+                if found is not None:
+                    fl = tracer.start_span(
+                        "feature_lookup",
+                        trace.set_span_in_context(ex, ctx),
+                        attributes=attrs,
+                        start_time=_wall(found[0]),
+                    )
+                    fl.end(end_time=_wall(found[1]))
+            if error is not None:
+                _set_error(ex, error)
+            ex.end(end_time=_wall(end))
+        else:  # refused, expired or cancelled before it ran: the wait is all there was
+            start_at = timing[0] if timing else self.submit_ns
+            q = tracer.start_span("queue", ctx, attributes=attrs, start_time=_wall(start_at))
+            if error is not None:
+                _set_error(q, error)
+            q.end()
+
+
+def start_infer(model: str) -> InferTrace | None:
+    """An InferTrace when the current span records, else None. Called by Runtime.infer only
+    while :data:`enabled`."""
+    from opentelemetry import context, trace
+
+    if _tracer is None or not trace.get_current_span().is_recording():
+        return None
+    return InferTrace(context.get_current(), model)
+
+
+def _set_error(span: Any, error: BaseException) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
+
+
+# ---------------------------------------------------------------- requests
+
+
+class RequestSampler:
+    """Chooses the requests to trace on the Python paths (the native path counts in C++):
+    every n-th, and every one whose traceparent asks for sampling. Loop thread only."""
+
+    __slots__ = ("count", "every")
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.count = 0
+
+    def sample(self, traceparent: bytes | str | None) -> bool:
+        self.count += 1
+        if self.count >= self.every:
+            self.count = 0
+            return True
+        return traceparent is not None and traceparent_sampled(traceparent)
+
+
+def traceparent_sampled(value: bytes | str) -> bool:
+    """The W3C trace-flags of `value` ask for sampling (only the flag is read here, as the
+    native front does; the parent is validated when the span starts)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if len(value) < 55 or value[2] != "-" or value[35] != "-" or value[52] != "-":
+        return False
+    try:
+        return bool(int(value[53:55], 16) & 1)
+    except ValueError:
+        return False
+
+
+def _parent_context(traceparent: bytes | str | None, tracestate: bytes | str | None) -> Any:
+    """The caller's span context from W3C headers; a malformed traceparent is ignored (a new
+    trace starts), as the W3C Trace Context spec asks."""
+    from opentelemetry.context import Context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    if traceparent is None:
+        return Context()  # a new trace, whatever span is current
+    carrier = {"traceparent": _text(traceparent)}
+    if tracestate is not None:
+        carrier["tracestate"] = _text(tracestate)
+    return TraceContextTextMapPropagator().extract(carrier)
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode("latin-1") if isinstance(v, bytes) else v
+
+
+class RequestSpan:
+    """The server span of one traced request, current while the request's code runs in the
+    loop (`activate`), so the server's log lines carry its trace id."""
+
+    __slots__ = ("context", "span")
+
+    def __init__(
+        self,
+        name: str,
+        traceparent: bytes | str | None,
+        tracestate: bytes | str | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
+        parent = _parent_context(traceparent, tracestate)
+        self.span = _tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
+        self.context = trace.set_span_in_context(self.span, parent)
+
+    def activate(self) -> Any:
+        """Make this span current; returns the token for :meth:`deactivate`."""
+        from opentelemetry import context
+
+        return context.attach(self.context)
+
+    @staticmethod
+    def deactivate(token: Any) -> None:
+        from opentelemetry import context
+
+        context.detach(token)
+
+    def traceparent(self) -> str:
+        """This span's W3C traceparent (sampled), for the response."""
+        c = self.span.get_span_context()
+        return f"00-{c.trace_id:032x}-{c.span_id:016x}-01"
+
+    def trace_id(self) -> str:
+        return f"{self.span.get_span_context().trace_id:032x}"
+
+    def child(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
+        """A finished child span (wall-clock ns)."""
+        s = _tracer.start_span(name, self.context, attributes=attributes, start_time=start_ns)
+        s.end(end_time=end_ns)
+
+    def end(self, status: int) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.span
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+class TraceLogFilter(logging.Filter):
+    """Adds ``trace_ids`` to every record: `` trace_id=… span_id=…`` while a traced request's
+    span is current, else empty (the server's log format ends with it when tracing is on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = ""
+        if enabled:
+            from opentelemetry import trace
+
+            c = trace.get_current_span().get_span_context()
+            if c.is_valid:
+                ids = f" trace_id={c.trace_id:032x} span_id={c.span_id:016x}"
+        record.trace_ids = ids
+        return True
