@@ -14,9 +14,9 @@ is counted in the same statistics.
   passes while queued is never executed.
 - Cancellation: grpc.aio cancels the handler's task when the client cancels or goes away,
   and cancelling the task awaiting `runtime.infer` removes the queued request.
-- Errors: an `AiarchError` maps through its native status code (`aiarch.errors`, the one
-  table) onto the gRPC code of the same name; the server's own `HttpError`s map by HTTP
-  status as gRPC's HTTP mapping does. The message is the one the HTTP front end sends.
+- Errors: an `AiarchError` maps through its native status code onto the gRPC code of the
+  same name, the server's own `HttpError`s by HTTP status (`grpc_status`, the one table). The
+  message is the one the HTTP front end sends.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import grpc
 import msgspec
 import numpy as np
 
-from aiarch.errors import AiarchError, DeadlineExceededError, StatusCode
+from aiarch.errors import AiarchError, DeadlineExceededError
 
 from . import v2
 from .app import SERVER_NAME, _version
 from .errors import HttpError, status_for_exception
+from .grpc_status import code_for_error, code_for_http_status
 from .proto import open_inference_pb2 as pb
 
 if TYPE_CHECKING:
@@ -50,28 +51,6 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 EXTENSIONS = ["schedule_policy", "parameters"]
 """Triton extensions the gRPC service honours (request `priority` and `timeout` parameters)."""
-
-_CODE_BY_NATIVE: dict[int, grpc.StatusCode] = {
-    int(code): grpc.StatusCode.__members__.get(code.name, grpc.StatusCode.INTERNAL)
-    for code in StatusCode
-    if code is not StatusCode.OK
-}
-"""aiarch status code → the gRPC code of the same name (EXECUTION_FAILED has none: INTERNAL)."""
-
-_CODE_BY_HTTP: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-"""The server's own HTTP errors (`HttpError`: validation, unknown routes) as gRPC codes."""
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -99,12 +78,8 @@ def grpc_code_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str, t
     Retry-After of an overload are those of the HTTP answer. Called once per failed call."""
     status, message, headers = status_for_exception(exc)
     if isinstance(exc, AiarchError):
-        code = _CODE_BY_NATIVE.get(int(exc.code), grpc.StatusCode.INTERNAL)
-    else:
-        code = _CODE_BY_HTTP.get(status) or (
-            grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT
-        )
-    return code, message, headers
+        return code_for_error(exc), message, headers
+    return code_for_http_status(status), message, headers
 
 
 def _param_value(p: Any) -> Any:
