@@ -169,9 +169,7 @@ class Model:
 # A request the native path leaves to the App:
 # (slot, method, path, query, headers read by the App (lowercase), body, keep_alive,
 #  traced: chosen for tracing by `HttpFront.trace_every` or a sampled traceparent).
-ForwardedRequest: TypeAlias = tuple[
-    int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool, bool
-]
+ForwardedRequest: TypeAlias = tuple[int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool, bool]
 
 class HttpFront:
     """The native request path shared by the connections of one event loop."""

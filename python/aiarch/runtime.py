@@ -171,9 +171,9 @@ class _LoopState:
         # call_soon callback so that the iteration's requests share a batch.
         self.dirty: set[Any] = set()
         self.flush_scheduled = False
-        # request id -> (future, inputs). Holding the inputs keeps their bytes
-        # alive until the batcher has copied them into a batch.
-        self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        # request id -> (future, inputs[, timing list of a traced request]). Holding
+        # the inputs keeps their bytes alive until the batcher has copied them into a batch.
+        self.pending: dict[int, tuple[Any, ...]] = {}
 
 
 _get_running_loop = asyncio.get_running_loop  # one global lookup per request, not two

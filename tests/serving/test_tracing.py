@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is not installed")
-pytest.importorskip("aiarch._core", reason="the aiarch native core is not built", exc_type=ImportError)
+pytest.importorskip(
+    "aiarch._core", reason="the aiarch native core is not built", exc_type=ImportError
+)
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -152,9 +154,7 @@ def test_sampling_zero_keeps_the_native_path_and_makes_no_spans(
     with serving("native", sample=0.0) as srv:
         assert srv.native is not None and srv.native.front.trace_every == 0
         for _ in range(20):
-            r = request(
-                srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED}
-            )
+            r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
             assert r.status == 200 and "traceparent" not in r.headers
         assert srv.native.forwarded == 0  # every request was answered in C++
     assert exporter.get_finished_spans() == ()
@@ -222,9 +222,10 @@ def test_pipelined_traced_and_native_requests_keep_their_order(
     """Traced requests leave the native path mid-pipeline; responses stay in request order."""
     exporter.clear()
     bodies = [_body(rows) for rows in (1, 2, 3, 4, 5, 6)]
-    with serving("native", sample=0.5) as srv, socket.create_connection(
-        ("127.0.0.1", srv.port), timeout=20
-    ) as s:
+    with (
+        serving("native", sample=0.5) as srv,
+        socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s,
+    ):
         wire = b"".join(
             b"POST /v2/models/lin/infer HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s"
             % (len(b), b)
@@ -301,7 +302,11 @@ def test_cli_trace_sample_writes_spans_and_log_lines_carry_trace_ids(tmp_path: P
                 "POST",
                 "/v2/models/failing/infer",
                 json.dumps(
-                    {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [-1, 2]}]}
+                    {
+                        "inputs": [
+                            {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [-1, 2]}
+                        ]
+                    }
                 ).encode(),
                 {"traceparent": SAMPLED.replace(PARENT_ID, "1" * 16)},
             )
@@ -314,7 +319,7 @@ def test_cli_trace_sample_writes_spans_and_log_lines_carry_trace_ids(tmp_path: P
                 os.environ[k] = v
     assert ok.status == 200 and failed.status == 500
     exported = [json.loads(line) for line in spans.read_text().splitlines() if line.strip()]
-    names = {s["name"] for s in exported if s["context"]["trace_id"] == f"0x{TRACE_ID}"}
+    names = {s["name"] for s in exported if s["trace_id"] == TRACE_ID}
     assert {"POST /v2/models/lin/infer", "queue", "execution", "encode"} <= names
     log_text = Path(log_path).read_text()
     failing_lines = [line for line in log_text.splitlines() if "request failed" in line]

@@ -47,6 +47,7 @@ from .service import ServiceRuntime
 
 __all__ = ["aio_unary", "status_for", "sync_unary"]
 
+
 def status_for(exc: AiarchError) -> grpc.StatusCode:
     """The gRPC status of an aiarch error: the server's table (`aiarch.serving.grpc_status`),
     through the native status code the error carries."""

@@ -24,10 +24,11 @@ from .errors import HttpError, status_for_exception
 from .features import result_check
 from .http import JSON, HttpProtocol, Request, build_response, error_response, require_json
 from .jobs import InferJob
-from .tracing import RequestSampler, RequestSpan, TracedConnection, untraced as _untraced
 from .loader import ModelRepository
 from .metrics import MetricsExporter
 from .repository import RepositoryApi
+from .tracing import RequestSampler, RequestSpan, TracedConnection
+from .tracing import untraced as _untraced
 
 __all__ = ["App", "ModelEntry"]
 
