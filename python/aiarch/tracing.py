@@ -437,6 +437,16 @@ class RequestSpan:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
 
+    def end_rpc(self, code: int) -> None:
+        """End a gRPC call's span with its status code (0: OK)."""
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.span
+        span.set_attribute("rpc.grpc.status_code", code)
+        if code != 0:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
 
 class TraceLogFilter(logging.Filter):
     """Adds ``trace_ids`` to every record: `` trace_id=… span_id=…`` while a traced request's

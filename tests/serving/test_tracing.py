@@ -53,13 +53,14 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @contextlib.contextmanager
-def serving(http: str, sample: float) -> Iterator[Server]:
+def serving(http: str, sample: float, grpc_port: int | None = None) -> Iterator[Server]:
     """`aiarch serve` for the `lin` model in a thread of this process."""
     config = ServeConfig(
         models=[ModelConfig(name="lin", source=f"{MODELS}:linear")],
         http=http,
         trace_sample=sample,
         log_level="warning",
+        grpc_port=grpc_port,
     )
     server = Server(config, aiarch.Runtime())
     sock = make_socket("127.0.0.1", 0, reuse_port=False)
@@ -324,3 +325,35 @@ def test_cli_trace_sample_writes_spans_and_log_lines_carry_trace_ids(tmp_path: P
     log_text = Path(log_path).read_text()
     failing_lines = [line for line in log_text.splitlines() if "request failed" in line]
     assert failing_lines and all(f"trace_id={TRACE_ID}" in line for line in failing_lines)
+
+
+def test_grpc_traceparent_metadata_is_traced(exporter: InMemorySpanExporter) -> None:
+    """ModelInfer with a sampled traceparent in its metadata: a server span in the caller's
+    trace with queue and execution children, and the span's traceparent sent back."""
+    grpc = pytest.importorskip("grpc")
+    from aiarch.serving.proto import open_inference_pb2 as pb
+
+    exporter.clear()
+    with serving("native", sample=1e-6, grpc_port=0) as srv:
+        assert srv.grpc_port is not None
+        with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:
+            infer = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
+            req = pb.ModelInferRequest(model_name="lin")
+            req.inputs.add(name="x", datatype="FP32", shape=[1, 8])
+            req.raw_input_contents.append(np.ones((1, 8), np.float32).tobytes())
+            response, call = infer.with_call(req, metadata=(("traceparent", SAMPLED),), timeout=10)
+            untraced, plain_call = infer.with_call(req, timeout=10)
+    assert len(response.raw_output_contents) == 1 and len(untraced.raw_output_contents) == 1
+    (root,) = _server_spans(exporter)
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    assert f"{root.parent.span_id:016x}" == PARENT_ID
+    assert root.attributes["rpc.grpc.status_code"] == 0
+    children = {s.name for s in _spans_of(exporter, TRACE_ID) if s.parent == root.context}
+    assert {"queue", "execution"} <= children
+    sent = dict(call.initial_metadata())
+    assert sent["traceparent"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
+    assert "traceparent" not in dict(plain_call.initial_metadata())

@@ -191,6 +191,7 @@ class Server:
             request_timeout_s=cfg.request_timeout_s,
             max_message_bytes=cfg.limits.max_body_bytes,
             reuse_port=cfg.workers > 1,
+            trace_every=self.trace_every,
         )
         log.info("listening on grpc://%s:%d (pid %d)", cfg.host, self.grpc_port, os.getpid())
         return server
