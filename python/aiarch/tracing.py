@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ enabled = False
 _tracer: Any = None
 _provider: Any = None  # the SDK provider `configure` made (shut down by `shutdown`)
 _enabled_provider: Any = None  # the provider `_tracer` comes from
+_direct: _DirectSpans | None = None  # set by `configure`: spans built without the tracer
 _lock = threading.Lock()
 
 
@@ -70,13 +72,15 @@ def every_nth(rate: float) -> int:
 
 
 def enable(tracer_provider: Any = None) -> None:
-    """Make spans with `tracer_provider` (default: OpenTelemetry's global provider)."""
-    global _tracer, _enabled_provider, enabled
+    """Make spans with `tracer_provider` (default: OpenTelemetry's global provider), through
+    its tracer (the standard, slower way: the provider's sampler and processors apply)."""
+    global _tracer, _enabled_provider, _direct, enabled
     from opentelemetry import trace
 
     provider = tracer_provider or trace.get_tracer_provider()
     _tracer = provider.get_tracer("aiarch")
     _enabled_provider = provider
+    _direct = None
     enabled = True
 
 
@@ -102,14 +106,17 @@ def configure(exporter: Any = None, *, simple: bool = False) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
+    global _direct
     with _lock:
         old = _provider
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aiarch")})
         provider = TracerProvider(resource=resource)
         exp = exporter if exporter is not None else default_exporter()
-        provider.add_span_processor(SimpleSpanProcessor(exp) if simple else BatchSpanProcessor(exp))
+        processor = SimpleSpanProcessor(exp) if simple else BatchSpanProcessor(exp)
+        provider.add_span_processor(processor)
         _provider = provider
         enable(provider)
+        _direct = _DirectSpans(processor, resource)
     if old is not None:
         old.shutdown()
 
@@ -254,81 +261,156 @@ def _lookup_in(lookups: Any, start: int, end: int) -> tuple[int, int] | None:
     return best
 
 
+# ---------------------------------------------------------------- making spans
+
+
+class _DirectSpans:
+    """Finished spans built as SDK `ReadableSpan`s and handed to the span processor that
+    :func:`configure` made: a few µs a span, where going through the tracer (sampler, id
+    generator, attribute checks, locks) costs about ten times as much, and a traced request
+    makes five. The ids are random as the SDK's; the request's sampling decision is made
+    before any span exists, so every span made is sampled."""
+
+    def __init__(self, processor: Any, resource: Any) -> None:
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, TraceFlags
+
+        self.processor = processor
+        self.resource = resource
+        self.scope = InstrumentationScope("aiarch")
+        self.readable = ReadableSpan
+        self.span_context = SpanContext
+        self.sampled = TraceFlags(TraceFlags.SAMPLED)
+
+    def new_context(self, trace_id: int) -> Any:
+        return self.span_context(trace_id, random.getrandbits(64) or 1, False, self.sampled)
+
+    def emit(
+        self,
+        name: str,
+        context: Any,
+        parent: Any,
+        kind: Any,
+        start_ns: int,
+        end_ns: int,
+        attributes: dict[str, Any],
+        status: Any,
+    ) -> None:
+        self.processor.on_end(
+            self.readable(
+                name,
+                context,
+                parent,
+                resource=self.resource,
+                attributes=attributes,
+                kind=kind,
+                status=status,
+                start_time=start_ns,
+                end_time=end_ns,
+                instrumentation_scope=self.scope,
+            )
+        )
+
+
+def _status(error: BaseException | str | None) -> Any:
+    from opentelemetry.trace import Status, StatusCode
+
+    if error is None:
+        return Status(StatusCode.UNSET)
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return Status(StatusCode.ERROR, text[:200])
+
+
+def _child(
+    name: str,
+    parent: Any,
+    start_ns: int,
+    end_ns: int,
+    attributes: dict[str, Any],
+    error: BaseException | str | None = None,
+) -> Any:
+    """A finished INTERNAL span under the span context `parent` (wall-clock ns); returns its
+    span context."""
+    from opentelemetry.trace import NonRecordingSpan, SpanKind, set_span_in_context
+
+    direct = _direct
+    if direct is not None:
+        ctx = direct.new_context(parent.trace_id)
+        direct.emit(
+            name, ctx, parent, SpanKind.INTERNAL, start_ns, end_ns, attributes, _status(error)
+        )
+        return ctx
+    span = _tracer.start_span(
+        name,
+        set_span_in_context(NonRecordingSpan(parent)),
+        attributes=attributes,
+        start_time=start_ns,
+    )
+    if error is not None:
+        span.set_status(_status(error))
+    span.end(end_time=end_ns)
+    return span.get_span_context()
+
+
 # ---------------------------------------------------------------- Runtime.infer
 
 
 class InferTrace:
-    """The stages of one `Runtime.infer` under a recording span. `timing` is filled by the
+    """The stages of one `Runtime.infer` under a traced span. `timing` is filled by the
     native completion: [enqueue_ns, exec_start_ns, exec_end_ns, batch_rows]."""
 
-    __slots__ = ("context", "model", "submit_ns", "timing")
+    __slots__ = ("model", "parent", "submit_ns", "timing")
 
-    def __init__(self, context: Any, model: str) -> None:
-        self.context = context
+    def __init__(self, parent: Any, model: str) -> None:
+        self.parent = parent  # the span context of the span current at submit
         self.model = model
         self.submit_ns = time.monotonic_ns()
         self.timing: list[int] = []
 
     def finish(self, lookups: Any, error: BaseException | None, cache_hit: bool = False) -> None:
         """Emit the queue / execution / feature-lookup spans. Called once, in the loop."""
-        tracer = _tracer
-        if tracer is None:
+        if _tracer is None:
             return
-        ctx = self.context
+        parent = self.parent
         attrs = {"aiarch.model": self.model}
         if cache_hit:
             now = time.time_ns()
-            span = tracer.start_span("cache_hit", ctx, attributes=attrs, start_time=now)
-            span.end(end_time=now)
+            _child("cache_hit", parent, now, now, attrs)
             return
         timing = self.timing
         if len(timing) == 4 and timing[1] > 0:
             enqueue, start, end, rows = timing
-            q = tracer.start_span("queue", ctx, attributes=attrs, start_time=_wall(enqueue))
-            q.end(end_time=_wall(start))
-            from opentelemetry import trace
-
-            ex = tracer.start_span(
+            offset = time.time_ns() - time.monotonic_ns()  # monotonic → wall clock
+            _child("queue", parent, enqueue + offset, start + offset, attrs)
+            execution = _child(
                 "execution",
-                ctx,
-                attributes={**attrs, "aiarch.batch.rows": rows},
-                start_time=_wall(start),
+                parent,
+                start + offset,
+                end + offset,
+                {**attrs, "aiarch.batch.rows": rows},
+                error,
             )
             if lookups is not None:
                 found = _lookup_in(lookups, start, end)
                 if found is not None:
-                    fl = tracer.start_span(
-                        "feature_lookup",
-                        trace.set_span_in_context(ex, ctx),
-                        attributes=attrs,
-                        start_time=_wall(found[0]),
-                    )
-                    fl.end(end_time=_wall(found[1]))
-            if error is not None:
-                _set_error(ex, error)
-            ex.end(end_time=_wall(end))
+                    _child("feature_lookup", execution, found[0] + offset, found[1] + offset, attrs)
         else:  # refused, expired or cancelled before it ran: the wait is all there was
             start_at = timing[0] if timing else self.submit_ns
-            q = tracer.start_span("queue", ctx, attributes=attrs, start_time=_wall(start_at))
-            if error is not None:
-                _set_error(q, error)
-            q.end()
+            _child("queue", parent, _wall(start_at), time.time_ns(), attrs, error)
 
 
 def start_infer(model: str) -> InferTrace | None:
-    """An InferTrace when the current span records, else None. Called by Runtime.infer only
-    while :data:`enabled`."""
-    from opentelemetry import context, trace
+    """An InferTrace when the current span is traced (an aiarch request span, or a recording
+    span of the application's), else None. Called by Runtime.infer only while :data:`enabled`."""
+    from opentelemetry import trace
 
-    if _tracer is None or not trace.get_current_span().is_recording():
+    if _tracer is None:
         return None
-    return InferTrace(context.get_current(), model)
-
-
-def _set_error(span: Any, error: BaseException) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
+    span = trace.get_current_span()
+    if not (span.is_recording() or isinstance(span, _ServerSpanMarker.cls())):
+        return None
+    return InferTrace(span.get_span_context(), model)
 
 
 # ---------------------------------------------------------------- requests
@@ -383,11 +465,29 @@ def _text(v: bytes | str) -> str:
     return v.decode("latin-1") if isinstance(v, bytes) else v
 
 
+class _ServerSpanMarker:
+    """The current span of a request traced by direct spans (`_DirectSpans`): it carries the
+    ids for the children and the log lines; the span itself is emitted when the request ends."""
+
+    _cls: Any = None
+
+    @classmethod
+    def cls(cls) -> Any:
+        if cls._cls is None:
+            from opentelemetry.trace import NonRecordingSpan
+
+            class ServerSpan(NonRecordingSpan):
+                pass
+
+            cls._cls = ServerSpan
+        return cls._cls
+
+
 class RequestSpan:
     """The server span of one traced request, current while the request's code runs in the
     loop (`activate`), so the server's log lines carry its trace id."""
 
-    __slots__ = ("context", "span")
+    __slots__ = ("attributes", "context", "name", "parent", "sdk_span", "span_context", "start")
 
     def __init__(
         self,
@@ -399,9 +499,26 @@ class RequestSpan:
         from opentelemetry import trace
         from opentelemetry.trace import SpanKind
 
-        parent = _parent_context(traceparent, tracestate)
-        self.span = _tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
-        self.context = trace.set_span_in_context(self.span, parent)
+        parent_ctx = _parent_context(traceparent, tracestate)
+        self.name = name
+        self.attributes = attributes
+        direct = _direct
+        if direct is not None:
+            parent = trace.get_current_span(parent_ctx).get_span_context()
+            self.parent = parent if parent.is_valid else None
+            trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128) or 1
+            self.span_context = direct.new_context(trace_id)
+            self.start = time.time_ns()
+            self.sdk_span = None
+            current = _ServerSpanMarker.cls()(self.span_context)
+        else:
+            self.sdk_span = current = _tracer.start_span(
+                name, parent_ctx, kind=SpanKind.SERVER, attributes=attributes
+            )
+            self.span_context = current.get_span_context()
+            self.parent = None
+            self.start = 0
+        self.context = trace.set_span_in_context(current, parent_ctx)
 
     def activate(self) -> Any:
         """Make this span current; returns the token for :meth:`deactivate`."""
@@ -417,34 +534,44 @@ class RequestSpan:
 
     def traceparent(self) -> str:
         """This span's W3C traceparent (sampled), for the response."""
-        c = self.span.get_span_context()
+        c = self.span_context
         return f"00-{c.trace_id:032x}-{c.span_id:016x}-01"
 
     def trace_id(self) -> str:
-        return f"{self.span.get_span_context().trace_id:032x}"
+        return f"{self.span_context.trace_id:032x}"
 
     def child(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
         """A finished child span (wall-clock ns)."""
-        s = _tracer.start_span(name, self.context, attributes=attributes, start_time=start_ns)
-        s.end(end_time=end_ns)
+        _child(name, self.span_context, start_ns, end_ns, attributes)
 
     def end(self, status: int) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
-        span = self.span
-        span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
+        """End an HTTP request's span with its response status."""
+        self._end("http.response.status_code", status, "HTTP 5xx" if status >= 500 else None)
 
     def end_rpc(self, code: int) -> None:
         """End a gRPC call's span with its status code (0: OK)."""
-        from opentelemetry.trace import Status, StatusCode
+        self._end("rpc.grpc.status_code", code, "gRPC error" if code != 0 else None)
 
-        span = self.span
-        span.set_attribute("rpc.grpc.status_code", code)
-        if code != 0:
-            span.set_status(Status(StatusCode.ERROR))
+    def _end(self, key: str, value: int, error: str | None) -> None:
+        from opentelemetry.trace import SpanKind
+
+        span = self.sdk_span
+        if span is None:
+            assert _direct is not None
+            _direct.emit(
+                self.name,
+                self.span_context,
+                self.parent,
+                SpanKind.SERVER,
+                self.start,
+                time.time_ns(),
+                {**self.attributes, key: value},
+                _status(error),
+            )
+            return
+        span.set_attribute(key, value)
+        if error is not None:
+            span.set_status(_status(error))
         span.end()
 
 

@@ -29,7 +29,7 @@ from aiarch import tracing
 from aiarch.serving.config import ModelConfig, ServeConfig
 from aiarch.serving.server import Server, make_socket
 
-from .conftest import FRONT_ENDS, MODELS, read_response, request, running_server
+from .conftest import FRONT_ENDS, HERE, MODELS, read_response, request, running_server
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -53,10 +53,15 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @contextlib.contextmanager
-def serving(http: str, sample: float, grpc_port: int | None = None) -> Iterator[Server]:
-    """`aiarch serve` for the `lin` model in a thread of this process."""
+def serving(
+    http: str,
+    sample: float,
+    grpc_port: int | None = None,
+    models: list[ModelConfig] | None = None,
+) -> Iterator[Server]:
+    """`aiarch serve` (the `lin` model unless `models`) in a thread of this process."""
     config = ServeConfig(
-        models=[ModelConfig(name="lin", source=f"{MODELS}:linear")],
+        models=models or [ModelConfig(name="lin", source=f"{MODELS}:linear")],
         http=http,
         trace_sample=sample,
         log_level="warning",
@@ -357,3 +362,42 @@ def test_grpc_traceparent_metadata_is_traced(exporter: InMemorySpanExporter) -> 
     sent = dict(call.initial_metadata())
     assert sent["traceparent"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
     assert "traceparent" not in dict(plain_call.initial_metadata())
+
+
+def test_feature_lookup_span_under_execution(
+    exporter: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """A model with feature inputs: its traced request's execution span has the batch's
+    feature lookup as a child, inside the execution's time."""
+    import time
+
+    from aiarch.features import Entity, Feature, FeatureStore, FeatureView
+
+    home, store = tmp_path / "home", f"native://{tmp_path / 'online'}"
+    fs = FeatureStore(store, home=home)
+    fs.apply(
+        Entity("card"),
+        FeatureView("txn", "card", (Feature("amount_7d"), Feature("count_1h")), ttl=3600),
+    )
+    fs.write(
+        "txn",
+        {"card": [1], "event_timestamp": [time.time_ns()], "amount_7d": [10.0], "count_1h": [2.0]},
+    )
+    fs.save()
+    model = ModelConfig(
+        name="fraud",
+        source=f"{HERE.parent / 'features' / 'serving_models.py'}:score",
+        features={"store": store, "home": str(home), "lookups": ["txn:amount_7d", "txn:count_1h"]},
+    )
+    body = json.dumps(
+        {"inputs": [{"name": "entity_id", "shape": [1], "datatype": "INT64", "data": [1]}]}
+    ).encode()
+    exporter.clear()
+    with serving("native", sample=1e-6, models=[model]) as srv:
+        r = request(srv.port, "POST", "/v2/models/fraud/infer", body, {"traceparent": SAMPLED})
+    assert r.status == 200, r.body
+    assert r.json()["outputs"][0]["data"] == [12.0]  # type: ignore[index]
+    spans = {s.name: s for s in _spans_of(exporter, TRACE_ID)}
+    lookup, execution = spans["feature_lookup"], spans["execution"]
+    assert lookup.parent.span_id == execution.context.span_id
+    assert execution.start_time <= lookup.start_time <= lookup.end_time <= execution.end_time
