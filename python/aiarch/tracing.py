@@ -450,15 +450,22 @@ def traceparent_sampled(value: bytes | str) -> bool:
 def _parent_context(traceparent: bytes | str | None, tracestate: bytes | str | None) -> Any:
     """The caller's span context from W3C headers; a malformed traceparent is ignored (a new
     trace starts), as the W3C Trace Context spec asks."""
+    global _propagator
     from opentelemetry.context import Context
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     if traceparent is None:
         return Context()  # a new trace, whatever span is current
+    if _propagator is None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _propagator = TraceContextTextMapPropagator()
     carrier = {"traceparent": _text(traceparent)}
     if tracestate is not None:
         carrier["tracestate"] = _text(tracestate)
-    return TraceContextTextMapPropagator().extract(carrier)
+    return _propagator.extract(carrier)
+
+
+_propagator: Any = None  # the W3C Trace Context propagator, made on first use
 
 
 def _text(v: bytes | str) -> str:
