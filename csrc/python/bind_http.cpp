@@ -31,7 +31,7 @@ py::list Forwarded(std::vector<ForwardedRequest>& requests) {
       headers[py::bytes(name)] = py::bytes(value);
     }
     out[i] = py::make_tuple(f.slot, py::bytes(f.method), py::bytes(f.path), py::bytes(f.query),
-                            headers, py::bytes(f.body), f.keep_alive);
+                            headers, py::bytes(f.body), f.keep_alive, f.traced);
   }
   return out;
 }
@@ -57,6 +57,9 @@ void BindHttp(py::module_& m) {
       .def_property_readonly("fd", &HttpFront::fd)
       .def_property("draining", &HttpFront::draining, &HttpFront::set_draining)
       .def_property_readonly("in_flight", &HttpFront::in_flight)
+      .def_property("trace_every", &HttpFront::trace_every, &HttpFront::set_trace_every,
+                    "Forward every N-th request, and those with a sampled traceparent, for "
+                    "tracing (0: off).")
       .def(
           "register_model",
           [](HttpFront& front, const std::string& name, const std::string& version,
@@ -112,8 +115,8 @@ void BindHttp(py::module_& m) {
           },
           py::arg("data"), py::arg("now") = 0.0,
           "Parses one read received at `now` (the caller's clock, for `phase_since`); returns "
-          "the requests for Python: (slot, method, path, query, headers, body, keep_alive) "
-          "tuples.")
+          "the requests for Python: (slot, method, path, query, headers, body, keep_alive, "
+          "traced) tuples.")
       .def(
           "respond",
           [](HttpConnection& conn, uint64_t slot, const py::bytes& data, bool keep_alive) {

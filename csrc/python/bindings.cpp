@@ -472,6 +472,17 @@ py::list DrainQueue(CompletionQueue& queue) {
   return out;
 }
 
+// A traced request's pending tuple carries a list as its third item: its
+// timing is appended there, (enqueue_ns, exec_start_ns, exec_end_ns,
+// batch_rows) in the batcher's clock, before its future is resolved.
+void RecordTiming(PyObject* timing, const Completion& c) {
+  if (!PyList_Check(timing)) return;
+  for (int64_t v : {c.enqueue_ns, c.exec_start_ns, c.exec_end_ns, c.batch_rows}) {
+    py::object item = py::reinterpret_steal<py::object>(PyLong_FromLongLong(v));
+    if (!item || PyList_Append(timing, item.ptr()) != 0) throw py::error_already_set();
+  }
+}
+
 // Resolves the futures of drained completions in one pass. `pending` maps a
 // request id to a tuple whose first item is the request's asyncio future; each
 // completed id is removed, and a future already done (its caller cancelled)
@@ -496,6 +507,7 @@ int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
     }
     // Owned before the dict drops its reference.
     py::object fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
+    if (PyTuple_GET_SIZE(entry) > 2) RecordTiming(PyTuple_GET_ITEM(entry, 2), c);
     if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
     try {
       py::object done =

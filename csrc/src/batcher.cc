@@ -616,7 +616,8 @@ void Batcher::DeliverGrouped(Requests& requests, size_t begin, size_t end, Fill&
 
 void Batcher::CompleteWithStatus(Requests& requests, size_t begin, size_t end, const Status& status,
                                  const std::shared_ptr<ErrorDetail>& detail) {
-  DeliverGrouped(requests, begin, end, [&](const Request&, Completion* c) {
+  DeliverGrouped(requests, begin, end, [&](const Request& r, Completion* c) {
+    c->enqueue_ns = r.enqueue_ns;
     c->status = status;
     c->error_detail = detail;
   });
@@ -694,6 +695,8 @@ Status Batcher::ExecuteOnce(const Requests& requests, size_t begin, size_t end, 
   const int64_t exec_start = clock_->NowNs();
   if (status.ok()) status = executor_->Execute(*batch, &outs, detail);
   const int64_t exec_end = clock_->NowNs();
+  batch->exec_start_ns = exec_start;
+  batch->exec_end_ns = exec_end;
   const int64_t exec_ns = std::max<int64_t>(0, exec_end - exec_start);
   execution_ns_.Record(exec_ns);
   execution_ns_total_.fetch_add(static_cast<uint64_t>(exec_ns), std::memory_order_relaxed);
@@ -793,6 +796,10 @@ void Batcher::DeliverSuccess(Requests& requests, size_t begin, size_t end, const
     c->result = shared;
     c->row_offset = offset;
     c->rows = r.rows;
+    c->enqueue_ns = r.enqueue_ns;
+    c->exec_start_ns = batch.exec_start_ns;
+    c->exec_end_ns = batch.exec_end_ns;
+    c->batch_rows = batch.rows;
     offset += r.rows;
   });
 }

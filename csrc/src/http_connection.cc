@@ -20,6 +20,8 @@ constexpr std::string_view kForwardedHeaders[] = {
     "inference-header-content-length",
     "x-request-timeout-ms",
     "x-route-key",
+    "traceparent",
+    "tracestate",
 };
 
 bool AllDigits(std::string_view s) {
@@ -113,9 +115,28 @@ bool MatchInferPath(std::string_view path, std::string_view* model, std::string_
   return !model->empty() && !version->empty() && version->find('/') == std::string_view::npos;
 }
 
+// The W3C trace-flags of a traceparent ("00-<32 hex>-<16 hex>-<2 hex>") ask
+// for sampling. Only the flag is read here; the Python path validates the rest
+// and starts a new trace for a malformed value.
+bool TraceparentSampled(std::string_view v) {
+  if (v.size() < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-') return false;
+  const char flags = v[54];
+  return flags == '1' || flags == '3' || flags == '5' || flags == '7' || flags == '9' ||
+         flags == 'b' || flags == 'd' || flags == 'f' || flags == 'B' || flags == 'D' ||
+         flags == 'F';
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- front
+
+bool HttpFront::SampleTrace(const HttpRequest& req) {
+  if (++trace_count_ >= trace_every_) {
+    trace_count_ = 0;
+    return true;
+  }
+  return TraceparentSampled(req.Header("traceparent"));
+}
 
 Status HttpFront::Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out) {
   std::shared_ptr<CompletionQueue> queue;
@@ -362,7 +383,8 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
     const bool keep = req.keep_alive && !front_->draining();
     Slot& slot = NewSlot();
     if (!keep) stop_parsing_ = true;  // the rest of the input is not read
-    if (HandleNative(req, slot, keep)) continue;
+    const bool traced = front_->trace_every_ != 0 && front_->SampleTrace(req);
+    if (!traced && HandleNative(req, slot, keep)) continue;
     ForwardedRequest f;
     f.slot = slot.seq;
     f.method.assign(req.method);
@@ -378,6 +400,7 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
     }
     f.body.assign(req.body);
     f.keep_alive = keep;
+    f.traced = traced;
     forwarded->push_back(std::move(f));
   }
   UpdatePhase(now, completed_some);

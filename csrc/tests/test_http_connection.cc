@@ -379,6 +379,50 @@ void TestForwardsWhatThePythonPathWords() {
   CHECK(origin);
 }
 
+// set_trace_every(n): every n-th request, and each whose traceparent has the
+// sampled flag, is forwarded with traced = true instead of being answered
+// natively; 0 forwards none.
+void TestTraceForwarding() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  auto conn = front->Connect(1);
+  const std::string infer = Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 0));
+  const std::string parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-";
+  const auto with_parent = [&](const std::string& flags) {
+    return Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 0),
+                "traceparent: " + parent + flags + "\r\n");
+  };
+  std::vector<ForwardedRequest> seen;
+  // Off: a sampled traceparent stays native too.
+  Exchange(*front, *conn, infer + with_parent("01"), &seen);
+  CHECK_EQ(seen.size(), size_t{0});
+
+  front->set_trace_every(3);
+  std::string wire;
+  for (int i = 0; i < 7; ++i) wire += infer;
+  Exchange(*front, *conn, wire, &seen);
+  if (CHECK_EQ(seen.size(), size_t{2})) {  // the 3rd and the 6th
+    CHECK(seen[0].traced && seen[1].traced);
+  }
+  // A long period (and a fresh count): the sampled parents are forwarded, the
+  // unsampled one is not.
+  front->set_trace_every(100);
+  Exchange(*front, *conn, with_parent("01") + with_parent("00") + with_parent("03"), &seen);
+  if (CHECK_EQ(seen.size(), size_t{2})) {
+    CHECK(seen[0].traced && seen[1].traced);
+    bool forwarded_header = false;
+    for (const auto& [name, value] : seen[0].headers) {
+      forwarded_header = forwarded_header || (name == "traceparent" && value == parent + "01");
+    }
+    CHECK(forwarded_header);
+  }
+  front->set_trace_every(0);
+  Exchange(*front, *conn, infer + with_parent("01"), &seen);
+  CHECK_EQ(seen.size(), size_t{0});
+}
+
 // phase()/phase_since(): the time a partial request's head, then its body,
 // began to arrive; Fail() answers after what is owed and closes.
 void TestPhaseAndFail() {
@@ -528,6 +572,7 @@ int main() {
   aiarch::TestOverloadDeadlineCancel();
   aiarch::TestProtocolErrors();
   aiarch::TestForwardsWhatThePythonPathWords();
+  aiarch::TestTraceForwarding();
   aiarch::TestPhaseAndFail();
   aiarch::TestFuzz();
   return aiarch::test::Finish("test_http_connection");

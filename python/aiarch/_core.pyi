@@ -132,7 +132,9 @@ class CompletionQueue:
         """Takes every finished request."""
     def resolve(self, pending: dict[int, tuple[asyncio.Future[object], object]]) -> int:
         """Takes every finished request and resolves its future: ``pending`` maps a request id
-        to (future, ...); each completed id leaves it. Returns how many futures were resolved."""
+        to (future, inputs[, timing]); each completed id leaves it. A ``timing`` list (a traced
+        request's) receives [enqueue_ns, exec_start_ns, exec_end_ns, batch_rows] in the
+        batcher's clock first. Returns how many futures were resolved."""
     def flush(
         self, models: Iterable[Model], pending: dict[int, tuple[asyncio.Future[object], object]]
     ) -> int:
@@ -167,8 +169,9 @@ class Model:
 # ---------------------------------------------------------------- HTTP front end
 
 # A request the native path leaves to the App:
-# (slot, method, path, query, headers read by the App (lowercase), body, keep_alive).
-ForwardedRequest: TypeAlias = tuple[int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool]
+# (slot, method, path, query, headers read by the App (lowercase), body, keep_alive,
+#  traced: chosen for tracing by `HttpFront.trace_every` or a sampled traceparent).
+ForwardedRequest: TypeAlias = tuple[int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool, bool]
 
 class HttpFront:
     """The native request path shared by the connections of one event loop."""
@@ -189,6 +192,12 @@ class HttpFront:
     def draining(self, value: bool) -> None: ...
     @property
     def in_flight(self) -> int: ...
+    @property
+    def trace_every(self) -> int:
+        """Every N-th request, and each with a sampled traceparent, is forwarded to the App
+        for tracing (0: off)."""
+    @trace_every.setter
+    def trace_every(self, value: int) -> None: ...
     def register_model(
         self,
         name: str,

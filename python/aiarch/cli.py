@@ -249,6 +249,13 @@ def _add_serve(sub: Any) -> None:
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
     )
     s.add_argument(
+        "--trace-sample",
+        type=float,
+        metavar="RATE",
+        help="trace this fraction of requests with OpenTelemetry (e.g. 0.01), plus those whose "
+        "traceparent asks for it; default $AIARCH_TRACE_SAMPLE, else off",
+    )
+    s.add_argument(
         "--http",
         choices=["native", "python"],
         help="HTTP front end: native (default; v2 infer parsed, batched and encoded in C++) "
@@ -322,6 +329,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         "drain_timeout_s",
         "log_level",
         "http",
+        "trace_sample",
     ):
         value = getattr(args, flag)
         if value is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from aiarch import _core
+from aiarch import tracing as _tracing
 from aiarch.config import BatchConfig, CacheConfig, TensorSpec
 from aiarch.errors import (
     AlreadyExistsError,
@@ -170,9 +171,9 @@ class _LoopState:
         # call_soon callback so that the iteration's requests share a batch.
         self.dirty: set[Any] = set()
         self.flush_scheduled = False
-        # request id -> (future, inputs). Holding the inputs keeps their bytes
-        # alive until the batcher has copied them into a batch.
-        self.pending: dict[int, tuple[asyncio.Future[Any], Any]] = {}
+        # request id -> (future, inputs[, timing list of a traced request]). Holding
+        # the inputs keeps their bytes alive until the batcher has copied them into a batch.
+        self.pending: dict[int, tuple[Any, ...]] = {}
 
 
 _get_running_loop = asyncio.get_running_loop  # one global lookup per request, not two
@@ -473,6 +474,8 @@ class Runtime:
         if st is None:
             st = self._attach(loop)
         timeout_ns = 0 if timeout_s is None else _timeout_ns(timeout_s)
+        if _tracing.enabled:
+            return await self._infer_traced(m, handle, st, loop, x, timeout_ns, priority)
         r = handle.submit(x, timeout_ns, priority, st.queue)
         if r.__class__ is not int:
             return r  # answered from the cache
@@ -489,6 +492,54 @@ class Runtime:
             if fut.cancelled():
                 handle.cancel(r)
             raise
+
+    async def _infer_traced(
+        self,
+        m: _Model,
+        handle: Any,
+        st: _LoopState,
+        loop: asyncio.AbstractEventLoop,
+        x: Any,
+        timeout_ns: int,
+        priority: int,
+    ) -> Any:
+        """:meth:`infer` while tracing is enabled: the same steps, plus the queue, execution
+        and feature-lookup spans under the current span when it records (the completion
+        carries the batch's timing into the third item of the pending entry)."""
+        trace = _tracing.start_infer(m.name) if self._clock is None else None
+        try:
+            r = handle.submit(x, timeout_ns, priority, st.queue)
+        except Exception as e:
+            if trace is not None:
+                trace.finish(None, e)
+            raise
+        if r.__class__ is not int:
+            if trace is not None:
+                trace.finish(None, None, cache_hit=True)
+            return r
+        fut = loop.create_future()
+        st.pending[r] = (fut, x) if trace is None else (fut, x, trace.timing)
+        if m.inline:
+            st.dirty.add(handle)
+            if not st.flush_scheduled:
+                st.flush_scheduled = True
+                loop.call_soon(self._flush, st)
+        lookups = getattr(m.fn, "lookup_log", None)
+        try:
+            result = await fut
+        except asyncio.CancelledError as e:
+            if fut.cancelled():
+                handle.cancel(r)
+            if trace is not None:
+                trace.finish(lookups, e)
+            raise
+        except Exception as e:
+            if trace is not None:
+                trace.finish(lookups, e)
+            raise
+        if trace is not None:
+            trace.finish(lookups, None)
+        return result
 
     async def infer_many(
         self,

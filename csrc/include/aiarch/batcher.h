@@ -93,6 +93,7 @@ struct Batch {
   int64_t rows = 0;
   int64_t padded_rows = 0;
   std::vector<std::shared_ptr<Buffer>> inputs;  // one per input spec
+  int64_t exec_start_ns = 0, exec_end_ns = 0;   // the executor call, in the batcher's clock
 };
 
 struct ExecutorOutput {

@@ -40,6 +40,14 @@ struct Completion {
   int64_t row_offset = 0;
   int64_t rows = 0;
   std::shared_ptr<ErrorDetail> error_detail;  // optional, on failure
+  // Timing, in the batcher's clock (ns): when the request was queued, and when
+  // the batch that answered it began and ended executing, with that batch's
+  // rows; what a traced request's queue and execution spans are made of.
+  // exec_* and batch_rows stay 0 for a request that never ran.
+  int64_t enqueue_ns = 0;
+  int64_t exec_start_ns = 0;
+  int64_t exec_end_ns = 0;
+  int64_t batch_rows = 0;
 };
 
 class CompletionSink {

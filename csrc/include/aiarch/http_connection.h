@@ -30,6 +30,11 @@
 //   front's default; an expired request gets 504 and never runs. A full
 //   queue gets 429 with Retry-After. Close() (the client went away) cancels
 //   the connection's queued requests.
+// - Tracing (off by default): with set_trace_every(n), every n-th request
+//   parsed, and every request whose `traceparent` header carries the W3C
+//   sampled flag, is forwarded (ForwardedRequest::traced) instead of being
+//   answered natively, so that the Python path can trace it. Off costs one
+//   branch per request; the headers forwarded include traceparent/tracestate.
 // - Threading: every method runs on the event loop's thread, except that
 //   batcher threads deliver completions into the front's queue. A request's
 //   decoded inputs stay owned by the front until its completion arrives.
@@ -67,6 +72,7 @@ struct ForwardedRequest {
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   bool keep_alive = true;
+  bool traced = false;  // chosen for tracing (HttpFront::set_trace_every)
 };
 
 class HttpConnection;
@@ -87,6 +93,14 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   // While draining, every response says `connection: close`.
   void set_draining(bool draining) { draining_ = draining; }
   bool draining() const { return draining_; }
+
+  // Forward every `every`-th request, and every request with a sampled
+  // traceparent, for tracing; 0 turns tracing off.
+  void set_trace_every(uint64_t every) {
+    trace_every_ = every;
+    trace_count_ = 0;
+  }
+  uint64_t trace_every() const { return trace_every_; }
 
   std::shared_ptr<HttpConnection> Connect(uint64_t id);
 
@@ -124,6 +138,7 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
       : config_(config), queue_(std::move(queue)) {}
   void Submit(std::unique_ptr<Pending> p);
   std::shared_ptr<Model> Find(std::string_view name) const;
+  bool SampleTrace(const HttpRequest& req);
 
   const HttpFrontConfig config_;
   const std::shared_ptr<CompletionQueue> queue_;
@@ -133,6 +148,8 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   std::vector<std::unique_ptr<Pending>> decoded_;  // decoded this iteration, not yet submitted
   std::vector<uint64_t> touched_;  // connections RunReady() gave output, for Drain()
   bool draining_ = false;
+  uint64_t trace_every_ = 0;  // 0: tracing off
+  uint64_t trace_count_ = 0;  // requests since the last one counted in for tracing
 };
 
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {

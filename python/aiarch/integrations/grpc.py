@@ -37,42 +37,21 @@ import grpc
 
 from aiarch.errors import (
     AiarchError,
-    AlreadyExistsError,
     DeadlineExceededError,
-    ExecutionError,
-    InternalError,
     InvalidArgumentError,
-    NotFoundError,
     RequestCancelledError,
-    ResourceExhaustedError,
-    UnavailableError,
 )
+from aiarch.serving.grpc_status import code_for_error
 
 from .service import ServiceRuntime
 
-__all__ = ["STATUS_BY_ERROR", "aio_unary", "status_for", "sync_unary"]
-
-STATUS_BY_ERROR: dict[type[AiarchError], grpc.StatusCode] = {
-    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFoundError: grpc.StatusCode.NOT_FOUND,
-    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
-    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    RequestCancelledError: grpc.StatusCode.CANCELLED,
-    UnavailableError: grpc.StatusCode.UNAVAILABLE,
-    InternalError: grpc.StatusCode.INTERNAL,
-    ExecutionError: grpc.StatusCode.INTERNAL,
-}
-"""The gRPC status of each aiarch error class."""
+__all__ = ["aio_unary", "status_for", "sync_unary"]
 
 
 def status_for(exc: AiarchError) -> grpc.StatusCode:
-    """The gRPC status of an aiarch error (subclasses map as their base)."""
-    for cls in type(exc).__mro__:
-        code = STATUS_BY_ERROR.get(cls)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status of an aiarch error: the server's table (`aiarch.serving.grpc_status`),
+    through the native status code the error carries."""
+    return code_for_error(exc)
 
 
 def _timeout(context: Any) -> float | None:

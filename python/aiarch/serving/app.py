@@ -27,6 +27,8 @@ from .jobs import InferJob
 from .loader import ModelRepository
 from .metrics import MetricsExporter
 from .repository import RepositoryApi
+from .tracing import RequestSampler, RequestSpan, TracedConnection
+from .tracing import untraced as _untraced
 
 __all__ = ["App", "ModelEntry"]
 
@@ -84,6 +86,10 @@ class App:
         """Runtime name → public model name, for versions loaded under their own names."""
         self.on_refresh: list[Any] = []
         """Called with a model name after its entry was rebuilt or dropped (the native path)."""
+        self.trace_sampler: RequestSampler | None = None
+        """Chooses the requests to trace on the httptools front end (the native front chooses
+        in C++); None when tracing is off."""
+        self._trace: RequestSpan | None = None  # the traced request being dispatched
 
     # -- model entries ---------------------------------------------------------------------
     def refresh(self, name: str) -> None:
@@ -112,6 +118,9 @@ class App:
 
     # -- dispatch --------------------------------------------------------------------------
     def handle(self, req: Request, conn: HttpProtocol) -> None:
+        if req.traced:
+            self._handle_traced(req, conn)
+            return
         key = (req.method, req.path)
         route = self._routes.get(key)
         if route is None:
@@ -126,6 +135,26 @@ class App:
             out = self.error(e, req.keep_alive)
         if out is not None:
             conn.respond(out, req.keep_alive)
+
+    def _handle_traced(self, req: Request, conn: HttpProtocol) -> None:
+        """`handle` for a request chosen for tracing: the same dispatch under its server span,
+        with the span's traceparent added to the response."""
+        headers = req.headers
+        method = req.method.decode("latin-1")
+        path = req.path.decode("latin-1")
+        span = RequestSpan(
+            f"{method} {path}",
+            headers.get(b"traceparent"),
+            headers.get(b"tracestate"),
+            {"http.request.method": method, "url.path": path},
+        )
+        token = span.activate()
+        self._trace = span
+        try:
+            self.handle(_untraced(req), TracedConnection(conn, span))  # type: ignore[arg-type]
+        finally:
+            self._trace = None
+            span.deactivate(token)
 
     def error(self, exc: BaseException, keep_alive: bool) -> bytes | list[Any]:
         """The ONE conversion of an exception into an HTTP error response."""
@@ -401,6 +430,7 @@ class App:
     ) -> bytes | list[Any] | None:
         if job.entry.check is not None:
             job.inputs = x
+        job.trace = self._trace
         return job.start(self._infer(name, x, timeout_s=timeout, priority=priority), conn)
 
 

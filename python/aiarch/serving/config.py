@@ -211,6 +211,11 @@ class ServeConfig:
     """HTTP front end: "native" (requests parsed and v2 infer answered in C++; everything else
     handed to Python) or "python" (httptools; every request in Python)."""
 
+    trace_sample: float | None = None
+    """Fraction of requests traced with OpenTelemetry (0.01 = one in a hundred), plus every
+    request whose W3C `traceparent` asks for sampling; 0 = off. None = `$AIARCH_TRACE_SAMPLE`,
+    else off. See :mod:`aiarch.tracing` for where spans go."""
+
     registry_poll_s: float = 1.0
     """How often registry aliases are checked for a move (then the new version is loaded,
     warmed and switched to without dropping requests)."""
@@ -237,8 +242,23 @@ class ServeConfig:
         """The configured token, else the AIARCH_AUTH_TOKEN environment variable, else None."""
         return self.auth_token or os.environ.get("AIARCH_AUTH_TOKEN") or None
 
+    def resolved_trace_sample(self) -> float:
+        """`trace_sample`, else the AIARCH_TRACE_SAMPLE environment variable, else 0."""
+        if self.trace_sample is not None:
+            return self.trace_sample
+        raw = os.environ.get("AIARCH_TRACE_SAMPLE", "").strip()
+        try:
+            return float(raw) if raw else 0.0
+        except ValueError:
+            raise ValueError(
+                f"AIARCH_TRACE_SAMPLE must be a fraction in [0, 1], got {raw!r}"
+            ) from None
+
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting. Called before serving."""
+        rate = self.resolved_trace_sample()
+        if not 0 <= rate <= 1:
+            raise ValueError(f"trace_sample must be a fraction in [0, 1], got {rate}")
         if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
             raise ValueError(f"grpc_port must be a TCP port (0-65535), got {self.grpc_port}")
         if self.grpc_port == 0 and self.workers > 1:

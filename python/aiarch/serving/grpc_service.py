@@ -14,9 +14,9 @@ is counted in the same statistics.
   passes while queued is never executed.
 - Cancellation: grpc.aio cancels the handler's task when the client cancels or goes away,
   and cancelling the task awaiting `runtime.infer` removes the queued request.
-- Errors: an `AiarchError` maps through its native status code (`aiarch.errors`, the one
-  table) onto the gRPC code of the same name; the server's own `HttpError`s map by HTTP
-  status as gRPC's HTTP mapping does. The message is the one the HTTP front end sends.
+- Errors: an `AiarchError` maps through its native status code onto the gRPC code of the
+  same name, the server's own `HttpError`s by HTTP status (`grpc_status`, the one table). The
+  message is the one the HTTP front end sends.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ import grpc
 import msgspec
 import numpy as np
 
-from aiarch.errors import AiarchError, DeadlineExceededError, StatusCode
+from aiarch.errors import AiarchError, DeadlineExceededError
 
 from . import v2
 from .app import SERVER_NAME, _version
 from .errors import HttpError, status_for_exception
+from .grpc_status import code_for_error, code_for_http_status
 from .proto import open_inference_pb2 as pb
+from .tracing import RequestSampler, RequestSpan
 
 if TYPE_CHECKING:
     from .app import App
@@ -50,28 +52,6 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 EXTENSIONS = ["schedule_policy", "parameters"]
 """Triton extensions the gRPC service honours (request `priority` and `timeout` parameters)."""
-
-_CODE_BY_NATIVE: dict[int, grpc.StatusCode] = {
-    int(code): grpc.StatusCode.__members__.get(code.name, grpc.StatusCode.INTERNAL)
-    for code in StatusCode
-    if code is not StatusCode.OK
-}
-"""aiarch status code → the gRPC code of the same name (EXECUTION_FAILED has none: INTERNAL)."""
-
-_CODE_BY_HTTP: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-"""The server's own HTTP errors (`HttpError`: validation, unknown routes) as gRPC codes."""
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -99,12 +79,8 @@ def grpc_code_for_exception(exc: BaseException) -> tuple[grpc.StatusCode, str, t
     Retry-After of an overload are those of the HTTP answer. Called once per failed call."""
     status, message, headers = status_for_exception(exc)
     if isinstance(exc, AiarchError):
-        code = _CODE_BY_NATIVE.get(int(exc.code), grpc.StatusCode.INTERNAL)
-    else:
-        code = _CODE_BY_HTTP.get(status) or (
-            grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT
-        )
-    return code, message, headers
+        return code_for_error(exc), message, headers
+    return code_for_http_status(status), message, headers
 
 
 def _param_value(p: Any) -> Any:
@@ -179,10 +155,15 @@ class GrpcInferenceService:
     """The handlers of `inference.GRPCInferenceService`; one per worker, every method runs in
     the worker's event loop, once per call."""
 
-    def __init__(self, app: App, runtime: Any, request_timeout_s: float | None) -> None:
+    def __init__(
+        self, app: App, runtime: Any, request_timeout_s: float | None, trace_every: int = 0
+    ) -> None:
         self.app = app
         self.runtime = runtime
         self.request_timeout_s = request_timeout_s
+        self.trace_sampler = RequestSampler(trace_every) if trace_every else None
+        """Chooses the calls to trace (every n-th, and those whose `traceparent` metadata asks
+        for sampling); None when tracing is off."""
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering every method under `SERVICE_NAME`."""
@@ -258,12 +239,45 @@ class GrpcInferenceService:
 
     # -- inference -------------------------------------------------------------------------
     async def model_infer(self, request: Any, context: Any) -> Any:
+        sampler = self.trace_sampler
+        if sampler is not None:
+            traceparent = _metadata(context, "traceparent")
+            if sampler.sample(traceparent):
+                return await self._infer_traced(request, context, traceparent)
         try:
             return await self._infer(request, context)
         except asyncio.CancelledError:
             raise  # the client cancelled or went away: nothing to answer
         except Exception as e:
             await self._abort(context, e)
+
+    async def _infer_traced(self, request: Any, context: Any, traceparent: str | None) -> Any:
+        """`model_infer` under a server span; the span's traceparent is sent back as initial
+        metadata."""
+        span = RequestSpan(
+            f"{SERVICE_NAME}/ModelInfer",
+            traceparent,
+            _metadata(context, "tracestate"),
+            {"rpc.system": "grpc", "rpc.method": "ModelInfer", "aiarch.model": request.model_name},
+        )
+        token = span.activate()
+        try:
+            await context.send_initial_metadata((("traceparent", span.traceparent()),))
+            try:
+                response = await self._infer(request, context)
+            except asyncio.CancelledError:
+                span.end_rpc(grpc.StatusCode.CANCELLED.value[0])
+                raise
+            except Exception as e:
+                code, message, headers = grpc_code_for_exception(e)
+                span.end_rpc(code.value[0])
+                if headers:
+                    context.set_trailing_metadata(headers)
+                await context.abort(code, message)
+            span.end_rpc(0)
+            return response
+        finally:
+            span.deactivate(token)
 
     async def _infer(self, request: Any, context: Any) -> Any:
         app = self.app
@@ -366,6 +380,13 @@ class GrpcInferenceService:
         await context.abort(code, message)
 
 
+def _metadata(context: Any, key: str) -> str | None:
+    for k, value in context.invocation_metadata() or ():
+        if k == key:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 def _route_key(context: Any) -> bytes | None:
     for key, value in context.invocation_metadata() or ():
         if key == "x-route-key":
@@ -395,6 +416,7 @@ async def start_grpc(
     request_timeout_s: float | None,
     max_message_bytes: int,
     reuse_port: bool,
+    trace_every: int = 0,
 ) -> tuple[grpc.aio.Server, int]:
     """Bind and start the gRPC service in the running loop; returns the server and its port.
     Raises OSError when the address cannot be bound."""
@@ -407,7 +429,7 @@ async def start_grpc(
         ]
     )
     server.add_generic_rpc_handlers(
-        (GrpcInferenceService(app, runtime, request_timeout_s).handler(),)
+        (GrpcInferenceService(app, runtime, request_timeout_s, trace_every).handler(),)
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

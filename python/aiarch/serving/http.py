@@ -83,6 +83,8 @@ _WANTED = frozenset(
         b"inference-header-content-length",
         b"x-request-timeout-ms",
         b"x-route-key",
+        b"traceparent",
+        b"tracestate",
     }
 )
 _SMALL_WRITE = 64 << 10  # join parts into one buffer below this size
@@ -129,9 +131,9 @@ def error_response(
 
 class Request:
     """One parsed request. `headers` holds only the header names the server reads (lowercase
-    bytes → bytes); `body` is the whole (decompressed) body."""
+    bytes → bytes); `body` is the whole (decompressed) body; `traced`: chosen for tracing."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "traced")
 
     def __init__(
         self,
@@ -141,6 +143,7 @@ class Request:
         headers: dict[bytes, bytes],
         body: bytes,
         keep_alive: bool,
+        traced: bool = False,
     ):
         self.method = method
         self.path = path
@@ -148,6 +151,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.traced = traced
 
 
 class Pending:
@@ -403,6 +407,9 @@ class HttpProtocol(asyncio.Protocol):
             body,
             self._parser.should_keep_alive() and not self._state.draining,
         )
+        sampler = self._state.handler.trace_sampler
+        if sampler is not None:
+            req.traced = sampler.sample(headers.get(b"traceparent"))
         try:
             self._state.handler.handle(req, self)
         except Exception:

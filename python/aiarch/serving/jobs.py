@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import types
 import zlib
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from .errors import HttpError
 from .http import JSON, OCTETS, HttpProtocol, build_response
 
 if TYPE_CHECKING:
+    from aiarch.tracing import RequestSpan
+
     from .app import App
     from .entry import ModelEntry
 
@@ -42,6 +45,7 @@ class InferJob:
         "pending",
         "request_id",
         "select",
+        "trace",
     )
 
     def __init__(self, app: App, entry: ModelEntry, keep_alive: bool):
@@ -55,6 +59,7 @@ class InferJob:
         self.pending: Any = None
         self.coro: Any = None
         self.inputs: Any = None
+        self.trace: RequestSpan | None = None  # the request's span when it is traced
 
     def start(self, aw: Any, conn: HttpProtocol) -> bytes | list[Any] | None:
         """Run until the first suspension; returns the response if already known, else None
@@ -123,6 +128,8 @@ class InferJob:
         return self._encode_or_error(None if exc is not None else fut.result(), exc)
 
     def _encode_or_error(self, value: Any, exc: BaseException | None) -> bytes | list[Any]:
+        if self.trace is not None:
+            return self._encode_traced(value, exc)
         keep = self.keep_alive and not self.app.draining
         if exc is None:
             try:
@@ -130,6 +137,26 @@ class InferJob:
             except Exception as e:
                 exc = e
         return self.app.error(exc, keep)
+
+    def _encode_traced(self, value: Any, exc: BaseException | None) -> bytes | list[Any]:
+        """`_encode_or_error` under the request's span (log lines carry its trace id), with
+        the encode span."""
+        span = self.trace
+        assert span is not None
+        token = span.activate()
+        try:
+            keep = self.keep_alive and not self.app.draining
+            if exc is None:
+                start = time.time_ns()
+                try:
+                    return self.encode(value, keep)
+                except Exception as e:
+                    exc = e
+                finally:
+                    span.child("encode", start, time.time_ns())
+            return self.app.error(exc, keep)
+        finally:
+            span.deactivate(token)
 
     def _finish(self, value: Any, exc: BaseException | None) -> None:
         pending = self.pending

@@ -59,10 +59,14 @@ class NativeFront:
             default_timeout_ns=int(timeout * 1e9) if timeout else 0,
         )
         self.protocols: dict[int, NativeProtocol] = {}
+        self.forwarded = 0
+        """Requests the native front handed to the App (all but the native v2 infer ones)."""
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self.app.on_refresh.append(self.sync)
+        # Tracing: the front forwards the sampled requests to the App, which traces them.
+        self.front.trace_every = server.trace_every
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch the completion queue on `loop` and register the models already loaded."""
@@ -248,7 +252,9 @@ class NativeProtocol(asyncio.Protocol):
         headers: dict[bytes, bytes],
         body: bytes,
         keep_alive: bool,
+        traced: bool,
     ) -> None:
+        self._native.forwarded += 1
         encoding = headers.get(b"content-encoding")
         if encoding is not None and body:
             try:
@@ -256,7 +262,7 @@ class NativeProtocol(asyncio.Protocol):
             except _Refused as e:
                 self._conn.respond(slot, _joined(error_response(e.status, e.message, False)), False)
                 return
-        req = Request(method, path, query, headers, body, keep_alive)
+        req = Request(method, path, query, headers, body, keep_alive, traced)
         self._slot = slot
         if method == b"POST":
             self._native.maybe_register(path)

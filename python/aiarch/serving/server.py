@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from aiarch import tracing
 from aiarch.redact import redact_url
 
 from .app import App
@@ -36,6 +37,7 @@ from .native import NativeFront, NativeProtocol
 from .routing import RegistryRouting
 from .shared_stats import publish_periodically
 from .supervisor import EXIT_MODEL_LOAD, supervise
+from .tracing import RequestSampler
 
 __all__ = ["ModelLoadError", "Server", "make_socket", "run"]
 
@@ -88,9 +90,14 @@ class Server:
         self.handler = App(runtime, config, self.repository)
         self.routing = RegistryRouting(self.handler, runtime, config)
         self.handler.metrics.registry.register(HttpCollector(self))
+        self.trace_every, self._tracing_owned = _start_tracing(config)
+        """Every n-th request is traced (0: tracing is off)."""
+        if self.trace_every and config.http != "native":
+            self.handler.trace_sampler = RequestSampler(self.trace_every)
         self._stop: asyncio.Event | None = None
         self.port: int | None = None
         self.grpc_port: int | None = None
+        self.native: NativeFront | None = None  # the native front, once serving
 
     @property
     def draining(self) -> bool:
@@ -120,7 +127,7 @@ class Server:
             if owned:
                 sock.close()
             raise
-        native = NativeFront(self) if cfg.http == "native" else None
+        native = self.native = NativeFront(self) if cfg.http == "native" else None
         if native is not None:
             native.start(loop)
             protocol: Any = lambda: NativeProtocol(self, native)  # noqa: E731
@@ -166,6 +173,8 @@ class Server:
             if native is not None:
                 native.drain()
                 native.stop()
+            if self._tracing_owned:
+                tracing.shutdown()  # exports the spans still buffered
             log.info("stopped")
 
     async def _start_grpc(self) -> Any:
@@ -182,6 +191,7 @@ class Server:
             request_timeout_s=cfg.request_timeout_s,
             max_message_bytes=cfg.limits.max_body_bytes,
             reuse_port=cfg.workers > 1,
+            trace_every=self.trace_every,
         )
         log.info("listening on grpc://%s:%d (pid %d)", cfg.host, self.grpc_port, os.getpid())
         return server
@@ -252,12 +262,26 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _setup_logging(level: str) -> None:
+def _start_tracing(config: ServeConfig) -> tuple[int, bool]:
+    """Set up tracing for the configured sample rate (keeping a set-up made before, as an
+    embedding application's or a test's): (sampling period, 0 when off; whether this server
+    configured the exporter, and so shuts it down when it stops)."""
+    every = tracing.every_nth(config.resolved_trace_sample())
+    return every, bool(every) and tracing.ensure_enabled()
+
+
+def _setup_logging(level: str, traced: bool = False) -> None:
+    """The server's log format; with tracing on, lines written for a traced request end with
+    its trace and span ids."""
+    ids = "%(trace_ids)s" if traced else ""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s aiarch[{os.getpid()}] %(levelname)s %(message)s",
+        format=f"%(asctime)s aiarch[{os.getpid()}] %(levelname)s %(message)s{ids}",
         stream=sys.stderr,
     )
+    if traced:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(tracing.TraceLogFilter())
 
 
 def run_worker(
@@ -267,7 +291,7 @@ def run_worker(
 ) -> int:
     """Run one worker in this process until SIGTERM/SIGINT; returns the exit code
     (`EXIT_MODEL_LOAD` when a model cannot load)."""
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, traced=config.resolved_trace_sample() > 0)
     if runtime_factory is None:
         runtime_factory = resolve_object(config.runtime_factory)
     loop = _new_loop()
