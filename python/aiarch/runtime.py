@@ -677,7 +677,7 @@ class Runtime:
         ids are counted, never raised. Thread-safe."""
         import msgspec
 
-        from aiarch.monitor.feedback import LABEL_FIELDS, Label
+        from aiarch.monitor.feedback import LABEL_FIELDS, Label, check_label
 
         tracker = self._feedback.get(model)
         if tracker is None:
@@ -688,16 +688,14 @@ class Runtime:
         parsed = []
         for i, lab in enumerate(labels):
             if isinstance(lab, Label):
+                check_label(i, lab)
                 parsed.append(lab)
                 continue
             try:
                 parsed.append(msgspec.convert(lab, Label))
             except msgspec.ValidationError as e:
                 raise InvalidArgumentError(f"labels[{i}]: {e}; expected {LABEL_FIELDS}") from None
-            if (parsed[-1].id is None) == (parsed[-1].entity_id is None):
-                raise InvalidArgumentError(
-                    f"labels[{i}]: give exactly one of 'id' or 'entity_id'; expected {LABEL_FIELDS}"
-                )
+            check_label(i, parsed[-1])
         return tracker.feedback(parsed)
 
     def histograms(self, name: str) -> dict[str, _core.HistogramSnapshot]:

@@ -132,13 +132,18 @@ def decode_labels(body: bytes) -> list[Label]:
     except msgspec.DecodeError as e:
         raise InvalidArgumentError(f"feedback body is not JSON ({e}); expected {LABEL_FIELDS}") from None
     for i, lab in enumerate(labels):
-        if (lab.id is None) == (lab.entity_id is None):
-            raise InvalidArgumentError(
-                f"labels[{i}]: give exactly one of 'id' or 'entity_id'; expected {LABEL_FIELDS}"
-            )
-        if not np.isfinite(lab.label):
-            raise InvalidArgumentError(f"labels[{i}]: 'label' must be a finite number")
+        check_label(i, lab)
     return labels
+
+
+def check_label(i: int, lab: Label) -> None:
+    """InvalidArgumentError unless label `i` names one key and a finite label."""
+    if (lab.id is None) == (lab.entity_id is None):
+        raise InvalidArgumentError(
+            f"labels[{i}]: give exactly one of 'id' or 'entity_id'; expected {LABEL_FIELDS}"
+        )
+    if not np.isfinite(lab.label):
+        raise InvalidArgumentError(f"labels[{i}]: 'label' must be a finite number")
 
 
 class FeedbackResult(msgspec.Struct):
