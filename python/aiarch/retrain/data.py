@@ -59,9 +59,9 @@ def build_run_data(spec: DataSpec, start: float, end: float, out_dir: Path) -> R
         entity_rows = pa.table(
             {
                 spec.entity_key: table["entity_id"],
-                "event_timestamp": pc.cast(
-                    pc.multiply(table["time"], 1e9), pa.int64()
-                ).cast(pa.timestamp("ns", tz="UTC")),
+                "event_timestamp": pc.cast(pc.multiply(table["time"], 1e9), pa.int64()).cast(
+                    pa.timestamp("ns")
+                ),
                 "label": table["label"],
                 "time": table["time"],
             }
