@@ -174,14 +174,10 @@ def quality(metric: str, predictions: np.ndarray, labels: np.ndarray) -> float |
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-class _Prediction:
-    __slots__ = ("entity", "time", "value", "version")
-
-    def __init__(self, t: float, version: str, value: float, entity: int | None) -> None:
-        self.time = t
-        self.version = version
-        self.value = value
-        self.entity = entity
+# One recorded prediction: (time, version, value, entity id or None). A tuple of atomic values,
+# so the garbage collector stops tracking it: an index of a million predictions adds nothing to
+# the collector's passes.
+_Prediction = tuple[float, str, float, "int | None"]
 
 
 class FeedbackTracker:
@@ -227,7 +223,7 @@ class FeedbackTracker:
         row = np.asarray(output).reshape(np.asarray(output).shape[0], -1)[0]
         value = self._reduce(row)
         with self._lock:
-            self._put(request_id, _Prediction(self._clock(), version, value, None))
+            self._put(request_id, (self._clock(), version, value, None))
 
     def record_many(self, ids: Sequence[str], version: str, values: np.ndarray) -> None:
         """The answered requests of one drain: `values[i]` is the first output row of `ids[i]`.
@@ -240,7 +236,7 @@ class FeedbackTracker:
         now = self._clock()
         with self._lock:
             for rid, v in zip(ids, reduced.tolist()):
-                self._put(rid, _Prediction(now, version, v, None))
+                self._put(rid, (now, version, v, None))
 
     def record_entities(self, version: str, entities: np.ndarray, outputs: Any) -> None:
         """One executed batch of a model that reads entity ids. Called once per batch."""
@@ -282,14 +278,14 @@ class FeedbackTracker:
             del by_id[request_id]
         by_id[request_id] = p
         self.recorded += 1
-        cutoff = p.time - self.config.horizon_s
+        cutoff = p[0] - self.config.horizon_s
         limit = self.config.max_predictions
         while by_id:
             oldest_id, oldest = next(iter(by_id.items()))
-            if len(by_id) <= limit and oldest.time >= cutoff:
+            if len(by_id) <= limit and oldest[0] >= cutoff:
                 break
             del by_id[oldest_id]
-            self._forget(oldest_id, oldest.version)
+            self._forget(oldest_id, oldest[1])
 
     def _forget(self, request_id: str, version: str) -> None:
         gone = self._gone
@@ -317,10 +313,11 @@ class FeedbackTracker:
                 if lab.id is not None:
                     p = self._by_id.pop(lab.id, None)
                     if p is not None:
-                        self._forget(lab.id, p.version)
-                        self._join(p.version, p.value, lab.label, now, result)
-                        event = lab.time if lab.time is not None else p.time
-                        logged.append((event, p.entity, lab.label, lab.id, p.version, p.value))
+                        t, version, value, entity = p
+                        self._forget(lab.id, version)
+                        self._join(version, value, lab.label, now, result)
+                        event = lab.time if lab.time is not None else t
+                        logged.append((event, entity, lab.label, lab.id, version, value))
                         continue
                     version = self._gone.get(lab.id)
                     outcome = "late" if version is not None else "unknown"
