@@ -121,3 +121,46 @@ def test_feedback_for_a_model_without_feedback_is_404(tmp_path: Path) -> None:
         assert r.status == 404 and "monitor.feedback" in r.json()["error"]  # type: ignore[index]
         r = request(srv.port, "POST", "/v2/models/nope/feedback", b'{"labels": []}', {"Content-Type": "application/json"})
         assert r.status == 404
+
+
+def test_workers_merge_quality_and_counts(tmp_path: Path) -> None:
+    """With `--workers 2`, each connection's labels join in the worker that answered its infer
+    requests, and `/monitor` and `/metrics` report every worker's labels whichever answers."""
+    import socket
+
+    from .conftest import read_response
+    from .test_supervisor import _wait_for, _workers
+
+    _require_server_deps()
+    args = ["--config", str(_config(tmp_path)), "--workers", "2"]
+    with running_server(args, tmp_path) as srv:
+        _wait_for(lambda: len(_workers(srv)) == 2, 60, "2 listening workers")
+        for c in range(8):  # the kernel spreads the connections over the workers
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s, s.makefile("rb") as f:
+
+                def post(path: str, payload: object) -> object:
+                    body = json.dumps(payload).encode()
+                    s.sendall(
+                        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                    )
+                    r = read_response(f)
+                    assert r.status == 200, r.body
+                    return r.json()
+
+                for i in range(5 * c, 5 * c + 5):
+                    x = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [SCORES[i], 0.0]}
+                    post("/v2/models/score/infer", {"id": f"r{i}", "inputs": [x]})
+                labels = [{"id": f"r{i}", "label": LABELS[i]} for i in range(5 * c, 5 * c + 5)]
+                assert post("/v2/models/score/feedback", {"labels": labels})["joined"] == 5  # type: ignore[index]
+        def labels_seen() -> int:
+            mon = request(srv.port, "GET", "/v2/models/score/monitor").json()
+            return int(mon["quality"]["1"]["labels"])  # type: ignore[index]
+
+        # Each worker publishes its part every PUBLISH_PERIOD_S: wait for the other's to land.
+        _wait_for(lambda: labels_seen() == 40, 20, "40 joined labels in /monitor")
+        for _ in range(4):  # fresh connections: either worker answers with the server's view
+            q = request(srv.port, "GET", "/v2/models/score/monitor").json()["quality"]["1"]  # type: ignore[index]
+            assert q["labels"] == 40 and q["value"] == pytest.approx(EXPECTED_AUC, abs=1e-12)
+            text = request(srv.port, "GET", "/metrics").body.decode()
+            assert 'aiarch_feedback_labels_total{model="score",outcome="joined",version="1"} 40.0' in text
