@@ -30,7 +30,9 @@ def test_quality_metrics_golden_values() -> None:
     labels = np.array([0.0, 0.0, 1.0, 1.0])
     assert quality("auc", scores, labels) == pytest.approx(0.75, abs=1e-12)
     assert quality("auc", scores, np.ones(4)) is None  # one class: undefined
-    assert quality("accuracy", np.array([1.0, 2.0, 0.0]), np.array([1.0, 2.0, 2.0])) == pytest.approx(2 / 3)
+    assert quality(
+        "accuracy", np.array([1.0, 2.0, 0.0]), np.array([1.0, 2.0, 2.0])
+    ) == pytest.approx(2 / 3)
     assert quality("mae", np.array([1.0, 2.5]), np.array([2.0, 2.0])) == pytest.approx(0.75)
     assert quality("mae", np.array([]), np.array([])) is None
 
@@ -122,7 +124,11 @@ def test_runtime_feedback_joins_by_entity_id_and_time() -> None:
             ],
         )
         assert (r.joined, r.unknown, r.late) == (2, 1, 1)
-        assert tracker.quality()["1"] == {"metric": "mae", "value": pytest.approx(0.25), "labels": 2}
+        assert tracker.quality()["1"] == {
+            "metric": "mae",
+            "value": pytest.approx(0.25),
+            "labels": 2,
+        }
         with pytest.raises(InvalidArgumentError, match="exactly one of"):
             rt.feedback("m", [{"label": 1.0}])
         with pytest.raises(InvalidArgumentError, match="finite"):

@@ -22,7 +22,9 @@ def test_window_rows_get_the_feature_value_as_of_their_event_time(tmp_path: Path
         pa.table(
             {
                 "card": [1, 1],
-                "event_timestamp": pa.array([int(T0 * 1e9), int((T0 + 100) * 1e9)], pa.timestamp("ns")),
+                "event_timestamp": pa.array(
+                    [int(T0 * 1e9), int((T0 + 100) * 1e9)], pa.timestamp("ns")
+                ),
                 "amount": [10.0, 20.0],
             }
         ),

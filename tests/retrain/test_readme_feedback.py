@@ -4,10 +4,10 @@ its server table and its policy parse as written."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

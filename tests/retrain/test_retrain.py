@@ -219,7 +219,7 @@ def test_server_triggers_read_drift_slo_and_quality_from_the_monitor(tmp_path: P
     r = Retrainer(policy, registry=Registry(home=tmp_path), monitor=lambda: report)
     checks = r.check()
     assert [c.fired for c in checks] == [True, True, True, True]
-    assert "version 2: auc 0.7100 < 0.8" == checks[2].detail
+    assert checks[2].detail == "version 2: auc 0.7100 < 0.8"
     assert "p99 7.500 ms" in checks[1].detail
     report["drift"]["window"]["drifted"] = False  # type: ignore[index]
     report["latency_us"]["1m"]["end_to_end"]["p99_us"] = 900.0  # type: ignore[index]

@@ -35,7 +35,10 @@ label_log = "{tmp / "labels"}"
 
 def _infer(port: int, rid: str, score: float) -> str:
     body = json.dumps(
-        {"id": rid, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [score, 0.0]}]}
+        {
+            "id": rid,
+            "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [score, 0.0]}],
+        }
     ).encode()
     r = request(port, "POST", "/v2/models/score/infer", body, {"Content-Type": "application/json"})
     assert r.status == 200, r.body
@@ -46,7 +49,9 @@ def _infer(port: int, rid: str, score: float) -> str:
 
 def _feedback(port: int, labels: list[dict[str, object]]) -> dict[str, int]:
     body = json.dumps({"labels": labels}).encode()
-    r = request(port, "POST", "/v2/models/score/feedback", body, {"Content-Type": "application/json"})
+    r = request(
+        port, "POST", "/v2/models/score/feedback", body, {"Content-Type": "application/json"}
+    )
     assert r.status == 200, r.body
     return r.json()  # type: ignore[return-value]
 
@@ -77,9 +82,16 @@ def test_feedback_joins_ids_into_online_auc(tmp_path: Path, http: str) -> None:
         assert mon["feedback"] == {"1": {"joined": 40, "late": 1}, "": {"unknown": 2}}  # type: ignore[index]
 
         text = request(srv.port, "GET", "/metrics").body.decode()
-        assert f'aiarch_online_quality{{metric="auc",model="score",version="1"}} {EXPECTED_AUC}' in text
-        assert 'aiarch_feedback_labels_total{model="score",outcome="joined",version="1"} 40.0' in text
-        assert 'aiarch_feedback_labels_total{model="score",outcome="unknown",version=""} 2.0' in text
+        assert (
+            f'aiarch_online_quality{{metric="auc",model="score",version="1"}} {EXPECTED_AUC}'
+            in text
+        )
+        assert (
+            'aiarch_feedback_labels_total{model="score",outcome="joined",version="1"} 40.0' in text
+        )
+        assert (
+            'aiarch_feedback_labels_total{model="score",outcome="unknown",version=""} 2.0' in text
+        )
         assert 'aiarch_feedback_labels_total{model="score",outcome="late",version="1"} 1.0' in text
     files = list((tmp_path / "labels").glob("score-labels-*.parquet"))
     import pyarrow.parquet as pq
@@ -94,7 +106,10 @@ def test_feedback_joins_ids_into_online_auc(tmp_path: Path, http: str) -> None:
         (b"not json", "not JSON"),
         (b'{"labels": [{"id": "a"}]}', "label"),
         (b'{"label": 1}', "labels"),
-        (b'{"labels": [{"id": "a", "entity_id": 3, "label": 1}]}', "exactly one of 'id' or 'entity_id'"),
+        (
+            b'{"labels": [{"id": "a", "entity_id": 3, "label": 1}]}',
+            "exactly one of 'id' or 'entity_id'",
+        ),
         (b'{"labels": [{"id": "a", "label": 1, "colour": "red"}]}', "colour"),
     ],
 )
@@ -104,7 +119,13 @@ def test_malformed_feedback_is_refused_naming_the_fields(
     _require_server_deps()
     tmp = tmp_path_factory.mktemp("fb")
     with running_server(["--config", str(_config(tmp)), "--log-level", "warning"], tmp) as srv:
-        r = request(srv.port, "POST", "/v2/models/score/feedback", body, {"Content-Type": "application/json"})
+        r = request(
+            srv.port,
+            "POST",
+            "/v2/models/score/feedback",
+            body,
+            {"Content-Type": "application/json"},
+        )
         assert r.status == 400
         message = r.json()["error"]  # type: ignore[index]
         assert expected in message and '"labels"' in message
@@ -117,9 +138,21 @@ def test_feedback_for_a_model_without_feedback_is_404(tmp_path: Path) -> None:
     _require_server_deps()
     args = ["--model", f"lin={MODELS}:linear", "--log-level", "warning"]
     with running_server(args, tmp_path) as srv:
-        r = request(srv.port, "POST", "/v2/models/lin/feedback", b'{"labels": []}', {"Content-Type": "application/json"})
+        r = request(
+            srv.port,
+            "POST",
+            "/v2/models/lin/feedback",
+            b'{"labels": []}',
+            {"Content-Type": "application/json"},
+        )
         assert r.status == 404 and "monitor.feedback" in r.json()["error"]  # type: ignore[index]
-        r = request(srv.port, "POST", "/v2/models/nope/feedback", b'{"labels": []}', {"Content-Type": "application/json"})
+        r = request(
+            srv.port,
+            "POST",
+            "/v2/models/nope/feedback",
+            b'{"labels": []}',
+            {"Content-Type": "application/json"},
+        )
         assert r.status == 404
 
 
@@ -136,13 +169,17 @@ def test_workers_merge_quality_and_counts(tmp_path: Path) -> None:
     with running_server(args, tmp_path) as srv:
         _wait_for(lambda: len(_workers(srv)) == 2, 60, "2 listening workers")
         for c in range(8):  # the kernel spreads the connections over the workers
-            with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s, s.makefile("rb") as f:
+            with (
+                socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s,
+                s.makefile("rb") as f,
+            ):
 
                 def post(path: str, payload: object) -> object:
                     body = json.dumps(payload).encode()
                     s.sendall(
                         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                        f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
                     )
                     r = read_response(f)
                     assert r.status == 200, r.body
@@ -153,6 +190,7 @@ def test_workers_merge_quality_and_counts(tmp_path: Path) -> None:
                     post("/v2/models/score/infer", {"id": f"r{i}", "inputs": [x]})
                 labels = [{"id": f"r{i}", "label": LABELS[i]} for i in range(5 * c, 5 * c + 5)]
                 assert post("/v2/models/score/feedback", {"labels": labels})["joined"] == 5  # type: ignore[index]
+
         def labels_seen() -> int:
             mon = request(srv.port, "GET", "/v2/models/score/monitor").json()
             return int(mon["quality"]["1"]["labels"])  # type: ignore[index]
@@ -163,4 +201,7 @@ def test_workers_merge_quality_and_counts(tmp_path: Path) -> None:
             q = request(srv.port, "GET", "/v2/models/score/monitor").json()["quality"]["1"]  # type: ignore[index]
             assert q["labels"] == 40 and q["value"] == pytest.approx(EXPECTED_AUC, abs=1e-12)
             text = request(srv.port, "GET", "/metrics").body.decode()
-            assert 'aiarch_feedback_labels_total{model="score",outcome="joined",version="1"} 40.0' in text
+            assert (
+                'aiarch_feedback_labels_total{model="score",outcome="joined",version="1"} 40.0'
+                in text
+            )

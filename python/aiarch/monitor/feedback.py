@@ -88,7 +88,9 @@ class FeedbackConfig:
         if not (self.horizon_s > 0 and self.window_s > 0):
             raise InvalidArgumentError("feedback horizon_s and window_s must be > 0")
         if self.max_predictions < 1 or self.max_window_labels < 1:
-            raise InvalidArgumentError("feedback max_predictions and max_window_labels must be >= 1")
+            raise InvalidArgumentError(
+                "feedback max_predictions and max_window_labels must be >= 1"
+            )
 
     @classmethod
     def from_dict(cls, table: Mapping[str, Any]) -> FeedbackConfig:
@@ -130,7 +132,9 @@ def decode_labels(body: bytes) -> list[Label]:
     except msgspec.ValidationError as e:
         raise InvalidArgumentError(f"bad feedback body ({e}); expected {LABEL_FIELDS}") from None
     except msgspec.DecodeError as e:
-        raise InvalidArgumentError(f"feedback body is not JSON ({e}); expected {LABEL_FIELDS}") from None
+        raise InvalidArgumentError(
+            f"feedback body is not JSON ({e}); expected {LABEL_FIELDS}"
+        ) from None
     for i, lab in enumerate(labels):
         check_label(i, lab)
     return labels
@@ -297,7 +301,8 @@ class FeedbackTracker:
         batches = self._entity_batches
         cutoff = now - self.config.horizon_s
         while batches and (
-            batches[0][0] < cutoff or self._entity_rows - batches[0][2].size >= self.config.max_predictions
+            batches[0][0] < cutoff
+            or self._entity_rows - batches[0][2].size >= self.config.max_predictions
         ):
             self._entity_rows -= batches.popleft()[2].size
 
@@ -319,9 +324,9 @@ class FeedbackTracker:
                         event = lab.time if lab.time is not None else t
                         logged.append((event, entity, lab.label, lab.id, version, value))
                         continue
-                    version = self._gone.get(lab.id)
-                    outcome = "late" if version is not None else "unknown"
-                    self._count(version or "", outcome, result)
+                    gone = self._gone.get(lab.id)
+                    outcome = "late" if gone is not None else "unknown"
+                    self._count(gone or "", outcome, result)
                     continue
                 event = lab.time if lab.time is not None else now
                 found = self._find_entity(int(lab.entity_id or 0), event)
@@ -347,7 +352,9 @@ class FeedbackTracker:
                 return version, float(values[hit[-1]])
         return None
 
-    def _join(self, version: str, value: float, label: float, now: float, r: FeedbackResult) -> None:
+    def _join(
+        self, version: str, value: float, label: float, now: float, r: FeedbackResult
+    ) -> None:
         window = self._joined.get(version)
         if window is None:
             window = self._joined[version] = deque(maxlen=self.config.max_window_labels)

@@ -69,7 +69,7 @@ def build_run_data(spec: DataSpec, start: float, end: float, out_dir: Path) -> R
         table = store.training_set(entity_rows, list(spec.features))
     out_dir.mkdir(parents=True, exist_ok=True)
     n = table.num_rows
-    n_holdout = int(round(n * spec.holdout_fraction)) if n > 1 else 0
+    n_holdout = round(n * spec.holdout_fraction) if n > 1 else 0
     train, holdout = table.slice(0, n - n_holdout), table.slice(n - n_holdout)
     train_path, holdout_path = out_dir / "train.parquet", out_dir / "holdout.parquet"
     pq.write_table(train, train_path)

@@ -326,5 +326,7 @@ def load_policy(path: str | os.PathLike[str]) -> RetrainPolicy:
         else:
             tree = json.loads(raw)
     except ValueError as e:
-        raise InvalidArgumentError(f"policy {str(p)!r} is not valid {p.suffix or 'JSON'}: {e}") from None
+        raise InvalidArgumentError(
+            f"policy {str(p)!r} is not valid {p.suffix or 'JSON'}: {e}"
+        ) from None
     return policy_from_dict(tree, p.resolve().parent)

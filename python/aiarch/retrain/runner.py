@@ -38,7 +38,7 @@ from .data import build_run_data
 from .policy import LOWER_IS_BETTER, RetrainPolicy
 from .triggers import TriggerCheck, evaluate_triggers
 
-__all__ = ["RunRecord", "Retrainer", "ScriptContext", "script_context"]
+__all__ = ["Retrainer", "RunRecord", "ScriptContext", "script_context"]
 
 log = logging.getLogger("aiarch.retrain")
 
@@ -97,7 +97,9 @@ class ScriptContext:
             "retrain.run_id": self.run_id,
             "retrain.trigger": self.trigger,
             "retrain.window": f"{self.window_start:.3f}-{self.window_end:.3f}",
-            "retrain.parent_version": "" if self.parent_version is None else str(self.parent_version),
+            "retrain.parent_version": ""
+            if self.parent_version is None
+            else str(self.parent_version),
             "retrain.policy_digest": self.policy_digest,
         }
 

@@ -273,7 +273,7 @@ class App:
                 f"model '{entry.name}' is not monitored (no monitor.reference nor "
                 "monitor.feedback)",
             )
-        report = (
+        report: dict[str, Any] = (
             self.metrics.monitor_report(entry.runtime_name, mon)
             if mon is not None
             else {"model": entry.name, "version": entry.version}

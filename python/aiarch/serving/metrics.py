@@ -24,8 +24,8 @@ from prometheus_client.core import (
 )
 
 from aiarch.monitor.drift import evaluate_drift
-from aiarch.monitor.monitor import MonitorSnapshot, report_from_snapshot
 from aiarch.monitor.feedback import quality_report
+from aiarch.monitor.monitor import MonitorSnapshot, report_from_snapshot
 from aiarch.monitor.prometheus import FeedbackCollector, MonitorCollector
 
 from .features import lookup_stats

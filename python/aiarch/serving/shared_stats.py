@@ -37,10 +37,10 @@ import msgspec
 from aiarch.monitor.monitor import WINDOWS, MonitorSnapshot, merge_snapshots
 
 __all__ = [
+    "FEEDBACK_PAIRS_PUBLISHED",
     "PUBLISH_PERIOD_S",
     "RUN_DIR_ENV",
     "WORKER_ENV",
-    "FEEDBACK_PAIRS_PUBLISHED",
     "Family",
     "FeedbackPart",
     "MonitorPart",
