@@ -5,11 +5,19 @@ answering infer requests natively), exported in `/monitor` and `/metrics`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import FRONT_ENDS, MODELS, _require_server_deps, request, running_server
+from .conftest import (
+    FRONT_ENDS,
+    MODELS,
+    ServerProcess,
+    _require_server_deps,
+    request,
+    running_server,
+)
 
 # 40 scores i/40 with label 1 for the top half, except that the 19th and 20th swap labels:
 # one discordant pair out of 20 x 20, so AUC = 399/400.
@@ -100,6 +108,14 @@ def test_feedback_joins_ids_into_online_auc(tmp_path: Path, http: str) -> None:
     assert rows == 40  # the joined labels (unknown ids carry no entity or time to train on)
 
 
+@pytest.fixture(scope="module")
+def feedback_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    _require_server_deps()
+    tmp = tmp_path_factory.mktemp("fb")
+    with running_server(["--config", str(_config(tmp)), "--log-level", "warning"], tmp) as srv:
+        yield srv
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -114,24 +130,19 @@ def test_feedback_joins_ids_into_online_auc(tmp_path: Path, http: str) -> None:
     ],
 )
 def test_malformed_feedback_is_refused_naming_the_fields(
-    tmp_path_factory: pytest.TempPathFactory, body: bytes, expected: str
+    feedback_server: ServerProcess, body: bytes, expected: str
 ) -> None:
-    _require_server_deps()
-    tmp = tmp_path_factory.mktemp("fb")
-    with running_server(["--config", str(_config(tmp)), "--log-level", "warning"], tmp) as srv:
-        r = request(
-            srv.port,
-            "POST",
-            "/v2/models/score/feedback",
-            body,
-            {"Content-Type": "application/json"},
-        )
-        assert r.status == 400
-        message = r.json()["error"]  # type: ignore[index]
-        assert expected in message and '"labels"' in message
-        # One bad feedback request never affects serving or the next one.
-        _infer(srv.port, "ok", 0.5)
-        assert _feedback(srv.port, [{"id": "ok", "label": 1}])["joined"] == 1
+    port = feedback_server.port
+    r = request(
+        port, "POST", "/v2/models/score/feedback", body, {"Content-Type": "application/json"}
+    )
+    assert r.status == 400
+    message = r.json()["error"]  # type: ignore[index]
+    assert expected in message and '"labels"' in message
+    # One bad feedback request never affects serving or the next one.
+    rid = f"ok-{expected}"
+    _infer(port, rid, 0.5)
+    assert _feedback(port, [{"id": rid, "label": 1}])["joined"] == 1
 
 
 def test_feedback_for_a_model_without_feedback_is_404(tmp_path: Path) -> None:
