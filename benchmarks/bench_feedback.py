@@ -156,6 +156,28 @@ async def _load(
     }
 
 
+def in_process_costs(n: int, batch: int) -> dict[str, float]:
+    """What the server's Python adds, timed in process: recording one prediction (a drain's
+    records handed over together, `batch` at a time) and joining one label (`batch` per call)."""
+    import numpy as np
+
+    from aiarch.monitor.feedback import FeedbackConfig, FeedbackTracker, Label
+
+    tracker = FeedbackTracker("m", FeedbackConfig(metric="auc", max_predictions=n))
+    ids = [f"r{i}" for i in range(n)]
+    values = np.random.default_rng(0).random((n, 1))
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        tracker.record_many(ids[i : i + batch], "1", values[i : i + batch])
+    record_s = time.perf_counter() - t0
+    labels = [Label(label=float(i % 2), id=rid) for i, rid in enumerate(ids)]
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        tracker.feedback(labels[i : i + batch])
+    join_s = time.perf_counter() - t0
+    return {"record_ns_per_prediction": record_s / n * 1e9, "join_ns_per_label": join_s / n * 1e9}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         ["feedback", "infer/s", "x baseline", "labels/s", "joined share"],
         rows,
     )
-    write_json(args.json, "bench_feedback", results)
+    costs = in_process_costs(20_000 if args.smoke else 500_000, args.batch)
+    print(
+        f"\nin process: {costs['record_ns_per_prediction']:.0f} ns to record a prediction, "
+        f"{costs['join_ns_per_label']:.0f} ns to join a label ({args.batch} per call)"
+    )
+    write_json(args.json, "bench_feedback", {"server": results, "in_process": costs})
     return 0
 
 

@@ -227,7 +227,10 @@ class FeedbackTracker:
         row = np.asarray(output).reshape(np.asarray(output).shape[0], -1)[0]
         value = self._reduce(row)
         with self._lock:
-            self._put(request_id, (self._clock(), version, value, None))
+            now = self._clock()
+            self._by_id[request_id] = (now, version, value, None)
+            self.recorded += 1
+            self._evict(now)
 
     def record_many(self, ids: Sequence[str], version: str, values: np.ndarray) -> None:
         """The answered requests of one drain: `values[i]` is the first output row of `ids[i]`.
@@ -238,9 +241,11 @@ class FeedbackTracker:
         else:
             reduced = values[:, cfg.score_index]
         now = self._clock()
+        entries = [(now, version, v, None) for v in reduced.tolist()]
         with self._lock:
-            for rid, v in zip(ids, reduced.tolist()):
-                self._put(rid, (now, version, v, None))
+            self._by_id.update(zip(ids, entries))  # a reused id keeps its place in the order
+            self.recorded += len(entries)
+            self._evict(now)
 
     def record_entities(self, version: str, entities: np.ndarray, outputs: Any) -> None:
         """One executed batch of a model that reads entity ids. Called once per batch."""
@@ -276,19 +281,15 @@ class FeedbackTracker:
         recorded.__wrapped__ = fn  # type: ignore[attr-defined]
         return recorded
 
-    def _put(self, request_id: str, p: _Prediction) -> None:
+    def _evict(self, now: float) -> None:
+        """Drop the oldest predictions past `max_predictions` or older than `horizon_s`."""
         by_id = self._by_id
-        if request_id in by_id:
-            del by_id[request_id]
-        by_id[request_id] = p
-        self.recorded += 1
-        cutoff = p[0] - self.config.horizon_s
+        cutoff = now - self.config.horizon_s
         limit = self.config.max_predictions
         while by_id:
-            oldest_id, oldest = next(iter(by_id.items()))
-            if len(by_id) <= limit and oldest[0] >= cutoff:
+            if len(by_id) <= limit and next(iter(by_id.values()))[0] >= cutoff:
                 break
-            del by_id[oldest_id]
+            oldest_id, oldest = by_id.popitem(last=False)
             self._forget(oldest_id, oldest[1])
 
     def _forget(self, request_id: str, version: str) -> None:
