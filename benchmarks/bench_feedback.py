@@ -8,9 +8,11 @@ the answered ids' labels, --batch labels per POST, as fast as the server answers
 follows infer/s). "labels only": the same server first answers --duration/2 s of infer load,
 then takes all those ids' labels with no infer load — the ingestion capacity. Baseline, in the
 same run: the same server and load with no feedback table (no prediction recording, no
-labels). Ratios: infer req/s / the baseline's. The client runs on the same cores as the server.
+labels), up at the same time: --rounds alternate between the two servers and each round's
+ratio is infer req/s with feedback / the baseline's; the table gives every round and the median.
+The client runs on the same cores as the servers.
 
-    python benchmarks/bench_feedback.py            # ~40 s
+    python benchmarks/bench_feedback.py            # ~1 min
     python benchmarks/bench_feedback.py --smoke    # < 30 s
 """
 
@@ -183,69 +185,99 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--smoke", action="store_true", help="seconds, to check the script runs")
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds of load per server")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per server")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating baseline/feedback rounds")
     ap.add_argument("--connections", type=int, default=16, help="infer connections")
     ap.add_argument("--batch", type=int, default=256, help="labels per feedback POST")
     ap.add_argument("--json", default="bench-results/bench_feedback.json", help="output file")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.duration, args.connections = 2.0, 4
+        args.duration, args.connections, args.rounds = 2.0, 4, 1
     from aiarch.serving.process import ServerProcess
 
-    results: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="aiarch-bench-feedback-") as tmpdir:
         tmp = Path(tmpdir)
         (tmp / "scorer_model.py").write_text(MODEL)
-        for feedback in (False, True):
-            cfg = _config(tmp, feedback)
-            srv = ServerProcess(["--config", str(cfg), "--log-level", "warning"], tmp / "log")
-            try:
+        servers = {
+            fb: ServerProcess(
+                ["--config", str(_config(tmp, fb)), "--log-level", "warning"], tmp / f"{fb}.log"
+            )
+            for fb in (False, True)
+        }
+        try:
+            for srv in servers.values():
                 srv.wait_ready()
-                asyncio.run(_load(srv.port, 2, 0.5, feedback, args.batch))  # warm-up
-                runs = [
-                    (
-                        "with infer" if feedback else "off (baseline)",
-                        asyncio.run(
-                            _load(srv.port, args.connections, args.duration, feedback, args.batch)
-                        ),
-                    )
-                ]
-                if feedback:  # predictions first, then only their labels: the capacity
-                    pool: deque[str] = deque()
-                    asyncio.run(
-                        _load(srv.port, args.connections, args.duration / 2, False, 0, pool)
-                    )
-                    runs.append(("labels only", asyncio.run(_burst(srv.port, pool, args.batch))))
-            finally:
-                srv.stop()
-            for mode, r in runs:
-                r["mode"] = mode
-                r["connections"] = args.connections
-                r["batch"] = args.batch
-                results.append(r)
+                asyncio.run(_load(srv.port, 2, 0.5, False, args.batch))  # warm-up
+            # Both servers run at once and the rounds alternate between them, so that the
+            # neighbours' load on a shared machine falls on both alike.
+            for i in range(args.rounds):
+                base = asyncio.run(
+                    _load(servers[False].port, args.connections, args.duration, False, args.batch)
+                )
+                with_fb = asyncio.run(
+                    _load(servers[True].port, args.connections, args.duration, True, args.batch)
+                )
+                rounds.append(
+                    {
+                        "round": i,
+                        "baseline_infer_rps": base["infer_rps"],
+                        "feedback_infer_rps": with_fb["infer_rps"],
+                        "labels_per_s": with_fb["labels_per_s"],
+                        "joined_share": with_fb["joined_share"],
+                        "x_baseline_infer_rps": with_fb["infer_rps"] / base["infer_rps"],
+                    }
+                )
                 print(
-                    f"  {mode}: {r['infer_rps']:8.0f} infer/s {r['labels_per_s']:8.0f} labels/s",
+                    f"  round {i}: baseline {base['infer_rps']:8.0f} infer/s, with feedback "
+                    f"{with_fb['infer_rps']:8.0f} infer/s + {with_fb['labels_per_s']:8.0f} labels/s",
                     flush=True,
                 )
-    base = results[0]
-    rows = []
-    for r in results:
-        r["x_baseline_infer_rps"] = r["infer_rps"] / base["infer_rps"]
-        rows.append(
-            [
-                r["mode"],
-                f"{r['infer_rps']:.0f}",
-                f"{r['x_baseline_infer_rps']:.2f}",
-                f"{r['labels_per_s']:.0f}",
-                f"{r['joined_share']:.3f}",
-            ]
-        )
+            # Predictions first, then only their labels: the ingestion capacity.
+            pool: deque[str] = deque()
+            port = servers[True].port
+            asyncio.run(_load(port, args.connections, args.duration / 2, False, 0, pool))
+            burst = asyncio.run(_burst(port, pool, args.batch))
+        finally:
+            for srv in servers.values():
+                srv.stop()
+    ratios = sorted(r["x_baseline_infer_rps"] for r in rounds)
+    rows = [
+        [
+            r["round"],
+            f"{r['baseline_infer_rps']:.0f}",
+            f"{r['feedback_infer_rps']:.0f}",
+            f"{r['x_baseline_infer_rps']:.2f}",
+            f"{r['labels_per_s']:.0f}",
+            f"{r['joined_share']:.3f}",
+        ]
+        for r in rounds
+    ]
+    rows.append(
+        [
+            "labels only",
+            "-",
+            "-",
+            "-",
+            f"{burst['labels_per_s']:.0f}",
+            f"{burst['joined_share']:.3f}",
+        ]
+    )
     print_table(
         f"feedback while serving: {args.connections} infer connections + 1 feedback connection "
-        f"({args.batch} labels/POST), {args.duration:g} s",
-        ["feedback", "infer/s", "x baseline", "labels/s", "joined share"],
+        f"({args.batch} labels/POST), {args.duration:g} s per server per round; median ratio "
+        f"{ratios[len(ratios) // 2]:.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})",
+        ["round", "baseline infer/s", "feedback infer/s", "x baseline", "labels/s", "joined"],
         rows,
     )
+    results = {
+        "rounds": rounds,
+        "median_x_baseline_infer_rps": ratios[len(ratios) // 2],
+        "capacity_labels_per_s": burst["labels_per_s"],
+        "connections": args.connections,
+        "batch": args.batch,
+        "duration_s": args.duration,
+    }
     costs = in_process_costs(20_000 if args.smoke else 500_000, args.batch)
     print(
         f"\nin process: {costs['record_ns_per_prediction']:.0f} ns to record a prediction, "
