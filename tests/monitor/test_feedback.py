@@ -137,3 +137,11 @@ def test_runtime_feedback_joins_by_entity_id_and_time() -> None:
             rt.feedback("other", [])
     finally:
         rt.close()
+
+
+def test_unreadable_predictions_are_counted_never_raised() -> None:
+    t = FeedbackTracker("m", FeedbackConfig(metric="auc", score_index=5), clock=Clock())
+    t.record("a", "1", np.array([[0.3]]))  # one column: no column 5
+    t.record_many(["b"], "1", np.array([[0.3]]))
+    assert t.record_errors == 2 and t.recorded == 0
+    assert t.feedback([Label(label=1, id="a")]).unknown == 1

@@ -209,6 +209,8 @@ class FeedbackTracker:
         self.counts: dict[tuple[str, str], int] = {}
         """(version, outcome) -> labels; version "" for unknown ids."""
         self.recorded = 0
+        self.record_errors = 0
+        """Predictions that could not be read (e.g. `score_index` beyond the output's width)."""
         self.label_log: LabelLog | None = (
             LabelLog(model, self.config.label_log) if self.config.label_log else None
         )
@@ -223,9 +225,13 @@ class FeedbackTracker:
 
     def record(self, request_id: str, version: str, output: Any) -> None:
         """One answered request (its first output's first row). Called once per request on the
-        App's path."""
-        row = np.asarray(output).reshape(np.asarray(output).shape[0], -1)[0]
-        value = self._reduce(row)
+        App's path. Never raises: an output it cannot read is counted (`record_errors`)."""
+        try:
+            out = np.asarray(output)
+            value = self._reduce(out.reshape(out.shape[0], -1)[0])
+        except Exception as e:
+            self._record_failed(e)
+            return
         with self._lock:
             now = self._clock()
             self._by_id[request_id] = (now, version, value, None)
@@ -234,12 +240,16 @@ class FeedbackTracker:
 
     def record_many(self, ids: Sequence[str], version: str, values: np.ndarray) -> None:
         """The answered requests of one drain: `values[i]` is the first output row of `ids[i]`.
-        Called once per drain of the native front end."""
+        Called once per drain of the native front end. Never raises (see `record`)."""
         cfg = self.config
-        if cfg.metric == "accuracy":
-            reduced = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
-        else:
-            reduced = values[:, cfg.score_index]
+        try:
+            if cfg.metric == "accuracy":
+                reduced = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
+            else:
+                reduced = values[:, cfg.score_index]
+        except Exception as e:
+            self._record_failed(e)
+            return
         now = self._clock()
         entries = [(now, version, v, None) for v in reduced.tolist()]
         with self._lock:
@@ -247,15 +257,24 @@ class FeedbackTracker:
             self.recorded += len(entries)
             self._evict(now)
 
+    def _record_failed(self, e: Exception) -> None:
+        self.record_errors += 1
+        if self.record_errors == 1:
+            log.error("feedback of %s cannot read a prediction (score_index?): %s", self.model, e)
+
     def record_entities(self, version: str, entities: np.ndarray, outputs: Any) -> None:
         """One executed batch of a model that reads entity ids. Called once per batch."""
         out = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         values = np.asarray(out).reshape(len(entities), -1)
         cfg = self.config
-        if cfg.metric == "accuracy":
-            reduced = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
-        else:
-            reduced = values[:, cfg.score_index]
+        try:
+            if cfg.metric == "accuracy":
+                reduced = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
+            else:
+                reduced = values[:, cfg.score_index]
+        except IndexError as e:
+            self._record_failed(e)
+            return
         ents = np.asarray(entities).reshape(-1).astype(np.int64, copy=True)
         with self._lock:
             self._entity_batches.append(
