@@ -231,3 +231,62 @@ def test_server_triggers_read_drift_slo_and_quality_from_the_monitor(tmp_path: P
 
     quiet = Retrainer(policy, registry=Registry(home=tmp_path), monitor=unreachable).check()
     assert not quiet[0].fired and "unreadable" in quiet[0].detail
+
+
+def test_quality_trigger_reads_a_real_server(tmp_path: Path) -> None:
+    """Labels posted to a served model pull its online AUC below the policy's floor:
+    `aiarch retrain --check` reads /monitor and says the quality trigger fired."""
+    pytest.importorskip("uvloop", reason="uvloop is not installed")
+    import urllib.request
+
+    from aiarch.serving.process import ServerProcess
+
+    models = HERE.parent / "serving" / "models.py"
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(
+        f'[models.score]\nsource = "{models}:scorer"\n'
+        '[models.score.monitor.feedback]\nmetric = "auc"\n'
+    )
+    srv = ServerProcess(["--config", str(cfg), "--log-level", "warning"], tmp_path / "serve.log")
+    try:
+        srv.wait_ready()
+
+        def post(path: str, payload: object) -> Any:
+            req = urllib.request.Request(
+                srv.base + path,
+                json.dumps(payload).encode(),
+                {"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+
+        for i in range(20):  # scores rank the labels backwards: AUC 0
+            x = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [i / 20, 0.0]}
+            post("/v2/models/score/infer", {"id": f"r{i}", "inputs": [x]})
+        labels = [{"id": f"r{i}", "label": int(i < 10)} for i in range(20)]
+        assert post("/v2/models/score/feedback", {"labels": labels})["joined"] == 20
+        policy = tmp_path / "policy.json"
+        policy.write_text(
+            json.dumps(
+                {
+                    "model": "score",
+                    "home": str(tmp_path / "home"),
+                    "server": {"url": srv.base},
+                    "triggers": [
+                        {"kind": "quality", "metric": "auc", "floor": 0.6, "min_labels": 20},
+                        {"kind": "slo", "p99_ms": 60000},
+                    ],
+                    "train": {"script": str(JOB)},
+                }
+            )
+        )
+        code, checks, err = _retrain(policy, tmp_path / "home", "--check")
+        assert code == 0, err
+        assert checks[0] == {
+            "trigger": "quality(floor=0.6, metric=auc, min_labels=20)",
+            "fired": True,
+            "detail": "version 1: auc 0.0000 < 0.6",
+        }
+        assert checks[1]["fired"] is False and "bound 60000 ms" in checks[1]["detail"]
+    finally:
+        srv.stop()
