@@ -65,7 +65,7 @@ void BindHttp(py::module_& m) {
           [](HttpFront& front, const std::string& name, const std::string& version,
              py::object model,
              const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& inputs,
-             const std::vector<std::string>& output_names) {
+             const std::vector<std::string>& output_names, bool record_predictions) {
             V2Model v2;
             v2.name = name;
             v2.version = version;
@@ -85,12 +85,30 @@ void BindHttp(py::module_& m) {
               py::gil_scoped_acquire gil;
               delete static_cast<py::object*>(p);
             });
-            front.RegisterModel(std::move(v2), batcher, std::move(owner));
+            front.RegisterModel(std::move(v2), batcher, std::move(owner), record_predictions);
           },
           py::arg("name"), py::arg("version"), py::arg("model"), py::arg("inputs"),
-          py::arg("output_names"),
+          py::arg("output_names"), py::arg("record_predictions") = false,
           "Serves v2 infer requests for `name` natively through the batcher of `model` "
-          "(an aiarch._core.Model); inputs are (name, dtype, shape-after-rows).")
+          "(an aiarch._core.Model); inputs are (name, dtype, shape-after-rows). With "
+          "`record_predictions`, answered requests that carry an id are kept for "
+          "`take_predictions`.")
+      .def(
+          "take_predictions",
+          [](HttpFront& front) {
+            std::vector<RecordedPredictions> taken = front.TakePredictions();
+            py::list out(taken.size());
+            for (size_t i = 0; i < taken.size(); ++i) {
+              RecordedPredictions& r = taken[i];
+              py::bytes values(reinterpret_cast<const char*>(r.values.data()),
+                               r.values.size() * sizeof(double));
+              out[i] = py::make_tuple(r.model, r.version, py::cast(r.ids), values, r.width);
+            }
+            return out;
+          },
+          "The prediction records since the last call: (model, version, ids, float64 values "
+          "as bytes, width) per model; ids[i] answered values[i*width:(i+1)*width].")
+      .def_property_readonly("predictions_dropped", &HttpFront::predictions_dropped)
       .def("unregister_model", &HttpFront::UnregisterModel, py::arg("name"))
       .def("registered", &HttpFront::registered)
       .def("connect", &HttpFront::Connect, py::arg("id"))

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace aiarch {
@@ -23,6 +24,31 @@ constexpr std::string_view kForwardedHeaders[] = {
     "traceparent",
     "tracestate",
 };
+
+// One element of a little-endian tensor as a double; half-precision floats
+// (rare as scores) read as NaN, which the feedback join skips.
+double ElementAsDouble(DType dtype, const uint8_t* p) {
+  auto as = [p](auto v) {
+    std::memcpy(&v, p, sizeof(v));
+    return static_cast<double>(v);
+  };
+  switch (dtype) {
+    case DType::kBool:
+    case DType::kUint8: return as(uint8_t{});
+    case DType::kUint16: return as(uint16_t{});
+    case DType::kUint32: return as(uint32_t{});
+    case DType::kUint64: return as(uint64_t{});
+    case DType::kInt8: return as(int8_t{});
+    case DType::kInt16: return as(int16_t{});
+    case DType::kInt32: return as(int32_t{});
+    case DType::kInt64: return as(int64_t{});
+    case DType::kFp32: return as(float{});
+    case DType::kFp64: return as(double{});
+    case DType::kFp16:
+    case DType::kBf16: break;
+  }
+  return std::nan("");
+}
 
 bool AllDigits(std::string_view s) {
   if (s.empty() || s.size() > 18) return false;
@@ -145,11 +171,13 @@ Status HttpFront::Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out
   return Status::Ok();
 }
 
-void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner) {
+void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner,
+                              bool record_predictions) {
   auto m = std::make_shared<Model>();
   m->v2 = std::move(model);
   m->batcher = batcher;
   m->owner = std::move(owner);
+  m->record = record_predictions;
   const std::string name = m->v2.name;
   models_[name] = std::move(m);
 }
@@ -165,6 +193,35 @@ std::vector<std::string> HttpFront::registered() const {
 std::shared_ptr<HttpFront::Model> HttpFront::Find(std::string_view name) const {
   auto it = models_.find(std::string(name));
   return it == models_.end() ? nullptr : it->second;
+}
+
+void HttpFront::Record(const Model& model, const std::string& id, const TensorSpec& spec,
+                       const uint8_t* row) {
+  if (recorded_count_ >= kMaxRecordedPredictions) {
+    ++predictions_dropped_;
+    return;
+  }
+  RecordedPredictions& r = recorded_[model.v2.name];
+  const size_t width = static_cast<size_t>(spec.RowElements());
+  if (r.ids.empty()) {
+    r.model = model.v2.name;
+    r.version = model.v2.version;
+    r.width = width;
+  }
+  r.ids.push_back(id);
+  const size_t size = DTypeSize(spec.dtype);
+  for (size_t i = 0; i < width; ++i)
+    r.values.push_back(ElementAsDouble(spec.dtype, row + i * size));
+  ++recorded_count_;
+}
+
+std::vector<RecordedPredictions> HttpFront::TakePredictions() {
+  std::vector<RecordedPredictions> out;
+  out.reserve(recorded_.size());
+  for (auto& kv : recorded_) out.push_back(std::move(kv.second));
+  recorded_.clear();
+  recorded_count_ = 0;
+  return out;
 }
 
 std::shared_ptr<HttpConnection> HttpFront::Connect(uint64_t id) {
@@ -207,6 +264,9 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
       conn.Error(*slot, 500, error, p->keep_alive);
     } else {
       conn.Fill(*slot, p->keep_alive);
+      if (model->record && p->plan.has_id && hit.rows > 0) {
+        Record(*model, p->plan.id, (*hit.specs)[0], rows[0]);
+      }
     }
     conn.FlushTouching(&touched_);
     return;
@@ -261,6 +321,9 @@ std::vector<uint64_t> HttpFront::Drain() {
         conn.Error(*slot, 500, error, keep);
       } else {
         conn.Fill(*slot, keep);
+        if (p->model->record && p->plan.has_id && c.rows > 0) {
+          Record(*p->model, p->plan.id, specs[0], rows[0]);
+        }
       }
     } else {
       conn.ErrorFromStatus(*slot, c.status, keep);

@@ -73,14 +73,14 @@ V2Model LinModel(const std::string& name) {
 }
 
 void Serve(HttpFront& front, Served& s, const std::string& name, BatchConfig config,
-           std::shared_ptr<ResponseCache> cache = nullptr) {
+           std::shared_ptr<ResponseCache> cache = nullptr, bool record_predictions = false) {
   const Status st = Batcher::Create(name, config, {TensorSpec{"x", DType::kFp32, {kWidth}}}, {},
                                     s.executor, nullptr, std::move(cache), &s.batcher);
   if (!CHECK(st.ok())) {
     std::fprintf(stderr, "%s\n", st.ToString().c_str());
     std::abort();
   }
-  front.RegisterModel(LinModel(name), s.batcher.get(), nullptr);
+  front.RegisterModel(LinModel(name), s.batcher.get(), nullptr, record_predictions);
 }
 
 BatchConfig Immediate() {
@@ -221,6 +221,52 @@ void TestCacheHitAndClose() {
   CHECK_EQ(rs.size(), size_t{1});
   CHECK(rs[0].head.find("connection: close") != std::string::npos);
   CHECK(conn->want_close());
+}
+
+// With an id in the body, a request's first output row is recorded for TakePredictions (also
+// when it is answered from the cache); without one, or for a model registered without
+// record_predictions, nothing is.
+void TestRecordedPredictions() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served rec, plain;
+  Serve(*front, rec, "rec", Immediate(), std::make_shared<ResponseCache>(CacheConfig{}), true);
+  Serve(*front, plain, "plain", Immediate());
+  auto conn = front->Connect(1);
+  const auto with_id = [](const std::string& id, float base) {
+    std::string body = InferJson("x", 1, kWidth, base);
+    return R"({"id":")" + id + R"(",)" + body.substr(1);
+  };
+  const std::string wire = Http("POST", "/v2/models/rec/infer", with_id("a", 1)) +
+                           Http("POST", "/v2/models/rec/infer", InferJson("x", 1, kWidth, 5)) +
+                           Http("POST", "/v2/models/plain/infer", with_id("p", 1));
+  bool ok;
+  auto rs = SplitResponses(Exchange(*front, *conn, wire), &ok);
+  CHECK_EQ(rs.size(), size_t{3});
+  // The same body again, after the first was cached: answered at submit, from the cache.
+  rs = SplitResponses(
+      Exchange(*front, *conn, Http("POST", "/v2/models/rec/infer", with_id("b", 1))), &ok);
+  CHECK_EQ(rs.size(), size_t{1});
+  CHECK_EQ(rec.executor->rows.load(), int64_t{2});
+  std::vector<RecordedPredictions> taken = front->TakePredictions();
+  if (CHECK_EQ(taken.size(), size_t{1})) {
+    const RecordedPredictions& r = taken[0];
+    CHECK_EQ(r.model, std::string("rec"));
+    CHECK_EQ(r.version, std::string("1"));
+    CHECK_EQ(r.width, size_t{kWidth});
+    if (CHECK_EQ(r.ids.size(), size_t{2})) {
+      CHECK_EQ(r.ids[0], std::string("a"));
+      CHECK_EQ(r.ids[1], std::string("b"));
+    }
+    if (CHECK_EQ(r.values.size(), size_t{2 * kWidth})) {
+      for (size_t i = 0; i < kWidth; ++i) {  // y = 2x, x = 1, 2, ...
+        CHECK_EQ(r.values[i], 2.0 * (1.0 + static_cast<double>(i)));
+        CHECK_EQ(r.values[kWidth + i], r.values[i]);
+      }
+    }
+  }
+  CHECK(front->TakePredictions().empty());  // taken once
+  CHECK_EQ(front->predictions_dropped(), uint64_t{0});
 }
 
 void TestOverloadDeadlineCancel() {
@@ -569,6 +615,7 @@ void TestFuzz() {
 int main() {
   aiarch::TestPipelinedOrder();
   aiarch::TestCacheHitAndClose();
+  aiarch::TestRecordedPredictions();
   aiarch::TestOverloadDeadlineCancel();
   aiarch::TestProtocolErrors();
   aiarch::TestForwardsWhatThePythonPathWords();

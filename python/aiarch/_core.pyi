@@ -205,8 +205,16 @@ class HttpFront:
         model: Model,
         inputs: Sequence[SpecTuple],
         output_names: Sequence[str],
+        record_predictions: bool = False,
     ) -> None:
-        """Serves v2 infer requests for `name` natively through the batcher of `model`."""
+        """Serves v2 infer requests for `name` natively through the batcher of `model`; with
+        `record_predictions`, answered requests that carry an id are kept for
+        `take_predictions`."""
+    def take_predictions(self) -> list[tuple[str, str, list[str], bytes, int]]:
+        """(model, version, ids, float64 values as bytes, width) per model since the last
+        call."""
+    @property
+    def predictions_dropped(self) -> int: ...
     def unregister_model(self, name: str) -> bool: ...
     def registered(self) -> list[str]: ...
     def connect(self, id: int) -> HttpConnection: ...

@@ -484,6 +484,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _package_command("aiarch.monitor.cli"),
     _package_command("aiarch.bench.cli"),
     _package_command("aiarch.train.cli"),
+    _package_command("aiarch.retrain.cli"),
     _package_command("aiarch.demo.cli"),
 ]
 

@@ -72,6 +72,7 @@ class _Model:
         "batching",
         "cache",
         "cache_config",
+        "feedback",
         "fn",
         "handle",
         "inline",
@@ -105,6 +106,7 @@ class _Model:
         self.lock = threading.Lock()
         self.backend: Any = None
         self.monitor: Any = None
+        self.feedback: Any = None
 
     def normalize(self, inputs: Any) -> Any:
         """Turns any accepted input form into an ndarray or a tuple of ndarrays.
@@ -235,6 +237,7 @@ class Runtime:
 
     def __init__(self, *, clock: _core.ManualClock | None = None) -> None:
         """``clock``: a :class:`aiarch.ManualClock` for tests; the steady clock by default."""
+        self._feedback: dict[str, Any] = {}  # public model name -> FeedbackTracker
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
@@ -263,6 +266,7 @@ class Runtime:
         backend_options: Mapping[str, Any] | None = None,
         monitor: Any = None,
         compile: str | None = None,
+        feedback: Any = None,
     ) -> ModelInfo:
         """Loads a model under ``name``.
 
@@ -289,6 +293,8 @@ class Runtime:
         to keep it out of its own counters).
         ``monitor``: an :class:`aiarch.monitor.Monitor` that counts every batch's inputs
         and outputs (not the warm-up's) and reads this model's histograms.
+        ``feedback``: an :class:`aiarch.monitor.FeedbackTracker` (see :meth:`enable_feedback`)
+        that records every batch's entity ids and outputs when it reads entity ids.
         """
         if self._closed:
             raise UnavailableError(self._closed_reason)
@@ -333,6 +339,7 @@ class Runtime:
 
         m = _Model(name, model, str(version), batching, cache)
         m.backend = loaded
+        m.feedback = feedback
         with self._lock:
             if name in self._models:
                 if loaded is not None:
@@ -691,6 +698,57 @@ class Runtime:
         """The model's :class:`aiarch.monitor.Monitor`, or None."""
         return self._get(name).monitor
 
+    # ------------------------------------------------------------ label feedback
+
+    def enable_feedback(self, model: str, config: Any = None) -> Any:
+        """The :class:`aiarch.monitor.FeedbackTracker` of public model name ``model``, created
+        with ``config`` (a FeedbackConfig) on the first call. It outlives versions: pass it as
+        ``add_model(..., feedback=)`` to every version served under that name. Thread-safe."""
+        from aiarch.monitor.feedback import FeedbackTracker
+
+        with self._lock:
+            tracker = self._feedback.get(model)
+            if tracker is None:
+                tracker = self._feedback[model] = FeedbackTracker(model, config)
+            return tracker
+
+    def feedback_tracker(self, model: str) -> Any:
+        """The feedback tracker of ``model`` (public name), or None."""
+        return self._feedback.get(model)
+
+    def feedback_models(self) -> list[str]:
+        """Public names of the models that take label feedback."""
+        return list(self._feedback)
+
+    def feedback(self, model: str, labels: Sequence[Any]) -> Any:
+        """Joins ground-truth ``labels`` with ``model``'s recent predictions; returns a
+        :class:`aiarch.monitor.FeedbackResult` (joined / unknown / late counts). Each label is
+        an :class:`aiarch.monitor.Label` or a dict with ``label`` and either ``id`` (a request
+        id) or ``entity_id`` (+ optional ``time``, seconds since the epoch). Unknown and late
+        ids are counted, never raised. Thread-safe."""
+        import msgspec
+
+        from aiarch.monitor.feedback import LABEL_FIELDS, Label, check_label
+
+        tracker = self._feedback.get(model)
+        if tracker is None:
+            raise NotFoundError(
+                f"model {model!r} takes no feedback; enable it with enable_feedback() (or a "
+                f"[models.{model}.monitor.feedback] table); feedback models: {sorted(self._feedback)}"
+            )
+        parsed = []
+        for i, lab in enumerate(labels):
+            if isinstance(lab, Label):
+                check_label(i, lab)
+                parsed.append(lab)
+                continue
+            try:
+                parsed.append(msgspec.convert(lab, Label))
+            except msgspec.ValidationError as e:
+                raise InvalidArgumentError(f"labels[{i}]: {e}; expected {LABEL_FIELDS}") from None
+            check_label(i, parsed[-1])
+        return tracker.feedback(parsed)
+
     def histograms(self, name: str) -> dict[str, _core.HistogramSnapshot]:
         """Snapshots of the native histograms: queue, execution, end_to_end (ns), batch_size (rows)."""
         m = self._get(name)
@@ -716,6 +774,8 @@ class Runtime:
                 m.backend.close()
             if m.monitor is not None:
                 m.monitor.close()
+        for tracker in list(self._feedback.values()):
+            tracker.close()  # flushes its label log
         # Every request now has its completion queued: resolve them, then
         # stop watching the queues.
         try:
@@ -824,6 +884,9 @@ class Runtime:
                     buckets=c.buckets,
                 )
             fn = m.fn if m.monitor is None else m.monitor.wrap(m.fn)
+            fb = m.feedback
+            if fb is not None and fb.config.entity_input is not None:
+                fn = fb.wrap(fn, m.version)
             m.handle = _core.Model(
                 m.name, fn, list(m.inputs), list(m.outputs), native_batching, m.cache, self._clock
             )

@@ -50,3 +50,12 @@ def failing(x: np.ndarray) -> np.ndarray:
 
 
 failing.inputs = [_spec("x", "float32", (2,))]  # type: ignore[attr-defined]
+
+
+def scorer(x: np.ndarray) -> np.ndarray:
+    """A binary classifier's score: the first feature, as given (float32 [2] → float32 [1])."""
+    return x[:, :1].copy()
+
+
+scorer.inputs = [_spec("x", "float32", (2,))]  # type: ignore[attr-defined]
+scorer.outputs = [_spec("score", "float32", (1,))]  # type: ignore[attr-defined]

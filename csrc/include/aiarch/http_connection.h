@@ -38,6 +38,12 @@
 // - Threading: every method runs on the event loop's thread, except that
 //   batcher threads deliver completions into the front's queue. A request's
 //   decoded inputs stay owned by the front until its completion arrives.
+// - Prediction records: for a model registered with record_predictions, every
+//   successful request that carried an `id` leaves the first row of the
+//   model's first output (as float64) in a buffer that TakePredictions()
+//   empties; the feedback join reads it once per drain. The buffer is
+//   bounded (kMaxRecordedPredictions): beyond it records are dropped and
+//   counted, never waited for.
 #pragma once
 
 #include <cstdint>
@@ -77,6 +83,16 @@ struct ForwardedRequest {
 
 class HttpConnection;
 
+// The predictions of one model's requests that carried an id, since the last
+// TakePredictions(): ids[i] answered values[i * width, (i + 1) * width).
+struct RecordedPredictions {
+  std::string model;
+  std::string version;
+  std::vector<std::string> ids;
+  std::vector<double> values;
+  size_t width = 0;
+};
+
 class HttpFront : public std::enable_shared_from_this<HttpFront> {
  public:
   static Status Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out);
@@ -86,7 +102,10 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   // Serves `model` natively through `batcher`. `owner` keeps the batcher
   // alive while registered and while its requests are in flight. Replaces a
   // registration of the same name.
-  void RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner);
+  // With `record_predictions`, its answered requests that carry an id are
+  // recorded for TakePredictions().
+  void RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner,
+                     bool record_predictions = false);
   bool UnregisterModel(const std::string& name);
   std::vector<std::string> registered() const;
 
@@ -116,12 +135,20 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
 
   size_t in_flight() const { return pending_.size() + decoded_.size(); }
 
+  // The prediction records since the last call, one entry per model; empties
+  // the buffer. Not thread-safe (the loop thread only).
+  std::vector<RecordedPredictions> TakePredictions();
+  // Records dropped because the buffer was full, since creation.
+  uint64_t predictions_dropped() const { return predictions_dropped_; }
+  static constexpr size_t kMaxRecordedPredictions = 1 << 16;
+
  private:
   friend class HttpConnection;
   struct Model {
     V2Model v2;
     Batcher* batcher = nullptr;
     std::shared_ptr<void> owner;
+    bool record = false;
   };
   struct Pending {
     std::shared_ptr<HttpConnection> conn;
@@ -139,6 +166,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   void Submit(std::unique_ptr<Pending> p);
   std::shared_ptr<Model> Find(std::string_view name) const;
   bool SampleTrace(const HttpRequest& req);
+  // Records `row` (the first output's row of a request with id `id`).
+  void Record(const Model& model, const std::string& id, const TensorSpec& spec,
+              const uint8_t* row);
 
   const HttpFrontConfig config_;
   const std::shared_ptr<CompletionQueue> queue_;
@@ -150,6 +180,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   bool draining_ = false;
   uint64_t trace_every_ = 0;  // 0: tracing off
   uint64_t trace_count_ = 0;  // requests since the last one counted in for tracing
+  std::unordered_map<std::string, RecordedPredictions> recorded_;  // by model name
+  size_t recorded_count_ = 0;
+  uint64_t predictions_dropped_ = 0;
 };
 
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {

@@ -5,6 +5,8 @@
 - :class:`Monitor`: attached to a model (``Runtime.add_model(..., monitor=Monitor(profile))``);
   counts each served batch in one native call; closes drift windows, evaluates alerts and
   reports latency percentiles per window.
+- :class:`FeedbackTracker`: ground-truth labels joined with recent predictions by request id or
+  entity id + time into online quality per version (``Runtime.feedback``).
 - Drift metrics on binned counts: :func:`psi`, :func:`js_distance`, :func:`ks_binned`,
   :func:`wasserstein_binned`, and :func:`evaluate_drift` with Evidently-style defaults.
 """
@@ -23,6 +25,7 @@ from .drift import (
     psi,
     wasserstein_binned,
 )
+from .feedback import FeedbackConfig, FeedbackResult, FeedbackTracker, Label
 from .monitor import Monitor, MonitorConfig, MonitorSnapshot, merge_snapshots, report_from_snapshot
 from .predlog import PredictionLogConfig
 from .profile import FeatureProfile, Profile
@@ -34,6 +37,10 @@ __all__ = [
     "FeatureDrift",
     "FeatureDriftConfig",
     "FeatureProfile",
+    "FeedbackConfig",
+    "FeedbackResult",
+    "FeedbackTracker",
+    "Label",
     "Monitor",
     "MonitorConfig",
     "MonitorSnapshot",

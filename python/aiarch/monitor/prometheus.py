@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-__all__ = ["MonitorCollector"]
+__all__ = ["FeedbackCollector", "MonitorCollector"]
 
 _DRIFT_METRICS = ("psi", "js", "ks", "wasserstein")
 
@@ -123,3 +123,41 @@ class MonitorCollector:
                 predlog.add_metric([*lv, "dropped"], float(pl.dropped_rows))
         yield from (latency, score, null_rate, detected, share, dataset, window_rows, alert)
         yield from (counted, errors, predlog)
+
+
+class FeedbackCollector:
+    """`aiarch_online_quality{model,version,metric}` and
+    `aiarch_feedback_labels{model,version,outcome}`; `collect` runs once per scrape.
+
+    `source()` returns, per model, (model, quality report, counters): the quality report as
+    `FeedbackTracker.quality` gives it and the counters as `FeedbackTracker.counters`
+    (`"version|outcome"` -> labels)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        quality = GaugeMetricFamily(
+            "aiarch_online_quality",
+            "Online quality of each version over its window of joined labels (auc, accuracy "
+            "or mae, by the model's feedback config).",
+            labels=["model", "version", "metric"],
+        )
+        labels = CounterMetricFamily(
+            "aiarch_feedback_labels",
+            "Ground-truth labels received, by outcome: joined with a prediction, unknown id, "
+            "or late (the prediction had left the index).",
+            labels=["model", "version", "outcome"],
+        )
+        for model, report, counters in self.source():
+            for version, q in report.items():
+                if q["value"] is not None:
+                    quality.add_metric([model, version, q["metric"]], float(q["value"]))
+            for key, n in counters.items():
+                version, _, outcome = key.rpartition("|")
+                labels.add_metric([model, version, outcome], float(n))
+        yield quality
+        yield labels

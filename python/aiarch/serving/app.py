@@ -17,6 +17,9 @@ from urllib.parse import unquote
 
 import msgspec
 
+from aiarch.errors import InvalidArgumentError
+from aiarch.monitor.feedback import decode_labels
+
 from . import v2
 from .config import ServeConfig
 from .entry import ModelEntry
@@ -218,6 +221,8 @@ class App:
                 return self._verb(get, fn, "GET"), (model, version)
             if action == "monitor":
                 return self._verb(get, self._monitor, "GET"), (model, version)
+            if action == "feedback" and version is None:
+                return self._verb(post, self._feedback, "POST"), (model,)
             if action in ("generate", "generate_stream"):
                 return self._fixed(501, f"{action} is not supported"), ()
         return self._fixed(404, "not found"), ()
@@ -289,11 +294,43 @@ class App:
         self, req: Request, conn: HttpProtocol, model: str, version: str | None
     ) -> bytes | list[Any]:
         entry = self._entry(model, version)
-        mon = self.runtime.monitor(entry.name)
-        if mon is None:
-            raise HttpError(404, f"model '{entry.name}' is not monitored (no monitor.reference)")
-        report = self.metrics.monitor_report(entry.name, mon)
+        mon = self.runtime.monitor(entry.runtime_name)
+        tracker = self.runtime.feedback_tracker(entry.name)
+        if mon is None and tracker is None:
+            raise HttpError(
+                404,
+                f"model '{entry.name}' is not monitored (no monitor.reference nor "
+                "monitor.feedback)",
+            )
+        report: dict[str, Any] = (
+            self.metrics.monitor_report(entry.runtime_name, mon)
+            if mon is not None
+            else {"model": entry.name, "version": entry.version}
+        )
+        if tracker is not None:
+            report["quality"] = self.metrics.quality(entry.name, tracker)
+            report["feedback"] = self.metrics.feedback_counts(entry.name, tracker)
         return build_response(200, _encode(report), JSON, (), req.keep_alive)
+
+    # -- label feedback --------------------------------------------------------------------
+    def _feedback(self, req: Request, conn: HttpProtocol, model: str) -> bytes | list[Any]:
+        """`POST /v2/models/{m}/feedback`: ground-truth labels joined with recent predictions
+        (`aiarch.monitor.feedback`); answers the joined / unknown / late counts."""
+        if model not in self.entries and model not in self.routes:
+            raise HttpError(404, f"Request for unknown model: '{model}' is not found")
+        tracker = self.runtime.feedback_tracker(model)
+        if tracker is None:
+            raise HttpError(
+                404,
+                f"model '{model}' takes no feedback (configure [models.{model}.monitor.feedback])",
+            )
+        require_json(req)
+        try:
+            labels = decode_labels(req.body)
+        except InvalidArgumentError as e:
+            raise HttpError(400, str(e)) from None
+        result = tracker.feedback(labels)
+        return build_response(200, _encode(result), JSON, (), req.keep_alive)
 
     def _stats(
         self, req: Request, conn: HttpProtocol, model: str | None, version: str | None

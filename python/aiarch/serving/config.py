@@ -130,8 +130,9 @@ class ModelConfig:
 
     monitor: dict[str, Any] | None = None
     """Latency/drift monitor table: `reference` (a profile file from `Profile.to_bytes`) plus
-    `aiarch.monitor.MonitorConfig` keys (window_s, alerts, webhook_url, prediction_log, drift);
-    None = not monitored."""
+    `aiarch.monitor.MonitorConfig` keys (window_s, alerts, webhook_url, prediction_log, drift),
+    and an optional `feedback` table (`aiarch.monitor.FeedbackConfig`: label feedback and
+    online quality; allowed alone, without `reference`); None = not monitored."""
 
 
 @dataclass
@@ -386,9 +387,24 @@ def _is_model_path(source: str) -> bool:
 def _monitor_table(table: Any, base_dir: Path) -> dict[str, Any] | None:
     if table is None:
         return None
-    if not isinstance(table, dict) or "reference" not in table:
-        raise ValueError("monitor: expected a table with a 'reference' profile file")
+    if not isinstance(table, dict) or ("reference" not in table and set(table) != {"feedback"}):
+        raise ValueError(
+            "monitor: expected a table with a 'reference' profile file (or only a 'feedback' "
+            "table, for label feedback without drift monitoring)"
+        )
     out = dict(table)
+    feedback = out.get("feedback")
+    if feedback is not None:
+        from aiarch.monitor.feedback import FeedbackConfig
+
+        if not isinstance(feedback, dict):
+            raise ValueError("monitor.feedback: expected a table of FeedbackConfig keys")
+        feedback = dict(feedback)
+        log_dir = feedback.get("label_log")
+        if log_dir and not os.path.isabs(str(log_dir)):
+            feedback["label_log"] = str(base_dir / str(log_dir))
+        FeedbackConfig.from_dict(feedback)  # refuse unknown keys and metrics at load time
+        out["feedback"] = feedback
     for key in ("reference", "output_reference"):
         if key in out and not os.path.isabs(str(out[key])):
             out[key] = str(base_dir / str(out[key]))

@@ -175,6 +175,10 @@ class InferJob:
             raise HttpError(
                 500, f"model returned {len(outputs)} outputs, expected {len(entry.output_names)}"
             )
+        if self.request_id is not None:
+            tracker = self.app.runtime.feedback_tracker(entry.name)
+            if tracker is not None:  # joined later with the label sent for this id
+                tracker.record(self.request_id, entry.version, outputs[0])
         select = self.select
         if select is None:
             body = v2.encode_predict_response(entry.output_names, list(outputs))

@@ -295,6 +295,16 @@ class SourceError(ValueError):
         )
 
 
+def feedback_tracker(runtime: Any, name: str, table: dict[str, Any] | None) -> Any:
+    """The feedback tracker of public model `name` for a `monitor.feedback` table (created on
+    first use, kept across versions), or None without the table."""
+    if table is None:
+        return None
+    from aiarch.monitor.feedback import FeedbackConfig
+
+    return runtime.enable_feedback(name, FeedbackConfig.from_dict(table))
+
+
 def _runtime_configs(cfg: ModelConfig) -> tuple[Any, Any]:
     """aiarch.BatchConfig / CacheConfig from the plain dicts of a ModelConfig."""
     import aiarch
@@ -387,7 +397,12 @@ class ModelRepository:
             if cfg.monitor is not None:
                 from aiarch.monitor import Monitor
 
-                kwargs["monitor"] = Monitor.from_config(cfg.monitor)
+                table = dict(cfg.monitor)
+                feedback = feedback_tracker(rt, name, table.pop("feedback", None))
+                if feedback is not None:
+                    kwargs["feedback"] = feedback
+                if "reference" in table:
+                    kwargs["monitor"] = Monitor.from_config(table)
             rt.add_model(name, model, **kwargs)
             self._known[name] = cfg
             log.info(

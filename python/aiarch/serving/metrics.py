@@ -24,17 +24,21 @@ from prometheus_client.core import (
 )
 
 from aiarch.monitor.drift import evaluate_drift
+from aiarch.monitor.feedback import quality_report
 from aiarch.monitor.monitor import MonitorSnapshot, report_from_snapshot
-from aiarch.monitor.prometheus import MonitorCollector
+from aiarch.monitor.prometheus import FeedbackCollector, MonitorCollector
 
 from .features import lookup_stats
 from .shared_stats import (
+    FEEDBACK_PAIRS_PUBLISHED,
+    FeedbackPart,
     MonitorPart,
     Peers,
     SharedStats,
     WorkerSnapshot,
     collect_families,
     merge_families,
+    merge_feedback_parts,
     merge_monitor_parts,
     merge_stats,
     stats_key,
@@ -242,7 +246,9 @@ class MetricsExporter:
         self.shared = SharedStats.from_environment()
         if self.shared is None:
             self.registry.register(MonitorCollector(runtime))
-        # Supervised: monitor families are computed from the merged snapshots at render time.
+            self.registry.register(FeedbackCollector(self._own_feedback))
+        # Supervised: monitor and feedback families are computed from the merged snapshots at
+        # render time.
 
     # -- one worker's snapshot (supervised workers only) ------------------------------------
     def publish(self) -> WorkerSnapshot | None:
@@ -266,12 +272,21 @@ class MetricsExporter:
             stats[key] = s
             if mon is not None:
                 monitors[key] = MonitorPart(mon.snapshot(), monitor_counters(mon))
+        feedback = {}
+        for model in rt.feedback_models():
+            tracker = rt.feedback_tracker(model)
+            pairs = {
+                v: (p[-FEEDBACK_PAIRS_PUBLISHED:], lab[-FEEDBACK_PAIRS_PUBLISHED:])
+                for v, (p, lab) in tracker.window_pairs().items()
+            }
+            feedback[model] = FeedbackPart(tracker.config.metric, pairs, tracker.counters())
         snap = WorkerSnapshot(
             self.shared.worker,
             time.time(),
             families=collect_families(self.registry),
             stats=stats,
             monitors=monitors,
+            feedback=feedback,
         )
         self.shared.publish(snap)
         return snap
@@ -296,7 +311,47 @@ class MetricsExporter:
         merged = CollectorRegistry(auto_describe=False)
         merged.register(_Fixed(list(to_metrics(families))))
         merged.register(MonitorCollector(_MergedMonitors(self.runtime, own, peers)))
+        parts = {m: _merged_feedback(m, own, peers) for m in own.feedback}
+        merged.register(
+            FeedbackCollector(
+                lambda: [
+                    (m, quality_report(p.metric, p.pairs), p.counters) for m, p in parts.items()
+                ]
+            )
+        )
         return generate_latest(merged), CONTENT_TYPE_LATEST
+
+    # -- label feedback ----------------------------------------------------------------------
+    def _own_feedback(self) -> list[tuple[str, dict[str, Any], dict[str, int]]]:
+        rt = self.runtime
+        out = []
+        for model in rt.feedback_models():
+            tracker = rt.feedback_tracker(model)
+            out.append((model, tracker.quality(), tracker.counters()))
+        return out
+
+    def quality(self, model: str, tracker: Any) -> dict[str, Any]:
+        """The `quality` key of `/monitor`: per version over all workers when supervised (each
+        worker's latest `FEEDBACK_PAIRS_PUBLISHED` joined labels), else this process's."""
+        if self.shared is None:
+            return tracker.quality()
+        own, peers = self._server_view()
+        part = _merged_feedback(model, own, peers)
+        return quality_report(part.metric, part.pairs)
+
+    def feedback_counts(self, model: str, tracker: Any) -> dict[str, dict[str, int]]:
+        """`{"<version>": {"joined": n, ...}}` since start ("" = unknown ids), over all live
+        workers when supervised."""
+        if self.shared is None:
+            counters = tracker.counters()
+        else:
+            own, peers = self._server_view()
+            counters = _merged_feedback(model, own, peers).counters
+        out: dict[str, dict[str, int]] = {}
+        for key, n in counters.items():
+            version, _, outcome = key.rpartition("|")
+            out.setdefault(version, {})[outcome] = n
+        return out
 
     def model_stats(self, names: list[str]) -> list[dict[str, Any]]:
         """Runtime stats of each model (with "feature_lookup" when it has a lookup stage), over
@@ -360,6 +415,12 @@ def _key_of(own: WorkerSnapshot, name: str) -> str | None:
         if key.rpartition("@")[0] == name:
             return key
     return None
+
+
+def _merged_feedback(model: str, own: WorkerSnapshot, peers: Peers) -> FeedbackPart:
+    """Live workers' feedback of `model` (dead workers' labels are not kept)."""
+    parts = [own.feedback[model], *(p.feedback[model] for p in peers.live if model in p.feedback)]
+    return merge_feedback_parts(parts)
 
 
 def _merged_monitor(key: str, own: WorkerSnapshot, peers: Peers) -> MonitorPart:

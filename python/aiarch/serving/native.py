@@ -9,6 +9,11 @@ they share a batch and wake a worker once), and on completion the response encod
 connection's output. Python runs once per read (feed, then one `transport.write`) and once per
 batch (drain the completion queue, one write per connection).
 
+Label feedback: for a model that takes feedback, the native path records each answered request
+that carried an `id` (its first output's first row) in C++; `drain` hands a drain's records to
+the model's tracker in one call. The server assigns no ids: feedback by request id needs the
+client's `id` (requests without one can still be joined by entity id + time).
+
 Everything else — other routes, models with per-request result checks or registry routes
 (canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a
 whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`,
@@ -27,6 +32,8 @@ import asyncio
 import logging
 import zlib
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from aiarch import _core
 
@@ -64,6 +71,7 @@ class NativeFront:
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
+        self._recording = False  # a registered model records predictions for feedback
         self.app.on_refresh.append(self.sync)
         # Tracing: the front forwards the sampled requests to the App, which traces them.
         self.front.trace_every = server.trace_every
@@ -101,7 +109,12 @@ class NativeFront:
         inputs = [(s.name, s.dtype, tuple(int(d) for d in s.shape)) for s in info.inputs]
         if any(d < 0 for _, _, shape in inputs for d in shape):
             return
-        self.front.register_model(name, entry.version, handle, inputs, list(entry.output_names))
+        record = app.runtime.feedback_tracker(name) is not None
+        self.front.register_model(
+            name, entry.version, handle, inputs, list(entry.output_names), record
+        )
+        if record:
+            self._recording = True
 
     def maybe_register(self, path: bytes) -> None:
         """A v2 infer request reached Python for a model loaded but not registered (its batcher
@@ -132,6 +145,18 @@ class NativeFront:
             p = protocols.get(cid)
             if p is not None:
                 p.write_output()
+        if self._recording:
+            self._take_predictions()
+
+    def _take_predictions(self) -> None:
+        """Hand the drain's recorded predictions (requests with an id, of models that take
+        feedback) to their trackers: one call per model per drain."""
+        runtime = self.app.runtime
+        for model, version, ids, values, width in self.front.take_predictions():
+            tracker = runtime.feedback_tracker(model)
+            if tracker is not None and ids:
+                rows = np.frombuffer(values, dtype=np.float64).reshape(len(ids), width)
+                tracker.record_many(ids, version, rows)
 
 
 class _NativePending(Pending):

@@ -34,7 +34,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .config import ModelConfig, ServeConfig
 from .errors import HttpError
-from .loader import SourceResolver, _runtime_configs, register_resolver, resolve_source
+from .loader import (
+    SourceResolver,
+    _runtime_configs,
+    feedback_tracker,
+    register_resolver,
+    resolve_source,
+)
 
 __all__ = [
     "Arm",
@@ -398,6 +404,10 @@ class RegistryRouting:
             }
             if batching is not None:
                 kwargs["batching"] = batching
+            monitor = route.config.monitor or {}
+            tracker = feedback_tracker(rt, route.name, monitor.get("feedback"))
+            if tracker is not None:
+                kwargs["feedback"] = tracker
             rt.add_model(rn, model, **kwargs)
             log.info(
                 "loaded %s version %d (%s) as %s", route.registry_name, version, mv.digest[:12], rn

@@ -37,10 +37,12 @@ import msgspec
 from aiarch.monitor.monitor import WINDOWS, MonitorSnapshot, merge_snapshots
 
 __all__ = [
+    "FEEDBACK_PAIRS_PUBLISHED",
     "PUBLISH_PERIOD_S",
     "RUN_DIR_ENV",
     "WORKER_ENV",
     "Family",
+    "FeedbackPart",
     "MonitorPart",
     "Peers",
     "SharedStats",
@@ -48,6 +50,7 @@ __all__ = [
     "absorb_dead_worker",
     "collect_families",
     "merge_families",
+    "merge_feedback_parts",
     "merge_monitor_parts",
     "merge_stats",
     "publish_periodically",
@@ -109,6 +112,33 @@ class MonitorPart(msgspec.Struct):
     counters: dict[str, int]
 
 
+class FeedbackPart(msgspec.Struct):
+    """One worker's label feedback of one model: its latest joined (prediction, label) pairs
+    per version within the window, and its outcome counters (`"version|outcome"` -> n)."""
+
+    metric: str
+    pairs: dict[str, tuple[list[float], list[float]]]
+    counters: dict[str, int]
+
+
+FEEDBACK_PAIRS_PUBLISHED = 10_000
+"""Most recent joined labels per version a worker publishes for the merged quality."""
+
+
+def merge_feedback_parts(parts: list[FeedbackPart]) -> FeedbackPart:
+    """One model's feedback over several workers: pairs concatenated, counters summed."""
+    pairs: dict[str, tuple[list[float], list[float]]] = {}
+    counters: dict[str, int] = {}
+    for p in parts:
+        for version, (preds, labels) in p.pairs.items():
+            acc = pairs.setdefault(version, ([], []))
+            acc[0].extend(preds)
+            acc[1].extend(labels)
+        for key, n in p.counters.items():
+            counters[key] = counters.get(key, 0) + n
+    return FeedbackPart(parts[0].metric, pairs, counters)
+
+
 class WorkerSnapshot(msgspec.Struct):
     """What one worker publishes (or, for `retired.msgpack`, what dead workers left)."""
 
@@ -120,6 +150,8 @@ class WorkerSnapshot(msgspec.Struct):
     """`{runtime name}@{version}` → runtime stats (with "feature_lookup" when it has one)."""
     monitors: dict[str, MonitorPart] = {}
     """`{runtime name}@{version}` → monitor part."""
+    feedback: dict[str, FeedbackPart] = {}
+    """Public model name → label feedback part."""
     absorbed: list[str] = []
     """Workers whose counts this (retired) snapshot already holds."""
 
