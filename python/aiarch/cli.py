@@ -472,6 +472,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_serve,
     _add_quantize,
     _package_command("aiarch.registry.cli"),
+    _package_command("aiarch.rollout.cli"),
     _package_command("aiarch.features.cli"),
     _package_command("aiarch.monitor.cli"),
     _package_command("aiarch.bench.cli"),
