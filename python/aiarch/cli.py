@@ -105,6 +105,12 @@ def _add_serve(sub: Any) -> None:
         "$AIARCH_ARTIFACTS, else files under $AIARCH_HOME)",
     )
     g.add_argument(
+        "--registry-poll",
+        type=float,
+        metavar="S",
+        help="seconds between reads of the aliases and the model's rollout step (default 1)",
+    )
+    g.add_argument(
         "--route",
         action="append",
         default=[],
@@ -275,6 +281,10 @@ def _serve_config(args: argparse.Namespace) -> Any:
         cfg.registry = args.registry
     if args.artifacts:
         cfg.artifacts = args.artifacts
+    if args.registry_poll is not None:
+        if not args.registry_poll > 0:
+            raise ValueError(f"--registry-poll must be a positive number of seconds, got {args.registry_poll}")
+        cfg.registry_poll_s = args.registry_poll
     for spec in args.route:
         name, sep, arms = spec.partition("=")
         if not sep:
