@@ -283,7 +283,9 @@ def _serve_config(args: argparse.Namespace) -> Any:
         cfg.artifacts = args.artifacts
     if args.registry_poll is not None:
         if not args.registry_poll > 0:
-            raise ValueError(f"--registry-poll must be a positive number of seconds, got {args.registry_poll}")
+            raise ValueError(
+                f"--registry-poll must be a positive number of seconds, got {args.registry_poll}"
+            )
         cfg.registry_poll_s = args.registry_poll
     for spec in args.route:
         name, sep, arms = spec.partition("=")

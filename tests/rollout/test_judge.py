@@ -117,9 +117,7 @@ def test_slow_candidate_breaches_p99_but_fast_noise_does_not() -> None:
     assert v.decision == "breach" and len(v.reasons) == 1
     assert v.reasons[0].startswith("p99 220.0 ms vs 1.0 ms in production")
     # Under the floor a ratio is noise: 1 ms vs 0.99 ms twice over is not judged.
-    v = judge(
-        ArmStats(1, 100, 0, 0.0004), ArmStats(2, 100, 0, 0.0009), Thresholds(min_requests=50)
-    )
+    v = judge(ArmStats(1, 100, 0, 0.0004), ArmStats(2, 100, 0, 0.0009), Thresholds(min_requests=50))
     assert v.decision == "ok"
 
 
@@ -129,10 +127,10 @@ def test_online_quality_compares_each_metric_in_its_direction() -> None:
     v = judge(prod, cand, limits)
     # auc fell by 0.05 (higher is better); mae rose by 0.01 (lower is better, within 0.02).
     assert v.decision == "breach"
-    assert v.reasons == [
-        "online auc 0.86 vs 0.91 in production (worse by 0.05 > 0.02 allowed)"
-    ]
-    v = judge(prod, cand, Thresholds(min_requests=50, max_drift_share_increase=1.0, max_quality_drop=0.06))
+    assert v.reasons == ["online auc 0.86 vs 0.91 in production (worse by 0.05 > 0.02 allowed)"]
+    v = judge(
+        prod, cand, Thresholds(min_requests=50, max_drift_share_increase=1.0, max_quality_drop=0.06)
+    )
     assert v.decision == "ok"
     worse_mae = ArmStats(2, 100, 0, 0.001, quality={"mae": 2.5})
     v = judge(ArmStats(1, 100, 0, 0.001, quality={"mae": 2.0}), worse_mae, limits)
@@ -142,9 +140,7 @@ def test_online_quality_compares_each_metric_in_its_direction() -> None:
 def test_drift_share_increase_breaches_when_both_arms_export_it() -> None:
     prod, cand = _arms(_scrape(1000, 0, 100, 0, 0, quality=False))
     v = judge(prod, cand, Thresholds(min_requests=50, max_drift_share_increase=0.25))
-    assert v.reasons == [
-        "drifted-feature share 0.60 vs 0.10 in production (+0.50 > +0.25 allowed)"
-    ]
+    assert v.reasons == ["drifted-feature share 0.60 vs 0.10 in production (+0.50 > +0.25 allowed)"]
 
 
 def test_too_few_requests_is_insufficient_not_a_verdict() -> None:

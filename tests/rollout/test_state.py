@@ -12,8 +12,7 @@ import pytest
 
 from aiarch.errors import InvalidArgumentError, NotFoundError
 from aiarch.registry import ConflictError, ModelNotFoundError, Registry
-from aiarch.rollout import LeaseHeldError, LeaseLostError, Rollout, Thresholds
-from aiarch.rollout import state
+from aiarch.rollout import LeaseHeldError, LeaseLostError, Rollout, Thresholds, state
 
 from .conftest import write_model
 
@@ -66,7 +65,7 @@ def test_invalid_steps_are_refused_naming_the_rule(
 
 
 def test_bad_starts_are_refused_with_what_exists(fraud: Registry, tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="no model named 'nope'.*fraud"):
+    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope'.*fraud"):
         Rollout.start(fraud, "nope", 2)
     with pytest.raises(ModelNotFoundError, match="no version 9; versions: 1-3"):
         Rollout.start(fraud, "fraud", 9)
@@ -213,3 +212,32 @@ def test_an_operator_pause_wins_over_a_stale_controller_decision(fraud: Registry
         state.advance(fraud, ro, "ctl", {}, "stale")
     rolled = state.roll_back(fraud, ro, "ctl", {}, "breach while paused")
     assert (rolled.state, rolled.weight) == ("rolled_back", 0)
+
+
+def test_migration_adds_rollouts_to_an_existing_database(
+    registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiarch.registry import db as registry_db
+
+    # A registry created by a release that knew the first two migrations.
+    monkeypatch.setattr(registry_db, "MIGRATIONS", registry_db.MIGRATIONS[:2])
+    with Registry(registry_url, home=tmp_path / "home") as old:
+        for factor in (1.0, 2.0):
+            old.register("fraud", write_model(tmp_path / "src", factor))
+        old.promote("fraud", 1)
+    monkeypatch.undo()
+    with Registry(registry_url, home=tmp_path / "home") as new:
+        ro = Rollout.start(new, "fraud", 2)
+        assert state.serving_split(new, "fraud") == (ro.id, 2, 5)
+        with new.db.tx() as tx:
+            applied = [r[0] for r in tx.all("SELECT version FROM schema_migrations ORDER BY 1")]
+        assert applied == [m[0] for m in registry_db.MIGRATIONS] and 3 in applied
+
+
+def test_the_servers_poll_is_one_indexed_probe(tmp_path: Path) -> None:
+    with Registry(f"sqlite:///{tmp_path / 'plan.db'}", home=tmp_path / "home") as reg:
+        with reg.db.tx() as tx:
+            plan = tx.all("EXPLAIN QUERY PLAN " + state.SERVING_SPLIT_SQL, ("fraud",))
+    details = [row[-1] for row in plan]
+    assert any("rollouts_active (model_id=?)" in d for d in details), details
+    assert not any(d.startswith("SCAN") for d in details), details

@@ -289,15 +289,15 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
     if cmd == "run":
         return _drive(reg, args)
     if cmd == "status":
-        ro = state.latest(reg, args.model)
-        if ro is None:
+        last = state.latest(reg, args.model)
+        if last is None:
             _emit(args, None, f"no rollout of {args.model} yet")
             return 0
-        evs = state.events(reg, ro.id)
+        evs = state.events(reg, last.id)
         _emit(
             args,
-            {"rollout": ro.to_dict(), "events": [e.to_dict() for e in evs]},
-            _summary(ro) + "\n\n" + history_table(evs),
+            {"rollout": last.to_dict(), "events": [e.to_dict() for e in evs]},
+            _summary(last) + "\n\n" + history_table(evs),
         )
         return 0
     steer = {"pause": state.pause, "resume": state.resume, "abort": state.abort}[cmd]

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
 from aiarch.errors import InvalidArgumentError
 from aiarch.registry.errors import ConflictError
 from aiarch.registry.registry import Registry
@@ -101,9 +102,7 @@ class Controller:
         out: dict[str, dict[str, ArmCounters]] = {}
         for url in self.servers:
             try:
-                with urllib.request.urlopen(
-                    f"{url}/metrics", timeout=self.scrape_timeout_s
-                ) as r:
+                with urllib.request.urlopen(f"{url}/metrics", timeout=self.scrape_timeout_s) as r:
                     text = r.read().decode()
             except (OSError, urllib.error.URLError) as e:
                 log.warning("rollout %s: cannot scrape %s/metrics: %s", self.model, url, e)
@@ -214,7 +213,9 @@ class Controller:
                 log.info("rollout %s #%d completed", self.model, ro.id)
                 return state.complete(self.registry, ro, self.owner, arms, reason)
             nxt = state.advance(self.registry, ro, self.owner, arms, reason)
-            log.info("rollout %s #%d: step %d at %d %%", self.model, ro.id, nxt.step + 1, nxt.weight)
+            log.info(
+                "rollout %s #%d: step %d at %d %%", self.model, ro.id, nxt.step + 1, nxt.weight
+            )
             return None
         if elapsed >= ro.step_timeout_s:
             reason = (

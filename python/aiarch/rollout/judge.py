@@ -55,9 +55,7 @@ class ArmCounters:
     def minus(self, before: ArmCounters | None) -> ArmCounters:
         """The counts since `before` (a scrape of the same server); everything when the
         server restarted in between (a counter went down) or there was no earlier scrape."""
-        if before is None or any(
-            self.requests.get(k, 0.0) < v for k, v in before.requests.items()
-        ):
+        if before is None or any(self.requests.get(k, 0.0) < v for k, v in before.requests.items()):
             return self
         return ArmCounters(
             requests={k: v - before.requests.get(k, 0.0) for k, v in self.requests.items()},
@@ -102,9 +100,12 @@ def parse_metrics(text: str, model: str) -> dict[str, ArmCounters]:
                 a.buckets[le] = a.buckets.get(le, 0.0) + s.value
             elif family.name == "aiarch_drift_share":
                 arm(labels).drift_share = s.value
-            elif family.name == "aiarch_online_quality" and labels.get("metric"):
-                if math.isfinite(s.value):
-                    arm(labels).quality[labels["metric"]] = s.value
+            elif (
+                family.name == "aiarch_online_quality"
+                and labels.get("metric")
+                and math.isfinite(s.value)
+            ):
+                arm(labels).quality[labels["metric"]] = s.value
     return arms
 
 
@@ -160,10 +161,10 @@ def arm_stats(version: int, windows: Iterable[ArmCounters]) -> ArmStats:
     drift: list[float] = []
     quality: dict[str, list[float]] = {}
     for w in windows:
-        for k, v in w.requests.items():
-            requests[k] = requests.get(k, 0.0) + v
-        for k, v in w.buckets.items():
-            buckets[k] = buckets.get(k, 0.0) + v
+        for state, n in w.requests.items():
+            requests[state] = requests.get(state, 0.0) + n
+        for bound, n in w.buckets.items():
+            buckets[bound] = buckets.get(bound, 0.0) + n
         if w.drift_share is not None:
             drift.append(w.drift_share)
         for k, v in w.quality.items():
@@ -172,8 +173,8 @@ def arm_stats(version: int, windows: Iterable[ArmCounters]) -> ArmStats:
     errors = sum(requests.get(s, 0.0) for s in ERROR_STATES)
     return ArmStats(
         version=version,
-        requests=int(round(total)),
-        errors=int(round(errors)),
+        requests=round(total),
+        errors=round(errors),
         p99_s=histogram_quantile(0.99, buckets),
         drift_share=sum(drift) / len(drift) if drift else None,
         quality={k: sum(v) / len(v) for k, v in sorted(quality.items())},

@@ -58,6 +58,11 @@ ACTIVE_STATES = ("running", "paused")
 STATES = (*ACTIVE_STATES, "completed", "rolled_back", "aborted")
 
 _ACTIVE_SQL = "state IN ('running', 'paused')"  # the predicate of index rollouts_active
+SERVING_SPLIT_SQL = (
+    "SELECT r.id, r.candidate, r.weight FROM rollouts r JOIN models m ON m.id = r.model_id "
+    f"WHERE m.name = ? AND r.{_ACTIVE_SQL}"
+)
+"""What every server reads per poll: answered from the model name index and rollouts_active."""
 _COLUMNS = (
     "r.id, m.name, r.candidate, r.baseline, r.steps, r.dwell_s, r.step_timeout_s, "
     "r.thresholds, r.step, r.weight, r.state, r.reason, r.created_by, r.created_at, "
@@ -252,7 +257,7 @@ def validate_steps(steps: Sequence[int]) -> tuple[int, ...]:
         raise InvalidArgumentError(
             f"steps must be a non-empty list of percentages (e.g. 5,25,50,100), got {steps!r}"
         )
-    out = []
+    out: list[int] = []
     for s in steps:
         if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 100:
             raise InvalidArgumentError(
@@ -435,11 +440,7 @@ def events(registry: Registry, rollout_id: int) -> list[RolloutEvent]:
 def serving_split(registry: Registry, model: str) -> tuple[int, int, int] | None:
     """(rollout id, candidate version, candidate weight %) of the active rollout of `model`,
     or None: what a server polls next to the aliases. One indexed read."""
-    row = registry.db.query_one(
-        "SELECT r.id, r.candidate, r.weight FROM rollouts r JOIN models m ON m.id = r.model_id "
-        f"WHERE m.name = ? AND r.{_ACTIVE_SQL}",
-        (model,),
-    )
+    row = registry.db.query_one(SERVING_SPLIT_SQL, (model,))
     return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
 
@@ -589,7 +590,8 @@ def release_lease(registry: Registry, rollout_id: int, owner: str) -> None:
 def _controlled(tx: Any, ro: Rollout, owner: str, states: tuple[str, ...]) -> None:
     """Raise unless the row is still at `ro`'s step, in one of `states`, under `owner`."""
     row = tx.one(
-        "SELECT state, step, lease_owner FROM rollouts WHERE id = ?" + (" FOR UPDATE" if tx.postgres else ""),
+        "SELECT state, step, lease_owner FROM rollouts WHERE id = ?"
+        + (" FOR UPDATE" if tx.postgres else ""),
         (ro.id,),
     )
     if row is None or row[2] != owner:
@@ -603,7 +605,9 @@ def _controlled(tx: Any, ro: Rollout, owner: str, states: tuple[str, ...]) -> No
         )
 
 
-def advance(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str) -> Rollout:
+def advance(
+    registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str
+) -> Rollout:
     """Move a running rollout to its next step (not past the last: see `complete`)."""
     if ro.last_step:
         raise InvalidArgumentError(f"rollout #{ro.id} is at its last step; complete it")
@@ -623,7 +627,9 @@ def advance(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any]
     return got
 
 
-def complete(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str) -> Rollout:
+def complete(
+    registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str
+) -> Rollout:
     """Point `production` at the candidate and mark the rollout completed, in one
     transaction. ConflictError (and nothing changed) if production moved since the start."""
     now = time.time()
@@ -650,7 +656,9 @@ def complete(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any
     return got
 
 
-def roll_back(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str) -> Rollout:
+def roll_back(
+    registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str
+) -> Rollout:
     """End the rollout with candidate weight 0 (production never moved), recording why."""
     now = time.time()
     with registry.db.tx(write=True) as tx:
@@ -666,7 +674,9 @@ def roll_back(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, An
     return got
 
 
-def hold(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str) -> Rollout:
+def hold(
+    registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str
+) -> Rollout:
     """Pause a running rollout that could not be judged in its step's time (too few
     requests); it keeps its weight until an operator resumes or aborts it."""
     now = time.time()
@@ -682,9 +692,7 @@ def hold(registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], r
     return got
 
 
-def stop_outside_change(
-    registry: Registry, ro: Rollout, owner: str, reason: str
-) -> Rollout:
+def stop_outside_change(registry: Registry, ro: Rollout, owner: str, reason: str) -> Rollout:
     """Abort a rollout whose baseline no longer holds production (someone moved it)."""
     now = time.time()
     with registry.db.tx(write=True) as tx:
@@ -698,4 +706,3 @@ def stop_outside_change(
     got = get(registry, ro.id)
     assert got is not None
     return got
-
