@@ -92,6 +92,8 @@ class Controller:
         self.scrape_timeout_s = scrape_timeout_s
         self.on_observation = on_observation
         self.observations: list[Observation] = []
+        self.unreachable: list[str] = []
+        """Servers whose /metrics did not answer at the last scrape."""
         self._window_key: tuple[int, float] | None = None
         self._window_start: dict[str, dict[str, ArmCounters]] = {}
         self._reference: tuple[int, ArmStats | None] | None = None
@@ -100,12 +102,14 @@ class Controller:
     def scrape(self) -> dict[str, dict[str, ArmCounters]]:
         """Server URL → version → counters, for the servers that answered."""
         out: dict[str, dict[str, ArmCounters]] = {}
+        self.unreachable = []
         for url in self.servers:
             try:
                 with urllib.request.urlopen(f"{url}/metrics", timeout=self.scrape_timeout_s) as r:
                     text = r.read().decode()
             except (OSError, urllib.error.URLError) as e:
                 log.warning("rollout %s: cannot scrape %s/metrics: %s", self.model, url, e)
+                self.unreachable.append(url)
                 continue
             out[url] = parse_metrics(text, self.served_name)
         return out
@@ -221,6 +225,7 @@ class Controller:
             reason = (
                 f"step {ro.step + 1} at {ro.weight} % not judged within {ro.step_timeout_s:g} s: "
                 + verdict.summary
+                + (f"; no answer from {', '.join(self.unreachable)}" if self.unreachable else "")
             )
             log.warning("rollout %s #%d paused: %s", self.model, ro.id, reason)
             state.hold(self.registry, ro, self.owner, arms, reason)
