@@ -52,9 +52,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (home / "demo" / "drift.png").stat().st_size > 0
     # The bad candidate was rolled back by the controller, production never moved.
     rollout = out.split("[9/9]", 1)[1]
-    assert "rolled_back: at 10 %: error rate" in rollout
+    assert re.search(r"rolled_back: at (10|50) %: (error rate|p99) ", rollout)
     assert "production still on version 1" in rollout
-    assert re.search(r"^\s+\S+\s+1\s+10%\s.*\srollback\s+at 10 %", rollout, flags=re.M)
+    assert re.search(r"^\s+\S+\s+[12]\s+(10|50)%\s.*\srollback\s+at (10|50) %", rollout, flags=re.M)
     assert (home / "demo" / "rollout.png").stat().st_size > 0
     assert "Traceback" not in proc.stderr
 

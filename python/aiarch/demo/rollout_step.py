@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import textwrap
 import threading
 from pathlib import Path
@@ -19,13 +20,16 @@ import time
 
 import numpy as np
 
-LARGE = {large!r}  # log-amounts above this break this version
+LARGE = {large!r}  # log-amounts above this break this version once it degrades
+LOADED = time.monotonic()
 
 
 def predict(x):
-    time.sleep(0.02)  # and it is slower: 20 ms per batch
-    if (x[:, 0] > LARGE).any():
-        raise ValueError("bad on purpose: this version breaks on large amounts")
+    # Bad on purpose, like a leak: fine at first, then slower and failing on large amounts.
+    if time.monotonic() - LOADED > {healthy_s!r}:
+        time.sleep(0.02)
+        if (x[:, 0] > LARGE).any():
+            raise ValueError("bad on purpose: this version breaks on large amounts")
     return np.full((len(x), *{out_shape!r}), 0.5, dtype=np.float32)
 
 
@@ -38,9 +42,14 @@ def _trailing(spec: dict[str, Any]) -> tuple[int, ...]:
     return tuple(int(d) for d in spec["shape"][1:])
 
 
+HEALTHY_S = 3.0
+"""The bad candidate degrades this long after it is loaded: past the first 2 s step."""
+
+
 def write_bad_model(folder: Path, production: Any, x: np.ndarray) -> str:
-    """A Python model with production's signature that fails on the largest tenth of amounts
-    and sleeps 20 ms per batch; returns `file.py:predict` to register."""
+    """A Python model with production's signature that, `HEALTHY_S` after it is loaded,
+    fails on the largest tenth of amounts and sleeps 20 ms per batch; returns
+    `file.py:predict` to register."""
     sig = production.signature or {}
     inputs = sig.get("inputs") or [{"name": "x", "shape": [-1, x.shape[1]]}]
     outputs = sig.get("outputs") or [{"name": "logits", "shape": [-1, 2]}]
@@ -49,6 +58,7 @@ def write_bad_model(folder: Path, production: Any, x: np.ndarray) -> str:
         textwrap.dedent(
             BAD_MODEL.format(
                 large=float(np.quantile(x[:, 0], 0.9)),
+                healthy_s=HEALTHY_S,
                 in_name=inputs[0]["name"],
                 in_shape=_trailing(inputs[0]),
                 out_name=outputs[0]["name"],
@@ -152,12 +162,19 @@ def bad_candidate_rolled_back(
                 reason="demo: a candidate made bad on purpose",
             )
             print(
-                f"  rolling out version {bad.version} (fails on large amounts, +20 ms) against "
-                f"production version {production.version}: steps 10, 50, 100 %, 2 s each, on "
-                f"http://127.0.0.1:{port}"
+                f"  rolling out version {bad.version} against production version "
+                f"{production.version}: steps 10, 50, 100 %, 2 s each, on "
+                f"http://127.0.0.1:{port}; {HEALTHY_S:g} s after loading, version "
+                f"{bad.version} starts failing on large amounts and takes 20 ms more per batch"
             )
             controller = Controller(reg, model, [server.base], poll_s=0.2)
-            ro = controller.run()
+            quiet = logging.getLogger("aiarch.rollout")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # the table below says it all
+            try:
+                ro = controller.run()
+            finally:
+                quiet.setLevel(level)
         finally:
             traffic.stop()
     finally:
@@ -178,12 +195,13 @@ def plot_rollout(observations: list[Any], ro: Any, png: Path) -> None:
 
     if not observations:
         return
-    t0 = observations[0].at
+    t0 = ro.created_at
     t = [o.at - t0 for o in observations]
     weights = [o.weight for o in observations]
     end = ro.updated_at - t0
     fig, (ax_w, ax_e, ax_p) = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
-    ax_w.step([*t, end], [*weights, 0 if ro.state != "completed" else 100], where="post")
+    final = 100 if ro.state == "completed" else 0
+    ax_w.step([0.0, *t, end], [weights[0], *weights, final], where="post")
     ax_w.set_ylabel("candidate weight %")
     ax_w.set_ylim(-5, 105)
     for arm, style in (("production", "-"), ("candidate", "--")):
@@ -194,7 +212,7 @@ def plot_rollout(observations: list[Any], ro: Any, png: Path) -> None:
         )
     ax_e.set_ylabel("error rate %")
     ax_p.set_ylabel("p99 ms")
-    ax_p.set_xlabel("seconds since the step's window opened")
+    ax_p.set_xlabel("seconds since the rollout started")
     for ax in (ax_w, ax_e, ax_p):
         ax.axvline(end, color="grey", linestyle=":")
         ax.grid(alpha=0.3)
