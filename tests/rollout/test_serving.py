@@ -38,9 +38,10 @@ class Fleet:
         fail: bool = False,
         delay_s: float = 0.0,
         extra: tuple[str, ...] = (),
+        url: str | None = None,
     ):
         self.home = tmp_path / "home"
-        self.url = f"sqlite:///{tmp_path / 'registry.db'}"
+        self.url = url or f"sqlite:///{tmp_path / 'registry.db'}"
         self.reg = Registry(self.url, home=self.home)
         self.reg.register("fraud", write_model(tmp_path / "src", 1.0))
         self.reg.register("fraud", write_model(tmp_path / "src", 2.0, fail=fail, delay_s=delay_s))
@@ -212,21 +213,40 @@ def test_good_candidate_completes_and_every_server_follows_each_step(
 
 
 def test_failing_candidate_is_rolled_back_at_once(
-    tmp_path: Path, serve: Callable[..., Server], capsys: pytest.CaptureFixture[str]
+    registry_url: str,
+    tmp_path: Path,
+    serve: Callable[..., Server],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fleet = Fleet(tmp_path, serve, fail=True)
-    Rollout.start(
-        fleet.reg,
-        "fraud",
-        2,
-        dwell_s=0.3,
-        step_timeout_s=60,
-        thresholds=Thresholds(min_requests=10),
-    )
+    # On SQLite and PostgreSQL, driven by the CLI as an operator would.
+    fleet = Fleet(tmp_path, serve, fail=True, url=registry_url)
     traffic = Traffic(fleet.servers, value=-1.0)  # the candidate raises on negative inputs
     try:
-        ro = Controller(fleet.reg, "fraud", fleet.urls, poll_s=0.05).run()
-        assert ro.state == "rolled_back"
+        code = main(
+            [
+                "rollout",
+                "start",
+                "fraud",
+                "2",
+                "--registry",
+                fleet.url,
+                "--server",
+                fleet.urls[0],
+                "--dwell",
+                "0.3",
+                "--step-timeout",
+                "60",
+                "--min-requests",
+                "10",
+                "--poll",
+                "0.05",
+            ]
+        )
+        assert code == 3  # rolled back
+        printed = capsys.readouterr().out
+        assert "rolled_back" in printed and " rollback " in printed
+        ro = state.latest(fleet.reg, "fraud")
+        assert ro is not None and ro.state == "rolled_back"
         assert ro.weight == 0 and ro.step == 0  # never left the first step
         assert re.match(r"at 5 %: error rate 100\.00 % vs 0\.00 % in production", ro.reason)
         assert fleet.reg.alias_version("fraud", "production") == 1

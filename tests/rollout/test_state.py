@@ -38,7 +38,7 @@ def test_start_records_the_first_step_that_servers_read(fraud: Registry) -> None
     )
     assert ro.step_timeout_s == 5.0  # 10 x dwell by default
     assert state.serving_split(fraud, "fraud") == (ro.id, 2, 5)
-    assert state.active(fraud, "fraud") == ro
+    assert Rollout.active_for(fraud, "fraud") == ro == Rollout.latest_for(fraud, "fraud")
     [ev] = ro.events(fraud)
     assert (ev.decision, ev.weight, ev.reason) == ("start", 5, "retrained on May data")
     assert fraud.alias_version("fraud", "production") == 1  # production untouched
