@@ -375,3 +375,34 @@ def test_cli_refuses_bad_input_and_a_second_controller(
     assert [r[3] for r in rows] == ["start", "pause", "resume", "abort"]
     assert rows[1][4:] == ["holiday", "traffic"] and rows[3][2] == "0%"
     reg.close()
+
+
+def test_a_step_without_enough_requests_pauses_naming_why(
+    tmp_path: Path, serve: Callable[..., Server]
+) -> None:
+    from aiarch.serving.process import free_port
+
+    fleet = Fleet(tmp_path, serve)  # and no traffic at all
+    limits = Thresholds(min_requests=1000)
+    Rollout.start(fleet.reg, "fraud", 2, dwell_s=0.2, step_timeout_s=0.6, thresholds=limits)
+    dead = f"http://127.0.0.1:{free_port()}"  # a server that never answers
+    ended: list[Rollout] = []
+    controller = Controller(fleet.reg, "fraud", [*fleet.urls, dead], poll_s=0.05)
+    thread = threading.Thread(target=lambda: ended.append(controller.run()))
+    thread.start()
+    try:
+        wait_for(
+            lambda: getattr(state.active(fleet.reg, "fraud"), "state", "") == "paused",
+            "the step to time out",
+        )
+        held = state.active(fleet.reg, "fraud")
+        assert held is not None and held.weight == 5  # servers keep the split
+        assert "step 1 at 5 % not judged within 0.6 s: candidate has 0 requests (need 1000)" in (
+            held.reason
+        )
+        assert f"no answer from {dead}" in held.reason
+    finally:
+        state.abort(fleet.reg, "fraud", "no traffic to judge on")
+        thread.join(30)
+    assert ended and ended[0].state == "aborted"
+    assert [e.decision for e in ended[0].events(fleet.reg)] == ["start", "hold", "abort"]

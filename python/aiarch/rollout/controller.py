@@ -191,6 +191,9 @@ class Controller:
             self._window_start = self.scrape()
             return None
         scraped = self.scrape()
+        for url in scraped.keys() - self._window_start.keys():
+            # Did not answer when the window opened: its window opens now.
+            self._window_start[url] = scraped.pop(url)
         production = self._window(scraped, ro.baseline)
         candidate = self._window(scraped, ro.candidate)
         reference = production
