@@ -3,6 +3,7 @@ servers read, operator steering, the controller lease and completion."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from aiarch.errors import InvalidArgumentError, NotFoundError
-from aiarch.registry import ConflictError, ModelNotFoundError, Registry
+from aiarch.registry import (
+    ConflictError,
+    GateFailedError,
+    IntegrityError,
+    ModelNotFoundError,
+    Registry,
+)
 from aiarch.rollout import LeaseHeldError, LeaseLostError, Rollout, Thresholds, state
 
 from .conftest import write_model
@@ -81,6 +88,23 @@ def test_bad_starts_are_refused_with_what_exists(fraud: Registry, tmp_path: Path
     with pytest.raises(InvalidArgumentError, match="no 'production' alias"):
         Rollout.start(fraud, "solo", 1)
     assert state.active(fraud, "fraud") is None
+
+
+def test_a_candidate_failing_its_gates_or_its_digest_is_not_rolled_out(
+    reg: Registry, tmp_path: Path
+) -> None:
+    reg.register("fraud", write_model(tmp_path / "src", 1.0), metrics={"auc": 0.9})
+    weak = reg.register("fraud", write_model(tmp_path / "src", 2.0), metrics={"auc": 0.7})
+    reg.promote("fraud", 1)
+    with pytest.raises(GateFailedError, match=r"metrics\.auc >= 0\.85 \(actual: 0\.7\)"):
+        Rollout.start(reg, "fraud", 2, gates="metrics.auc >= 0.85")
+    assert Rollout.start(reg, "fraud", 2, gates=["metrics.auc >= 0.5"]).candidate == 2
+    state.abort(reg, "fraud")
+    os.chmod(weak.artifact_path, 0o644)
+    weak.artifact_path.write_text("tampered")
+    with pytest.raises(IntegrityError, match="models:/fraud/2 cannot be loaded"):
+        Rollout.start(reg, "fraud", 2)
+    assert state.active(reg, "fraud") is None
 
 
 def test_a_second_start_while_one_is_active_is_refused(fraud: Registry) -> None:

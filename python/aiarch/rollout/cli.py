@@ -14,6 +14,7 @@ __all__ = ["add_parser", "history_table"]
 _EPILOG = """\
 examples:
   aiarch rollout start fraud 4 --server http://127.0.0.1:8000          # steps 5,25,50,100
+  aiarch rollout start fraud 4 --gate "metrics.auc >= 0.9" --server http://127.0.0.1:8000
   aiarch rollout start fraud 4 --steps 10,50,100 --dwell 600 --server http://10.0.0.5:8000 \\
       --server http://10.0.0.6:8000 --max-p99-ratio 1.3 --min-requests 500
   aiarch rollout start fraud 4 --detach        # record it; drive it later with `rollout run`
@@ -98,6 +99,9 @@ def add_parser(subparsers: Any) -> None:
     st.add_argument("--steps", type=_steps, default=None, help="percentages (default 5,25,50,100)")
     st.add_argument("--dwell", type=float, default=300.0, metavar="S", help="per step (300)")
     st.add_argument("--step-timeout", type=float, metavar="S", help="default 10 x dwell")
+    st.add_argument(
+        "--gate", action="append", default=[], metavar="COND", help="e.g. 'metrics.auc >= 0.9'"
+    )
     st.add_argument("--reason", default="", help="recorded with the rollout")
     st.add_argument("--detach", action="store_true", help="record the rollout only")
     st.add_argument("--max-error-rate-increase", type=float, metavar="X", help="default 0.01")
@@ -279,6 +283,7 @@ def _dispatch(reg: Any, args: argparse.Namespace) -> int:
             dwell_s=args.dwell,
             step_timeout_s=args.step_timeout,
             thresholds=_thresholds(args),
+            gates=args.gate or None,
             reason=args.reason,
         )
         if args.detach:

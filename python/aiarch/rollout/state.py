@@ -28,6 +28,7 @@ from typing import Any
 from aiarch.errors import InvalidArgumentError, NotFoundError
 from aiarch.registry.errors import ConflictError
 from aiarch.registry.registry import Registry, _actor
+from aiarch.registry.search import check_gates
 
 __all__ = [
     "ACTIVE_STATES",
@@ -178,6 +179,7 @@ class Rollout:
         dwell_s: float = 300.0,
         step_timeout_s: float | None = None,
         thresholds: Thresholds | None = None,
+        gates: str | Sequence[str] | None = None,
         reason: str = "",
     ) -> Rollout:
         """Start rolling `candidate` out against `model@production` (see `start`)."""
@@ -189,6 +191,7 @@ class Rollout:
             dwell_s=dwell_s,
             step_timeout_s=step_timeout_s,
             thresholds=thresholds,
+            gates=gates,
             reason=reason,
         )
 
@@ -291,14 +294,17 @@ def start(
     dwell_s: float = 300.0,
     step_timeout_s: float | None = None,
     thresholds: Thresholds | None = None,
+    gates: str | Sequence[str] | None = None,
     reason: str = "",
 ) -> Rollout:
     """Record a rollout of version `candidate` of `model` against the version `production`
     points at now, at its first step: every server following the model sends `steps[0]` % of
     its traffic to the candidate from its next poll. `step_timeout_s` (default 10 x dwell)
-    bounds a step that sees too few requests to be judged. Refused: an unknown model or
-    version, a candidate that is production already, a model without `production`, invalid
-    steps, and a second rollout while one is active (ConflictError naming it)."""
+    bounds a step that sees too few requests to be judged; `gates` are promotion gates the
+    candidate must pass first (e.g. "metrics.auc >= 0.9": GateFailedError naming the actual
+    value). Refused: an unknown model or version, a candidate that is production already, a
+    model without `production`, a candidate whose artifact fails its digest (IntegrityError),
+    invalid steps, and a second rollout while one is active (ConflictError naming it)."""
     steps = validate_steps(steps)
     dwell = _positive("dwell_s", dwell_s)
     timeout = 10 * dwell if step_timeout_s is None else _positive("step_timeout_s", step_timeout_s)
@@ -309,9 +315,15 @@ def start(
     if isinstance(candidate, bool) or not isinstance(candidate, int):
         raise InvalidArgumentError(f"candidate must be a version number, got {candidate!r}")
     limits = thresholds if thresholds is not None else Thresholds()
-    mv = registry.get(model, candidate)  # ModelNotFoundError naming the versions there are
+    # ModelNotFoundError naming the versions there are; IntegrityError for a damaged artifact
+    # (found now, not by every server refusing to load it).
+    mv = registry.open(model, candidate)
     if mv.status != "active":
         raise ConflictError(f"{model} version {candidate} is {mv.status}; it cannot be rolled out")
+    if gates:
+        check_gates(
+            mv, [gates] if isinstance(gates, str) else list(gates), registry.get_model(model)
+        )
     now = time.time()
     actor = _actor()
     with registry.db.tx(write=True) as tx:
