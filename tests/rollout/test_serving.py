@@ -217,9 +217,11 @@ def test_failing_candidate_is_rolled_back_at_once(
     tmp_path: Path,
     serve: Callable[..., Server],
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # On SQLite and PostgreSQL, driven by the CLI as an operator would.
     fleet = Fleet(tmp_path, serve, fail=True, url=registry_url)
+    monkeypatch.setenv("AIARCH_HOME", str(fleet.home))  # the CLI's artifact store
     traffic = Traffic(fleet.servers, value=-1.0)  # the candidate raises on negative inputs
     try:
         code = main(
@@ -322,9 +324,10 @@ def test_restarted_server_comes_up_at_the_recorded_step(
 
 
 def test_cli_refuses_bad_input_and_a_second_controller(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("AIARCH_HOME", str(tmp_path / "home"))  # the CLI's artifact store
     reg = Registry(url, home=tmp_path / "home")
     for factor in (1.0, 2.0):
         reg.register("fraud", write_model(tmp_path / "src", factor))

@@ -60,6 +60,11 @@ def add_parser(subparsers: Any) -> None:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--registry", metavar="URL", help="registry database URL")
+    common.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="artifact bucket, e.g. s3://bucket/prefix (start re-hashes the candidate there)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     control = argparse.ArgumentParser(add_help=False)
     control.add_argument(
@@ -204,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
 
     cmd = args.rollout_command
     try:
-        reg = Registry(args.registry)
+        reg = Registry(args.registry, artifacts=args.artifacts)
         try:
             return _dispatch(reg, args)
         finally:
