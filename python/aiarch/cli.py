@@ -105,6 +105,12 @@ def _add_serve(sub: Any) -> None:
         "$AIARCH_ARTIFACTS, else files under $AIARCH_HOME)",
     )
     g.add_argument(
+        "--registry-poll",
+        type=float,
+        metavar="S",
+        help="seconds between reads of the aliases and the model's rollout step (default 1)",
+    )
+    g.add_argument(
         "--route",
         action="append",
         default=[],
@@ -282,6 +288,12 @@ def _serve_config(args: argparse.Namespace) -> Any:
         cfg.registry = args.registry
     if args.artifacts:
         cfg.artifacts = args.artifacts
+    if args.registry_poll is not None:
+        if not args.registry_poll > 0:
+            raise ValueError(
+                f"--registry-poll must be a positive number of seconds, got {args.registry_poll}"
+            )
+        cfg.registry_poll_s = args.registry_poll
     for spec in args.route:
         name, sep, arms = spec.partition("=")
         if not sep:
@@ -480,6 +492,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_serve,
     _add_quantize,
     _package_command("aiarch.registry.cli"),
+    _package_command("aiarch.rollout.cli"),
     _package_command("aiarch.features.cli"),
     _package_command("aiarch.monitor.cli"),
     _package_command("aiarch.bench.cli"),

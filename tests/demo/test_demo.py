@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = _demo("--home", str(home), "--duration", "10", "--epochs", "3")
     out = proc.stdout
     assert proc.returncode == 0, f"{out[-4000:]}\n{proc.stderr[-4000:]}"
-    for step in range(1, 9):
-        assert f"[{step}/8]" in out
+    for step in range(1, 10):
+        assert f"[{step}/9]" in out
     assert "registered fraud  version 1" in out  # one registry entry for the 2-process job
     assert "production  promote  -     1" in out and "staging     promote  -     2" in out
     # The canary split sent requests to both arms.
@@ -49,6 +50,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     shifted = next(line for line in out.splitlines() if "shifted window:" in line)
     assert "dataset drifted: yes" in shifted
     assert (home / "demo" / "drift.png").stat().st_size > 0
+    # The bad candidate was rolled back by the controller, production never moved.
+    rollout = out.split("[9/9]", 1)[1]
+    assert re.search(r"rolled_back: at (10|50) %: (error rate|p99) ", rollout)
+    assert "production still on version 1" in rollout
+    assert re.search(r"^\s+\S+\s+[12]\s+(10|50)%\s.*\srollback\s+at (10|50) %", rollout, flags=re.M)
+    assert (home / "demo" / "rollout.png").stat().st_size > 0
     assert "Traceback" not in proc.stderr
 
 

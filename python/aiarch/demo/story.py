@@ -20,7 +20,7 @@ from aiarch.serving.process import ServerProcess, free_port
 from .data import CARD_FEATURES, MODEL_FEATURES, generate, model_inputs
 
 MODEL = "fraud"
-STEPS = 8
+STEPS = 9
 
 
 @dataclass
@@ -262,6 +262,15 @@ def run(opts: DemoOptions) -> int:
     _step(8, "drift: a normal window, then a shifted one, against the stored reference profile")
     drift_png = out / "drift.png"
     _drift(reg, v1, x, drift_png)
+
+    # 9. progressive rollout --------------------------------------------------------------
+    if opts.serve:
+        _step(9, "progressive rollout of a candidate made bad on purpose: automatic rollback")
+        from .rollout_step import bad_candidate_rolled_back
+
+        bad_candidate_rolled_back(reg, MODEL, x, out)
+    else:
+        print(f"\n[9/{STEPS}] rollout skipped (--no-serve)")
 
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Files under {out}:")
     for p in sorted(out.iterdir()):

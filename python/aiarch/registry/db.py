@@ -124,6 +124,48 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX model_tags_kv ON model_tags (key, value, model_id)",
         ],
     ),
+    (
+        3,
+        "progressive rollouts: the step every server follows, the controller lease, the history",
+        [
+            """CREATE TABLE rollouts (
+                id {pk},
+                model_id BIGINT NOT NULL REFERENCES models(id),
+                candidate BIGINT NOT NULL,
+                baseline BIGINT NOT NULL,
+                steps TEXT NOT NULL,
+                dwell_s DOUBLE PRECISION NOT NULL,
+                step_timeout_s DOUBLE PRECISION NOT NULL,
+                thresholds TEXT NOT NULL,
+                step BIGINT NOT NULL,
+                weight BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                step_started_at DOUBLE PRECISION NOT NULL,
+                lease_owner TEXT,
+                lease_expires_at DOUBLE PRECISION
+            )""",
+            # At most one active rollout per model, and the servers' poll is one probe of it.
+            "CREATE UNIQUE INDEX rollouts_active ON rollouts (model_id) "
+            "WHERE state IN ('running', 'paused')",
+            "CREATE INDEX rollouts_model ON rollouts (model_id, id)",
+            """CREATE TABLE rollout_events (
+                id {pk},
+                rollout_id BIGINT NOT NULL REFERENCES rollouts(id),
+                step BIGINT NOT NULL,
+                weight BIGINT NOT NULL,
+                decision TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                arms TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id)",
+        ],
+    ),
 ]
 
 _MIGRATION_LOCK_KEY = 0x616961726368  # "aiarch": the advisory lock id of migrations

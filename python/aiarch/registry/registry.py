@@ -449,6 +449,12 @@ class Registry:
             )
         return int(model_id)
 
+    def model_id_in(self, tx: Tx, name: str, *, lock: bool = False) -> int:
+        """The id of model `name` inside the caller's transaction `tx`; `lock` holds the model
+        row until it ends (serializing alias changes of the model). ModelNotFoundError naming
+        the models when there is none."""
+        return self._model_id(tx, name, lock)
+
     def _missing_version(self, tx: Tx, model_id: int, name: str, what: str) -> ModelNotFoundError:
         versions = [
             int(r[0])
@@ -783,45 +789,69 @@ class Registry:
         int, or None for "the alias must not exist yet"); ConflictError if it moved. Appends
         to the alias's history. Returns the change, or None if it already pointed there."""
         validate_alias(alias)
-        actor = _actor()
-        now = time.time()
         with self.db.tx(write=True) as tx:
             model_id = self._model_id(tx, name, lock=True)  # serializes alias changes per model
-            status = tx.scalar(
-                "SELECT status FROM versions WHERE model_id = ? AND version = ?",
-                (model_id, version),
+            return self.move_alias_in(
+                tx,
+                model_id,
+                name,
+                alias,
+                version,
+                expected_current=expected_current,
+                reason=reason,
+                action=action,
             )
-            if status is None:
-                raise self._missing_version(tx, model_id, name, f"version {version}")
-            if status != "active":
-                raise ConflictError(
-                    f"{name} version {version} is {status}; it cannot hold an alias"
-                )
-            current = tx.scalar(
-                "SELECT version FROM aliases WHERE model_id = ? AND alias = ?", (model_id, alias)
+
+    def move_alias_in(
+        self,
+        tx: Tx,
+        model_id: int,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        expected_current: int | None = UNSET,
+        reason: str = "",
+        action: str = "set",
+    ) -> AliasChange | None:
+        """`set_alias` inside the caller's write transaction `tx`, which has locked the model
+        row (`_model_id(tx, name, lock=True)`): lets a change of other registry state commit
+        together with the alias move. Not thread-safe (one transaction)."""
+        actor = _actor()
+        now = time.time()
+        status = tx.scalar(
+            "SELECT status FROM versions WHERE model_id = ? AND version = ?",
+            (model_id, version),
+        )
+        if status is None:
+            raise self._missing_version(tx, model_id, name, f"version {version}")
+        if status != "active":
+            raise ConflictError(f"{name} version {version} is {status}; it cannot hold an alias")
+        current = tx.scalar(
+            "SELECT version FROM aliases WHERE model_id = ? AND alias = ?", (model_id, alias)
+        )
+        current = None if current is None else int(current)
+        if expected_current is not UNSET and current != expected_current:
+            raise ConflictError(
+                f"alias {alias!r} of {name!r} points at "
+                f"{'nothing' if current is None else f'version {current}'}, expected "
+                f"{'nothing' if expected_current is None else f'version {expected_current}'}"
+                "; it moved meanwhile — re-read and retry"
             )
-            current = None if current is None else int(current)
-            if expected_current is not UNSET and current != expected_current:
-                raise ConflictError(
-                    f"alias {alias!r} of {name!r} points at "
-                    f"{'nothing' if current is None else f'version {current}'}, expected "
-                    f"{'nothing' if expected_current is None else f'version {expected_current}'}"
-                    "; it moved meanwhile — re-read and retry"
-                )
-            if current == version:
-                return None
-            tx.execute(
-                "INSERT INTO aliases (model_id, alias, version, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (model_id, alias) DO UPDATE SET version = excluded.version, "
-                "updated_at = excluded.updated_at",
-                (model_id, alias, version, now),
-            )
-            history_id = tx.scalar(
-                "INSERT INTO alias_history (model_id, alias, action, from_version, to_version, "
-                "actor, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (model_id, alias, action, current, version, actor, reason, now),
-            )
-            tx.execute("UPDATE models SET change_seq = change_seq + 1 WHERE id = ?", (model_id,))
+        if current == version:
+            return None
+        tx.execute(
+            "INSERT INTO aliases (model_id, alias, version, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (model_id, alias) DO UPDATE SET version = excluded.version, "
+            "updated_at = excluded.updated_at",
+            (model_id, alias, version, now),
+        )
+        history_id = tx.scalar(
+            "INSERT INTO alias_history (model_id, alias, action, from_version, to_version, "
+            "actor, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (model_id, alias, action, current, version, actor, reason, now),
+        )
+        tx.execute("UPDATE models SET change_seq = change_seq + 1 WHERE id = ?", (model_id,))
         return AliasChange(alias, action, current, version, actor, reason, now, int(history_id))
 
     def promote(

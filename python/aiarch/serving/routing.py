@@ -13,6 +13,12 @@ name (`fraud.v3`), after `Registry.open` verified its artifact's digest.
 - Canary: `--route fraud=production:90,staging:10` splits requests by weight; a request that
   carries a key (header `X-Route-Key`, or v2 parameter `route_key`) always gets the same arm
   for the same key.
+- Progressive rollout: a model served as `NAME@production` (no `--route`) follows the
+  registry's active rollout of its model (`aiarch.rollout`): read on the same poll as the
+  aliases (one indexed read), it adds a `candidate` arm pinned to the rollout's version and
+  splits production:100-w / candidate:w at the recorded weight; when the rollout ends the
+  candidate arm is drained (rolled back or aborted: at once; completed: production has moved
+  to the candidate). A server that starts mid-rollout comes up at the recorded step.
 - Shadow: `--shadow fraud@staging[:FRACTION]` also sends a sample of requests to another
   version; its answer and errors are counted and discarded, never seen by the client.
 - Metrics: the runtime's families carry the version label (runtime names map back to the
@@ -58,6 +64,9 @@ SHADOW_MAX_IN_FLIGHT = 256
 """Mirrored requests in flight at once per route; beyond it a sample is skipped (counted)."""
 
 _DEFAULT_SHADOW_FRACTION = 0.1
+
+_ROLLOUT_ALIAS = "production"
+"""The alias whose route follows the registry's progressive rollout of its model."""
 
 
 def _is_registry_ref(source: str) -> bool:
@@ -212,12 +221,25 @@ class Route:
     _total: int = 0
     _random: Any = field(default_factory=lambda: random.Random().random)
 
+    follows_rollout: bool = False
+    """True for `NAME@production` with no `--route`: the split follows the registry's rollout."""
+    rollout: tuple[int, int, int] | None = None
+    """(rollout id, candidate version, weight %) in force, None without a rollout."""
+    candidate: Arm | None = None
+    failed_candidate: int | None = None
+
     def __post_init__(self) -> None:
+        self.set_arms(self.arms)
+
+    def set_arms(self, arms: list[Arm]) -> None:
+        """Route new requests over `arms` by their weights. Loop thread; no await inside, so
+        a request sees the old split or the new one, never a mix."""
         acc = 0
-        for arm in self.arms:
+        bounds = []
+        for arm in arms:
             acc += arm.weight
-            self._bounds.append((acc, arm))
-        self._total = acc
+            bounds.append((acc, arm))
+        self.arms, self._bounds, self._total = arms, bounds, acc
 
     def pick(self, key: bytes | None, params: dict[str, Any] | None) -> Any:
         """The entry of the arm this request goes to (sticky for a key)."""
@@ -370,9 +392,13 @@ class RegistryRouting:
             _, sel, fraction = parse_shadow(text)
             route.shadow = Arm(sel)
             route.shadow_fraction = fraction
+        route.follows_rollout = not spec and arms[0].selector == _ROLLOUT_ALIAS
         for arm in [*route.arms, *([route.shadow] if route.shadow else [])]:
             version = await loop.run_in_executor(None, self._resolve_arm, route, arm)
             await self._switch(route, arm, version)
+        if route.follows_rollout:
+            split = await loop.run_in_executor(None, self._split, route)
+            await self._follow(route, split)
         self.routes[cfg.name] = route
         self.app.routes[cfg.name] = route
         if not self._collector_added:
@@ -455,10 +481,11 @@ class RegistryRouting:
             if not self.routes:
                 continue  # no registry-served model: nothing to poll
             try:
-                moved = await loop.run_in_executor(None, self._poll)
+                polled = await loop.run_in_executor(None, self._poll)
             except Exception:
                 log.exception("polling the registry failed; retrying")
                 continue
+            moved, splits = polled
             for route, arm, version in moved:
                 try:
                     await self._switch(route, arm, version)
@@ -471,18 +498,84 @@ class RegistryRouting:
                         version,
                         arm.version,
                     )
+            for route, split in splits:
+                await self._follow(route, split)
 
-    def _poll(self) -> list[tuple[Route, Arm, int]]:
+    def _poll(
+        self,
+    ) -> tuple[list[tuple[Route, Arm, int]], list[tuple[Route, tuple[int, int, int] | None]]]:
         moved = []
+        splits = []
         for route in list(self.routes.values()):
-            for arm in [*route.arms, *([route.shadow] if route.shadow else [])]:
+            # The rollout before the alias: completion moves production and ends the rollout
+            # in one transaction, so this order never sees the rollout gone with production
+            # still on the old version.
+            if route.follows_rollout:
+                split = self._split(route)
+                if split != route.rollout:
+                    splits.append((route, split))
+            for arm in [*self._base_arms(route), *([route.shadow] if route.shadow else [])]:
                 if arm.watch is None:
                     continue
                 arm.watch.poll()
                 v = arm.watch.version
                 if v is not None and v != arm.version and v != arm.failed_version:
                     moved.append((route, arm, v))
-        return moved
+        return moved, splits
+
+    # -- following a progressive rollout ----------------------------------------------------
+    @staticmethod
+    def _base_arms(route: Route) -> list[Arm]:
+        return [a for a in route.arms if a is not route.candidate]
+
+    def _split(self, route: Route) -> tuple[int, int, int] | None:
+        """The active rollout's (id, candidate, weight) of the route's model. Worker thread."""
+        from aiarch.rollout.state import serving_split
+
+        return serving_split(self.registry, route.registry_name)
+
+    async def _follow(self, route: Route, split: tuple[int, int, int] | None) -> None:
+        """Apply a rollout's split to `route`: load the candidate version when it is new, then
+        swap the arms' weights in one step; with no rollout, drop the candidate arm."""
+        loop = asyncio.get_running_loop()
+        production = self._base_arms(route)[0]
+        old = route.candidate
+        if split is None:
+            if old is None:
+                route.rollout = None
+                return
+            production.weight = 100
+            route.set_arms([production])
+            route.candidate, route.rollout = None, None
+            log.info("%s: rollout ended; candidate version %s drained", route.name, old.version)
+            await loop.run_in_executor(None, self._release, old.entry.runtime_name)
+            return
+        _, version, weight = split
+        if old is None or old.version != version:
+            if version == route.failed_candidate:
+                return
+            try:
+                entry = await loop.run_in_executor(None, self._acquire, route, version)
+            except Exception:
+                route.failed_candidate = version
+                log.exception(
+                    "%s: cannot load rollout candidate version %d; production keeps all traffic",
+                    route.name,
+                    version,
+                )
+                return
+            arm = Arm("candidate", weight, entry=entry, version=version)
+        else:
+            arm = old
+            arm.weight = weight
+        production.weight = 100 - weight
+        route.set_arms([production, arm])
+        route.candidate, route.rollout = arm, split
+        log.info(
+            "%s: rollout #%d: candidate version %d at %d %%", route.name, split[0], version, weight
+        )
+        if old is not None and old is not arm:
+            await loop.run_in_executor(None, self._release, old.entry.runtime_name)
 
     def close(self) -> None:
         if self._registry is not None:
