@@ -3,10 +3,12 @@ one answers, and the counts of a worker killed with `kill -9` stay in the totals
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +186,126 @@ def test_totals_survive_a_killed_worker(two_workers: ServerProcess) -> None:
     assert report["drift"]["all"]["rows"] == (k + extra) * ROWS  # type: ignore[index]
 
 
+def _alerting_config(tmp: Path) -> Path:
+    """A monitor with an output profile and a rule that fires in any window with traffic (an
+    error rate above -1): a worker that serves nothing never fires it."""
+    rng = np.random.default_rng(0)
+    inputs = Profile.build(rng.normal(size=(5_000, FEATURES)))
+    outputs = Profile.build(rng.normal(size=(5_000, 4)))
+    (tmp / "in.profile").write_bytes(inputs.to_bytes())
+    (tmp / "out.profile").write_bytes(outputs.to_bytes())
+    cfg = tmp / "serve.toml"
+    cfg.write_text(
+        f"""
+[models.lin]
+source = "{MODELS}:linear"
+[models.lin.monitor]
+reference = "{tmp / "in.profile"}"
+output_reference = "{tmp / "out.profile"}"
+window_s = 0.2
+[[models.lin.monitor.alerts]]
+name = "traffic"
+kind = "error_rate"
+threshold = -1.0
+window_s = 1.0
+"""
+    )
+    return cfg
+
+
+class _OneConnectionLoad:
+    """Requests on one keep-alive connection, so one worker serves all of them, until stopped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        x = np.random.default_rng(5).standard_normal((ROWS, FEATURES)).astype(np.float32)
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [ROWS, 8],
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+        )
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            while not self._stop.wait(0.005):
+                conn.request(
+                    "POST", "/v2/models/lin/infer", body, {"Content-Type": "application/json"}
+                )
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 200, resp.status
+                self.sent += 1
+        except BaseException as e:  # reported by stop()
+            self.error = e
+        finally:
+            conn.close()
+
+    def __enter__(self) -> _OneConnectionLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+        assert not self._thread.is_alive(), "the load thread hangs"
+        assert self.error is None, self.error
+
+
+def test_alerts_and_output_drift_cover_both_workers(tmp_path: Path) -> None:
+    _require_server_deps()
+    args = ["--config", str(_alerting_config(tmp_path)), "--workers", "2"]
+    with running_server(args, tmp_path) as srv:
+        _wait_for(lambda: len(_workers(srv)) == 2, 60, "2 listening workers")
+        port = srv.port
+        with _OneConnectionLoad(port) as load:
+            _wait_for(lambda: load.sent >= 50, 30, "traffic on the loaded worker")
+            # Every worker's view (fresh connections land on both) shows the loaded worker's
+            # firing alert and output drift, though only one of them served any request.
+            _wait_for(
+                lambda: _scrape(port).get("aiarch_monitor_alert_active{alert=traffic}") == 1.0,
+                20,
+                "the alert in /metrics",
+            )
+            for _ in range(20):
+                report = request(port, "GET", "/v2/models/lin/monitor").json()
+                (alert,) = report["alerts"]  # type: ignore[index]
+                assert alert["active"] is True, report
+                assert alert["value"] == 0.0, report
+                output = report["output_drift"]  # type: ignore[index]
+                assert output is not None and output["rows"] > 0, report
+                assert len(output["features"]) == 4
+                m = _scrape(port)
+                assert m["aiarch_monitor_alert_active{alert=traffic}"] == 1.0
+        # One worker served everything: the other one's own alert never fired.
+        assert sorted(_own_alerts(srv).values()) == [False, True]
+
+
+def _own_alerts(srv: ServerProcess) -> dict[int, bool]:
+    """Each live worker's own state of the "traffic" alert, from the file it publishes."""
+    import msgspec
+
+    (run_dir,) = re.findall(r"workers share their stats in (\S+)", srv.output())
+    out = {}
+    for f in Path(run_dir).glob("worker-*.msgpack"):
+        snap = msgspec.msgpack.decode(f.read_bytes(), type=WorkerSnapshot)
+        for key, part in snap.monitors.items():
+            if key.startswith("lin@"):
+                out[int(snap.worker.split(":")[0])] = part.alerts["traffic"].active
+    return out
+
+
 # -- the merge rules, on plain data ------------------------------------------------------------
 
 
@@ -244,3 +366,24 @@ def test_merged_stats_add_counts_and_keep_the_latest_inference() -> None:
         "last_inference_ms": 9,
         "batch_size": {"counts": {1: 3, 2: 1}},
     }
+
+
+def test_merged_alert_is_active_in_any_worker_with_the_highest_measured_value() -> None:
+    from aiarch.serving.shared_stats import AlertState, MonitorPart, merge_monitor_parts
+
+    rng = np.random.default_rng(1)
+    profile = Profile.build(rng.normal(size=(100, 2)))
+    from aiarch.monitor import Monitor, MonitorConfig
+
+    snap = Monitor(profile, config=MonitorConfig(ticker=False)).snapshot()
+    nan = float("nan")
+    parts = [
+        MonitorPart(snap, {}, {"a": AlertState(False, nan), "b": AlertState(False, 0.1)}, [1, 2]),
+        MonitorPart(snap, {}, {"a": AlertState(True, 0.7), "b": AlertState(False, 0.3)}, [3, 4]),
+        MonitorPart(snap, {}, {"a": AlertState(False, 0.2), "b": AlertState(False, nan)}, []),
+    ]
+    merged = merge_monitor_parts(parts)
+    assert merged.alerts == {"a": AlertState(True, 0.7), "b": AlertState(False, 0.3)}
+    assert merged.output_window == [4, 6]  # a worker with no closed window adds nothing
+    quiet = merge_monitor_parts([parts[0], parts[0]]).alerts["a"]
+    assert quiet.active is False and quiet.value != quiet.value  # NaN: no traffic anywhere
