@@ -1,5 +1,8 @@
 """`aiarch serve --workers 2`: `/metrics`, `/stats` and `/monitor` cover both workers, whichever
-one answers, and the counts of a worker killed with `kill -9` stay in the totals."""
+one answers, and the counts of a worker killed with `kill -9` stay in the totals.
+
+The workers accept on one socket, so which one takes a connection is the kernel's choice; a test
+picks the worker by stopping the other one (SIGSTOP) for a while (`_only`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import re
 import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +60,28 @@ def two_workers(tmp_path: Path) -> Iterator[ServerProcess]:
         yield srv
 
 
+@contextmanager
+def _only(srv: ServerProcess, worker: int) -> Iterator[None]:
+    """Every other worker stopped (SIGSTOP, nothing in flight): new connections go to `worker`."""
+    others = _workers(srv) - {worker}
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def _infer_on_each(srv: ServerProcess, counts: list[int], seed: int) -> None:
+    """`counts[i]` requests served by the i-th worker (by pid)."""
+    for i, (pid, n) in enumerate(zip(sorted(_workers(srv)), counts)):
+        with _only(srv, pid):
+            _infer(srv.port, n, seed + i)
+
+
 def _infer(port: int, n: int, seed: int) -> None:
-    """`n` requests, each on a fresh connection (the kernel spreads them over the workers)."""
+    """`n` requests, each on a fresh connection."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
         x = rng.standard_normal((ROWS, FEATURES)).astype(np.float32)
@@ -123,46 +147,56 @@ def _settle(port: int, expected: int) -> None:
 def test_every_scrape_counts_the_requests_of_both_workers(two_workers: ServerProcess) -> None:
     port = two_workers.port
     k = 60
-    _infer(port, k, seed=1)
+    _infer_on_each(two_workers, [25, 35], seed=1)
     _settle(port, k)
     own = _own_counts(two_workers)
     # Both workers served part of the traffic, so no single worker's counts add up to k.
-    assert sorted(own) == [0, 1] and all(0 < n < k for n in own.values()), own
-    assert sum(own.values()) == k
-    for _ in range(20):  # fresh connections: both workers answer some of these scrapes
-        m = _scrape(port)
-        assert m["aiarch_requests_total{status=success}"] == k
-        assert m["aiarch_request_duration_seconds_count{}"] == k
-        assert m["aiarch_request_duration_seconds_bucket{le=+Inf}"] == k
-        assert m["aiarch_rows_total{}"] == k * ROWS
-        assert m["aiarch_model_ready{}"] == 1.0
-        stats = request(port, "GET", "/v2/models/lin/stats").json()
-        (stat,) = stats["model_stats"]  # type: ignore[index]
-        assert stat["inference_stats"]["success"]["count"] == k
-        assert stat["inference_count"] == k * ROWS
+    assert sorted(own) == [0, 1] and sorted(own.values()) == [25, 35], own
+    for _ in range(10):
+        for pid in sorted(_workers(two_workers)):
+            with _only(two_workers, pid):
+                _assert_scrape_counts(port, k)
+
+
+def _assert_scrape_counts(port: int, k: int) -> None:
+    m = _scrape(port)
+    assert m["aiarch_requests_total{status=success}"] == k
+    assert m["aiarch_request_duration_seconds_count{}"] == k
+    assert m["aiarch_request_duration_seconds_bucket{le=+Inf}"] == k
+    assert m["aiarch_rows_total{}"] == k * ROWS
+    assert m["aiarch_model_ready{}"] == 1.0
+    stats = request(port, "GET", "/v2/models/lin/stats").json()
+    (stat,) = stats["model_stats"]  # type: ignore[index]
+    assert stat["inference_stats"]["success"]["count"] == k
+    assert stat["inference_count"] == k * ROWS
 
 
 def test_monitor_and_drift_counts_cover_both_workers(two_workers: ServerProcess) -> None:
     port = two_workers.port
     k = 40
-    _infer(port, k, seed=2)
+    _infer_on_each(two_workers, [15, 25], seed=2)
     _settle(port, k)
-    for _ in range(10):
-        report = request(port, "GET", "/v2/models/lin/monitor").json()
-        assert report["processes"] == 2  # type: ignore[index]
-        assert report["requests"]["all"]["success"] == k  # type: ignore[index]
-        assert report["latency_us"]["all"]["end_to_end"]["count"] == k  # type: ignore[index]
-        assert report["drift"]["all"]["rows"] == k * ROWS  # type: ignore[index]
-        assert report["counters"]["values_counted"] == k * ROWS * FEATURES  # type: ignore[index]
-        m = _scrape(port)
-        assert m["aiarch_monitor_values_counted_total{}"] == k * ROWS * FEATURES
+    for pid in sorted(_workers(two_workers)) * 5:
+        with _only(two_workers, pid):
+            _assert_monitor_counts(port, k)
+
+
+def _assert_monitor_counts(port: int, k: int) -> None:
+    report = request(port, "GET", "/v2/models/lin/monitor").json()
+    assert report["processes"] == 2  # type: ignore[index]
+    assert report["requests"]["all"]["success"] == k  # type: ignore[index]
+    assert report["latency_us"]["all"]["end_to_end"]["count"] == k  # type: ignore[index]
+    assert report["drift"]["all"]["rows"] == k * ROWS  # type: ignore[index]
+    assert report["counters"]["values_counted"] == k * ROWS * FEATURES  # type: ignore[index]
+    m = _scrape(port)
+    assert m["aiarch_monitor_values_counted_total{}"] == k * ROWS * FEATURES
 
 
 def test_totals_survive_a_killed_worker(two_workers: ServerProcess) -> None:
     srv = two_workers
     port = srv.port
     k = 40
-    _infer(port, k, seed=3)
+    _infer_on_each(srv, [20, 20], seed=3)
     _settle(port, k)
     before = _workers(srv)
     victim = min(before)
@@ -271,23 +305,23 @@ def test_alerts_and_output_drift_cover_both_workers(tmp_path: Path) -> None:
         port = srv.port
         with _OneConnectionLoad(port) as load:
             _wait_for(lambda: load.sent >= 50, 30, "traffic on the loaded worker")
-            # Every worker's view (fresh connections land on both) shows the loaded worker's
-            # firing alert and output drift, though only one of them served any request.
-            _wait_for(
-                lambda: _scrape(port).get("aiarch_monitor_alert_active{alert=traffic}") == 1.0,
-                20,
-                "the alert in /metrics",
-            )
-            for _ in range(20):
-                report = request(port, "GET", "/v2/models/lin/monitor").json()
-                (alert,) = report["alerts"]  # type: ignore[index]
-                assert alert["active"] is True, report
-                assert alert["value"] == 0.0, report
-                output = report["output_drift"]  # type: ignore[index]
-                assert output is not None and output["rows"] > 0, report
-                assert len(output["features"]) == 4
-                m = _scrape(port)
-                assert m["aiarch_monitor_alert_active{alert=traffic}"] == 1.0
+            # Each worker answers in turn (the other one stopped), and every answer shows the
+            # loaded worker's firing alert and output drift, though only one of them served
+            # any request.
+            for pid in sorted(_workers(srv)) * 3:
+                # A full window of traffic since any stall that stopping the loaded worker made.
+                sent = load.sent
+                _wait_for(lambda sent=sent: load.sent >= sent + 60, 30, "traffic")
+                with _only(srv, pid):
+                    report = request(port, "GET", "/v2/models/lin/monitor").json()
+                    (alert,) = report["alerts"]  # type: ignore[index]
+                    assert alert["active"] is True, report
+                    assert alert["value"] == 0.0, report
+                    output = report["output_drift"]  # type: ignore[index]
+                    assert output is not None and output["rows"] > 0, report
+                    assert len(output["features"]) == 4
+                    m = _scrape(port)
+                    assert m["aiarch_monitor_alert_active{alert=traffic}"] == 1.0
         # One worker served everything: the other one's own alert never fired.
         assert sorted(_own_alerts(srv).values()) == [False, True]
 
