@@ -296,3 +296,13 @@ def test_an_unreachable_cluster_fails_lookups_fast_with_a_redacted_error(
         bounded(lambda: plan.get([1]), limit_s=10)
     assert "hunter2" not in str(e.value) and "***" in str(e.value)
     assert s.counters.failures == 1
+
+
+def test_packed_mgets_are_the_bytes_redis_py_writes() -> None:
+    from redis.connection import Connection
+
+    from aiarch.features.online import _pack_mgets
+
+    commands = [[b"aiarch:fv:{id=1}:txn:ab", b"aiarch:fv:{id=1}:card:cd"], [b"k" * 300], [b""]]
+    want = b"".join(Connection().pack_commands([("MGET", *keys) for keys in commands]))
+    assert _pack_mgets(commands) == want
