@@ -34,10 +34,13 @@ ROWS = 2  # rows per request
 FEATURES = 8
 
 
-def _config(tmp: Path) -> Path:
+def _config(tmp: Path, monitor: str = "") -> Path:
+    """Model lin monitored against an input profile, 0.2 s windows; `monitor` adds TOML lines
+    to its monitor table (an output profile is written to out.profile)."""
     rng = np.random.default_rng(0)
     profile = Profile.build(rng.normal(size=(5_000, FEATURES)), [f"f{i}" for i in range(8)])
     (tmp / "lin.profile").write_bytes(profile.to_bytes())
+    (tmp / "out.profile").write_bytes(Profile.build(rng.normal(size=(5_000, 4))).to_bytes())
     cfg = tmp / "serve.toml"
     cfg.write_text(
         f"""
@@ -46,7 +49,7 @@ source = "{MODELS}:linear"
 [models.lin.monitor]
 reference = "{tmp / "lin.profile"}"
 window_s = 0.2
-"""
+{monitor}"""
     )
     return cfg
 
@@ -221,30 +224,18 @@ def test_totals_survive_a_killed_worker(two_workers: ServerProcess) -> None:
 
 
 def _alerting_config(tmp: Path) -> Path:
-    """A monitor with an output profile and a rule that fires in any window with traffic (an
-    error rate above -1): a worker that serves nothing never fires it."""
-    rng = np.random.default_rng(0)
-    inputs = Profile.build(rng.normal(size=(5_000, FEATURES)))
-    outputs = Profile.build(rng.normal(size=(5_000, 4)))
-    (tmp / "in.profile").write_bytes(inputs.to_bytes())
-    (tmp / "out.profile").write_bytes(outputs.to_bytes())
-    cfg = tmp / "serve.toml"
-    cfg.write_text(
-        f"""
-[models.lin]
-source = "{MODELS}:linear"
-[models.lin.monitor]
-reference = "{tmp / "in.profile"}"
-output_reference = "{tmp / "out.profile"}"
-window_s = 0.2
+    """An output profile too, and a rule that fires in any window with traffic (an error rate
+    above -1): a worker that serves nothing never fires it."""
+    return _config(
+        tmp,
+        f"""output_reference = "{tmp / "out.profile"}"
 [[models.lin.monitor.alerts]]
 name = "traffic"
 kind = "error_rate"
 threshold = -1.0
 window_s = 1.0
-"""
+""",
     )
-    return cfg
 
 
 class _OneConnectionLoad:
