@@ -46,7 +46,8 @@ log = logging.getLogger("aiarch.serving")
 
 
 def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A bound (not yet listening) TCP socket; SO_REUSEPORT when several workers share the port."""
+    """A bound (not yet listening) TCP socket; SO_REUSEPORT when several processes bind the port
+    (the gRPC port of supervised workers)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, addr = infos[0]
     sock = socket.socket(family, type_, proto)
