@@ -31,14 +31,14 @@ py::array_t<uint64_t> ToArray(std::vector<uint64_t>&& v) {
   return py::array_t<uint64_t>(static_cast<py::ssize_t>(owned->size()), owned->data(), owner);
 }
 
-// Counts a 2-D float32/float64 array (any strides: the sketch walks them)
-// without copying; byte-swapped floats and other real dtypes are converted to
-// native float64 first, values unchanged. Object, str and other kinds are
-// refused (categories are counted by their codes: Profile.encode).
-void CountArray(aiarch::DriftSketch& sketch, const py::handle& input) {
-  constexpr const char* kWhat = "a drift batch (rows x features)";
-  py::array arr;
-  Check(aiarch::binding::AsArray(input, kWhat, aiarch::binding::kRealKinds, &arr));
+// Views a 2-D float32/float64 array (any strides: the native loops walk them)
+// as a DriftBatch without copying; byte-swapped floats and other real dtypes
+// are converted to native float64 first, values unchanged. Object, str and
+// other kinds are refused (categories are counted by their codes:
+// Profile.encode). `*keep` owns the memory the batch points into.
+aiarch::DriftBatch ViewBatch(const py::handle& input, const char* what, py::array* keep) {
+  py::array& arr = *keep;
+  Check(aiarch::binding::AsArray(input, what, aiarch::binding::kRealKinds, &arr));
   const py::dtype dt = arr.dtype();
   const auto size = dt.itemsize();
   const bool native_float = dt.kind() == 'f' && (size == 4 || size == 8) &&
@@ -59,6 +59,13 @@ void CountArray(aiarch::DriftSketch& sketch, const py::handle& input) {
   batch.features = arr.shape(1);
   batch.row_stride = arr.strides(0) / static_cast<py::ssize_t>(arr.itemsize());
   batch.feature_stride = arr.strides(1) / static_cast<py::ssize_t>(arr.itemsize());
+  return batch;
+}
+
+// Counts a batch (ViewBatch) into the sketch.
+void CountArray(aiarch::DriftSketch& sketch, const py::handle& input) {
+  py::array arr;
+  const aiarch::DriftBatch batch = ViewBatch(input, "a drift batch (rows x features)", &arr);
   aiarch::Status st;
   if (batch.rows * batch.features < kReleaseGilValues) {
     st = sketch.Count(batch);  // a few microseconds: cheaper than handing the GIL over
@@ -69,31 +76,11 @@ void CountArray(aiarch::DriftSketch& sketch, const py::handle& input) {
   Check(st);
 }
 
-// Summarizes a 2-D float32/float64 array column by column (aiarch::SummarizeNumeric) into
-// one dict per column of numpy arrays and floats.
+// Summarizes a batch (ViewBatch) column by column (aiarch::SummarizeNumeric) into one dict
+// per column of numpy arrays and floats.
 py::list SummarizeArray(const py::handle& input, const std::vector<std::vector<double>>& edges) {
-  constexpr const char* kWhat = "reference values (rows x features)";
   py::array arr;
-  Check(aiarch::binding::AsArray(input, kWhat, aiarch::binding::kRealKinds, &arr));
-  const py::dtype dt = arr.dtype();
-  const bool native_float = dt.kind() == 'f' && (dt.itemsize() == 4 || dt.itemsize() == 8) &&
-                            dt.byteorder() != aiarch::binding::kForeignByteOrder;
-  if (!native_float) arr = py::array_t<double>::ensure(arr);  // lossless for these kinds
-  if (arr.ndim() != 2) {
-    ThrowInvalidArgument("expected a 2-D array (rows x features), got " +
-                         std::to_string(arr.ndim()) + " dims");
-  }
-  const auto item = static_cast<py::ssize_t>(arr.itemsize());
-  if (arr.strides(0) % item != 0 || arr.strides(1) % item != 0) {
-    arr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(arr);
-  }
-  aiarch::DriftBatch batch;
-  batch.data = arr.data();
-  batch.dtype = arr.itemsize() == 4 ? aiarch::DriftDType::kFloat32 : aiarch::DriftDType::kFloat64;
-  batch.rows = arr.shape(0);
-  batch.features = arr.shape(1);
-  batch.row_stride = arr.strides(0) / static_cast<py::ssize_t>(arr.itemsize());
-  batch.feature_stride = arr.strides(1) / static_cast<py::ssize_t>(arr.itemsize());
+  const aiarch::DriftBatch batch = ViewBatch(input, "reference values (rows x features)", &arr);
   std::vector<aiarch::NumericSummary> summaries;
   aiarch::Status st;
   {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <thread>
 #include <utility>
 
 namespace aiarch {
@@ -17,6 +18,12 @@ constexpr int64_t kFeatureTile = 64;
 // Counter shards: enough for the batcher's executor threads plus a few
 // embedding threads to count without waiting on each other.
 constexpr size_t kShards = 8;
+// Batches of at least this many values per thread are split by feature
+// columns over threads (a thread's start costs tens of microseconds; this is
+// milliseconds of binning). Each column is still read in row order by one
+// thread, so every sum comes out bit for bit as in one thread.
+constexpr int64_t kValuesPerThread = int64_t{1} << 21;
+constexpr unsigned kMaxThreads = 8;
 
 size_t SearchLength(size_t points) {
   // A power of two with at least one +inf pad, so the branch-free search
@@ -38,6 +45,28 @@ inline size_t CountAtOrBelow(const double* s, size_t len, double v) {
 
 // True for finite v (false for NaN and +/-inf) without a branch.
 inline bool IsFinite(double v) { return (v - v) == 0.0; }
+
+// Calls fn(begin, end) on contiguous ranges of [0, features) that together
+// cover it once: on the calling thread alone for small batches, else on up to
+// one thread per core (the caller's included), returning when all are done.
+// fn must touch only state of its own columns.
+template <typename Fn>
+void ForColumnRanges(int64_t rows, int64_t features, const Fn& fn) {
+  const int64_t by_size = rows * features / kValuesPerThread;
+  const int64_t cores = std::max(1u, std::min(kMaxThreads, std::thread::hardware_concurrency()));
+  const int64_t parts = std::max<int64_t>(1, std::min({by_size, cores, features}));
+  if (parts == 1) {
+    fn(int64_t{0}, features);
+    return;
+  }
+  std::vector<std::thread> helpers;
+  helpers.reserve(static_cast<size_t>(parts - 1));
+  for (int64_t i = 1; i < parts; ++i) {
+    helpers.emplace_back(fn, features * i / parts, features * (i + 1) / parts);
+  }
+  fn(int64_t{0}, features / parts);
+  for (auto& t : helpers) t.join();
+}
 
 }  // namespace
 
@@ -109,21 +138,27 @@ uint32_t DriftSketch::BinOf(size_t feature, double v) const {
 
 template <typename T>
 void DriftSketch::CountInto(const DriftBatch& batch, uint64_t* counts) const {
-  switch (uniform_numeric_len_) {
-    case 4: CountRows<T, 4>(batch, counts); break;
-    case 8: CountRows<T, 8>(batch, counts); break;
-    case 16: CountRows<T, 16>(batch, counts); break;
-    case 32: CountRows<T, 32>(batch, counts); break;
-    default: CountRows<T, 0>(batch, counts);
-  }
+  // Columns on different threads have disjoint counters (each feature's bins
+  // are one block of `counts`).
+  ForColumnRanges(batch.rows, batch.features, [&](int64_t begin, int64_t end) {
+    switch (uniform_numeric_len_) {
+      case 4: CountRows<T, 4>(batch, begin, end, counts); break;
+      case 8: CountRows<T, 8>(batch, begin, end, counts); break;
+      case 16: CountRows<T, 16>(batch, begin, end, counts); break;
+      case 32: CountRows<T, 32>(batch, begin, end, counts); break;
+      default: CountRows<T, 0>(batch, begin, end, counts);
+    }
+  });
 }
 
 // Rows outermost, features innermost: a row-major batch is read sequentially,
 // and consecutive increments hit different features' counters, so they do not
 // wait on each other through memory. kLen > 0: every feature is numeric with
-// that search length, and the search is fully unrolled.
+// that search length, and the search is fully unrolled. Counts the columns
+// [first, last) only.
 template <typename T, int kLen>
-void DriftSketch::CountRows(const DriftBatch& batch, uint64_t* counts) const {
+void DriftSketch::CountRows(const DriftBatch& batch, int64_t first, int64_t last,
+                            uint64_t* counts) const {
   const T* base = static_cast<const T*>(batch.data);
   const Layout* layout = layout_.data();
   const double* search = search_.data();
@@ -131,8 +166,8 @@ void DriftSketch::CountRows(const DriftBatch& batch, uint64_t* counts) const {
   // values in L1 however many features the profile has.
   for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowTile) {
     const int64_t r1 = std::min(batch.rows, r0 + kRowTile);
-    for (int64_t f0 = 0; f0 < batch.features; f0 += kFeatureTile) {
-      const int64_t f1 = std::min(batch.features, f0 + kFeatureTile);
+    for (int64_t f0 = first; f0 < last; f0 += kFeatureTile) {
+      const int64_t f1 = std::min(last, f0 + kFeatureTile);
       for (int64_t r = r0; r < r1; ++r) {
         const T* row = base + r * batch.row_stride;
         for (int64_t f = f0; f < f1; ++f) {
@@ -231,21 +266,26 @@ std::vector<uint64_t> DriftSketch::Totals() const {
 
 namespace {
 
-template <typename T>
-double ValueAt(const DriftBatch& b, int64_t row, int64_t feature) {
-  return static_cast<double>(
-      static_cast<const T*>(b.data)[row * b.row_stride + feature * b.feature_stride]);
-}
+// Every feature's state in the binning pass: feature f's search table is
+// search[f * len, (f + 1) * len) (its candidate edges, padded with +inf to the
+// common power-of-two length `len`), its counters counts[f * (len + 1) ...]
+// (null bin first), its per-bin sums sums[f * len ...] and its scalar
+// accumulators acc[f] (one cache line, not one line in each of six arrays).
+struct alignas(64) FeatureMoments {
+  double lo = std::numeric_limits<double>::infinity();
+  double hi = -std::numeric_limits<double>::infinity();
+  double shift = 0.0;  // moments are taken around it (near the mean) for precision
+  double s1 = 0.0;
+  double s2 = 0.0;
+  uint64_t finite = 0;
+};
 
-// Every feature's state in the binning pass, in flat arrays: feature f's
-// search table is search[f * len, (f + 1) * len) (its candidate edges, padded
-// with +inf to the common power-of-two length `len`), its counters
-// counts[f * (len + 1) ...] (null bin first) and sums[f * len ...].
 struct NumericPass {
   size_t len = 1;
   std::vector<size_t> edges;  // candidate edges per feature
-  std::vector<double> search, sums, lo, hi, shift, s1, s2;
-  std::vector<uint64_t> counts, finite;
+  std::vector<double> search, sums;
+  std::vector<uint64_t> counts;
+  std::vector<FeatureMoments> acc;
 };
 
 void Prepare(const std::vector<std::vector<double>>& candidates, NumericPass* pass) {
@@ -258,41 +298,37 @@ void Prepare(const std::vector<std::vector<double>>& candidates, NumericPass* pa
   pass->search.assign(features * len, std::numeric_limits<double>::infinity());
   pass->counts.assign(features * (len + 1), 0);
   pass->sums.assign(features * len, 0.0);
-  pass->lo.assign(features, std::numeric_limits<double>::infinity());
-  pass->hi.assign(features, -std::numeric_limits<double>::infinity());
-  pass->shift.assign(features, 0.0);
-  pass->s1.assign(features, 0.0);
-  pass->s2.assign(features, 0.0);
-  pass->finite.assign(features, 0);
+  pass->acc.assign(features, FeatureMoments{});
   for (size_t f = 0; f < features; ++f) {
     const auto& c = candidates[f];
     pass->edges[f] = c.size();
     std::copy(c.begin(), c.end(), pass->search.begin() + static_cast<std::ptrdiff_t>(f * len));
-    // Moments around the middle edge (near the mean) keep the variance precise.
-    pass->shift[f] = c.empty() ? 0.0 : c[c.size() / 2];
+    pass->acc[f].shift = c.empty() ? 0.0 : c[c.size() / 2];
   }
 }
 
-// One pass over every value: rows outermost so a row-major batch is read in
-// order, and each feature's values are added in row order. kLen > 0: the
-// search length, fully unrolled.
+// One pass over the columns [first, last): rows outermost so a row-major batch
+// is read in order, and each feature's values are added in row order. kLen > 0:
+// the search length, fully unrolled. The pointers are restrict: the tables,
+// counters, sums and accumulators are distinct arrays, which lets the compiler
+// keep a search table in registers across the stores.
 template <typename T, int kLen>
-void Accumulate(const DriftBatch& b, NumericPass* pass) {
+void Accumulate(const DriftBatch& b, int64_t first, int64_t last, NumericPass* pass) {
   const size_t len = kLen > 0 ? static_cast<size_t>(kLen) : pass->len;
-  const double* search = pass->search.data();
-  uint64_t* counts = pass->counts.data();
-  double* sums = pass->sums.data();
-  double *lo = pass->lo.data(), *hi = pass->hi.data(), *shift = pass->shift.data();
-  double *s1 = pass->s1.data(), *s2 = pass->s2.data();
-  uint64_t* finite = pass->finite.data();
+  const T* __restrict base = static_cast<const T*>(b.data);
+  const double* __restrict search = pass->search.data();
+  uint64_t* __restrict counts = pass->counts.data();
+  double* __restrict sums = pass->sums.data();
+  FeatureMoments* __restrict acc = pass->acc.data();
   for (int64_t r0 = 0; r0 < b.rows; r0 += kRowTile) {
     const int64_t r1 = std::min(b.rows, r0 + kRowTile);
-    for (int64_t f0 = 0; f0 < b.features; f0 += kFeatureTile) {
-      const int64_t f1 = std::min(b.features, f0 + kFeatureTile);
+    for (int64_t f0 = first; f0 < last; f0 += kFeatureTile) {
+      const int64_t f1 = std::min(last, f0 + kFeatureTile);
       for (int64_t r = r0; r < r1; ++r) {
+        const T* row = base + r * b.row_stride;
         for (int64_t fi = f0; fi < f1; ++fi) {
           const auto f = static_cast<size_t>(fi);
-          const double v = ValueAt<T>(b, r, fi);
+          const double v = static_cast<double>(row[fi * b.feature_stride]);
           if (!IsFinite(v)) {
             ++counts[f * (len + 1)];
             continue;
@@ -304,12 +340,13 @@ void Accumulate(const DriftBatch& b, NumericPass* pass) {
           }
           ++counts[f * (len + 1) + pos + 1];
           sums[f * len + pos] += v;
-          lo[f] = std::min(lo[f], v);
-          hi[f] = std::max(hi[f], v);
-          const double d = v - shift[f];
-          s1[f] += d;
-          s2[f] += d * d;
-          ++finite[f];
+          FeatureMoments& m = acc[f];
+          m.lo = std::min(m.lo, v);
+          m.hi = std::max(m.hi, v);
+          const double d = v - m.shift;
+          m.s1 += d;
+          m.s2 += d * d;
+          ++m.finite;
         }
       }
     }
@@ -318,15 +355,18 @@ void Accumulate(const DriftBatch& b, NumericPass* pass) {
 
 template <typename T>
 void AccumulateAny(const DriftBatch& b, NumericPass* pass) {
-  switch (pass->len) {
-    case 1: Accumulate<T, 1>(b, pass); break;
-    case 2: Accumulate<T, 2>(b, pass); break;
-    case 4: Accumulate<T, 4>(b, pass); break;
-    case 8: Accumulate<T, 8>(b, pass); break;
-    case 16: Accumulate<T, 16>(b, pass); break;
-    case 32: Accumulate<T, 32>(b, pass); break;
-    default: Accumulate<T, 0>(b, pass);
-  }
+  // Columns on different threads touch disjoint slices of every array.
+  ForColumnRanges(b.rows, b.features, [&](int64_t first, int64_t last) {
+    switch (pass->len) {
+      case 1: Accumulate<T, 1>(b, first, last, pass); break;
+      case 2: Accumulate<T, 2>(b, first, last, pass); break;
+      case 4: Accumulate<T, 4>(b, first, last, pass); break;
+      case 8: Accumulate<T, 8>(b, first, last, pass); break;
+      case 16: Accumulate<T, 16>(b, first, last, pass); break;
+      case 32: Accumulate<T, 32>(b, first, last, pass); break;
+      default: Accumulate<T, 0>(b, first, last, pass);
+    }
+  });
 }
 
 // Drops the leading candidate edges at or below the minimum; the bins below
@@ -339,7 +379,8 @@ NumericSummary Finish(const NumericPass& pass, size_t f) {
   const size_t edges = pass.edges[f];
   NumericSummary s;
   size_t drop = 0;
-  while (drop < edges && pass.finite[f] > 0 && search[drop] <= pass.lo[f]) ++drop;
+  const FeatureMoments& m = pass.acc[f];
+  while (drop < edges && m.finite > 0 && search[drop] <= m.lo) ++drop;
   s.edges.assign(search + drop, search + edges);
   s.counts.assign(s.edges.size() + 2, 0);
   s.sums.assign(s.edges.size() + 1, 0.0);
@@ -349,12 +390,12 @@ NumericSummary Finish(const NumericPass& pass, size_t f) {
     s.counts[to + 1] += counts[i + 1];
     s.sums[to] += sums[i];
   }
-  s.finite = pass.finite[f];
+  s.finite = m.finite;
   if (s.finite > 0) {
     const auto n = static_cast<double>(s.finite);
-    s.min = pass.lo[f];
-    s.max = pass.hi[f];
-    s.stddev = std::sqrt(std::max(0.0, (pass.s2[f] - pass.s1[f] * pass.s1[f] / n) / n));
+    s.min = m.lo;
+    s.max = m.hi;
+    s.stddev = std::sqrt(std::max(0.0, (m.s2 - m.s1 * m.s1 / n) / n));
   }
   return s;
 }

@@ -186,7 +186,7 @@ def _add_serve(sub: Any) -> None:
         "--workers",
         "-w",
         type=_positive_int,
-        help="processes sharing the port via SO_REUSEPORT, each with its own runtime (default 1)",
+        help="processes accepting on one listening socket, each with its own runtime (default 1)",
     )
     s.add_argument(
         "--auth-token",

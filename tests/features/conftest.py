@@ -3,6 +3,7 @@ temporary directory (session-wide), and a store per test on each backend."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -24,6 +25,27 @@ from aiarch.features import Entity, Feature, FeatureStore, FeatureView
 
 T0 = 1_700_000_000 * 10**9
 """Event times in these tests are offsets from this instant (ns since the epoch)."""
+
+
+@contextlib.contextmanager
+def running(deployment: Any) -> Iterator[Any]:
+    """A throw-away Redis deployment (`TemporaryRedisCluster`, `TemporaryRedisSentinel`)
+    started for a fixture and stopped after it; a start that fails fails the test, saying why."""
+    try:
+        deployment.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def redis_node(port: int) -> Any:
+    """A plain client of one node on 127.0.0.1, for a test's own checks."""
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
 
 
 def free_port() -> int:

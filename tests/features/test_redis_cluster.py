@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-import redis
 
 from aiarch.errors import InvalidArgumentError, UnavailableError
 from aiarch.features import EXPIRED, MISSING, PRESENT, UNAVAILABLE, FeatureStore
 from aiarch.features.online import RedisClusterBackend
-from aiarch.features.rediscluster import RedisClusterUnavailable, TemporaryRedisCluster
+from aiarch.features.rediscluster import TemporaryRedisCluster
 
-from .conftest import CARD, PROFILE, SESSION, T0, TXN, USER, Clock
+from .conftest import CARD, PROFILE, SESSION, T0, TXN, USER, Clock, redis_node, running
 from .test_redis_faults import bounded
 
 pytestmark = pytest.mark.redis
@@ -27,36 +26,23 @@ pytestmark = pytest.mark.redis
 N = 200
 
 
-def _start(**kwargs: int) -> Iterator[TemporaryRedisCluster]:
-    try:
-        cluster = TemporaryRedisCluster(masters=3, replicas=1, **kwargs).start()
-    except RedisClusterUnavailable as e:
-        pytest.fail(str(e))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[TemporaryRedisCluster]:
     """A cluster shared by the tests that leave every node running."""
-    yield from _start()
+    with running(TemporaryRedisCluster(masters=3, replicas=1)) as cluster:
+        yield cluster
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[TemporaryRedisCluster]:
     """A cluster of one test alone (it kills a master)."""
-    yield from _start()
-
-
-def _node(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    with running(TemporaryRedisCluster(masters=3, replicas=1)) as cluster:
+        yield cluster
 
 
 def _flush(cluster: TemporaryRedisCluster) -> None:
     for port in cluster.roles()["master"]:
-        with _node(port) as r:
+        with redis_node(port) as r:
             r.flushall()
 
 
@@ -155,7 +141,7 @@ def test_one_entitys_views_share_a_slot_and_entities_spread_over_every_master(
 ) -> None:
     backend = store.backend
     assert isinstance(backend, RedisClusterBackend)
-    with _node(cluster.ports[0]) as r:
+    with redis_node(cluster.ports[0]) as r:
         for entity in (0, 1, 12345):
             keys = [
                 head + b"%d" % entity + tail
@@ -165,7 +151,7 @@ def test_one_entitys_views_share_a_slot_and_entities_spread_over_every_master(
             assert len(slots) == 1, keys
     sizes = []
     for port in cluster.roles()["master"]:
-        with _node(port) as r:
+        with redis_node(port) as r:
             sizes.append(r.dbsize())
     assert len(sizes) == 3 and min(sizes) > 0 and sum(sizes) == N + N // 2
 
@@ -177,13 +163,13 @@ def test_a_batch_is_one_mget_per_entity_covering_every_view(
     plan.get([0])  # connects and learns the slot map
     masters = cluster.roles()["master"]
     for port in masters:
-        with _node(port) as r:
+        with redis_node(port) as r:
             r.config_resetstat()
     ids = list(range(100))
     np.testing.assert_array_equal(plan.get(ids)[0], _expected(ids))
     calls = 0
     for port in masters:
-        with _node(port) as r:
+        with redis_node(port) as r:
             calls += int(r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
     assert calls == len(ids)
 
@@ -199,7 +185,7 @@ def test_moved_and_ask_redirections_are_followed(
     key = head + b"7" + tail
     src = cluster.master_of(key)
     dst = next(p for p in cluster.roles()["master"] if p != src)
-    with _node(src) as s, _node(dst) as d:
+    with redis_node(src) as s, redis_node(dst) as d:
         slot = int(s.execute_command("CLUSTER", "KEYSLOT", key))
         src_id, dst_id = s.execute_command("CLUSTER", "MYID"), d.execute_command("CLUSTER", "MYID")
         d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
@@ -210,7 +196,7 @@ def test_moved_and_ask_redirections_are_followed(
         # a multi-key read while the slot's keys are split (entity 7 has no profile row).
         np.testing.assert_array_equal(bounded(lambda: plan.get([7, 8]))[0], _expected([7, 8]))
         for port in cluster.roles()["master"]:
-            with _node(port) as r:
+            with redis_node(port) as r:
                 r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
     # Done: the old owner answers MOVED; the client follows and updates its map.
     values, status = bounded(lambda: plan.get([7, 8]))
@@ -329,3 +315,13 @@ def test_typed_features_and_string_entities_round_trip_on_the_cluster(
     assert cols["uprofile:emb"].tolist() == [[4, 5, 6], [1, 2, 3], [9, 9, 9]]
     values, _ = store.plan(["uprofile:country", "uprofile:score"]).get(["alice", "nobody"])
     assert values.tolist() == [[1, np.float32(0.1)], [3, -0.5]]
+
+
+def test_packed_mgets_are_the_bytes_redis_py_writes() -> None:
+    from redis.connection import Connection
+
+    from aiarch.features.online import _pack_mgets
+
+    commands = [[b"aiarch:fv:{id=1}:txn:ab", b"aiarch:fv:{id=1}:card:cd"], [b"k" * 300], [b""]]
+    want = b"".join(Connection().pack_commands([("MGET", *keys) for keys in commands]))
+    assert _pack_mgets(commands) == want

@@ -12,14 +12,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-import redis
 
 from aiarch.errors import InvalidArgumentError, UnavailableError
 from aiarch.features import EXPIRED, MISSING, PRESENT, UNAVAILABLE, FeatureStore
 from aiarch.features.online import RedisSentinelBackend
-from aiarch.features.redissentinel import RedisSentinelUnavailable, TemporaryRedisSentinel
+from aiarch.features.redissentinel import TemporaryRedisSentinel
 
-from .conftest import CARD, PROFILE, T0, TXN, Clock
+from .conftest import CARD, PROFILE, T0, TXN, Clock, redis_node, running
 from .test_redis_cluster import REFS, _expected, _seed
 from .test_redis_faults import bounded
 
@@ -28,38 +27,25 @@ pytestmark = pytest.mark.redis
 N = 200
 
 
-def _start() -> Iterator[TemporaryRedisSentinel]:
-    try:
-        deployment = TemporaryRedisSentinel(replicas=1, sentinels=3).start()
-    except RedisSentinelUnavailable as e:
-        pytest.fail(str(e))
-    try:
-        yield deployment
-    finally:
-        deployment.stop()
-
-
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[TemporaryRedisSentinel]:
     """A deployment shared by the tests that leave every process running."""
-    yield from _start()
+    with running(TemporaryRedisSentinel(replicas=1, sentinels=3)) as deployment:
+        yield deployment
 
 
 @pytest.fixture
 def own_deployment() -> Iterator[TemporaryRedisSentinel]:
     """A deployment of one test alone (it kills the master)."""
-    yield from _start()
-
-
-def _node(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    with running(TemporaryRedisSentinel(replicas=1, sentinels=3)) as deployment:
+        yield deployment
 
 
 def test_lookups_and_writes_go_through_the_sentinels_to_the_master(
     deployment: TemporaryRedisSentinel, make_store: Callable[..., FeatureStore], clock: Clock
 ) -> None:
     master = deployment.master_port()
-    with _node(master) as r:
+    with redis_node(master) as r:
         r.flushall()
     store = make_store(deployment.url, timeout_s=0.5)
     assert isinstance(store.backend, RedisSentinelBackend)
@@ -83,7 +69,7 @@ def test_lookups_and_writes_go_through_the_sentinels_to_the_master(
     np.testing.assert_array_equal(async_status, status)
 
     # The packed rows of the single-Redis backend, on the master, copied to the replica.
-    with _node(master) as r:
+    with redis_node(master) as r:
         assert r.dbsize() == N + N // 2
         head, _ = store.backend.key_parts(store.view("txn"))
         row = r.get(head + b"5")
@@ -92,7 +78,7 @@ def test_lookups_and_writes_go_through_the_sentinels_to_the_master(
         assert int.from_bytes(row[:8], "big", signed=True) == T0
     deployment.wait_replicated()
     replica = next(p for p in deployment.data_ports if p != master)
-    with _node(replica) as r:
+    with redis_node(replica) as r:
         assert r.dbsize() == N + N // 2
 
     # The Lua upsert keeps the newer row.
@@ -152,7 +138,7 @@ def test_killing_the_master_serves_counted_defaults_until_the_replica_is_promote
     values, status = plan.get([1, 2])
     np.testing.assert_array_equal(values, [[1, 1, 0, 99.0], _expected([2])[0]])
     assert (status == PRESENT).all()
-    with _node(new_master) as r:
+    with redis_node(new_master) as r:
         head, _ = backend.key_parts(s.view("profile"))
         assert r.exists(head + b"1") == 1
 
@@ -160,15 +146,11 @@ def test_killing_the_master_serves_counted_defaults_until_the_replica_is_promote
 def test_a_password_protected_master_is_reached_with_the_urls_password(
     make_store: Callable[..., FeatureStore],
 ) -> None:
-    try:
-        # No failover here: a long down-after keeps a loaded machine's slow reply from marking
-        # the master down while the test reads through the sentinel.
-        deployment = TemporaryRedisSentinel(
-            replicas=1, sentinels=1, password="s3cr@t", down_after_ms=10_000
-        ).start()
-    except RedisSentinelUnavailable as e:
-        pytest.fail(str(e))
-    try:
+    # No failover here: a long down-after keeps a loaded machine's slow reply from marking the
+    # master down while the test reads through the sentinel.
+    with running(
+        TemporaryRedisSentinel(replicas=1, sentinels=1, password="s3cr@t", down_after_ms=10_000)
+    ) as deployment:
         assert "s3cr%40t@" in deployment.url
         s = make_store(deployment.url, timeout_s=0.5)
         _seed(s, 10)
@@ -183,8 +165,6 @@ def test_a_password_protected_master_is_reached_with_the_urls_password(
         message = str(e.value)
         assert "hunter2" not in message and "***" in message
         assert "password" in message.lower(), message
-    finally:
-        deployment.stop()
 
 
 def test_sentinel_urls_are_checked(make_store: Callable[..., FeatureStore]) -> None:

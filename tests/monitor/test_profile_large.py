@@ -110,3 +110,41 @@ def test_large_window_evaluation_does_not_need_scipy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# 500k x 20 = 10M values: split over threads by column wherever there are two or more cores.
+_BIG_ROWS, _BIG_FEATURES = 500_000, 20
+
+
+def _big_batch() -> tuple[np.ndarray, list[list[float]]]:
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(_BIG_ROWS, _BIG_FEATURES)) * np.arange(1, _BIG_FEATURES + 1)
+    x[rng.random(x.shape) < 0.01] = np.nan
+    edges = [
+        np.quantile(x[:50_000, j][np.isfinite(x[:50_000, j])], [0.2, 0.5, 0.8]).tolist()
+        for j in range(_BIG_FEATURES)
+    ]
+    return x, edges
+
+
+def test_large_summary_equals_column_by_column_bit_for_bit() -> None:
+    x, edges = _big_batch()
+    whole = _core.summarize_numeric(x, edges)
+    for j in range(_BIG_FEATURES):
+        # One column is binned by one thread: the sequential reference.
+        (alone,) = _core.summarize_numeric(x[:, j : j + 1], [edges[j]])
+        for key in ("edges", "counts", "sums"):
+            assert whole[j][key].tolist() == alone[key].tolist(), (j, key)
+        for key in ("finite", "min", "max", "std"):
+            assert whole[j][key] == alone[key], (j, key)
+
+
+def test_large_count_equals_counting_in_small_batches() -> None:
+    x, edges = _big_batch()
+    sketch = _core.DriftSketch([0] * _BIG_FEATURES, edges)
+    sketch.count(x)
+    whole = np.asarray(sketch.take_window())
+    for start in range(0, _BIG_ROWS, 50):  # 50 x 20 values: counted on the calling thread
+        sketch.count(x[start : start + 50])
+    assert whole.tolist() == np.asarray(sketch.take_window()).tolist()
+    assert whole.sum() == x.size

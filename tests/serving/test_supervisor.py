@@ -64,10 +64,7 @@ def test_killed_worker_is_replaced_while_the_others_serve(tmp_path: Path) -> Non
             _infer_ok(srv.port, rng.standard_normal(8).astype(np.float32))
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        # Gone from /proc means reaped, so every thread has exited and the listening socket is
-        # closed. The main thread turns zombie earlier while the other threads still exit;
-        # a connection the kernel hands to that dying socket's own accept queue then is reset
-        # (each SO_REUSEPORT listener has its own queue).
+        # Connections arriving while it dies are covered by test_shared_listener.py.
         _wait_for(lambda: not Path(f"/proc/{victim}").exists(), 30, "the killed worker reaped")
         # The survivor holds the port: every request is answered, correctly, with no retry,
         # while the replacement starts.

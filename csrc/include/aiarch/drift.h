@@ -24,8 +24,13 @@
 //   no value is lost or counted twice. Concurrent TakeWindow() calls are
 //   serialized (they are rare: once per window).
 // - Totals(): the sum of every window taken so far. Thread-safe.
+// - Large batches (millions of values: a reference or a retraining window,
+//   never a served batch) are binned by several threads, each over its own
+//   feature columns, started and joined within Count(); the shard is held
+//   throughout, so the contract above is unchanged.
 // - Allocation: the constructor allocates every shard; Count() never
-//   allocates; TakeWindow()/PeekWindow()/Totals() allocate the result.
+//   allocates below that size (above it, only the threads' start-up does);
+//   TakeWindow()/PeekWindow()/Totals() allocate the result.
 #pragma once
 
 #include <atomic>
@@ -71,7 +76,8 @@ class DriftSketch {
   DriftSketch& operator=(const DriftSketch&) = delete;
 
   // Counts every value of the batch into its feature's bins. The batch must
-  // have exactly num_features() columns. Thread-safe. Never allocates.
+  // have exactly num_features() columns. Thread-safe. Never allocates for a
+  // batch binned on the calling thread alone (see the contract above).
   Status Count(const DriftBatch& batch);
   // Bins one value of `feature` (exposed for tests and the profile builder).
   // Thread-safe. Never allocates.
@@ -114,7 +120,7 @@ class DriftSketch {
   template <typename T>
   void CountInto(const DriftBatch& batch, uint64_t* counts) const;
   template <typename T, int kLen>
-  void CountRows(const DriftBatch& batch, uint64_t* counts) const;
+  void CountRows(const DriftBatch& batch, int64_t first, int64_t last, uint64_t* counts) const;
 
   std::vector<FeatureBins> features_;
   std::vector<Layout> layout_;
@@ -152,9 +158,10 @@ struct NumericSummary {
 // Summarizes every column of `batch` as a numeric feature binned by its
 // candidate `edges` (one list per column, finite and strictly increasing), in
 // one pass over every value: counts, per-bin sums, min, max and standard
-// deviation. On success *out holds one summary per column; on failure it is
-// untouched. Thread-safe (touches nothing shared). Allocates the result and
-// per-feature accumulators.
+// deviation. Large batches are split by columns over threads (as Count()),
+// so every column's values are still added in row order. On success *out
+// holds one summary per column; on failure it is untouched. Thread-safe
+// (touches nothing shared). Allocates the result and per-feature accumulators.
 Status SummarizeNumeric(const DriftBatch& batch, const std::vector<std::vector<double>>& edges,
                         std::vector<NumericSummary>* out);
 

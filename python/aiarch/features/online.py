@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -380,17 +381,25 @@ class RedisBackend(OnlineBackend):
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             raise self._unavailable(e) from e
 
-    def _aclient(self) -> Any:
+    def _client_of_loop(self, make: Callable[[], Any]) -> Any:
+        """The asyncio client of the running loop, made by `make` on first use in that loop
+        (clients of closed loops are dropped then, through `_forget_loop`)."""
         loop = asyncio.get_running_loop()
         c = self._async.get(loop)
         if c is None:
-            import redis.asyncio as aredis
-
             with self._lock:
                 for old in [lp for lp in self._async if lp.is_closed()]:
-                    del self._async[old]
-                c = self._async[loop] = aredis.Redis.from_url(self.url, **self._kwargs)
+                    self._forget_loop(old)
+                c = self._async[loop] = make()
         return c
+
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        del self._async[loop]
+
+    def _aclient(self) -> Any:
+        import redis.asyncio as aredis
+
+        return self._client_of_loop(lambda: aredis.Redis.from_url(self.url, **self._kwargs))
 
     async def amget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
         import redis
@@ -438,6 +447,17 @@ class RedisBackend(OnlineBackend):
 
 
 # ---------------------------------------------------------------------------- redis cluster
+
+
+def _pack_mgets(commands: list[list[bytes]]) -> bytes:
+    """MGET commands in the Redis protocol (RESP arrays of bulk strings), back to back: what
+    redis-py's `pack_commands` writes for these byte keys, without its per-argument work."""
+    out = []
+    for keys in commands:
+        out.append(b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1))
+        for key in keys:
+            out.append(b"$%d\r\n%s\r\n" % (len(key), key))
+    return b"".join(out)
 
 
 _REDIRECTS = 2
@@ -497,6 +517,9 @@ class RedisClusterBackend(RedisBackend):
             **options,
         }
         self._client: Any = None
+        # Set by a connection error of the direct read: batches go through redis-py's
+        # pipeline (which refreshes the slot map) until one succeeds.
+        self._recovering = False
         self._async: dict[asyncio.AbstractEventLoop, Any] = {}
         self._lock = threading.Lock()
 
@@ -560,7 +583,7 @@ class RedisClusterBackend(RedisBackend):
             reply, (ConnectionError, TimeoutError)
         )
 
-    def _settle(self, replies: list[Any], per_entity: list[list[bytes]]) -> list[int]:
+    def _settle(self, replies: list[Any]) -> list[int]:
         """Indexes of the entities to read key by key; raises any other error."""
         again = []
         for i, r in enumerate(replies):
@@ -570,69 +593,140 @@ class RedisClusterBackend(RedisBackend):
                 again.append(i)
         return again
 
+    @staticmethod
+    def _queue_mgets(pipe: Any, per_entity: list[list[bytes]]) -> None:
+        for keys in per_entity:
+            pipe.execute_command("MGET", *keys)
+
+    @staticmethod
+    def _queue_gets(pipe: Any, per_entity: list[list[bytes]], again: list[int]) -> None:
+        for i in again:
+            for key in per_entity[i]:
+                pipe.execute_command("GET", key)
+
+    @staticmethod
+    def _fill_gets(
+        replies: list[Any], per_entity: list[list[bytes]], again: list[int], singles: list[Any]
+    ) -> None:
+        it = iter(singles)
+        for i in again:
+            replies[i] = [next(it) for _ in per_entity[i]]
+
     def _pipeline(self) -> Any:
         pipe = self.client.pipeline()
         pipe.RedisClusterRequestTTL = _REDIRECTS  # commands resent one by one use the pipe's
         return pipe
 
+    def _pipeline_read(self, per_entity: list[list[bytes]]) -> list[Any]:
+        """MGETs through redis-py's cluster pipeline, which follows MOVED and ASK and refreshes
+        its slot map after an error. An entity whose slot is being migrated is read again with
+        one GET per key."""
+        pipe = self._pipeline()
+        self._queue_mgets(pipe, per_entity)
+        replies = pipe.execute(raise_on_error=False)
+        again = self._settle(replies)
+        if again:
+            pipe = self._pipeline()
+            self._queue_gets(pipe, per_entity, again)
+            self._fill_gets(replies, per_entity, again, pipe.execute())
+        return replies
+
+    def _direct_read(self, per_entity: list[list[bytes]]) -> list[Any]:
+        """MGETs grouped by the node that serves their slot in the client's map: every node's
+        commands are written on one of its connections before any reply is read, so the batch
+        costs one round trip per node with the nodes in parallel, and none of the cluster
+        pipeline's per-command work. A reply that is an error (MOVED, ASK, TRYAGAIN, ...) is
+        returned in place of that entity's values; a connection or timeout error is raised."""
+        from redis.crc import key_slot
+        from redis.exceptions import ResponseError
+
+        client = self.client
+        slots = client.nodes_manager
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, keys in enumerate(per_entity):
+            node = slots.get_node_from_slot(key_slot(keys[0]))
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        replies: list[Any] = [None] * len(per_entity)
+        held: list[tuple[Any, Any, list[int]]] = []
+        in_step = False
+        try:
+            for node, entities in groups.values():
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                held.append((pool, conn, entities))
+                conn.send_packed_command([_pack_mgets([per_entity[i] for i in entities])])
+            for _, conn, entities in held:
+                for i in entities:
+                    try:
+                        replies[i] = conn.read_response()
+                    except ResponseError as e:  # this command's alone: the stream stays in step
+                        replies[i] = e
+            in_step = True
+        finally:
+            for pool, conn, _ in held:
+                if not in_step:  # replies may be left unread on it
+                    conn.disconnect()
+                pool.release(conn)
+        return replies
+
     def mget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
-        """One MGET per entity (all its views, one slot), pipelined: one round trip per node.
-        An entity whose slot is being migrated is read again with one GET per key."""
+        """One MGET per entity (all its views, one slot), one round trip per node with the
+        nodes in parallel (`_direct_read`). Entities answered with a redirect or a refusal are
+        read again through redis-py's pipeline (`_pipeline_read`), and so is every batch after
+        a connection error until one succeeds, so the slot map is refreshed the client's way
+        (a replica that took over is found)."""
+        from redis.exceptions import ResponseError
+
         per_entity = self._per_entity(key_lists)
         try:
-            pipe = self._pipeline()
-            for keys in per_entity:
-                pipe.execute_command("MGET", *keys)
-            replies = pipe.execute(raise_on_error=False)
-            again = self._settle(replies, per_entity)
-            if again:
-                pipe = self._pipeline()
-                for i in again:
-                    for key in per_entity[i]:
-                        pipe.execute_command("GET", key)
-                singles = iter(pipe.execute())
-                for i in again:
-                    replies[i] = [next(singles) for _ in per_entity[i]]
+            if self._recovering:
+                replies = self._pipeline_read(per_entity)
+                self._recovering = False
+            else:
+                try:
+                    replies = self._direct_read(per_entity)
+                except self._errors():
+                    self._recovering = True
+                    raise
+                redo = [i for i, r in enumerate(replies) if isinstance(r, ResponseError)]
+                if redo:
+                    again = self._pipeline_read([per_entity[i] for i in redo])
+                    for i, r in zip(redo, again):
+                        replies[i] = r
         except self._errors() as e:
             raise self._unavailable(e) from e
         return self._per_view(replies, len(key_lists))
 
     def _aclient(self) -> Any:
-        loop = asyncio.get_running_loop()
-        c = self._async.get(loop)
-        if c is None:
-            from redis.asyncio.cluster import ClusterNode, RedisCluster
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-            with self._lock:
-                for old in [lp for lp in self._async if lp.is_closed()]:
-                    del self._async[old]
-                c = self._async[loop] = RedisCluster(
-                    startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
-                    retry=Retry(NoBackoff(), 0),
-                    **self._kwargs,
-                )
-                c.RedisClusterRequestTTL = _REDIRECTS
-        return c
+        def make() -> Any:
+            c = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
+                retry=Retry(NoBackoff(), 0),
+                **self._kwargs,
+            )
+            c.RedisClusterRequestTTL = _REDIRECTS
+            return c
+
+        return self._client_of_loop(make)
 
     async def amget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
+        """As `mget_many` through the asyncio cluster pipeline (it writes to every node, then
+        awaits their replies concurrently: one round trip per node)."""
         per_entity = self._per_entity(key_lists)
         client = self._aclient()
         try:
             pipe = client.pipeline()
-            for keys in per_entity:
-                pipe.execute_command("MGET", *keys)
+            self._queue_mgets(pipe, per_entity)
             replies = await pipe.execute(raise_on_error=False)
-            again = self._settle(replies, per_entity)
+            again = self._settle(replies)
             if again:
                 pipe = client.pipeline()
-                for i in again:
-                    for key in per_entity[i]:
-                        pipe.execute_command("GET", key)
-                singles = iter(await pipe.execute())
-                for i in again:
-                    replies[i] = [next(singles) for _ in per_entity[i]]
+                self._queue_gets(pipe, per_entity, again)
+                self._fill_gets(replies, per_entity, again, await pipe.execute())
         except self._errors() as e:
             raise self._unavailable(e) from e
         return self._per_view(replies, len(key_lists))
@@ -769,23 +863,22 @@ class RedisSentinelBackend(RedisBackend):
         self._lock = threading.Lock()
 
     def _aclient(self) -> Any:
-        loop = asyncio.get_running_loop()
-        c = self._async.get(loop)
-        if c is None:
-            from redis.asyncio.retry import Retry
-            from redis.asyncio.sentinel import Sentinel
-            from redis.backoff import NoBackoff
+        from redis.asyncio.retry import Retry
+        from redis.asyncio.sentinel import Sentinel
+        from redis.backoff import NoBackoff
 
-            with self._lock:
-                for old in [lp for lp in self._async if lp.is_closed()]:
-                    del self._async[old]
-                    self._async_sentinels.pop(old, None)
-                sentinel = Sentinel(self._sentinels, sentinel_kwargs=self._sentinel_kwargs)
-                self._async_sentinels[loop] = sentinel
-                c = self._async[loop] = sentinel.master_for(
-                    self.service, retry=Retry(NoBackoff(), 0), **self._kwargs
-                )
-        return c
+        loop = asyncio.get_running_loop()
+
+        def make() -> Any:
+            sentinel = Sentinel(self._sentinels, sentinel_kwargs=self._sentinel_kwargs)
+            self._async_sentinels[loop] = sentinel
+            return sentinel.master_for(self.service, retry=Retry(NoBackoff(), 0), **self._kwargs)
+
+        return self._client_of_loop(make)
+
+    def _forget_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        del self._async[loop]
+        self._async_sentinels.pop(loop, None)
 
     async def aclose(self) -> None:
         """Close the asyncio client of the running loop and its sentinel connections."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
-from pathlib import Path
+from functools import partial
+
+from .redistemp import TemporaryRedisProcesses, free_ports
 
 __all__ = ["RedisClusterUnavailable", "TemporaryRedisCluster"]
 
@@ -22,32 +22,20 @@ class RedisClusterUnavailable(RuntimeError):
     """redis-server / redis-cli are missing, or the cluster did not form."""
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class TemporaryRedisCluster:
+class TemporaryRedisCluster(TemporaryRedisProcesses):
     """`masters` primaries with `replicas` replicas each; `stop()` ends every node."""
 
+    unavailable = RedisClusterUnavailable
+
     def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+        super().__init__("aiarch-redis-cluster-")
         self.masters = masters
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
-        self.dir = Path(tempfile.mkdtemp(prefix="aiarch-redis-cluster-"))
         n = masters * (1 + replicas)
-        ports = _free_ports(2 * n)
+        ports = free_ports(2 * n)
         self.ports = ports[:n]
         self._bus_ports = ports[n:]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -62,8 +50,8 @@ class TemporaryRedisCluster:
         for port, bus in zip(self.ports, self._bus_ports):
             workdir = self.dir / str(port)
             workdir.mkdir()
-            # Each node is its own process; output goes to its log, never to a pipe.
-            self.procs[port] = subprocess.Popen(
+            self._spawn(
+                port,
                 [
                     *(server, "--bind", "127.0.0.1", "--port", str(port)),
                     *("--cluster-port", str(bus), "--cluster-enabled", "yes"),
@@ -72,12 +60,10 @@ class TemporaryRedisCluster:
                     *("--dir", str(workdir), "--save", "", "--appendonly", "no"),
                     *("--logfile", str(workdir / "redis.log")),
                 ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
             )
         try:
             for port in self.ports:
-                self._wait(lambda p=port: self._ping(p), f"node {port} did not answer")
+                self._wait(partial(self._ping, port), f"node {port} did not answer")
             create = subprocess.run(
                 [
                     *(cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)),
@@ -94,13 +80,6 @@ class TemporaryRedisCluster:
             self.stop()
             raise
         return self
-
-    def _wait(self, ready: object, what: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ready():  # type: ignore[operator]
-            if time.monotonic() > deadline:
-                raise RedisClusterUnavailable(f"{what} within {timeout_s:.0f} s (logs: {self.dir})")
-            time.sleep(0.05)
 
     @staticmethod
     def _ping(port: int) -> bool:
@@ -134,7 +113,7 @@ class TemporaryRedisCluster:
             return False
 
     def alive_ports(self) -> list[int]:
-        return [p for p, proc in self.procs.items() if proc.poll() is None]
+        return [p for p in self.procs if self.alive(p)]
 
     def roles(self) -> dict[str, list[int]]:
         """Ports of the live masters and replicas, by role."""
@@ -192,27 +171,3 @@ class TemporaryRedisCluster:
                 return False
 
         self._wait(ok, "the cluster did not recover", timeout_s)
-
-    def kill(self, port: int) -> None:
-        """SIGKILL one node (no goodbye to the others: they detect it after node_timeout_ms)."""
-        proc = self.procs[port]
-        proc.kill()
-        proc.wait(10)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> TemporaryRedisCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,14 +10,9 @@ each on free loopback ports in a temporary directory.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from .rediscluster import _free_ports
+from .redistemp import TemporaryRedisProcesses, free_ports
 
 __all__ = ["RedisSentinelUnavailable", "TemporaryRedisSentinel"]
 
@@ -26,10 +21,12 @@ class RedisSentinelUnavailable(RuntimeError):
     """redis-server is missing, or the deployment did not come up."""
 
 
-class TemporaryRedisSentinel:
+class TemporaryRedisSentinel(TemporaryRedisProcesses):
     """One master, `replicas` replicas and `sentinels` sentinels (quorum: a majority of them)
     for the service `service`; `stop()` ends every process. With `password`, the data nodes
     require it (the sentinels themselves do not)."""
+
+    unavailable = RedisSentinelUnavailable
 
     def __init__(
         self,
@@ -40,16 +37,15 @@ class TemporaryRedisSentinel:
         failover_timeout_ms: int = 2000,
         password: str | None = None,
     ) -> None:
+        super().__init__("aiarch-redis-sentinel-")
         self.service = service
         self.password = password
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.dir = Path(tempfile.mkdtemp(prefix="aiarch-redis-sentinel-"))
-        ports = _free_ports(1 + replicas + sentinels)
+        ports = free_ports(1 + replicas + sentinels)
         self.data_ports = ports[: 1 + replicas]
         self.sentinel_ports = ports[1 + replicas :]
         self.quorum = len(self.sentinel_ports) // 2 + 1
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -58,12 +54,6 @@ class TemporaryRedisSentinel:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis+sentinel://{auth}{hosts}/{self.service}"
-
-    def _spawn(self, port: int, args: list[str]) -> None:
-        # Output goes to each process's log, never to a pipe.
-        self.procs[port] = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
 
     def start(self) -> TemporaryRedisSentinel:
         server = shutil.which("redis-server")
@@ -111,15 +101,6 @@ class TemporaryRedisSentinel:
             raise
         return self
 
-    def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if time.monotonic() > deadline:
-                raise RedisSentinelUnavailable(
-                    f"{what} within {timeout_s:.0f} s (logs: {self.dir})"
-                )
-            time.sleep(0.05)
-
     def _formed(self) -> bool:
         import redis
 
@@ -146,9 +127,6 @@ class TemporaryRedisSentinel:
 
         return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5)
 
-    def alive(self, port: int) -> bool:
-        return self.procs[port].poll() is None
-
     def master_port(self) -> int:
         """Port of the data node that answers ROLE as master (alive ones only)."""
         for port in self.data_ports:
@@ -170,27 +148,3 @@ class TemporaryRedisSentinel:
 
     def wait_replicated(self, timeout_s: float = 10.0) -> None:
         self._wait(self.replicated, "replicas did not catch up", timeout_s)
-
-    def kill(self, port: int) -> None:
-        """SIGKILL one process (the sentinels notice after down_after_ms)."""
-        proc = self.procs[port]
-        proc.kill()
-        proc.wait(10)
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> TemporaryRedisSentinel:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

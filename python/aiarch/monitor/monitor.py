@@ -252,6 +252,7 @@ class Monitor:
         self._history: deque[HistoryPoint] = deque(maxlen=self.config.history)
         self._last_window = np.zeros(int(profile.offsets()[-1]), dtype=np.int64)
         self._last_output_window: np.ndarray | None = None
+        """Output bin counts of the last closed window (None before the first one)."""
         self.last_drift: DatasetDrift | None = None
         self.last_output_drift: DatasetDrift | None = None
         self._last_tick = clock()
@@ -415,6 +416,12 @@ class Monitor:
             self._last_tick = now
             self.windows_closed += 1
             return drift
+
+    @property
+    def last_output_window(self) -> np.ndarray | None:
+        """Output bin counts of the last closed window: None without an output profile or
+        before the first window closes. Thread-safe (the array is replaced, never changed)."""
+        return self._last_output_window
 
     def _rule_value(
         self, rule: AlertRule, drift: DatasetDrift, now: float, stages: Mapping[str, StageCounts]

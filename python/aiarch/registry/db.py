@@ -251,6 +251,13 @@ class Database:
         """First row of one read-only statement run on its own (no explicit transaction)."""
         raise NotImplementedError
 
+    def query_all(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True
+    ) -> list[tuple[Any, ...]]:
+        """Every row of one read-only statement run on its own (no explicit transaction: one
+        round trip, one snapshot). `prepare=False` plans it with the values every time."""
+        raise NotImplementedError
+
     def string_agg(self, expr: str) -> str:
         """SQL aggregating `expr` into one comma-separated string."""
         raise NotImplementedError
@@ -355,6 +362,14 @@ class SqliteDatabase(Database):
             raise RegistryError(f"registry database {self.path}: {e}") from e
         return None if row is None else tuple(row)
 
+    def query_all(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True
+    ) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self._conn().execute(sql, tuple(params)).fetchall()]
+        except sqlite3.OperationalError as e:
+            raise RegistryError(f"registry database {self.path}: {e}") from e
+
     def string_agg(self, expr: str) -> str:
         return f"group_concat({expr}, ',')"
 
@@ -405,6 +420,23 @@ class PostgresDatabase(Database):
         except psycopg.OperationalError as e:
             raise RegistryError(f"registry database unavailable: {e}") from e
         return None if row is None else tuple(row)
+
+    def query_all(
+        self, sql: str, params: Sequence[Any] = (), *, prepare: bool = True
+    ) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        conn = self._conn()
+        if conn.closed or conn.broken:
+            self._local.conn = None
+            conn = self._conn()
+        try:
+            cur = conn.execute(
+                sql.replace("?", "%s"), tuple(params), prepare=None if prepare else False
+            )
+            return [tuple(r) for r in cur.fetchall()]
+        except psycopg.OperationalError as e:
+            raise RegistryError(f"registry database unavailable: {e}") from e
 
     def string_agg(self, expr: str) -> str:
         return f"string_agg({expr}, ',')"

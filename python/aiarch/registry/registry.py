@@ -477,10 +477,7 @@ class Registry:
         if version is not None and alias is not None:
             raise InvalidArgumentError("give a version or an alias, not both")
         # One statement, outside an explicit transaction: one round trip to PostgreSQL.
-        held = (
-            f"(SELECT {self.db.string_agg('a2.alias')} FROM aliases a2 "
-            "WHERE a2.model_id = v.model_id AND a2.version = v.version)"
-        )
+        held = self._held_aliases()
         if alias is not None:
             sql = (
                 f"SELECT {VERSION_COLUMNS}, {held} FROM aliases a "
@@ -511,8 +508,15 @@ class Registry:
         if row is None:
             with self.db.tx() as tx:
                 raise self._missing_version(tx, self._model_id(tx, name), name, what)
-        aliases = tuple(sorted(row[17].split(","))) if row[17] else ()
-        return self._row_to_version(row, aliases)
+        return self._row_to_version(row, _aliases_of(row[17]))
+
+    def _held_aliases(self) -> str:
+        """SQL of one column: the aliases that point at version `v`, comma-separated (NULL for
+        none), read in the same statement as the version."""
+        return (
+            f"(SELECT {self.db.string_agg('a2.alias')} FROM aliases a2 "
+            "WHERE a2.model_id = v.model_id AND a2.version = v.version)"
+        )
 
     def resolve(self, ref: str | ModelRef) -> ModelVersion:
         """`models:/n/3`, `models:/n@production`, `models:/n/latest`, `n@production`, `n/3`."""
@@ -715,31 +719,17 @@ class Registry:
         conds = parse_filter(filter)
         order = parse_order_by(order_by)
         cursor = None if page_token is None else decode_page_token(page_token, conds, order)
-        # One row more than the page says whether anything is left after it.
-        sql, args = search_sql(conds, order, limit + 1, cursor)
-        with self.db.tx() as tx:
-            # Plans depend on the values (how selective each condition is): never a generic one.
-            rows = tx.all(sql, args, prepare=False)
-            aliases: dict[tuple[int, int], list[str]] = {}
-            model_ids = sorted({int(r[16]) for r in rows[:limit]})
-            if model_ids:
-                marks = ",".join("?" * len(model_ids))
-                for model_id, alias, version in tx.all(
-                    f"SELECT model_id, alias, version FROM aliases WHERE model_id IN ({marks})",
-                    model_ids,
-                ):
-                    aliases.setdefault((int(model_id), int(version)), []).append(alias)
+        # One row more than the page says whether anything is left after it. One statement
+        # (the aliases of each row in a last column), outside an explicit transaction: one
+        # round trip to PostgreSQL, one consistent snapshot. Plans depend on the values (how
+        # selective each condition is): never a generic one.
+        sql, args = search_sql(conds, order, limit + 1, cursor, extra=self._held_aliases())
+        rows = self.db.query_all(sql, args, prepare=False)
         token = None
         if len(rows) > limit:
             rows = rows[:limit]
-            token = encode_page_token(conds, order, list(rows[-1][SORT_COLUMNS_AT:]))
-        return SearchPage(
-            [
-                self._row_to_version(r, tuple(sorted(aliases.get((int(r[16]), int(r[1])), []))))
-                for r in rows
-            ],
-            token,
-        )
+            token = encode_page_token(conds, order, list(rows[-1][SORT_COLUMNS_AT:-1]))
+        return SearchPage([self._row_to_version(r, _aliases_of(r[-1])) for r in rows], token)
 
     def search_all(
         self,
@@ -1027,3 +1017,8 @@ def _ranges(versions: list[int]) -> str:
     if start is not None:
         parts.append(str(start) if start == prev else f"{start}-{prev}")
     return ", ".join(parts)
+
+
+def _aliases_of(held: str | None) -> tuple[str, ...]:
+    """The aliases of a `_held_aliases` column, sorted."""
+    return tuple(sorted(held.split(","))) if held else ()

@@ -75,14 +75,19 @@ def _after(keys: list[tuple[str, bool, bool]], cursor: list[Any]) -> tuple[str, 
 
 
 def search_sql(
-    conds: list[Condition], order: list[OrderKey], limit: int, cursor: list[Any] | None = None
+    conds: list[Condition],
+    order: list[OrderKey],
+    limit: int,
+    cursor: list[Any] | None = None,
+    extra: str | None = None,
 ) -> tuple[str, list[Any]]:
     """One SELECT of at most `limit` rows after `cursor` (the sort key of the previous page's
     last row). Version key/value conditions are answered first, on ids only: the first one (an
     equality if there is one: usually the most selective) scans its (key, value) index and
     every other is a probe of its table's (version_id, key) primary key. Only the matching ids
     (at most `limit` of them when no other ordering or condition applies) reach the wide
-    `versions` rows. Each row ends with its sort key (from column `SORT_COLUMNS_AT`)."""
+    `versions` rows. Each row holds its sort key from column `SORT_COLUMNS_AT`, then the
+    column `extra` (an SQL expression over `v`, without placeholders) when given."""
     kv = sorted((c for c in conds if c.kind in KINDS), key=lambda c: c.op != "=")
     model_tags = [c for c in conds if c.kind == MODEL_TAGS]
     attrs = [c for c in conds if c.kind == "attr"]
@@ -127,8 +132,10 @@ def search_sql(
             keys.append((f"o{i}.value", o.descending, True))
     keys.append(("v.id", True, False))
     sort_columns = ", ".join(expr for expr, _, _ in keys)
+    tail = f", {extra}" if extra else ""
     sql = (
-        f"SELECT {VERSION_COLUMNS}, {sort_columns} FROM {source}JOIN models m ON m.id = v.model_id "
+        f"SELECT {VERSION_COLUMNS}, {sort_columns}{tail} FROM {source}"
+        "JOIN models m ON m.id = v.model_id "
     )
     sql += " ".join(joins)
     where = [f"{_ATTR_SQL[c.key]} {_SQL_OPS[c.op]} ?" for c in attrs]

@@ -151,7 +151,8 @@ class ServeConfig:
     one, single worker only)."""
 
     workers: int = 1
-    """Processes sharing the port through SO_REUSEPORT; each has its own Runtime and models."""
+    """Processes accepting on one listening socket the supervisor binds; each has its own
+    Runtime and models."""
 
     models: list[ModelConfig] = field(default_factory=list)
     """Models to load at start-up, in order."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -23,6 +24,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from aiarch._json import finite
 from aiarch.monitor.drift import evaluate_drift
 from aiarch.monitor.feedback import quality_report
 from aiarch.monitor.monitor import MonitorSnapshot, report_from_snapshot
@@ -31,6 +33,7 @@ from aiarch.monitor.prometheus import FeedbackCollector, MonitorCollector
 from .features import lookup_stats
 from .shared_stats import (
     FEEDBACK_PAIRS_PUBLISHED,
+    AlertState,
     FeedbackPart,
     MonitorPart,
     Peers,
@@ -271,7 +274,7 @@ class MetricsExporter:
             key = stats_key(name, s.get("version", ""))
             stats[key] = s
             if mon is not None:
-                monitors[key] = MonitorPart(mon.snapshot(), monitor_counters(mon))
+                monitors[key] = monitor_part(mon)
         feedback = {}
         for model in rt.feedback_models():
             tracker = rt.feedback_tracker(model)
@@ -379,8 +382,8 @@ class MetricsExporter:
 
     def monitor_report(self, name: str, monitor: Any) -> dict[str, Any]:
         """The monitor report of model `name` (runtime name), over all workers when supervised:
-        latency, request counts, drift and counters merged; alerts and output drift are this
-        worker's. Called once per `/monitor` request."""
+        latency, request counts, input and output drift, alerts and counters merged. Called once
+        per `/monitor` request."""
         report: dict[str, Any] = monitor.report()
         if self.shared is None:
             return report
@@ -394,7 +397,34 @@ class MetricsExporter:
             report[field] = merged[field]
         report["counters"] = {**report["counters"], **part.counters}
         report["snapshot"] = part.snapshot
+        for alert in report["alerts"]:
+            state = part.alerts.get(alert["name"])
+            if state is not None:
+                alert["active"] = state.active
+                alert["value"] = finite(state.value)
+        if monitor.output_profile is not None and part.output_window:
+            report["output_drift"] = msgspec.to_builtins(
+                evaluate_drift(
+                    monitor.output_profile, np.asarray(part.output_window), monitor.config.drift
+                )
+            )
         return report
+
+
+def monitor_part(mon: Any) -> MonitorPart:
+    """What one worker publishes of a monitor: its snapshot, counters, alert states and last
+    output window."""
+    alerts = mon.alerts
+    out = mon.last_output_window
+    return MonitorPart(
+        mon.snapshot(),
+        monitor_counters(mon),
+        alerts={
+            name: AlertState(bool(alerts.active[name]), float(alerts.values[name]))
+            for name in alerts.active
+        },
+        output_window=out.tolist() if out is not None else [],
+    )
 
 
 def monitor_counters(mon: Any) -> dict[str, int]:
@@ -465,11 +495,16 @@ class _MergedMonitors:
 
 class _MergedMonitor:
     """The attributes `MonitorCollector` reads from a Monitor, over every worker: merged
-    snapshot, drift of the merged last windows, summed counters; alerts are this worker's."""
+    snapshot, drift of the merged last windows, summed counters, merged alert states."""
 
     def __init__(self, live: Any, part: MonitorPart) -> None:
         self.version = live.version
-        self.alerts = live.alerts
+        self.alerts = SimpleNamespace(
+            active={
+                name: (part.alerts[name].active if name in part.alerts else active)
+                for name, active in live.alerts.active.items()
+            }
+        )
         self._snapshot = part.snapshot
         c = part.counters
         self.sketch = SimpleNamespace(values_counted=c.get("values_counted", 0))

@@ -1,11 +1,13 @@
 """Lifecycle of `aiarch serve`: sockets, worker processes, start-up loading and graceful drain.
 
-- One worker = one process, one uvloop event loop, one Runtime, one listening socket. With
-  `workers > 1` a supervisor (`supervisor.py`) spawns N workers that bind the same port with
-  SO_REUSEPORT (the kernel spreads connections) and replaces any that dies; each worker loads
-  its own models.
-- Start-up: bind the port (so a port in use fails at once), load and warm every model, then
-  listen. No request ever reaches a worker that would answer 404 while loading, and a model
+- One worker = one process, one uvloop event loop, one Runtime. With `workers > 1` a supervisor
+  (`supervisor.py`) binds the port, spawns N workers that inherit that one socket and all accept
+  on it, and replaces any that dies; each worker loads its own models. A connection waits in
+  the socket's one accept queue until some live worker takes it, so a worker that dies strands
+  none (per-worker SO_REUSEPORT listeners each have their own queue, reset when their worker
+  dies). gRPC (`--grpc-port`) is served by every worker on one port with SO_REUSEPORT.
+- Start-up: bind the ports (so a port in use fails at once, in one line naming it), load and
+  warm every model, then listen. No request ever reaches a worker that would answer 404 while loading, and a model
   that cannot load ends the process with `EXIT_MODEL_LOAD` and one line naming the model and
   the reason, before anything listens.
 - SIGTERM/SIGINT: readiness turns false, the listening socket closes, idle keep-alive
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -36,7 +39,7 @@ from .metrics import HttpCollector
 from .native import NativeFront, NativeProtocol
 from .routing import RegistryRouting
 from .shared_stats import publish_periodically
-from .supervisor import EXIT_MODEL_LOAD, supervise
+from .supervisor import EXIT_MODEL_LOAD, EXIT_PORT_IN_USE, supervise
 from .tracing import RequestSampler
 
 __all__ = ["ModelLoadError", "Server", "make_socket", "run"]
@@ -45,7 +48,8 @@ log = logging.getLogger("aiarch.serving")
 
 
 def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A bound (not yet listening) TCP socket; SO_REUSEPORT when several workers share the port."""
+    """A bound (not yet listening) TCP socket; SO_REUSEPORT when several processes bind the port
+    (the gRPC port of supervised workers)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, type_, proto, _, addr = infos[0]
     sock = socket.socket(family, type_, proto)
@@ -60,6 +64,24 @@ def make_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class PortInUseError(Exception):
+    """A port of the configuration cannot be bound; the message names it."""
+
+    def __init__(self, protocol: str, host: str, port: int, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        if cause.errno == errno.EADDRINUSE:
+            reason = "the port is in use"
+        super().__init__(f"cannot listen for {protocol} on {host}:{port}: {reason}")
+
+
+def _bind(protocol: str, host: str, port: int, reuse_port: bool) -> socket.socket:
+    """`make_socket`, with a bind failure as a PortInUseError naming the port."""
+    try:
+        return make_socket(host, port, reuse_port)
+    except OSError as e:
+        raise PortInUseError(protocol, host, port, e) from e
 
 
 class ModelLoadError(Exception):
@@ -118,7 +140,7 @@ class Server:
         cfg = self.config
         owned = sock is None
         if sock is None:
-            sock = make_socket(cfg.host, cfg.port, reuse_port=cfg.workers > 1)
+            sock = make_socket(cfg.host, cfg.port, reuse_port=False)
         # Bound but not listening while the models load: connections are refused, never
         # accepted by a worker that would answer 404.
         try:
@@ -183,16 +205,19 @@ class Server:
 
         cfg = self.config
         assert cfg.grpc_port is not None
-        server, self.grpc_port = await start_grpc(
-            self.handler,
-            self.runtime,
-            cfg.host,
-            cfg.grpc_port,
-            request_timeout_s=cfg.request_timeout_s,
-            max_message_bytes=cfg.limits.max_body_bytes,
-            reuse_port=cfg.workers > 1,
-            trace_every=self.trace_every,
-        )
+        try:
+            server, self.grpc_port = await start_grpc(
+                self.handler,
+                self.runtime,
+                cfg.host,
+                cfg.grpc_port,
+                request_timeout_s=cfg.request_timeout_s,
+                max_message_bytes=cfg.limits.max_body_bytes,
+                reuse_port=cfg.workers > 1,
+                trace_every=self.trace_every,
+            )
+        except OSError as e:
+            raise PortInUseError("gRPC", cfg.host, cfg.grpc_port, e) from e
         log.info("listening on grpc://%s:%d (pid %d)", cfg.host, self.grpc_port, os.getpid())
         return server
 
@@ -308,6 +333,11 @@ def run_worker(
             with contextlib.suppress(Exception):
                 server._close_runtime()
             return EXIT_MODEL_LOAD
+        except PortInUseError as e:  # the gRPC port, taken since `run` checked it
+            log.error("aiarch serve: %s", e)
+            with contextlib.suppress(Exception):
+                server._close_runtime()
+            return EXIT_PORT_IN_USE
         return 0
     finally:
         with contextlib.suppress(Exception):
@@ -335,25 +365,43 @@ def _die_with_parent() -> None:
         raise SystemExit(0)  # the supervisor died before the request took effect
 
 
-def worker_main(config: ServeConfig) -> None:
-    """Entry point of one supervised worker process."""
+def worker_main(config: ServeConfig, sock: socket.socket) -> None:
+    """Entry point of one supervised worker process; `sock` is the supervisor's bound socket
+    (the first worker ready to serve makes it listen; every worker accepts on it)."""
     # A stop that arrives before the loop takes over the signals ends the worker cleanly.
     signal.signal(signal.SIGTERM, _exit_now)
     signal.signal(signal.SIGINT, _exit_now)
     _die_with_parent()
-    sys.exit(run_worker(config))
+    sys.exit(run_worker(config, sock=sock))
 
 
 def run(config: ServeConfig) -> int:
-    """Entry point of `aiarch serve`: one worker in-process, or a supervisor of N workers."""
-    if config.workers <= 1:
-        return run_worker(config)
-    _setup_logging(config.log_level)
-    # Reserve the port (port 0 → a concrete one) for the whole group: a bound, non-listening
-    # member of the SO_REUSEPORT group receives no connections but keeps the port ours, also
-    # while a dead worker is being replaced.
-    holder = make_socket(config.host, config.port, reuse_port=True)
+    """Entry point of `aiarch serve`: one worker in-process, or a supervisor of N workers.
+    A port that cannot be bound ends it at once with one line naming the port."""
     try:
-        return supervise(config, holder.getsockname()[1])
+        sock = _bind("HTTP", config.host, config.port, reuse_port=False)
+    except PortInUseError as e:
+        print(f"aiarch serve: {e}", file=sys.stderr)
+        return EXIT_PORT_IN_USE
+    grpc_holder = None
+    try:
+        if config.grpc_port is not None:
+            try:
+                # Nothing may listen there (checked without SO_REUSEPORT, which would let the
+                # workers join another server's group). Supervised workers share the port with
+                # SO_REUSEPORT: the supervisor keeps a bound, non-listening member of the group
+                # (it receives no connections) so the port stays ours while workers restart.
+                _bind("gRPC", config.host, config.grpc_port, reuse_port=False).close()
+                if config.workers > 1:
+                    grpc_holder = _bind("gRPC", config.host, config.grpc_port, reuse_port=True)
+            except PortInUseError as e:
+                print(f"aiarch serve: {e}", file=sys.stderr)
+                return EXIT_PORT_IN_USE
+        if config.workers <= 1:
+            return run_worker(config, sock=sock)
+        _setup_logging(config.log_level)
+        return supervise(config, sock)
     finally:
-        holder.close()
+        sock.close()
+        if grpc_holder is not None:
+            grpc_holder.close()

@@ -17,7 +17,10 @@ supervisor creates (on tmpfs when there is one) and names in the workers' enviro
 The worker answering `/metrics`, `/stats` or `/monitor` publishes its live snapshot, reads the
 others and merges: counters and histogram buckets add, additive gauges (queue rows, in-flight
 batches, connections, cache bytes) add over live workers, readiness is the minimum, and latency
-percentiles and drift scores are recomputed from the merged histograms and bin counts.
+percentiles, input and output drift scores are recomputed from the merged histograms and bin
+counts. An alert rule is active when it fires in any live worker (each worker evaluates its
+rules on its own traffic; a dead worker's alerts end with it), with the highest value any of
+them measured.
 A single-worker server has no run directory and does none of this.
 """
 
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from aiarch.monitor.monitor import WINDOWS, MonitorSnapshot, merge_snapshots
 
@@ -41,6 +45,7 @@ __all__ = [
     "PUBLISH_PERIOD_S",
     "RUN_DIR_ENV",
     "WORKER_ENV",
+    "AlertState",
     "Family",
     "FeedbackPart",
     "MonitorPart",
@@ -105,11 +110,24 @@ class Family(msgspec.Struct, array_like=True):
     samples: list[tuple[str, dict[str, str], float]]
 
 
+class AlertState(msgspec.Struct):
+    """One alert rule's state in one worker (or, merged, in the server)."""
+
+    active: bool
+    value: float
+    """The rule's last value; NaN when its window had no traffic."""
+
+
 class MonitorPart(msgspec.Struct):
-    """One worker's monitor of one model version: the mergeable snapshot and its counters."""
+    """One worker's monitor of one model version: the mergeable snapshot, its counters, its
+    alert states and its last output window."""
 
     snapshot: MonitorSnapshot
     counters: dict[str, int]
+    alerts: dict[str, AlertState] = {}
+    """Rule name → state. The present, not a history: only live workers contribute."""
+    output_window: list[int] = []
+    """Output bin counts of the last closed window ([] with no output profile or no window)."""
 
 
 class FeedbackPart(msgspec.Struct):
@@ -259,7 +277,29 @@ def _retire_monitor(part: MonitorPart) -> MonitorPart:
         history=[],
     )
     counters = {k: v for k, v in part.counters.items() if k != "windows_closed"}
-    return MonitorPart(retired, counters)
+    return MonitorPart(retired, counters)  # no alerts, no output window: they were its present
+
+
+def _merge_alerts(parts: list[MonitorPart]) -> dict[str, AlertState]:
+    """Active when any worker's rule is; the value is the highest finite one (NaN if none)."""
+    out: dict[str, AlertState] = {}
+    for p in parts:
+        for name, st in p.alerts.items():
+            prev = out.get(name)
+            if prev is None:
+                out[name] = AlertState(st.active, st.value)
+                continue
+            prev.active = prev.active or st.active
+            if st.value == st.value and not (prev.value >= st.value):  # NaN-aware max
+                prev.value = st.value
+    return out
+
+
+def _merge_output_windows(parts: list[MonitorPart]) -> list[int]:
+    windows = [p.output_window for p in parts if p.output_window]
+    if not windows or any(len(w) != len(windows[0]) for w in windows):
+        return windows[0] if windows else []  # layouts differ: a profile changed mid-run
+    return [int(c) for c in np.sum(windows, axis=0)]
 
 
 def merge_monitor_parts(parts: list[MonitorPart]) -> MonitorPart:
@@ -272,7 +312,12 @@ def merge_monitor_parts(parts: list[MonitorPart]) -> MonitorPart:
             counters[k] = (
                 max(counters.get(k, 0), v) if k == "windows_closed" else (counters.get(k, 0) + v)
             )
-    return MonitorPart(merge_snapshots([p.snapshot for p in same]), counters)
+    return MonitorPart(
+        merge_snapshots([p.snapshot for p in same]),
+        counters,
+        alerts=_merge_alerts(same),
+        output_window=_merge_output_windows(same),
+    )
 
 
 def absorb_dead_worker(run_dir: str | os.PathLike[str], slot: int, worker: str) -> None:

@@ -1,12 +1,16 @@
 """The supervisor of `aiarch serve --workers N`: N worker processes on one port, kept alive.
 
-The workers share the port through SO_REUSEPORT, so the kernel spreads new connections over the
-workers that listen. When one dies (a crash, an OOM kill, `kill -9`), the others keep serving and
-the supervisor starts a replacement in the same slot after a short, growing backoff. It gives up,
-stops the others and exits 1, saying why, only when:
+The supervisor binds the port; every worker inherits that one socket and accepts on it (the
+first worker ready to serve makes it listen, so connections are refused, not queued, while the
+first models load). New connections wait in the socket's single accept queue until a live
+worker takes one: when a worker dies (a crash, an OOM kill, `kill -9`, a hang ended by a kill),
+the connections that arrive meanwhile go to the others, none is reset, and the socket lives on
+in the supervisor. The supervisor starts a replacement in the same slot after a short, growing
+backoff. It gives up, stops the others and exits 1, saying why, only when:
 
-- a worker of the first generation cannot load its models (`EXIT_MODEL_LOAD`): the same
-  configuration would fail the same way in every replacement; or
+- a worker of the first generation cannot load its models (`EXIT_MODEL_LOAD`) or bind its gRPC
+  port (`EXIT_PORT_IN_USE`): the same configuration would fail the same way in every
+  replacement; or
 - one slot crashed more than `RestartPolicy.max_restarts` times within `window_s` seconds
   (a crash loop that restarting does not cure).
 
@@ -27,6 +31,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections import deque
@@ -36,12 +41,14 @@ from typing import Any
 from .config import ServeConfig
 from .shared_stats import RUN_DIR_ENV, WORKER_ENV, absorb_dead_worker
 
-__all__ = ["EXIT_MODEL_LOAD", "RestartPolicy", "supervise"]
+__all__ = ["EXIT_MODEL_LOAD", "EXIT_PORT_IN_USE", "RestartPolicy", "supervise"]
 
 log = logging.getLogger("aiarch.serving")
 
 EXIT_MODEL_LOAD = 3
 """Exit code of a worker (and of a single-worker `aiarch serve`) whose models cannot load."""
+EXIT_PORT_IN_USE = 2
+"""Exit code of `aiarch serve`, or of a worker, when a port it was given cannot be bound."""
 
 
 @dataclass
@@ -71,13 +78,14 @@ class _Slot:
     restart_at: float | None = None
 
 
-def _supervised_worker(config: ServeConfig, run_dir: str, worker: str) -> None:
-    """Entry point of a worker process: names its run directory and identity, then serves."""
+def _supervised_worker(config: ServeConfig, run_dir: str, worker: str, sock: socket.socket) -> None:
+    """Entry point of a worker process: names its run directory and identity, then serves on
+    the supervisor's socket (multiprocessing hands the child a duplicate of its descriptor)."""
     from .server import worker_main
 
     os.environ[RUN_DIR_ENV] = run_dir
     os.environ[WORKER_ENV] = worker
-    worker_main(config)
+    worker_main(config, sock)
 
 
 def _run_directory() -> str:
@@ -99,9 +107,12 @@ def _worker_id(slot: _Slot) -> str:
 
 
 class _Supervisor:
-    def __init__(self, config: ServeConfig, port: int, policy: RestartPolicy, run_dir: str) -> None:
+    def __init__(
+        self, config: ServeConfig, sock: socket.socket, policy: RestartPolicy, run_dir: str
+    ) -> None:
         self.config = config
-        self.worker_config = ServeConfig(**{**config.__dict__, "port": port})
+        self.sock = sock
+        self.worker_config = ServeConfig(**{**config.__dict__, "port": sock.getsockname()[1]})
         self.policy = policy
         self.run_dir = run_dir
         self.ctx = multiprocessing.get_context("spawn")
@@ -115,7 +126,7 @@ class _Supervisor:
         slot.reaped = False
         p = self.ctx.Process(
             target=_supervised_worker,
-            args=(self.worker_config, self.run_dir, _worker_id(slot)),
+            args=(self.worker_config, self.run_dir, _worker_id(slot), self.sock),
             name=f"aiarch-worker-{slot.index}",
         )
         p.start()
@@ -146,6 +157,9 @@ class _Supervisor:
         how = _describe_exit(code)
         if code == EXIT_MODEL_LOAD and slot.generation == 1:
             self.give_up(f"worker {slot.index} could not load its models ({how})")
+            return
+        if code == EXIT_PORT_IN_USE and slot.generation == 1:
+            self.give_up(f"worker {slot.index} could not bind its gRPC port ({how})")
             return
         window = self.policy.window_s
         slot.crashes.append(now)
@@ -211,20 +225,22 @@ class _Supervisor:
         return 0
 
 
-def supervise(config: ServeConfig, port: int, policy: RestartPolicy | None = None) -> int:
-    """Run `config.workers` workers on `port` until SIGTERM/SIGINT or a give-up; the exit code.
-
-    The caller holds a bound socket on `port` for the whole run (see `server.run`)."""
+def supervise(config: ServeConfig, sock: socket.socket, policy: RestartPolicy | None = None) -> int:
+    """Run `config.workers` workers on the bound socket `sock` until SIGTERM/SIGINT or a
+    give-up; the exit code. The caller owns `sock` and closes it after this returns."""
     run_dir = _run_directory()
     log.info("workers share their stats in %s", run_dir)
     try:
-        return _supervise(config, port, policy or RestartPolicy(), run_dir)
+        return _supervise(config, sock, policy or RestartPolicy(), run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _supervise(config: ServeConfig, port: int, policy: RestartPolicy, run_dir: str) -> int:
-    sup = _Supervisor(config, port, policy, run_dir)
+def _supervise(
+    config: ServeConfig, sock: socket.socket, policy: RestartPolicy, run_dir: str
+) -> int:
+    port = sock.getsockname()[1]
+    sup = _Supervisor(config, sock, policy, run_dir)
 
     def forward(signum: int, frame: Any) -> None:
         sup.stop_all()
