@@ -94,6 +94,9 @@ void BindHttp(py::module_& m) {
       .def("run_ready", &HttpFront::RunReady,
            "Submits the native requests this loop iteration's reads decoded, then runs the batches "
            "those submits made ready; returns how many ran.")
+      .def("flush", &HttpFront::Flush,
+           "run_ready() then drain(), with the batches run inline answered without a wake-up; "
+           "returns the ids of connections with output to write.")
       .def("drain", &HttpFront::Drain,
            "Encodes waiting completions into their connections; returns the ids of connections "
            "with output to write.");

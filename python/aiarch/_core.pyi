@@ -122,6 +122,7 @@ class BatchConfig:
         default_priority_level: int,
         drop_unreachable: bool,
         inline_execution: bool,
+        inline_max_exec_ns: int = 0,
     ) -> None: ...
 
 class CompletionQueue:
@@ -205,6 +206,8 @@ class HttpFront:
         """Runs the batches this loop iteration's submits made ready; returns how many ran."""
     def drain(self) -> list[int]:
         """Encodes waiting completions; returns the ids of connections with output to write."""
+    def flush(self) -> list[int]:
+        """run_ready() then drain(); the batches run inline are answered without a wake-up."""
 
 class HttpConnection:
     """One socket's parser, native requests and response order."""

@@ -99,6 +99,10 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   // returns the ids of connections that have output to write (including
   // those RunReady() answered at submit: cache hits, refusals).
   std::vector<uint64_t> Drain();
+  // RunReady() then Drain(), with the batches run here delivering into the
+  // queue without a wake-up: an inline batch is answered in the same loop
+  // iteration, with no eventfd write and read.
+  std::vector<uint64_t> Flush();
 
   size_t in_flight() const { return pending_.size() + decoded_.size(); }
 

@@ -282,6 +282,7 @@ _BATCH_KEYS = {
     "default_priority_level",
     "drop_unreachable",
     "inline_execution",
+    "inline_max_exec_us",
 }
 _CACHE_KEYS = {"max_bytes", "ttl_s"}
 
