@@ -110,13 +110,15 @@ void BindHttp(py::module_& m) {
             std::string_view view = data;
             std::vector<ForwardedRequest> forwarded;
             conn.Feed(view.data(), view.size(), &forwarded, now);
-            if (forwarded.empty()) return py::list();
-            return Forwarded(forwarded);
+            if (forwarded.empty()) return py::object(py::none());
+            return py::object(Forwarded(forwarded));
           },
           py::arg("data"), py::arg("now") = 0.0,
           "Parses one read received at `now` (the caller's clock, for `phase_since`); returns "
           "the requests for Python: (slot, method, path, query, headers, body, keep_alive) "
-          "tuples.")
+          "tuples, or None when there are none.")
+      .def("needs_write", &HttpConnection::NeedsWrite, py::arg("max_owed"),
+           "Output to write, the connection to close, or `max_owed` responses owed.")
       .def(
           "respond",
           [](HttpConnection& conn, uint64_t slot, const py::bytes& data, bool keep_alive) {

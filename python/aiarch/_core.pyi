@@ -214,8 +214,10 @@ class HttpConnection:
 
     @property
     def id(self) -> int: ...
-    def feed(self, data: bytes, now: float = 0.0) -> list[ForwardedRequest]:
-        """Parses one read received at `now`; returns the requests for the App."""
+    def feed(self, data: bytes, now: float = 0.0) -> list[ForwardedRequest] | None:
+        """Parses one read received at `now`; returns the requests for the App (None: none)."""
+    def needs_write(self, max_owed: int) -> bool:
+        """Output to write, the connection to close, or `max_owed` responses owed."""
     def respond(self, slot: int, data: bytes, keep_alive: bool) -> None: ...
     def take_output(self) -> bytes: ...
     @property

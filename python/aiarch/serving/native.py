@@ -219,12 +219,20 @@ class NativeProtocol(FlowControl):
         now = self.last_active = native._loop.time() if native._loop is not None else 0.0
         if self._state.draining:
             native.front.draining = True
-        forwarded = self._conn.feed(data, now)
-        if forwarded:
+        conn = self._conn
+        forwarded = conn.feed(data, now)
+        if forwarded is not None:
             for item in forwarded:
                 self._dispatch(*item)
-        native.schedule_flush()
-        self.write_output()
+        if not native._flush_scheduled:
+            native.schedule_flush()
+        # Most reads only queue requests for the flush: nothing to write, nothing to pause.
+        if (
+            self._read_paused
+            or self._state.draining
+            or conn.needs_write(self._limits.max_pipelined)
+        ):
+            self.write_output()
 
     def _owed(self) -> int:
         return self._conn.owed
@@ -290,7 +298,10 @@ class NativeProtocol(FlowControl):
         if self._state.draining and owed == 0 and not conn.in_request:
             self.close()
             return
-        self._update_reading(owed)
+        # Reading is paused exactly while writing is paused or too many responses are owed
+        # (see FlowControl): with it running and few owed there is nothing to change.
+        if self._read_paused or owed >= self._limits.max_pipelined:
+            self._update_reading(owed)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
