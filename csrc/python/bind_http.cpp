@@ -115,6 +115,9 @@ void BindHttp(py::module_& m) {
       .def("run_ready", &HttpFront::RunReady,
            "Submits the native requests this loop iteration's reads decoded, then runs the batches "
            "those submits made ready; returns how many ran.")
+      .def("flush", &HttpFront::Flush,
+           "run_ready() then drain(), with the batches run inline answered without a wake-up; "
+           "returns the ids of connections with output to write.")
       .def("drain", &HttpFront::Drain,
            "Encodes waiting completions into their connections; returns the ids of connections "
            "with output to write.");
@@ -128,13 +131,15 @@ void BindHttp(py::module_& m) {
             std::string_view view = data;
             std::vector<ForwardedRequest> forwarded;
             conn.Feed(view.data(), view.size(), &forwarded, now);
-            if (forwarded.empty()) return py::list();
-            return Forwarded(forwarded);
+            if (forwarded.empty()) return py::object(py::none());
+            return py::object(Forwarded(forwarded));
           },
           py::arg("data"), py::arg("now") = 0.0,
           "Parses one read received at `now` (the caller's clock, for `phase_since`); returns "
           "the requests for Python: (slot, method, path, query, headers, body, keep_alive, "
-          "traced) tuples.")
+          "traced) tuples, or None when there are none.")
+      .def("needs_write", &HttpConnection::NeedsWrite, py::arg("max_owed"),
+           "Output to write, the connection to close, or `max_owed` responses owed.")
       .def(
           "respond",
           [](HttpConnection& conn, uint64_t slot, const py::bytes& data, bool keep_alive) {

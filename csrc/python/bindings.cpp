@@ -510,10 +510,6 @@ int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
     if (PyTuple_GET_SIZE(entry) > 2) RecordTiming(PyTuple_GET_ITEM(entry, 2), c);
     if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
     try {
-      py::object done =
-          py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(fut.ptr(), kDone));
-      if (!done) throw py::error_already_set();
-      if (done.ptr() == Py_True) continue;  // cancelled by its caller
       py::object value;
       PyObject* method = kSetException;
       if (c.status.ok()) {
@@ -528,7 +524,16 @@ int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
       }
       py::object r = py::reinterpret_steal<py::object>(
           PyObject_CallMethodOneArg(fut.ptr(), method, value.ptr()));
-      if (!r) throw py::error_already_set();
+      if (!r) {
+        // Asked only now, on the rare path, not before every result: a future
+        // already done was cancelled by its caller and is left alone.
+        py::error_already_set refused;
+        py::object done =
+            py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(fut.ptr(), kDone));
+        if (!done) throw py::error_already_set();
+        if (done.ptr() == Py_True) continue;
+        throw refused;
+      }
       ++resolved;
     } catch (py::error_already_set& e) {
       if (!first_error) first_error = e.value();
@@ -748,7 +753,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<BatchConfig>(m, "BatchConfig")
       .def(py::init([](int64_t max_batch_size, int64_t max_delay_ns, std::vector<int64_t> preferred,
                        int64_t max_queue_rows, int instances, int priority_levels,
-                       int default_priority_level, bool drop_unreachable, bool inline_execution) {
+                       int default_priority_level, bool drop_unreachable, bool inline_execution,
+                       int64_t inline_max_exec_ns) {
              BatchConfig c;
              c.max_batch_size = max_batch_size;
              c.max_delay_ns = max_delay_ns;
@@ -759,13 +765,14 @@ PYBIND11_MODULE(_core, m) {
              c.default_priority_level = default_priority_level;
              c.drop_unreachable = drop_unreachable;
              c.inline_execution = inline_execution;
+             c.inline_max_exec_ns = inline_max_exec_ns;
              Check(c.Validate());
              return c;
            }),
            py::arg("max_batch_size"), py::arg("max_delay_ns"), py::arg("preferred_batch_sizes"),
            py::arg("max_queue_rows"), py::arg("instances"), py::arg("priority_levels"),
            py::arg("default_priority_level"), py::arg("drop_unreachable"),
-           py::arg("inline_execution"));
+           py::arg("inline_execution"), py::arg("inline_max_exec_ns") = 0);
 
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init([] {

@@ -47,6 +47,7 @@ Status BatchConfig::Validate() const {
                                    ") must be >= max_batch_size (" +
                                    std::to_string(max_batch_size) + ")");
   }
+  if (inline_max_exec_ns < 0) return Status::InvalidArgument("inline_max_exec must be >= 0");
   if (instances < 1 || instances > 64)
     return Status::InvalidArgument("instances must be in [1, 64]");
   if (priority_levels < 1 || priority_levels > 1024) {
@@ -308,11 +309,16 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     }
     queued_.emplace(req->id, std::move(req));
     if (config_.inline_execution) {
-      // A fresh reading: time has passed since `now` set the deadline, and a
-      // request whose deadline passed meanwhile must expire, not run.
-      inline_now = clock_->NowNs();
+      // A fresh reading when a batch may form here: time has passed since
+      // `now` set the deadline, and a request whose deadline passed meanwhile
+      // must expire, not run. A caller that flushes forms it in RunReady(),
+      // which reads the clock itself.
+      inline_now = args.caller_flushes ? now : clock_->NowNs();
       if (CloseTimeLocked(inline_now) <= inline_now) {
-        if (args.caller_flushes) {
+        if (!InlineAllowedLocked()) {
+          // Too slow (or not yet measured) to hold this thread: a worker runs it.
+          wake = idle_workers_ > 0;
+        } else if (args.caller_flushes) {
           wake = deadline && wake;  // RunReady() will take it; workers only watch deadlines
         } else if (in_flight_ < config_.instances) {
           FormBatchLocked(inline_now, &inline_batch, &inline_expired);
@@ -339,7 +345,7 @@ int Batcher::RunReady() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_ && in_flight_ < config_.instances) {
     const int64_t now = clock_->NowNs();
-    if (CloseTimeLocked(now) > now) break;
+    if (CloseTimeLocked(now) > now || !InlineAllowedLocked()) break;
     Requests batch, expired;
     FormBatchLocked(now, &batch, &expired);
     ++in_flight_;
@@ -412,6 +418,14 @@ int64_t Batcher::EstimateExecNsLocked(int64_t rows) const {
     if (exec_estimate_ns_[r] > 0) return exec_estimate_ns_[r] * rows / r;
   }
   return 0;
+}
+
+bool Batcher::InlineAllowedLocked() const {
+  if (config_.inline_max_exec_ns <= 0) return true;
+  // The batch a close now would form: the queue's first max_batch_size rows.
+  const int64_t rows = std::min(queued_rows_, config_.max_batch_size);
+  const int64_t estimate = EstimateExecNsLocked(PaddedRows(rows));
+  return estimate > 0 && estimate <= config_.inline_max_exec_ns;
 }
 
 double Batcher::RetryAfterSecondsLocked(int64_t extra_rows) const {

@@ -292,6 +292,12 @@ int HttpFront::RunReady() {
   return ran;
 }
 
+std::vector<uint64_t> HttpFront::Flush() {
+  CompletionQueue::InlineDrain scope(*queue_);
+  RunReady();
+  return Drain();
+}
+
 std::vector<uint64_t> HttpFront::Drain() {
   std::vector<uint64_t> touched;
   touched.swap(touched_);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 namespace aiarch {
 namespace {
@@ -555,37 +556,50 @@ bool ParseShape(JsonReader& r, int depth, const std::string& where, std::vector<
   return r.Array(depth, [&](size_t i) {
     Scalar s;
     if (!ReadScalar(r, depth + 1, &s)) return false;
-    const std::string at = At(where + "[" + std::to_string(i) + "]");
-    if (s.kind != Scalar::kInt) return r.Fail("Expected `int`" + at);
-    if (s.negative && s.magnitude != 0) return r.Fail("Expected `int` >= 0" + at);
+    // The element's path is built only for an error.
+    const auto at = [&] { return At(where + "[" + std::to_string(i) + "]"); };
+    if (s.kind != Scalar::kInt) return r.Fail("Expected `int`" + at());
+    if (s.negative && s.magnitude != 0) return r.Fail("Expected `int` >= 0" + at());
     if (s.overflow || s.magnitude > (uint64_t{1} << 62))
-      return r.Fail("Integer value out of range" + at);
+      return r.Fail("Integer value out of range" + at());
     shape->push_back(static_cast<int64_t>(s.magnitude));
     return true;
   });
 }
 
+// The value at `where` + `field` is not of the `expected` JSON type: skip it
+// and fail in the general path's words. The path is built only here, on the
+// error path.
+bool WrongType(JsonReader& r, int depth, const char* expected, const std::string& where,
+               const char* field = "") {
+  r.SkipValue(depth);
+  return r.Fail(std::string("Expected `") + expected + "`" + At(where + field));
+}
+
+// A string member at `where` + `field`.
+bool ReadStringMember(JsonReader& r, int depth, const std::string& where, const char* field,
+                      std::string* out, bool* seen) {
+  if (r.Peek() != '"') return WrongType(r, depth, "str", where, field);
+  *seen = true;
+  return r.String(out);
+}
+
+// A `parameters` member: null, or an object whose members `member(key)` reads.
+template <typename Member>
+bool ReadParameters(JsonReader& r, int depth, const std::string& where, const char* field,
+                    Member&& member) {
+  const char c = r.Peek();
+  if (c == 'n') return r.Literal("null");
+  if (c != '{') return WrongType(r, depth, "object | null", where, field);
+  return r.Object(depth, std::forward<Member>(member));
+}
+
 bool ParseInput(JsonReader& r, const std::string& where, RawInput* in) {
-  if (r.Peek() != '{') {
-    r.SkipValue(2);
-    return r.Fail("Expected `object`" + At(where));
-  }
+  if (r.Peek() != '{') return WrongType(r, 2, "object", where);
   const bool ok = r.Object(2, [&](const std::string& key) {
-    if (key == "name") {
-      if (r.Peek() != '"') {
-        r.SkipValue(3);
-        return r.Fail("Expected `str`" + At(where + ".name"));
-      }
-      in->has_name = true;
-      return r.String(&in->name);
-    }
+    if (key == "name") return ReadStringMember(r, 3, where, ".name", &in->name, &in->has_name);
     if (key == "datatype") {
-      if (r.Peek() != '"') {
-        r.SkipValue(3);
-        return r.Fail("Expected `str`" + At(where + ".datatype"));
-      }
-      in->has_datatype = true;
-      return r.String(&in->datatype);
+      return ReadStringMember(r, 3, where, ".datatype", &in->datatype, &in->has_datatype);
     }
     if (key == "shape") {
       in->has_shape = true;
@@ -599,13 +613,7 @@ bool ParseInput(JsonReader& r, const std::string& where, RawInput* in) {
       return true;
     }
     if (key == "parameters") {
-      const char c = r.Peek();
-      if (c == 'n') return r.Literal("null");
-      if (c != '{') {
-        r.SkipValue(3);
-        return r.Fail("Expected `object | null`" + At(where + ".parameters"));
-      }
-      return r.Object(3, [&](const std::string& pkey) {
+      return ReadParameters(r, 3, where, ".parameters", [&](const std::string& pkey) {
         Scalar s;
         if (!ReadScalar(r, 4, &s)) return false;
         if (pkey == "binary_data_size") {
@@ -630,27 +638,11 @@ bool ParseInput(JsonReader& r, const std::string& where, RawInput* in) {
 }
 
 bool ParseOutput(JsonReader& r, const std::string& where, RawOutput* out) {
-  if (r.Peek() != '{') {
-    r.SkipValue(2);
-    return r.Fail("Expected `object`" + At(where));
-  }
+  if (r.Peek() != '{') return WrongType(r, 2, "object", where);
   const bool ok = r.Object(2, [&](const std::string& key) {
-    if (key == "name") {
-      if (r.Peek() != '"') {
-        r.SkipValue(3);
-        return r.Fail("Expected `str`" + At(where + ".name"));
-      }
-      out->has_name = true;
-      return r.String(&out->name);
-    }
+    if (key == "name") return ReadStringMember(r, 3, where, ".name", &out->name, &out->has_name);
     if (key == "parameters") {
-      const char c = r.Peek();
-      if (c == 'n') return r.Literal("null");
-      if (c != '{') {
-        r.SkipValue(3);
-        return r.Fail("Expected `object | null`" + At(where + ".parameters"));
-      }
-      return r.Object(3, [&](const std::string& pkey) {
+      return ReadParameters(r, 3, where, ".parameters", [&](const std::string& pkey) {
         if (pkey == "classification") out->classification = true;
         if (pkey == "binary_data") return ReadScalar(r, 4, &out->binary_data);
         Scalar ignored;
@@ -673,10 +665,7 @@ bool ParseRequest(JsonReader& r, RawRequest* req) {
     if (key == "inputs") {
       req->has_inputs = true;
       req->inputs.clear();
-      if (r.Peek() != '[') {
-        r.SkipValue(1);
-        return r.Fail("Expected `array`" + At("$.inputs"));
-      }
+      if (r.Peek() != '[') return WrongType(r, 1, "array", "$", ".inputs");
       return r.Array(1, [&](size_t i) {
         req->inputs.emplace_back();
         return ParseInput(r, "$.inputs[" + std::to_string(i) + "]", &req->inputs.back());
@@ -689,10 +678,7 @@ bool ParseRequest(JsonReader& r, RawRequest* req) {
         req->has_outputs = false;
         return r.Literal("null");
       }
-      if (c != '[') {
-        r.SkipValue(1);
-        return r.Fail("Expected `array | null`" + At("$.outputs"));
-      }
+      if (c != '[') return WrongType(r, 1, "array | null", "$", ".outputs");
       req->has_outputs = true;
       return r.Array(1, [&](size_t i) {
         req->outputs.emplace_back();
@@ -705,21 +691,12 @@ bool ParseRequest(JsonReader& r, RawRequest* req) {
         req->has_id = false;
         return r.Literal("null");
       }
-      if (c != '"') {
-        r.SkipValue(1);
-        return r.Fail("Expected `str | null`" + At("$.id"));
-      }
+      if (c != '"') return WrongType(r, 1, "str | null", "$", ".id");
       req->has_id = true;
       return r.String(&req->id);
     }
     if (key == "parameters") {
-      const char c = r.Peek();
-      if (c == 'n') return r.Literal("null");
-      if (c != '{') {
-        r.SkipValue(1);
-        return r.Fail("Expected `object | null`" + At("$.parameters"));
-      }
-      return r.Object(1, [&](const std::string& pkey) {
+      return ReadParameters(r, 1, "$", ".parameters", [&](const std::string& pkey) {
         Scalar s;
         if (!ReadScalar(r, 2, &s)) return false;
         if (pkey.compare(0, 7, "triton_") == 0 && req->reserved_param.empty()) {

@@ -122,6 +122,7 @@ class BatchConfig:
         default_priority_level: int,
         drop_unreachable: bool,
         inline_execution: bool,
+        inline_max_exec_ns: int = 0,
     ) -> None: ...
 
 class CompletionQueue:
@@ -222,14 +223,18 @@ class HttpFront:
         """Runs the batches this loop iteration's submits made ready; returns how many ran."""
     def drain(self) -> list[int]:
         """Encodes waiting completions; returns the ids of connections with output to write."""
+    def flush(self) -> list[int]:
+        """run_ready() then drain(); the batches run inline are answered without a wake-up."""
 
 class HttpConnection:
     """One socket's parser, native requests and response order."""
 
     @property
     def id(self) -> int: ...
-    def feed(self, data: bytes, now: float = 0.0) -> list[ForwardedRequest]:
-        """Parses one read received at `now`; returns the requests for the App."""
+    def feed(self, data: bytes, now: float = 0.0) -> list[ForwardedRequest] | None:
+        """Parses one read received at `now`; returns the requests for the App (None: none)."""
+    def needs_write(self, max_owed: int) -> bool:
+        """Output to write, the connection to close, or `max_owed` responses owed."""
     def respond(self, slot: int, data: bytes, keep_alive: bool) -> None: ...
     def take_output(self) -> bytes: ...
     @property

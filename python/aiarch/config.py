@@ -91,9 +91,17 @@ class BatchConfig:
     """Expire requests whose deadline the measured execution time can no longer meet."""
     inline_execution: bool | None = None
     """Run a batch on the submitting thread when that submit closes it and an instance
-    is free: no thread hand-off. Best for models that hold the GIL (numpy code); off
-    suits models that release it (torch, onnxruntime), whose execution then overlaps
-    the event loop. None (default) picks: on for callables, off for model files."""
+    is free: no thread hand-off. Best for models that hold the GIL (numpy code) and for
+    fast models; a slow model that releases the GIL (torch, onnxruntime) overlaps the
+    event loop better on a batcher thread. None (default) picks: on for callables; on
+    for model files too, bounded by ``inline_max_exec_us`` (1000 unless set), so that a
+    fast model answers an idle request on the event loop while slow batches still run
+    on a batcher thread."""
+    inline_max_exec_us: float | None = None
+    """With inline execution, run inline only a batch whose measured execution time
+    (moving average for its size) is at most this; a batcher thread runs slower batches,
+    and every batch until one of its size has been measured. None: no bound, except for
+    model files on the default ``inline_execution`` (1000 µs)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -101,6 +109,10 @@ class BatchConfig:
         )
         if self.max_delay_us < 0:
             raise ValueError(f"BatchConfig.max_delay_us must be >= 0, got {self.max_delay_us}")
+        if self.inline_max_exec_us is not None and self.inline_max_exec_us <= 0:
+            raise ValueError(
+                f"BatchConfig.inline_max_exec_us must be > 0, got {self.inline_max_exec_us}"
+            )
 
 
 @dataclass(frozen=True)

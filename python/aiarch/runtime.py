@@ -40,6 +40,9 @@ __all__ = ["ModelInfo", "Runtime"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p999", 99.9))
 _HISTOGRAMS = ("queue", "execution", "end_to_end")
+# How long a model file's batch may hold the submitting thread (an event loop) by default:
+# long enough for a small model's full batch, short enough that the loop stays responsive.
+_MODEL_FILE_INLINE_MAX_EXEC_US = 1000.0
 
 
 @dataclass(frozen=True)
@@ -324,7 +327,11 @@ class Runtime:
                 "files; a callable runs as it is"
             )
         if batching.inline_execution is None:
-            batching = replace(batching, inline_execution=loaded is None)
+            # A model file may be slow: inline only batches measured to be quick.
+            bound = batching.inline_max_exec_us
+            if loaded is not None and bound is None:
+                bound = _MODEL_FILE_INLINE_MAX_EXEC_US
+            batching = replace(batching, inline_execution=True, inline_max_exec_us=bound)
         if not callable(model):
             raise InvalidArgumentError(
                 f"model {name!r}: expected a model file path or a callable, "
@@ -874,6 +881,7 @@ class Runtime:
                 default_priority_level=b.default_priority_level,
                 drop_unreachable=b.drop_unreachable,
                 inline_execution=bool(b.inline_execution),  # None was resolved at add_model
+                inline_max_exec_ns=int((b.inline_max_exec_us or 0) * 1000),
             )
             if m.cache_config is not None and m.cache is None:
                 c = m.cache_config

@@ -67,12 +67,18 @@ def test_onnx_refuses_devices_it_does_not_run_on(mlp_files) -> None:
         backends.load(mlp_files.onnx, precision="fp16")
 
 
-def test_file_models_execute_off_the_event_loop_by_default(mlp_files) -> None:
+def test_file_models_execute_inline_only_while_quick_by_default(mlp_files) -> None:
     with aiarch.Runtime() as rt:
-        assert rt.add_model("file", mlp_files.onnx).batching.inline_execution is False
-        assert rt.add_model("fn", lambda x: x).batching.inline_execution is True
+        file = rt.add_model("file", mlp_files.onnx).batching
+        assert file.inline_execution is True
+        assert file.inline_max_exec_us == 1000.0
+        fn = rt.add_model("fn", lambda x: x).batching
+        assert fn.inline_execution is True and fn.inline_max_exec_us is None
         forced = aiarch.BatchConfig(inline_execution=True)
-        assert rt.add_model("forced", mlp_files.onnx, batching=forced).batching.inline_execution
+        unbounded = rt.add_model("forced", mlp_files.onnx, batching=forced).batching
+        assert unbounded.inline_execution is True and unbounded.inline_max_exec_us is None
+        off = aiarch.BatchConfig(inline_execution=False)
+        assert rt.add_model("off", mlp_files.onnx, batching=off).batching.inline_execution is False
 
 
 def test_duplicate_name_is_refused_and_the_first_keeps_serving(mlp_files) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,32 @@ def test_connection_caps_answer_503_and_free_their_slots(
                 break
             time.sleep(0.01)
         assert refused >= 1
+
+
+def test_many_pipelined_requests_pause_reading_and_all_are_answered(
+    server: ServerProcess,
+) -> None:
+    """Requests pipelined well past `max_pipelined` (64) and past what one read takes: reading
+    pauses while 64 are owed and must resume as they are answered, or the rest is never read."""
+    head = f"POST /v2/models/lin/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    count = 3000  # ~0.7 MB: several reads
+    with _open(server.port, b"") as s, s.makefile("rb") as f:
+        sender = threading.Thread(target=s.sendall, args=((head.encode() + BODY) * count,))
+        sender.start()
+        statuses = [read_response(f).status for _ in range(count)]
+        sender.join()
+    assert statuses == [200] * count
+
+
+def test_a_request_refused_mid_body_still_gets_its_answer(server: ServerProcess) -> None:
+    """413 at the headers while the client goes on sending the body: the server half-closes and
+    drops what arrives for a while instead of closing at once (which would answer the body with
+    RST and lose the 413)."""
+    head = b"POST /v2/models/lin/infer HTTP/1.1\r\nHost: a\r\nContent-Length: 100000000\r\n\r\n"
+    with _open(server.port, head) as s:
+        chunk = b"0" * 65536
+        for _ in range(32):  # 2 MiB of the body the server refused
+            s.sendall(chunk)
+        reply = _send_and_read_until_closed([s])[0]
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert b"larger than" in reply

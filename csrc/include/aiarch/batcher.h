@@ -21,7 +21,8 @@
 //   inline_execution, a batch that a submit makes closable runs on the
 //   submitting thread instead: inside Submit() for blocking callers, or in the
 //   caller's next RunReady() when it set caller_flushes (an event loop).
-//   Batches closed by time (max_delay, deadlines) always run on workers. The
+//   Batches closed by time (max_delay, deadlines) always run on workers, and
+//   so do batches expected to run longer than inline_max_exec_ns. The
 //   executor is called with no batcher lock held.
 // - Ordering promised: within one priority level, requests enter batches in
 //   submit order; a higher-priority level is always drained first. Every
@@ -82,6 +83,12 @@ struct BatchConfig {
   // hand-off in either direction. Best for executors that hold the GIL;
   // executors that release it overlap better on worker threads.
   bool inline_execution = true;
+  // With inline_execution: run inline only a batch whose measured execution
+  // time (the moving average for its size, see EstimateExecNsLocked) is at
+  // most this; a worker runs slower ones, and every batch until one has been
+  // measured. Bounds how long an inline batch holds the submitting thread (an
+  // event loop). 0: no bound.
+  int64_t inline_max_exec_ns = 0;
 
   Status Validate() const;
 };
@@ -215,6 +222,8 @@ class Batcher {
   void MarkBusyLocked(int participant, bool busy);
   void FinishInFlightLocked();
   int64_t EstimateExecNsLocked(int64_t rows) const;
+  // A batch formed now may run on the calling thread (inline_max_exec_ns).
+  bool InlineAllowedLocked() const;
   int64_t PaddedRows(int64_t rows) const;
   double RetryAfterSecondsLocked(int64_t extra_rows) const;
   void RunFormed(Requests& batch, Requests& expired, int64_t now);

@@ -132,6 +132,10 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   // returns the ids of connections that have output to write (including
   // those RunReady() answered at submit: cache hits, refusals).
   std::vector<uint64_t> Drain();
+  // RunReady() then Drain(), with the batches run here delivering into the
+  // queue without a wake-up: an inline batch is answered in the same loop
+  // iteration, with no eventfd write and read.
+  std::vector<uint64_t> Flush();
 
   size_t in_flight() const { return pending_.size() + decoded_.size(); }
 
@@ -206,6 +210,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool linger() const { return linger_; }
   // Responses owed (requests received and not yet answered on the wire).
   size_t owed() const { return slots_.size(); }
+  // The caller has something to do after a read: output to write, the
+  // connection to close, or `max_owed` responses owed (reading must pause).
+  bool NeedsWrite(size_t max_owed) const {
+    return !out_.empty() || closing_ || slots_.size() >= max_owed;
+  }
   // Part of a request is buffered.
   bool in_request() const { return parser_.in_request(); }
   // What is buffered of the request being received.

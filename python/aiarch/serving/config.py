@@ -99,7 +99,8 @@ class ModelConfig:
     batching: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for `aiarch.BatchConfig` (max_batch_size, max_delay_us,
     preferred_batch_sizes, max_queue_rows, instances, priority_levels, default_priority_level,
-    drop_unreachable, inline_execution); unset keys keep the runtime defaults."""
+    drop_unreachable, inline_execution, inline_max_exec_us); unset keys keep the runtime
+    defaults."""
 
     cache: dict[str, Any] | None = None
     """Keyword arguments for `aiarch.CacheConfig` (max_bytes, ttl_s), or None for no cache."""
@@ -304,6 +305,7 @@ _BATCH_KEYS = {
     "default_priority_level",
     "drop_unreachable",
     "inline_execution",
+    "inline_max_exec_us",
 }
 _CACHE_KEYS = {"max_bytes", "ttl_s"}
 

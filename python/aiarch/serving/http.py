@@ -30,13 +30,17 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
+    "FlowControl",
     "Handler",
     "HttpCounters",
     "HttpProtocol",
     "Pending",
+    "Refusal",
     "Request",
     "admit_connection",
     "build_response",
+    "cancel_waiting",
+    "decompress_body",
     "media_type",
     "release_connection",
     "require_json",
@@ -218,20 +222,110 @@ class ServerState(Protocol):
     def draining(self) -> bool: ...
 
 
-class _Reject(Exception):
+class Refusal(Exception):
+    """A request the connection refuses with `status` and `{"error": message}`."""
+
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
         self.message = message
 
 
-class HttpProtocol(asyncio.Protocol):
+def decompress_body(body: bytes, encoding: bytes, limit: int) -> bytes:
+    """A gzip/deflate (or identity) body, at most `limit` bytes once decompressed; raises
+    `Refusal` (415 unknown encoding, 413 too large, 400 corrupt or truncated)."""
+    enc = encoding.strip().lower()
+    if enc == b"identity":
+        return body
+    if enc == b"gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif enc == b"deflate":
+        d = zlib.decompressobj(zlib.MAX_WBITS)
+    else:
+        raise Refusal(415, f"unsupported Content-Encoding {enc.decode('latin-1')!r}")
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise Refusal(400, f"bad {enc.decode()} body: {e}") from None
+    if len(out) > limit:
+        raise Refusal(413, f"decompressed body larger than {limit} bytes")
+    if not d.eof:
+        raise Refusal(400, f"truncated {enc.decode()} body")
+    return out
+
+
+def cancel_waiting(pending: Iterable[Pending]) -> None:
+    """The client is gone: detach its response slots and cancel what the handler still
+    waits for."""
+    for p in pending:
+        p.conn = None
+        fut = p.future
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+
+class FlowControl(asyncio.Protocol):
+    """What the connections of both front ends share: read back-pressure and the way a
+    connection closes after its last response. Runs in the loop thread.
+
+    Reading pauses while the transport's write buffer is over its high-water mark or
+    `max_pipelined` responses are owed, and resumes when neither holds. `_closing` is set
+    once the connection answers nothing more; from then on reading is left alone."""
+
+    __slots__ = ("_closing", "_limits", "_read_paused", "_write_paused", "transport")
+
+    def __init__(self, limits: HttpLimits):
+        self._limits = limits
+        self._closing = False
+        self._read_paused = False
+        self._write_paused = False
+        self.transport: asyncio.Transport | None = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading(self._owed())
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading(self._owed())
+
+    def _owed(self) -> int:
+        """Responses owed (requests received and not yet answered on the wire)."""
+        raise NotImplementedError
+
+    def _update_reading(self, owed: int) -> None:
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        pause = self._write_paused or owed >= self._limits.max_pipelined
+        if pause and not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+        elif not pause and self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def _close_after_last_response(self, transport: asyncio.Transport, linger: bool) -> None:
+        """Close once the response just written has left. With `linger` (the request was
+        refused mid-body) the client may still be sending: closing now would make the kernel
+        answer its data with RST and lose our response, so half-close, drop what arrives for
+        a moment, then close."""
+        if linger and transport.can_write_eof():
+            transport.write_eof()
+            if self._read_paused:
+                self._read_paused = False
+                transport.resume_reading()
+            asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()
+
+
+class HttpProtocol(FlowControl):
     """One HTTP/1.1 connection. Not thread-safe: everything runs in the loop thread."""
 
     __slots__ = (
         "_body",
         "_body_size",
-        "_closing",
         "_deadline",
         "_discard_input",
         "_header_bytes",
@@ -239,38 +333,30 @@ class HttpProtocol(asyncio.Protocol):
         "_headers",
         "_in_body",
         "_in_request",
-        "_limits",
         "_linger",
         "_parser",
         "_peer",
         "_queue",
-        "_read_paused",
         "_state",
         "_url",
-        "_write_paused",
         "last_active",
-        "transport",
     )
 
     def __init__(self, state: ServerState):
+        super().__init__(state.limits)
         self._state = state
-        self._limits = state.limits
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Pending] = deque()
-        self._closing = False
         self._discard_input = False
         self._linger = False
         self._in_request = False
         self._in_body = False
-        self._read_paused = False
-        self._write_paused = False
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._body_size = 0
         self._header_bytes = 0
         self._header_count = 0
-        self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
         # When the request being received must be complete (loop time); inf when none is.
         self._deadline = _NO_DEADLINE
@@ -297,11 +383,7 @@ class HttpProtocol(asyncio.Protocol):
         release_connection(self._state, self, self._peer)
         self._peer = None
         queue, self._queue = self._queue, deque()
-        for p in queue:  # the client is gone: cancel what it still waits for
-            p.conn = None
-            fut = p.future
-            if fut is not None and not fut.done():
-                fut.cancel()
+        cancel_waiting(queue)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -312,7 +394,7 @@ class HttpProtocol(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
             ctx = e.__context__
-            if isinstance(ctx, _Reject):
+            if isinstance(ctx, Refusal):
                 self._fail(ctx.status, ctx.message)
             else:
                 log.exception("HTTP callback failed", exc_info=ctx or e)
@@ -326,13 +408,8 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._fail(400, f"malformed HTTP request: {e}")
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._update_reading()
+    def _owed(self) -> int:
+        return len(self._queue)
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -350,7 +427,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self._limits.max_header_bytes:
-            raise _Reject(431, "request line too long")
+            raise Refusal(431, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -359,7 +436,7 @@ class HttpProtocol(asyncio.Protocol):
             self._header_count > self._limits.max_headers
             or self._header_bytes > self._limits.max_header_bytes
         ):
-            raise _Reject(431, "request header fields too large")
+            raise Refusal(431, "request header fields too large")
         name = name.lower()
         if name in _WANTED:
             self._headers[name] = value
@@ -370,18 +447,18 @@ class HttpProtocol(asyncio.Protocol):
         headers = self._headers
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
-            raise _Reject(413, f"request body larger than {self._limits.max_body_bytes} bytes")
+            raise Refusal(413, f"request body larger than {self._limits.max_body_bytes} bytes")
         expect = headers.get(b"expect")
         if expect is not None:
             if expect.lower() != b"100-continue":
-                raise _Reject(417, "unsupported Expect")
+                raise Refusal(417, "unsupported Expect")
             if not self._queue and self.transport is not None:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._limits.max_body_bytes:
-            raise _Reject(413, f"request body larger than {self._limits.max_body_bytes} bytes")
+            raise Refusal(413, f"request body larger than {self._limits.max_body_bytes} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -398,7 +475,7 @@ class HttpProtocol(asyncio.Protocol):
         headers = self._headers
         encoding = headers.get(b"content-encoding")
         if encoding is not None and body:
-            body = self._decompress(body, encoding)
+            body = decompress_body(body, encoding, self._limits.max_body_bytes)
         req = Request(
             self._parser.get_method(),
             path,
@@ -433,7 +510,7 @@ class HttpProtocol(asyncio.Protocol):
         p = Pending(self)
         self._queue.append(p)
         if len(self._queue) >= self._limits.max_pipelined:
-            self._update_reading()
+            self._update_reading(len(self._queue))
         return p
 
     def _write(self, data: bytes | list[Any], keep_alive: bool) -> None:
@@ -447,17 +524,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.writelines(data)  # type: ignore[arg-type]
         if not keep_alive:
             self._closing = self._discard_input = True
-            if self._linger and transport.can_write_eof():
-                # The client may still be sending a body we refused: closing now would make the
-                # kernel answer its data with RST and lose our response. Half-close, drop what
-                # arrives for a moment, then close.
-                transport.write_eof()
-                if self._read_paused:
-                    self._read_paused = False
-                    transport.resume_reading()
-                asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
-            else:
-                transport.close()
+            self._close_after_last_response(transport, self._linger)
 
     def _flush(self) -> None:
         queue = self._queue
@@ -471,19 +538,7 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
             return
         if self._read_paused:
-            self._update_reading()
-
-    def _update_reading(self) -> None:
-        transport = self.transport
-        if transport is None or self._closing:
-            return
-        pause = self._write_paused or len(self._queue) >= self._limits.max_pipelined
-        if pause and not self._read_paused:
-            self._read_paused = True
-            transport.pause_reading()
-        elif not pause and self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
+            self._update_reading(len(queue))
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a protocol-level error after what is owed, then close (parser state is lost)."""
@@ -514,27 +569,6 @@ class HttpProtocol(asyncio.Protocol):
         p.keep_alive = False
         self._queue.append(p)
         self._flush()
-
-    def _decompress(self, body: bytes, encoding: bytes) -> bytes:
-        enc = encoding.strip().lower()
-        if enc == b"identity":
-            return body
-        if enc == b"gzip":
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif enc == b"deflate":
-            d = zlib.decompressobj(zlib.MAX_WBITS)
-        else:
-            raise _Reject(415, f"unsupported Content-Encoding {enc.decode('latin-1')!r}")
-        limit = self._limits.max_body_bytes
-        try:
-            out = d.decompress(body, limit + 1)
-        except zlib.error as e:
-            raise _Reject(400, f"bad {enc.decode()} body: {e}") from None
-        if len(out) > limit:
-            raise _Reject(413, f"decompressed body larger than {limit} bytes")
-        if not d.eof:
-            raise _Reject(400, f"truncated {enc.decode()} body")
-        return out
 
     # -- lifecycle -------------------------------------------------------------------------
     @property

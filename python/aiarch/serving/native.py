@@ -30,25 +30,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from aiarch import _core
 
-from .http import Pending, Request, admit_connection, error_response, release_connection
+from .http import (
+    FlowControl,
+    Pending,
+    Refusal,
+    Request,
+    admit_connection,
+    cancel_waiting,
+    decompress_body,
+    error_response,
+    release_connection,
+)
 
 _PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
-
-if TYPE_CHECKING:
-    from .config import HttpLimits
 
 __all__ = ["NativeFront", "NativeProtocol"]
 
 log = logging.getLogger("aiarch.serving")
-
-_LINGER_S = 2.0  # how long a refused connection keeps draining input before it closes
 
 
 class NativeFront:
@@ -57,7 +61,7 @@ class NativeFront:
     def __init__(self, server: Any):
         self.server = server
         self.app = server.handler
-        limits: HttpLimits = server.limits
+        limits = server.limits
         timeout = server.config.request_timeout_s
         self.front = _core.HttpFront(
             max_header_bytes=limits.max_header_bytes,
@@ -135,13 +139,17 @@ class NativeFront:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self.front.run_ready()
-        self.drain()
+        self._write(self.front.flush())
 
     def drain(self) -> None:
         """Encode finished requests into their connections and write each connection once."""
+        self._write(self.front.drain())
+
+    def _write(self, connection_ids: list[int]) -> None:
+        """Write the connections a flush or drain gave output, then hand over the predictions
+        it recorded (before any later read can bring the labels for them)."""
         protocols = self.protocols
-        for cid in self.front.drain():
+        for cid in connection_ids:
             p = protocols.get(cid)
             if p is not None:
                 p.write_output()
@@ -184,33 +192,26 @@ def _joined(data: bytes | list[Any]) -> bytes:
     return b"".join(b if isinstance(b, bytes) else memoryview(b).cast("B") for b in parts)
 
 
-class NativeProtocol(asyncio.Protocol):
+class NativeProtocol(FlowControl):
     """One HTTP/1.1 connection on the native path. Everything runs in the loop thread."""
 
     __slots__ = (
         "_conn",
-        "_discard_input",
         "_native",
         "_peer",
         "_pending",
-        "_read_paused",
         "_slot",
         "_state",
-        "_write_paused",
         "last_active",
-        "transport",
     )
 
     def __init__(self, state: Any, native: NativeFront):
+        super().__init__(state.limits)
         self._state = state
         self._native = native
         self._conn = native.front.connect(native.new_id())
         self._pending: dict[int, _NativePending] = {}
         self._slot = 0
-        self._discard_input = False
-        self._read_paused = False
-        self._write_paused = False
-        self.transport: asyncio.Transport | None = None
         self.last_active = 0.0
         self._peer: str | None = None
 
@@ -226,7 +227,7 @@ class NativeProtocol(asyncio.Protocol):
 
     def _refuse(self, message: str) -> None:
         """Answer 503 before reading anything and close: the connection never counts."""
-        self._discard_input = True
+        self._closing = True
         transport = self.transport
         if transport is not None:
             transport.write(_joined(error_response(503, message, keep_alive=False)))
@@ -238,34 +239,33 @@ class NativeProtocol(asyncio.Protocol):
         self._peer = None
         self._native.protocols.pop(self._conn.id, None)
         pending, self._pending = self._pending, {}
-        for p in pending.values():  # the client is gone: cancel what it still waits for
-            p.conn = None
-            fut = p.future
-            if fut is not None and not fut.done():
-                fut.cancel()
+        cancel_waiting(pending.values())
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self._discard_input:
+        if self._closing:
             return
         native = self._native
         now = self.last_active = native._loop.time() if native._loop is not None else 0.0
         if self._state.draining:
             native.front.draining = True
-        forwarded = self._conn.feed(data, now)
-        if forwarded:
+        conn = self._conn
+        forwarded = conn.feed(data, now)
+        if forwarded is not None:
             for item in forwarded:
                 self._dispatch(*item)
-        native.schedule_flush()
-        self.write_output()
+        if not native._flush_scheduled:
+            native.schedule_flush()
+        # Most reads only queue requests for the flush: nothing to write, nothing to pause.
+        if (
+            self._read_paused
+            or self._state.draining
+            or conn.needs_write(self._limits.max_pipelined)
+        ):
+            self.write_output()
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._update_reading()
+    def _owed(self) -> int:
+        return self._conn.owed
 
     # -- the App's side --------------------------------------------------------------------
     def _dispatch(
@@ -283,8 +283,8 @@ class NativeProtocol(asyncio.Protocol):
         encoding = headers.get(b"content-encoding")
         if encoding is not None and body:
             try:
-                body = _decompress(body, encoding, self._state.limits.max_body_bytes)
-            except _Refused as e:
+                body = decompress_body(body, encoding, self._limits.max_body_bytes)
+            except Refusal as e:
                 self._conn.respond(slot, _joined(error_response(e.status, e.message, False)), False)
                 return
         req = Request(method, path, query, headers, body, keep_alive, traced)
@@ -322,40 +322,18 @@ class NativeProtocol(asyncio.Protocol):
         if out:
             transport.write(out)
         if conn.want_close:
-            self._close_after_write(transport, conn.linger)
+            if not self._closing:
+                self._closing = True
+                self._close_after_last_response(transport, conn.linger)
             return
-        if self._state.draining and conn.owed == 0 and not conn.in_request:
+        owed = conn.owed
+        if self._state.draining and owed == 0 and not conn.in_request:
             self.close()
             return
-        self._update_reading()
-
-    def _close_after_write(self, transport: asyncio.Transport, linger: bool) -> None:
-        if self._discard_input:
-            return
-        self._discard_input = True
-        if linger and transport.can_write_eof():
-            # The client may still be sending a body we refused: closing now would make the
-            # kernel answer its data with RST and lose our response. Half-close, drop what
-            # arrives for a moment, then close.
-            transport.write_eof()
-            if self._read_paused:
-                self._read_paused = False
-                transport.resume_reading()
-            asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
-        else:
-            transport.close()
-
-    def _update_reading(self) -> None:
-        transport = self.transport
-        if transport is None or self._discard_input:
-            return
-        pause = self._write_paused or self._conn.owed >= self._state.limits.max_pipelined
-        if pause and not self._read_paused:
-            self._read_paused = True
-            transport.pause_reading()
-        elif not pause and self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
+        # Reading is paused exactly while writing is paused or too many responses are owed
+        # (see FlowControl): with it running and few owed there is nothing to change.
+        if self._read_paused or owed >= self._limits.max_pipelined:
+            self._update_reading(owed)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -370,7 +348,7 @@ class NativeProtocol(asyncio.Protocol):
         timeout (as `HttpProtocol.check_deadline`)."""
         conn = self._conn
         phase = conn.phase
-        if not phase or self._discard_input or self._read_paused:
+        if not phase or self._closing or self._read_paused:
             return  # (paused reading is the server's own back-pressure, not a slow client)
         state = self._state
         limits = state.limits
@@ -389,34 +367,5 @@ class NativeProtocol(asyncio.Protocol):
     def close(self) -> None:
         """Close now (responses not yet written are dropped; their requests are cancelled)."""
         if self.transport is not None and not self.transport.is_closing():
-            self._discard_input = True
+            self._closing = True
             self.transport.close()
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
-    """A gzip/deflate body, bounded by `limit` after decompression (as `http.HttpProtocol`)."""
-    enc = encoding.strip().lower()
-    if enc == b"identity":
-        return body
-    if enc == b"gzip":
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif enc == b"deflate":
-        d = zlib.decompressobj(zlib.MAX_WBITS)
-    else:
-        raise _Refused(415, f"unsupported Content-Encoding {enc.decode('latin-1')!r}")
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise _Refused(400, f"bad {enc.decode()} body: {e}") from None
-    if len(out) > limit:
-        raise _Refused(413, f"decompressed body larger than {limit} bytes")
-    if not d.eof:
-        raise _Refused(400, f"truncated {enc.decode()} body")
-    return out
