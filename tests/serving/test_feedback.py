@@ -27,12 +27,14 @@ LABELS[19], LABELS[20] = 1, 0
 EXPECTED_AUC = 0.9975
 
 
-def _config(tmp: Path) -> Path:
+def _config(tmp: Path, inline: bool = False) -> Path:
     cfg = tmp / "serve.toml"
     cfg.write_text(
         f"""
 [models.score]
 source = "{MODELS}:scorer"
+[models.score.batching]
+inline_execution = {str(inline).lower()}
 [models.score.monitor.feedback]
 metric = "auc"
 label_log = "{tmp / "labels"}"
@@ -64,10 +66,14 @@ def _feedback(port: int, labels: list[dict[str, object]]) -> dict[str, int]:
     return r.json()  # type: ignore[return-value]
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["worker", "inline"])
 @pytest.mark.parametrize("http", FRONT_ENDS)
-def test_feedback_joins_ids_into_online_auc(tmp_path: Path, http: str) -> None:
+def test_feedback_joins_ids_into_online_auc(tmp_path: Path, http: str, inline: bool) -> None:
+    """Batches run by a batcher worker or inline on the event loop (the native flush answers
+    those without a drain): either way a label sent after its answer joins."""
     _require_server_deps()
-    args = ["--config", str(_config(tmp_path)), "--http", http, "--log-level", "warning"]
+    cfg = _config(tmp_path, inline)
+    args = ["--config", str(cfg), "--http", http, "--log-level", "warning"]
     with running_server(args, tmp_path) as srv:
         bodies = [_infer(srv.port, f"r{i}", SCORES[i]) for i in range(40)]
         # Which front end answered: the native encoder writes float32 in its shortest form
