@@ -617,25 +617,45 @@ def _install_error_recorder() -> None:
 
     The launcher then reports the root cause (exception type, message, rank) instead of
     only an exit code — what torch's ``@record`` decorator does, without decorating main.
-    Also notes that this rank is failing, so that its exit skips the final barrier.
+    The file is written under a temporary name and renamed into place: the launcher reads
+    the error files of failed ranks while a peer may still be writing its own, and torch's
+    own writer truncates the file first, so a read at that moment fails the whole job with
+    a JSONDecodeError instead of reporting the failure. Also notes that this rank is
+    failing, so that its exit skips the final barrier.
     """
     previous = sys.excepthook
-    record = bool(os.environ.get("TORCHELASTIC_ERROR_FILE"))
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
         global _uncaught_exception
         _uncaught_exception = True
-        if not record:
-            previous(exc_type, exc, tb)
-            return
-        try:
-            from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-            handler = get_error_handler()
-            handler.initialize()
-            handler.record_exception(exc)
-        except Exception:
-            pass
+        if error_file:
+            try:
+                _write_error_file(Path(error_file), exc_type, exc, tb)
+            except Exception:
+                pass
         previous(exc_type, exc, tb)
 
     sys.excepthook = hook
+
+
+def _write_error_file(
+    path: Path, exc_type: type[BaseException], exc: BaseException, tb: Any
+) -> None:
+    """The error file in the layout torch.distributed.elastic reads, replaced atomically."""
+    import traceback
+
+    from .rundir import write_json_atomic
+
+    write_json_atomic(
+        path,
+        {
+            "message": {
+                "message": f"{exc_type.__name__}: {exc}",
+                "extraInfo": {
+                    "py_callstack": "".join(traceback.format_exception(exc_type, exc, tb)),
+                    "timestamp": str(int(time.time())),
+                },
+            }
+        },
+    )
