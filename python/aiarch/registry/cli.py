@@ -43,7 +43,8 @@ def _kv(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _version(text: str) -> int:
+def version_number(text: str) -> int:
+    """argparse type: a version number (>= 1)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {text!r}")
     return int(text)
@@ -111,7 +112,7 @@ def add_parser(subparsers: Any) -> None:
     )
     se.add_argument("--order-by", help="e.g. 'metrics.auc desc' (default: newest first)")
     se.add_argument(
-        "--limit", type=_version, default=100, help="most results per page (default 100)"
+        "--limit", type=version_number, default=100, help="most results per page (default 100)"
     )
     paging = se.add_mutually_exclusive_group()
     paging.add_argument(
@@ -135,14 +136,17 @@ def add_parser(subparsers: Any) -> None:
 
     pr = add("promote", "point an alias at a version (compare-and-swap, optional gates)")
     pr.add_argument("name", help="model name")
-    pr.add_argument("version", type=_version, help="version number")
+    pr.add_argument("version", type=version_number, help="version number")
     pr.add_argument("--to", default="production", metavar="ALIAS", help="default production")
     pr.add_argument(
         "--gate", action="append", default=[], metavar="COND", help="e.g. 'metrics.auc >= 0.9'"
     )
     pr.add_argument("--reason", default="", help="recorded in the alias history")
     pr.add_argument(
-        "--expect", type=_version, metavar="VERSION", help="fail unless the alias points here now"
+        "--expect",
+        type=version_number,
+        metavar="VERSION",
+        help="fail unless the alias points here now",
     )
 
     rb = add("rollback", "point an alias back at its previous version")
@@ -156,11 +160,11 @@ def add_parser(subparsers: Any) -> None:
 
     ar = add("archive", "archive a version (refused while an alias points at it)")
     ar.add_argument("name", help="model name")
-    ar.add_argument("version", type=_version, help="version number")
+    ar.add_argument("version", type=version_number, help="version number")
 
     de = add("delete", "delete a version (refused while an alias points at it)")
     de.add_argument("name", help="model name")
-    de.add_argument("version", type=_version, help="version number")
+    de.add_argument("version", type=version_number, help="version number")
 
     ve = add("verify", "re-hash a version's artifact against its digest")
     ve.add_argument("ref", help="NAME@ALIAS, NAME/VERSION, models:/... or NAME (latest)")

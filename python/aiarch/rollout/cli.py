@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from aiarch.registry.cli import version_number
+
 __all__ = ["add_parser", "history_table"]
 
 _EPILOG = """\
@@ -39,12 +41,6 @@ def _steps(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated percentages (e.g. 5,25,50,100), got {text!r}"
         ) from None
-
-
-def _version(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a version number >= 1, got {text!r}")
-    return int(text)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -100,7 +96,7 @@ def add_parser(subparsers: Any) -> None:
         return sp
 
     st = add("start", "start rolling a version out and drive it (unless --detach)", control)
-    st.add_argument("version", type=_version, help="candidate version")
+    st.add_argument("version", type=version_number, help="candidate version")
     st.add_argument("--steps", type=_steps, default=None, help="percentages (default 5,25,50,100)")
     st.add_argument("--dwell", type=float, default=300.0, metavar="S", help="per step (300)")
     st.add_argument("--step-timeout", type=float, metavar="S", help="default 10 x dwell")
