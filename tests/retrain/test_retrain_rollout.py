@@ -1,0 +1,161 @@
+"""Retraining into rollout: a policy's `[rollout]` table, the rollout a promoted run starts
+(and only a promoted run), and one `--watch` per model. Real `aiarch retrain` processes and
+the real SQLite registry under a tmp AIARCH_HOME."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiarch.errors import InvalidArgumentError
+from aiarch.retrain import policy_from_dict
+from aiarch.retrain.lease import WATCHER_TAG
+from aiarch.rollout import state
+
+from .test_retrain import RUN_TIMEOUT_S, _env, _policy, _retrain, setup  # noqa: F401
+
+NO_SERVER = "http://127.0.0.1:1"  # never scraped: these rollouts are started, not driven
+
+
+def _with_rollout(policy: Path, table: str) -> Path:
+    policy.write_text(policy.read_text() + "\n[rollout]\n" + table)
+    return policy
+
+
+def _tree(**rollout: Any) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "triggers": [{"kind": "schedule", "interval_s": 60}],
+        "train": {"script": "t.py"},
+        "rollout": rollout,
+    }
+
+
+def test_rollout_table_uses_the_rollout_modules_names_and_validation() -> None:
+    p = policy_from_dict(
+        _tree(
+            steps=[10, 100],
+            dwell_s=2,
+            thresholds={"min_requests": 5},
+            servers=["http://127.0.0.1:9000"],
+        )
+    )
+    assert p.rollout is not None
+    assert p.rollout.steps == (10, 100) and p.rollout.limits().min_requests == 5
+    with pytest.raises(InvalidArgumentError) as e:
+        policy_from_dict(_tree(steps=[10, 100], stepz=3, servers=[NO_SERVER]))
+    assert "unknown keys ['stepz']" in str(e.value)
+    assert all(k in str(e.value) for k in ("dwell_s", "servers", "step_timeout_s", "thresholds"))
+    with pytest.raises(InvalidArgumentError) as e:
+        policy_from_dict(_tree(thresholds={"max_p99": 2}, servers=[NO_SERVER]))
+    assert "max_p99" in str(e.value) and "max_p99_ratio" in str(e.value)
+    with pytest.raises(InvalidArgumentError, match="steps must end at 100"):
+        policy_from_dict(_tree(steps=[10, 50], servers=[NO_SERVER]))
+    with pytest.raises(InvalidArgumentError, match="set rollout.servers"):
+        policy_from_dict(_tree(steps=[10, 100]))
+    # The servers default to the policy's server URL.
+    tree = _tree(steps=[50, 100])
+    tree["server"] = {"url": "http://127.0.0.1:8123"}
+    rollout = policy_from_dict(tree).rollout
+    assert rollout is not None and rollout.servers == ("http://127.0.0.1:8123",)
+
+
+def test_promoted_candidate_is_rolled_out_and_the_run_records_it(
+    tmp_path: Path, setup: Any
+) -> None:
+    home, reg = setup
+    policy = _with_rollout(
+        _policy(tmp_path, home, []),
+        f'steps = [10, 100]\ndwell_s = 5\nservers = ["{NO_SERVER}"]\ndrive = false\n',
+    )
+    code, rec, err = _retrain(policy, home, "--now")
+    assert code == 0, err
+    assert rec["status"] == "promoted" and rec["version"] == 2
+    ro = state.active(reg, "fraud")
+    assert ro is not None and (ro.candidate, ro.baseline, ro.weight) == (2, 1, 10)
+    assert ro.steps == (10, 100) and ro.dwell_s == 5.0
+    assert rec["rollout_id"] == ro.id and rec["rollout_state"] == "running"
+    assert rec["run_id"] in ro.events(reg)[0].reason
+    recorded = json.loads(reg.get_model("fraud").tags["retrain.last_run"])
+    assert (recorded["rollout_id"], recorded["rollout_state"]) == (ro.id, "running")
+    # A second promoted run while that rollout is active: its start is refused and recorded.
+    code, rec, err = _retrain(policy, home, "--now")
+    assert code == 1 and rec["status"] == "promoted", err
+    assert rec["rollout_state"] == "not_started" and "already running" in rec["rollout_reason"]
+    assert state.active(reg, "fraud").id == ro.id  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("args", "status"), [(["--fail"], "failed"), (["--auc", "0.55"], "gate_failed")]
+)
+def test_failed_training_or_gate_never_starts_a_rollout(
+    tmp_path: Path, setup: Any, args: list[str], status: str
+) -> None:
+    home, reg = setup
+    policy = _with_rollout(
+        _policy(tmp_path, home, args), f'steps = [10, 100]\nservers = ["{NO_SERVER}"]\n'
+    )
+    code, rec, err = _retrain(policy, home, "--now")
+    assert code == 1, err
+    assert rec["status"] == status and rec["rollout_id"] is None and rec["rollout_state"] is None
+    assert state.latest(reg, "fraud") is None
+    assert reg.alias_version("fraud", "production") == 1
+
+
+def _watcher(policy: Path, home: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aiarch", "retrain", "--policy", str(policy), "--watch"],
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _holder(reg: Any) -> str | None:
+    raw = reg.get_model("fraud").tags.get(WATCHER_TAG)
+    return json.loads(raw)["owner"] if raw else None
+
+
+def test_two_watchers_on_one_model_one_wins_the_other_names_it(
+    tmp_path: Path, setup: Any
+) -> None:
+    home, reg = setup
+    policy = _policy(tmp_path, home, [])
+    text = policy.read_text().replace('promote_alias = "candidate"', "poll_s = 0.5")
+    policy.write_text(text.replace("rows = 20", "rows = 1000000"))  # never fires: no training
+    first = _watcher(policy, home, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while _holder(reg) is None:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the first watcher never took the lease"
+            time.sleep(0.1)
+        assert f":{first.pid}:" in (_holder(reg) or "")
+        second = subprocess.run(
+            [sys.executable, "-m", "aiarch", "retrain", "--policy", str(policy), "--watch"],
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        assert second.returncode == 1, second.stderr
+        assert "held by" in second.stderr and f":{first.pid}:" in second.stderr
+        assert "not starting a second watcher" in second.stderr
+        assert first.poll() is None  # the holder carries on
+    finally:
+        first.send_signal(signal.SIGINT)
+        try:
+            first.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, (tmp_path / "first.log").read_text()
+    assert _holder(reg) is None  # released on the way out: the next watcher may start
