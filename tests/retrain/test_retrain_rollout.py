@@ -19,9 +19,18 @@ from aiarch.retrain import policy_from_dict
 from aiarch.retrain.lease import WATCHER_TAG
 from aiarch.rollout import state
 
-from .test_retrain import RUN_TIMEOUT_S, _env, _policy, _retrain, setup  # noqa: F401
+from .test_retrain import RUN_TIMEOUT_S, _env, _labelled, _policy, _production, _retrain
 
 NO_SERVER = "http://127.0.0.1:1"  # never scraped: these rollouts are started, not driven
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Any]:
+    """A label log of 80 rows and `fraud` v1 in production (metrics.auc 0.6)."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+    home = tmp_path / "home"
+    _labelled(tmp_path)
+    return home, _production(home, tmp_path)
 
 
 def _with_rollout(policy: Path, table: str) -> Path:
@@ -58,7 +67,7 @@ def test_rollout_table_uses_the_rollout_modules_names_and_validation() -> None:
     assert "max_p99" in str(e.value) and "max_p99_ratio" in str(e.value)
     with pytest.raises(InvalidArgumentError, match="steps must end at 100"):
         policy_from_dict(_tree(steps=[10, 50], servers=[NO_SERVER]))
-    with pytest.raises(InvalidArgumentError, match="set rollout.servers"):
+    with pytest.raises(InvalidArgumentError, match=r"set rollout\.servers"):
         policy_from_dict(_tree(steps=[10, 100]))
     # The servers default to the policy's server URL.
     tree = _tree(steps=[50, 100])
@@ -124,9 +133,7 @@ def _holder(reg: Any) -> str | None:
     return json.loads(raw)["owner"] if raw else None
 
 
-def test_two_watchers_on_one_model_one_wins_the_other_names_it(
-    tmp_path: Path, setup: Any
-) -> None:
+def test_two_watchers_on_one_model_one_wins_the_other_names_it(tmp_path: Path, setup: Any) -> None:
     home, reg = setup
     policy = _policy(tmp_path, home, [])
     text = policy.read_text().replace('promote_alias = "candidate"', "poll_s = 0.5")

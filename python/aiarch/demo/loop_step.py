@@ -111,7 +111,9 @@ def closed_loop(reg: Any, model: str, out: Path, epochs: int) -> Loop:
             f"accounts ({y_new.mean():.0%} of {len(y_new):,} new transactions)"
         )
         if not traffic.wait_labelled(min_labels, 120):
-            raise RuntimeError(f"traffic stopped before {min_labels} labels (see the server log under {out})")
+            raise RuntimeError(
+                f"traffic stopped before {min_labels} labels (see the server log under {out})"
+            )
         policy_path = out / "retrain-policy.toml"
         policy_path.write_text(
             POLICY.format(
@@ -161,7 +163,9 @@ def closed_loop(reg: Any, model: str, out: Path, epochs: int) -> Loop:
         loop.rollout = reg_rollout = _rollout(reg, run.rollout_id)
         print(f"  rollout #{reg_rollout.id}: {reg_rollout.state}: {reg_rollout.reason}")
         print(f"  production now on version {reg.alias_version(model, 'production')}")
-        print("\n".join("  " + line for line in history_table(reg_rollout.events(reg)).splitlines()))
+        print(
+            "\n".join("  " + line for line in history_table(reg_rollout.events(reg)).splitlines())
+        )
         run_tag = json.loads(reg.get_model(model).tags[f"retrain.run.{run.run_id}"])
         print(
             f"  recorded as model tag retrain.run.{run.run_id}: rollout "

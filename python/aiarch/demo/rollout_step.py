@@ -120,7 +120,9 @@ def plot_rollouts(rollouts: list[tuple[Any, list[Any]]], png: Path) -> None:
     shown = [(ro, obs) for ro, obs in rollouts if ro is not None and obs]
     if not shown:
         return
-    fig, axes = plt.subplots(4, len(shown), sharex="col", figsize=(6 * len(shown), 9), squeeze=False)
+    fig, axes = plt.subplots(
+        4, len(shown), sharex="col", figsize=(6 * len(shown), 9), squeeze=False
+    )
     for col, (ro, observations) in enumerate(shown):
         ax_w, ax_e, ax_p, ax_q = axes[:, col]
         t0 = ro.created_at

@@ -265,7 +265,9 @@ def run(opts: DemoOptions) -> int:
 
     # 9-10. the closed loop, then a bad candidate --------------------------------------------
     if opts.serve:
-        _step(9, "closed loop: the data shifts, labels come back, the policy retrains and rolls out")
+        _step(
+            9, "closed loop: the data shifts, labels come back, the policy retrains and rolls out"
+        )
         from .loop_step import closed_loop
         from .rollout_step import bad_candidate_rolled_back, plot_rollouts
 

@@ -292,7 +292,7 @@ def _rollout(raw: Any, server: ServerSpec) -> RolloutSpec:
     if not servers:
         raise InvalidArgumentError(
             "rollout: the controller reads the servers' /metrics: set rollout.servers "
-            "(e.g. [\"http://127.0.0.1:8000\"]) or [server] url"
+            '(e.g. ["http://127.0.0.1:8000"]) or [server] url'
         )
     for url in servers:
         if not url.startswith(("http://", "https://")):
