@@ -19,7 +19,8 @@ from aiarch.retrain import policy_from_dict
 from aiarch.retrain.lease import WATCHER_TAG
 from aiarch.rollout import state
 
-from .test_retrain import RUN_TIMEOUT_S, _env, _labelled, _policy, _production, _retrain
+from .rollout_job import MODEL
+from .test_retrain import JOB, RUN_TIMEOUT_S, _env, _labelled, _policy, _production, _retrain
 
 NO_SERVER = "http://127.0.0.1:1"  # never scraped: these rollouts are started, not driven
 
@@ -166,3 +167,93 @@ def test_two_watchers_on_one_model_one_wins_the_other_names_it(tmp_path: Path, s
             first.wait()
     assert first.returncode == 0, (tmp_path / "first.log").read_text()
     assert _holder(reg) is None  # released on the way out: the next watcher may start
+
+
+ROLLOUT_JOB = Path(__file__).resolve().parent / "rollout_job.py"
+
+
+class _Traffic:
+    """Rows of 4 values, every other one negative, sent to the served `fraud` until stopped."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(port,), daemon=True)
+        self.thread.start()
+
+    def _run(self, port: int) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        i = 0
+        while not self.stop_event.is_set():
+            sign = -1 if i % 2 else 1
+            x = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [sign * 0.5] * 4}
+            try:
+                conn.request("POST", "/v2/models/fraud/infer", json.dumps({"inputs": [x]}))
+                conn.getresponse().read()
+            except OSError:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            i += 1
+        conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(30)
+
+
+@pytest.mark.parametrize(
+    ("job_args", "code", "outcome", "production"),
+    [([], 0, "completed", 2), (["--fail-negative"], 1, "rolled_back", 1)],
+)
+def test_retrainer_drives_the_rollout_on_a_real_server_to_its_end(
+    tmp_path: Path, job_args: list[str], code: int, outcome: str, production: int
+) -> None:
+    """A promoted candidate is driven by the run's controller from the server's metrics: a
+    healthy one reaches 100 % and production; one that fails requests is rolled back."""
+    pytest.importorskip("torch", reason="aiarch train launches with torch")
+    pytest.importorskip("uvloop", reason="uvloop is not installed")
+    from aiarch.registry import Registry
+    from aiarch.serving.process import ServerProcess, package_env
+
+    home = tmp_path / "home"
+    _labelled(tmp_path)
+    prod = tmp_path / "prod.py"
+    prod.write_text(MODEL.format(fail=False, factor=1.0))
+    reg = Registry(home=home)
+    reg.register("fraud", f"{prod}:predict", metrics={"auc": 0.6})
+    reg.set_alias("fraud", "production", 1)
+    server = ServerProcess(
+        ["--model", "fraud@production", "--registry-poll", "0.05", "--log-level", "warning"],
+        tmp_path / "serve.log",
+        env=package_env({"AIARCH_HOME": str(home)}),
+    )
+    traffic = None
+    try:
+        server.wait_ready()
+        traffic = _Traffic(server.port)
+        policy = _policy(tmp_path, home, job_args)
+        policy.write_text(policy.read_text().replace(str(JOB), str(ROLLOUT_JOB)))
+        _with_rollout(
+            policy,
+            f'steps = [50, 100]\ndwell_s = 0.5\nstep_timeout_s = 120\nservers = ["{server.base}"]\n'
+            # Latency is not what this test judges: a loaded machine's p99 must not decide it.
+            "thresholds = { min_requests = 10, p99_floor_s = 60.0 }\n",
+        )
+        got, rec, err = _retrain(policy, home, "--now")
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        server.stop()
+    assert got == code, (err, rec)
+    assert rec["status"] == "promoted" and rec["version"] == 2
+    ro = state.get(reg, rec["rollout_id"])
+    assert ro is not None and ro.state == outcome == rec["rollout_state"]
+    assert rec["rollout_reason"] == ro.reason
+    assert reg.alias_version("fraud", "production") == production
+    if outcome == "rolled_back":
+        assert "error rate" in ro.reason and ro.weight == 0
+    recorded = json.loads(reg.get_model("fraud").tags["retrain.last_run"])
+    assert (recorded["rollout_id"], recorded["rollout_state"]) == (ro.id, outcome)
