@@ -31,7 +31,7 @@ min_labels = {min_labels}
 
 [train]                       # the demo's own training script, run by aiarch train
 script = "{script}"
-args = ["--inputs", "{requests}", "{model}", "{epochs}"]
+args = ["--inputs", "{requests}", "{model}", "40"]   # a few hundred rows: 40 short epochs
 timeout_s = 600
 
 [data]
@@ -46,7 +46,9 @@ conditions = ["metrics.auc >= 0.65"]
 steps = [25, 50, 100]
 dwell_s = 1.5
 step_timeout_s = 30
-thresholds = {{ min_requests = 30 }}
+# A p99 under the service's 50 ms objective is no breach: seconds-long windows on a shared
+# machine measure scheduling noise below it.
+thresholds = {{ min_requests = 30, p99_floor_s = 0.05 }}
 """
 
 SERVE = """\
@@ -79,7 +81,7 @@ class _Progress(logging.Handler):
         print(f"  {record.getMessage()}", flush=True)
 
 
-def closed_loop(reg: Any, model: str, out: Path, epochs: int) -> Loop:
+def closed_loop(reg: Any, model: str, out: Path) -> Loop:
     """Serve `model@production` with label feedback, shift its traffic, let the policy
     retrain and roll out. Returns the server and traffic still running (the next step uses
     them); the caller stops them."""
@@ -123,7 +125,6 @@ def closed_loop(reg: Any, model: str, out: Path, epochs: int) -> Loop:
                 min_labels=min_labels,
                 script=Path(__file__).with_name("train_fraud.py"),
                 requests=requests,
-                epochs=epochs,
                 labels=labels,
             )
         )
@@ -149,9 +150,12 @@ def closed_loop(reg: Any, model: str, out: Path, epochs: int) -> Loop:
         if loop.run is None:
             raise RuntimeError("the policy stopped firing before the run started")
         run = loop.run
+        holdout_auc = reg.get(model, run.version).metrics.get("auc") if run.version else None
         print(
             f"  run {run.run_id}: {run.status}, version {run.version} "
-            f"({run.rows:,} training rows, {run.holdout_rows:,} held out); gates: "
+            f"({run.rows:,} training rows, {run.holdout_rows:,} held out"
+            + (f", holdout auc {holdout_auc:.3f}" if holdout_auc is not None else "")
+            + "); gates: "
             + ", ".join(
                 f"{g['gate']} {'passed' if g['passed'] else 'FAILED'}" for g in run.gate_results
             )

@@ -271,7 +271,7 @@ def run(opts: DemoOptions) -> int:
         from .loop_step import closed_loop
         from .rollout_step import bad_candidate_rolled_back, plot_rollouts
 
-        loop = closed_loop(reg, MODEL, out, opts.epochs)
+        loop = closed_loop(reg, MODEL, out)
         try:
             _step(10, "progressive rollout of a candidate made bad on purpose: automatic rollback")
             bad = bad_candidate_rolled_back(reg, MODEL, loop.traffic.x, out, [loop.server.base])
