@@ -32,7 +32,7 @@ def _demo(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
-    proc = _demo("--home", str(home), "--duration", "10", "--epochs", "3")
+    proc = _demo("--home", str(home), "--duration", "1", "--epochs", "3")
     out = proc.stdout
     assert proc.returncode == 0, f"{out[-4000:]}\n{proc.stderr[-4000:]}"
     for step in range(1, 11):
