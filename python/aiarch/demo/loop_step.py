@@ -31,7 +31,7 @@ min_labels = {min_labels}
 
 [train]                       # the demo's own training script, run by aiarch train
 script = "{script}"
-args = ["--inputs", "{requests}", "{model}", "40"]   # a few hundred rows: 40 short epochs
+args = ["--inputs", "{requests}", "{model}", "12"]   # epochs
 timeout_s = 600
 
 [data]
@@ -101,7 +101,11 @@ def closed_loop(reg: Any, model: str, out: Path) -> Loop:
         out / "loop-server.log",
         port=port,
     )
-    server.wait_ready(120)
+    try:
+        server.wait_ready(120)
+    except BaseException:
+        server.stop()
+        raise
     x_new, y_new = shifted()
     traffic = Traffic(port, model, input_name, x_new, y_new)
     loop = Loop(server, traffic, input_name)

@@ -60,11 +60,13 @@ def main() -> None:
     if sys.argv[1] == "--inputs":
         x, y, cut, lineage = labelled_requests(sys.argv[2])
         name, rest = sys.argv[3], sys.argv[4:]
+        batch_size = 64  # a window of a few hundred labelled rows: more steps per epoch
     else:
         with np.load(sys.argv[1]) as d:
             x, y = d["x"], d["y"]
         cut, lineage = int(len(x) * 0.8), {}
         name, rest = sys.argv[2], sys.argv[3:]
+        batch_size = 256
     epochs = int(rest[0]) if rest else 8
     ctx = aiarch.train.context()
     mean, std = x[:cut].mean(0), x[:cut].std(0) + 1e-6
@@ -79,7 +81,7 @@ def main() -> None:
     )
     ddp = ctx.wrap(model)
     train = torch.utils.data.TensorDataset(torch.from_numpy(x[:cut]), torch.from_numpy(y[:cut]))
-    loader = ctx.loader(train, batch_size=256)
+    loader = ctx.loader(train, batch_size=batch_size)
     opt = torch.optim.Adam(ddp.parameters(), lr=3e-3)
     state = ctx.checkpoint.load_latest()
     start = 0
@@ -110,7 +112,7 @@ def main() -> None:
         metrics=metrics,
         reference_data=x[:cut],
         feature_names=list(MODEL_FEATURES),
-        params={"epochs": epochs, "hidden": 32, "lr": 3e-3},
+        params={"epochs": epochs, "batch_size": batch_size, "hidden": 32, "lr": 3e-3},
         tags={"task": "fraud", **lineage},
         data_hash=x,
     )

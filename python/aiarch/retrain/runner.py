@@ -8,9 +8,10 @@ derived from the production version's metrics), then either set `promote_alias` 
 (`Registry.promote`, compare-and-swap) or archive it so that it can never hold an alias. With a
 `[rollout]` table, a promoted version is then rolled out (`aiarch.rollout`: `Rollout.start`,
 then the `Controller` drives it to completion or rollback unless `drive = false`); a run whose
-training or gates failed never starts one. The run — trigger, data window, lineage (parent version, policy digest) and gate results, or why it
-failed — is recorded as the model tag `retrain.run.<run_id>` and `retrain.last_run`; the
-training's output is kept in `<home>/retrain/<model>/<run_id>/`.
+training or gates failed never starts one. The run — trigger, data window, lineage (parent
+version, policy digest), gate results and rollout, or why it failed — is recorded as the model
+tag `retrain.run.<run_id>` and `retrain.last_run`; the training's output is kept in
+`<home>/retrain/<model>/<run_id>/`.
 
 Environment of the training script:
 `AIARCH_RETRAIN_RUN_ID`, `AIARCH_RETRAIN_MODEL`, `AIARCH_RETRAIN_TRAIN` (train.parquet),
@@ -353,8 +354,9 @@ class Retrainer:
         )
         try:
             ro = controller.run()
-        except AiarchError as e:  # another controller drives it, or took it over
-            rec.rollout_reason = f"not driven here: {e}"
+        except Exception as e:  # another controller drives it or took it over, or the
+            # registry failed: the promotion stands and the rollout goes on without this run
+            rec.rollout_reason = f"not driven here: {type(e).__name__}: {e}"
             return
         rec.rollout_state, rec.rollout_reason = ro.state, ro.reason
 
