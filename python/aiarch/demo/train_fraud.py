@@ -68,6 +68,9 @@ def main() -> None:
         name, rest = sys.argv[2], sys.argv[3:]
         batch_size = 256
     epochs = int(rest[0]) if rest else 8
+    # A 32-wide MLP on small batches: more threads per process only contend for the cores
+    # (torchrun sets this for several processes; a retraining run starts one).
+    torch.set_num_threads(1)
     ctx = aiarch.train.context()
     mean, std = x[:cut].mean(0), x[:cut].std(0) + 1e-6
     torch.manual_seed(0)
