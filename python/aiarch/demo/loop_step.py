@@ -116,9 +116,10 @@ def closed_loop(reg: Any, model: str, out: Path) -> Loop:
             f"with label feedback; the world shifts: fraud is now small amounts on young "
             f"accounts ({y_new.mean():.0%} of {len(y_new):,} new transactions)"
         )
-        if not traffic.wait_labelled(min_labels, 120):
+        window = 1000  # labelled rows to retrain on: comfortably more than the trigger needs
+        if not traffic.wait_labelled(window, 120):
             raise RuntimeError(
-                f"traffic stopped before {min_labels} labels (see the server log under {out})"
+                f"traffic stopped before {window} labels (see the server log under {out})"
             )
         policy_path = out / "retrain-policy.toml"
         policy_path.write_text(

@@ -20,8 +20,9 @@ LABEL_BATCH = 25
 
 class Traffic:
     """`clients` threads, each with one keep-alive connection, cycling through the rows of `x`
-    until `stop()`. Request `i` carries id `r<i>`; with `y`, its label is posted to
-    `/v2/models/{model}/feedback` by that id once answered."""
+    at about `rate` requests per second in all, until `stop()`. Request `i` carries id `r<i>`;
+    with `y`, its label is posted to `/v2/models/{model}/feedback` by that id once answered.
+    The rate is bounded so that a training run on the same machine keeps its cores."""
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class Traffic:
         x: np.ndarray,
         y: np.ndarray | None = None,
         clients: int = 4,
+        rate: float = 400.0,
     ):
         self.port, self.model, self.input_name = port, model, input_name
         self.x, self.y = x, y
@@ -40,6 +42,7 @@ class Traffic:
         self.sent: list[tuple[str, int]] = []
         """(request id, row of x) of every answered request, in order."""
         self.labelled = 0
+        self.interval_s = clients / rate
         self.threads = [
             threading.Thread(target=self._client, name=f"demo-traffic-{i}", daemon=True)
             for i in range(clients)
@@ -65,8 +68,12 @@ class Traffic:
     def _client(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         labels: list[dict[str, object]] = []
+        due = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                due += self.interval_s
+                if self.stop_event.wait(max(0.0, due - time.monotonic())):
+                    break
                 request_id, row = self._take()
                 conn.request("POST", f"/v2/models/{self.model}/infer", self._body(request_id, row))
                 conn.getresponse().read()
