@@ -32,11 +32,11 @@ def _demo(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
-    proc = _demo("--home", str(home), "--duration", "10", "--epochs", "3")
+    proc = _demo("--home", str(home), "--duration", "1", "--epochs", "3")
     out = proc.stdout
     assert proc.returncode == 0, f"{out[-4000:]}\n{proc.stderr[-4000:]}"
-    for step in range(1, 10):
-        assert f"[{step}/9]" in out
+    for step in range(1, 11):
+        assert f"[{step}/10]" in out
     assert "registered fraud  version 1" in out  # one registry entry for the 2-process job
     assert "production  promote  -     1" in out and "staging     promote  -     2" in out
     # The canary split sent requests to both arms.
@@ -50,11 +50,25 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     shifted = next(line for line in out.splitlines() if "shifted window:" in line)
     assert "dataset drifted: yes" in shifted
     assert (home / "demo" / "drift.png").stat().st_size > 0
-    # The bad candidate was rolled back by the controller, production never moved.
-    rollout = out.split("[9/9]", 1)[1]
-    assert re.search(r"rolled_back: at (10|50) %: (error rate|p99) ", rollout)
-    assert "production still on version 1" in rollout
-    assert re.search(r"^\s+\S+\s+[12]\s+(10|50)%\s.*\srollback\s+at (10|50) %", rollout, flags=re.M)
+    # The closed loop: labels pulled production's online AUC under the floor, the policy
+    # retrained, the new version passed its gate and went out step by step to 100 %.
+    loop, bad = out.split("[9/10]", 1)[1].split("[10/10]", 1)
+    assert re.search(r"quality\(floor=0\.7, metric=auc, min_labels=600\) FIRED", loop), loop
+    assert re.search(r"run retrain-fraud-\S+: promoted, version 3 ", loop), loop
+    assert "metrics.auc >= 0.65 passed" in loop
+    decisions = re.findall(r"^\s+\S+\s+\d\s+(\d+)%\s.*?\s(start|advance|complete)\s", loop, re.M)
+    assert decisions == [
+        ("25", "start"),
+        ("25", "advance"),
+        ("50", "advance"),
+        ("100", "complete"),
+    ], loop
+    assert "production now on version 3" in loop
+    assert re.search(r"recorded as model tag retrain\.run\.\S+: rollout #1 completed", loop)
+    # The bad candidate was rolled back by the controller; production stayed on version 3.
+    assert re.search(r"rolled_back: at (10|50) %: (error rate|p99|online auc) ", bad), bad
+    assert "production still on version 3" in bad
+    assert re.search(r"^\s+\S+\s+[12]\s+(10|50)%\s.*\srollback\s+at (10|50) %", bad, flags=re.M)
     assert (home / "demo" / "rollout.png").stat().st_size > 0
     assert "Traceback" not in proc.stderr
 

@@ -42,3 +42,6 @@ def test_server_table_and_policy_parse(tmp_path: Path) -> None:
     assert [t.kind for t in p.triggers] == list(TRIGGER_KINDS)
     assert p.promote_alias == "candidate" and p.gates.vs_production == {"auc": 0.0}
     assert p.train.script == str(tmp_path / "train.py")
+    assert p.rollout is not None and p.rollout.steps == (5, 25, 50, 100)
+    assert p.rollout.servers == ("http://127.0.0.1:8000",) and p.rollout.drive
+    assert p.rollout.limits().max_quality_drop == 0.02

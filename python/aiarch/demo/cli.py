@@ -11,16 +11,20 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole product in one command: features → training → registry → INT8 → "
-        "serving with a canary → capacity → drift → progressive rollout with automatic rollback",
+        "serving with a canary → capacity → drift → feedback, retraining and progressive rollout "
+        "→ automatic rollback",
         description=(
             "Runs aiarch end to end on embedded defaults (no server to install): generates a "
             "synthetic card-fraud data set, materializes its features to the native online store, "
             "builds a point-in-time training set, trains an MLP with `aiarch train --nproc 2` "
             "(DDP on gloo), registers and promotes it to production, quantizes an INT8 variant "
             "to staging, serves both with a 90/10 canary, measures capacity under a p99 SLO and "
-            "reports drift on a shifted batch, then rolls out a candidate made bad on purpose "
-            "step by step until the rollout controller rolls it back on its own (history table "
-            "and rollout.png). Everything lands in --home."
+            "reports drift on a shifted batch; then closes the loop: the served traffic shifts, "
+            "labels come back as feedback, a retraining policy fires on the online AUC, "
+            "retrains with `aiarch train`, gates the new version and rolls it out step by step "
+            "until production moves to it; finally a candidate made bad on purpose is rolled "
+            "back by the rollout controller on its own (history tables, and rollout.png with "
+            "both rollouts). Everything lands in --home."
         ),
         epilog=(
             "examples:\n"

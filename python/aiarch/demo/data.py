@@ -75,3 +75,22 @@ def generate(
 def model_inputs(amount: np.ndarray, card_features: np.ndarray) -> np.ndarray:
     """The model's input rows: log amount, then the card features in CARD_FEATURES order."""
     return np.column_stack([np.log1p(amount.astype(np.float32)), card_features]).astype(np.float32)
+
+
+def shifted(rows: int = 2000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Model input rows and labels after the world moved on: card averages and amounts are
+    higher, and fraud has become card testing — small amounts on young accounts — which the
+    first model, trained to flag unusually large amounts, ranks backwards."""
+    rng = np.random.default_rng(seed)
+    base_amount = rng.lognormal(3.5, 0.6, rows) * 1.6
+    count = rng.poisson(12, rows).astype(np.float64)
+    age = rng.uniform(30, 3000, rows)
+    chargeback = rng.uniform(0, 0.05, rows)
+    amount = base_amount * rng.lognormal(0.0, 0.8, rows)
+    unusual = np.log(amount / base_amount)
+    logit = -3.0 - 1.8 * unusual + 3.0 * (age < 500) + rng.normal(0, 0.5, rows)
+    label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    card_x = np.column_stack(
+        [base_amount * rng.normal(1.0, 0.1, rows), count, chargeback, age]
+    ).astype(np.float32)
+    return model_inputs(amount.astype(np.float32), card_x), label

@@ -20,7 +20,7 @@ from aiarch.serving.process import ServerProcess, free_port
 from .data import CARD_FEATURES, MODEL_FEATURES, generate, model_inputs
 
 MODEL = "fraud"
-STEPS = 9
+STEPS = 10
 
 
 @dataclass
@@ -263,14 +263,26 @@ def run(opts: DemoOptions) -> int:
     drift_png = out / "drift.png"
     _drift(reg, v1, x, drift_png)
 
-    # 9. progressive rollout --------------------------------------------------------------
+    # 9-10. the closed loop, then a bad candidate --------------------------------------------
     if opts.serve:
-        _step(9, "progressive rollout of a candidate made bad on purpose: automatic rollback")
-        from .rollout_step import bad_candidate_rolled_back
+        _step(
+            9, "closed loop: the data shifts, labels come back, the policy retrains and rolls out"
+        )
+        from .loop_step import closed_loop
+        from .rollout_step import bad_candidate_rolled_back, plot_rollouts
 
-        bad_candidate_rolled_back(reg, MODEL, x, out)
+        loop = closed_loop(reg, MODEL, out)
+        try:
+            _step(10, "progressive rollout of a candidate made bad on purpose: automatic rollback")
+            bad = bad_candidate_rolled_back(reg, MODEL, loop.traffic.x, out, [loop.server.base])
+        finally:
+            loop.traffic.stop()
+            loop.server.stop()
+        plot_rollouts([(loop.rollout, loop.observations), bad], out / "rollout.png")
+        print(f"  route weights and per-arm error rate, p99 and online AUC → {out / 'rollout.png'}")
     else:
-        print(f"\n[9/{STEPS}] rollout skipped (--no-serve)")
+        print(f"\n[9/{STEPS}] closed loop skipped (--no-serve)")
+        print(f"[10/{STEPS}] rollout skipped (--no-serve)")
 
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Files under {out}:")
     for p in sorted(out.iterdir()):

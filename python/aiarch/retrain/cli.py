@@ -17,7 +17,13 @@ examples:
   aiarch retrain --policy fraud-policy.toml --watch   # check every poll_s seconds
   aiarch retrain --policy fraud-policy.toml --runs    # the recorded runs
 
-exit codes: 0 done (or nothing fired); 1 the run failed or its gates failed; 2 bad policy.
+exit codes: 0 done (or nothing fired); 1 the run failed, its gates failed, its rollout did
+not reach 100 % (rolled back, aborted, refused), or another --watch holds the model; 2 bad
+policy.
+
+One --watch per model: it holds the registry lease `retrain.watcher`; a second one says who
+holds it and exits 1. With a [rollout] table a promoted candidate is rolled out
+progressively (and driven to completion or rollback unless `drive = false`).
 """
 
 
@@ -67,7 +73,10 @@ def _retrain(args: argparse.Namespace) -> int:
             _print(args, runs, "\n".join(_run_line(r) for r in runs) or "no runs")
             return 0
         if args.watch:
-            retrainer.watch()
+            try:
+                retrainer.watch()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C ends the watch; the lease was released on the way out
             return 0
         rec = retrainer.run("manual", "aiarch retrain --now") if args.now else retrainer.once()
     except AiarchError as e:
@@ -77,7 +86,8 @@ def _retrain(args: argparse.Namespace) -> int:
         _print(args, None, "no trigger fired")
         return 0
     _print(args, rec.to_dict(), _run_line(rec.to_dict()))
-    return 0 if rec.status == "promoted" else 1
+    rolled_out = rec.rollout_state in (None, "running", "paused", "completed")
+    return 0 if rec.status == "promoted" and rolled_out else 1
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -94,4 +104,10 @@ def _run_line(r: dict[str, Any]) -> str:
         f"{r['run_id']}  {r['status']:<11} {version:<5} trigger={r['trigger']}"
         + (f"  alias={r['alias']}" if r.get("alias") else "")
         + (f"  reason: {r['reason']}" if r.get("reason") else "")
+        + (
+            f"  rollout #{r['rollout_id'] if r.get('rollout_id') is not None else '-'}: "
+            f"{r['rollout_state']} ({r.get('rollout_reason', '')})"
+            if r.get("rollout_state")
+            else ""
+        )
     )

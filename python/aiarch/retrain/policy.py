@@ -22,6 +22,11 @@ pass. Declared in TOML (or JSON, the same tree)::
     [gates]
     conditions = ["metrics.auc >= 0.7"]  # registry gate conditions on the candidate
     vs_production = { auc = 0.0 }        # at least production's value + 0.0
+    [rollout]                            # optional: roll a promoted candidate out
+    steps = [5, 25, 50, 100]             # candidate traffic share (%) per step
+    dwell_s = 300
+    thresholds = { max_error_rate_increase = 0.01 }
+    servers = ["http://127.0.0.1:8000"]  # metrics URLs (default: [server] url)
 
 Unknown keys, trigger kinds and metric names are refused with the valid ones.
 """
@@ -45,6 +50,7 @@ __all__ = [
     "DataSpec",
     "GateSpec",
     "RetrainPolicy",
+    "RolloutSpec",
     "ServerSpec",
     "TrainSpec",
     "Trigger",
@@ -151,6 +157,34 @@ class GateSpec:
 
 
 @dataclass(frozen=True)
+class RolloutSpec:
+    """How a candidate that passed its gates goes out (`aiarch.rollout`): the rollout's own
+    settings, validated by the rollout module, plus where its controller reads metrics."""
+
+    steps: tuple[int, ...] = (5, 25, 50, 100)
+    """Candidate traffic share (%) of each step, strictly increasing, ending at 100."""
+    dwell_s: float = 300.0
+    """Seconds each step must run without a breach before the next."""
+    step_timeout_s: float | None = None
+    """A step not judged within this (too few requests) pauses the rollout (default 10 x
+    dwell_s)."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """`aiarch.rollout.Thresholds` fields (unset ones keep their defaults)."""
+    servers: tuple[str, ...] = ()
+    """Base URLs whose `/metrics` the controller reads (default: the `[server]` url)."""
+    drive: bool = True
+    """Drive the rollout to completion or rollback in the run; false = only start it (an
+    `aiarch rollout run` elsewhere drives it)."""
+    lease_s: float = 30.0
+    """The controller's lease on the rollout (renewed every tick)."""
+
+    def limits(self) -> Any:
+        from aiarch.rollout import Thresholds
+
+        return Thresholds.from_dict(self.thresholds)
+
+
+@dataclass(frozen=True)
 class RetrainPolicy:
     """A model's retraining policy (see the module doc for the file layout)."""
 
@@ -162,6 +196,8 @@ class RetrainPolicy:
     data: DataSpec = field(default_factory=DataSpec)
     gates: GateSpec = field(default_factory=GateSpec)
     server: ServerSpec = field(default_factory=ServerSpec)
+    rollout: RolloutSpec | None = None
+    """Roll a promoted candidate out progressively; None = stop at `promote_alias`."""
     promote_alias: str = "candidate"
     """Alias set on a version that passes its gates (never `production`'s job)."""
     production_alias: str = "production"
@@ -230,6 +266,48 @@ def _trigger(raw: Any, i: int) -> Trigger:
     return Trigger(kind, t)
 
 
+def _rollout(raw: Any, server: ServerSpec) -> RolloutSpec:
+    """The `[rollout]` table, checked by the rollout module's own validation now (not after a
+    training run)."""
+    from aiarch.rollout.state import Thresholds, validate_steps
+
+    spec = _build(RolloutSpec, _table(raw, "rollout"), "rollout")
+    try:
+        steps = validate_steps(list(spec.steps))
+        Thresholds.from_dict(_table(spec.thresholds, "rollout.thresholds"))
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"rollout: {e}") from None
+    for what in ("dwell_s", "lease_s") + (("step_timeout_s",) if spec.step_timeout_s else ()):
+        v = getattr(spec, what)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise InvalidArgumentError(f"rollout: {what} must be a positive number, got {v!r}")
+    if spec.step_timeout_s is not None and spec.step_timeout_s < spec.dwell_s:
+        raise InvalidArgumentError(
+            f"rollout: step_timeout_s ({spec.step_timeout_s:g}) must be at least dwell_s "
+            f"({spec.dwell_s:g})"
+        )
+    if not isinstance(spec.drive, bool):
+        raise InvalidArgumentError(f"rollout: drive must be true or false, got {spec.drive!r}")
+    servers = tuple(str(u) for u in spec.servers) or ((server.url,) if server.url else ())
+    if not servers:
+        raise InvalidArgumentError(
+            "rollout: the controller reads the servers' /metrics: set rollout.servers "
+            '(e.g. ["http://127.0.0.1:8000"]) or [server] url'
+        )
+    for url in servers:
+        if not url.startswith(("http://", "https://")):
+            raise InvalidArgumentError(f"rollout.servers: {url!r} is not an http(s):// URL")
+    return RolloutSpec(
+        steps=steps,
+        dwell_s=float(spec.dwell_s),
+        step_timeout_s=None if spec.step_timeout_s is None else float(spec.step_timeout_s),
+        thresholds=dict(spec.thresholds),
+        servers=servers,
+        drive=spec.drive,
+        lease_s=float(spec.lease_s),
+    )
+
+
 def policy_from_dict(tree: Mapping[str, Any], base_dir: Path | None = None) -> RetrainPolicy:
     """A policy from its parsed tree; paths are relative to `base_dir`."""
     t = _table(tree, "policy")
@@ -260,6 +338,7 @@ def policy_from_dict(tree: Mapping[str, Any], base_dir: Path | None = None) -> R
         raise InvalidArgumentError(
             f"triggers {needs_server} read the server's monitor: set [server] url"
         )
+    rollout = _rollout(t["rollout"], server) if "rollout" in t else None
     if any(tr.kind == "labels" for tr in triggers) and not data.label_log:
         raise InvalidArgumentError("a 'labels' trigger counts the label log: set [data] label_log")
     base = base_dir or Path.cwd()
@@ -302,6 +381,7 @@ def policy_from_dict(tree: Mapping[str, Any], base_dir: Path | None = None) -> R
         data=data,
         gates=GateSpec(tuple(gates.conditions), dict(gates.vs_production)),
         server=server,
+        rollout=rollout,
         promote_alias=t.get("promote_alias", "candidate"),
         production_alias=t.get("production_alias", "production"),
         registry=str(t.get("registry", "")),

@@ -5,10 +5,13 @@ data passed in (environment below, also usable through `aiarch.retrain.script_co
 under a timeout, find the version the script registered (its `run_id` tag), check the gates
 with the registry's own gate code (`check_gates`: the policy's conditions, plus conditions
 derived from the production version's metrics), then either set `promote_alias` on it
-(`Registry.promote`, compare-and-swap) or archive it so that it can never hold an alias. The
-run — trigger, data window, lineage (parent version, policy digest) and gate results, or why it
-failed — is recorded as the model tag `retrain.run.<run_id>` and `retrain.last_run`; the
-training's output is kept in `<home>/retrain/<model>/<run_id>/`.
+(`Registry.promote`, compare-and-swap) or archive it so that it can never hold an alias. With a
+`[rollout]` table, a promoted version is then rolled out (`aiarch.rollout`: `Rollout.start`,
+then the `Controller` drives it to completion or rollback unless `drive = false`); a run whose
+training or gates failed never starts one. The run — trigger, data window, lineage (parent
+version, policy digest), gate results and rollout, or why it failed — is recorded as the model
+tag `retrain.run.<run_id>` and `retrain.last_run`; the training's output is kept in
+`<home>/retrain/<model>/<run_id>/`.
 
 Environment of the training script:
 `AIARCH_RETRAIN_RUN_ID`, `AIARCH_RETRAIN_MODEL`, `AIARCH_RETRAIN_TRAIN` (train.parquet),
@@ -71,6 +74,12 @@ class RunRecord:
     gate_results: list[dict[str, Any]] = field(default_factory=list)
     policy_digest: str = ""
     run_dir: str = ""
+    rollout_id: int | None = None
+    """The rollout the run started (policies with a `[rollout]` table), else None."""
+    rollout_state: str | None = None
+    """How it stands or ended: running (started, not driven here), completed, rolled_back,
+    aborted, paused, or not_started (the start was refused: `rollout_reason` says why)."""
+    rollout_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +143,7 @@ class Retrainer:
         registry: Any = None,
         clock: Callable[[], float] = time.time,
         monitor: Callable[[], dict[str, Any]] | None = None,
+        on_observation: Callable[[Any], None] | None = None,
     ) -> None:
         from aiarch.registry import Registry
 
@@ -146,6 +156,8 @@ class Retrainer:
         )
         self._clock = clock
         self._monitor = monitor
+        self._on_observation = on_observation
+        """Called with each rollout controller tick (`aiarch.rollout.Observation`)."""
 
     # ------------------------------------------------------------ state in the registry
 
@@ -201,8 +213,21 @@ class Retrainer:
                 return self.run(c.trigger.describe(), c.detail)
         return None
 
-    def watch(self, stop: Callable[[], bool] = lambda: False) -> None:
-        """`once()` every `poll_s` seconds until `stop()`."""
+    def watch(self, stop: Callable[[], bool] = lambda: False, lease_s: float = 30.0) -> None:
+        """`once()` every `poll_s` seconds until `stop()`, holding the model's watcher lease
+        (`WatchLease`) throughout: LeaseHeldError naming the holder when another watcher runs
+        for the model; returns (after the current round) if another one took it over."""
+        from .lease import WatchLease
+
+        lease = WatchLease(self.registry, self.policy.model, lease_s)
+        lease.acquire()
+        lease.keep()
+        try:
+            self._watch(lambda: stop() or lease.lost.is_set())
+        finally:
+            lease.release()
+
+    def _watch(self, stop: Callable[[], bool]) -> None:
         while not stop():
             try:
                 rec = self.once()
@@ -290,6 +315,50 @@ class Retrainer:
             reason=f"retrain {rec.run_id} ({rec.trigger})",
         )
         rec.status, rec.alias = "promoted", p.promote_alias
+        if p.rollout is not None:
+            self._record(rec)  # the promotion stands whatever the rollout does
+            self._roll_out(rec, mv.version)
+
+    def _roll_out(self, rec: RunRecord, version: int) -> None:
+        """Start the rollout of `version` and, unless `drive` is off, drive it to its end."""
+        from aiarch.rollout import Controller, Rollout
+
+        spec = self.policy.rollout
+        assert spec is not None
+        try:
+            ro = Rollout.start(
+                self.registry,
+                self.policy.model,
+                version,
+                steps=spec.steps,
+                dwell_s=spec.dwell_s,
+                step_timeout_s=spec.step_timeout_s,
+                thresholds=spec.limits(),
+                reason=f"retrain {rec.run_id} ({rec.trigger})",
+            )
+        except AiarchError as e:
+            rec.rollout_state, rec.rollout_reason = "not_started", str(e)
+            return
+        rec.rollout_id, rec.rollout_state = ro.id, ro.state
+        rec.rollout_reason = f"started at {ro.weight} %"
+        self._record(rec)
+        if not spec.drive:
+            return
+        controller = Controller(
+            self.registry,
+            self.policy.model,
+            list(spec.servers),
+            served_name=self.policy.served_model(),
+            lease_s=spec.lease_s,
+            on_observation=self._on_observation,
+        )
+        try:
+            ro = controller.run()
+        except Exception as e:  # another controller drives it or took it over, or the
+            # registry failed: the promotion stands and the rollout goes on without this run
+            rec.rollout_reason = f"not driven here: {type(e).__name__}: {e}"
+            return
+        rec.rollout_state, rec.rollout_reason = ro.state, ro.reason
 
     def _production_gates(self, rec: RunRecord) -> list[str]:
         """`vs_production` as registry gate conditions against the parent's metrics."""
@@ -368,8 +437,10 @@ class Retrainer:
             )
             try:
                 code = proc.wait(timeout=p.train.timeout_s)
-            except subprocess.TimeoutExpired:
+            except BaseException as e:  # a timeout, or Ctrl-C: never leave the job behind
                 _kill_group(proc)
+                if not isinstance(e, subprocess.TimeoutExpired):
+                    raise
                 return False, (
                     f"training exceeded its timeout of {p.train.timeout_s:g} s and was killed "
                     f"(log: {log_path})"
