@@ -1,63 +1,15 @@
-"""Rollout fixtures: registries on SQLite and on a real PostgreSQL (a throw-away cluster on
-127.0.0.1), candidate models that answer, fail or sleep, and real `aiarch serve` processes."""
+"""Rollout fixtures (registries come from the shared ones in tests/conftest.py): candidate models
+that answer, fail or sleep, and real `aiarch serve` processes."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from aiarch.registry import Registry
-from aiarch.registry.pgcluster import PostgresUnavailable, TemporaryPostgres
 from aiarch.serving.process import ServerProcess, package_env
-
-_schemas = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[TemporaryPostgres]:
-    try:
-        pg = TemporaryPostgres().start()
-    except PostgresUnavailable as e:
-        pytest.fail(str(e))
-    try:
-        yield pg
-    finally:
-        pg.stop()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty registry database for one test."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'registry.db'}"
-    pg: TemporaryPostgres = request.getfixturevalue("postgres")
-    return pg.url(schema=f"r{os.getpid()}_{next(_schemas)}")
-
-
-@pytest.fixture
-def make_registry(registry_url: str, tmp_path: Path) -> Iterator[Callable[[], Registry]]:
-    """Registries over the test's database and store (several = several clients)."""
-    opened: list[Registry] = []
-
-    def make() -> Registry:
-        reg = Registry(registry_url, home=tmp_path / "home")
-        opened.append(reg)
-        return reg
-
-    yield make
-    for reg in opened:
-        reg.close()
-
-
-@pytest.fixture
-def reg(make_registry: Callable[[], Registry]) -> Registry:
-    return make_registry()
-
 
 MODEL_SOURCE = """
 import time
