@@ -522,7 +522,8 @@ void RecordTiming(PyObject* timing, const Completion& c) {
 }
 
 // Resolves the futures of drained completions in one pass. `pending` maps a
-// request id to a tuple whose first item is the request's asyncio future; each
+// request id to the request's asyncio future, or to a tuple whose first item
+// is that future (the rest keeps inputs alive, or collects timing); each
 // completed id is removed, and a future already done (its caller cancelled)
 // is left alone. A future that refuses its result does not stop the others:
 // the first such error is raised once every completion is handled.
@@ -544,8 +545,13 @@ int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
       continue;
     }
     // Owned before the dict drops its reference.
-    py::object fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
-    if (PyTuple_GET_SIZE(entry) > 2) RecordTiming(PyTuple_GET_ITEM(entry, 2), c);
+    py::object fut;
+    if (PyTuple_Check(entry)) {
+      fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
+      if (PyTuple_GET_SIZE(entry) > 2) RecordTiming(PyTuple_GET_ITEM(entry, 2), c);
+    } else {
+      fut = py::reinterpret_borrow<py::object>(entry);
+    }
     if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
     try {
       py::object value;
@@ -828,7 +834,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("pending"),
           "Takes every finished request and resolves its future in `pending` (request id -> "
-          "(future, ...)); returns how many futures were resolved.")
+          "future or (future, ...)); returns how many futures were resolved.")
       .def("flush", &FlushQueue, py::arg("models"), py::arg("pending"),
            "Runs the ready batches of `models` on this thread, then resolve()s.");
 
