@@ -135,12 +135,10 @@ class CompletionQueue:
         """Takes every finished request."""
     def resolve(self, pending: dict[int, Pending]) -> int:
         """Takes every finished request and resolves its future: ``pending`` maps a request id
-        to its future or to (future, inputs[, timing]); each completed id leaves it. A ``timing`` list (a traced
-        request's) receives [enqueue_ns, exec_start_ns, exec_end_ns, batch_rows] in the
-        batcher's clock first. Returns how many futures were resolved."""
-    def flush(
-        self, models: Iterable[Model], pending: dict[int, Pending]
-    ) -> int:
+        to its future or to (future, inputs[, timing]); each completed id leaves it. A
+        ``timing`` list (a traced request's) receives [enqueue_ns, exec_start_ns, exec_end_ns,
+        batch_rows] in the batcher's clock first. Returns how many futures were resolved."""
+    def flush(self, models: Iterable[Model], pending: dict[int, Pending]) -> int:
         """Runs the ready batches of ``models`` on this thread, then resolve()s."""
 
 class Model:
