@@ -262,12 +262,15 @@ class PyExecutor final : public Executor {
 using InputCopies = std::vector<std::shared_ptr<Buffer>>;
 
 // Fills args->inputs from an ndarray or a tuple/list of them, in the model's
-// input order. Byte-swapped or strided arrays are copied into `copies`.
+// input order. Byte-swapped or strided arrays are copied into `copies`. The
+// entries already in args->inputs, and `bytes`, are reused: their shape
+// vectors keep their capacity, so a warm submit allocates nothing here.
 void ParseInputs(const py::handle& obj, const Batcher& batcher, SubmitArgs* args,
-                 InputCopies* copies) {
+                 InputCopies* copies, binding::TensorBytes* bytes) {
+  size_t count = 0;
   auto add = [&](py::handle h) {
     auto what = [&] {
-      const size_t i = args->inputs.size();
+      const size_t i = count;
       const std::vector<TensorSpec> specs = batcher.input_specs();
       return "input " + (i < specs.size() ? "'" + specs[i].name + "'" : std::to_string(i)) +
              " of model '" + batcher.name() + "'";
@@ -276,23 +279,56 @@ void ParseInputs(const py::handle& obj, const Batcher& batcher, SubmitArgs* args
       ThrowStatus(Status::InvalidArgument(what() + " must be a numpy array; got " +
                                           Py_TYPE(h.ptr())->tp_name));
     }
-    binding::TensorBytes bytes;
-    Check(binding::ReadTensor(py::reinterpret_borrow<py::array>(h), what, &bytes));
-    SubmitArgs::Input in;
-    in.data = bytes.data;
-    in.bytes = bytes.bytes;
-    in.dtype = bytes.dtype;
-    in.shape = std::move(bytes.shape);
+    bytes->owned.reset();
+    Check(binding::ReadTensor(py::reinterpret_borrow<py::array>(h), what, bytes));
+    if (count == args->inputs.size()) args->inputs.emplace_back();
+    SubmitArgs::Input& in = args->inputs[count++];
+    in.data = bytes->data;
+    in.bytes = bytes->bytes;
+    in.dtype = bytes->dtype;
+    in.shape.assign(bytes->shape.begin(), bytes->shape.end());
     in.contiguous = true;  // ReadTensor hands out C-order bytes only
-    args->inputs.push_back(std::move(in));
-    if (bytes.owned) copies->push_back(std::move(bytes.owned));
+    if (bytes->owned) copies->push_back(std::move(bytes->owned));
   };
   if (PyTuple_Check(obj.ptr()) || PyList_Check(obj.ptr())) {
     for (auto item : obj) add(item);
   } else {
     add(obj);
   }
+  args->inputs.resize(count);
 }
+
+// The parsed arguments of an event-loop submit, kept per thread between
+// submits so that their vectors keep their capacity. Taken by move for the
+// length of one submit: a submit nested in it (Python run while parsing)
+// finds the slot empty and allocates its own.
+class SubmitScratch {
+ public:
+  SubmitScratch() : args_(std::move(Slot().args)), bytes_(std::move(Slot().bytes)) {}
+  ~SubmitScratch() {
+    args_.sink.reset();  // the slot must not keep a completion queue alive
+    bytes_.owned.reset();
+    Slot().args = std::move(args_);
+    Slot().bytes = std::move(bytes_);
+  }
+  SubmitScratch(const SubmitScratch&) = delete;
+  SubmitScratch& operator=(const SubmitScratch&) = delete;
+
+  SubmitArgs& args() { return args_; }
+  binding::TensorBytes& bytes() { return bytes_; }
+
+ private:
+  struct Stored {
+    SubmitArgs args;
+    binding::TensorBytes bytes;
+  };
+  static Stored& Slot() {
+    thread_local Stored slot;
+    return slot;
+  }
+  SubmitArgs args_;
+  binding::TensorBytes bytes_;
+};
 
 // Delivers one request's completion to `inner`, then frees the input copies
 // the binding made for it. Never touches Python (Buffer frees without the GIL).
@@ -339,9 +375,10 @@ class PyModel {
   // Returns the request id (int), or the outputs on a cache hit.
   py::object Submit(const py::handle& inputs, int64_t timeout_ns, uint32_t priority,
                     const std::shared_ptr<CompletionQueue>& queue) {
-    SubmitArgs args;
+    SubmitScratch scratch;
+    SubmitArgs& args = scratch.args();
     InputCopies copies;
-    ParseInputs(inputs, *batcher_, &args, &copies);
+    ParseInputs(inputs, *batcher_, &args, &copies, &scratch.bytes());
     args.timeout_ns = timeout_ns;
     args.priority = priority;
     if (copies.empty()) {
@@ -360,7 +397,8 @@ class PyModel {
   py::object SubmitSync(const py::handle& inputs, int64_t timeout_ns, uint32_t priority) {
     SubmitArgs args;
     InputCopies copies;  // read by the batcher until the completion below
-    ParseInputs(inputs, *batcher_, &args, &copies);
+    binding::TensorBytes bytes;
+    ParseInputs(inputs, *batcher_, &args, &copies, &bytes);
     args.timeout_ns = timeout_ns;
     args.priority = priority;
     auto sink = std::make_shared<SyncCompletion>();
@@ -484,7 +522,8 @@ void RecordTiming(PyObject* timing, const Completion& c) {
 }
 
 // Resolves the futures of drained completions in one pass. `pending` maps a
-// request id to a tuple whose first item is the request's asyncio future; each
+// request id to the request's asyncio future, or to a tuple whose first item
+// is that future (the rest keeps inputs alive, or collects timing); each
 // completed id is removed, and a future already done (its caller cancelled)
 // is left alone. A future that refuses its result does not stop the others:
 // the first such error is raised once every completion is handled.
@@ -506,8 +545,13 @@ int ResolvePending(std::vector<Completion>&& items, const py::dict& pending) {
       continue;
     }
     // Owned before the dict drops its reference.
-    py::object fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
-    if (PyTuple_GET_SIZE(entry) > 2) RecordTiming(PyTuple_GET_ITEM(entry, 2), c);
+    py::object fut;
+    if (PyTuple_Check(entry)) {
+      fut = py::reinterpret_borrow<py::object>(PyTuple_GET_ITEM(entry, 0));
+      if (PyTuple_GET_SIZE(entry) > 2) RecordTiming(PyTuple_GET_ITEM(entry, 2), c);
+    } else {
+      fut = py::reinterpret_borrow<py::object>(entry);
+    }
     if (PyDict_DelItem(pending.ptr(), id.ptr()) != 0) throw py::error_already_set();
     try {
       py::object value;
@@ -790,7 +834,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("pending"),
           "Takes every finished request and resolves its future in `pending` (request id -> "
-          "(future, ...)); returns how many futures were resolved.")
+          "future or (future, ...)); returns how many futures were resolved.")
       .def("flush", &FlushQueue, py::arg("models"), py::arg("pending"),
            "Runs the ready batches of `models` on this thread, then resolve()s.");
 

@@ -26,6 +26,8 @@ Outputs: TypeAlias = np.ndarray | tuple[np.ndarray, ...]
 Inputs: TypeAlias = np.ndarray | Sequence[np.ndarray]
 # (name, dtype, shape after the rows dim).
 SpecTuple: TypeAlias = tuple[str, str, tuple[int, ...]]
+# A request in flight on an event loop: its future, or (future, inputs[, timing list]).
+Pending: TypeAlias = asyncio.Future[object] | tuple[object, ...]
 # (request_id, True, outputs) or (request_id, False, the error to raise).
 Completed: TypeAlias = tuple[int, Literal[True], Outputs] | tuple[int, Literal[False], AiarchError]
 
@@ -131,14 +133,12 @@ class CompletionQueue:
     def fd(self) -> int: ...
     def drain(self) -> list[Completed]:
         """Takes every finished request."""
-    def resolve(self, pending: dict[int, tuple[asyncio.Future[object], object]]) -> int:
+    def resolve(self, pending: dict[int, Pending]) -> int:
         """Takes every finished request and resolves its future: ``pending`` maps a request id
-        to (future, inputs[, timing]); each completed id leaves it. A ``timing`` list (a traced
-        request's) receives [enqueue_ns, exec_start_ns, exec_end_ns, batch_rows] in the
-        batcher's clock first. Returns how many futures were resolved."""
-    def flush(
-        self, models: Iterable[Model], pending: dict[int, tuple[asyncio.Future[object], object]]
-    ) -> int:
+        to its future or to (future, inputs[, timing]); each completed id leaves it. A
+        ``timing`` list (a traced request's) receives [enqueue_ns, exec_start_ns, exec_end_ns,
+        batch_rows] in the batcher's clock first. Returns how many futures were resolved."""
+    def flush(self, models: Iterable[Model], pending: dict[int, Pending]) -> int:
         """Runs the ready batches of ``models`` on this thread, then resolve()s."""
 
 class Model:

@@ -176,9 +176,11 @@ class _LoopState:
         # call_soon callback so that the iteration's requests share a batch.
         self.dirty: set[Any] = set()
         self.flush_scheduled = False
-        # request id -> (future, inputs[, timing list of a traced request]). Holding
-        # the inputs keeps their bytes alive until the batcher has copied them into a batch.
-        self.pending: dict[int, tuple[Any, ...]] = {}
+        # request id -> future, or (future, inputs[, timing list of a traced request]).
+        # The batcher reads the inputs' bytes until the request completes: while its
+        # infer() frame waits, the frame keeps them alive; a frame that leaves early
+        # (cancelled, closed) stores (future, inputs) here first.
+        self.pending: dict[int, Any] = {}
 
 
 _get_running_loop = asyncio.get_running_loop  # one global lookup per request, not two
@@ -494,7 +496,7 @@ class Runtime:
         if r.__class__ is not int:
             return r  # answered from the cache
         fut = loop.create_future()
-        st.pending[r] = (fut, x)
+        st.pending[r] = fut  # x stays alive in this frame until fut is done
         if m.inline:
             st.dirty.add(handle)
             if not st.flush_scheduled:
@@ -502,9 +504,14 @@ class Runtime:
                 loop.call_soon(self._flush, st)
         try:
             return await fut
-        except asyncio.CancelledError:
-            if fut.cancelled():
-                handle.cancel(r)
+        except BaseException:
+            if not fut.done() or fut.cancelled():
+                # Leaving before the completion (cancelled, or the coroutine closed): the
+                # batcher may still read x, so the pending entry holds it from here on.
+                if r in st.pending:
+                    st.pending[r] = (fut, x)
+                if fut.cancelled():
+                    handle.cancel(r)
             raise
 
     async def _infer_traced(

@@ -483,6 +483,55 @@ def test_cancelling_the_caller_cancels_the_queued_request(run):
         assert st["requests"]["cancelled"] == 1 and st["queue_rows"] == 0
 
 
+@pytest.mark.parametrize("leave", ["cancel", "close"])
+def test_inputs_of_a_caller_that_left_stay_alive_until_its_batch_completes(run, leave):
+    # The batcher reads a request's input bytes until its completion: a caller cancelled
+    # (or a coroutine closed) while its batch runs must not free them.
+    import weakref
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(x):
+        started.set()
+        release.wait(30)
+        return x
+
+    with aiarch.Runtime() as rt:
+        rt.add_model(
+            "m", slow, inputs=X, warmup=False, batching=BatchConfig(inline_execution=False)
+        )
+
+        async def main():
+            x = rows(1)
+            alive = weakref.ref(x)
+            coro = rt.infer("m", x)
+            del x
+            if leave == "cancel":
+                t = asyncio.ensure_future(coro)
+                while not started.is_set():
+                    await asyncio.sleep(0.001)
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                del t
+            else:
+                fut = coro.send(None)  # submitted; now awaiting its future
+                while not started.is_set():
+                    await asyncio.sleep(0.001)
+                coro.close()
+                del fut
+            del coro
+            assert alive() is not None  # the batch is still running
+            release.set()
+            for _ in range(3000):
+                if alive() is None:
+                    break
+                await asyncio.sleep(0.001)
+            assert alive() is None  # released once the completion arrived
+
+        run(main())
+
+
 @pytest.mark.parametrize("drain", [True, False])
 def test_close_drains_or_fails_queued_requests(run, drain):
     clock = aiarch.ManualClock()
