@@ -69,6 +69,8 @@ def test_paused_redis_times_out_with_a_clear_error(
     assert status[0] == PRESENT and values[0, 0] == 4.0
 
 
+# The asyncio client is built with redis-py's asyncio Retry: a sync one draws a UserWarning.
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_stopped_redis_serves_defaults_when_configured(
     own_redis: RedisServer, make_store: Callable[..., FeatureStore]
 ) -> None:

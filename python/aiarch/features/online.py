@@ -398,8 +398,12 @@ class RedisBackend(OnlineBackend):
 
     def _aclient(self) -> Any:
         import redis.asyncio as aredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-        return self._client_of_loop(lambda: aredis.Redis.from_url(self.url, **self._kwargs))
+        # The asyncio client needs the asyncio Retry (redis-py converts a sync one with a warning).
+        kwargs = {**self._kwargs, "retry": Retry(NoBackoff(), 0)}
+        return self._client_of_loop(lambda: aredis.Redis.from_url(self.url, **kwargs))
 
     async def amget_many(self, key_lists: list[list[bytes]]) -> list[list[bytes | None]]:
         import redis
