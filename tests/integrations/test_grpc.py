@@ -52,10 +52,13 @@ def test_example_service_predicts_and_rejects_bad_messages(app_process, mode):
 
 
 def _ready(channel: grpc.Channel) -> bool:
+    ready = grpc.channel_ready_future(channel)
     try:
-        grpc.channel_ready_future(channel).result(timeout=0.5)
+        ready.result(timeout=0.5)
         return True
     except grpc.FutureTimeoutError:
+        # Unsubscribe its connectivity poller: left running, it raises once the channel closes.
+        ready.cancel()
         return False
 
 
