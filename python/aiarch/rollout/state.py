@@ -372,9 +372,7 @@ def start(
             ),
         )
         _event(tx, int(rollout_id), 0, steps[0], "start", reason, {}, actor, now)
-    got = get(registry, int(rollout_id))
-    assert got is not None
-    return got
+    return _reread(registry, int(rollout_id))
 
 
 def _event(
@@ -393,6 +391,13 @@ def _event(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (rollout_id, step, weight, decision, reason, json.dumps(arms, sort_keys=True), actor, at),
     )
+
+
+def _reread(registry: Registry, rollout_id: int) -> Rollout:
+    """The rollout as stored now, right after this process wrote it."""
+    got = get(registry, rollout_id)
+    assert got is not None
+    return got
 
 
 def get(registry: Registry, rollout_id: int) -> Rollout | None:
@@ -498,9 +503,7 @@ def _set_state(
             (state, weight, reason, now, now if restart_dwell else ro.step_started_at, ro.id),
         )
         _event(tx, ro.id, ro.step, weight, decision, reason, {}, actor, now)
-    got = get(registry, ro.id)
-    assert got is not None
-    return got
+    return _reread(registry, ro.id)
 
 
 def pause(registry: Registry, model: str, reason: str = "") -> Rollout:
@@ -634,9 +637,7 @@ def advance(
             (nxt, weight, reason, now, now, ro.id),
         )
         _event(tx, ro.id, ro.step, ro.weight, "advance", reason, arms, owner, now)
-    got = get(registry, ro.id)
-    assert got is not None
-    return got
+    return _reread(registry, ro.id)
 
 
 def complete(
@@ -663,27 +664,50 @@ def complete(
             (reason, now, ro.id),
         )
         _event(tx, ro.id, ro.step, ro.weight, "complete", reason, arms, owner, now)
-    got = get(registry, ro.id)
-    assert got is not None
-    return got
+    return _reread(registry, ro.id)
+
+
+def _halt(
+    registry: Registry,
+    ro: Rollout,
+    owner: str,
+    allowed: tuple[str, ...],
+    state: str,
+    decision: str,
+    reason: str,
+    arms: Mapping[str, Any],
+    *,
+    zero_weight: bool,
+) -> Rollout:
+    """The controller stops the rollout in `state` (the candidate's weight set to 0 when
+    `zero_weight`), recording the decision and why, in one transaction."""
+    now = time.time()
+    weight = ", weight = 0" if zero_weight else ""
+    with registry.db.tx(write=True) as tx:
+        _controlled(tx, ro, owner, allowed)
+        tx.execute(
+            f"UPDATE rollouts SET state = ?{weight}, reason = ?, updated_at = ? WHERE id = ?",
+            (state, reason, now, ro.id),
+        )
+        _event(tx, ro.id, ro.step, ro.weight, decision, reason, arms, owner, now)
+    return _reread(registry, ro.id)
 
 
 def roll_back(
     registry: Registry, ro: Rollout, owner: str, arms: Mapping[str, Any], reason: str
 ) -> Rollout:
     """End the rollout with candidate weight 0 (production never moved), recording why."""
-    now = time.time()
-    with registry.db.tx(write=True) as tx:
-        _controlled(tx, ro, owner, ACTIVE_STATES)
-        tx.execute(
-            "UPDATE rollouts SET state = 'rolled_back', weight = 0, reason = ?, updated_at = ? "
-            "WHERE id = ?",
-            (reason, now, ro.id),
-        )
-        _event(tx, ro.id, ro.step, ro.weight, "rollback", reason, arms, owner, now)
-    got = get(registry, ro.id)
-    assert got is not None
-    return got
+    return _halt(
+        registry,
+        ro,
+        owner,
+        ACTIVE_STATES,
+        "rolled_back",
+        "rollback",
+        reason,
+        arms,
+        zero_weight=True,
+    )
 
 
 def hold(
@@ -691,30 +715,13 @@ def hold(
 ) -> Rollout:
     """Pause a running rollout that could not be judged in its step's time (too few
     requests); it keeps its weight until an operator resumes or aborts it."""
-    now = time.time()
-    with registry.db.tx(write=True) as tx:
-        _controlled(tx, ro, owner, ("running",))
-        tx.execute(
-            "UPDATE rollouts SET state = 'paused', reason = ?, updated_at = ? WHERE id = ?",
-            (reason, now, ro.id),
-        )
-        _event(tx, ro.id, ro.step, ro.weight, "hold", reason, arms, owner, now)
-    got = get(registry, ro.id)
-    assert got is not None
-    return got
+    return _halt(
+        registry, ro, owner, ("running",), "paused", "hold", reason, arms, zero_weight=False
+    )
 
 
 def stop_outside_change(registry: Registry, ro: Rollout, owner: str, reason: str) -> Rollout:
     """Abort a rollout whose baseline no longer holds production (someone moved it)."""
-    now = time.time()
-    with registry.db.tx(write=True) as tx:
-        _controlled(tx, ro, owner, ACTIVE_STATES)
-        tx.execute(
-            "UPDATE rollouts SET state = 'aborted', weight = 0, reason = ?, updated_at = ? "
-            "WHERE id = ?",
-            (reason, now, ro.id),
-        )
-        _event(tx, ro.id, ro.step, ro.weight, "abort", reason, {}, owner, now)
-    got = get(registry, ro.id)
-    assert got is not None
-    return got
+    return _halt(
+        registry, ro, owner, ACTIVE_STATES, "aborted", "abort", reason, {}, zero_weight=True
+    )
