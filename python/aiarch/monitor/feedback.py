@@ -223,6 +223,12 @@ class FeedbackTracker:
             return float(np.argmax(row)) if row.size > 1 else float(row[0])
         return float(row[self.config.score_index])
 
+    def _reduce_rows(self, values: np.ndarray) -> np.ndarray:
+        """`_reduce` of every row of a (rows, width) array."""
+        if self.config.metric == "accuracy":
+            return values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
+        return values[:, self.config.score_index]
+
     def record(self, request_id: str, version: str, output: Any) -> None:
         """One answered request (its first output's first row). Called once per request on the
         App's path. Never raises: an output it cannot read is counted (`record_errors`)."""
@@ -241,12 +247,8 @@ class FeedbackTracker:
     def record_many(self, ids: Sequence[str], version: str, values: np.ndarray) -> None:
         """The answered requests of one drain: `values[i]` is the first output row of `ids[i]`.
         Called once per drain of the native front end. Never raises (see `record`)."""
-        cfg = self.config
         try:
-            if cfg.metric == "accuracy":
-                reduced = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
-            else:
-                reduced = values[:, cfg.score_index]
+            reduced = self._reduce_rows(values)
         except Exception as e:
             self._record_failed(e)
             return
@@ -266,12 +268,8 @@ class FeedbackTracker:
         """One executed batch of a model that reads entity ids. Called once per batch."""
         out = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         values = np.asarray(out).reshape(len(entities), -1)
-        cfg = self.config
         try:
-            if cfg.metric == "accuracy":
-                reduced = values.argmax(axis=1) if values.shape[1] > 1 else values[:, 0]
-            else:
-                reduced = values[:, cfg.score_index]
+            reduced = self._reduce_rows(values)
         except IndexError as e:
             self._record_failed(e)
             return
