@@ -35,7 +35,8 @@ def add_parser(sub: Any) -> None:
         description=(
             "Evaluate a retraining policy (TOML or JSON): triggers, the `aiarch train` "
             "command, the data window and the gates. A version that passes its gates gets the "
-            "policy's promote_alias (default 'candidate'); production is never moved."
+            "policy's promote_alias (default 'candidate'); production moves only through the "
+            "progressive rollout of a [rollout] table, never directly."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
