@@ -84,7 +84,8 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
 @contextmanager
 def _server(
     cmd: list[str], port: int, log: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[int]:
+    """A server process for the run, stopped after; yields its pid."""
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             cmd,
@@ -95,7 +96,7 @@ def _server(
         )
         try:
             _wait_ready(port, proc)
-            yield
+            yield proc.pid
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _report import print_table, write_json  # noqa: E402
 from bench_server import (  # noqa: E402
-    _env,
     _free_port,
-    _wait_ready,
+    _server,
     aiarch_cmd,
     bodies,
     export_onnx,
@@ -43,25 +39,6 @@ from bench_server import (  # noqa: E402
 )
 
 SAMPLE = 0.01
-
-
-@contextmanager
-def _server(cmd: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[int]:
-    """A server process for the run; yields its pid (its CPU time is read per wrk run)."""
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            cmd, stdout=logf, stderr=subprocess.STDOUT, env={**_env(), **env}, cwd=HERE.parent
-        )
-        try:
-            _wait_ready(port, proc)
-            yield proc.pid
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def _cpu_s(pid: int) -> float:
