@@ -112,6 +112,7 @@ Batcher::Batcher(std::string name, BatchConfig config, std::vector<TensorSpec> i
       outputs_(std::make_shared<const std::vector<TensorSpec>>(std::move(outputs))),
       levels_(config_.priority_levels),
       deadline_wake_ns_(kNoDeadline),
+      caller_deadline_ns_(kNoDeadline),
       settled_epoch_(config_.instances + 1, 0),
       participant_alive_(config_.instances + 1, true),
       busy_since_epoch_(config_.instances + 1, -1),
@@ -302,12 +303,9 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     // ends at the right moment, and a wake-up would be a wasted syscall.
     wake = idle_workers_ > 0 &&
            (was_empty || queued_rows_ >= config_.max_batch_size || req->deadline_ns != kNoDeadline);
-    const bool deadline = req->deadline_ns != kNoDeadline;
-    if (deadline && req->deadline_ns < deadline_wake_ns_) {
-      deadline_wake_ns_ = req->deadline_ns;
-      wake_deadline_thread = true;
-    }
+    const int64_t deadline_ns = req->deadline_ns;
     queued_.emplace(req->id, std::move(req));
+    bool left_for_caller = false;
     if (config_.inline_execution) {
       // A fresh reading when a batch may form here: time has passed since
       // `now` set the deadline, and a request whose deadline passed meanwhile
@@ -319,13 +317,22 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
           // Too slow (or not yet measured) to hold this thread: a worker runs it.
           wake = idle_workers_ > 0;
         } else if (args.caller_flushes) {
-          wake = deadline && wake;  // RunReady() will take it; workers only watch deadlines
+          // RunReady() takes it: no worker or deadline-thread wake-up (a futex
+          // call and a context switch per request at low load) unless it is
+          // still queued when RunReady() returns.
+          left_for_caller = true;
+          wake = false;
+          caller_deadline_ns_ = std::min(caller_deadline_ns_, deadline_ns);
         } else if (in_flight_ < config_.instances) {
           FormBatchLocked(inline_now, &inline_batch, &inline_expired);
           ++in_flight_;
           wake = false;
         }
       }
+    }
+    if (!left_for_caller && deadline_ns < deadline_wake_ns_) {
+      deadline_wake_ns_ = deadline_ns;
+      wake_deadline_thread = true;
     }
   }
   if (wake) work_cv_.notify_one();
@@ -356,8 +363,16 @@ int Batcher::RunReady() {
     FinishInFlightLocked();
   }
   // Whatever is left (a partial batch waiting for max_delay, or all
-  // instances busy) belongs to the workers.
+  // instances busy) belongs to the workers, and its deadlines to the deadline
+  // thread.
   if (queued_rows_ > 0 && idle_workers_ > 0) work_cv_.notify_one();
+  const int64_t caller_deadline = caller_deadline_ns_;
+  caller_deadline_ns_ = kNoDeadline;
+  if (queued_rows_ > 0 && caller_deadline < deadline_wake_ns_) {
+    deadline_wake_ns_ = caller_deadline;
+    lock.unlock();
+    deadline_cv_.notify_one();
+  }
   return ran;
 }
 

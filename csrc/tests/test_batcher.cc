@@ -315,35 +315,89 @@ void IdleInstanceStartsAtOnceAndBusyOnesBatch() {
 
 // A queued request expires at its deadline while the only instance is busy
 // with a batch that has not finished: the deadline thread does not wait for it.
+// Also on an event loop's path (caller_flushes): there the submit leaves the
+// request to the caller's RunReady() and wakes no thread, so the RunReady()
+// that finds the instance busy must hand the deadline to the deadline thread.
 void DeadlineFiresWhileInstanceBusy() {
-  test::SetContext("deadline while busy");
-  auto clock = std::make_shared<ManualClock>();
+  for (bool caller_flushes : {false, true}) {
+    test::SetContext("deadline while busy, caller_flushes=" + std::to_string(caller_flushes));
+    auto clock = std::make_shared<ManualClock>();
+    BatchConfig config;
+    config.max_batch_size = 8;
+    config.inline_execution = caller_flushes;
+    auto executor = std::make_shared<GatedExecutor>();
+    auto batcher = MakeBatcher("deadline", config, executor, clock);
+    auto sink = std::make_shared<Collector>();
+    std::vector<float> row(kFeatures, 1.0f);
+    auto submit = [&](int64_t timeout_ns, uint64_t* id) {
+      SubmitArgs args = RowArgs(row, sink, timeout_ns);
+      args.caller_flushes = caller_flushes;
+      CHECK(batcher->Submit(args, id, nullptr).ok());
+      if (caller_flushes) batcher->RunReady();
+    };
+    uint64_t running = 0, waiting = 0, patient = 0;
+    // On the loop's path the first batch runs inline in RunReady(): give it
+    // a thread of its own, as a long batch holds the loop thread.
+    std::thread loop;
+    if (caller_flushes) {
+      loop = std::thread([&] { submit(0, &running); });
+    } else {
+      submit(0, &running);
+    }
+    executor->WaitStarted(1);
+    submit(/*timeout_ns=*/1000, &waiting);
+    submit(/*timeout_ns=*/5000, &patient);
+    clock->Advance(999);
+    CHECK_EQ(sink->Count(), 0u);
+    clock->Advance(1);  // Advance returns once the deadline thread acted on it
+    CHECK_EQ(sink->Count(), 1u);
+    const Completion* c = sink->Find(waiting);
+    CHECK(c != nullptr);
+    if (c != nullptr) CHECK(c->status.code() == StatusCode::kDeadlineExceeded);
+    CHECK_EQ(batcher->Stats().expired, 1u);
+    CHECK_EQ(batcher->Stats().queue_rows, 1);
+    executor->Open();
+    if (loop.joinable()) loop.join();
+    if (caller_flushes) batcher->RunReady();  // the loop's next iteration
+    CHECK(sink->WaitFor(3));
+    const Completion* p = sink->Find(patient);
+    CHECK(p != nullptr && p->status.ok());
+    CHECK_EQ(executor->BatchRows().size(), 2u);
+    batcher->Shutdown(false);
+  }
+}
+
+// On the real clock the deadline thread sleeps until the earliest deadline it
+// knows of. An event loop's submit (caller_flushes) does not wake it; when the
+// loop's RunReady() finds the only instance busy (a long inline batch on
+// another loop, here a thread), it must hand the request's deadline over, or
+// the request would wait for the batch however late that finishes.
+void LoopRequestExpiresBehindLongBatch() {
+  test::SetContext("loop request expires behind a long batch");
   BatchConfig config;
   config.max_batch_size = 8;
-  config.inline_execution = false;
+  config.inline_execution = true;
   auto executor = std::make_shared<GatedExecutor>();
-  auto batcher = MakeBatcher("deadline", config, executor, clock);
+  auto batcher = MakeBatcher("loop-deadline", config, executor, std::make_shared<SteadyClock>());
   auto sink = std::make_shared<Collector>();
   std::vector<float> row(kFeatures, 1.0f);
-  uint64_t running = 0, waiting = 0, patient = 0;
-  CHECK(batcher->Submit(RowArgs(row, sink), &running, nullptr).ok());
+  auto submit = [&](int64_t timeout_ns, uint64_t* id) {
+    SubmitArgs args = RowArgs(row, sink, timeout_ns);
+    args.caller_flushes = true;
+    CHECK(batcher->Submit(args, id, nullptr).ok());
+    batcher->RunReady();
+  };
+  uint64_t running = 0, waiting = 0;
+  std::thread other_loop([&] { submit(0, &running); });
   executor->WaitStarted(1);
-  CHECK(batcher->Submit(RowArgs(row, sink, /*timeout_ns=*/1000), &waiting, nullptr).ok());
-  CHECK(batcher->Submit(RowArgs(row, sink, /*timeout_ns=*/5000), &patient, nullptr).ok());
-  clock->Advance(999);
-  CHECK_EQ(sink->Count(), 0u);
-  clock->Advance(1);  // Advance returns once the deadline thread acted on it
-  CHECK_EQ(sink->Count(), 1u);
+  submit(/*timeout_ns=*/20'000'000, &waiting);
+  CHECK(sink->WaitFor(1));  // while the batch is still held (30 s bound: a hang fails)
   const Completion* c = sink->Find(waiting);
   CHECK(c != nullptr);
   if (c != nullptr) CHECK(c->status.code() == StatusCode::kDeadlineExceeded);
-  CHECK_EQ(batcher->Stats().expired, 1u);
-  CHECK_EQ(batcher->Stats().queue_rows, 1);
   executor->Open();
-  CHECK(sink->WaitFor(3));
-  const Completion* p = sink->Find(patient);
-  CHECK(p != nullptr && p->status.ok());
-  CHECK_EQ(executor->BatchRows().size(), 2u);
+  other_loop.join();
+  CHECK(sink->WaitFor(2));
   batcher->Shutdown(false);
 }
 
@@ -518,6 +572,7 @@ int main() {
   aiarch::ManualClockClosesOnDelayOnly();
   aiarch::IdleInstanceStartsAtOnceAndBusyOnesBatch();
   aiarch::DeadlineFiresWhileInstanceBusy();
+  aiarch::LoopRequestExpiresBehindLongBatch();
   aiarch::OneNanosecondDeadlineNeverRuns();
   aiarch::FailureIsolatedToFailingRequests();
   aiarch::IsolationWorkIsBounded();

@@ -277,6 +277,11 @@ class Batcher {
   // What the deadline thread's wait ends at; a submit with an earlier
   // deadline wakes it. kNoDeadline while it waits for any deadline.
   int64_t deadline_wake_ns_;  // guarded by mu_
+  // The earliest deadline among requests left for the caller's RunReady()
+  // since its last call: RunReady() wakes the deadline thread for it only if
+  // such a request is still queued when it returns. At low load every
+  // request runs there, and no thread is woken for it.
+  int64_t caller_deadline_ns_;  // guarded by mu_
   // ManualClock settling. Participants are the workers (0..instances-1) and
   // the deadline thread (instances). A participant has settled on an epoch
   // once it waits again after it. One executing a batch it formed before the

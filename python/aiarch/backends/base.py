@@ -46,7 +46,9 @@ class BackendOptions:
     precisions."""
     threads: int | None = None
     """Intra-op threads (torch: ``torch.set_num_threads``; ONNX Runtime: per session). None keeps
-    the library default (one per core)."""
+    torch's default (one per core) and gives an ONNX Runtime session one thread: batching and
+    instances supply the parallelism, and a pool thread handed each small batch costs a wake-up
+    (a futex call and a context switch) per run. Set it for a large model run at low load."""
     inter_op_threads: int | None = None
     """ONNX Runtime inter-op threads (parallel graph branches); None = 1, since batching already
     supplies the parallelism."""

@@ -80,8 +80,7 @@ class OnnxBackend(Backend):
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if options.threads:
-            so.intra_op_num_threads = options.threads
+        so.intra_op_num_threads = options.threads or 1
         so.inter_op_num_threads = options.inter_op_threads or 1
         if not options.extra.get("spin", False):
             # ONNX Runtime's pool threads spin for a while after each run. When the batch ran
