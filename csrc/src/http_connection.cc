@@ -435,7 +435,7 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
                           double now) {
   if (stop_parsing_ || closed_) return;  // a request that closes: the rest is dropped
   parser_.Feed(data, size);
-  HttpRequest req;
+  HttpRequest& req = request_;  // reused: its header list keeps its capacity across reads
   bool completed_some = false;
   while (!stop_parsing_) {
     const auto r = parser_.Next(&req);

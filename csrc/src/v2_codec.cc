@@ -468,16 +468,13 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       return false;
     }
     const char* b = p;
-    bool integer = true;
-    while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
-                       *p == 'e' || *p == 'E')) {
-      if (*p == '.' || *p == 'e' || *p == 'E') integer = false;
-      ++p;
-    }
     if (dt == DType::kFp32 || dt == DType::kFp64) {
+      // The value is syntax-checked JSON, so from_chars ends exactly where the
+      // number token does: no scan of our own before it.
       double v;
-      const auto r = std::from_chars(b, p, v);
-      if (r.ec != std::errc() || r.ptr != p) {
+      const auto r = std::from_chars(b, end, v);
+      p = r.ptr;
+      if (r.ec != std::errc() || p == b) {
         *error = std::string("value out of range for ") + dt_name + ": " + std::string(b, p);
         return false;
       }
@@ -490,6 +487,12 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       }
       ++n;
       continue;
+    }
+    bool integer = true;
+    while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
+                       *p == 'e' || *p == 'E')) {
+      if (*p == '.' || *p == 'e' || *p == 'E') integer = false;
+      ++p;
     }
     if (!integer) {
       *error = what() + "expected an integer at element " + std::to_string(n);

@@ -255,6 +255,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   std::shared_ptr<HttpFront> front_;
   const uint64_t id_;
   HttpRequestParser parser_;
+  HttpRequest request_;  // Feed()'s parse target; its views are valid during one Feed() only
   std::deque<Slot> slots_;
   uint64_t next_seq_ = 1;
   std::string out_;
