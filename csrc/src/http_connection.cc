@@ -1,5 +1,6 @@
 #include "aiarch/http_connection.h"
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -152,6 +153,31 @@ bool TraceparentSampled(std::string_view v) {
          flags == 'F';
 }
 
+// CRC-32 (IEEE 802.3, as zlib.crc32): the Python router's key hash, so a
+// key gets the same arm whichever front end answers it.
+uint32_t Crc32(std::string_view bytes) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xFFFFFFFFu;
+  for (const char ch : bytes) crc = table[(crc ^ static_cast<uint8_t>(ch)) & 0xFF] ^ (crc >> 8);
+  return crc ^ 0xFFFFFFFFu;
+}
+
+// SplitMix64 of a counter: a uniform 64-bit draw, cheap and state-free.
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- front
@@ -184,6 +210,75 @@ void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<v
 
 bool HttpFront::UnregisterModel(const std::string& name) { return models_.erase(name) > 0; }
 
+void HttpFront::RegisterRoute(const std::string& name, std::vector<RouteArm> arms) {
+  auto route = std::make_unique<Route>();
+  for (RouteArm& a : arms) {
+    auto m = std::make_shared<Model>();
+    m->v2 = std::move(a.model);
+    m->batcher = a.batcher;
+    m->owner = std::move(a.owner);
+    m->record = a.record_predictions;
+    route->total += a.weight;
+    route->bounds.push_back(route->total);
+    route->arms.push_back(std::move(m));
+  }
+  route->picks.assign(route->arms.size(), 0);
+  if (route->total == 0) {  // no arm takes traffic: nothing to serve here
+    routes_.erase(name);
+    return;
+  }
+  routes_[name] = std::move(route);
+}
+
+bool HttpFront::UnregisterRoute(const std::string& name) { return routes_.erase(name) > 0; }
+
+std::vector<std::string> HttpFront::registered_routes() const {
+  std::vector<std::string> names;
+  for (const auto& kv : routes_) names.push_back(kv.first);
+  return names;
+}
+
+std::vector<uint64_t> HttpFront::TakeRoutePicks(const std::string& name) {
+  auto it = routes_.find(name);
+  if (it == routes_.end()) return {};
+  std::vector<uint64_t> picks(it->second->picks.size(), 0);
+  picks.swap(it->second->picks);
+  return picks;
+}
+
+HttpFront::Route* HttpFront::FindRoute(std::string_view name) const {
+  if (routes_.empty()) return nullptr;
+  auto it = routes_.find(std::string(name));
+  return it == routes_.end() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<HttpFront::Model> HttpFront::Route::ArmServing(std::string_view version) const {
+  for (const auto& arm : arms) {
+    if (arm->v2.version == version) return arm;
+  }
+  return nullptr;
+}
+
+const std::shared_ptr<HttpFront::Model>& HttpFront::PickArm(Route& route,
+                                                            const std::string_view* key) {
+  // As the Python router: the point is the key's CRC-32 modulo the total
+  // weight, else a uniform draw; the first arm whose cumulative weight
+  // exceeds it, else the last.
+  const uint64_t point =
+      key != nullptr ? Crc32(*key) % route.total
+                     : static_cast<uint64_t>(static_cast<double>(SplitMix64(++route_draws_) >> 11) *
+                                             0x1.0p-53 * static_cast<double>(route.total));
+  size_t i = route.arms.size() - 1;
+  for (size_t k = 0; k < route.bounds.size(); ++k) {
+    if (point < route.bounds[k]) {
+      i = k;
+      break;
+    }
+  }
+  ++route.picks[i];
+  return route.arms[i];
+}
+
 std::vector<std::string> HttpFront::registered() const {
   std::vector<std::string> names;
   for (const auto& kv : models_) names.push_back(kv.first);
@@ -201,7 +296,8 @@ void HttpFront::Record(const Model& model, const std::string& id, const TensorSp
     ++predictions_dropped_;
     return;
   }
-  RecordedPredictions& r = recorded_[model.v2.name];
+  // By name and version: the arms of a route share their public name.
+  RecordedPredictions& r = recorded_[model.v2.name + '\n' + model.v2.version];
   const size_t width = static_cast<size_t>(spec.RowElements());
   if (r.ids.empty()) {
     r.model = model.v2.name;
@@ -507,7 +603,20 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
   std::string_view model_name, version;
   if (!MatchInferPath(req.path, &model_name, &version)) return false;
   std::shared_ptr<HttpFront::Model> model = front_->Find(model_name);
-  if (!model || (!version.empty() && version != model->v2.version)) return false;
+  HttpFront::Route* route = nullptr;
+  if (model) {
+    if (!version.empty() && version != model->v2.version) return false;
+  } else {
+    route = front_->FindRoute(model_name);
+    if (route == nullptr) return false;
+    if (!version.empty()) {  // a version asked for by name is not a pick
+      model = route->ArmServing(version);
+      if (!model) return false;  // the general path words the 404
+      route = nullptr;
+    } else {
+      model = route->arms.front();  // decodes for every arm: they share inputs and outputs
+    }
+  }
   bool found = false;
   if (!req.Header("content-encoding", &found).empty() || found) return false;
   const std::string_view accept = req.Header("accept-encoding");
@@ -535,6 +644,19 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
     case V2DecodeResult::kNotHandled: return false;
     case V2DecodeResult::kBadRequest: Error(slot, 400, error, keep_alive); return true;
     case V2DecodeResult::kOk: break;
+  }
+  if (route != nullptr) {
+    std::string_view key;
+    const std::string_view* keyed = nullptr;
+    if (decoded.route_key_kind == V2InferRequest::RouteKey::kOther) return false;
+    if (decoded.route_key_kind == V2InferRequest::RouteKey::kText) {
+      key = decoded.route_key;
+      keyed = &key;
+    } else {
+      key = req.Header("x-route-key", &found);
+      if (found) keyed = &key;
+    }
+    model = front_->PickArm(*route, keyed);
   }
   int64_t timeout_ns = front_->config_.default_timeout_ns;
   if (decoded.timeout_us > 0) {

@@ -96,6 +96,39 @@ void TestJsonNumberSpellings() {
       (std::fprintf(stderr, "  got: %s\n", got.c_str()), false);
 }
 
+// parameters.route_key as the Python router spells it: str(value).
+void TestRouteKey() {
+  struct Case {
+    const char* json;
+    V2InferRequest::RouteKey kind;
+    const char* text;
+  };
+  using RK = V2InferRequest::RouteKey;
+  const Case cases[] = {
+      {R"("user-\u00e9")", RK::kText, "user-\xc3\xa9"},
+      {"12345", RK::kText, "12345"},
+      {"-7", RK::kText, "-7"},
+      {"-0", RK::kText, "0"},
+      {"true", RK::kText, "True"},
+      {"false", RK::kText, "False"},
+      {"null", RK::kNone, ""},
+      {"1.5", RK::kOther, ""},
+      {"[1]", RK::kOther, ""},
+      {"123456789012345678901234567890", RK::kOther, ""},
+  };
+  for (const Case& c : cases) {
+    test::SetContext(c.json);
+    V2InferRequest req;
+    const std::string body =
+        std::string(R"({"parameters":{"route_key":)") + c.json +
+        R"(},"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]})";
+    if (!CHECK_EQ(Decode(LinearModel(), body, &req), std::string("ok"))) continue;
+    CHECK(req.route_key_kind == c.kind);
+    CHECK_EQ(req.route_key, std::string(c.text));
+  }
+  test::SetContext("");
+}
+
 void TestInputsReorderedAndOutputs() {
   V2InferRequest req;
   const std::string body =
@@ -338,6 +371,7 @@ void TestFloatRoundTrip() {
 int main() {
   aiarch::TestJsonRequest();
   aiarch::TestJsonNumberSpellings();
+  aiarch::TestRouteKey();
   aiarch::TestInputsReorderedAndOutputs();
   aiarch::TestBinaryRequest();
   aiarch::TestErrors();

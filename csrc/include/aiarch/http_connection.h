@@ -38,6 +38,15 @@
 // - Threading: every method runs on the event loop's thread, except that
 //   batcher threads deliver completions into the front's queue. A request's
 //   decoded inputs stay owned by the front until its completion arrives.
+// - Canary routes: RegisterRoute() serves a public name over weighted arms,
+//   each a version with its own batcher (every arm takes the same inputs and
+//   gives the same outputs). A request goes to the arm its point falls in: the
+//   CRC-32 of its route key (the v2 parameter `route_key`, else the
+//   `x-route-key` header) modulo the total weight, so a key always gets the
+//   same arm, or a uniform draw without a key — the Python router's rule. A
+//   `route_key` that is not a string, integer or bool is forwarded (Python
+//   spells other values). `/versions/N/infer` goes to the arm serving N.
+//   TakeRoutePicks() gives the requests each arm got, for the route metrics.
 // - Prediction records: for a model registered with record_predictions, every
 //   successful request that carried an `id` leaves the first row of the
 //   model's first output (as float64) in a buffer that TakePredictions()
@@ -109,6 +118,24 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   bool UnregisterModel(const std::string& name);
   std::vector<std::string> registered() const;
 
+  // One arm of a canary route: a version of the public model (`model.name`
+  // is the public name, `model.version` the arm's) and its batcher.
+  struct RouteArm {
+    V2Model model;
+    Batcher* batcher = nullptr;
+    std::shared_ptr<void> owner;  // keeps the batcher alive while registered
+    uint64_t weight = 0;
+    bool record_predictions = false;
+  };
+  // Serves `name` natively over `arms` (replacing a route of that name);
+  // the arms' picks so far are dropped with the old registration.
+  void RegisterRoute(const std::string& name, std::vector<RouteArm> arms);
+  bool UnregisterRoute(const std::string& name);
+  std::vector<std::string> registered_routes() const;
+  // The requests each arm of route `name` got since the last call (in arm
+  // order), then zero; empty when `name` is not a registered route.
+  std::vector<uint64_t> TakeRoutePicks(const std::string& name);
+
   // While draining, every response says `connection: close`.
   void set_draining(bool draining) { draining_ = draining; }
   bool draining() const { return draining_; }
@@ -154,6 +181,14 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     std::shared_ptr<void> owner;
     bool record = false;
   };
+  struct Route {
+    std::vector<std::shared_ptr<Model>> arms;
+    std::vector<uint64_t> bounds;  // cumulative weights, in arm order
+    std::vector<uint64_t> picks;   // requests per arm since TakeRoutePicks()
+    uint64_t total = 0;
+    // The arm serving `version`, or null.
+    std::shared_ptr<Model> ArmServing(std::string_view version) const;
+  };
   struct Pending {
     std::shared_ptr<HttpConnection> conn;
     std::shared_ptr<Model> model;
@@ -169,6 +204,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
       : config_(config), queue_(std::move(queue)) {}
   void Submit(std::unique_ptr<Pending> p);
   std::shared_ptr<Model> Find(std::string_view name) const;
+  Route* FindRoute(std::string_view name) const;
+  // The arm of `route` for a request with route key `key` (null: none); counts the pick.
+  const std::shared_ptr<Model>& PickArm(Route& route, const std::string_view* key);
   bool SampleTrace(const HttpRequest& req);
   // Records `row` (the first output's row of a request with id `id`).
   void Record(const Model& model, const std::string& id, const TensorSpec& spec,
@@ -177,6 +215,8 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   const HttpFrontConfig config_;
   const std::shared_ptr<CompletionQueue> queue_;
   std::unordered_map<std::string, std::shared_ptr<Model>> models_;
+  std::unordered_map<std::string, std::unique_ptr<Route>> routes_;
+  uint64_t route_draws_ = 0;  // the uniform draws' counter (SplitMix64 over it)
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
   std::vector<std::shared_ptr<Model>> dirty_;      // submitted to this iteration, inline execution
   std::vector<std::unique_ptr<Pending>> decoded_;  // decoded this iteration, not yet submitted

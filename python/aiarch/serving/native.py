@@ -14,11 +14,16 @@ that carried an `id` (its first output's first row) in C++; `drain` hands a drai
 the model's tracker in one call. The server assigns no ids: feedback by request id needs the
 client's `id` (requests without one can still be joined by entity id + time).
 
-Everything else — other routes, models with per-request result checks or registry routes
-(canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a
-whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`,
-kept as the fallback: `aiarch serve --http python`). Responses leave in request order whichever
-path answers them.
+Registry-served models split over canary arms (`--route`, a progressive rollout) are served
+natively too: the front picks the arm per request by the Python router's rule (sticky for a
+route key) and counts the picks, which `fold_route_picks` adds to the arms' counters before the
+route metrics are read. A route with a shadow arm stays on the App (it mirrors requests).
+
+Everything else — other routes, models with per-request result checks, shadowed routes,
+compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a whole request
+and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the
+fallback: `aiarch serve --http python`). Responses leave in request order whichever path
+answers them.
 
 The limits are the same on both front ends: the native connection forwards what the App must
 refuse in its own words (a body not declared as JSON, a timeout header out of range, JSON nested
@@ -77,6 +82,9 @@ class NativeFront:
         self._flush_scheduled = False
         self._recording = False  # a registered model records predictions for feedback
         self.app.on_refresh.append(self.sync)
+        self._route_arms: dict[str, list[Any]] = {}  # registered routes' arms, in arm order
+        self._awaiting_handles: set[str] = set()  # routes an arm's batcher did not exist for
+        server.routing.count_hooks.append(self.fold_route_picks)
         # Tracing: the front forwards the sampled requests to the App, which traces them.
         self.front.trace_every = server.trace_every
 
@@ -100,6 +108,10 @@ class NativeFront:
         """(Re)register `name` natively when it qualifies, else make sure it is not."""
         self.front.unregister_model(name)
         app = self.app
+        route = app.routes.get(name)
+        if route is not None or name in self._route_arms:
+            self._sync_route(name, route)
+            return
         entry = app.entries.get(name)
         if entry is None or name in app.routes or entry.check is not None:
             return
@@ -120,13 +132,66 @@ class NativeFront:
         if record:
             self._recording = True
 
+    def _sync_route(self, name: str, route: Any) -> None:
+        """(Re)register the canary route `name` over its current arms when every arm can be
+        served natively with the same inputs and outputs; the picks counted so far go to the
+        arms they were made for first."""
+        self.fold_route_picks(name)
+        self.front.unregister_route(name)
+        self._route_arms.pop(name, None)
+        if route is None or route.shadow is not None:
+            return  # a shadow mirrors requests: the App's path does it
+        runtime = self.app.runtime
+        entries = [arm.entry for arm in route.arms]
+        if any(e is None or e.check is not None for e in entries):
+            return
+        handles = [runtime.native_handle(e.runtime_name) for e in entries]
+        if any(h is None for h in handles):
+            self._awaiting_handles.add(name)  # retried when a request reaches the App
+            return
+        self._awaiting_handles.discard(name)
+        layouts = set()
+        for e in entries:
+            info = runtime.model_info(e.runtime_name)
+            inputs = tuple((s.name, s.dtype, tuple(int(d) for d in s.shape)) for s in info.inputs)
+            layouts.add((inputs, tuple(e.output_names)))
+        if len(layouts) != 1:
+            return  # versions disagree on inputs or outputs: the App's path arranges each
+        inputs, outputs = layouts.pop()
+        if any(d < 0 for _, _, shape in inputs for d in shape):
+            return
+        record = runtime.feedback_tracker(name) is not None
+        arms = [
+            (e.version, h, int(arm.weight), record)
+            for arm, e, h in zip(route.arms, entries, handles, strict=True)
+        ]
+        self.front.register_route(name, list(inputs), list(outputs), arms)
+        if name in self.front.registered_routes():
+            self._route_arms[name] = list(route.arms)
+            if record:
+                self._recording = True
+
+    def fold_route_picks(self, name: str | None = None) -> None:
+        """Add the requests the front routed to each arm (of `name`, or of every route) to
+        the arms' counters."""
+        names = [name] if name is not None else list(self._route_arms)
+        for n in names:
+            arms = self._route_arms.get(n)
+            if arms is None:
+                continue
+            for arm, picks in zip(arms, self.front.take_route_picks(n), strict=False):
+                arm.requests += picks
+
     def maybe_register(self, path: bytes) -> None:
         """A v2 infer request reached Python for a model loaded but not registered (its batcher
         did not exist yet at load): register it for the next ones."""
         parts = path.split(b"/")
         if len(parts) >= 5 and parts[-1] == b"infer" and parts[2] == b"models":
             name = parts[3].decode("latin-1")
-            if name in self.app.entries and name not in self.front.registered():
+            if name in self.app.routes:
+                if name in self._awaiting_handles:
+                    self.sync(name)
+            elif name in self.app.entries and name not in self.front.registered():
                 self.sync(name)
 
     # -- completions -----------------------------------------------------------------------
