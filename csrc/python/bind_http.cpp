@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -126,23 +127,40 @@ void BindHttp(py::module_& m) {
           "register_route",
           [](HttpFront& front, const std::string& name, const InputSpecs& inputs,
              const std::vector<std::string>& output_names,
-             const std::vector<std::tuple<std::string, py::object, uint64_t, bool>>& arms) {
-            std::vector<HttpFront::RouteArm> native;
-            for (const auto& [version, model, weight, record] : arms) {
+             const std::vector<std::tuple<std::string, py::object, uint64_t, bool>>& arms,
+             const std::optional<std::tuple<std::string, py::object, double, size_t>>& shadow) {
+            auto arm_of = [&](const std::string& version, const py::object& model) {
               HttpFront::RouteArm arm;
               arm.model = MakeV2Model(name, version, inputs, output_names);
               arm.batcher = BatcherOfModel(model);
               arm.owner = HoldModel(model);
+              return arm;
+            };
+            std::vector<HttpFront::RouteArm> native;
+            for (const auto& [version, model, weight, record] : arms) {
+              HttpFront::RouteArm arm = arm_of(version, model);
               arm.weight = weight;
               arm.record_predictions = record;
               native.push_back(std::move(arm));
             }
-            front.RegisterRoute(name, std::move(native));
+            HttpFront::Shadow mirror;
+            if (shadow) {
+              const auto& [version, model, fraction, max_in_flight] = *shadow;
+              mirror.arm = arm_of(version, model);
+              mirror.fraction = fraction;
+              mirror.max_in_flight = max_in_flight;
+            }
+            front.RegisterRoute(name, std::move(native), shadow ? &mirror : nullptr);
           },
           py::arg("name"), py::arg("inputs"), py::arg("output_names"), py::arg("arms"),
+          py::arg("shadow") = py::none(),
           "Serves v2 infer requests for `name` natively over a canary split: `arms` are "
           "(version, aiarch._core.Model, weight, record_predictions), every one taking "
-          "`inputs` and giving `output_names`. A total weight of 0 registers nothing.")
+          "`inputs` and giving `output_names`; `shadow` is (version, model, fraction, "
+          "max_in_flight) or None. A total weight of 0 registers nothing.")
+      .def("take_shadow_counts", &HttpFront::TakeShadowCounts, py::arg("name"),
+           "Mirrored requests of route `name` as (version, outcome, count) since the last "
+           "call.")
       .def("unregister_route", &HttpFront::UnregisterRoute, py::arg("name"))
       .def("registered_routes", &HttpFront::registered_routes)
       .def("take_route_picks", &HttpFront::TakeRoutePicks, py::arg("name"),

@@ -210,19 +210,34 @@ void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<v
 
 bool HttpFront::UnregisterModel(const std::string& name) { return models_.erase(name) > 0; }
 
-void HttpFront::RegisterRoute(const std::string& name, std::vector<RouteArm> arms) {
+std::shared_ptr<HttpFront::Model> HttpFront::MakeModel(RouteArm& a) {
+  auto m = std::make_shared<Model>();
+  m->v2 = std::move(a.model);
+  m->batcher = a.batcher;
+  m->owner = std::move(a.owner);
+  m->record = a.record_predictions;
+  return m;
+}
+
+void HttpFront::RegisterRoute(const std::string& name, std::vector<RouteArm> arms,
+                              const Shadow* shadow) {
   auto route = std::make_unique<Route>();
   for (RouteArm& a : arms) {
-    auto m = std::make_shared<Model>();
-    m->v2 = std::move(a.model);
-    m->batcher = a.batcher;
-    m->owner = std::move(a.owner);
-    m->record = a.record_predictions;
     route->total += a.weight;
     route->bounds.push_back(route->total);
-    route->arms.push_back(std::move(m));
+    route->arms.push_back(MakeModel(a));
   }
   route->picks.assign(route->arms.size(), 0);
+  if (shadow != nullptr && shadow->fraction > 0) {
+    RouteArm arm = shadow->arm;
+    arm.record_predictions = false;  // a mirrored answer is never a prediction served
+    route->shadow = MakeModel(arm);
+    route->shadow_fraction = shadow->fraction;
+    route->shadow_max_in_flight = shadow->max_in_flight;
+    std::shared_ptr<ShadowStats>& stats = shadow_stats_[name];
+    if (!stats) stats = std::make_shared<ShadowStats>();
+    route->shadow_stats = stats;
+  }
   if (route->total == 0) {  // no arm takes traffic: nothing to serve here
     routes_.erase(name);
     return;
@@ -244,6 +259,21 @@ std::vector<uint64_t> HttpFront::TakeRoutePicks(const std::string& name) {
   std::vector<uint64_t> picks(it->second->picks.size(), 0);
   picks.swap(it->second->picks);
   return picks;
+}
+
+std::vector<std::tuple<std::string, std::string, uint64_t>> HttpFront::TakeShadowCounts(
+    const std::string& name) {
+  std::vector<std::tuple<std::string, std::string, uint64_t>> out;
+  auto it = shadow_stats_.find(name);
+  if (it == shadow_stats_.end()) return out;
+  static const char* const kOutcomes[4] = {"ok", "failed", "cancelled", "skipped"};
+  for (auto& [version, counts] : it->second->counts) {
+    for (size_t k = 0; k < counts.size(); ++k) {
+      if (counts[k] != 0) out.emplace_back(version, kOutcomes[k], counts[k]);
+      counts[k] = 0;
+    }
+  }
+  return out;
 }
 
 HttpFront::Route* HttpFront::FindRoute(std::string_view name) const {
@@ -324,7 +354,53 @@ std::shared_ptr<HttpConnection> HttpFront::Connect(uint64_t id) {
   return std::make_shared<HttpConnection>(shared_from_this(), id);
 }
 
+void HttpFront::CountMirrored(const Pending& p, const Status& status) {
+  ShadowStats& stats = *p.mirror_of;
+  --stats.in_flight;
+  const size_t outcome = status.ok() ? 0 : status.code() == StatusCode::kCancelled ? 2 : 1;
+  ++stats.counts[p.model->v2.version][outcome];
+}
+
+void HttpFront::Mirror(const Pending& p) {
+  // As the Python router's mirror: a uniform draw under the fraction, then
+  // the in-flight cap; the mirrored request has no deadline and no priority.
+  const double draw = static_cast<double>(SplitMix64(++route_draws_) >> 11) * 0x1.0p-53;
+  if (draw >= p.shadow_fraction) return;
+  ShadowStats& stats = *p.shadow_stats;
+  if (stats.in_flight >= p.shadow_max_in_flight) {
+    ++stats.counts[p.shadow->v2.version][3];
+    return;
+  }
+  auto m = std::make_unique<Pending>();
+  m->model = p.shadow;
+  m->inputs = p.inputs;  // its own copy: the arm's request owns its buffers
+  m->mirror_of = p.shadow_stats;
+  ++stats.in_flight;
+  Submit(std::move(m));
+}
+
 void HttpFront::Submit(std::unique_ptr<Pending> p) {
+  if (p->conn == nullptr) {  // a mirrored request: counted, never answered
+    SubmitArgs args;
+    const auto& specs = p->model->v2.inputs;
+    for (size_t i = 0; i < p->inputs.size(); ++i) {
+      const V2DecodedInput& in = p->inputs[i];
+      args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
+    }
+    args.sink = queue_;
+    Batcher& batcher = *p->model->batcher;
+    args.caller_flushes = batcher.config().inline_execution;
+    uint64_t request_id = 0;
+    CachedResponse hit;
+    const Status st = batcher.Submit(args, &request_id, &hit);
+    if (!st.ok() || request_id == 0) {
+      CountMirrored(*p, st);
+      return;
+    }
+    if (args.caller_flushes) MarkDirty(p->model);
+    pending_.emplace(request_id, std::move(p));
+    return;
+  }
   HttpConnection& conn = *p->conn;
   if (conn.closed_) return;
   HttpConnection::Slot* slot = conn.FindSlot(p->slot);
@@ -365,16 +441,21 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
       }
     }
     conn.FlushTouching(&touched_);
+    if (p->shadow) Mirror(*p);
     return;
   }
   slot->request_id = request_id;
   slot->batcher = model->batcher;
-  if (args.caller_flushes) {
-    bool listed = false;
-    for (const auto& m : dirty_) listed = listed || m == model;
-    if (!listed) dirty_.push_back(model);
-  }
+  if (args.caller_flushes) MarkDirty(model);
+  if (p->shadow) Mirror(*p);
   pending_.emplace(request_id, std::move(p));
+}
+
+void HttpFront::MarkDirty(const std::shared_ptr<Model>& model) {
+  for (const auto& m : dirty_) {
+    if (m->batcher == model->batcher) return;
+  }
+  dirty_.push_back(model);
 }
 
 int HttpFront::RunReady() {
@@ -404,6 +485,10 @@ std::vector<uint64_t> HttpFront::Drain() {
     if (it == pending_.end()) continue;
     std::unique_ptr<Pending> p = std::move(it->second);
     pending_.erase(it);
+    if (p->mirror_of) {
+      CountMirrored(*p, c.status);
+      continue;
+    }
     HttpConnection& conn = *p->conn;
     if (conn.closed_) continue;
     HttpConnection::Slot* slot = conn.FindSlot(p->slot);
@@ -657,6 +742,12 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
       if (found) keyed = &key;
     }
     model = front_->PickArm(*route, keyed);
+    if (route->shadow) {
+      pending->shadow = route->shadow;
+      pending->shadow_fraction = route->shadow_fraction;
+      pending->shadow_max_in_flight = route->shadow_max_in_flight;
+      pending->shadow_stats = route->shadow_stats;
+    }
   }
   int64_t timeout_ns = front_->config_.default_timeout_ns;
   if (decoded.timeout_us > 0) {

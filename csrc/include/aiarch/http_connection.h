@@ -47,6 +47,10 @@
 //   `route_key` that is not a string, integer or bool is forwarded (Python
 //   spells other values). `/versions/N/infer` goes to the arm serving N.
 //   TakeRoutePicks() gives the requests each arm got, for the route metrics.
+//   A route may have a shadow arm: once a request was accepted by its arm, a
+//   `fraction` of them is also submitted to the shadow (at most
+//   `max_in_flight` at once, else counted as skipped), with no deadline; the
+//   answer is counted by outcome (TakeShadowCounts) and never seen.
 // - Prediction records: for a model registered with record_predictions, every
 //   successful request that carried an `id` leaves the first row of the
 //   model's first output (as float64) in a buffer that TakePredictions()
@@ -55,11 +59,14 @@
 //   counted, never waited for.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -127,14 +134,25 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     uint64_t weight = 0;
     bool record_predictions = false;
   };
-  // Serves `name` natively over `arms` (replacing a route of that name);
-  // the arms' picks so far are dropped with the old registration.
-  void RegisterRoute(const std::string& name, std::vector<RouteArm> arms);
+  struct Shadow {
+    RouteArm arm;  // its weight is unused
+    double fraction = 0;
+    size_t max_in_flight = 0;
+  };
+  // Serves `name` natively over `arms` (replacing a route of that name), with
+  // `shadow` when given; the arms' picks so far are dropped with the old
+  // registration (shadow counts are kept: mirrored requests may still run).
+  void RegisterRoute(const std::string& name, std::vector<RouteArm> arms,
+                     const Shadow* shadow = nullptr);
   bool UnregisterRoute(const std::string& name);
   std::vector<std::string> registered_routes() const;
   // The requests each arm of route `name` got since the last call (in arm
   // order), then zero; empty when `name` is not a registered route.
   std::vector<uint64_t> TakeRoutePicks(const std::string& name);
+  // Mirrored requests of route `name` by (shadow version, outcome: "ok",
+  // "failed", "cancelled", "skipped") since the last call, then zero.
+  std::vector<std::tuple<std::string, std::string, uint64_t>> TakeShadowCounts(
+      const std::string& name);
 
   // While draining, every response says `connection: close`.
   void set_draining(bool draining) { draining_ = draining; }
@@ -181,11 +199,21 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     std::shared_ptr<void> owner;
     bool record = false;
   };
+  // A route's mirrored requests: outcomes by shadow version, and how many run
+  // now. Shared by the route's registrations and the requests in flight.
+  struct ShadowStats {
+    std::map<std::string, std::array<uint64_t, 4>> counts;  // ok, failed, cancelled, skipped
+    size_t in_flight = 0;
+  };
   struct Route {
     std::vector<std::shared_ptr<Model>> arms;
     std::vector<uint64_t> bounds;  // cumulative weights, in arm order
     std::vector<uint64_t> picks;   // requests per arm since TakeRoutePicks()
     uint64_t total = 0;
+    std::shared_ptr<Model> shadow;  // null: none
+    double shadow_fraction = 0;
+    size_t shadow_max_in_flight = 0;
+    std::shared_ptr<ShadowStats> shadow_stats;
     // The arm serving `version`, or null.
     std::shared_ptr<Model> ArmServing(std::string_view version) const;
   };
@@ -198,11 +226,26 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     std::vector<V2DecodedInput> inputs;  // the batcher reads these until completion
     int64_t timeout_ns = 0;
     uint32_t priority = 0;
+    // A routed request whose route has a shadow: mirrored (maybe) once its
+    // arm accepted it. A mirrored request itself has `mirror_of` set and no
+    // connection.
+    std::shared_ptr<Model> shadow;
+    double shadow_fraction = 0;
+    size_t shadow_max_in_flight = 0;
+    std::shared_ptr<ShadowStats> shadow_stats;
+    std::shared_ptr<ShadowStats> mirror_of;
   };
 
   HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue)
       : config_(config), queue_(std::move(queue)) {}
   void Submit(std::unique_ptr<Pending> p);
+  // Submits a sample of `p`'s requests (accepted by its arm) to its route's shadow.
+  void Mirror(const Pending& p);
+  // Counts the outcome of a mirrored request that finished.
+  static void CountMirrored(const Pending& p, const Status& status);
+  static std::shared_ptr<Model> MakeModel(RouteArm& arm);
+  // Lists `model` for this iteration's RunReady() (once per batcher).
+  void MarkDirty(const std::shared_ptr<Model>& model);
   std::shared_ptr<Model> Find(std::string_view name) const;
   Route* FindRoute(std::string_view name) const;
   // The arm of `route` for a request with route key `key` (null: none); counts the pick.
@@ -216,6 +259,7 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   const std::shared_ptr<CompletionQueue> queue_;
   std::unordered_map<std::string, std::shared_ptr<Model>> models_;
   std::unordered_map<std::string, std::unique_ptr<Route>> routes_;
+  std::unordered_map<std::string, std::shared_ptr<ShadowStats>> shadow_stats_;  // by route
   uint64_t route_draws_ = 0;  // the uniform draws' counter (SplitMix64 over it)
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
   std::vector<std::shared_ptr<Model>> dirty_;      // submitted to this iteration, inline execution

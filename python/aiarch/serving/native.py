@@ -16,12 +16,12 @@ client's `id` (requests without one can still be joined by entity id + time).
 
 Registry-served models split over canary arms (`--route`, a progressive rollout) are served
 natively too: the front picks the arm per request by the Python router's rule (sticky for a
-route key) and counts the picks, which `fold_route_picks` adds to the arms' counters before the
-route metrics are read. A route with a shadow arm stays on the App (it mirrors requests).
+route key), mirrors the shadow's sample once the arm accepted the request, and counts both,
+which `fold_route_picks` adds to the route's counters before the route metrics are read.
 
-Everything else — other routes, models with per-request result checks, shadowed routes,
-compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a whole request
-and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the
+Everything else — other routes, models with per-request result checks, routes whose versions
+differ in inputs or outputs, compressed bodies or responses, FP16 JSON tensors — comes back from
+`feed` as a whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the
 fallback: `aiarch serve --http python`). Responses leave in request order whichever path
 answers them.
 
@@ -52,6 +52,7 @@ from .http import (
     error_response,
     release_connection,
 )
+from .routing import SHADOW_MAX_IN_FLIGHT
 
 _PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
 
@@ -139,10 +140,13 @@ class NativeFront:
         self.fold_route_picks(name)
         self.front.unregister_route(name)
         self._route_arms.pop(name, None)
-        if route is None or route.shadow is not None:
-            return  # a shadow mirrors requests: the App's path does it
+        if route is None:
+            return
         runtime = self.app.runtime
         entries = [arm.entry for arm in route.arms]
+        shadow = route.shadow.entry if route.shadow is not None else None
+        if shadow is not None:
+            entries.append(shadow)
         if any(e is None or e.check is not None for e in entries):
             return
         handles = [runtime.native_handle(e.runtime_name) for e in entries]
@@ -163,24 +167,31 @@ class NativeFront:
         record = runtime.feedback_tracker(name) is not None
         arms = [
             (e.version, h, int(arm.weight), record)
-            for arm, e, h in zip(route.arms, entries, handles, strict=True)
+            for arm, e, h in zip(route.arms, entries, handles, strict=False)
         ]
-        self.front.register_route(name, list(inputs), list(outputs), arms)
+        mirror = None
+        if shadow is not None:
+            mirror = (shadow.version, handles[-1], route.shadow_fraction, SHADOW_MAX_IN_FLIGHT)
+        self.front.register_route(name, list(inputs), list(outputs), arms, mirror)
         if name in self.front.registered_routes():
             self._route_arms[name] = list(route.arms)
             if record:
                 self._recording = True
 
     def fold_route_picks(self, name: str | None = None) -> None:
-        """Add the requests the front routed to each arm (of `name`, or of every route) to
-        the arms' counters."""
-        names = [name] if name is not None else list(self._route_arms)
+        """Add the requests the front routed to each arm, and the outcomes of the requests
+        it mirrored (of route `name`, or of every route), to the route's counters."""
+        names = [name] if name is not None else list(self.app.routes)
         for n in names:
             arms = self._route_arms.get(n)
-            if arms is None:
-                continue
-            for arm, picks in zip(arms, self.front.take_route_picks(n), strict=False):
-                arm.requests += picks
+            if arms is not None:
+                for arm, picks in zip(arms, self.front.take_route_picks(n), strict=False):
+                    arm.requests += picks
+            route = self.app.routes.get(n)
+            if route is not None:
+                counts = route.shadow_counts
+                for version, outcome, count in self.front.take_shadow_counts(n):
+                    counts[(version, outcome)] = counts.get((version, outcome), 0) + count
 
     def maybe_register(self, path: bytes) -> None:
         """A v2 infer request reached Python for a model loaded but not registered (its batcher
