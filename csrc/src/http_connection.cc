@@ -142,6 +142,23 @@ bool MatchInferPath(std::string_view path, std::string_view* model, std::string_
   return !model->empty() && !version->empty() && version->find('/') == std::string_view::npos;
 }
 
+// The response of a v2 infer or a /predict request.
+bool AppendResponse(const V2Model& model, const V2ResponsePlan& plan,
+                    const std::vector<TensorSpec>& outputs, const std::vector<const uint8_t*>& data,
+                    int64_t rows, bool keep_alive, std::string* out, std::string* error) {
+  if (plan.predict)
+    return AppendPredictResponse(model, outputs, data, rows, keep_alive, out, error);
+  return AppendV2InferResponse(model, plan, outputs, data, rows, keep_alive, out, error);
+}
+
+// "/predict/{m}"; false for any other path or a percent-encoded one.
+bool MatchPredictPath(std::string_view path, std::string_view* model) {
+  constexpr std::string_view kPrefix = "/predict/";
+  if (path.size() <= kPrefix.size() || path.substr(0, kPrefix.size()) != kPrefix) return false;
+  *model = path.substr(kPrefix.size());
+  return model->find('/') == std::string_view::npos && model->find('%') == std::string_view::npos;
+}
+
 // The W3C trace-flags of a traceparent ("00-<32 hex>-<16 hex>-<2 hex>") ask
 // for sampling. Only the flag is read here; the Python path validates the rest
 // and starts a new trace for a malformed value.
@@ -430,8 +447,8 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
     std::vector<const uint8_t*> rows;
     for (size_t off : hit.offsets) rows.push_back(hit.data->data() + off);
     std::string error;
-    if (!AppendV2InferResponse(model->v2, p->plan, *hit.specs, rows, hit.rows, p->keep_alive,
-                               &slot->bytes, &error)) {
+    if (!AppendResponse(model->v2, p->plan, *hit.specs, rows, hit.rows, p->keep_alive, &slot->bytes,
+                        &error)) {
       slot->bytes.clear();
       conn.Error(*slot, 500, error, p->keep_alive);
     } else {
@@ -502,8 +519,7 @@ std::vector<uint64_t> HttpFront::Drain() {
         rows.push_back(c.result->outputs[i]->data() + c.row_offset * specs[i].RowBytes());
       }
       std::string error;
-      if (!AppendV2InferResponse(p->model->v2, p->plan, specs, rows, c.rows, keep, &slot->bytes,
-                                 &error)) {
+      if (!AppendResponse(p->model->v2, p->plan, specs, rows, c.rows, keep, &slot->bytes, &error)) {
         slot->bytes.clear();
         conn.Error(*slot, 500, error, keep);
       } else {
@@ -686,7 +702,11 @@ void HttpConnection::Fail(int status, std::string_view message) {
 bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive) {
   if (req.method != "POST") return false;
   std::string_view model_name, version;
-  if (!MatchInferPath(req.path, &model_name, &version)) return false;
+  bool predict = false;
+  if (!MatchInferPath(req.path, &model_name, &version)) {
+    if (!MatchPredictPath(req.path, &model_name)) return false;
+    predict = true;
+  }
   std::shared_ptr<HttpFront::Model> model = front_->Find(model_name);
   HttpFront::Route* route = nullptr;
   if (model) {
@@ -710,12 +730,14 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
     return false;  // compressed responses are the general path's
   }
   int64_t header_length = -1;
-  const std::string_view hlen = req.Header("inference-header-content-length", &found);
-  if (found) {
-    if (!AllDigits(hlen)) return false;  // the general path words this 400
-    header_length = std::strtoll(std::string(hlen).c_str(), nullptr, 10);
+  if (!predict) {  // (/predict bodies are JSON only)
+    const std::string_view hlen = req.Header("inference-header-content-length", &found);
+    if (found) {
+      if (!AllDigits(hlen)) return false;  // the general path words this 400
+      header_length = std::strtoll(std::string(hlen).c_str(), nullptr, 10);
+    }
   }
-  if (!AcceptedContentType(req, found)) return false;  // the general path's 415
+  if (!AcceptedContentType(req, header_length >= 0)) return false;  // the general path's 415
   double header_timeout_ms = 0;
   const std::string_view hto = req.Header("x-request-timeout-ms", &found);
   if (found && !ParseTimeoutMs(hto, &header_timeout_ms)) {
@@ -725,10 +747,15 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
   auto pending = std::make_unique<HttpFront::Pending>();
   V2InferRequest decoded;
   std::string error;
-  switch (DecodeV2Infer(req.body, header_length, model->v2, &decoded, &error)) {
-    case V2DecodeResult::kNotHandled: return false;
-    case V2DecodeResult::kBadRequest: Error(slot, 400, error, keep_alive); return true;
-    case V2DecodeResult::kOk: break;
+  if (predict) {
+    if (DecodePredict(req.body, model->v2, &decoded.inputs) != V2DecodeResult::kOk) return false;
+    decoded.plan.predict = true;
+  } else {
+    switch (DecodeV2Infer(req.body, header_length, model->v2, &decoded, &error)) {
+      case V2DecodeResult::kNotHandled: return false;
+      case V2DecodeResult::kBadRequest: Error(slot, 400, error, keep_alive); return true;
+      case V2DecodeResult::kOk: break;
+    }
   }
   if (route != nullptr) {
     std::string_view key;

@@ -985,6 +985,113 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
   return V2DecodeResult::kOk;
 }
 
+// ---------------------------------------------------------------- /predict
+
+namespace {
+
+// The values of a /predict input as the Python codec reads them: brackets
+// dropped, the rest a comma-separated list. -1 when that list is malformed
+// although the JSON was not (an empty list somewhere: "[[1],[]]").
+int64_t PredictValueCount(std::string_view raw) {
+  int64_t count = 0;
+  bool expecting = true;  // a value, not a comma
+  for (size_t i = 0; i < raw.size();) {
+    const char c = raw[i];
+    if (c == '[' || c == ']' || c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      ++i;
+    } else if (c == ',') {
+      if (expecting) return -1;
+      expecting = true;
+      ++i;
+    } else {
+      if (!expecting) return -1;
+      ++count;
+      expecting = false;
+      while (i < raw.size() && raw[i] != ',' && raw[i] != '[' && raw[i] != ']' && raw[i] != ' ' &&
+             raw[i] != '\t' && raw[i] != '\n' && raw[i] != '\r') {
+        ++i;
+      }
+    }
+  }
+  return count > 0 && expecting ? -1 : count;
+}
+
+bool DecodePredictRows(std::string_view raw, const TensorSpec& spec, V2DecodedInput* out) {
+  if (spec.dtype == DType::kFp16 || spec.dtype == DType::kBf16) return false;
+  int64_t per_row = 1;
+  for (int64_t d : spec.shape) {
+    if (d < 0) return false;
+    per_row *= d;
+  }
+  const int64_t count = PredictValueCount(raw);
+  if (count <= 0 || per_row == 0 || count % per_row != 0) return false;
+  out->shape.assign(1, count / per_row);
+  out->shape.insert(out->shape.end(), spec.shape.begin(), spec.shape.end());
+  std::string error;
+  return DecodeJsonData(raw, spec.dtype, V2DatatypeName(spec.dtype), out->shape,
+                        static_cast<uint64_t>(count), &out->data, &error);
+}
+
+}  // namespace
+
+V2DecodeResult DecodePredict(std::string_view body, const V2Model& model,
+                             std::vector<V2DecodedInput>* out) {
+  constexpr auto kNo = V2DecodeResult::kNotHandled;
+  JsonReader r(body.data(), body.data() + body.size());
+  r.set_begin(body.data());
+  std::string_view inputs;
+  bool has_inputs = false, other = false;
+  const bool ok = r.Object(0, [&](const std::string& key) {
+    if (key != "inputs" || has_inputs) {
+      other = true;
+      return r.SkipValue(1);
+    }
+    r.Ws();
+    const char* b = r.pos();
+    if (!r.SkipValue(1)) return false;
+    inputs = std::string_view(b, static_cast<size_t>(r.pos() - b));
+    has_inputs = true;
+    return true;
+  });
+  if (!ok || !r.AtEnd() || other || !has_inputs || inputs.empty()) return kNo;
+  const size_t n = model.inputs.size();
+  std::vector<std::string_view> raws(n);
+  if (inputs.front() == '{') {
+    JsonReader m(inputs.data(), inputs.data() + inputs.size());
+    m.set_begin(inputs.data());
+    std::vector<bool> seen(n, false);
+    bool exact = true;
+    const bool parsed = m.Object(1, [&](const std::string& key) {
+      m.Ws();
+      const char* b = m.pos();
+      if (!m.SkipValue(2)) return false;
+      size_t k = 0;
+      while (k < n && model.inputs[k].name != key) ++k;
+      if (k == n || seen[k]) {
+        exact = false;  // an unknown or repeated name: the general path words it
+      } else {
+        seen[k] = true;
+        raws[k] = std::string_view(b, static_cast<size_t>(m.pos() - b));
+      }
+      return true;
+    });
+    if (!parsed || !exact) return kNo;
+    for (bool s : seen) {
+      if (!s) return kNo;
+    }
+  } else if (inputs.front() == '[' && n == 1) {
+    raws[0] = inputs;
+  } else {
+    return kNo;
+  }
+  out->assign(n, V2DecodedInput{});
+  for (size_t k = 0; k < n; ++k) {
+    if (!DecodePredictRows(raws[k], model.inputs[k], &(*out)[k])) return kNo;
+    if ((*out)[k].shape[0] != (*out)[0].shape[0]) return kNo;
+  }
+  return V2DecodeResult::kOk;
+}
+
 // ---------------------------------------------------------------- responses
 
 namespace {
@@ -1229,6 +1336,56 @@ bool AppendV2InferResponse(const V2Model& model, const V2ResponsePlan& plan,
   AppendHttpResponse(200, "application/octet-stream", body,
                      {{"inference-header-content-length", std::to_string(json_len)}}, keep_alive,
                      out);
+  return true;
+}
+
+namespace {
+
+// One tensor of `rows` rows as nested JSON lists, as Python's tolist() nests it.
+void AppendNested(DType dt, const uint8_t* data, const std::vector<int64_t>& dims, size_t level,
+                  std::string* out) {
+  if (level + 1 == dims.size()) {
+    AppendJsonData(dt, data, static_cast<size_t>(dims[level]), out);
+    return;
+  }
+  size_t inner = DTypeSize(dt);
+  for (size_t d = level + 1; d < dims.size(); ++d) inner *= static_cast<size_t>(dims[d]);
+  out->push_back('[');
+  for (int64_t i = 0; i < dims[level]; ++i) {
+    if (i) out->push_back(',');
+    AppendNested(dt, data + static_cast<size_t>(i) * inner, dims, level + 1, out);
+  }
+  out->push_back(']');
+}
+
+}  // namespace
+
+bool AppendPredictResponse(const V2Model& model, const std::vector<TensorSpec>& outputs,
+                           const std::vector<const uint8_t*>& data, int64_t rows, bool keep_alive,
+                           std::string* out, std::string* error) {
+  if (outputs.size() != model.output_names.size() || data.size() != outputs.size()) {
+    *error = "model returned " + std::to_string(outputs.size()) + " outputs, expected " +
+             std::to_string(model.output_names.size());
+    return false;
+  }
+  thread_local std::string body;
+  body.assign("{\"outputs\":");
+  const bool named = outputs.size() != 1;
+  if (named) body.push_back('{');
+  std::vector<int64_t> dims;
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    if (named) {
+      if (k) body.push_back(',');
+      AppendJsonString(model.output_names[k], &body);
+      body.push_back(':');
+    }
+    dims.assign(1, rows);
+    dims.insert(dims.end(), outputs[k].shape.begin(), outputs[k].shape.end());
+    AppendNested(outputs[k].dtype, data[k], dims, 0, &body);
+  }
+  if (named) body.push_back('}');
+  body.push_back('}');
+  AppendHttpResponse(200, "application/json", body, {}, keep_alive, out);
   return true;
 }
 

@@ -604,6 +604,7 @@ void TestFuzz() {
       "POST /v2/models/lin/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n" +
           std::string(R"({"inputs":[{"na)") + "\r\n0\r\n\r\n",
       Http("GET", "/v2/models/lin", ""),
+      Http("POST", "/predict/lin", R"({"inputs": [[1,2,3,4,5,6,7,8],[0,0,0,0,0,0,0,0.5]]})"),
       Http(
           "POST", "/v2/models/lin/infer",
           R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"BOOL","data":[true,false,true,false,true,false,true,false]}]})"),

@@ -129,6 +129,44 @@ void TestRouteKey() {
   test::SetContext("");
 }
 
+// /predict bodies: rows nested or flat, cut by the input's shape; whatever the
+// Python codec would read differently is left to it.
+void TestPredict() {
+  const V2Model m = LinearModel();  // x: FP32 [8]
+  std::vector<V2DecodedInput> in;
+  CHECK(DecodePredict(R"({"inputs": [[1,2,3,4,5,6,7,8],[[0,0,0,0],[0,0,0,-1.5]]]})", m, &in) ==
+        V2DecodeResult::kOk);
+  if (CHECK_EQ(in.size(), size_t{1})) {
+    CHECK(in[0].shape == (std::vector<int64_t>{2, 8}));
+    CHECK_EQ(As<float>(in[0].data)[15], -1.5f);
+  }
+  for (const char* body :
+       {R"({"inputs": [[1,2,3,4,5,6,7,8],[]]})", R"({"inputs": []})", R"({"inputs": [1,2,3]})",
+        R"({"inputs": {"y": [1,2,3,4,5,6,7,8]}})", R"({"inputs": [1,2,3,4,5,6,7,8], "id": 1})",
+        R"({"inputs": 1})", R"({"inputs": ["1",2,3,4,5,6,7,8]})", R"({"inputs": [1,2,3,4,5,6,7,8])",
+        R"([1,2,3,4,5,6,7,8])"}) {
+    test::SetContext(body);
+    CHECK(DecodePredict(body, m, &in) == V2DecodeResult::kNotHandled);
+  }
+  test::SetContext("");
+  // One output nests by its shape; several go by name.
+  const float y[6] = {1, 2, 3, 4, 5, 6};
+  std::string out, error;
+  V2Model two = m;
+  CHECK(AppendPredictResponse(m, {TensorSpec{"y", DType::kFp32, {3}}},
+                              {reinterpret_cast<const uint8_t*>(y)}, 2, true, &out, &error));
+  CHECK(out.find(R"({"outputs":[[1.0,2.0,3.0],[4.0,5.0,6.0]]})") != std::string::npos) ||
+      (std::fprintf(stderr, "  got: %s\n", out.c_str()), false);
+  two.output_names = {"a", "b"};
+  out.clear();
+  CHECK(AppendPredictResponse(
+      two, {{"a", DType::kFp32, {}}, {"b", DType::kFp32, {1}}},
+      {reinterpret_cast<const uint8_t*>(y), reinterpret_cast<const uint8_t*>(y + 2)}, 2, true, &out,
+      &error));
+  CHECK(out.find(R"({"outputs":{"a":[1.0,2.0],"b":[[3.0],[4.0]]}})") != std::string::npos) ||
+      (std::fprintf(stderr, "  got: %s\n", out.c_str()), false);
+}
+
 void TestInputsReorderedAndOutputs() {
   V2InferRequest req;
   const std::string body =
@@ -372,6 +410,7 @@ int main() {
   aiarch::TestJsonRequest();
   aiarch::TestJsonNumberSpellings();
   aiarch::TestRouteKey();
+  aiarch::TestPredict();
   aiarch::TestInputsReorderedAndOutputs();
   aiarch::TestBinaryRequest();
   aiarch::TestErrors();

@@ -267,3 +267,71 @@ def test_forwarded_requests_carry_every_header_the_app_reads() -> None:
     for name in _WANTED - {b"expect"}:
         assert name in headers, name
     assert b"x-other" not in headers and b"host" not in headers
+
+
+def test_predict_matches_the_python_front_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`/predict` bodies the native front reads give the values the App gives (floats as the
+    same float32), every other body gets the App's own answer, and the valid ones never reach
+    the App."""
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parent / "models.py"
+    cases: list[tuple[str, object]] = [
+        ("lin", {"inputs": [[0.5, -1, 2, 3, 4, 5, 6, 7.25]]}),
+        ("lin", {"inputs": [0.1] * 16}),  # flat: two rows
+        ("lin", {"inputs": [[[1, 2, 3, 4], [5, 6, 7, 8]], [[1] * 4, [2] * 4]]}),
+        ("lin", {"inputs": {"x": [[1] * 8, [2] * 8, [3] * 8]}}),
+        ("two", {"inputs": {"b": [[0.25, -2], [1e-3, 4]], "a": [[1, 2, 3], [-4, 5, 6]]}}),
+        ("two", {"inputs": {"a": [1, 2, 3], "b": [True, 2]}}),  # a bool where a number goes
+        ("lin", {"inputs": [[1] * 8, []]}),  # an empty list
+        ("lin", {"inputs": [1] * 7}),  # not whole rows
+        ("lin", {"inputs": {"x": [1] * 8, "y": [1] * 8}}),  # an unknown input
+        ("lin", {"inputs": ["1"] * 8}),
+        ("lin", {"inputs": [1] * 8, "id": "extra member"}),
+        ("two", {"inputs": {"a": [1.5, 2, 3], "b": [1, 2]}}),  # a fraction for an integer
+        ("two", {"inputs": {"a": [2**40, 2, 3], "b": [1, 2]}}),  # out of int32's range
+        ("two", {"inputs": [[1, 2, 3]]}),  # two inputs need names
+        ("lin", {}),
+        ("lin", []),
+    ]
+    answers: dict[str, list[tuple[int, object]]] = {}
+    forwarded: dict[str, float] = {}
+    for front in ("python", "native"):
+        args = ["--model", f"lin={models}:linear", "--model", f"two={models}:two_io"]
+        with running_server([*args, "--http", front, "--log-level", "warning"], tmp_path) as srv:
+            for model in ("lin", "two"):  # the first request creates the batcher
+                request(srv.port, "POST", f"/predict/{model}", json.dumps(cases[0][1]).encode())
+            before = _forwarded(srv.port)
+            got = []
+            for model, body in cases:
+                r = request(srv.port, "POST", f"/predict/{model}", json.dumps(body).encode())
+                got.append((r.status, r.json()))
+            answers[front] = got
+            forwarded[front] = _forwarded(srv.port) - before
+    for (model, body), py, nat in zip(cases, answers["python"], answers["native"], strict=True):
+        assert py[0] == nat[0], (body, py, nat)
+        if py[0] != 200:
+            assert py == nat, (body, py, nat)
+            continue
+        outs_py, outs_nat = py[1]["outputs"], nat[1]["outputs"]  # type: ignore[index]
+        if model == "two":
+            assert list(outs_py) == list(outs_nat) == ["sum", "double"]
+            assert outs_py["sum"] == outs_nat["sum"]
+            assert outs_py["double"] == outs_nat["double"]  # float64 both ways
+        else:
+            assert np.array(outs_py).shape == np.array(outs_nat).shape
+            np.testing.assert_array_equal(
+                np.array(outs_py, np.float32), np.array(outs_nat, np.float32)
+            )
+    assert sum(1 for status, _ in answers["native"] if status == 200) == 6
+    # The native front answered the first five; the rest (the one with an extra member
+    # included: the App ignores it) and the scrape went to the App.
+    assert forwarded["native"] == len(cases) - 5 + 1, forwarded
+
+
+def _forwarded(port: int) -> float:
+    text = request(port, "GET", "/metrics").body.decode()
+    for line in text.splitlines():
+        if line.startswith("aiarch_http_requests_forwarded_total"):
+            return float(line.split()[-1])
+    return 0.0

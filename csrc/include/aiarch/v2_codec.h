@@ -12,6 +12,14 @@
 //   tensors sent as JSON) are kNotHandled; nothing has been consumed then.
 // - JSON is parsed strictly (RFC 8259, UTF-8, nesting ≤ 64 levels); unknown
 //   object members are ignored, as the Python codec does.
+// - DecodePredict reads a `/predict` body — {"inputs": rows} for a one-input
+//   model, {"inputs": {name: rows, ...}} naming every input — into the same
+//   buffers: rows are nested or flat numbers, read in row-major order and cut
+//   into rows of the input's shape. Any body it does not read exactly as the
+//   Python codec would (a defect, an unknown member, an empty list, FP16) is
+//   kNotHandled, for the general path to answer or word the 400.
+//   AppendPredictResponse writes {"outputs": rows} (one output) or
+//   {"outputs": {name: rows, ...}}, rows nested by the output's shape.
 // - AppendV2InferResponse writes a whole HTTP/1.1 200 response: JSON outputs
 //   use the shortest text that reads back as the same value (std::to_chars;
 //   NaN and infinities as null), binary outputs follow the JSON header.
@@ -39,6 +47,7 @@ struct V2Model {
 
 // What the response to one request must contain.
 struct V2ResponsePlan {
+  bool predict = false;  // a `/predict` response (outputs and binary unused)
   std::string id;
   bool has_id = false;
   std::vector<int> outputs;  // model output indices, in response order
@@ -68,6 +77,11 @@ enum class V2DecodeResult { kOk, kBadRequest, kNotHandled };
 V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const V2Model& model,
                              V2InferRequest* out, std::string* error);
 
+// Never kBadRequest: see the contract above. `out` holds one entry per model
+// input, in order, rows first.
+V2DecodeResult DecodePredict(std::string_view body, const V2Model& model,
+                             std::vector<V2DecodedInput>* out);
+
 // v2 datatype names ("FP32", ...); BYTES has no fixed-size DType.
 const char* V2DatatypeName(DType dtype);
 bool V2DatatypeFromName(std::string_view name, DType* out);
@@ -77,6 +91,11 @@ bool V2DatatypeFromName(std::string_view name, DType* out);
 // false, sets *error) when the model returned a different number of outputs.
 bool AppendV2InferResponse(const V2Model& model, const V2ResponsePlan& plan,
                            const std::vector<TensorSpec>& outputs,
+                           const std::vector<const uint8_t*>& data, int64_t rows, bool keep_alive,
+                           std::string* out, std::string* error);
+
+// The `/predict` response (see the contract); fails as AppendV2InferResponse.
+bool AppendPredictResponse(const V2Model& model, const std::vector<TensorSpec>& outputs,
                            const std::vector<const uint8_t*>& data, int64_t rows, bool keep_alive,
                            std::string* out, std::string* error);
 

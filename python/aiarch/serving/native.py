@@ -19,6 +19,9 @@ natively too: the front picks the arm per request by the Python router's rule (s
 route key), mirrors the shadow's sample once the arm accepted the request, and counts both,
 which `fold_route_picks` adds to the route's counters before the route metrics are read.
 
+`/predict` bodies are read natively when the native reader reads them exactly as the Python
+one does; any other body (a defect included) goes to the App, which words its answer.
+
 Everything else — other routes, models with per-request result checks, routes whose versions
 differ in inputs or outputs, compressed bodies or responses, FP16 JSON tensors — comes back from
 `feed` as a whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the
