@@ -163,18 +163,23 @@ void DriftSketch::CountRows(const DriftBatch& batch, int64_t first, int64_t last
   const T* base = static_cast<const T*>(batch.data);
   const Layout* layout = layout_.data();
   const double* search = search_.data();
+  // Locals, not reads through `batch`: the compiler cannot tell the counter
+  // stores from writes to the batch's fields, and would reload them per value.
+  const int64_t rows = batch.rows;
+  const int64_t row_stride = batch.row_stride;
+  const int64_t feature_stride = batch.feature_stride;
   // Tiles of rows x features keep one tile's search tables, counters and
   // values in L1 however many features the profile has.
-  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowTile) {
-    const int64_t r1 = std::min(batch.rows, r0 + kRowTile);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(rows, r0 + kRowTile);
     for (int64_t f0 = first; f0 < last; f0 += kFeatureTile) {
       const int64_t f1 = std::min(last, f0 + kFeatureTile);
       for (int64_t r = r0; r < r1; ++r) {
-        const T* row = base + r * batch.row_stride;
-        for (int64_t f = f0; f < f1; ++f) {
+        const T* value = base + r * row_stride + f0 * feature_stride;
+        for (int64_t f = f0; f < f1; ++f, value += feature_stride) {
           const Layout& l = layout[f];
           const double* s = search + l.search_at;
-          const double v = static_cast<double>(row[f * batch.feature_stride]);
+          const double v = static_cast<double>(*value);
           uint32_t bin;
           if (kLen > 0) {
             size_t pos = 0;
@@ -321,33 +326,42 @@ void Accumulate(const DriftBatch& b, int64_t first, int64_t last, NumericPass* p
   uint64_t* __restrict counts = pass->counts.data();
   double* __restrict sums = pass->sums.data();
   FeatureMoments* __restrict acc = pass->acc.data();
-  for (int64_t r0 = 0; r0 < b.rows; r0 += kRowTile) {
-    const int64_t r1 = std::min(b.rows, r0 + kRowTile);
+  // Locals, not reads through `b`: the compiler cannot tell the counter
+  // stores from writes to the batch's fields, and would reload them per value.
+  const int64_t rows = b.rows;
+  const int64_t row_stride = b.row_stride;
+  const int64_t feature_stride = b.feature_stride;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(rows, r0 + kRowTile);
     for (int64_t f0 = first; f0 < last; f0 += kFeatureTile) {
       const int64_t f1 = std::min(last, f0 + kFeatureTile);
+      const auto tile = static_cast<size_t>(f0);
       for (int64_t r = r0; r < r1; ++r) {
-        const T* row = base + r * b.row_stride;
-        for (int64_t fi = f0; fi < f1; ++fi) {
-          const auto f = static_cast<size_t>(fi);
-          const double v = static_cast<double>(row[fi * b.feature_stride]);
+        // One cursor per array, stepped feature by feature.
+        const T* value = base + r * row_stride + f0 * feature_stride;
+        const double* s = search + tile * len;
+        uint64_t* count = counts + tile * (len + 1);
+        double* sum = sums + tile * len;
+        FeatureMoments* m = acc + tile;
+        for (int64_t fi = f0; fi < f1;
+             ++fi, value += feature_stride, s += len, count += len + 1, sum += len, ++m) {
+          const double v = static_cast<double>(*value);
           if (!IsFinite(v)) {
-            ++counts[f * (len + 1)];
+            ++count[0];
             continue;
           }
-          const double* s = search + f * len;
           size_t pos = 0;
           for (size_t step = len >> 1; step > 0; step >>= 1) {
             pos += (s[pos + step - 1] <= v) ? step : 0;
           }
-          ++counts[f * (len + 1) + pos + 1];
-          sums[f * len + pos] += v;
-          FeatureMoments& m = acc[f];
-          m.lo = std::min(m.lo, v);
-          m.hi = std::max(m.hi, v);
-          const double d = v - m.shift;
-          m.s1 += d;
-          m.s2 += d * d;
-          ++m.finite;
+          ++count[pos + 1];
+          sum[pos] += v;
+          m->lo = std::min(m->lo, v);
+          m->hi = std::max(m->hi, v);
+          const double d = v - m->shift;
+          m->s1 += d;
+          m->s2 += d * d;
+          ++m->finite;
         }
       }
     }
