@@ -466,7 +466,7 @@ namespace {
 // row-major float64 batch) once.
 constexpr int64_t kEdgeTile = 8;
 // Rows fetched ahead of the one being copied.
-constexpr int64_t kGatherAhead = 16;
+constexpr int64_t kGatherAhead = 32;
 // Ranges up to this size are finished by std::nth_element; larger ones take
 // one more radix level (a 64 Ki-entry histogram costs about as much to clear
 // and scan as nth_element over this many values).

@@ -103,6 +103,22 @@ def test_quantile_edges_equal_numpy_quantile_bit_for_bit(rows: int, bins: int) -
     assert _core.quantile_edges(np.asfortranarray(x), q.tolist()) == got
 
 
+@pytest.mark.parametrize("rows", [3000, EDGE_SAMPLE_ROWS + 5000])
+def test_profile_does_not_depend_on_the_reference_layout(rows: int) -> None:
+    """Row-major, column-major, a strided view and float32 (whose values float64 holds
+    exactly) give the same profile bytes: with and without the edge sample."""
+    rng = np.random.default_rng(rows)
+    x = _selection_columns(rows, rng)
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32).astype(np.float64)
+    want = Profile.build(x).to_bytes()
+    wide = np.empty((rows, 2 * x.shape[1]))
+    wide[:, ::2] = x
+    assert Profile.build(np.asfortranarray(x)).to_bytes() == want
+    assert Profile.build(wide[:, ::2]).to_bytes() == want
+    assert Profile.build(x.astype(np.float32)).to_bytes() == want
+
+
 def test_quantile_edges_of_columns_without_finite_values_are_empty() -> None:
     x = np.array([[np.nan, 1.0], [np.inf, 2.0], [-np.inf, 3.0]])
     assert _core.quantile_edges(x, [0.5]) == [[], [2.0]]
