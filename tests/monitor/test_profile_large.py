@@ -119,6 +119,15 @@ def test_profile_does_not_depend_on_the_reference_layout(rows: int) -> None:
     assert Profile.build(x.astype(np.float32)).to_bytes() == want
 
 
+def test_quantile_edges_golden() -> None:
+    # numpy's linear method on 1..10: (n - 1) * q = 2.25 -> 3 + 0.25 * (4 - 3); 4.5 -> 5.5;
+    # 9 -> the maximum. Ties collapse to one edge.
+    x = np.arange(1.0, 11.0).reshape(-1, 1)
+    assert _core.quantile_edges(x, [0.25, 0.5, 1.0]) == [[3.25, 5.5, 10.0]]
+    ties = np.array([[1.0], [1.0], [1.0], [2.0]])
+    assert _core.quantile_edges(ties, [0.1, 0.2, 0.5, 0.9]) == [[1.0, 1.7000000000000002]]
+
+
 def test_quantile_edges_of_columns_without_finite_values_are_empty() -> None:
     x = np.array([[np.nan, 1.0], [np.inf, 2.0], [-np.inf, 3.0]])
     assert _core.quantile_edges(x, [0.5]) == [[], [2.0]]
