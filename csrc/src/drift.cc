@@ -463,8 +463,11 @@ namespace {
 
 // Quantile edges (QuantileEdges). Columns are copied a tile at a time: one
 // sweep over the chosen rows reads each row's tile (one cache line of a
-// row-major float64 batch) once.
+// row-major float64 batch) once. Tiles are narrower when the rows are so many
+// that kEdgeTile columns would take more than kEdgeBufferValues (4 MiB, the
+// default 65,536-row edge sample) per thread.
 constexpr int64_t kEdgeTile = 8;
+constexpr int64_t kEdgeBufferValues = kEdgeTile * 65536;
 // Rows fetched ahead of the one being copied.
 constexpr int64_t kGatherAhead = 32;
 // Ranges up to this size are finished by std::nth_element; larger ones take
@@ -680,12 +683,15 @@ Status QuantileEdges(const DriftBatch& batch, const int64_t* rows, int64_t num_r
   }
   std::vector<std::vector<double>> result(static_cast<size_t>(batch.features));
   ForColumnRanges(num_rows, batch.features, [&](int64_t first, int64_t last) {
+    if (first == last) return;  // no columns at all
     const auto stride = static_cast<size_t>(num_rows);
-    std::vector<double> columns(stride * static_cast<size_t>(std::min(kEdgeTile, last - first)));
+    const int64_t tile = std::clamp<int64_t>(kEdgeBufferValues / std::max<int64_t>(num_rows, 1), 1,
+                                             std::min(kEdgeTile, last - first));
+    std::vector<double> columns(stride * static_cast<size_t>(tile));
     size_t finite[kEdgeTile];
     SelectScratch scratch;
-    for (int64_t f0 = first; f0 < last; f0 += kEdgeTile) {
-      const int64_t f1 = std::min(last, f0 + kEdgeTile);
+    for (int64_t f0 = first; f0 < last; f0 += tile) {
+      const int64_t f1 = std::min(last, f0 + tile);
       if (batch.dtype == DriftDType::kFloat32) {
         Gather<float>(batch, rows, num_rows, f0, f1, columns.data(), stride, finite);
       } else {

@@ -81,8 +81,10 @@ def _selection_columns(rows: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+# 140k rows: fewer columns copied at a time (a bounded buffer per thread).
 @pytest.mark.parametrize(
-    ("rows", "bins"), [(1, 10), (37, 3), (5000, 10), (60_000, 10), (20_000, 300)]
+    ("rows", "bins"),
+    [(1, 10), (37, 3), (5000, 10), (60_000, 10), (20_000, 300), (140_000, 10)],
 )
 def test_quantile_edges_equal_numpy_quantile_bit_for_bit(rows: int, bins: int) -> None:
     rng = np.random.default_rng(rows + bins)
@@ -133,6 +135,7 @@ def test_quantile_edges_of_columns_without_finite_values_are_empty() -> None:
     assert _core.quantile_edges(x, [0.5]) == [[], [2.0]]
     assert _core.quantile_edges(x, []) == [[], []]
     assert _core.quantile_edges(np.empty((0, 2)), [0.5]) == [[], []]
+    assert _core.quantile_edges(np.empty((3, 0)), [0.5]) == []
 
 
 def test_quantile_edges_give_a_zero_edge_as_positive_zero() -> None:
