@@ -103,9 +103,45 @@ py::list SummarizeArray(const py::handle& input, const std::vector<std::vector<d
   return out;
 }
 
+// Quantile edges of every column of a batch (ViewBatch) over the listed rows (all rows when
+// `rows` is None), as one list of floats per column.
+std::vector<std::vector<double>> QuantileEdgesOf(const py::handle& input,
+                                                 const std::vector<double>& quantiles,
+                                                 const py::object& rows) {
+  py::array arr;
+  const aiarch::DriftBatch batch = ViewBatch(input, "reference values (rows x features)", &arr);
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> picked;
+  const int64_t* row_data = nullptr;
+  int64_t num_rows = 0;
+  if (!rows.is_none()) {
+    py::array given;
+    Check(aiarch::binding::AsArray(rows, "rows (row indices)", aiarch::binding::kIntegerKinds,
+                                   &given));
+    if (given.ndim() != 1) {
+      ThrowInvalidArgument("rows must be 1-D, got " + std::to_string(given.ndim()) + " dims");
+    }
+    picked = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(given);
+    row_data = picked.data();
+    num_rows = picked.shape(0);
+  }
+  std::vector<std::vector<double>> edges;
+  aiarch::Status st;
+  {
+    py::gil_scoped_release release;  // reads only `arr`'s and `picked`'s buffers
+    st = aiarch::QuantileEdges(batch, row_data, num_rows, quantiles, &edges);
+  }
+  Check(st);
+  return edges;
+}
+
 }  // namespace
 
 void BindDrift(py::module_& m) {
+  m.def("quantile_edges", &QuantileEdgesOf, py::arg("data"), py::arg("quantiles"),
+        py::arg("rows") = py::none(),
+        "Per column: the distinct numpy.quantile values (linear method) of its finite values at "
+        "`quantiles`, over the rows listed in `rows` (every row when None); a zero edge is "
+        "+0.0. No sort: a radix selection per column. Releases the GIL.");
   m.def("summarize_numeric", &SummarizeArray, py::arg("data"), py::arg("edges"),
         "Per column, binned by its candidate edges in one pass: counts (null bin first), per-bin "
         "sums, min, max and std of the finite values; edges at or below the minimum dropped. "

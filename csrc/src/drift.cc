@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <thread>
@@ -162,18 +163,23 @@ void DriftSketch::CountRows(const DriftBatch& batch, int64_t first, int64_t last
   const T* base = static_cast<const T*>(batch.data);
   const Layout* layout = layout_.data();
   const double* search = search_.data();
+  // Locals, not reads through `batch`: the compiler cannot tell the counter
+  // stores from writes to the batch's fields, and would reload them per value.
+  const int64_t rows = batch.rows;
+  const int64_t row_stride = batch.row_stride;
+  const int64_t feature_stride = batch.feature_stride;
   // Tiles of rows x features keep one tile's search tables, counters and
   // values in L1 however many features the profile has.
-  for (int64_t r0 = 0; r0 < batch.rows; r0 += kRowTile) {
-    const int64_t r1 = std::min(batch.rows, r0 + kRowTile);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(rows, r0 + kRowTile);
     for (int64_t f0 = first; f0 < last; f0 += kFeatureTile) {
       const int64_t f1 = std::min(last, f0 + kFeatureTile);
       for (int64_t r = r0; r < r1; ++r) {
-        const T* row = base + r * batch.row_stride;
-        for (int64_t f = f0; f < f1; ++f) {
+        const T* value = base + r * row_stride + f0 * feature_stride;
+        for (int64_t f = f0; f < f1; ++f, value += feature_stride) {
           const Layout& l = layout[f];
           const double* s = search + l.search_at;
-          const double v = static_cast<double>(row[f * batch.feature_stride]);
+          const double v = static_cast<double>(*value);
           uint32_t bin;
           if (kLen > 0) {
             size_t pos = 0;
@@ -320,33 +326,42 @@ void Accumulate(const DriftBatch& b, int64_t first, int64_t last, NumericPass* p
   uint64_t* __restrict counts = pass->counts.data();
   double* __restrict sums = pass->sums.data();
   FeatureMoments* __restrict acc = pass->acc.data();
-  for (int64_t r0 = 0; r0 < b.rows; r0 += kRowTile) {
-    const int64_t r1 = std::min(b.rows, r0 + kRowTile);
+  // Locals, not reads through `b`: the compiler cannot tell the counter
+  // stores from writes to the batch's fields, and would reload them per value.
+  const int64_t rows = b.rows;
+  const int64_t row_stride = b.row_stride;
+  const int64_t feature_stride = b.feature_stride;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowTile) {
+    const int64_t r1 = std::min(rows, r0 + kRowTile);
     for (int64_t f0 = first; f0 < last; f0 += kFeatureTile) {
       const int64_t f1 = std::min(last, f0 + kFeatureTile);
+      const auto tile = static_cast<size_t>(f0);
       for (int64_t r = r0; r < r1; ++r) {
-        const T* row = base + r * b.row_stride;
-        for (int64_t fi = f0; fi < f1; ++fi) {
-          const auto f = static_cast<size_t>(fi);
-          const double v = static_cast<double>(row[fi * b.feature_stride]);
+        // One cursor per array, stepped feature by feature.
+        const T* value = base + r * row_stride + f0 * feature_stride;
+        const double* s = search + tile * len;
+        uint64_t* count = counts + tile * (len + 1);
+        double* sum = sums + tile * len;
+        FeatureMoments* m = acc + tile;
+        for (int64_t fi = f0; fi < f1;
+             ++fi, value += feature_stride, s += len, count += len + 1, sum += len, ++m) {
+          const double v = static_cast<double>(*value);
           if (!IsFinite(v)) {
-            ++counts[f * (len + 1)];
+            ++count[0];
             continue;
           }
-          const double* s = search + f * len;
           size_t pos = 0;
           for (size_t step = len >> 1; step > 0; step >>= 1) {
             pos += (s[pos + step - 1] <= v) ? step : 0;
           }
-          ++counts[f * (len + 1) + pos + 1];
-          sums[f * len + pos] += v;
-          FeatureMoments& m = acc[f];
-          m.lo = std::min(m.lo, v);
-          m.hi = std::max(m.hi, v);
-          const double d = v - m.shift;
-          m.s1 += d;
-          m.s2 += d * d;
-          ++m.finite;
+          ++count[pos + 1];
+          sum[pos] += v;
+          m->lo = std::min(m->lo, v);
+          m->hi = std::max(m->hi, v);
+          const double d = v - m->shift;
+          m->s1 += d;
+          m->s2 += d * d;
+          ++m->finite;
         }
       }
     }
@@ -440,6 +455,255 @@ Status SummarizeNumeric(const DriftBatch& batch, const std::vector<std::vector<d
   std::vector<NumericSummary> result;
   result.reserve(edges.size());
   for (size_t f = 0; f < edges.size(); ++f) result.push_back(Finish(pass, f));
+  *out = std::move(result);
+  return Status::Ok();
+}
+
+namespace {
+
+// Quantile edges (QuantileEdges). Columns are copied a tile at a time: one
+// sweep over the chosen rows reads each row's tile (one cache line of a
+// row-major float64 batch) once. Tiles are narrower when the rows are so many
+// that kEdgeTile columns would take more than kEdgeBufferValues (4 MiB, the
+// default 65,536-row edge sample) per thread.
+constexpr int64_t kEdgeTile = 8;
+constexpr int64_t kEdgeBufferValues = kEdgeTile * 65536;
+// Rows fetched ahead of the one being copied.
+constexpr int64_t kGatherAhead = 32;
+// Ranges up to this size are finished by std::nth_element; larger ones take
+// one more radix level (a 64 Ki-entry histogram costs about as much to clear
+// and scan as nth_element over this many values).
+constexpr size_t kSelectDirect = 4096;
+constexpr int kRadixBits = 16;
+constexpr size_t kRadixBuckets = size_t{1} << kRadixBits;
+constexpr uint8_t kNoSlot = 0xFF;
+
+// Maps a double onto an unsigned key with the same order (for the finite
+// values this is used on; -0.0 never occurs: Gather stores it as +0.0).
+inline uint64_t OrderedKey(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint64_t negative = u >> 63;
+  return u ^ ((uint64_t{0} - negative) | (uint64_t{1} << 63));
+}
+
+// Per-thread scratch of the selection: a histogram and the bucket -> slot
+// table (kept all kNoSlot between uses).
+struct SelectScratch {
+  std::vector<uint32_t> histogram = std::vector<uint32_t>(kRadixBuckets);
+  std::vector<uint8_t> slot = std::vector<uint8_t>(kRadixBuckets, kNoSlot);
+};
+
+// Writes into values[i] the ranks[i]-th smallest (0-based) of v[0, n), for
+// ranks strictly increasing and < n; reorders v. MSD radix selection on the
+// ordered keys, kRadixBits a level starting at bit `shift`: one pass builds
+// the histogram of the level's digit, a second copies out only the buckets
+// holding a wanted rank, and each of those is selected from recursively.
+// Small ranges (and equal keys, below bit 0) go to std::nth_element.
+void SelectRanks(double* v, size_t n, const size_t* ranks, size_t num_ranks, int shift,
+                 double* values, SelectScratch* scratch) {
+  if (n <= kSelectDirect || shift < 0) {
+    size_t from = 0;
+    for (size_t i = 0; i < num_ranks; ++i) {
+      std::nth_element(v + from, v + ranks[i], v + n);
+      values[i] = v[ranks[i]];
+      from = ranks[i] + 1;
+    }
+    return;
+  }
+  const auto digit = [shift](double x) {
+    return static_cast<size_t>((OrderedKey(x) >> shift) & (kRadixBuckets - 1));
+  };
+  uint32_t* histogram = scratch->histogram.data();
+  std::fill(histogram, histogram + kRadixBuckets, 0u);
+  for (size_t i = 0; i < n; ++i) ++histogram[digit(v[i])];
+  // The wanted buckets in increasing order, each with its first rank and the
+  // number of values below it.
+  struct Wanted {
+    size_t bucket, size, below, first_rank, num_ranks, at = 0;
+  };
+  std::vector<Wanted> wanted;
+  size_t below = 0, bucket = 0;
+  for (size_t i = 0; i < num_ranks; ++i) {
+    while (below + histogram[bucket] <= ranks[i]) below += histogram[bucket++];
+    if (!wanted.empty() && wanted.back().bucket == bucket) {
+      ++wanted.back().num_ranks;
+    } else {
+      wanted.push_back({bucket, histogram[bucket], below, i, 1});
+    }
+  }
+  const int next = shift - kRadixBits;
+  if (wanted.size() == 1 && wanted[0].size == n) {  // one digit for all: go one level down
+    SelectRanks(v, n, ranks, num_ranks, next, values, scratch);
+    return;
+  }
+  size_t total = 0;
+  for (Wanted& w : wanted) {
+    w.at = total;
+    total += w.size;
+  }
+  std::vector<double> kept(total);
+  // Copies out at most kNoSlot buckets per pass (one pass for up to 127 quantiles).
+  for (size_t from = 0; from < wanted.size(); from += kNoSlot) {
+    const size_t to = std::min(wanted.size(), from + kNoSlot);
+    double* fill[kNoSlot];
+    for (size_t w = from; w < to; ++w) {
+      scratch->slot[wanted[w].bucket] = static_cast<uint8_t>(w - from);
+      fill[w - from] = kept.data() + wanted[w].at;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const uint8_t s = scratch->slot[digit(v[i])];
+      if (s != kNoSlot) *fill[s]++ = v[i];
+    }
+    for (size_t w = from; w < to; ++w) scratch->slot[wanted[w].bucket] = kNoSlot;
+  }
+  std::vector<size_t> inner;
+  for (const Wanted& w : wanted) {
+    inner.assign(ranks + w.first_rank, ranks + w.first_rank + w.num_ranks);
+    for (size_t& r : inner) r -= w.below;
+    SelectRanks(kept.data() + w.at, w.size, inner.data(), inner.size(), next, values + w.first_rank,
+                scratch);
+  }
+}
+
+// numpy's "linear" interpolation between the order statistics a <= b at
+// fraction gamma (numpy.lib._function_base_impl._lerp): the two-sided form
+// keeps the result within [a, b]. Kept as separate roundings (no fused
+// multiply-add), as numpy computes it.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+double Lerp(double a, double b, double gamma) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  const double diff = b - a;
+  if (gamma >= 0.5) return b - diff * (1.0 - gamma);
+  return a + diff * gamma;
+}
+
+// The edges of one column from its n finite values (reordered).
+std::vector<double> EdgesOf(double* v, size_t n, const std::vector<double>& quantiles,
+                            SelectScratch* scratch) {
+  if (n == 0 || quantiles.empty()) return {};
+  // numpy's virtual index (n - 1) * q and the two order statistics around it
+  // (both the last one from there on).
+  const size_t last = n - 1;
+  struct Point {
+    size_t prev, next;
+    double gamma;
+  };
+  std::vector<Point> points;
+  std::vector<size_t> ranks;
+  for (double q : quantiles) {
+    const double virtual_index = static_cast<double>(last) * q;
+    const double prev = std::floor(virtual_index);
+    Point p{0, 0, virtual_index - prev};
+    if (virtual_index >= static_cast<double>(last)) {
+      p.prev = p.next = last;
+    } else {
+      p.prev = static_cast<size_t>(std::max(0.0, prev));
+      p.next = std::min(p.prev + 1, last);
+    }
+    points.push_back(p);
+    ranks.push_back(p.prev);
+    ranks.push_back(p.next);
+  }
+  std::sort(ranks.begin(), ranks.end());
+  ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+  std::vector<double> at(ranks.size());
+  SelectRanks(v, n, ranks.data(), ranks.size(), 64 - kRadixBits, at.data(), scratch);
+  const auto value_at = [&](size_t rank) {
+    return at[static_cast<size_t>(std::lower_bound(ranks.begin(), ranks.end(), rank) -
+                                  ranks.begin())];
+  };
+  std::vector<double> edges;
+  edges.reserve(points.size());
+  for (const Point& p : points) edges.push_back(Lerp(value_at(p.prev), value_at(p.next), p.gamma));
+  std::sort(edges.begin(), edges.end());
+  edges.erase(std::unique(edges.begin(), edges.end()), edges.end());
+  for (double& e : edges) e += 0.0;  // -0.0 -> +0.0
+  return edges;
+}
+
+// Copies the finite values of columns [f0, f1) at the chosen rows into
+// columns[k * stride ...], counts into finite[k]; -0.0 is stored as +0.0.
+template <typename T>
+void Gather(const DriftBatch& b, const int64_t* rows, int64_t num_rows, int64_t f0, int64_t f1,
+            double* columns, size_t stride, size_t* finite) {
+  const T* base = static_cast<const T*>(b.data);
+  const int64_t width = f1 - f0;
+  for (int64_t k = 0; k < width; ++k) finite[k] = 0;
+  const auto row_at = [&](int64_t i) {
+    return base + (rows != nullptr ? rows[i] : i) * b.row_stride + f0 * b.feature_stride;
+  };
+  for (int64_t i = 0; i < num_rows; ++i) {
+    // The rows are far apart (a row-major batch's rows hold every feature): a
+    // tile is one or two cache lines that the hardware would not fetch ahead.
+    if (i + kGatherAhead < num_rows) {
+      const T* ahead = row_at(i + kGatherAhead);
+      __builtin_prefetch(ahead);
+      __builtin_prefetch(ahead + (width - 1) * b.feature_stride);
+    }
+    const T* row = row_at(i) - f0 * b.feature_stride;
+    for (int64_t k = 0; k < width; ++k) {
+      const double v = static_cast<double>(row[(f0 + k) * b.feature_stride]);
+      columns[static_cast<size_t>(k) * stride + finite[k]] = v + 0.0;
+      finite[k] += IsFinite(v) ? 1 : 0;
+    }
+  }
+}
+
+}  // namespace
+
+Status QuantileEdges(const DriftBatch& batch, const int64_t* rows, int64_t num_rows,
+                     const std::vector<double>& quantiles, std::vector<std::vector<double>>* out) {
+  if (batch.rows < 0 || batch.features < 0 || num_rows < 0) {
+    return Status::InvalidArgument("batch has a negative shape");
+  }
+  if (batch.data == nullptr && batch.rows > 0 && batch.features > 0) {
+    return Status::InvalidArgument("batch has no data");
+  }
+  for (size_t i = 0; i < quantiles.size(); ++i) {
+    if (!(quantiles[i] >= 0.0 && quantiles[i] <= 1.0)) {
+      return Status::InvalidArgument("quantiles must be in [0, 1]; entry " + std::to_string(i) +
+                                     " is " + std::to_string(quantiles[i]));
+    }
+  }
+  if (rows == nullptr) {
+    num_rows = batch.rows;
+  } else {
+    for (int64_t i = 0; i < num_rows; ++i) {
+      if (rows[i] < 0 || rows[i] >= batch.rows) {
+        return Status::InvalidArgument("row " + std::to_string(rows[i]) + " (entry " +
+                                       std::to_string(i) + ") is outside the batch's " +
+                                       std::to_string(batch.rows) + " rows");
+      }
+    }
+  }
+  std::vector<std::vector<double>> result(static_cast<size_t>(batch.features));
+  ForColumnRanges(num_rows, batch.features, [&](int64_t first, int64_t last) {
+    if (first == last) return;  // no columns at all
+    const auto stride = static_cast<size_t>(num_rows);
+    const int64_t tile = std::clamp<int64_t>(kEdgeBufferValues / std::max<int64_t>(num_rows, 1), 1,
+                                             std::min(kEdgeTile, last - first));
+    std::vector<double> columns(stride * static_cast<size_t>(tile));
+    size_t finite[kEdgeTile];
+    SelectScratch scratch;
+    for (int64_t f0 = first; f0 < last; f0 += tile) {
+      const int64_t f1 = std::min(last, f0 + tile);
+      if (batch.dtype == DriftDType::kFloat32) {
+        Gather<float>(batch, rows, num_rows, f0, f1, columns.data(), stride, finite);
+      } else {
+        Gather<double>(batch, rows, num_rows, f0, f1, columns.data(), stride, finite);
+      }
+      for (int64_t f = f0; f < f1; ++f) {
+        const auto k = static_cast<size_t>(f - f0);
+        result[static_cast<size_t>(f)] =
+            EdgesOf(columns.data() + k * stride, finite[k], quantiles, &scratch);
+      }
+    }
+  });
   *out = std::move(result);
   return Status::Ok();
 }

@@ -2,7 +2,9 @@
 // float32 batches, invalid profiles, and concurrent counting plus window
 // rotation against a single-threaded oracle.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <string>
@@ -179,6 +181,83 @@ void TestConcurrentCountMatchesSequential() {
   test::SetContext("");
 }
 
+// Quantiles at which (n - 1) * q is a whole number pick one order statistic
+// each: the edges must equal a full sort's entries at those ranks. Columns
+// cover the selection's paths (spread values, ties, a narrow range far from
+// zero that needs several radix levels), with nulls; a batch large enough to
+// be split over threads, and a subset of rows, give the per-column answer.
+void TestQuantileEdgesAreOrderStatistics() {
+  test::SetContext("quantile_edges");
+  // Every 41st row is null: 40,001 finite values a column, (n - 1) divisible
+  // by 4, 5, 8 and 10.
+  constexpr int64_t kRows = 41001;
+  constexpr int64_t kCols = 128;  // 5.2 M values: split over threads where there are cores
+  std::mt19937_64 rng(kSeed);
+  std::normal_distribution<double> normal;
+  std::vector<double> x(static_cast<size_t>(kRows * kCols));
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t f = 0; f < kCols; ++f) {
+      double v = normal(rng) * static_cast<double>(f + 1);
+      if (f % 4 == 1) v = std::floor(v / 8.0);                                 // ties
+      if (f % 4 == 2) v = 1.7e9 + static_cast<double>(rng() % 100000) * 1e-5;  // narrow
+      if (r % 41 == 40) v = (rng() % 2) ? kNan : -kInf;
+      x[static_cast<size_t>(r * kCols + f)] = v;
+    }
+  }
+  const DriftBatch whole{x.data(), DriftDType::kFloat64, kRows, kCols, kCols, 1};
+  const std::vector<double> q = {0.1, 0.2, 0.25, 0.5, 0.75, 0.8, 0.9};
+  std::vector<std::vector<double>> edges;
+  CHECK(QuantileEdges(whole, nullptr, 0, q, &edges).ok());
+  CHECK_EQ(edges.size(), static_cast<size_t>(kCols));
+  for (int64_t f = 0; f < kCols; ++f) {
+    std::vector<double> finite;
+    for (int64_t r = 0; r < kRows; ++r) {
+      const double v = x[static_cast<size_t>(r * kCols + f)];
+      if (std::isfinite(v)) finite.push_back(v);
+    }
+    std::sort(finite.begin(), finite.end());
+    // Every q lands on one order statistic only where (n - 1) * q is whole.
+    std::vector<double> want;
+    for (double qi : q) {
+      const double at = static_cast<double>(finite.size() - 1) * qi;
+      if (at == std::floor(at)) want.push_back(finite[static_cast<size_t>(at)]);
+    }
+    CHECK_EQ(finite.size(), size_t{40001});
+    CHECK_EQ(want.size(), q.size());
+    for (double w : want) {
+      CHECK(std::find(edges[f].begin(), edges[f].end(), w) != edges[f].end());
+    }
+    CHECK(std::is_sorted(edges[f].begin(), edges[f].end()));
+    CHECK(std::adjacent_find(edges[f].begin(), edges[f].end()) == edges[f].end());
+    // The same column alone (one thread, a column-strided view) gives the same edges.
+    std::vector<std::vector<double>> alone;
+    const DriftBatch column{x.data() + f, DriftDType::kFloat64, kRows, 1, kCols, 1};
+    CHECK(QuantileEdges(column, nullptr, 0, q, &alone).ok());
+    CHECK(alone[0] == edges[f]);
+  }
+  // Listed rows: the edges of exactly those rows.
+  std::vector<int64_t> rows;
+  for (int64_t r = 0; r < kRows; r += 3) rows.push_back(r);
+  std::vector<double> picked;
+  for (int64_t r : rows) {
+    picked.insert(picked.end(), x.begin() + r * kCols, x.begin() + (r + 1) * kCols);
+  }
+  std::vector<std::vector<double>> from_rows, from_copy;
+  CHECK(QuantileEdges(whole, rows.data(), static_cast<int64_t>(rows.size()), q, &from_rows).ok());
+  const auto n = static_cast<int64_t>(rows.size());
+  CHECK(QuantileEdges(DriftBatch{picked.data(), DriftDType::kFloat64, n, kCols, kCols, 1}, nullptr,
+                      0, q, &from_copy)
+            .ok());
+  CHECK(from_rows == from_copy);
+  // Refusals leave the output untouched.
+  const int64_t outside[] = {0, kRows};
+  CHECK(!QuantileEdges(whole, outside, 2, q, &edges).ok());
+  CHECK(!QuantileEdges(whole, nullptr, 0, {1.5}, &edges).ok());
+  CHECK(!QuantileEdges(whole, nullptr, 0, {kNan}, &edges).ok());
+  CHECK(edges.size() == static_cast<size_t>(kCols));
+  test::SetContext("");
+}
+
 }  // namespace
 }  // namespace aiarch
 
@@ -189,5 +268,6 @@ int main() {
   aiarch::TestNoPointsFeature();
   aiarch::TestUniformFastPathMatchesBinOf();
   aiarch::TestConcurrentCountMatchesSequential();
+  aiarch::TestQuantileEdgesAreOrderStatistics();
   return aiarch::test::Finish("test_drift");
 }

@@ -334,6 +334,9 @@ class NumericSummary(TypedDict):
 def summarize_numeric(
     data: npt.ArrayLike, edges: Sequence[Sequence[float]]
 ) -> list[NumericSummary]: ...
+def quantile_edges(
+    data: npt.ArrayLike, quantiles: Sequence[float], rows: npt.ArrayLike | None = None
+) -> list[list[float]]: ...
 
 class DriftSketch:
     def __init__(self, kinds: Sequence[int], points: Sequence[Sequence[float]]) -> None: ...

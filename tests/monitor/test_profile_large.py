@@ -52,6 +52,110 @@ def test_exact_profile_matches_numpy_bit_for_bit(seed: int) -> None:
         assert f.std == pytest.approx(std, rel=1e-9), (seed, j)
 
 
+def _numpy_edges(values: np.ndarray, quantiles: np.ndarray) -> list[float]:
+    finite = values[np.isfinite(values)].astype(np.float64)
+    if finite.size == 0:
+        return []
+    return np.unique(np.quantile(finite, quantiles)).tolist()
+
+
+def _selection_columns(rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Columns that take the native selection through every path: spread values, heavy ties, a
+    narrow range far from zero (keys equal in their top bits: several radix levels), a
+    constant, tiny magnitudes, heavy tails, and a spread over a thousand octaves (more wanted
+    buckets than one copying pass takes); with NaN and +/-inf mixed in."""
+    x = np.column_stack(
+        [
+            rng.normal(size=rows) * 1e3,
+            rng.integers(0, 4, size=rows).astype(np.float64),
+            1.7e9 + rng.integers(0, 1000, size=rows) * 1e-3,
+            np.full(rows, 5.0),
+            rng.integers(-5, 5, size=rows) * 1e-300,
+            rng.standard_cauchy(size=rows),
+            np.exp2(rng.uniform(-500, 500, size=rows)),  # every rank in a bucket of its own
+        ]
+    )
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.01] = -np.inf
+    x[rng.random(x.shape) < 0.01] = np.inf
+    return x
+
+
+# 140k rows: fewer columns copied at a time (a bounded buffer per thread).
+@pytest.mark.parametrize(
+    ("rows", "bins"),
+    [(1, 10), (37, 3), (5000, 10), (60_000, 10), (20_000, 300), (140_000, 10)],
+)
+def test_quantile_edges_equal_numpy_quantile_bit_for_bit(rows: int, bins: int) -> None:
+    rng = np.random.default_rng(rows + bins)
+    x = _selection_columns(rows, rng)
+    q = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    got = _core.quantile_edges(x, q.tolist())
+    assert got == [_numpy_edges(x[:, j], q) for j in range(x.shape[1])]
+    # Listed rows (repeats allowed), float32 input and a column-major copy: the same rule.
+    pick = np.sort(rng.integers(0, rows, size=max(1, rows // 3)))
+    assert _core.quantile_edges(x, q.tolist(), pick) == [
+        _numpy_edges(x[pick, j], q) for j in range(x.shape[1])
+    ]
+    with np.errstate(over="ignore"):  # the widest column's extremes become +/-inf: nulls
+        x32 = x.astype(np.float32)
+    assert _core.quantile_edges(x32, q.tolist()) == [
+        _numpy_edges(x32[:, j], q) for j in range(x.shape[1])
+    ]
+    assert _core.quantile_edges(np.asfortranarray(x), q.tolist()) == got
+
+
+@pytest.mark.parametrize("rows", [3000, EDGE_SAMPLE_ROWS + 5000])
+def test_profile_does_not_depend_on_the_reference_layout(rows: int) -> None:
+    """Row-major, column-major, a strided view and float32 (whose values float64 holds
+    exactly) give the same profile bytes: with and without the edge sample."""
+    rng = np.random.default_rng(rows)
+    x = _selection_columns(rows, rng)
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32).astype(np.float64)
+    want = Profile.build(x).to_bytes()
+    wide = np.empty((rows, 2 * x.shape[1]))
+    wide[:, ::2] = x
+    assert Profile.build(np.asfortranarray(x)).to_bytes() == want
+    assert Profile.build(wide[:, ::2]).to_bytes() == want
+    assert Profile.build(x.astype(np.float32)).to_bytes() == want
+
+
+def test_quantile_edges_golden() -> None:
+    # numpy's linear method on 1..10: (n - 1) * q = 2.25 -> 3 + 0.25 * (4 - 3); 4.5 -> 5.5;
+    # 9 -> the maximum. Ties collapse to one edge.
+    x = np.arange(1.0, 11.0).reshape(-1, 1)
+    assert _core.quantile_edges(x, [0.25, 0.5, 1.0]) == [[3.25, 5.5, 10.0]]
+    ties = np.array([[1.0], [1.0], [1.0], [2.0]])
+    assert _core.quantile_edges(ties, [0.1, 0.2, 0.5, 0.9]) == [[1.0, 1.7000000000000002]]
+
+
+def test_quantile_edges_of_columns_without_finite_values_are_empty() -> None:
+    x = np.array([[np.nan, 1.0], [np.inf, 2.0], [-np.inf, 3.0]])
+    assert _core.quantile_edges(x, [0.5]) == [[], [2.0]]
+    assert _core.quantile_edges(x, []) == [[], []]
+    assert _core.quantile_edges(np.empty((0, 2)), [0.5]) == [[], []]
+    assert _core.quantile_edges(np.empty((3, 0)), [0.5]) == []
+
+
+def test_quantile_edges_give_a_zero_edge_as_positive_zero() -> None:
+    x = np.array([[-0.0], [0.0], [-0.0], [1.0], [-1.0]])
+    (edges,) = _core.quantile_edges(x, [0.5])
+    assert edges == [0.0] and np.copysign(1.0, edges[0]) == 1.0
+
+
+def test_quantile_edges_refuse_bad_arguments() -> None:
+    x = np.zeros((3, 2))
+    with pytest.raises(InvalidArgumentError, match=r"quantiles must be in \[0, 1\]"):
+        _core.quantile_edges(x, [1.5])
+    with pytest.raises(InvalidArgumentError, match="outside the batch's 3 rows"):
+        _core.quantile_edges(x, [0.5], np.array([0, 3]))
+    with pytest.raises(InvalidArgumentError, match="rows must be 1-D"):
+        _core.quantile_edges(x, [0.5], np.zeros((1, 1), dtype=np.int64))
+    with pytest.raises(InvalidArgumentError, match="rows"):
+        _core.quantile_edges(x, [0.5], np.array([0.5]))
+
+
 def test_sampled_edges_are_deterministic_and_counts_cover_every_row() -> None:
     rng = np.random.default_rng(7)
     rows = EDGE_SAMPLE_ROWS * 3

@@ -165,4 +165,21 @@ struct NumericSummary {
 Status SummarizeNumeric(const DriftBatch& batch, const std::vector<std::vector<double>>& edges,
                         std::vector<NumericSummary>* out);
 
+// Candidate edges of every column of `batch` (the profile builder's other
+// native half, see SummarizeNumeric): per column, the distinct values, in
+// increasing order, of numpy.quantile's default ("linear") method over the
+// column's finite values at each of `quantiles` (each in [0, 1]). The values
+// are those of the rows listed in `rows` (`num_rows` indices, each in
+// [0, batch.rows)), or of every row when `rows` is null. A column without
+// finite values gets no edges. Equal to numpy's result bit for bit, except
+// that a zero edge is always +0.0.
+//
+// The order statistics come from a radix selection over a copy of at most a
+// few columns per thread at a time (no sort, no copy of the whole batch);
+// large inputs are split by columns over threads (as Count()). On success
+// *out holds one list per column; on failure it is untouched. Thread-safe
+// (touches nothing shared). Allocates the result and per-thread buffers.
+Status QuantileEdges(const DriftBatch& batch, const int64_t* rows, int64_t num_rows,
+                     const std::vector<double>& quantiles, std::vector<std::vector<double>>* out);
+
 }  // namespace aiarch

@@ -331,41 +331,12 @@ def _as_matrix(data: np.ndarray) -> np.ndarray:
     return arr.reshape(-1, 1) if arr.ndim == 1 else arr
 
 
-def _edge_rows(matrix: np.ndarray, limit: int | None) -> np.ndarray:
-    """The rows whose values set the bin edges, as a features x rows float64 array: every row
-    up to ``limit``, else ``limit`` rows drawn without replacement by a fixed seed."""
-    rows = len(matrix)
-    if limit is not None and rows > limit:
-        pick = np.sort(np.random.default_rng(EDGE_SAMPLE_SEED).choice(rows, limit, replace=False))
-        matrix = matrix[pick]
-    return np.ascontiguousarray(matrix.T, dtype=np.float64)
-
-
-def _quantile_edges(columns: np.ndarray, bins: int) -> list[list[float]]:
-    """Per row of ``columns``: the unique ``numpy.quantile`` values (default linear method) of
-    its finite values at the inner ``bins``-quantiles, bit for bit, from one vectorized sort
-    (numpy sorts put -inf first and NaN last)."""
-    ordered = np.sort(columns, axis=1)
-    finite = np.isfinite(ordered)
-    count = finite.sum(axis=1)
-    start = (ordered == -np.inf).sum(axis=1)
-    q = np.linspace(0.0, 1.0, bins + 1)[1:-1]
-    # numpy's "linear" method: virtual index (n - 1) * q, the two order statistics around it
-    # (both the last one past the end), and _lerp's two-sided interpolation.
-    virtual = (count[:, None] - 1) * q[None, :]
-    prev = np.floor(virtual)
-    gamma = virtual - prev
-    last = np.maximum(count - 1, 0)[:, None]
-    prev_i = np.clip(prev.astype(np.int64), 0, last)
-    next_i = np.where(virtual >= last, last, np.clip(prev_i + 1, 0, last))
-    prev_i = np.where(virtual >= last, last, prev_i)
-    row = np.arange(len(columns))[:, None]
-    a = ordered[row, start[:, None] + prev_i]
-    b = ordered[row, start[:, None] + next_i]
-    diff = b - a
-    value = a + diff * gamma
-    np.subtract(b, diff * (1 - gamma), out=value, where=gamma >= 0.5)
-    return [np.unique(value[i]).tolist() if count[i] > 0 else [] for i in range(len(columns))]
+def _edge_sample(rows: int, limit: int | None) -> np.ndarray | None:
+    """The rows whose values set the bin edges, ascending: None (every row) up to ``limit``,
+    else ``limit`` rows drawn without replacement by a fixed seed."""
+    if limit is None or rows <= limit:
+        return None
+    return np.sort(np.random.default_rng(EDGE_SAMPLE_SEED).choice(rows, limit, replace=False))
 
 
 def _numeric(
@@ -375,10 +346,12 @@ def _numeric(
     bins: int,
     edge_sample_rows: int | None,
 ) -> list[FeatureProfile]:
-    """Numeric features of ``matrix``'s columns: edges from a sort of the (sampled) columns,
-    then one native pass over every value (see _core.summarize_numeric)."""
-    edges = _quantile_edges(_edge_rows(matrix, edge_sample_rows), bins) if len(matrix) else []
-    summaries = _core.summarize_numeric(matrix, edges or [[] for _ in at])
+    """Numeric features of ``matrix``'s columns: numpy.quantile's edges of the (sampled) rows by
+    a native selection (_core.quantile_edges: no sort, no copy of the matrix), then one native
+    pass over every value (_core.summarize_numeric)."""
+    quantiles = np.linspace(0.0, 1.0, bins + 1)[1:-1].tolist()
+    edges = _core.quantile_edges(matrix, quantiles, _edge_sample(len(matrix), edge_sample_rows))
+    summaries = _core.summarize_numeric(matrix, edges)
     out = []
     for i, s in zip(at, summaries):
         counts = s["counts"]
