@@ -19,7 +19,7 @@ import pytest
 from aiarch.features import FeatureStore
 from aiarch.serving.process import ServerProcess
 
-from .conftest import CARD, T0, TXN, RedisServer
+from .conftest import CARD, SESSION, T0, TXN, USER, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -86,6 +86,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, R
             "risky": [False, False],
         },
     )
+    native.apply(USER, SESSION)
+    native.write(
+        "session",
+        {
+            "user": ["ana", "Zoë-7f3a", "b" * 64],
+            "event_timestamp": [now, now, now],
+            "clicks": [3.0, 4.0, 5.0],
+            "dwell_s": [0.5, 0.25, 2.0],
+        },
+    )
     native.save()
     redis_srv = RedisServer(tmp / "redis")
     remote = FeatureStore(redis_srv.url, home=home)
@@ -103,6 +113,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, R
     store = f"native://{tmp / 'online'}"
     feats = f'store = "{store}", home = "{home}", lookups = {LOOKUPS}'
     rfeats = f'store = "{redis_srv.url}", home = "{home}", lookups = {LOOKUPS}'
+    ufeats = f'store = "{store}", home = "{home}", lookups = ["session:*"], entity_input = "user"'
     config = tmp / "serve.toml"
     config.write_text(
         f"""
@@ -119,6 +130,14 @@ features = {{ {feats}, on_missing = "error" }}
 [models.scaled]
 source = "{MODELS}:scaled"
 features = {{ {feats}, entity_input = "card" }}
+
+[models.by_user]
+source = "{MODELS}:score"
+features = {{ {ufeats} }}
+
+[models.by_user_strict]
+source = "{MODELS}:score"
+features = {{ {ufeats}, on_missing = "error", max_key_bytes = 16 }}
 
 [models.remote]
 source = "{MODELS}:score"
@@ -237,3 +256,63 @@ def test_redis_store_and_its_outage(served: tuple[Server, RedisServer]) -> None:
         redis_srv.resume()
     status, body = srv.call("POST", "/v2/models/remote/infer", v2([1]))
     assert status == 200 and outputs(body)["score"] == [11.0]
+
+
+def test_string_entity_ids_are_served(served: tuple[Server, RedisServer]) -> None:
+    """A string entity's ids arrive as BYTES (JSON strings or the binary extension) and join
+    their features; ids that do not fit are refused naming them; other requests unaffected."""
+    import struct
+    import urllib.request
+
+    srv, _ = served
+    status, meta = srv.call("GET", "/v2/models/by_user")
+    assert status == 200
+    assert meta["inputs"] == [{"name": "user", "datatype": "BYTES", "shape": [-1]}]
+    ids = ["Zoë-7f3a", "nobody", "ana", "b" * 64]
+    body = {"inputs": [{"name": "user", "shape": [4], "datatype": "BYTES", "data": ids}]}
+    status, out = srv.call("POST", "/v2/models/by_user/infer", body)
+    assert status == 200, out
+    # clicks + dwell_s; "nobody" is missing: defaults 0 + 1.0.
+    assert outputs(out)["score"] == [4.25, 1.0, 3.5, 7.0]
+    assert outputs(out)["feature_status"] == [0, 2, 0, 0]
+    # The binary tensor extension: uint32-LE length-prefixed elements.
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in (x.encode() for x in ids[:2]))
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "user",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    req = urllib.request.Request(
+        srv.base + "/v2/models/by_user/infer",
+        data=header + raw,
+        method="POST",
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    with urllib.request.urlopen(req, timeout=20) as r:
+        assert outputs(json.loads(r.read()))["score"] == [4.25, 1.0]
+    for bad, why in (("c" * 65, "longer than 64 bytes"), ("a\u0000b", "NUL"), ("", "empty")):
+        body = {"inputs": [{"name": "user", "shape": [1], "datatype": "BYTES", "data": [bad]}]}
+        status, out = srv.call("POST", "/v2/models/by_user/infer", body)
+        assert status == 400 and why in out["error"] and "'user'" in out["error"], out
+    body = {"inputs": [{"name": "user", "shape": [1], "datatype": "INT64", "data": [1]}]}
+    status, out = srv.call("POST", "/v2/models/by_user/infer", body)
+    assert status == 400 and "expecting BYTES" in out["error"]
+    status, out = srv.call("POST", "/v2/models/fraud/infer", v2([2]))
+    assert status == 200 and outputs(out)["score"] == [22.0]
+    strict = "/v2/models/by_user_strict/infer"
+    body = {"inputs": [{"name": "user", "shape": [2], "datatype": "BYTES", "data": ["ana", "x"]}]}
+    status, out = srv.call("POST", strict, body)
+    assert status == 404 and "x (missing)" in out["error"], out
+    body["inputs"][0]["data"] = ["ana", "b" * 17]  # (17 bytes: over this model's 16)
+    status, out = srv.call("POST", strict, body)
+    assert status == 400 and "longer than 16 bytes" in out["error"], out

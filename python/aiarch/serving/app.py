@@ -24,7 +24,7 @@ from . import v2
 from .config import ServeConfig
 from .entry import ModelEntry
 from .errors import HttpError, status_for_exception
-from .features import result_check
+from .features import result_check, string_entity
 from .http import JSON, HttpProtocol, Request, build_response, error_response, require_json
 from .jobs import InferJob
 from .loader import ModelRepository
@@ -101,7 +101,7 @@ class App:
             return  # registry-served: its entries follow the route's arms
         if name in self.runtime.models():
             source = self.repository.source_of(name)
-            entry = ModelEntry(self.runtime.model_info(name), source)
+            entry = ModelEntry(self.runtime.model_info(name), source, byte_keys=string_entity(name))
             entry.check = result_check(name)
             self.entries[name] = entry
         else:

@@ -39,6 +39,7 @@ class ModelEntry:
     """What the request path needs about one loaded model; rebuilt on (re)load."""
 
     __slots__ = (
+        "byte_keys",
         "check",
         "config_json",
         "input_index",
@@ -53,13 +54,25 @@ class ModelEntry:
         "version",
     )
 
-    def __init__(self, info: Any, source: str = "", public_name: str | None = None):
+    def __init__(
+        self,
+        info: Any,
+        source: str = "",
+        public_name: str | None = None,
+        byte_keys: tuple[int, int] | None = None,
+    ):
         # A registry-served version runs under its own runtime name (e.g. `fraud.v3`) and
         # answers under the public one.
         self.runtime_name: str = info.name
         self.name: str = public_name or info.name
         self.version: str = str(info.version)
         self.inputs = [_spec(s) for s in info.inputs]
+        # String entity ids: BYTES on the wire, fixed-width UTF-8 rows in the batcher
+        # (`serving.features`); (input index, width) or None.
+        self.byte_keys = byte_keys
+        if byte_keys is not None:
+            i, _ = byte_keys
+            self.inputs[i] = (self.inputs[i][0], np.dtype(object), ())
         self.outputs = [_spec(s) for s in info.outputs]
         self.input_index = {n: i for i, (n, _, _) in enumerate(self.inputs)}
         self.output_names = [n for n, _, _ in self.outputs]
@@ -154,5 +167,9 @@ class ModelEntry:
                 rows = shape[0]
             elif shape[0] != rows:
                 raise HttpError(400, "all inputs must have the same batch size")
+            if self.byte_keys is not None and i == self.byte_keys[0]:
+                from .features import pack_keys
+
+                arr = pack_keys(arr, self.byte_keys[1], name)
             ordered[i] = arr
         return ordered[0] if len(ordered) == 1 else ordered

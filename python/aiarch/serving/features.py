@@ -7,8 +7,9 @@ A model's serve config may declare::
     features = { store = "redis://127.0.0.1:6379/0", entity_input = "entity_id",
                  lookups = ["txn:amount_7d", "txn:count_1h"], on_missing = "default" }
 
-The model is then wrapped: requests carry the int64 entity ids (input `entity_input`, one per
-row) plus any request-time inputs the model declares after its first; once per batch the wrapper
+The model is then wrapped: requests carry the entity ids (input `entity_input`, one per row:
+INT64 for an int64 entity, BYTES for a string one) plus any request-time inputs the model
+declares after its first; once per batch the wrapper
 does ONE lookup for all rows and calls the model with ``(features[rows, len(lookups)], *rest)``.
 Feature types join as float32 columns: float64 and int64 are cast, a ``vector[N]`` feature
 expands into N columns, and a ``string`` feature joins only when it declares a vocabulary (its
@@ -20,6 +21,11 @@ batch is answered. Lookup time is recorded per batch in a native histogram and s
 ``/v2/models/{name}/stats`` (``feature_lookup``) and ``/metrics``
 (``aiarch_feature_lookup_duration_seconds``, ``aiarch_feature_rows``,
 ``aiarch_feature_store_failures``).
+
+String entity ids travel through the batcher as fixed-width UTF-8 (``uint8[max_key_bytes]``, NUL
+padded; the public input stays BYTES): batching, routes and shadows need no side table, and a
+batch's ids are read back in one numpy view. An id longer than ``max_key_bytes`` or holding a NUL
+byte is refused with 400 naming it.
 """
 
 from __future__ import annotations
@@ -67,7 +73,11 @@ class FeatureInputs:
     """Feature references ("view:feature" or "view:*"), in the order the model reads them."""
 
     entity_input: str = "entity_id"
-    """Name of the request input holding one int64 entity id per row."""
+    """Name of the request input holding one entity id per row (INT64, or BYTES for a string
+    entity)."""
+
+    max_key_bytes: int = 64
+    """Longest string entity id accepted, in UTF-8 bytes (a UUID takes 36)."""
 
     on_missing: str = "default"
     """"default": serve defaults for missing or expired rows; "error": fail that request (404)."""
@@ -106,6 +116,10 @@ class FeatureInputs:
                 )
         if not cfg.timeout_ms > 0:
             raise ValueError(f"model {model!r}: features.timeout_ms must be > 0")
+        if type(cfg.max_key_bytes) is not int or not 1 <= cfg.max_key_bytes <= 4096:
+            raise ValueError(
+                f"model {model!r}: features.max_key_bytes must be an integer from 1 to 4096"
+            )
         return cfg
 
 
@@ -128,11 +142,14 @@ class FeatureLookupModel:
             self.plan.check_joinable()
         except InvalidArgumentError as e:
             raise ValueError(f"model {name!r}: {e}") from None
-        if self.plan.entity.dtype != "int64":
+        dtype = self.plan.entity.dtype
+        if dtype not in ("int64", "string"):
             raise ValueError(
-                f"model {name!r}: served feature lookups need an int64 entity; "
-                f"{self.plan.entity.name!r} has {self.plan.entity.dtype} keys"
+                f"model {name!r}: served feature lookups need an int64 or string entity; "
+                f"{self.plan.entity.name!r} has {dtype} keys"
             )
+        self.key_bytes: int | None = cfg.max_key_bytes if dtype == "string" else None
+        """Width of a string entity id in the batch (None: int64 ids)."""
         width = self.plan.width
         declared = list(getattr(model, "inputs", None) or [])
         if declared:
@@ -144,7 +161,12 @@ class FeatureLookupModel:
                     f"features and must be float32[{width}]; it is {first.dtype}{list(shape)}"
                 )
         rest = [TensorSpec(s.name, s.dtype, tuple(s.shape)) for s in declared[1:]]
-        self.inputs = [TensorSpec(cfg.entity_input, "int64", ()), *rest]
+        entity = (
+            TensorSpec(cfg.entity_input, "int64", ())
+            if self.key_bytes is None
+            else TensorSpec(cfg.entity_input, "uint8", (self.key_bytes,))
+        )
+        self.inputs = [entity, *rest]
         outputs = list(getattr(model, "outputs", None) or [])
         if not outputs:
             outputs = self._probe_outputs(width, rest)
@@ -172,7 +194,8 @@ class FeatureLookupModel:
 
     def __call__(self, entity_ids: np.ndarray, *rest: np.ndarray) -> tuple[Any, ...]:
         t0 = time.monotonic_ns()  # the batcher's clock, for traced batches
-        values, status = self.plan.get(entity_ids)
+        ids = entity_ids if self.key_bytes is None else keys_of(entity_ids)
+        values, status = self.plan.get(ids)
         elapsed = time.monotonic_ns() - t0
         if _tracing.enabled:
             self.lookup_log.append((t0, t0 + elapsed))
@@ -208,6 +231,33 @@ class FeatureLookupModel:
         return out
 
 
+def keys_of(rows: np.ndarray) -> list[bytes]:
+    """The string entity ids of a batch's fixed-width rows (see the module docstring)."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    return rows.view(f"S{rows.shape[1]}").reshape(-1).tolist()  # (NUL padding dropped)
+
+
+def pack_keys(ids: np.ndarray, width: int, name: str) -> np.ndarray:
+    """BYTES entity ids (str or bytes, one per row) as the batch's fixed-width rows; raises
+    HttpError(400) naming an id that does not fit."""
+    encoded = []
+    for x in ids.reshape(-1).tolist():
+        b = x.encode() if isinstance(x, str) else bytes(x) if isinstance(x, bytes) else None
+        if b is None:
+            raise HttpError(400, f"input {name!r}: entity ids must be strings")
+        if len(b) > width or b"\0" in b or not b:
+            why = (
+                "empty"
+                if not b
+                else "holds a NUL byte"
+                if b"\0" in b
+                else f"is longer than {width} bytes (features.max_key_bytes)"
+            )
+            raise HttpError(400, f"input {name!r}: entity id {b[:80]!r} {why}")
+        encoded.append(b)
+    return np.array(encoded, dtype=f"S{width}").view(np.uint8).reshape(len(encoded), width)
+
+
 _LOOKUPS: dict[str, FeatureLookupModel] = {}
 _LOOKUPS_LOCK = threading.Lock()
 
@@ -232,6 +282,13 @@ def prepare(name: str, model: Any, table: Any, batching: dict[str, Any], cache: 
         # A reload: release the old store's connections (a native table is shared and stays).
         old.store.backend.close()
     return wrapped
+
+
+def string_entity(name: str) -> tuple[int, int] | None:
+    """(input index, width) of runtime model `name`'s string entity ids, or None (no feature
+    inputs, or an int64 entity)."""
+    w = _LOOKUPS.get(name)
+    return None if w is None or w.key_bytes is None else (0, w.key_bytes)
 
 
 def lookup_stats(name: str) -> dict[str, Any] | None:
@@ -261,12 +318,13 @@ def result_check(name: str) -> Any:
                 f"model {name!r}: the feature store {redact_url(w.cfg.store)} did not answer in time",
             )
         if fail_missing and ((status == 1) | (status == 2)).any():
-            ids = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-            bad = [
-                f"{int(i)} ({_STATUS_NAMES[int(s)]})"
-                for i, s in zip(np.asarray(ids).reshape(-1), status)
-                if s in (1, 2)
-            ]
+            ids = np.asarray(inputs[0] if isinstance(inputs, (list, tuple)) else inputs)
+            shown = (
+                [k.decode(errors="replace") for k in keys_of(ids)]
+                if w.key_bytes is not None
+                else [str(int(i)) for i in ids.reshape(-1)]
+            )
+            bad = [f"{i} ({_STATUS_NAMES[int(s)]})" for i, s in zip(shown, status) if s in (1, 2)]
             raise HttpError(
                 404,
                 f"model {name!r}: no current features in {views} for {entity_input} "

@@ -117,8 +117,8 @@ class NativeFront:
             self._sync_route(name, route)
             return
         entry = app.entries.get(name)
-        if entry is None or name in app.routes or entry.check is not None:
-            return
+        if entry is None or name in app.routes or entry.check is not None or entry.byte_keys:
+            return  # (string entity ids are BYTES on the wire: the App packs them)
         if entry.runtime_name != name or entry.name != name:
             return
         handle_of = getattr(app.runtime, "native_handle", None)
@@ -150,7 +150,7 @@ class NativeFront:
         shadow = route.shadow.entry if route.shadow is not None else None
         if shadow is not None:
             entries.append(shadow)
-        if any(e is None or e.check is not None for e in entries):
+        if any(e is None or e.check is not None or e.byte_keys for e in entries):
             return
         handles = [runtime.native_handle(e.runtime_name) for e in entries]
         if any(h is None for h in handles):
