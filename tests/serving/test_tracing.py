@@ -117,7 +117,9 @@ def test_sampled_traceparent_is_traced_with_named_children(
     exporter.clear()
     with serving(http, sample=1e-6) as srv:  # the counter never picks: only the header does
         r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
+        forwarded = srv.native.forwarded if srv.native is not None else 0
     assert r.status == 200, r.body
+    assert forwarded == 0  # on the native front, the native path answered it
     spans = _spans_of(exporter, TRACE_ID)
     by_name = {s.name: s for s in spans}
     assert set(by_name) == {
@@ -166,7 +168,7 @@ def test_sampling_zero_keeps_the_native_path_and_makes_no_spans(
     assert exporter.get_finished_spans() == ()
 
 
-def test_sample_rate_forwards_every_nth_request_from_the_native_path(
+def test_sample_rate_traces_every_nth_request_on_the_native_path(
     exporter: InMemorySpanExporter,
 ) -> None:
     exporter.clear()
@@ -178,7 +180,8 @@ def test_sample_rate_forwards_every_nth_request_from_the_native_path(
             assert r.status == 200
             traced += "traceparent" in r.headers
         forwarded = srv.native.forwarded
-    assert traced == forwarded == 5  # 20 requests, one in four; the other 15 stayed native
+    assert traced == 5  # 20 requests, one in four
+    assert forwarded == 0  # traced or not, every one was answered in C++
     assert len(_server_spans(exporter)) == 5
 
 
@@ -225,7 +228,8 @@ def test_traced_error_is_marked_and_answered(exporter: InMemorySpanExporter) -> 
 def test_pipelined_traced_and_native_requests_keep_their_order(
     exporter: InMemorySpanExporter,
 ) -> None:
-    """Traced requests leave the native path mid-pipeline; responses stay in request order."""
+    """Traced requests amid untraced ones in one pipeline: all answered natively, in request
+    order, each traced response's traceparent naming its server span."""
     exporter.clear()
     bodies = [_body(rows) for rows in (1, 2, 3, 4, 5, 6)]
     with (
@@ -240,9 +244,46 @@ def test_pipelined_traced_and_native_requests_keep_their_order(
         s.sendall(wire)
         with s.makefile("rb") as f:
             responses = [read_response(f) for _ in bodies]
+        forwarded = srv.native.forwarded  # type: ignore[union-attr]
     rows = [len(r.json()["outputs"][0]["data"]) // 4 for r in responses]  # type: ignore[index]
     assert rows == [1, 2, 3, 4, 5, 6]
-    assert sum("traceparent" in r.headers for r in responses) == 3
+    assert forwarded == 0
+    sent = [r.headers["traceparent"] for r in responses if "traceparent" in r.headers]
+    assert len(sent) == 3
+    roots = _server_spans(exporter)
+    assert sorted(sent) == sorted(
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-01" for s in roots
+    )
+
+
+def test_application_provider_traces_sampled_requests_on_the_python_path(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Under an application's provider, spans are made only through its tracer, which picks
+    the ids: the native front forwards the sampled requests to the Python path to trace."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    exporter.clear()
+    app_provider = TracerProvider()
+    app_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server_provider, direct = tracing.tracer_provider(), tracing._direct
+    tracing.enable(app_provider)
+    try:
+        with serving("native", sample=1e-6) as srv:
+            assert srv.native is not None and not srv.native.front.trace_native
+            r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
+            plain = request(srv.port, "POST", "/v2/models/lin/infer", _body())
+            forwarded = srv.native.forwarded
+    finally:
+        tracing.enable(server_provider)
+        tracing._direct = direct  # the module's provider makes its spans directly again
+    assert r.status == plain.status == 200
+    assert forwarded == 1  # the sampled one; the other stayed native
+    (root,) = _server_spans(exporter)
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    assert r.headers["traceparent"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
+    assert {"queue", "execution", "encode"} <= {s.name for s in _spans_of(exporter, TRACE_ID)}
 
 
 def test_runtime_infer_under_an_application_span(exporter: InMemorySpanExporter) -> None:
@@ -255,7 +296,7 @@ def test_runtime_infer_under_an_application_span(exporter: InMemorySpanExporter)
     rt.add_model("double", lambda x: x * 2, inputs=[aiarch.TensorSpec("x", "float32", (4,))])
     app_provider = TracerProvider()  # the application's own
     app_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    server_provider = tracing.tracer_provider()
+    server_provider, direct = tracing.tracer_provider(), tracing._direct
     tracing.enable(app_provider)
     tracer = app_provider.get_tracer("app")
 
@@ -269,6 +310,7 @@ def test_runtime_infer_under_an_application_span(exporter: InMemorySpanExporter)
     finally:
         rt.close()
         tracing.enable(server_provider)
+        tracing._direct = direct  # the module's provider makes its spans directly again
     np.testing.assert_array_equal(y, np.full((1, 4), 2, np.float32))
     children = {
         s.name: s

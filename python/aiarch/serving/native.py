@@ -14,6 +14,11 @@ that carried an `id` (its first output's first row) in C++; `drain` hands a drai
 the model's tracker in one call. The server assigns no ids: feedback by request id needs the
 client's `id` (requests without one can still be joined by entity id + time).
 
+Tracing: a request chosen for tracing (every n-th, or a sampled traceparent) that the native
+path answers stays on it; C++ gives it a server span id (and a trace id unless the caller's
+traceparent is valid), writes the response's `traceparent` and records its times, and `drain`
+turns a drain's records into finished spans, as for the prediction records.
+
 Everything else — other routes, models with per-request result checks or registry routes
 (canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a
 whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`,
@@ -35,7 +40,9 @@ from typing import Any
 import numpy as np
 
 from aiarch import _core
+from aiarch import tracing as _tracing
 
+from . import features as _features
 from .http import (
     FlowControl,
     Pending,
@@ -77,8 +84,12 @@ class NativeFront:
         self._flush_scheduled = False
         self._recording = False  # a registered model records predictions for feedback
         self.app.on_refresh.append(self.sync)
-        # Tracing: the front forwards the sampled requests to the App, which traces them.
+        # Tracing: the front answers the sampled requests it serves natively and records what
+        # their spans need (taken once per drain); the others it forwards to the App, which
+        # traces them. Spans with ids chosen in C++ need aiarch's own provider (`configure`).
         self.front.trace_every = server.trace_every
+        self._tracing = server.trace_every > 0
+        self.front.trace_native = _tracing.spans_with_given_ids()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch the completion queue on `loop` and register the models already loaded."""
@@ -147,7 +158,8 @@ class NativeFront:
 
     def _write(self, connection_ids: list[int]) -> None:
         """Write the connections a flush or drain gave output, then hand over the predictions
-        it recorded (before any later read can bring the labels for them)."""
+        it recorded (before any later read can bring the labels for them) and make the spans
+        of the traced requests it answered."""
         protocols = self.protocols
         for cid in connection_ids:
             p = protocols.get(cid)
@@ -155,6 +167,10 @@ class NativeFront:
                 p.write_output()
         if self._recording:
             self._take_predictions()
+        if self._tracing:
+            traces = self.front.take_traces()
+            if traces:
+                _tracing.emit_native(traces, lookup_log, log)
 
     def _take_predictions(self) -> None:
         """Hand the drain's recorded predictions (requests with an id, of models that take
@@ -165,6 +181,12 @@ class NativeFront:
             if tracker is not None and ids:
                 rows = np.frombuffer(values, dtype=np.float64).reshape(len(ids), width)
                 tracker.record_many(ids, version, rows)
+
+
+def lookup_log(model: str) -> Any:
+    """The model's log of recent feature lookups (None when it joins no features): the
+    feature_lookup span of a traced batch."""
+    return getattr(_features._LOOKUPS.get(model), "lookup_log", None)
 
 
 class _NativePending(Pending):
