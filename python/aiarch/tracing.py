@@ -243,45 +243,72 @@ def _json_lines_exporter_class() -> Any:
 def _record_json_lines(
     record: Any, lookup: tuple[int, int] | None, offset: int, encode: Any, out: list[str]
 ) -> None:
-    """The JSON lines of one native traced request's spans (see `_DirectSpans.record_spans`
-    for the same spans as SDK objects), appended to `out`."""
+    """The JSON lines of one native traced request's spans, appended to `out`: what the
+    exporter writes for `_DirectSpans.record_spans`, without making those span objects."""
     (path, model, traceparent, _, trace_id, span_id, start, submit, enqueue, exec_start,
      exec_end, rows, encode_start, encode_end, end, status, cache_hit, error) = record  # fmt: skip
-    tid = f"{trace_id:032x}"
+    ids = f',"trace_id":"{trace_id:032x}","span_id":"'
     server = f"{span_id:016x}"
-    model_attr = f'{{"aiarch.model":{encode(model).decode()}}}'
-    common = f',"trace_id":"{tid}","span_id":"'
-
-    def child(name: str, parent: str, s: int, e: int, attrs: str, failed: bool) -> str:
-        sid = f"{getrandbits(64) or 1:016x}"
-        out.append(
-            f'{{"name":"{name}"{common}{sid}","parent_id":"{parent}","kind":"INTERNAL",'
-            f'"start_ns":{s + offset},"end_ns":{e + offset},'
-            f'"status":"{"ERROR" if failed else "UNSET"}","attributes":{attrs}}}'
-        )
-        return sid
-
+    strings = _json_strings.get((path, model))
+    if strings is None:
+        strings = _json_strings_of(path, model, encode)
+    name, url, model_attr, rows_attr = strings
+    line = _child_line
     if cache_hit:
-        child("cache_hit", server, submit, submit, model_attr, False)
+        line(out, "cache_hit", ids, server, submit, submit, offset, "UNSET", model_attr)
     elif exec_start > 0:
-        child("queue", server, enqueue, exec_start, model_attr, False)
-        rows_attr = f'{model_attr[:-1]},"aiarch.batch.rows":{rows}}}'
-        execution = child("execution", server, exec_start, exec_end, rows_attr, bool(error))
+        line(out, "queue", ids, server, enqueue, exec_start, offset, "UNSET", model_attr)
+        execution = line(
+            out, "execution", ids, server, exec_start, exec_end, offset,
+            "ERROR" if error else "UNSET", f"{rows_attr}{rows}}}",
+        )  # fmt: skip
         if lookup is not None:
-            child("feature_lookup", execution, lookup[0], lookup[1], model_attr, False)
+            line(out, "feature_lookup", ids, execution, *lookup, offset, "UNSET", model_attr)
     elif submit > 0:  # refused, expired or cancelled before it ran
-        child("queue", server, enqueue or submit, end, model_attr, bool(error))
+        failed = "ERROR" if error else "UNSET"
+        line(out, "queue", ids, server, enqueue or submit, end, offset, failed, model_attr)
     if encode_start > 0:
-        child("encode", server, encode_start, encode_end, "{}", False)
-    url = encode(path.decode("latin-1")).decode()
-    parent = f'"{traceparent[36:52]}"' if traceparent is not None else "null"
+        line(out, "encode", ids, server, encode_start, encode_end, offset, "UNSET", "{}")
+    parent = "null" if traceparent is None else f'"{traceparent[36:52]}"'
     out.append(
-        f'{{"name":{encode("POST " + path.decode("latin-1")).decode()}{common}{server}",'
-        f'"parent_id":{parent},"kind":"SERVER","start_ns":{start + offset},'
-        f'"end_ns":{end + offset},"status":"{"ERROR" if status >= 500 else "UNSET"}",'
-        f'"attributes":{{"http.request.method":"POST","url.path":{url},'
-        f'"http.response.status_code":{status}}}}}'
+        f'{{"name":{name}{ids}{server}","parent_id":{parent},"kind":"SERVER",'
+        f'"start_ns":{start + offset},"end_ns":{end + offset},'
+        f'"status":"{"ERROR" if status >= 500 else "UNSET"}","attributes":'
+        f'{{"http.request.method":"POST","url.path":{url},"http.response.status_code":{status}}}}}'
     )
+
+
+def _child_line(
+    out: list[str], name: str, ids: str, parent: str, start: int, end: int, offset: int,
+    status: str, attributes: str,
+) -> str:  # fmt: skip
+    span_id = f"{getrandbits(64) or 1:016x}"
+    out.append(
+        f'{{"name":"{name}"{ids}{span_id}","parent_id":"{parent}","kind":"INTERNAL",'
+        f'"start_ns":{start + offset},"end_ns":{end + offset},"status":"{status}",'
+        f'"attributes":{attributes}}}'
+    )
+    return span_id
+
+
+_json_strings: dict[tuple[bytes, str], tuple[str, str, str, str]] = {}
+"""JSON text of a traced request path's server span name and url, and of its model's
+attributes, by (path, model): they repeat request after request (bounded below)."""
+
+
+def _json_strings_of(path: bytes, model: str, encode: Any) -> tuple[str, str, str, str]:
+    url = path.decode("latin-1")
+    model_attr = f'{{"aiarch.model":{encode(model).decode()}}}'
+    strings = (
+        encode(f"POST {url}").decode(),
+        encode(url).decode(),
+        model_attr,
+        f'{model_attr[:-1]},"aiarch.batch.rows":',
+    )
+    if len(_json_strings) >= 1024:
+        _json_strings.clear()
+    _json_strings[(path, model)] = strings
+    return strings
 
 
 def json_lines_exporter(out: Any) -> Any:

@@ -443,3 +443,143 @@ def test_feature_lookup_span_under_execution(
     lookup, execution = spans["feature_lookup"], spans["execution"]
     assert lookup.parent.span_id == execution.context.span_id
     assert execution.start_time <= lookup.start_time <= lookup.end_time <= execution.end_time
+
+
+def _record(**fields: Any) -> tuple[Any, ...]:
+    """An `HttpFront.take_traces` record: a request answered after a batch of 3 rows."""
+    record = {
+        "path": b"/v2/models/lin/infer",
+        "model": "lin",
+        "traceparent": None,
+        "tracestate": None,
+        "trace_id": int(TRACE_ID, 16),
+        "span_id": 0x1234,
+        "start": 1_000,
+        "submit": 1_100,
+        "enqueue": 1_150,
+        "exec_start": 1_200,
+        "exec_end": 1_500,
+        "rows": 3,
+        "encode_start": 1_600,
+        "encode_end": 1_700,
+        "end": 1_800,
+        "status": 200,
+        "cache_hit": False,
+        "error": "",
+    }
+    record.update(fields)
+    return tuple(record.values())
+
+
+def _by_name(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Exported span dicts by name, span and parent ids replaced by the spans' names (the
+    children's ids are random)."""
+    names = {s["span_id"]: s["name"] for s in lines}
+    return {
+        s["name"]: {
+            **s,
+            "span_id": s["name"],
+            "parent_id": names.get(s["parent_id"], s["parent_id"]),
+        }
+        for s in lines
+    }
+
+
+@pytest.mark.parametrize(
+    "fields, lookup",
+    [
+        ({}, None),
+        ({"traceparent": SAMPLED, "tracestate": "k=v"}, (1_250, 1_300)),
+        ({"cache_hit": True, "exec_start": 0, "exec_end": 0, "enqueue": 0}, None),
+        ({"status": 500, "error": "model raised", "encode_start": 0, "encode_end": 0}, None),
+        ({"status": 503, "error": "queue full", "exec_start": 0, "encode_start": 0}, None),
+    ],
+    ids=["executed", "caller-parent-and-lookup", "cache-hit", "failed-batch", "refused"],
+)
+def test_native_records_written_as_json_lines_match_the_spans_made_from_them(
+    fields: dict[str, Any], lookup: tuple[int, int] | None
+) -> None:
+    """The local exporter writes a native traced request's spans straight from its record:
+    the same lines, but for the random child ids, as exporting the SDK spans made from it."""
+    import io
+
+    from opentelemetry.sdk.resources import Resource
+
+    record, offset = _record(**fields), 10**18
+    direct = tracing._DirectSpans(Resource.create({}))
+    via_spans, direct_out = io.BytesIO(), io.BytesIO()
+    tracing.json_lines_exporter(via_spans).export(direct.record_spans(record, lookup, offset))
+    tracing.json_lines_exporter(direct_out).export_records([(record, lookup)], offset)
+    expected = [json.loads(line) for line in via_spans.getvalue().splitlines()]
+    written = [json.loads(line) for line in direct_out.getvalue().splitlines()]
+    assert _by_name(written) == _by_name(expected)
+    server = _by_name(written)[f"POST {record[0].decode()}"]
+    assert server["span_id"] == server["name"] and written[-1]["span_id"] == f"{0x1234:016x}"
+    assert server["parent_id"] == (PARENT_ID if fields.get("traceparent") else None)
+    assert server["start_ns"] == 1_000 + offset and server["end_ns"] == 1_800 + offset
+
+
+def test_batch_processor_exports_what_it_queued_and_drops_beyond_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spans and native records wait in the processor's queue (bounded by the SDK's
+    OTEL_BSP_MAX_QUEUE_SIZE) until its thread exports them in a batch; a flush exports them
+    now; what does not fit is dropped and counted, not exported later."""
+    from opentelemetry.sdk.resources import Resource
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")  # only a flush exports here
+    exp = InMemorySpanExporter()
+    direct = tracing._DirectSpans(Resource.create({}))
+    processor = tracing._batch_export_class()(exp, direct)
+    try:
+        span = direct.make(
+            "encode", direct.new_context(1), None, direct.internal, 1, 2, {}, tracing._status(None)
+        )
+        processor.on_end(span)
+        records = [(_record(span_id=n), None) for n in range(1, 6)]
+        processor.add(records)  # room for 3 of the 5
+        assert processor.dropped == 2
+        assert exp.get_finished_spans() == ()  # queued, not exported per span
+        processor.force_flush()
+        exported = exp.get_finished_spans()
+        servers = [s for s in exported if s.name.startswith("POST ")]
+        assert sorted(s.context.span_id for s in servers) == [1, 2, 3]
+        assert len(exported) == 1 + 3 * 4  # the span; per record server, queue, execution, encode
+        processor.add(records[3:])  # room again once exported
+        assert processor.dropped == 2
+    finally:
+        processor.shutdown()
+    assert len(exp.get_finished_spans()) == 1 + 5 * 4  # shutdown exported the rest
+
+
+def test_native_traced_requests_through_the_batch_processor(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """With the server's default batch processor (not the simple one the other tests use),
+    the native front's traced requests become spans in its export thread: all of them are
+    exported by shutdown, each response's traceparent naming its server span."""
+    other = InMemorySpanExporter()
+    tracing.configure(other)
+    try:
+        with serving("native", sample=0.5) as srv:
+            responses = [
+                request(srv.port, "POST", "/v2/models/lin/infer", _body()) for _ in range(6)
+            ]
+            forwarded = srv.native.forwarded  # type: ignore[union-attr]
+        tracing.shutdown()
+    finally:
+        tracing.configure(exporter, simple=True)
+    sent = sorted(r.headers["traceparent"] for r in responses if "traceparent" in r.headers)
+    assert forwarded == 0 and len(sent) == 3
+    roots = _server_spans(other)
+    assert sent == sorted(
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-01" for s in roots
+    )
+    for root in roots:
+        children = [
+            s
+            for s in other.get_finished_spans()
+            if s.parent and s.parent.span_id == root.context.span_id
+        ]
+        assert {s.name for s in children} == {"queue", "execution", "encode"}
