@@ -476,6 +476,7 @@ class _DirectSpans:
 
 
 def _batch_export_class() -> Any:
+    from opentelemetry import context
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -532,17 +533,22 @@ def _batch_export_class() -> Any:
 
         def _export_queued(self) -> None:
             queue, batch, exporter = self._queue, self._batch, self._exporter
-            with self._export_lock:
-                while queue:
-                    spans: list[Any] = []
-                    records: list[Any] = []
-                    while queue and len(spans) + len(records) < batch:
-                        item = queue.popleft()
-                        (records if type(item) is tuple else spans).append(item)
-                    try:
-                        self._export(exporter, spans, records)
-                    except Exception:  # an exporter failing must not stop the thread
-                        log.exception("span export failed")
+            # As the SDK's processors do: what the exporter does (an OTLP request) is not traced.
+            token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                with self._export_lock:
+                    while queue:
+                        spans: list[Any] = []
+                        records: list[Any] = []
+                        while queue and len(spans) + len(records) < batch:
+                            item = queue.popleft()
+                            (records if type(item) is tuple else spans).append(item)
+                        try:
+                            self._export(exporter, spans, records)
+                        except Exception:  # an exporter failing must not stop the thread
+                            log.exception("span export failed")
+            finally:
+                context.detach(token)
 
         def _export(self, exporter: Any, spans: list[Any], records: list[Any]) -> None:
             if records:
