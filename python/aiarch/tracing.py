@@ -20,9 +20,11 @@ Embedded: after :func:`enable` (with the application's tracer provider, or the g
 feature-lookup spans under it.
 
 Cost: while tracing is off, a request pays one test of :data:`enabled` (Python path) or one
-branch (native path); unsampled requests never leave the native path. Batch timings come from
-the batcher itself (the completion carries when the request was queued and when its batch ran),
-so a traced request's stages are exact, not inferred.
+branch (native path); unsampled requests never leave the native path, and neither do sampled
+ones it answers: C++ records their ids and times, the loop queues the records, and the span
+processor's thread (:class:`_BatchExport`) makes their spans when it exports. Batch timings
+come from the batcher itself (the completion carries when the request was queued and when its
+batch ran), so a traced request's stages are exact, not inferred.
 """
 
 from __future__ import annotations
