@@ -694,11 +694,12 @@ def emit_native(records: Any, lookups_of: Any, log: logging.Logger) -> None:
     tuples) for their spans (see `_DirectSpans.record_spans`): with the batch processor,
     queued as they are and made into spans by its thread; else made now. Here, in the loop,
     only what cannot wait: the batch's feature lookup, from `lookups_of(model)` (a bounded
-    log), and for a 5xx, the warning on `log` under the request's span, as the Python path
-    logs a failed request."""
+    log), and the request's log lines on `log` under its span, as the Python path writes them
+    (a 5xx's warning; at debug level, each answer)."""
     direct = _direct
     if direct is None:
         return
+    debug = log.isEnabledFor(logging.DEBUG)
     items = []
     for record in records:
         lookup = None
@@ -707,26 +708,31 @@ def emit_native(records: Any, lookups_of: Any, log: logging.Logger) -> None:
             lookups = lookups_of(record[1])
             if lookups is not None:
                 lookup = _lookup_in(lookups, exec_start, record[10])
-        if record[15] >= 500 and record[17]:
-            _log_failure(direct, record, log)
+        status, error = record[15], record[17]
+        if debug or (status >= 500 and error):
+            _log_native(direct, record, log)
         items.append((record, lookup))
-    processor = direct.processor
-    if hasattr(processor, "add"):
-        processor.add(items)
+    add = getattr(direct.processor, "add", None)  # the batch processor's queue
+    if add is not None:
+        add(items)
         return
     offset = time.time_ns() - time.monotonic_ns()
     for record, lookup in items:
         for span in direct.record_spans(record, lookup, offset):
-            processor.on_end(span)
+            direct.processor.on_end(span)
 
 
-def _log_failure(direct: _DirectSpans, record: Any, log: logging.Logger) -> None:
+def _log_native(direct: _DirectSpans, record: Any, log: logging.Logger) -> None:
+    """The log lines of a native traced request, written with its server span current."""
     from opentelemetry import context, trace
 
     server = direct.span_context(record[4], record[5], False, direct.sampled)
     token = context.attach(trace.set_span_in_context(_ServerSpanMarker.cls()(server)))
     try:
-        log.warning("request failed: %s", record[17])
+        status, error = record[15], record[17]
+        if status >= 500 and error:
+            log.warning("request failed: %s", error)
+        log.debug("traced request answered %d", status)
     finally:
         context.detach(token)
 

@@ -583,3 +583,21 @@ def test_native_traced_requests_through_the_batch_processor(
             if s.parent and s.parent.span_id == root.context.span_id
         ]
         assert {s.name for s in children} == {"queue", "execution", "encode"}
+
+
+def test_native_traced_request_is_logged_under_its_span(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At debug level, a traced request the native path answered is logged as the Python path
+    logs one, with its server span current: the line carries its trace and span ids."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="aiarch.serving")
+    caplog.handler.addFilter(tracing.TraceLogFilter())
+    with serving("native", sample=1e-6) as srv:
+        r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
+        forwarded = srv.native.forwarded  # type: ignore[union-attr]
+    assert r.status == 200 and forwarded == 0
+    span_id = r.headers["traceparent"].split("-")[2]
+    (line,) = [x for x in caplog.records if x.getMessage() == "traced request answered 200"]
+    assert line.trace_ids == f" trace_id={TRACE_ID} span_id={span_id}"  # type: ignore[attr-defined]
