@@ -17,7 +17,8 @@ client's `id` (requests without one can still be joined by entity id + time).
 Tracing: a request chosen for tracing (every n-th, or a sampled traceparent) that the native
 path answers stays on it; C++ gives it a server span id (and a trace id unless the caller's
 traceparent is valid), writes the response's `traceparent` and records its times, and `drain`
-turns a drain's records into finished spans, as for the prediction records.
+hands a drain's records to the span processor (which makes the spans in its export thread), as
+it does the prediction records.
 
 Everything else — other routes, models with per-request result checks or registry routes
 (canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a

@@ -3,7 +3,8 @@
 The front ends choose (the native front in C++, every n-th request plus those whose
 traceparent asks for sampling; the httptools front and gRPC with `RequestSampler`). A chosen
 request the native front answers itself stays native: C++ writes its traceparent and records
-its times, and `NativeFront` makes its spans once per drain (`aiarch.tracing.emit_native`).
+its times, and `NativeFront` hands a drain's records to the span processor, whose export
+thread makes their spans (`aiarch.tracing.emit_native`).
 For every other chosen request, `App` dispatches it as any other, under its server span
 (`RequestSpan`), through a `TracedConnection` that ends the span when the response leaves and
 adds the span's `traceparent` to it. See :mod:`aiarch.tracing` for the spans and the exporters.
