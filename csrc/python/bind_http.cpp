@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,35 @@ namespace {
 
 void CheckOk(const Status& status) {
   if (!status.ok()) throw std::runtime_error(status.ToString());
+}
+
+// (name, dtype, shape after the rows) per input, as Python registers them.
+using InputSpecs = std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>;
+
+V2Model MakeV2Model(const std::string& name, const std::string& version, const InputSpecs& inputs,
+                    const std::vector<std::string>& output_names) {
+  V2Model v2;
+  v2.name = name;
+  v2.version = version;
+  for (const auto& [input, dtype, shape] : inputs) {
+    TensorSpec spec;
+    spec.name = input;
+    CheckOk(DTypeFromName(dtype, &spec.dtype));
+    spec.shape = shape;
+    v2.inputs.push_back(std::move(spec));
+  }
+  v2.output_names = output_names;
+  return v2;
+}
+
+// A registration keeps the model handle (and its batcher) alive; the last
+// reference may drop wherever, so it takes the GIL.
+std::shared_ptr<void> HoldModel(py::object model) {
+  auto* held = new py::object(std::move(model));
+  return std::shared_ptr<void>(held, [](void* p) {
+    py::gil_scoped_acquire gil;
+    delete static_cast<py::object*>(p);
+  });
 }
 
 py::list Forwarded(std::vector<ForwardedRequest>& requests) {
@@ -66,29 +96,12 @@ void BindHttp(py::module_& m) {
       .def(
           "register_model",
           [](HttpFront& front, const std::string& name, const std::string& version,
-             py::object model,
-             const std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>>& inputs,
+             py::object model, const InputSpecs& inputs,
              const std::vector<std::string>& output_names, bool record_predictions) {
-            V2Model v2;
-            v2.name = name;
-            v2.version = version;
-            for (const auto& [input, dtype, shape] : inputs) {
-              TensorSpec spec;
-              spec.name = input;
-              CheckOk(DTypeFromName(dtype, &spec.dtype));
-              spec.shape = shape;
-              v2.inputs.push_back(std::move(spec));
-            }
-            v2.output_names = output_names;
+            V2Model v2 = MakeV2Model(name, version, inputs, output_names);
             Batcher* batcher = BatcherOfModel(model);
-            // The registration keeps the model handle (and its batcher) alive;
-            // the last reference may drop wherever, so it takes the GIL.
-            auto* held = new py::object(std::move(model));
-            std::shared_ptr<void> owner(held, [](void* p) {
-              py::gil_scoped_acquire gil;
-              delete static_cast<py::object*>(p);
-            });
-            front.RegisterModel(std::move(v2), batcher, std::move(owner), record_predictions);
+            front.RegisterModel(std::move(v2), batcher, HoldModel(std::move(model)),
+                                record_predictions);
           },
           py::arg("name"), py::arg("version"), py::arg("model"), py::arg("inputs"),
           py::arg("output_names"), py::arg("record_predictions") = false,
@@ -139,6 +152,48 @@ void BindHttp(py::module_& m) {
           "traceparent/tracestate are the caller's when its traceparent was valid, else None.")
       .def_property_readonly("traces_dropped", &HttpFront::traces_dropped)
       .def("unregister_model", &HttpFront::UnregisterModel, py::arg("name"))
+      .def(
+          "register_route",
+          [](HttpFront& front, const std::string& name, const InputSpecs& inputs,
+             const std::vector<std::string>& output_names,
+             const std::vector<std::tuple<std::string, py::object, uint64_t, bool>>& arms,
+             const std::optional<std::tuple<std::string, py::object, double, size_t>>& shadow) {
+            auto arm_of = [&](const std::string& version, const py::object& model) {
+              HttpFront::RouteArm arm;
+              arm.model = MakeV2Model(name, version, inputs, output_names);
+              arm.batcher = BatcherOfModel(model);
+              arm.owner = HoldModel(model);
+              return arm;
+            };
+            std::vector<HttpFront::RouteArm> native;
+            for (const auto& [version, model, weight, record] : arms) {
+              HttpFront::RouteArm arm = arm_of(version, model);
+              arm.weight = weight;
+              arm.record_predictions = record;
+              native.push_back(std::move(arm));
+            }
+            HttpFront::Shadow mirror;
+            if (shadow) {
+              const auto& [version, model, fraction, max_in_flight] = *shadow;
+              mirror.arm = arm_of(version, model);
+              mirror.fraction = fraction;
+              mirror.max_in_flight = max_in_flight;
+            }
+            front.RegisterRoute(name, std::move(native), shadow ? &mirror : nullptr);
+          },
+          py::arg("name"), py::arg("inputs"), py::arg("output_names"), py::arg("arms"),
+          py::arg("shadow") = py::none(),
+          "Serves v2 infer requests for `name` natively over a canary split: `arms` are "
+          "(version, aiarch._core.Model, weight, record_predictions), every one taking "
+          "`inputs` and giving `output_names`; `shadow` is (version, model, fraction, "
+          "max_in_flight) or None. A total weight of 0 registers nothing.")
+      .def("take_shadow_counts", &HttpFront::TakeShadowCounts, py::arg("name"),
+           "Mirrored requests of route `name` as (version, outcome, count) since the last "
+           "call.")
+      .def("unregister_route", &HttpFront::UnregisterRoute, py::arg("name"))
+      .def("registered_routes", &HttpFront::registered_routes)
+      .def("take_route_picks", &HttpFront::TakeRoutePicks, py::arg("name"),
+           "Requests each arm of route `name` got since the last call, in arm order.")
       .def("registered", &HttpFront::registered)
       .def("connect", &HttpFront::Connect, py::arg("id"))
       .def("run_ready", &HttpFront::RunReady,

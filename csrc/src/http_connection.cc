@@ -1,5 +1,6 @@
 #include "aiarch/http_connection.h"
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -215,6 +216,31 @@ int ResponseStatus(std::string_view bytes) {
   return status;
 }
 
+// CRC-32 (IEEE 802.3, as zlib.crc32): the Python router's key hash, so a
+// key gets the same arm whichever front end answers it.
+uint32_t Crc32(std::string_view bytes) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xFFFFFFFFu;
+  for (const char ch : bytes) crc = table[(crc ^ static_cast<uint8_t>(ch)) & 0xFF] ^ (crc >> 8);
+  return crc ^ 0xFFFFFFFFu;
+}
+
+// SplitMix64 of a counter: a uniform 64-bit draw, cheap and state-free.
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- front
@@ -289,6 +315,105 @@ void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<v
 
 bool HttpFront::UnregisterModel(const std::string& name) { return models_.erase(name) > 0; }
 
+std::shared_ptr<HttpFront::Model> HttpFront::MakeModel(RouteArm& a) {
+  auto m = std::make_shared<Model>();
+  m->v2 = std::move(a.model);
+  m->batcher = a.batcher;
+  m->owner = std::move(a.owner);
+  m->record = a.record_predictions;
+  return m;
+}
+
+void HttpFront::RegisterRoute(const std::string& name, std::vector<RouteArm> arms,
+                              const Shadow* shadow) {
+  auto route = std::make_unique<Route>();
+  for (RouteArm& a : arms) {
+    route->total += a.weight;
+    route->bounds.push_back(route->total);
+    route->arms.push_back(MakeModel(a));
+  }
+  route->picks.assign(route->arms.size(), 0);
+  if (shadow != nullptr && shadow->fraction > 0) {
+    RouteArm arm = shadow->arm;
+    arm.record_predictions = false;  // a mirrored answer is never a prediction served
+    route->shadow = MakeModel(arm);
+    route->shadow_fraction = shadow->fraction;
+    route->shadow_max_in_flight = shadow->max_in_flight;
+    std::shared_ptr<ShadowStats>& stats = shadow_stats_[name];
+    if (!stats) stats = std::make_shared<ShadowStats>();
+    route->shadow_stats = stats;
+  }
+  if (route->total == 0) {  // no arm takes traffic: nothing to serve here
+    routes_.erase(name);
+    return;
+  }
+  routes_[name] = std::move(route);
+}
+
+bool HttpFront::UnregisterRoute(const std::string& name) { return routes_.erase(name) > 0; }
+
+std::vector<std::string> HttpFront::registered_routes() const {
+  std::vector<std::string> names;
+  for (const auto& kv : routes_) names.push_back(kv.first);
+  return names;
+}
+
+std::vector<uint64_t> HttpFront::TakeRoutePicks(const std::string& name) {
+  auto it = routes_.find(name);
+  if (it == routes_.end()) return {};
+  std::vector<uint64_t> picks(it->second->picks.size(), 0);
+  picks.swap(it->second->picks);
+  return picks;
+}
+
+std::vector<std::tuple<std::string, std::string, uint64_t>> HttpFront::TakeShadowCounts(
+    const std::string& name) {
+  std::vector<std::tuple<std::string, std::string, uint64_t>> out;
+  auto it = shadow_stats_.find(name);
+  if (it == shadow_stats_.end()) return out;
+  static const char* const kOutcomes[4] = {"ok", "failed", "cancelled", "skipped"};
+  for (auto& [version, counts] : it->second->counts) {
+    for (size_t k = 0; k < counts.size(); ++k) {
+      if (counts[k] != 0) out.emplace_back(version, kOutcomes[k], counts[k]);
+      counts[k] = 0;
+    }
+  }
+  return out;
+}
+
+HttpFront::Route* HttpFront::FindRoute(std::string_view name) const {
+  if (routes_.empty()) return nullptr;
+  auto it = routes_.find(std::string(name));
+  return it == routes_.end() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<HttpFront::Model> HttpFront::Route::ArmServing(std::string_view version) const {
+  for (const auto& arm : arms) {
+    if (arm->v2.version == version) return arm;
+  }
+  return nullptr;
+}
+
+const std::shared_ptr<HttpFront::Model>& HttpFront::PickArm(Route& route,
+                                                            const std::string_view* key) {
+  // As the Python router: the point is the key's CRC-32 modulo the total
+  // weight, else a uniform draw; the first arm whose cumulative weight
+  // exceeds it, else the last.
+  const uint64_t point =
+      key != nullptr ? Crc32(*key) % route.total
+                     : static_cast<uint64_t>(static_cast<double>(SplitMix64(++route_draws_) >> 11) *
+                                             0x1.0p-53 * static_cast<double>(route.total));
+  size_t i = route.arms.size() - 1;
+  for (size_t k = 0; k < route.bounds.size(); ++k) {
+    if (point < route.bounds[k]) {
+      i = k;
+      break;
+    }
+  }
+  ++route.picks[i];
+  return route.arms[i];
+}
+
 std::vector<std::string> HttpFront::registered() const {
   std::vector<std::string> names;
   for (const auto& kv : models_) names.push_back(kv.first);
@@ -306,7 +431,8 @@ void HttpFront::Record(const Model& model, const std::string& id, const TensorSp
     ++predictions_dropped_;
     return;
   }
-  RecordedPredictions& r = recorded_[model.v2.name];
+  // By name and version: the arms of a route share their public name.
+  RecordedPredictions& r = recorded_[model.v2.name + '\n' + model.v2.version];
   const size_t width = static_cast<size_t>(spec.RowElements());
   if (r.ids.empty()) {
     r.model = model.v2.name;
@@ -333,7 +459,53 @@ std::shared_ptr<HttpConnection> HttpFront::Connect(uint64_t id) {
   return std::make_shared<HttpConnection>(shared_from_this(), id);
 }
 
+void HttpFront::CountMirrored(const Pending& p, const Status& status) {
+  ShadowStats& stats = *p.mirror_of;
+  --stats.in_flight;
+  const size_t outcome = status.ok() ? 0 : status.code() == StatusCode::kCancelled ? 2 : 1;
+  ++stats.counts[p.model->v2.version][outcome];
+}
+
+void HttpFront::Mirror(const Pending& p) {
+  // As the Python router's mirror: a uniform draw under the fraction, then
+  // the in-flight cap; the mirrored request has no deadline and no priority.
+  const double draw = static_cast<double>(SplitMix64(++route_draws_) >> 11) * 0x1.0p-53;
+  if (draw >= p.shadow_fraction) return;
+  ShadowStats& stats = *p.shadow_stats;
+  if (stats.in_flight >= p.shadow_max_in_flight) {
+    ++stats.counts[p.shadow->v2.version][3];
+    return;
+  }
+  auto m = std::make_unique<Pending>();
+  m->model = p.shadow;
+  m->inputs = p.inputs;  // its own copy: the arm's request owns its buffers
+  m->mirror_of = p.shadow_stats;
+  ++stats.in_flight;
+  Submit(std::move(m));
+}
+
 void HttpFront::Submit(std::unique_ptr<Pending> p) {
+  if (p->conn == nullptr) {  // a mirrored request: counted, never answered
+    SubmitArgs args;
+    const auto& specs = p->model->v2.inputs;
+    for (size_t i = 0; i < p->inputs.size(); ++i) {
+      const V2DecodedInput& in = p->inputs[i];
+      args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
+    }
+    args.sink = queue_;
+    Batcher& batcher = *p->model->batcher;
+    args.caller_flushes = batcher.config().inline_execution;
+    uint64_t request_id = 0;
+    CachedResponse hit;
+    const Status st = batcher.Submit(args, &request_id, &hit);
+    if (!st.ok() || request_id == 0) {
+      CountMirrored(*p, st);
+      return;
+    }
+    if (args.caller_flushes) MarkDirty(p->model);
+    pending_.emplace(request_id, std::move(p));
+    return;
+  }
   HttpConnection& conn = *p->conn;
   if (conn.closed_) return;
   HttpConnection::Slot* slot = conn.FindSlot(p->slot);
@@ -383,16 +555,21 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
       FinishTrace(std::move(p->trace), &slot->bytes);
     }
     conn.FlushTouching(&touched_);
+    if (p->shadow) Mirror(*p);
     return;
   }
   slot->request_id = request_id;
   slot->batcher = model->batcher;
-  if (args.caller_flushes) {
-    bool listed = false;
-    for (const auto& m : dirty_) listed = listed || m == model;
-    if (!listed) dirty_.push_back(model);
-  }
+  if (args.caller_flushes) MarkDirty(model);
+  if (p->shadow) Mirror(*p);
   pending_.emplace(request_id, std::move(p));
+}
+
+void HttpFront::MarkDirty(const std::shared_ptr<Model>& model) {
+  for (const auto& m : dirty_) {
+    if (m->batcher == model->batcher) return;
+  }
+  dirty_.push_back(model);
 }
 
 int HttpFront::RunReady() {
@@ -422,6 +599,10 @@ std::vector<uint64_t> HttpFront::Drain() {
     if (it == pending_.end()) continue;
     std::unique_ptr<Pending> p = std::move(it->second);
     pending_.erase(it);
+    if (p->mirror_of) {
+      CountMirrored(*p, c.status);
+      continue;
+    }
     HttpConnection& conn = *p->conn;
     if (conn.closed_) continue;
     HttpConnection::Slot* slot = conn.FindSlot(p->slot);
@@ -560,7 +741,7 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
                           double now) {
   if (stop_parsing_ || closed_) return;  // a request that closes: the rest is dropped
   parser_.Feed(data, size);
-  HttpRequest req;
+  HttpRequest& req = request_;  // reused: its header list keeps its capacity across reads
   bool completed_some = false;
   while (!stop_parsing_) {
     const auto r = parser_.Next(&req);
@@ -635,7 +816,20 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
   std::string_view model_name, version;
   if (!MatchInferPath(req.path, &model_name, &version)) return false;
   std::shared_ptr<HttpFront::Model> model = front_->Find(model_name);
-  if (!model || (!version.empty() && version != model->v2.version)) return false;
+  HttpFront::Route* route = nullptr;
+  if (model) {
+    if (!version.empty() && version != model->v2.version) return false;
+  } else {
+    route = front_->FindRoute(model_name);
+    if (route == nullptr) return false;
+    if (!version.empty()) {  // a version asked for by name is not a pick
+      model = route->ArmServing(version);
+      if (!model) return false;  // the general path words the 404
+      route = nullptr;
+    } else {
+      model = route->arms.front();  // decodes for every arm: they share inputs and outputs
+    }
+  }
   bool found = false;
   if (!req.Header("content-encoding", &found).empty() || found) return false;
   const std::string_view accept = req.Header("accept-encoding");
@@ -669,6 +863,25 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
       }
       return true;
     case V2DecodeResult::kOk: break;
+  }
+  if (route != nullptr) {
+    std::string_view key;
+    const std::string_view* keyed = nullptr;
+    if (decoded.route_key_kind == V2InferRequest::RouteKey::kOther) return false;
+    if (decoded.route_key_kind == V2InferRequest::RouteKey::kText) {
+      key = decoded.route_key;
+      keyed = &key;
+    } else {
+      key = req.Header("x-route-key", &found);
+      if (found) keyed = &key;
+    }
+    model = front_->PickArm(*route, keyed);
+    if (route->shadow) {
+      pending->shadow = route->shadow;
+      pending->shadow_fraction = route->shadow_fraction;
+      pending->shadow_max_in_flight = route->shadow_max_in_flight;
+      pending->shadow_stats = route->shadow_stats;
+    }
   }
   int64_t timeout_ns = front_->config_.default_timeout_ns;
   if (decoded.timeout_us > 0) {

@@ -468,16 +468,13 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       return false;
     }
     const char* b = p;
-    bool integer = true;
-    while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
-                       *p == 'e' || *p == 'E')) {
-      if (*p == '.' || *p == 'e' || *p == 'E') integer = false;
-      ++p;
-    }
     if (dt == DType::kFp32 || dt == DType::kFp64) {
+      // The value is syntax-checked JSON, so from_chars ends exactly where the
+      // number token does: no scan of our own before it.
       double v;
-      const auto r = std::from_chars(b, p, v);
-      if (r.ec != std::errc() || r.ptr != p) {
+      const auto r = std::from_chars(b, end, v);
+      p = r.ptr;
+      if (r.ec != std::errc() || p == b) {
         *error = std::string("value out of range for ") + dt_name + ": " + std::string(b, p);
         return false;
       }
@@ -490,6 +487,12 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       }
       ++n;
       continue;
+    }
+    bool integer = true;
+    while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' ||
+                       *p == 'e' || *p == 'E')) {
+      if (*p == '.' || *p == 'e' || *p == 'E') integer = false;
+      ++p;
     }
     if (!integer) {
       *error = what() + "expected an integer at element " + std::to_string(n);
@@ -541,7 +544,9 @@ struct RawRequest {
   bool binary_data_output = false;
   Scalar priority, timeout;  // kNull when absent
   bool has_priority = false, has_timeout = false;
-  std::string reserved_param;  // first triton_* key
+  Scalar route_key;              // kNull when absent
+  std::string route_key_string;  // its value when a string
+  std::string reserved_param;    // first triton_* key
   bool sequence_param = false;
 };
 
@@ -698,8 +703,11 @@ bool ParseRequest(JsonReader& r, RawRequest* req) {
     if (key == "parameters") {
       return ReadParameters(r, 1, "$", ".parameters", [&](const std::string& pkey) {
         Scalar s;
-        if (!ReadScalar(r, 2, &s)) return false;
-        if (pkey.compare(0, 7, "triton_") == 0 && req->reserved_param.empty()) {
+        const bool route_key = pkey == "route_key";
+        if (!ReadScalar(r, 2, &s, route_key ? &req->route_key_string : nullptr)) return false;
+        if (route_key) {
+          req->route_key = s;
+        } else if (pkey.compare(0, 7, "triton_") == 0 && req->reserved_param.empty()) {
           req->reserved_param = pkey;
         } else if (pkey == "sequence_id" || pkey == "sequence_start" || pkey == "sequence_end") {
           req->sequence_param = true;
@@ -950,6 +958,29 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
                  "model's priority levels");
     }
     out->priority = static_cast<uint32_t>(req.priority.magnitude);
+  }
+  out->route_key.clear();
+  using RouteKey = V2InferRequest::RouteKey;
+  const Scalar& key = req.route_key;
+  switch (key.kind) {
+    case Scalar::kNull: out->route_key_kind = RouteKey::kNone; break;
+    case Scalar::kString:
+      out->route_key_kind = RouteKey::kText;
+      out->route_key = req.route_key_string;
+      break;
+    case Scalar::kTrue:
+    case Scalar::kFalse:
+      out->route_key_kind = RouteKey::kText;
+      out->route_key = key.kind == Scalar::kTrue ? "True" : "False";
+      break;
+    case Scalar::kInt:
+      out->route_key_kind = key.overflow ? RouteKey::kOther : RouteKey::kText;
+      if (!key.overflow) {
+        out->route_key =
+            (key.negative && key.magnitude != 0 ? "-" : "") + std::to_string(key.magnitude);
+      }
+      break;
+    default: out->route_key_kind = RouteKey::kOther; break;
   }
   return V2DecodeResult::kOk;
 }

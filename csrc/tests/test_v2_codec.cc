@@ -2,6 +2,7 @@
 // server's error messages, and responses (shortest round-trip floats, binary
 // layout).
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -66,6 +67,66 @@ void TestJsonRequest() {
   CHECK_EQ(req.timeout_us, int64_t{1500});
   CHECK_EQ(req.plan.outputs.size(), size_t{1});
   CHECK(!req.plan.binary[0]);
+}
+
+// Every JSON number spelling decodes to the value strtod gives it, whitespace
+// and nesting aside, and an out-of-range value is named whole in the error.
+void TestJsonNumberSpellings() {
+  const char* tokens[8] = {"-0",    "1E+2",  "2.5e-3", "-7.25E1",
+                           "0.125", "1e-45", "3.4e38", "0.1257302165031433"};
+  std::string data = "[ [";
+  for (int i = 0; i < 8; ++i) data += std::string(i ? " ,\n\t" : "") + tokens[i];
+  data += "] ]";
+  V2InferRequest req;
+  const std::string body =
+      R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":)" + data + "}]}";
+  if (!CHECK_EQ(Decode(LinearModel(), body, &req), std::string("ok"))) return;
+  const auto x = As<float>(req.inputs[0].data);
+  if (!CHECK_EQ(x.size(), size_t{8})) return;
+  for (int i = 0; i < 8; ++i) {
+    test::SetContext(tokens[i]);
+    CHECK_EQ(x[i], static_cast<float>(std::strtod(tokens[i], nullptr)));
+  }
+  test::SetContext("");
+  CHECK(std::signbit(x[0]));
+  const std::string huge =
+      R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,1.5e999,5,6,7,8]}]})";
+  const std::string got = Decode(LinearModel(), huge, &req);
+  CHECK(got.find("value out of range for FP32: 1.5e999") != std::string::npos) ||
+      (std::fprintf(stderr, "  got: %s\n", got.c_str()), false);
+}
+
+// parameters.route_key as the Python router spells it: str(value).
+void TestRouteKey() {
+  struct Case {
+    const char* json;
+    V2InferRequest::RouteKey kind;
+    const char* text;
+  };
+  using RK = V2InferRequest::RouteKey;
+  const Case cases[] = {
+      {R"("user-\u00e9")", RK::kText, "user-\xc3\xa9"},
+      {"12345", RK::kText, "12345"},
+      {"-7", RK::kText, "-7"},
+      {"-0", RK::kText, "0"},
+      {"true", RK::kText, "True"},
+      {"false", RK::kText, "False"},
+      {"null", RK::kNone, ""},
+      {"1.5", RK::kOther, ""},
+      {"[1]", RK::kOther, ""},
+      {"123456789012345678901234567890", RK::kOther, ""},
+  };
+  for (const Case& c : cases) {
+    test::SetContext(c.json);
+    V2InferRequest req;
+    const std::string body =
+        std::string(R"({"parameters":{"route_key":)") + c.json +
+        R"(},"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]})";
+    if (!CHECK_EQ(Decode(LinearModel(), body, &req), std::string("ok"))) continue;
+    CHECK(req.route_key_kind == c.kind);
+    CHECK_EQ(req.route_key, std::string(c.text));
+  }
+  test::SetContext("");
 }
 
 void TestInputsReorderedAndOutputs() {
@@ -309,6 +370,8 @@ void TestFloatRoundTrip() {
 
 int main() {
   aiarch::TestJsonRequest();
+  aiarch::TestJsonNumberSpellings();
+  aiarch::TestRouteKey();
   aiarch::TestInputsReorderedAndOutputs();
   aiarch::TestBinaryRequest();
   aiarch::TestErrors();

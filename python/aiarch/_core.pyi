@@ -254,6 +254,24 @@ class HttpFront:
     def traces_dropped(self) -> int: ...
     def unregister_model(self, name: str) -> bool: ...
     def registered(self) -> list[str]: ...
+    def register_route(
+        self,
+        name: str,
+        inputs: Sequence[SpecTuple],
+        output_names: Sequence[str],
+        arms: Sequence[tuple[str, Model, int, bool]],
+        shadow: tuple[str, Model, float, int] | None = None,
+    ) -> None:
+        """Serves `name` natively over a canary split: arms are (version, model, weight,
+        record_predictions), all taking `inputs`; `shadow` is (version, model, fraction,
+        max_in_flight). A total weight of 0 registers nothing."""
+    def unregister_route(self, name: str) -> bool: ...
+    def registered_routes(self) -> list[str]: ...
+    def take_route_picks(self, name: str) -> list[int]:
+        """Requests each arm of route `name` got since the last call, in arm order."""
+    def take_shadow_counts(self, name: str) -> list[tuple[str, str, int]]:
+        """Mirrored requests of route `name` as (version, outcome, count) since the last
+        call."""
     def connect(self, id: int) -> HttpConnection: ...
     def run_ready(self) -> int:
         """Runs the batches this loop iteration's submits made ready; returns how many ran."""

@@ -197,24 +197,44 @@ def test_canary_split_is_weighted_and_sticky(tmp_path: Path, serve: Callable[...
     assert status == 400 and "served from the registry" in body["error"]
 
 
-def test_shadow_never_affects_responses(tmp_path: Path, serve: Callable[..., Server]) -> None:
+@pytest.mark.parametrize("front", ["native", "python"])
+def test_shadow_never_affects_responses(
+    tmp_path: Path, serve: Callable[..., Server], front: str
+) -> None:
+    """Mirrored answers and errors are counted, never seen; on the native front the whole
+    exchange (arm and mirror) stays native."""
     s = Setup(tmp_path, [1.0], fail_on_negative=False)
     failing = write_model(tmp_path / "fail", 5.0, fail_on_negative=True)
     s.reg.register("fraud", f"{failing}:predict")
     s.reg.promote("fraud", 1)
     s.reg.promote("fraud", 2, to="staging")
-    server = serve([*s.args, "--model", "fraud@production", "--shadow", "fraud@staging:1.0"], s.env)
+    server = serve(
+        [*s.args, "--model", "fraud@production", "--shadow", "fraud@staging:1.0", "--http", front],
+        s.env,
+    )
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    # Requests by version (never mirrored) create the batchers; the route is registered
+    # natively at the next request that reaches the App.
+    for _ in range(2):
+        assert _infer(conn, path="/v2/models/fraud/versions/2/infer")[0] == 200
+        assert _infer(conn, path="/v2/models/fraud/versions/1/infer")[0] == 200
+    forwarded_before = _metric(server, "aiarch_http_requests_forwarded_total")
     for value in [-1.0] * 30 + [1.0] * 20:
         status, body = _infer(conn, value=value)
         assert (status, body["model_version"], body["outputs"][0]["data"][0]) == (200, "1", value)
+    forwarded = _metric(server, "aiarch_http_requests_forwarded_total")
+    if front == "native":  # nothing but this scrape reached the App since the last one
+        assert forwarded is not None and forwarded_before is not None
+        assert forwarded - forwarded_before == 1, (forwarded_before, forwarded)
+    else:
+        assert forwarded is None
     failed = r'aiarch_shadow_requests_total\{model="fraud",outcome="failed",version="2"\}'
     ok = r'aiarch_shadow_requests_total\{model="fraud",outcome="ok",version="2"\}'
     _wait(lambda: _metric(server, failed) == 30 and _metric(server, ok) == 20, 10, "shadow counts")
     success = _metric(
         server, r'aiarch_requests_total\{model="fraud",status="success",version="1"\}'
     )
-    assert success == 50
+    assert success == 50 + 2  # (and the two requests for version 1 by name)
 
 
 def test_serve_reports_unknown_registry_refs_and_bad_routes(tmp_path: Path) -> None:
@@ -261,3 +281,60 @@ def test_plain_loader_resolves_registry_refs(
     cfg = parse_model_arg("fraud@production")
     assert (cfg.name, cfg.source) == ("fraud", "fraud@production")
     assert parse_model_arg("live=models:/fraud/1").name == "live"
+
+
+@pytest.mark.parametrize("front", ["native", "python"])
+def test_canary_split_agrees_on_both_front_ends(
+    tmp_path: Path, serve: Callable[..., Server], front: str
+) -> None:
+    """The native front routes a canary split itself (no request handed to the App) by the
+    App's rule: the same key lands on the same version on either front end, a key's arm is
+    CRC-32(key) % total weight, picks are counted per arm, and a route_key the native front
+    does not spell (a float) still routes (through the App)."""
+    import zlib
+
+    s = Setup(tmp_path, [1.0, 2.0])
+    s.reg.promote("fraud", 1)
+    s.reg.promote("fraud", 2, to="staging")
+    server = serve([*s.args, "--route", "fraud=production:70,staging:30", "--http", front], s.env)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    # Both arms' batchers exist after their first requests (the first of a version may reach
+    # the App, which creates it; the route is registered natively at the next one).
+    for v in ("1", "2", "1", "2"):
+        assert _infer(conn, path=f"/v2/models/fraud/versions/{v}/infer")[0] == 200
+    assert _infer(conn)[0] == 200
+    forwarded_before = _metric(server, "aiarch_http_requests_forwarded_total")
+    expected = {}
+    for i in range(40):
+        key = f"user-{i}"
+        expected[key] = "1" if zlib.crc32(key.encode()) % 100 < 70 else "2"
+        assert _infer(conn, {"X-Route-Key": key})[1]["model_version"] == expected[key]
+        body = json.loads(_body())
+        body["parameters"] = {"route_key": key}
+        assert _infer(conn, body=json.dumps(body).encode())[1]["model_version"] == expected[key]
+    body = json.loads(_body())
+    body["parameters"] = {"route_key": 12345}
+    assert _infer(conn, body=json.dumps(body).encode())[1]["model_version"] == (
+        "1" if zlib.crc32(b"12345") % 100 < 70 else "2"
+    )
+    unkeyed = [_infer(conn)[1]["model_version"] for _ in range(100)]
+    assert set(unkeyed) == {"1", "2"}
+    body["parameters"] = {"route_key": 1.5}  # spelled "1.5" by the App
+    assert _infer(conn, body=json.dumps(body).encode())[1]["model_version"] == (
+        "1" if zlib.crc32(b"1.5") % 100 < 70 else "2"
+    )
+    routed = 1 + 2 * 40 + 1 + 100 + 1
+    picks = [
+        _metric(
+            server, f'aiarch_route_requests_total\\{{arm="{arm}",model="fraud",version="{v}"\\}}'
+        )
+        for arm, v in (("production", "1"), ("staging", "2"))
+    ]
+    assert sum(p or 0 for p in picks) == routed, picks
+    forwarded = _metric(server, "aiarch_http_requests_forwarded_total")
+    if front == "native":
+        # Only the float route_key and the three metrics scrapes since reached the App.
+        assert forwarded is not None and forwarded_before is not None
+        assert forwarded - forwarded_before == 1 + 3, (forwarded_before, forwarded)
+    else:
+        assert forwarded is None

@@ -43,6 +43,19 @@
 // - Threading: every method runs on the event loop's thread, except that
 //   batcher threads deliver completions into the front's queue. A request's
 //   decoded inputs stay owned by the front until its completion arrives.
+// - Canary routes: RegisterRoute() serves a public name over weighted arms,
+//   each a version with its own batcher (every arm takes the same inputs and
+//   gives the same outputs). A request goes to the arm its point falls in: the
+//   CRC-32 of its route key (the v2 parameter `route_key`, else the
+//   `x-route-key` header) modulo the total weight, so a key always gets the
+//   same arm, or a uniform draw without a key — the Python router's rule. A
+//   `route_key` that is not a string, integer or bool is forwarded (Python
+//   spells other values). `/versions/N/infer` goes to the arm serving N.
+//   TakeRoutePicks() gives the requests each arm got, for the route metrics.
+//   A route may have a shadow arm: once a request was accepted by its arm, a
+//   `fraction` of them is also submitted to the shadow (at most
+//   `max_in_flight` at once, else counted as skipped), with no deadline; the
+//   answer is counted by outcome (TakeShadowCounts) and never seen.
 // - Prediction records: for a model registered with record_predictions, every
 //   successful request that carried an `id` leaves the first row of the
 //   model's first output (as float64) in a buffer that TakePredictions()
@@ -51,11 +64,14 @@
 //   counted, never waited for.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -134,6 +150,35 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   bool UnregisterModel(const std::string& name);
   std::vector<std::string> registered() const;
 
+  // One arm of a canary route: a version of the public model (`model.name`
+  // is the public name, `model.version` the arm's) and its batcher.
+  struct RouteArm {
+    V2Model model;
+    Batcher* batcher = nullptr;
+    std::shared_ptr<void> owner;  // keeps the batcher alive while registered
+    uint64_t weight = 0;
+    bool record_predictions = false;
+  };
+  struct Shadow {
+    RouteArm arm;  // its weight is unused
+    double fraction = 0;
+    size_t max_in_flight = 0;
+  };
+  // Serves `name` natively over `arms` (replacing a route of that name), with
+  // `shadow` when given; the arms' picks so far are dropped with the old
+  // registration (shadow counts are kept: mirrored requests may still run).
+  void RegisterRoute(const std::string& name, std::vector<RouteArm> arms,
+                     const Shadow* shadow = nullptr);
+  bool UnregisterRoute(const std::string& name);
+  std::vector<std::string> registered_routes() const;
+  // The requests each arm of route `name` got since the last call (in arm
+  // order), then zero; empty when `name` is not a registered route.
+  std::vector<uint64_t> TakeRoutePicks(const std::string& name);
+  // Mirrored requests of route `name` by (shadow version, outcome: "ok",
+  // "failed", "cancelled", "skipped") since the last call, then zero.
+  std::vector<std::tuple<std::string, std::string, uint64_t>> TakeShadowCounts(
+      const std::string& name);
+
   // While draining, every response says `connection: close`.
   void set_draining(bool draining) { draining_ = draining; }
   bool draining() const { return draining_; }
@@ -189,6 +234,24 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     std::shared_ptr<void> owner;
     bool record = false;
   };
+  // A route's mirrored requests: outcomes by shadow version, and how many run
+  // now. Shared by the route's registrations and the requests in flight.
+  struct ShadowStats {
+    std::map<std::string, std::array<uint64_t, 4>> counts;  // ok, failed, cancelled, skipped
+    size_t in_flight = 0;
+  };
+  struct Route {
+    std::vector<std::shared_ptr<Model>> arms;
+    std::vector<uint64_t> bounds;  // cumulative weights, in arm order
+    std::vector<uint64_t> picks;   // requests per arm since TakeRoutePicks()
+    uint64_t total = 0;
+    std::shared_ptr<Model> shadow;  // null: none
+    double shadow_fraction = 0;
+    size_t shadow_max_in_flight = 0;
+    std::shared_ptr<ShadowStats> shadow_stats;
+    // The arm serving `version`, or null.
+    std::shared_ptr<Model> ArmServing(std::string_view version) const;
+  };
   struct Pending {
     std::shared_ptr<HttpConnection> conn;
     std::shared_ptr<Model> model;
@@ -199,12 +262,30 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     int64_t timeout_ns = 0;
     uint32_t priority = 0;
     std::unique_ptr<TracedRequest> trace;  // set when chosen for tracing
+    // A routed request whose route has a shadow: mirrored (maybe) once its
+    // arm accepted it. A mirrored request itself has `mirror_of` set and no
+    // connection.
+    std::shared_ptr<Model> shadow;
+    double shadow_fraction = 0;
+    size_t shadow_max_in_flight = 0;
+    std::shared_ptr<ShadowStats> shadow_stats;
+    std::shared_ptr<ShadowStats> mirror_of;
   };
 
   HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue)
       : config_(config), queue_(std::move(queue)) {}
   void Submit(std::unique_ptr<Pending> p);
+  // Submits a sample of `p`'s requests (accepted by its arm) to its route's shadow.
+  void Mirror(const Pending& p);
+  // Counts the outcome of a mirrored request that finished.
+  static void CountMirrored(const Pending& p, const Status& status);
+  static std::shared_ptr<Model> MakeModel(RouteArm& arm);
+  // Lists `model` for this iteration's RunReady() (once per batcher).
+  void MarkDirty(const std::shared_ptr<Model>& model);
   std::shared_ptr<Model> Find(std::string_view name) const;
+  Route* FindRoute(std::string_view name) const;
+  // The arm of `route` for a request with route key `key` (null: none); counts the pick.
+  const std::shared_ptr<Model>& PickArm(Route& route, const std::string_view* key);
   bool SampleTrace(const HttpRequest& req);
   // A traced request's record, with the ids of its server span.
   std::unique_ptr<TracedRequest> StartTrace(const HttpRequest& req);
@@ -218,6 +299,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   const HttpFrontConfig config_;
   const std::shared_ptr<CompletionQueue> queue_;
   std::unordered_map<std::string, std::shared_ptr<Model>> models_;
+  std::unordered_map<std::string, std::unique_ptr<Route>> routes_;
+  std::unordered_map<std::string, std::shared_ptr<ShadowStats>> shadow_stats_;  // by route
+  uint64_t route_draws_ = 0;  // the uniform draws' counter (SplitMix64 over it)
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
   std::vector<std::shared_ptr<Model>> dirty_;      // submitted to this iteration, inline execution
   std::vector<std::unique_ptr<Pending>> decoded_;  // decoded this iteration, not yet submitted
@@ -302,6 +386,7 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   std::shared_ptr<HttpFront> front_;
   const uint64_t id_;
   HttpRequestParser parser_;
+  HttpRequest request_;  // Feed()'s parse target; its views are valid during one Feed() only
   std::deque<Slot> slots_;
   uint64_t next_seq_ = 1;
   std::string out_;

@@ -55,6 +55,10 @@ struct V2InferRequest {
   V2ResponsePlan plan;
   int64_t timeout_us = 0;  // parameters.timeout; 0 = none given
   uint32_t priority = 0;   // parameters.priority; 0 = the model's default level
+  // parameters.route_key as the Python router spells it (str() of the value):
+  // kText for a string, integer or bool; kOther for any other non-null value.
+  enum class RouteKey { kNone, kText, kOther } route_key_kind = RouteKey::kNone;
+  std::string route_key;
 };
 
 enum class V2DecodeResult { kOk, kBadRequest, kNotHandled };

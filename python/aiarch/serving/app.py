@@ -109,6 +109,11 @@ class App:
         for listener in self.on_refresh:
             listener(name)
 
+    def route_changed(self, name: str) -> None:
+        """The arms of registry route `name` (their versions or weights) changed."""
+        for listener in self.on_refresh:
+            listener(name)
+
     def _entry(self, model: str, version: str | None) -> ModelEntry:
         route = self.routes.get(model)
         if route is not None and version is not None:

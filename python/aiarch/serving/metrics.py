@@ -235,6 +235,15 @@ class HttpCollector:
         refused.add_metric(["global"], float(c.refused_global))
         refused.add_metric(["per_ip"], float(c.refused_per_ip))
         yield from (open_, timeouts, refused)
+        native = getattr(server, "native", None)
+        if native is not None:
+            forwarded = CounterMetricFamily(
+                "aiarch_http_requests_forwarded",
+                "Requests the native front end handed to the Python application: every one "
+                "but the v2 infer requests it answers itself (see the README's native path).",
+            )
+            forwarded.add_metric([], float(native.forwarded))
+            yield forwarded
 
 
 class MetricsExporter:

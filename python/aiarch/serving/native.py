@@ -14,17 +14,22 @@ that carried an `id` (its first output's first row) in C++; `drain` hands a drai
 the model's tracker in one call. The server assigns no ids: feedback by request id needs the
 client's `id` (requests without one can still be joined by entity id + time).
 
+Registry-served models split over canary arms (`--route`, a progressive rollout) are served
+natively too: the front picks the arm per request by the Python router's rule (sticky for a
+route key), mirrors the shadow's sample once the arm accepted the request, and counts both,
+which `fold_route_picks` adds to the route's counters before the route metrics are read.
+
 Tracing: a request chosen for tracing (every n-th, or a sampled traceparent) that the native
 path answers stays on it; C++ gives it a server span id (and a trace id unless the caller's
 traceparent is valid), writes the response's `traceparent` and records its times, and `drain`
 hands a drain's records to the span processor (which makes the spans in its export thread), as
 it does the prediction records.
 
-Everything else — other routes, models with per-request result checks or registry routes
-(canary/shadow), compressed bodies or responses, FP16 JSON tensors — comes back from `feed` as a
-whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`,
-kept as the fallback: `aiarch serve --http python`). Responses leave in request order whichever
-path answers them.
+Everything else — other routes, models with per-request result checks, routes whose versions
+differ in inputs or outputs, compressed bodies or responses, FP16 JSON tensors — comes back from
+`feed` as a whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the
+fallback: `aiarch serve --http python`). Responses leave in request order whichever path
+answers them.
 
 The limits are the same on both front ends: the native connection forwards what the App must
 refuse in its own words (a body not declared as JSON, a timeout header out of range, JSON nested
@@ -55,6 +60,7 @@ from .http import (
     error_response,
     release_connection,
 )
+from .routing import SHADOW_MAX_IN_FLIGHT
 
 _PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
 
@@ -85,6 +91,9 @@ class NativeFront:
         self._flush_scheduled = False
         self._recording = False  # a registered model records predictions for feedback
         self.app.on_refresh.append(self.sync)
+        self._route_arms: dict[str, list[Any]] = {}  # registered routes' arms, in arm order
+        self._awaiting_handles: set[str] = set()  # routes an arm's batcher did not exist for
+        server.routing.count_hooks.append(self.fold_route_picks)
         # Tracing: the front answers the sampled requests it serves natively and records what
         # their spans need (taken once per drain); the others it forwards to the App, which
         # traces them. Spans with ids chosen in C++ need aiarch's own provider (`configure`).
@@ -112,6 +121,10 @@ class NativeFront:
         """(Re)register `name` natively when it qualifies, else make sure it is not."""
         self.front.unregister_model(name)
         app = self.app
+        route = app.routes.get(name)
+        if route is not None or name in self._route_arms:
+            self._sync_route(name, route)
+            return
         entry = app.entries.get(name)
         if entry is None or name in app.routes or entry.check is not None:
             return
@@ -132,13 +145,76 @@ class NativeFront:
         if record:
             self._recording = True
 
+    def _sync_route(self, name: str, route: Any) -> None:
+        """(Re)register the canary route `name` over its current arms when every arm can be
+        served natively with the same inputs and outputs; the picks counted so far go to the
+        arms they were made for first."""
+        self.fold_route_picks(name)
+        self.front.unregister_route(name)
+        self._route_arms.pop(name, None)
+        if route is None:
+            return
+        runtime = self.app.runtime
+        entries = [arm.entry for arm in route.arms]
+        shadow = route.shadow.entry if route.shadow is not None else None
+        if shadow is not None:
+            entries.append(shadow)
+        if any(e is None or e.check is not None for e in entries):
+            return
+        handles = [runtime.native_handle(e.runtime_name) for e in entries]
+        if any(h is None for h in handles):
+            self._awaiting_handles.add(name)  # retried when a request reaches the App
+            return
+        self._awaiting_handles.discard(name)
+        layouts = set()
+        for e in entries:
+            info = runtime.model_info(e.runtime_name)
+            inputs = tuple((s.name, s.dtype, tuple(int(d) for d in s.shape)) for s in info.inputs)
+            layouts.add((inputs, tuple(e.output_names)))
+        if len(layouts) != 1:
+            return  # versions disagree on inputs or outputs: the App's path arranges each
+        inputs, outputs = layouts.pop()
+        if any(d < 0 for _, _, shape in inputs for d in shape):
+            return
+        record = runtime.feedback_tracker(name) is not None
+        arms = [
+            (e.version, h, int(arm.weight), record)
+            for arm, e, h in zip(route.arms, entries, handles, strict=False)
+        ]
+        mirror = None
+        if shadow is not None:
+            mirror = (shadow.version, handles[-1], route.shadow_fraction, SHADOW_MAX_IN_FLIGHT)
+        self.front.register_route(name, list(inputs), list(outputs), arms, mirror)
+        if name in self.front.registered_routes():
+            self._route_arms[name] = list(route.arms)
+            if record:
+                self._recording = True
+
+    def fold_route_picks(self, name: str | None = None) -> None:
+        """Add the requests the front routed to each arm, and the outcomes of the requests
+        it mirrored (of route `name`, or of every route), to the route's counters."""
+        names = [name] if name is not None else list(self.app.routes)
+        for n in names:
+            arms = self._route_arms.get(n)
+            if arms is not None:
+                for arm, picks in zip(arms, self.front.take_route_picks(n), strict=False):
+                    arm.requests += picks
+            route = self.app.routes.get(n)
+            if route is not None:
+                counts = route.shadow_counts
+                for version, outcome, count in self.front.take_shadow_counts(n):
+                    counts[(version, outcome)] = counts.get((version, outcome), 0) + count
+
     def maybe_register(self, path: bytes) -> None:
         """A v2 infer request reached Python for a model loaded but not registered (its batcher
         did not exist yet at load): register it for the next ones."""
         parts = path.split(b"/")
         if len(parts) >= 5 and parts[-1] == b"infer" and parts[2] == b"models":
             name = parts[3].decode("latin-1")
-            if name in self.app.entries and name not in self.front.registered():
+            if name in self.app.routes:
+                if name in self._awaiting_handles:
+                    self.sync(name)
+            elif name in self.app.entries and name not in self.front.registered():
                 self.sync(name)
 
     # -- completions -----------------------------------------------------------------------

@@ -331,6 +331,8 @@ class RoutingCollector:
             "Mirrored requests by outcome (ok, failed, skipped, cancelled).",
             labels=["model", "version", "outcome"],
         )
+        for hook in self.routing.count_hooks:
+            hook()
         for route in list(self.routing.routes.values()):
             for arm in route.arms:
                 v = "" if arm.version is None else str(arm.version)
@@ -354,6 +356,9 @@ class RegistryRouting:
         self._registry: Any = None
         self._refs: dict[str, int] = {}  # runtime name → arms using it
         self._collector_added = False
+        self.count_hooks: list[Any] = []
+        """Called before the route metrics are read: front ends that route requests
+        themselves add their picks to the arms' `requests` (the native front)."""
 
     def handles(self, cfg: ModelConfig) -> bool:
         return _is_registry_ref(cfg.source)
@@ -401,6 +406,7 @@ class RegistryRouting:
             await self._follow(route, split)
         self.routes[cfg.name] = route
         self.app.routes[cfg.name] = route
+        self.app.route_changed(cfg.name)
         if not self._collector_added:
             self.app.metrics.registry.register(RoutingCollector(self))
             self._collector_added = True
@@ -462,6 +468,8 @@ class RegistryRouting:
         arm.entry, arm.version = entry, version
         if arm is route.arms[0]:
             self.app.entries[route.name] = entry
+        if route.name in self.routes:
+            self.app.route_changed(route.name)
         if old is not None:
             arm.switches += 1
             log.info(
@@ -547,6 +555,7 @@ class RegistryRouting:
             production.weight = 100
             route.set_arms([production])
             route.candidate, route.rollout = None, None
+            self.app.route_changed(route.name)
             log.info("%s: rollout ended; candidate version %s drained", route.name, old.version)
             await loop.run_in_executor(None, self._release, old.entry.runtime_name)
             return
@@ -571,6 +580,7 @@ class RegistryRouting:
         production.weight = 100 - weight
         route.set_arms([production, arm])
         route.candidate, route.rollout = arm, split
+        self.app.route_changed(route.name)
         log.info(
             "%s: rollout #%d: candidate version %d at %d %%", route.name, split[0], version, weight
         )
