@@ -858,7 +858,7 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
     case V2DecodeResult::kBadRequest:
       Error(slot, 400, error, keep_alive);
       if (trace != nullptr) {
-        (*trace)->model = model->v2.name;
+        (*trace)->model = model->batcher->name();
         front_->FinishTrace(std::move(*trace), &slot.bytes);
       }
       return true;
@@ -898,7 +898,7 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
   pending->slot = slot.seq;
   pending->keep_alive = keep_alive;
   if (trace != nullptr) {
-    (*trace)->model = pending->model->v2.name;
+    (*trace)->model = pending->model->batcher->name();
     pending->trace = std::move(*trace);
   }
   front_->decoded_.push_back(std::move(pending));  // submitted by the iteration's RunReady()

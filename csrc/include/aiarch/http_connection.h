@@ -109,7 +109,7 @@ class HttpConnection;
 // request that never ran.
 struct TracedRequest {
   std::string path;         // the request's path: the server span is "POST <path>"
-  std::string model;        // empty when refused before a model was found
+  std::string model;        // the model run (its runtime name); empty: none found
   std::string traceparent;  // the caller's, when valid (the span's parent); else empty
   std::string tracestate;   // the caller's, with a valid traceparent
   uint64_t trace_id_high = 0, trace_id_low = 0;  // the span's trace id
