@@ -88,8 +88,11 @@ void BindHttp(py::module_& m) {
       .def_property("draining", &HttpFront::draining, &HttpFront::set_draining)
       .def_property_readonly("in_flight", &HttpFront::in_flight)
       .def_property("trace_every", &HttpFront::trace_every, &HttpFront::set_trace_every,
-                    "Forward every N-th request, and those with a sampled traceparent, for "
-                    "tracing (0: off).")
+                    "Trace every N-th request, and those with a sampled traceparent (0: off): "
+                    "native ones are recorded for take_traces, the others forwarded traced.")
+      .def_property("trace_native", &HttpFront::trace_native, &HttpFront::set_trace_native,
+                    "Traced requests the native path answers stay native (default); off, "
+                    "every traced request is forwarded.")
       .def(
           "register_model",
           [](HttpFront& front, const std::string& name, const std::string& version,
@@ -122,6 +125,32 @@ void BindHttp(py::module_& m) {
           "The prediction records since the last call: (model, version, ids, float64 values "
           "as bytes, width) per model; ids[i] answered values[i*width:(i+1)*width].")
       .def_property_readonly("predictions_dropped", &HttpFront::predictions_dropped)
+      .def(
+          "take_traces",
+          [](HttpFront& front) {
+            std::vector<TracedRequest> taken = front.TakeTraces();
+            py::list out(taken.size());
+            for (size_t i = 0; i < taken.size(); ++i) {
+              const TracedRequest& t = taken[i];
+              const py::int_ trace_id = (py::int_(t.trace_id_high).attr("__lshift__")(64))
+                                            .attr("__or__")(py::int_(t.trace_id_low));
+              out[i] = py::make_tuple(
+                  py::bytes(t.path), t.model,
+                  t.traceparent.empty() ? py::object(py::none())
+                                        : py::object(py::str(t.traceparent)),
+                  t.tracestate.empty() ? py::object(py::none()) : py::object(py::str(t.tracestate)),
+                  trace_id, t.span_id, t.start_ns, t.submit_ns, t.enqueue_ns, t.exec_start_ns,
+                  t.exec_end_ns, t.batch_rows, t.encode_start_ns, t.encode_end_ns, t.end_ns,
+                  t.status, t.cache_hit, t.error);
+            }
+            return out;
+          },
+          "The traced requests answered natively since the last call: (path, model, "
+          "traceparent, tracestate, trace_id, span_id, start, submit, enqueue, exec_start, "
+          "exec_end, batch_rows, encode_start, encode_end, end, status, cache_hit, error) "
+          "tuples; times in steady-clock (time.monotonic_ns) ns, 0 for a stage not reached; "
+          "traceparent/tracestate are the caller's when its traceparent was valid, else None.")
+      .def_property_readonly("traces_dropped", &HttpFront::traces_dropped)
       .def("unregister_model", &HttpFront::UnregisterModel, py::arg("name"))
       .def(
           "register_route",

@@ -1,9 +1,12 @@
 #include "aiarch/http_connection.h"
 
 #include <array>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <string>
 
 namespace aiarch {
@@ -170,6 +173,66 @@ bool TraceparentSampled(std::string_view v) {
          flags == 'F';
 }
 
+// `s` read as lowercase hex digits; false when a character is not one.
+bool LowerHex(std::string_view s, uint64_t* value) {
+  uint64_t v = 0;
+  for (char c : s) {
+    int d;
+    if (c >= '0' && c <= '9') {
+      d = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      d = c - 'a' + 10;
+    } else {
+      return false;
+    }
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  *value = v;
+  return true;
+}
+
+// A W3C traceparent the Python path's propagator accepts as a parent:
+// "vv-<32 hex>-<16 hex>-ff" in lowercase hex, version not ff, nothing after
+// the flags for version 00 (a later version may add "-..."), trace and
+// parent ids not zero. Returns its trace id.
+bool ValidTraceparent(std::string_view v, uint64_t* high, uint64_t* low) {
+  if (v.size() < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-') return false;
+  if (v.size() > 55 && v[55] != '-') return false;
+  uint64_t version = 0, parent = 0, flags = 0;
+  if (!LowerHex(v.substr(0, 2), &version) || version == 0xff) return false;
+  if (version == 0 && v.size() != 55) return false;
+  if (!LowerHex(v.substr(3, 16), high) || !LowerHex(v.substr(19, 16), low) ||
+      !LowerHex(v.substr(36, 16), &parent) || !LowerHex(v.substr(53, 2), &flags)) {
+    return false;
+  }
+  return (*high != 0 || *low != 0) && parent != 0;
+}
+
+// Random span and trace ids, as the OpenTelemetry SDK's (never zero).
+uint64_t RandomId() {
+  thread_local std::mt19937_64 engine{std::random_device{}()};
+  uint64_t id = 0;
+  while (id == 0) id = engine();
+  return id;
+}
+
+int64_t SteadyNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The status code of a response's status line ("HTTP/1.1 200 OK").
+int ResponseStatus(std::string_view bytes) {
+  if (bytes.size() < 12 || bytes[8] != ' ') return 0;
+  int status = 0;
+  for (size_t i = 9; i < 12; ++i) {
+    if (bytes[i] < '0' || bytes[i] > '9') return 0;
+    status = status * 10 + (bytes[i] - '0');
+  }
+  return status;
+}
+
 // CRC-32 (IEEE 802.3, as zlib.crc32): the Python router's key hash, so a
 // key gets the same arm whichever front end answers it.
 uint32_t Crc32(std::string_view bytes) {
@@ -198,6 +261,48 @@ uint64_t SplitMix64(uint64_t x) {
 }  // namespace
 
 // ---------------------------------------------------------------- front
+
+std::unique_ptr<TracedRequest> HttpFront::StartTrace(const HttpRequest& req) {
+  auto t = std::make_unique<TracedRequest>();
+  t->start_ns = SteadyNowNs();
+  t->path.assign(req.path);
+  const std::string_view parent = req.Header("traceparent");
+  if (ValidTraceparent(parent, &t->trace_id_high, &t->trace_id_low)) {
+    t->traceparent.assign(parent);
+    t->tracestate.assign(req.Header("tracestate"));
+  } else {  // a new trace: a malformed parent is ignored, as W3C Trace Context asks
+    t->trace_id_high = RandomId();
+    t->trace_id_low = RandomId();
+  }
+  t->span_id = RandomId();
+  return t;
+}
+
+void HttpFront::FinishTrace(std::unique_ptr<TracedRequest> trace, std::string* bytes) {
+  trace->end_ns = SteadyNowNs();
+  trace->status = ResponseStatus(*bytes);
+  const size_t eol = bytes->find("\r\n");
+  if (eol != std::string::npos) {
+    char header[128];
+    const int n =
+        std::snprintf(header, sizeof(header), "traceparent: 00-%016llx%016llx-%016llx-01\r\n",
+                      static_cast<unsigned long long>(trace->trace_id_high),
+                      static_cast<unsigned long long>(trace->trace_id_low),
+                      static_cast<unsigned long long>(trace->span_id));
+    bytes->insert(eol + 2, header, static_cast<size_t>(n));
+  }
+  if (traces_.size() >= kMaxTraces) {
+    ++traces_dropped_;
+    return;
+  }
+  traces_.push_back(std::move(*trace));
+}
+
+std::vector<TracedRequest> HttpFront::TakeTraces() {
+  std::vector<TracedRequest> out;
+  out.swap(traces_);
+  return out;
+}
 
 bool HttpFront::SampleTrace(const HttpRequest& req) {
   if (++trace_count_ >= trace_every_) {
@@ -437,9 +542,14 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
   args.caller_flushes = batcher.config().inline_execution;
   uint64_t request_id = 0;
   CachedResponse hit;
+  if (p->trace) p->trace->submit_ns = SteadyNowNs();
   const Status st = batcher.Submit(args, &request_id, &hit);
   if (!st.ok()) {
     conn.ErrorFromStatus(*slot, st, p->keep_alive);
+    if (p->trace) {
+      p->trace->error = st.message();
+      FinishTrace(std::move(p->trace), &slot->bytes);
+    }
     conn.FlushTouching(&touched_);
     return;
   }
@@ -456,6 +566,10 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
       if (model->record && p->plan.has_id && hit.rows > 0) {
         Record(*model, p->plan.id, (*hit.specs)[0], rows[0]);
       }
+    }
+    if (p->trace) {
+      p->trace->cache_hit = true;
+      FinishTrace(std::move(p->trace), &slot->bytes);
     }
     conn.FlushTouching(&touched_);
     if (p->shadow) Mirror(*p);
@@ -512,7 +626,16 @@ std::vector<uint64_t> HttpFront::Drain() {
     if (slot == nullptr) continue;
     slot->request_id = 0;
     const bool keep = p->keep_alive && !draining_;
+    TracedRequest* trace = p->trace.get();
+    if (trace != nullptr) {
+      trace->enqueue_ns = c.enqueue_ns;
+      trace->exec_start_ns = c.exec_start_ns;
+      trace->exec_end_ns = c.exec_end_ns;
+      trace->batch_rows = c.batch_rows;
+      if (!c.status.ok()) trace->error = c.status.message();
+    }
     if (c.status.ok()) {
+      if (trace != nullptr) trace->encode_start_ns = SteadyNowNs();
       const auto& specs = *c.result->specs;
       rows.clear();
       for (size_t i = 0; i < specs.size(); ++i) {
@@ -528,9 +651,11 @@ std::vector<uint64_t> HttpFront::Drain() {
           Record(*p->model, p->plan.id, specs[0], rows[0]);
         }
       }
+      if (trace != nullptr) trace->encode_end_ns = SteadyNowNs();
     } else {
       conn.ErrorFromStatus(*slot, c.status, keep);
     }
+    if (trace != nullptr) FinishTrace(std::move(p->trace), &slot->bytes);
     conn.FlushTouching(&touched);
   }
   return touched;
@@ -650,7 +775,9 @@ void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRe
     Slot& slot = NewSlot();
     if (!keep) stop_parsing_ = true;  // the rest of the input is not read
     const bool traced = front_->trace_every_ != 0 && front_->SampleTrace(req);
-    if (!traced && HandleNative(req, slot, keep)) continue;
+    std::unique_ptr<TracedRequest> trace;
+    if (traced && front_->trace_native_) trace = front_->StartTrace(req);
+    if ((!traced || trace) && HandleNative(req, slot, keep, trace ? &trace : nullptr)) continue;
     ForwardedRequest f;
     f.slot = slot.seq;
     f.method.assign(req.method);
@@ -699,7 +826,8 @@ void HttpConnection::Fail(int status, std::string_view message) {
   Flush();
 }
 
-bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive) {
+bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive,
+                                  std::unique_ptr<TracedRequest>* trace) {
   if (req.method != "POST") return false;
   std::string_view model_name, version;
   bool predict = false;
@@ -753,7 +881,13 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
   } else {
     switch (DecodeV2Infer(req.body, header_length, model->v2, &decoded, &error)) {
       case V2DecodeResult::kNotHandled: return false;
-      case V2DecodeResult::kBadRequest: Error(slot, 400, error, keep_alive); return true;
+      case V2DecodeResult::kBadRequest:
+        Error(slot, 400, error, keep_alive);
+        if (trace != nullptr) {
+          (*trace)->model = model->batcher->name();
+          front_->FinishTrace(std::move(*trace), &slot.bytes);
+        }
+        return true;
       case V2DecodeResult::kOk: break;
     }
   }
@@ -790,6 +924,10 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
   pending->model = std::move(model);
   pending->slot = slot.seq;
   pending->keep_alive = keep_alive;
+  if (trace != nullptr) {
+    (*trace)->model = pending->model->batcher->name();
+    pending->trace = std::move(*trace);
+  }
   front_->decoded_.push_back(std::move(pending));  // submitted by the iteration's RunReady()
   return true;
 }

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -479,48 +480,136 @@ void TestForwardsWhatThePythonPathWords() {
   CHECK(origin);
 }
 
+// The traceparent header of a response head, or "" when it has none.
+std::string TraceparentOf(const Response& r) {
+  const size_t at = r.head.find("\r\ntraceparent: ");
+  if (at == std::string::npos) return "";
+  const size_t from = at + 15;
+  return r.head.substr(from, r.head.find("\r\n", from) - from);
+}
+
+std::string Hex(uint64_t high, uint64_t low) {
+  char buf[33];
+  std::snprintf(buf, sizeof(buf), "%016llx%016llx", static_cast<unsigned long long>(high),
+                static_cast<unsigned long long>(low));
+  return buf;
+}
+
 // set_trace_every(n): every n-th request, and each whose traceparent has the
-// sampled flag, is forwarded with traced = true instead of being answered
-// natively; 0 forwards none.
-void TestTraceForwarding() {
+// sampled flag, is traced. A native one is answered natively with its span's
+// traceparent and leaves a TracedRequest (the caller's trace id when its
+// traceparent is valid, a new one otherwise); one the native path does not
+// answer is forwarded with traced = true. 0 traces none.
+void TestTracedRequests() {
   std::shared_ptr<HttpFront> front;
   CHECK(HttpFront::Create({}, &front).ok());
   Served lin;
   Serve(*front, lin, "lin", Immediate());
   auto conn = front->Connect(1);
   const std::string infer = Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 0));
-  const std::string parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-";
-  const auto with_parent = [&](const std::string& flags) {
+  const std::string trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const std::string parent = "00-" + trace_id + "-00f067aa0ba902b7-";
+  const auto with_parent = [&](const std::string& value) {
     return Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 0),
-                "traceparent: " + parent + flags + "\r\n");
+                "traceparent: " + value + "\r\ntracestate: k=v\r\n");
   };
   std::vector<ForwardedRequest> seen;
-  // Off: a sampled traceparent stays native too.
-  Exchange(*front, *conn, infer + with_parent("01"), &seen);
+  bool ok;
+  // Off: a sampled traceparent stays native and untraced.
+  auto rs = SplitResponses(Exchange(*front, *conn, infer + with_parent(parent + "01"), &seen), &ok);
   CHECK_EQ(seen.size(), size_t{0});
+  CHECK(front->TakeTraces().empty());
+  for (const auto& r : rs) CHECK_EQ(TraceparentOf(r), std::string());
 
   front->set_trace_every(3);
   std::string wire;
   for (int i = 0; i < 7; ++i) wire += infer;
-  Exchange(*front, *conn, wire, &seen);
-  if (CHECK_EQ(seen.size(), size_t{2})) {  // the 3rd and the 6th
-    CHECK(seen[0].traced && seen[1].traced);
+  rs = SplitResponses(Exchange(*front, *conn, wire, &seen), &ok);
+  CHECK_EQ(seen.size(), size_t{0});  // answered natively
+  std::vector<TracedRequest> traces = front->TakeTraces();
+  if (CHECK_EQ(rs.size(), size_t{7}) && CHECK_EQ(traces.size(), size_t{2})) {  // 3rd and 6th
+    for (int i = 0; i < 7; ++i) {
+      const std::string tp = TraceparentOf(rs[i]);
+      CHECK_EQ(rs[i].status, 200);
+      if (i != 2 && i != 5) {
+        CHECK_EQ(tp, std::string());
+        continue;
+      }
+      const TracedRequest& t = traces[i == 2 ? 0 : 1];
+      char span[17];
+      std::snprintf(span, sizeof(span), "%016llx", static_cast<unsigned long long>(t.span_id));
+      CHECK_EQ(tp, "00-" + Hex(t.trace_id_high, t.trace_id_low) + "-" + span + "-01");
+      CHECK(t.traceparent.empty() && t.span_id != 0 && (t.trace_id_high | t.trace_id_low) != 0);
+      CHECK_EQ(t.path, std::string("/v2/models/lin/infer"));
+      CHECK_EQ(t.model, std::string("lin"));
+      CHECK_EQ(t.status, 200);
+      CHECK(t.start_ns <= t.submit_ns && t.submit_ns <= t.enqueue_ns + 1);
+      CHECK(t.enqueue_ns <= t.exec_start_ns && t.exec_start_ns <= t.exec_end_ns);
+      CHECK(t.exec_end_ns <= t.encode_start_ns && t.encode_start_ns <= t.encode_end_ns);
+      CHECK(t.encode_end_ns <= t.end_ns);
+      CHECK(t.batch_rows >= 1 && !t.cache_hit && t.error.empty());
+    }
+    CHECK(traces[0].span_id != traces[1].span_id);
   }
-  // A long period (and a fresh count): the sampled parents are forwarded, the
-  // unsampled one is not.
+  // A long period (and a fresh count): the sampled parents are traced in the
+  // caller's trace (a malformed one starts a new trace), the unsampled one is not.
   front->set_trace_every(100);
-  Exchange(*front, *conn, with_parent("01") + with_parent("00") + with_parent("03"), &seen);
+  const std::string bad = "00-" + trace_id + "-0000000000000000-01";  // zero parent id
+  rs = SplitResponses(Exchange(*front, *conn,
+                               with_parent(parent + "01") + with_parent(parent + "00") +
+                                   with_parent(parent + "03") + with_parent(bad),
+                               &seen),
+                      &ok);
+  CHECK_EQ(seen.size(), size_t{0});
+  traces = front->TakeTraces();
+  if (CHECK_EQ(rs.size(), size_t{4}) && CHECK_EQ(traces.size(), size_t{3})) {
+    CHECK_EQ(traces[0].traceparent, parent + "01");
+    CHECK_EQ(traces[0].tracestate, std::string("k=v"));
+    CHECK_EQ(Hex(traces[0].trace_id_high, traces[0].trace_id_low), trace_id);
+    CHECK_EQ(TraceparentOf(rs[0]).substr(0, 36), "00-" + trace_id + "-");
+    CHECK_EQ(TraceparentOf(rs[1]), std::string());
+    CHECK_EQ(traces[1].traceparent, parent + "03");
+    CHECK(traces[2].traceparent.empty() && traces[2].tracestate.empty());
+    CHECK(Hex(traces[2].trace_id_high, traces[2].trace_id_low) != trace_id);
+    CHECK_EQ(TraceparentOf(rs[3]).substr(3, 32),
+             Hex(traces[2].trace_id_high, traces[2].trace_id_low));
+  }
+  // A bad body is answered natively with 400, traced; an unknown model is forwarded traced.
+  front->set_trace_every(1);
+  rs = SplitResponses(
+      Exchange(*front, *conn,
+               Http("POST", "/v2/models/lin/infer", "{\"inputs\": 3}") +
+                   Http("POST", "/v2/models/nope/infer", InferJson("x", 1, kWidth, 0)),
+               &seen),
+      &ok);
+  traces = front->TakeTraces();
+  if (CHECK_EQ(rs.size(), size_t{2}) && CHECK_EQ(traces.size(), size_t{1}) &&
+      CHECK_EQ(seen.size(), size_t{1})) {
+    CHECK_EQ(rs[0].status, 400);
+    CHECK_EQ(traces[0].status, 400);
+    CHECK_EQ(traces[0].submit_ns, int64_t{0});
+    CHECK(!TraceparentOf(rs[0]).empty());
+    CHECK(seen[0].traced);
+    CHECK_EQ(seen[0].path, std::string("/v2/models/nope/infer"));
+  }
+  // Not native: every traced request is forwarded, with its headers.
+  front->set_trace_native(false);
+  rs = SplitResponses(Exchange(*front, *conn, infer + with_parent(parent + "01"), &seen), &ok);
+  CHECK(front->TakeTraces().empty());
   if (CHECK_EQ(seen.size(), size_t{2})) {
     CHECK(seen[0].traced && seen[1].traced);
     bool forwarded_header = false;
-    for (const auto& [name, value] : seen[0].headers) {
+    for (const auto& [name, value] : seen[1].headers) {
       forwarded_header = forwarded_header || (name == "traceparent" && value == parent + "01");
     }
     CHECK(forwarded_header);
   }
+  front->set_trace_native(true);
   front->set_trace_every(0);
-  Exchange(*front, *conn, infer + with_parent("01"), &seen);
+  Exchange(*front, *conn, infer + with_parent(parent + "01"), &seen);
   CHECK_EQ(seen.size(), size_t{0});
+  CHECK(front->TakeTraces().empty());
+  CHECK_EQ(front->traces_dropped(), uint64_t{0});
 }
 
 // phase()/phase_since(): the time a partial request's head, then its body,
@@ -675,7 +764,7 @@ int main() {
   aiarch::TestOverloadDeadlineCancel();
   aiarch::TestProtocolErrors();
   aiarch::TestForwardsWhatThePythonPathWords();
-  aiarch::TestTraceForwarding();
+  aiarch::TestTracedRequests();
   aiarch::TestPhaseAndFail();
   aiarch::TestFuzz();
   return aiarch::test::Finish("test_http_connection");

@@ -174,6 +174,31 @@ class Model:
 #  traced: chosen for tracing by `HttpFront.trace_every` or a sampled traceparent).
 ForwardedRequest: TypeAlias = tuple[int, bytes, bytes, bytes, dict[bytes, bytes], bytes, bool, bool]
 
+# A traced request answered natively: (path, model, the caller's traceparent and tracestate
+# when its traceparent was valid else None, trace_id, span_id, start, submit, enqueue,
+# exec_start, exec_end, batch_rows, encode_start, encode_end, end, status, cache_hit, error);
+# times in time.monotonic_ns() nanoseconds, 0 for a stage not reached.
+TracedRequest: TypeAlias = tuple[
+    bytes,
+    str,
+    str | None,
+    str | None,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    int,
+    bool,
+    str,
+]
+
 class HttpFront:
     """The native request path shared by the connections of one event loop."""
 
@@ -195,10 +220,17 @@ class HttpFront:
     def in_flight(self) -> int: ...
     @property
     def trace_every(self) -> int:
-        """Every N-th request, and each with a sampled traceparent, is forwarded to the App
-        for tracing (0: off)."""
+        """Every N-th request, and each with a sampled traceparent, is traced (0: off): one
+        the native path answers is recorded for `take_traces`, the others are forwarded to
+        the App traced."""
     @trace_every.setter
     def trace_every(self, value: int) -> None: ...
+    @property
+    def trace_native(self) -> bool:
+        """Traced requests the native path answers stay native (default); off, every traced
+        request is forwarded."""
+    @trace_native.setter
+    def trace_native(self, value: bool) -> None: ...
     def register_model(
         self,
         name: str,
@@ -216,6 +248,10 @@ class HttpFront:
         call."""
     @property
     def predictions_dropped(self) -> int: ...
+    def take_traces(self) -> list[TracedRequest]:
+        """The traced requests answered natively since the last call."""
+    @property
+    def traces_dropped(self) -> int: ...
     def unregister_model(self, name: str) -> bool: ...
     def registered(self) -> list[str]: ...
     def register_route(

@@ -20,9 +20,11 @@ Embedded: after :func:`enable` (with the application's tracer provider, or the g
 feature-lookup spans under it.
 
 Cost: while tracing is off, a request pays one test of :data:`enabled` (Python path) or one
-branch (native path); unsampled requests never leave the native path. Batch timings come from
-the batcher itself (the completion carries when the request was queued and when its batch ran),
-so a traced request's stages are exact, not inferred.
+branch (native path); unsampled requests never leave the native path, and neither do sampled
+ones it answers: C++ records their ids and times, the loop queues the records, and the span
+processor's thread (:class:`_BatchExport`) makes their spans when it exports. Batch timings
+come from the batcher itself (the completion carries when the request was queued and when its
+batch ran), so a traced request's stages are exact, not inferred.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
+from random import getrandbits
 from typing import Any
 
 __all__ = [
@@ -99,12 +102,13 @@ def configure(exporter: Any = None, *, simple: bool = False) -> None:
     """Set up an SDK tracer provider for this process and :func:`enable` it.
 
     `exporter`: a span exporter (tests pass the SDK's ``InMemorySpanExporter``); default
-    :func:`default_exporter`. `simple` exports each span as it ends instead of in batches from
-    a background thread. Idempotent: a second call replaces the first provider."""
+    :func:`default_exporter`. Spans are exported in batches from a background thread
+    (:class:`_BatchExport`, configured by the SDK's ``OTEL_BSP_*`` variables); `simple` exports
+    each span as it ends instead. Idempotent: a second call replaces the first provider."""
     global _provider
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     global _direct
     with _lock:
@@ -112,11 +116,13 @@ def configure(exporter: Any = None, *, simple: bool = False) -> None:
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "aiarch")})
         provider = TracerProvider(resource=resource)
         exp = exporter if exporter is not None else default_exporter()
-        processor = SimpleSpanProcessor(exp) if simple else BatchSpanProcessor(exp)
+        direct = _DirectSpans(resource)
+        processor = SimpleSpanProcessor(exp) if simple else _batch_export_class()(exp, direct)
+        direct.processor = processor
         provider.add_span_processor(processor)
         _provider = provider
         enable(provider)
-        _direct = _DirectSpans(processor, resource)
+        _direct = direct
     if old is not None:
         old.shutdown()
 
@@ -217,11 +223,94 @@ def _json_lines_exporter_class() -> Any:
                 self._out.flush()
             return SpanExportResult.SUCCESS
 
+        def export_records(self, records: Any, offset_ns: int) -> None:
+            """Write the spans of native traced requests (`_BatchExport` items) straight from
+            their records, as `export` would write the spans made from them."""
+            encode = self._encode
+            lines: list[str] = []
+            for record, lookup in records:
+                _record_json_lines(record, lookup, offset_ns, encode, lines)
+            data = ("\n".join(lines) + "\n").encode()
+            with self._lock:
+                self._out.write(data)
+                self._out.flush()
+
         def shutdown(self) -> None:
             with self._lock:
                 self._out.flush()
 
     return _JsonLinesExporter
+
+
+def _record_json_lines(
+    record: Any, lookup: tuple[int, int] | None, offset: int, encode: Any, out: list[str]
+) -> None:
+    """The JSON lines of one native traced request's spans, appended to `out`: what the
+    exporter writes for `_DirectSpans.record_spans`, without making those span objects."""
+    (path, model, traceparent, _, trace_id, span_id, start, submit, enqueue, exec_start,
+     exec_end, rows, encode_start, encode_end, end, status, cache_hit, error) = record  # fmt: skip
+    ids = f',"trace_id":"{trace_id:032x}","span_id":"'
+    server = f"{span_id:016x}"
+    strings = _json_strings.get((path, model))
+    if strings is None:
+        strings = _json_strings_of(path, model, encode)
+    name, url, model_attr, rows_attr = strings
+    line = _child_line
+    if cache_hit:
+        line(out, "cache_hit", ids, server, submit, submit, offset, "UNSET", model_attr)
+    elif exec_start > 0:
+        line(out, "queue", ids, server, enqueue, exec_start, offset, "UNSET", model_attr)
+        execution = line(
+            out, "execution", ids, server, exec_start, exec_end, offset,
+            "ERROR" if error else "UNSET", f"{rows_attr}{rows}}}",
+        )  # fmt: skip
+        if lookup is not None:
+            line(out, "feature_lookup", ids, execution, *lookup, offset, "UNSET", model_attr)
+    elif submit > 0:  # refused, expired or cancelled before it ran
+        failed = "ERROR" if error else "UNSET"
+        line(out, "queue", ids, server, enqueue or submit, end, offset, failed, model_attr)
+    if encode_start > 0:
+        line(out, "encode", ids, server, encode_start, encode_end, offset, "UNSET", "{}")
+    parent = "null" if traceparent is None else f'"{traceparent[36:52]}"'
+    out.append(
+        f'{{"name":{name}{ids}{server}","parent_id":{parent},"kind":"SERVER",'
+        f'"start_ns":{start + offset},"end_ns":{end + offset},'
+        f'"status":"{"ERROR" if status >= 500 else "UNSET"}","attributes":'
+        f'{{"http.request.method":"POST","url.path":{url},"http.response.status_code":{status}}}}}'
+    )
+
+
+def _child_line(
+    out: list[str], name: str, ids: str, parent: str, start: int, end: int, offset: int,
+    status: str, attributes: str,
+) -> str:  # fmt: skip
+    span_id = f"{getrandbits(64) or 1:016x}"
+    out.append(
+        f'{{"name":"{name}"{ids}{span_id}","parent_id":"{parent}","kind":"INTERNAL",'
+        f'"start_ns":{start + offset},"end_ns":{end + offset},"status":"{status}",'
+        f'"attributes":{attributes}}}'
+    )
+    return span_id
+
+
+_json_strings: dict[tuple[bytes, str], tuple[str, str, str, str]] = {}
+"""JSON text of a traced request path's server span name and url, and of its model's
+attributes, by (path, model): they repeat request after request (bounded below)."""
+
+
+def _json_strings_of(path: bytes, model: str, encode: Any) -> tuple[str, str, str, str]:
+    url = path.decode("latin-1")
+    model_attr = f'{{"aiarch.model":{encode(model).decode()}}}'
+    strings = (
+        encode(f"POST {url}").decode(),
+        encode(url).decode(),
+        model_attr,
+        f'{model_attr[:-1]},"aiarch.batch.rows":',
+    )
+    if len(_json_strings) >= 1024:
+        _json_strings.clear()
+    _json_strings[(path, model)] = strings
+    return strings
 
 
 def json_lines_exporter(out: Any) -> Any:
@@ -271,20 +360,46 @@ class _DirectSpans:
     makes five. The ids are random as the SDK's; the request's sampling decision is made
     before any span exists, so every span made is sampled."""
 
-    def __init__(self, processor: Any, resource: Any) -> None:
+    def __init__(self, resource: Any) -> None:
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-        from opentelemetry.trace import SpanContext, TraceFlags
+        from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-        self.processor = processor
+        self.processor: Any = None  # set by `configure`
         self.resource = resource
         self.scope = InstrumentationScope("aiarch")
         self.readable = ReadableSpan
         self.span_context = SpanContext
         self.sampled = TraceFlags(TraceFlags.SAMPLED)
+        self.internal = SpanKind.INTERNAL
+        self.server = SpanKind.SERVER
 
     def new_context(self, trace_id: int) -> Any:
         return self.span_context(trace_id, random.getrandbits(64) or 1, False, self.sampled)
+
+    def make(
+        self,
+        name: str,
+        context: Any,
+        parent: Any,
+        kind: Any,
+        start_ns: int,
+        end_ns: int,
+        attributes: dict[str, Any],
+        status: Any,
+    ) -> Any:
+        return self.readable(
+            name,
+            context,
+            parent,
+            resource=self.resource,
+            attributes=attributes,
+            kind=kind,
+            status=status,
+            start_time=start_ns,
+            end_time=end_ns,
+            instrumentation_scope=self.scope,
+        )
 
     def emit(
         self,
@@ -298,19 +413,171 @@ class _DirectSpans:
         status: Any,
     ) -> None:
         self.processor.on_end(
-            self.readable(
-                name,
-                context,
+            self.make(name, context, parent, kind, start_ns, end_ns, attributes, status)
+        )
+
+    def record_spans(self, record: Any, lookup: tuple[int, int] | None, offset: int) -> list[Any]:
+        """The spans of a traced request the native front answered (`HttpFront.take_traces`),
+        as the Python path makes them: the server span (ids chosen in C++; the caller's
+        traceparent its parent) over queue, execution (with `lookup`, the batch's feature
+        lookup, under it) or cache_hit, and encode. `offset` turns its monotonic ns into
+        wall-clock ns."""
+        (path, model, traceparent, tracestate, trace_id, span_id, start, submit, enqueue,
+         exec_start, exec_end, rows, encode_start, encode_end, end, status, cache_hit,
+         error) = record  # fmt: skip
+        server = self.span_context(trace_id, span_id, False, self.sampled)
+        attrs = {"aiarch.model": model}
+        failure = _status(error or None)
+        ok = _status(None)
+        spans = []
+
+        def child(name: str, parent: Any, s: int, e: int, a: dict[str, Any], st: Any) -> Any:
+            ctx = self.new_context(trace_id)
+            spans.append(self.make(name, ctx, parent, self.internal, s + offset, e + offset, a, st))
+            return ctx
+
+        if cache_hit:
+            child("cache_hit", server, submit, submit, attrs, ok)
+        elif exec_start > 0:
+            child("queue", server, enqueue, exec_start, attrs, ok)
+            execution = child(
+                "execution", server, exec_start, exec_end, {**attrs, "aiarch.batch.rows": rows},
+                failure,
+            )  # fmt: skip
+            if lookup is not None:
+                child("feature_lookup", execution, lookup[0], lookup[1], attrs, ok)
+        elif submit > 0:  # refused, expired or cancelled before it ran
+            child("queue", server, enqueue or submit, end, attrs, failure)
+        if encode_start > 0:
+            child("encode", server, encode_start, encode_end, {}, ok)
+        parent = None
+        if traceparent is not None:
+            from opentelemetry import trace
+
+            parent = trace.get_current_span(
+                _parent_context(traceparent, tracestate)
+            ).get_span_context()
+        url = path.decode("latin-1")
+        spans.append(
+            self.make(
+                f"POST {url}",
+                server,
                 parent,
-                resource=self.resource,
-                attributes=attributes,
-                kind=kind,
-                status=status,
-                start_time=start_ns,
-                end_time=end_ns,
-                instrumentation_scope=self.scope,
+                self.server,
+                start + offset,
+                end + offset,
+                {
+                    "http.request.method": "POST",
+                    "url.path": url,
+                    "http.response.status_code": status,
+                },
+                _status("HTTP 5xx" if status >= 500 else None),
             )
         )
+        return spans
+
+
+def _batch_export_class() -> Any:
+    from opentelemetry import context
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    class _BatchExport(SpanProcessor):
+        """The span processor :func:`configure` sets up: the SDK's BatchSpanProcessor's job
+        (same ``OTEL_BSP_*`` settings) at less cost on the event loop. Ended spans, and the
+        records of the traced requests the native front answered, queue in a deque (no lock,
+        no wake-up per span); one thread wakes every schedule delay, or once a batch's worth
+        is queued, and hands the exporter batches. A record becomes spans only there: the
+        local JSON-lines exporter writes them straight from it, others get `ReadableSpan`s.
+        Beyond the queue's bound, items are dropped and counted (`dropped`)."""
+
+        def __init__(self, exporter: Any, direct: _DirectSpans) -> None:
+            self._exporter = exporter
+            self._direct = direct
+            self._delay_s = BatchSpanProcessor._default_schedule_delay_millis() / 1e3
+            self._batch = BatchSpanProcessor._default_max_export_batch_size()
+            self._max_queue = BatchSpanProcessor._default_max_queue_size()
+            self._queue: deque[Any] = deque()
+            self._wake = threading.Event()
+            self._export_lock = threading.Lock()
+            self._stopped = False
+            self.dropped = 0
+            self._thread = threading.Thread(
+                target=self._run, name="aiarch-span-export", daemon=True
+            )
+            self._thread.start()
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            pass
+
+        def on_end(self, span: Any) -> None:
+            if span.context.trace_flags.sampled:
+                self.add((span,))
+
+        def add(self, items: Any) -> None:
+            """Queue spans, or (record, feature lookup) pairs of native traced requests."""
+            queue = self._queue
+            room = 0 if self._stopped else self._max_queue - len(queue)
+            if len(items) > room:
+                if not self.dropped:
+                    log.warning("the span export queue is full: spans are dropped")
+                self.dropped += len(items) - max(room, 0)
+                items = items[: max(room, 0)]
+            queue.extend(items)
+            if len(queue) >= self._batch and not self._wake.is_set():
+                self._wake.set()
+
+        def _run(self) -> None:
+            while not self._stopped:
+                self._wake.wait(self._delay_s)
+                self._wake.clear()
+                self._export_queued()
+
+        def _export_queued(self) -> None:
+            queue, batch, exporter = self._queue, self._batch, self._exporter
+            # As the SDK's processors do: what the exporter does (an OTLP request) is not traced.
+            token = context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+            try:
+                with self._export_lock:
+                    while queue:
+                        spans: list[Any] = []
+                        records: list[Any] = []
+                        while queue and len(spans) + len(records) < batch:
+                            item = queue.popleft()
+                            (records if type(item) is tuple else spans).append(item)
+                        try:
+                            self._export(exporter, spans, records)
+                        except Exception:  # an exporter failing must not stop the thread
+                            log.exception("span export failed")
+            finally:
+                context.detach(token)
+
+        def _export(self, exporter: Any, spans: list[Any], records: list[Any]) -> None:
+            if records:
+                offset = time.time_ns() - time.monotonic_ns()  # monotonic → wall clock
+                fast = getattr(exporter, "export_records", None)
+                if fast is not None:
+                    fast(records, offset)
+                else:
+                    for record, lookup in records:
+                        spans.extend(self._direct.record_spans(record, lookup, offset))
+            if spans:
+                exporter.export(spans)
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            self._export_queued()
+            return True
+
+        def shutdown(self) -> None:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._wake.set()
+            self._thread.join()
+            self._export_queued()
+            self._exporter.shutdown()
+
+    return _BatchExport
 
 
 def _status(error: BaseException | str | None) -> Any:
@@ -411,6 +678,63 @@ def start_infer(model: str) -> InferTrace | None:
     if not (span.is_recording() or isinstance(span, _ServerSpanMarker.cls())):
         return None
     return InferTrace(span.get_span_context(), model)
+
+
+# ---------------------------------------------------------------- native requests
+
+
+def spans_with_given_ids() -> bool:
+    """Spans can be made with ids chosen before they start (:func:`configure`'s provider),
+    as the native front's traced requests need: it writes their traceparent itself."""
+    return _direct is not None
+
+
+def emit_native(records: Any, lookups_of: Any, log: logging.Logger) -> None:
+    """Hand over the traced requests the native front answered (`HttpFront.take_traces`
+    tuples) for their spans (see `_DirectSpans.record_spans`): with the batch processor,
+    queued as they are and made into spans by its thread; else made now. Here, in the loop,
+    only what cannot wait: the batch's feature lookup, from `lookups_of(model)` (a bounded
+    log), and the request's log lines on `log` under its span, as the Python path writes them
+    (a 5xx's warning; at debug level, each answer)."""
+    direct = _direct
+    if direct is None:
+        return
+    debug = log.isEnabledFor(logging.DEBUG)
+    items = []
+    for record in records:
+        lookup = None
+        exec_start = record[9]
+        if exec_start > 0:
+            lookups = lookups_of(record[1])
+            if lookups is not None:
+                lookup = _lookup_in(lookups, exec_start, record[10])
+        status, error = record[15], record[17]
+        if debug or (status >= 500 and error):
+            _log_native(direct, record, log)
+        items.append((record, lookup))
+    add = getattr(direct.processor, "add", None)  # the batch processor's queue
+    if add is not None:
+        add(items)
+        return
+    offset = time.time_ns() - time.monotonic_ns()
+    for record, lookup in items:
+        for span in direct.record_spans(record, lookup, offset):
+            direct.processor.on_end(span)
+
+
+def _log_native(direct: _DirectSpans, record: Any, log: logging.Logger) -> None:
+    """The log lines of a native traced request, written with its server span current."""
+    from opentelemetry import context, trace
+
+    server = direct.span_context(record[4], record[5], False, direct.sampled)
+    token = context.attach(trace.set_span_in_context(_ServerSpanMarker.cls()(server)))
+    try:
+        status, error = record[15], record[17]
+        if status >= 500 and error:
+            log.warning("request failed: %s", error)
+        log.debug("traced request answered %d", status)
+    finally:
+        context.detach(token)
 
 
 # ---------------------------------------------------------------- requests

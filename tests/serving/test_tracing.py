@@ -117,7 +117,9 @@ def test_sampled_traceparent_is_traced_with_named_children(
     exporter.clear()
     with serving(http, sample=1e-6) as srv:  # the counter never picks: only the header does
         r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
+        forwarded = srv.native.forwarded if srv.native is not None else 0
     assert r.status == 200, r.body
+    assert forwarded == 0  # on the native front, the native path answered it
     spans = _spans_of(exporter, TRACE_ID)
     by_name = {s.name: s for s in spans}
     assert set(by_name) == {
@@ -166,7 +168,7 @@ def test_sampling_zero_keeps_the_native_path_and_makes_no_spans(
     assert exporter.get_finished_spans() == ()
 
 
-def test_sample_rate_forwards_every_nth_request_from_the_native_path(
+def test_sample_rate_traces_every_nth_request_on_the_native_path(
     exporter: InMemorySpanExporter,
 ) -> None:
     exporter.clear()
@@ -178,7 +180,8 @@ def test_sample_rate_forwards_every_nth_request_from_the_native_path(
             assert r.status == 200
             traced += "traceparent" in r.headers
         forwarded = srv.native.forwarded
-    assert traced == forwarded == 5  # 20 requests, one in four; the other 15 stayed native
+    assert traced == 5  # 20 requests, one in four
+    assert forwarded == 0  # traced or not, every one was answered in C++
     assert len(_server_spans(exporter)) == 5
 
 
@@ -225,7 +228,8 @@ def test_traced_error_is_marked_and_answered(exporter: InMemorySpanExporter) -> 
 def test_pipelined_traced_and_native_requests_keep_their_order(
     exporter: InMemorySpanExporter,
 ) -> None:
-    """Traced requests leave the native path mid-pipeline; responses stay in request order."""
+    """Traced requests amid untraced ones in one pipeline: all answered natively, in request
+    order, each traced response's traceparent naming its server span."""
     exporter.clear()
     bodies = [_body(rows) for rows in (1, 2, 3, 4, 5, 6)]
     with (
@@ -240,9 +244,46 @@ def test_pipelined_traced_and_native_requests_keep_their_order(
         s.sendall(wire)
         with s.makefile("rb") as f:
             responses = [read_response(f) for _ in bodies]
+        forwarded = srv.native.forwarded  # type: ignore[union-attr]
     rows = [len(r.json()["outputs"][0]["data"]) // 4 for r in responses]  # type: ignore[index]
     assert rows == [1, 2, 3, 4, 5, 6]
-    assert sum("traceparent" in r.headers for r in responses) == 3
+    assert forwarded == 0
+    sent = [r.headers["traceparent"] for r in responses if "traceparent" in r.headers]
+    assert len(sent) == 3
+    roots = _server_spans(exporter)
+    assert sorted(sent) == sorted(
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-01" for s in roots
+    )
+
+
+def test_application_provider_traces_sampled_requests_on_the_python_path(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Under an application's provider, spans are made only through its tracer, which picks
+    the ids: the native front forwards the sampled requests to the Python path to trace."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    exporter.clear()
+    app_provider = TracerProvider()
+    app_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server_provider, direct = tracing.tracer_provider(), tracing._direct
+    tracing.enable(app_provider)
+    try:
+        with serving("native", sample=1e-6) as srv:
+            assert srv.native is not None and not srv.native.front.trace_native
+            r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
+            plain = request(srv.port, "POST", "/v2/models/lin/infer", _body())
+            forwarded = srv.native.forwarded
+    finally:
+        tracing.enable(server_provider)
+        tracing._direct = direct  # the module's provider makes its spans directly again
+    assert r.status == plain.status == 200
+    assert forwarded == 1  # the sampled one; the other stayed native
+    (root,) = _server_spans(exporter)
+    assert f"{root.context.trace_id:032x}" == TRACE_ID
+    assert r.headers["traceparent"] == f"00-{TRACE_ID}-{root.context.span_id:016x}-01"
+    assert {"queue", "execution", "encode"} <= {s.name for s in _spans_of(exporter, TRACE_ID)}
 
 
 def test_runtime_infer_under_an_application_span(exporter: InMemorySpanExporter) -> None:
@@ -255,7 +296,7 @@ def test_runtime_infer_under_an_application_span(exporter: InMemorySpanExporter)
     rt.add_model("double", lambda x: x * 2, inputs=[aiarch.TensorSpec("x", "float32", (4,))])
     app_provider = TracerProvider()  # the application's own
     app_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    server_provider = tracing.tracer_provider()
+    server_provider, direct = tracing.tracer_provider(), tracing._direct
     tracing.enable(app_provider)
     tracer = app_provider.get_tracer("app")
 
@@ -269,6 +310,7 @@ def test_runtime_infer_under_an_application_span(exporter: InMemorySpanExporter)
     finally:
         rt.close()
         tracing.enable(server_provider)
+        tracing._direct = direct  # the module's provider makes its spans directly again
     np.testing.assert_array_equal(y, np.full((1, 4), 2, np.float32))
     children = {
         s.name: s
@@ -401,3 +443,161 @@ def test_feature_lookup_span_under_execution(
     lookup, execution = spans["feature_lookup"], spans["execution"]
     assert lookup.parent.span_id == execution.context.span_id
     assert execution.start_time <= lookup.start_time <= lookup.end_time <= execution.end_time
+
+
+def _record(**fields: Any) -> tuple[Any, ...]:
+    """An `HttpFront.take_traces` record: a request answered after a batch of 3 rows."""
+    record = {
+        "path": b"/v2/models/lin/infer",
+        "model": "lin",
+        "traceparent": None,
+        "tracestate": None,
+        "trace_id": int(TRACE_ID, 16),
+        "span_id": 0x1234,
+        "start": 1_000,
+        "submit": 1_100,
+        "enqueue": 1_150,
+        "exec_start": 1_200,
+        "exec_end": 1_500,
+        "rows": 3,
+        "encode_start": 1_600,
+        "encode_end": 1_700,
+        "end": 1_800,
+        "status": 200,
+        "cache_hit": False,
+        "error": "",
+    }
+    record.update(fields)
+    return tuple(record.values())
+
+
+def _by_name(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Exported span dicts by name, span and parent ids replaced by the spans' names (the
+    children's ids are random)."""
+    names = {s["span_id"]: s["name"] for s in lines}
+    return {
+        s["name"]: {
+            **s,
+            "span_id": s["name"],
+            "parent_id": names.get(s["parent_id"], s["parent_id"]),
+        }
+        for s in lines
+    }
+
+
+@pytest.mark.parametrize(
+    "fields, lookup",
+    [
+        ({}, None),
+        ({"traceparent": SAMPLED, "tracestate": "k=v"}, (1_250, 1_300)),
+        ({"cache_hit": True, "exec_start": 0, "exec_end": 0, "enqueue": 0}, None),
+        ({"status": 500, "error": "model raised", "encode_start": 0, "encode_end": 0}, None),
+        ({"status": 503, "error": "queue full", "exec_start": 0, "encode_start": 0}, None),
+    ],
+    ids=["executed", "caller-parent-and-lookup", "cache-hit", "failed-batch", "refused"],
+)
+def test_native_records_written_as_json_lines_match_the_spans_made_from_them(
+    fields: dict[str, Any], lookup: tuple[int, int] | None
+) -> None:
+    """The local exporter writes a native traced request's spans straight from its record:
+    the same lines, but for the random child ids, as exporting the SDK spans made from it."""
+    import io
+
+    from opentelemetry.sdk.resources import Resource
+
+    record, offset = _record(**fields), 10**18
+    direct = tracing._DirectSpans(Resource.create({}))
+    via_spans, direct_out = io.BytesIO(), io.BytesIO()
+    tracing.json_lines_exporter(via_spans).export(direct.record_spans(record, lookup, offset))
+    tracing.json_lines_exporter(direct_out).export_records([(record, lookup)], offset)
+    expected = [json.loads(line) for line in via_spans.getvalue().splitlines()]
+    written = [json.loads(line) for line in direct_out.getvalue().splitlines()]
+    assert _by_name(written) == _by_name(expected)
+    server = _by_name(written)[f"POST {record[0].decode()}"]
+    assert server["span_id"] == server["name"] and written[-1]["span_id"] == f"{0x1234:016x}"
+    assert server["parent_id"] == (PARENT_ID if fields.get("traceparent") else None)
+    assert server["start_ns"] == 1_000 + offset and server["end_ns"] == 1_800 + offset
+
+
+def test_batch_processor_exports_what_it_queued_and_drops_beyond_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spans and native records wait in the processor's queue (bounded by the SDK's
+    OTEL_BSP_MAX_QUEUE_SIZE) until its thread exports them in a batch; a flush exports them
+    now; what does not fit is dropped and counted, not exported later."""
+    from opentelemetry.sdk.resources import Resource
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")  # only a flush exports here
+    exp = InMemorySpanExporter()
+    direct = tracing._DirectSpans(Resource.create({}))
+    processor = tracing._batch_export_class()(exp, direct)
+    try:
+        span = direct.make(
+            "encode", direct.new_context(1), None, direct.internal, 1, 2, {}, tracing._status(None)
+        )
+        processor.on_end(span)
+        records = [(_record(span_id=n), None) for n in range(1, 6)]
+        processor.add(records)  # room for 3 of the 5
+        assert processor.dropped == 2
+        assert exp.get_finished_spans() == ()  # queued, not exported per span
+        processor.force_flush()
+        exported = exp.get_finished_spans()
+        servers = [s for s in exported if s.name.startswith("POST ")]
+        assert sorted(s.context.span_id for s in servers) == [1, 2, 3]
+        assert len(exported) == 1 + 3 * 4  # the span; per record server, queue, execution, encode
+        processor.add(records[3:])  # room again once exported
+        assert processor.dropped == 2
+    finally:
+        processor.shutdown()
+    assert len(exp.get_finished_spans()) == 1 + 5 * 4  # shutdown exported the rest
+
+
+def test_native_traced_requests_through_the_batch_processor(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """With the server's default batch processor (not the simple one the other tests use),
+    the native front's traced requests become spans in its export thread: all of them are
+    exported by shutdown, each response's traceparent naming its server span."""
+    other = InMemorySpanExporter()
+    tracing.configure(other)
+    try:
+        with serving("native", sample=0.5) as srv:
+            responses = [
+                request(srv.port, "POST", "/v2/models/lin/infer", _body()) for _ in range(6)
+            ]
+            forwarded = srv.native.forwarded  # type: ignore[union-attr]
+        tracing.shutdown()
+    finally:
+        tracing.configure(exporter, simple=True)
+    sent = sorted(r.headers["traceparent"] for r in responses if "traceparent" in r.headers)
+    assert forwarded == 0 and len(sent) == 3
+    roots = _server_spans(other)
+    assert sent == sorted(
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-01" for s in roots
+    )
+    for root in roots:
+        children = [
+            s
+            for s in other.get_finished_spans()
+            if s.parent and s.parent.span_id == root.context.span_id
+        ]
+        assert {s.name for s in children} == {"queue", "execution", "encode"}
+
+
+def test_native_traced_request_is_logged_under_its_span(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At debug level, a traced request the native path answered is logged as the Python path
+    logs one, with its server span current: the line carries its trace and span ids."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="aiarch.serving")
+    caplog.handler.addFilter(tracing.TraceLogFilter())
+    with serving("native", sample=1e-6) as srv:
+        r = request(srv.port, "POST", "/v2/models/lin/infer", _body(), {"traceparent": SAMPLED})
+        forwarded = srv.native.forwarded  # type: ignore[union-attr]
+    assert r.status == 200 and forwarded == 0
+    span_id = r.headers["traceparent"].split("-")[2]
+    (line,) = [x for x in caplog.records if x.getMessage() == "traced request answered 200"]
+    assert line.trace_ids == f" trace_id={TRACE_ID} span_id={span_id}"  # type: ignore[attr-defined]

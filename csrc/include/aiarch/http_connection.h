@@ -32,9 +32,14 @@
 //   the connection's queued requests.
 // - Tracing (off by default): with set_trace_every(n), every n-th request
 //   parsed, and every request whose `traceparent` header carries the W3C
-//   sampled flag, is forwarded (ForwardedRequest::traced) instead of being
-//   answered natively, so that the Python path can trace it. Off costs one
-//   branch per request; the headers forwarded include traceparent/tracestate.
+//   sampled flag, is chosen for tracing. A chosen request the native path
+//   answers stays native: its server span's ids are made here (the caller's
+//   trace when its traceparent is valid, else a new one), its response gets
+//   the span's `traceparent` header, and what its spans need (times, status,
+//   batch) is left in a TracedRequest that TakeTraces() empties once per
+//   drain. A chosen request the native path does not answer is forwarded
+//   with ForwardedRequest::traced, for the Python path to trace. Off costs
+//   one branch per request.
 // - Threading: every method runs on the event loop's thread, except that
 //   batcher threads deliver completions into the front's queue. A request's
 //   decoded inputs stay owned by the front until its completion arrives.
@@ -99,6 +104,26 @@ struct ForwardedRequest {
 
 class HttpConnection;
 
+// What the spans of one traced request answered natively are made of. Times
+// are in the batcher's clock (steady_clock ns); the exec_* ones stay 0 for a
+// request that never ran.
+struct TracedRequest {
+  std::string path;         // the request's path: the server span is "POST <path>"
+  std::string model;        // the model run (its runtime name); empty: none found
+  std::string traceparent;  // the caller's, when valid (the span's parent); else empty
+  std::string tracestate;   // the caller's, with a valid traceparent
+  uint64_t trace_id_high = 0, trace_id_low = 0;  // the span's trace id
+  uint64_t span_id = 0;                          // the server span's id
+  int64_t start_ns = 0;                          // request parsed
+  int64_t submit_ns = 0;                         // submitted to the batcher (0: never)
+  int64_t enqueue_ns = 0, exec_start_ns = 0, exec_end_ns = 0, batch_rows = 0;
+  int64_t encode_start_ns = 0, encode_end_ns = 0;  // encode of a successful batch
+  int64_t end_ns = 0;                              // response ready
+  int status = 0;                                  // HTTP status answered
+  bool cache_hit = false;
+  std::string error;  // the batch's error, when it failed
+};
+
 // The predictions of one model's requests that carried an id, since the last
 // TakePredictions(): ids[i] answered values[i * width, (i + 1) * width).
 struct RecordedPredictions {
@@ -158,13 +183,17 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   void set_draining(bool draining) { draining_ = draining; }
   bool draining() const { return draining_; }
 
-  // Forward every `every`-th request, and every request with a sampled
-  // traceparent, for tracing; 0 turns tracing off.
+  // Trace every `every`-th request, and every request with a sampled
+  // traceparent; 0 turns tracing off.
   void set_trace_every(uint64_t every) {
     trace_every_ = every;
     trace_count_ = 0;
   }
   uint64_t trace_every() const { return trace_every_; }
+  // Off: every traced request is forwarded, native or not (for a caller that
+  // cannot make spans with the ids chosen here).
+  void set_trace_native(bool native) { trace_native_ = native; }
+  bool trace_native() const { return trace_native_; }
 
   std::shared_ptr<HttpConnection> Connect(uint64_t id);
 
@@ -190,6 +219,12 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   // Records dropped because the buffer was full, since creation.
   uint64_t predictions_dropped() const { return predictions_dropped_; }
   static constexpr size_t kMaxRecordedPredictions = 1 << 16;
+
+  // The traced requests answered natively since the last call; empties the
+  // buffer. Bounded (kMaxTraces): beyond it, records are dropped and counted.
+  std::vector<TracedRequest> TakeTraces();
+  uint64_t traces_dropped() const { return traces_dropped_; }
+  static constexpr size_t kMaxTraces = 1 << 16;
 
  private:
   friend class HttpConnection;
@@ -226,6 +261,7 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     std::vector<V2DecodedInput> inputs;  // the batcher reads these until completion
     int64_t timeout_ns = 0;
     uint32_t priority = 0;
+    std::unique_ptr<TracedRequest> trace;  // set when chosen for tracing
     // A routed request whose route has a shadow: mirrored (maybe) once its
     // arm accepted it. A mirrored request itself has `mirror_of` set and no
     // connection.
@@ -251,6 +287,11 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   // The arm of `route` for a request with route key `key` (null: none); counts the pick.
   const std::shared_ptr<Model>& PickArm(Route& route, const std::string_view* key);
   bool SampleTrace(const HttpRequest& req);
+  // A traced request's record, with the ids of its server span.
+  std::unique_ptr<TracedRequest> StartTrace(const HttpRequest& req);
+  // `bytes` (a whole response) answered `trace`: adds the span's traceparent
+  // header to it, notes the status and the time, and keeps the record.
+  void FinishTrace(std::unique_ptr<TracedRequest> trace, std::string* bytes);
   // Records `row` (the first output's row of a request with id `id`).
   void Record(const Model& model, const std::string& id, const TensorSpec& spec,
               const uint8_t* row);
@@ -268,9 +309,12 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   bool draining_ = false;
   uint64_t trace_every_ = 0;  // 0: tracing off
   uint64_t trace_count_ = 0;  // requests since the last one counted in for tracing
+  bool trace_native_ = true;  // traced requests answered natively (else forwarded)
   std::unordered_map<std::string, RecordedPredictions> recorded_;  // by model name
   size_t recorded_count_ = 0;
   uint64_t predictions_dropped_ = 0;
+  std::vector<TracedRequest> traces_;
+  uint64_t traces_dropped_ = 0;
 };
 
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
@@ -331,7 +375,10 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
              const std::vector<std::pair<std::string, std::string>>& headers = {});
   void ErrorFromStatus(Slot& slot, const Status& status, bool keep_alive);
   // True when answered (or queued) natively; false to forward.
-  bool HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive);
+  // `trace`, when set, is the request's tracing record (answered natively,
+  // the record goes with it; forwarded, it is dropped).
+  bool HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive,
+                    std::unique_ptr<TracedRequest>* trace);
   // Flush(), adding id() to `touched` when the output was empty before.
   void FlushTouching(std::vector<uint64_t>* touched);
   void UpdatePhase(double now, bool completed_some);

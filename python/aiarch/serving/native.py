@@ -22,11 +22,17 @@ which `fold_route_picks` adds to the route's counters before the route metrics a
 `/predict` bodies are read natively when the native reader reads them exactly as the Python
 one does; any other body (a defect included) goes to the App, which words its answer.
 
+Tracing: a request chosen for tracing (every n-th, or a sampled traceparent) that the native
+path answers stays on it; C++ gives it a server span id (and a trace id unless the caller's
+traceparent is valid), writes the response's `traceparent` and records its times, and `drain`
+hands a drain's records to the span processor (which makes the spans in its export thread), as
+it does the prediction records.
+
 Everything else — other routes, models with per-request result checks, routes whose versions
-differ in inputs or outputs, compressed bodies or responses, FP16 JSON tensors — comes back from
-`feed` as a whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the
-fallback: `aiarch serve --http python`). Responses leave in request order whichever path
-answers them.
+differ in inputs or outputs, string entity ids, compressed bodies or responses, FP16 JSON
+tensors — comes back from `feed` as a whole request and is answered by the App exactly as on the
+httptools path (`http.HttpProtocol`, kept as the fallback: `aiarch serve --http python`).
+Responses leave in request order whichever path answers them.
 
 The limits are the same on both front ends: the native connection forwards what the App must
 refuse in its own words (a body not declared as JSON, a timeout header out of range, JSON nested
@@ -43,7 +49,9 @@ from typing import Any
 import numpy as np
 
 from aiarch import _core
+from aiarch import tracing as _tracing
 
+from . import features as _features
 from .http import (
     FlowControl,
     Pending,
@@ -89,8 +97,12 @@ class NativeFront:
         self._route_arms: dict[str, list[Any]] = {}  # registered routes' arms, in arm order
         self._awaiting_handles: set[str] = set()  # routes an arm's batcher did not exist for
         server.routing.count_hooks.append(self.fold_route_picks)
-        # Tracing: the front forwards the sampled requests to the App, which traces them.
+        # Tracing: the front answers the sampled requests it serves natively and records what
+        # their spans need (taken once per drain); the others it forwards to the App, which
+        # traces them. Spans with ids chosen in C++ need aiarch's own provider (`configure`).
         self.front.trace_every = server.trace_every
+        self._tracing = server.trace_every > 0
+        self.front.trace_native = _tracing.spans_with_given_ids()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch the completion queue on `loop` and register the models already loaded."""
@@ -226,7 +238,8 @@ class NativeFront:
 
     def _write(self, connection_ids: list[int]) -> None:
         """Write the connections a flush or drain gave output, then hand over the predictions
-        it recorded (before any later read can bring the labels for them)."""
+        it recorded (before any later read can bring the labels for them) and make the spans
+        of the traced requests it answered."""
         protocols = self.protocols
         for cid in connection_ids:
             p = protocols.get(cid)
@@ -234,6 +247,10 @@ class NativeFront:
                 p.write_output()
         if self._recording:
             self._take_predictions()
+        if self._tracing:
+            traces = self.front.take_traces()
+            if traces:
+                _tracing.emit_native(traces, lookup_log, log)
 
     def _take_predictions(self) -> None:
         """Hand the drain's recorded predictions (requests with an id, of models that take
@@ -244,6 +261,12 @@ class NativeFront:
             if tracker is not None and ids:
                 rows = np.frombuffer(values, dtype=np.float64).reshape(len(ids), width)
                 tracker.record_many(ids, version, rows)
+
+
+def lookup_log(model: str) -> Any:
+    """The model's log of recent feature lookups (None when it joins no features): the
+    feature_lookup span of a traced batch."""
+    return getattr(_features._LOOKUPS.get(model), "lookup_log", None)
 
 
 class _NativePending(Pending):

@@ -1,10 +1,13 @@
 """Tracing on the server's Python path: what a request chosen for tracing goes through.
 
 The front ends choose (the native front in C++, every n-th request plus those whose
-traceparent asks for sampling; the httptools front and gRPC with `RequestSampler`); `App`
-dispatches a chosen request as any other, under its server span (`RequestSpan`), through a
-`TracedConnection` that ends the span when the response leaves and adds the span's
-`traceparent` to it. See :mod:`aiarch.tracing` for the spans and the exporters.
+traceparent asks for sampling; the httptools front and gRPC with `RequestSampler`). A chosen
+request the native front answers itself stays native: C++ writes its traceparent and records
+its times, and `NativeFront` hands a drain's records to the span processor, whose export
+thread makes their spans (`aiarch.tracing.emit_native`).
+For every other chosen request, `App` dispatches it as any other, under its server span
+(`RequestSpan`), through a `TracedConnection` that ends the span when the response leaves and
+adds the span's `traceparent` to it. See :mod:`aiarch.tracing` for the spans and the exporters.
 """
 
 from __future__ import annotations
