@@ -375,6 +375,16 @@ class PyModel {
   // Returns the request id (int), or the outputs on a cache hit.
   py::object Submit(const py::handle& inputs, int64_t timeout_ns, uint32_t priority,
                     const std::shared_ptr<CompletionQueue>& queue) {
+    CachedResponse hit;
+    const uint64_t id = SubmitToQueue(inputs, timeout_ns, priority, queue, &hit);
+    if (id == 0) return OutputsOfHit(hit);
+    return py::int_(id);
+  }
+
+  // Submits one request whose completion `queue` receives and whose batch the
+  // caller flushes. Returns its id, or 0 when the cache answered into `hit`.
+  uint64_t SubmitToQueue(const py::handle& inputs, int64_t timeout_ns, uint32_t priority,
+                         const std::shared_ptr<CompletionQueue>& queue, CachedResponse* hit) {
     SubmitScratch scratch;
     SubmitArgs& args = scratch.args();
     InputCopies copies;
@@ -388,10 +398,8 @@ class PyModel {
     }
     args.caller_flushes = true;
     uint64_t id = 0;
-    CachedResponse hit;
-    Check(batcher_->Submit(args, &id, &hit));
-    if (id == 0) return OutputsOfHit(hit);
-    return py::int_(id);
+    Check(batcher_->Submit(args, &id, hit));
+    return id;
   }
 
   py::object SubmitSync(const py::handle& inputs, int64_t timeout_ns, uint32_t priority) {
@@ -436,6 +444,8 @@ class PyModel {
   bool Cancel(uint64_t id) { return batcher_->Cancel(id); }
   int RunReady() { return batcher_->RunReady(); }
   Batcher* batcher() const { return batcher_.get(); }
+  // Whether a submit's batch may run on the submitting loop's flush.
+  bool inline_execution() const { return batcher_->config().inline_execution; }
 
   void Shutdown(bool drain) {
     py::gil_scoped_release release;  // joins workers that may need the GIL
@@ -598,6 +608,159 @@ int FlushQueue(CompletionQueue& queue, const py::iterable& models, const py::dic
   }
   return ResolvePending(std::move(items), pending);
 }
+
+// One event loop's side of a completion queue: the loop submits through it,
+// and resolves through it what the queue delivers. `pending` maps a request id
+// to its future, or to (future, inputs[, timing]) (Python files those forms);
+// each completed id leaves it. A submit to a model that runs batches inline
+// marks the model for this loop iteration's flush, scheduled once per
+// iteration with loop.call_soon, so that the iteration's requests share a
+// batch. Used only on its loop's thread, with the GIL held. Not thread-safe.
+class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
+ public:
+  static std::shared_ptr<LoopQueue> Create(const py::object& loop) {
+    std::shared_ptr<LoopQueue> q(new LoopQueue());
+    Check(CompletionQueue::Create(&q->queue_));
+    q->create_future_ = loop.attr("create_future");
+    q->call_soon_ = loop.attr("call_soon");
+    // The loop may run a scheduled flush after the queue is gone: a weak reference.
+    q->flush_callback_ = py::cpp_function([weak = std::weak_ptr<LoopQueue>(q)] {
+      if (auto self = weak.lock()) self->Flush();
+    });
+    return q;
+  }
+
+  int fd() const { return queue_->fd(); }
+  const py::dict& pending() const { return pending_; }
+
+  // Submits one request and files its future in `pending`. Returns (request
+  // id, future), or (None, outputs) when the cache answered. Called once per
+  // request.
+  py::tuple Submit(const py::object& model_obj, const py::handle& inputs, int64_t timeout_ns,
+                   uint32_t priority) {
+    PyModel& model = model_obj.cast<PyModel&>();
+    CachedResponse hit;
+    const uint64_t id = model.SubmitToQueue(inputs, timeout_ns, priority, queue_, &hit);
+    if (id == 0) return PairOf(py::none(), OutputsOfHit(hit));
+    // Filed before anything else can fail: from here on, the completion finds it.
+    py::object key = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(id));
+    if (!key) throw py::error_already_set();
+    py::object fut = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(create_future_.ptr()));
+    if (!fut || PyDict_SetItem(pending_.ptr(), key.ptr(), fut.ptr()) != 0) {
+      // The request is queued: its completion must still be taken, and then dropped.
+      py::error_already_set failed;
+      model.batcher()->Cancel(id);
+      throw failed;
+    }
+    if (model.inline_execution()) ScheduleFlush(model_obj);
+    return PairOf(std::move(key), std::move(fut));
+  }
+
+  // Marks `model` for this iteration's flush, scheduling the flush once.
+  void ScheduleFlush(const py::object& model) {
+    bool listed = false;
+    for (const py::object& m : dirty_) listed = listed || m.is(model);
+    if (!listed) dirty_.push_back(model);
+    if (!flush_scheduled_) {
+      py::object handle = py::reinterpret_steal<py::object>(
+          PyObject_CallOneArg(call_soon_.ptr(), flush_callback_.ptr()));
+      if (!handle) throw py::error_already_set();
+      flush_scheduled_ = true;
+    }
+  }
+
+  // Runs the marked models' ready batches on this thread, then resolves what
+  // is complete. Once per loop iteration that submitted.
+  int Flush() {
+    flush_scheduled_ = false;
+    std::vector<py::object> dirty;
+    dirty.swap(dirty_);
+    std::vector<Completion> items;
+    {
+      CompletionQueue::InlineDrain scope(*queue_);
+      for (const py::object& model : dirty) model.cast<PyModel&>().RunReady();
+      items = queue_->Drain();
+    }
+    return ResolvePending(std::move(items), pending_);
+  }
+
+  // Resolves everything delivered so far. Once per wake-up of the loop.
+  int Resolve() { return ResolvePending(queue_->Drain(), pending_); }
+
+ private:
+  LoopQueue() = default;
+
+  static py::tuple PairOf(py::object first, py::object second) {
+    PyObject* t = PyTuple_New(2);
+    if (t == nullptr) throw py::error_already_set();
+    PyTuple_SET_ITEM(t, 0, first.release().ptr());
+    PyTuple_SET_ITEM(t, 1, second.release().ptr());
+    return py::reinterpret_steal<py::tuple>(t);
+  }
+
+  std::shared_ptr<CompletionQueue> queue_;
+  py::dict pending_;
+  py::object create_future_;
+  py::object call_soon_;
+  py::object flush_callback_;
+  std::vector<py::object> dirty_;  // models submitted to since the last flush
+  bool flush_scheduled_ = false;
+};
+
+// asyncio.get_running_loop(), without the getpid() system call it makes on
+// every call before Python 3.12 (there it guards against a forked child
+// seeing its parent's loop). asyncio files a new holder object in the thread
+// state dict each time a loop starts or stops running on a thread: while that
+// holder is the one seen at the last call, the loop found then still runs
+// here. The pair (holder, loop) is kept in the same dict, so it dies with its
+// thread. A forked child starts no loop of its parent's, and a Runtime refuses
+// calls in a child. Once per request.
+PyObject* RunningLoop(PyObject* /*module*/, PyObject* /*unused*/) {
+  static PyObject* const get_running_loop = [] {
+    PyObject* asyncio = PyImport_ImportModule("asyncio");
+    PyObject* f = asyncio ? PyObject_GetAttrString(asyncio, "get_running_loop") : nullptr;
+    Py_XDECREF(asyncio);
+    return f;
+  }();
+  if (get_running_loop == nullptr) return nullptr;
+#if PY_VERSION_HEX < 0x030C0000
+  static PyObject* const holder_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
+  static PyObject* const cache_key = PyUnicode_InternFromString("aiarch.running_loop");
+  PyObject* state = PyThreadState_GetDict();  // borrowed
+  if (state == nullptr) return PyObject_CallNoArgs(get_running_loop);
+  PyObject* holder = PyDict_GetItemWithError(state, holder_key);  // borrowed
+  if (holder == nullptr && PyErr_Occurred()) return nullptr;
+  PyObject* cached = PyDict_GetItemWithError(state, cache_key);  // borrowed
+  if (cached == nullptr && PyErr_Occurred()) return nullptr;
+  if (holder != nullptr && cached != nullptr && PyTuple_GET_ITEM(cached, 0) == holder) {
+    PyObject* loop = PyTuple_GET_ITEM(cached, 1);
+    Py_INCREF(loop);
+    return loop;
+  }
+  PyObject* loop = PyObject_CallNoArgs(get_running_loop);
+  if (loop == nullptr) return nullptr;
+  holder = PyDict_GetItemWithError(state, holder_key);  // set while a loop runs
+  if (holder != nullptr) {
+    PyObject* pair = PyTuple_Pack(2, holder, loop);
+    if (pair == nullptr || PyDict_SetItem(state, cache_key, pair) != 0) {
+      Py_XDECREF(pair);
+      Py_DECREF(loop);
+      return nullptr;
+    }
+    Py_DECREF(pair);
+  } else if (PyErr_Occurred()) {
+    Py_DECREF(loop);
+    return nullptr;
+  }
+  return loop;
+#else
+  return PyObject_CallNoArgs(get_running_loop);
+#endif
+}
+
+PyMethodDef kRunningLoopDef = {
+    "running_loop", RunningLoop, METH_NOARGS,
+    "asyncio.get_running_loop(), made cheap: no system call per call on Python < 3.12."};
 
 Hash128 HashBytes(const py::bytes& b) {
   std::string_view v = b;
@@ -837,6 +1000,26 @@ PYBIND11_MODULE(_core, m) {
           "future or (future, ...)); returns how many futures were resolved.")
       .def("flush", &FlushQueue, py::arg("models"), py::arg("pending"),
            "Runs the ready batches of `models` on this thread, then resolve()s.");
+
+  py::class_<LoopQueue, std::shared_ptr<LoopQueue>>(
+      m, "LoopQueue", "One event loop's completion queue, with its requests in flight.")
+      .def(py::init(&LoopQueue::Create), py::arg("loop"))
+      .def_property_readonly("fd", &LoopQueue::fd)
+      .def_property_readonly("pending", &LoopQueue::pending,
+                             "Request id -> future, or (future, inputs[, timing]).")
+      .def("submit", &LoopQueue::Submit, py::arg("model"), py::arg("inputs"), py::arg("timeout_ns"),
+           py::arg("priority"),
+           "Submits one request and files its future: (request id, future), or (None, "
+           "outputs) when the cache answered. An inline model's batch runs at this loop "
+           "iteration's flush.")
+      .def("schedule_flush", &LoopQueue::ScheduleFlush, py::arg("model"),
+           "Runs `model`'s ready batches at this loop iteration's flush.")
+      .def("flush", &LoopQueue::Flush,
+           "Runs the ready batches of the models submitted to, then resolve()s.")
+      .def("resolve", &LoopQueue::Resolve,
+           "Takes every finished request and resolves its future; returns how many.");
+  m.add_object("running_loop", py::reinterpret_steal<py::object>(
+                                   PyCFunction_NewEx(&kRunningLoopDef, nullptr, nullptr)));
 
   py::class_<PyModel>(m, "Model")
       .def(py::init<const std::string&, py::object, const py::list&, const py::list&,
