@@ -11,7 +11,9 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
+import aiarch
 from aiarch import TensorSpec, _core
 
 SPEC = [TensorSpec("x", "float32", (2,))]
@@ -86,5 +88,84 @@ def test_resolve_skips_cancelled_futures_and_unknown_ids() -> None:
         assert resolved == 1  # the live future; the cancelled one and the unknown id are skipped
         np.testing.assert_array_equal(live.result(), [[2, 2]])
         model.shutdown(False)
+
+    asyncio.run(main())
+
+
+def test_loop_queue_submits_share_one_flush_per_loop_iteration() -> None:
+    async def main() -> None:
+        model = _model()
+        queue = _core.LoopQueue(asyncio.get_running_loop())
+        xs = [np.full((1, 2), i, np.float32) for i in range(3)]
+        submitted = [queue.submit(model, x, 0, 0) for x in xs]
+        ids = [r for r, _ in submitted]
+        assert queue.pending == {r: fut for r, fut in submitted}
+        assert not any(fut.done() for _, fut in submitted)
+        outs = await asyncio.wait_for(asyncio.gather(*(fut for _, fut in submitted)), 30)
+        for i, out in enumerate(outs):
+            np.testing.assert_array_equal(out, [[2 * i, 2 * i]])
+        assert queue.pending == {}
+        assert len(set(ids)) == 3
+        assert model.stats()["batches"] == 1, "the iteration's submits did not share a batch"
+        model.shutdown(False)
+
+    asyncio.run(main())
+
+
+def test_loop_queue_answers_a_cache_hit_at_submit_with_no_future() -> None:
+    async def main() -> None:
+        batching = _core.BatchConfig(
+            max_batch_size=8,
+            max_delay_ns=0,
+            preferred_batch_sizes=[],
+            max_queue_rows=64,
+            instances=1,
+            priority_levels=1,
+            default_priority_level=1,
+            drop_unreachable=False,
+            inline_execution=True,
+        )
+        cache = _core.ResponseCache(max_bytes=1 << 20)
+        model = _core.Model("double", lambda x: x * 2, SPEC, SPEC, batching, cache)
+        queue = _core.LoopQueue(asyncio.get_running_loop())
+        x = np.full((1, 2), 3, np.float32)
+        r, fut = queue.submit(model, x, 0, 0)
+        assert isinstance(r, int)
+        np.testing.assert_array_equal(await asyncio.wait_for(fut, 30), [[6, 6]])
+        hit_id, outputs = queue.submit(model, x, 0, 0)
+        assert hit_id is None
+        np.testing.assert_array_equal(outputs, [[6, 6]])
+        assert queue.pending == {}
+        model.shutdown(False)
+
+    asyncio.run(main())
+
+
+def test_loop_queue_refuses_bad_inputs_without_filing_anything() -> None:
+    async def main() -> None:
+        model = _model()
+        queue = _core.LoopQueue(asyncio.get_running_loop())
+        with pytest.raises(aiarch.InvalidArgumentError, match="input 'x' of model 'double'"):
+            queue.submit(model, np.ones((1, 3), np.float32), 0, 0)
+        assert queue.pending == {}
+        model.shutdown(False)
+
+    asyncio.run(main())
+
+
+def test_a_flush_scheduled_by_a_queue_that_is_gone_is_harmless() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        model = _model()
+        queue = _core.LoopQueue(loop)
+        x = np.ones((1, 2), np.float32)
+        queue.submit(model, x, 0, 0)  # schedules the flush
+        del queue
+        await asyncio.sleep(0)  # the flush runs now and finds no queue: no error, no crash
+        await asyncio.sleep(0)
+        assert errors == []
+        model.shutdown(False)  # the request still queued is answered (and dropped)
 
     asyncio.run(main())
