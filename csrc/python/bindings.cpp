@@ -618,10 +618,18 @@ int FlushQueue(CompletionQueue& queue, const py::iterable& models, const py::dic
 // batch. Used only on its loop's thread, with the GIL held. Not thread-safe.
 class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
  public:
-  static std::shared_ptr<LoopQueue> Create(const py::object& loop) {
+  // `plain_futures`: the loop's create_future() is the stock one, which returns
+  // asyncio.Future(loop=loop); the queue then makes that future itself.
+  static std::shared_ptr<LoopQueue> Create(const py::object& loop, bool plain_futures) {
     std::shared_ptr<LoopQueue> q(new LoopQueue());
     Check(CompletionQueue::Create(&q->queue_));
-    q->create_future_ = loop.attr("create_future");
+    if (plain_futures) {
+      // One keyword dict for every future: Future.__init__ only reads it.
+      q->future_type_ = py::module_::import("asyncio").attr("Future");
+      q->future_kwargs_ = py::dict(py::arg("loop") = loop);
+    } else {
+      q->create_future_ = loop.attr("create_future");
+    }
     q->call_soon_ = loop.attr("call_soon");
     // The loop may run a scheduled flush after the queue is gone: a weak reference.
     q->flush_callback_ = py::cpp_function([weak = std::weak_ptr<LoopQueue>(q)] {
@@ -645,7 +653,7 @@ class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
     // Filed before anything else can fail: from here on, the completion finds it.
     py::object key = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(id));
     if (!key) throw py::error_already_set();
-    py::object fut = py::reinterpret_steal<py::object>(PyObject_CallNoArgs(create_future_.ptr()));
+    py::object fut = NewFuture();
     if (!fut || PyDict_SetItem(pending_.ptr(), key.ptr(), fut.ptr()) != 0) {
       // The request is queued: its completion must still be taken, and then dropped.
       py::error_already_set failed;
@@ -690,6 +698,19 @@ class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
  private:
   LoopQueue() = default;
 
+  // A future of the loop (null with a Python error set on failure).
+  py::object NewFuture() const {
+    PyObject* fut = create_future_
+                        ? PyObject_CallNoArgs(create_future_.ptr())
+                        : PyObject_Call(future_type_.ptr(), EmptyTuple(), future_kwargs_.ptr());
+    return py::reinterpret_steal<py::object>(fut);
+  }
+
+  static PyObject* EmptyTuple() {
+    static PyObject* const empty = PyTuple_New(0);
+    return empty;
+  }
+
   static py::tuple PairOf(py::object first, py::object second) {
     PyObject* t = PyTuple_New(2);
     if (t == nullptr) throw py::error_already_set();
@@ -700,7 +721,9 @@ class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
 
   std::shared_ptr<CompletionQueue> queue_;
   py::dict pending_;
-  py::object create_future_;
+  py::object create_future_;  // the loop's own create_future, or:
+  py::object future_type_;    // asyncio.Future, called with
+  py::dict future_kwargs_;    // {"loop": loop}
   py::object call_soon_;
   py::object flush_callback_;
   std::vector<py::object> dirty_;  // models submitted to since the last flush
@@ -1003,7 +1026,7 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<LoopQueue, std::shared_ptr<LoopQueue>>(
       m, "LoopQueue", "One event loop's completion queue, with its requests in flight.")
-      .def(py::init(&LoopQueue::Create), py::arg("loop"))
+      .def(py::init(&LoopQueue::Create), py::arg("loop"), py::arg("plain_futures") = false)
       .def_property_readonly("fd", &LoopQueue::fd)
       .def_property_readonly("pending", &LoopQueue::pending,
                              "Request id -> future, or (future, inputs[, timing]).")

@@ -144,7 +144,9 @@ class CompletionQueue:
 class LoopQueue:
     """One event loop's completion queue, with its requests in flight."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def __init__(self, loop: asyncio.AbstractEventLoop, plain_futures: bool = False) -> None:
+        """``plain_futures``: ``loop.create_future()`` is asyncio's own, returning
+        ``asyncio.Future(loop=loop)``; the queue then makes that future itself."""
     @property
     def fd(self) -> int: ...
     @property

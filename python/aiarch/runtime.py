@@ -17,6 +17,7 @@ import atexit
 import math
 import os
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -174,7 +175,7 @@ class _LoopState:
         # Submits file each request's future in `pending`; a submit to a model that
         # runs batches inline schedules one flush per loop iteration, so that the
         # iteration's requests share a batch.
-        self.queue = _core.LoopQueue(loop)
+        self.queue = _core.LoopQueue(loop, _makes_plain_futures(loop))
         # One attribute lookup per request, not two. Typed loosely: the caller tells the
         # (request id, future) and (None, outputs) answers apart by the id.
         self.submit: Callable[[Any, Any, int, int], tuple[Any, Any]] = self.queue.submit
@@ -183,6 +184,16 @@ class _LoopState:
         # infer() frame waits, the frame keeps them alive; a frame that leaves early
         # (cancelled, closed) stores (future, inputs) here first.
         self.pending: dict[int, Any] = self.queue.pending
+
+
+def _makes_plain_futures(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.create_future()`` is the stock one of asyncio or uvloop, which returns
+    ``asyncio.Future(loop=loop)`` (a loop may override it to make its own futures)."""
+    create = type(loop).create_future
+    if create is asyncio.BaseEventLoop.create_future:
+        return True
+    uvloop_loop = sys.modules.get("uvloop.loop")
+    return uvloop_loop is not None and create is getattr(uvloop_loop.Loop, "create_future", None)
 
 
 # asyncio.get_running_loop() minus its per-call getpid() system call (Python < 3.12).
