@@ -730,6 +730,52 @@ class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
   bool flush_scheduled_ = false;
 };
 
+// LoopQueue.submit(model, inputs, timeout_ns, priority) as a plain vectorcall
+// method: the per-request call skips pybind11's overload dispatch and
+// argument casters.
+PyObject* LoopQueueSubmit(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_Format(PyExc_TypeError,
+                 "submit() takes 4 positional arguments (model, inputs, timeout_ns, priority), "
+                 "%zd given",
+                 nargs);
+    return nullptr;
+  }
+  const long long timeout_ns = PyLong_AsLongLong(args[2]);
+  if (timeout_ns == -1 && PyErr_Occurred()) return nullptr;
+  const unsigned long priority = PyLong_AsUnsignedLong(args[3]);
+  if (priority == static_cast<unsigned long>(-1) && PyErr_Occurred()) return nullptr;
+  if (priority > UINT32_MAX) {
+    PyErr_Format(PyExc_OverflowError, "priority %lu is out of range", priority);
+    return nullptr;
+  }
+  try {
+    LoopQueue& queue = py::handle(self).cast<LoopQueue&>();
+    return queue
+        .Submit(py::reinterpret_borrow<py::object>(args[0]), args[1], timeout_ns,
+                static_cast<uint32_t>(priority))
+        .release()
+        .ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (py::cast_error&) {
+    PyErr_Format(PyExc_TypeError, "submit() needs an aiarch._core.Model as its model, got %s",
+                 Py_TYPE(args[0])->tp_name);
+  } catch (py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef kLoopQueueSubmitDef = {
+    "submit", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(LoopQueueSubmit)),
+    METH_FASTCALL,
+    "submit(model, inputs, timeout_ns, priority)\n\nSubmits one request and files its future: "
+    "(request id, future), or (None, outputs) when the cache answered. An inline model's batch "
+    "runs at this loop iteration's flush."};
+
 // asyncio.get_running_loop(), without the getpid() system call it makes on
 // every call before Python 3.12 (there it guards against a forked child
 // seeing its parent's loop). asyncio files a new holder object in the thread
@@ -1024,23 +1070,20 @@ PYBIND11_MODULE(_core, m) {
       .def("flush", &FlushQueue, py::arg("models"), py::arg("pending"),
            "Runs the ready batches of `models` on this thread, then resolve()s.");
 
-  py::class_<LoopQueue, std::shared_ptr<LoopQueue>>(
-      m, "LoopQueue", "One event loop's completion queue, with its requests in flight.")
-      .def(py::init(&LoopQueue::Create), py::arg("loop"), py::arg("plain_futures") = false)
+  py::class_<LoopQueue, std::shared_ptr<LoopQueue>> loop_queue(
+      m, "LoopQueue", "One event loop's completion queue, with its requests in flight.");
+  loop_queue.def(py::init(&LoopQueue::Create), py::arg("loop"), py::arg("plain_futures") = false)
       .def_property_readonly("fd", &LoopQueue::fd)
       .def_property_readonly("pending", &LoopQueue::pending,
                              "Request id -> future, or (future, inputs[, timing]).")
-      .def("submit", &LoopQueue::Submit, py::arg("model"), py::arg("inputs"), py::arg("timeout_ns"),
-           py::arg("priority"),
-           "Submits one request and files its future: (request id, future), or (None, "
-           "outputs) when the cache answered. An inline model's batch runs at this loop "
-           "iteration's flush.")
       .def("schedule_flush", &LoopQueue::ScheduleFlush, py::arg("model"),
            "Runs `model`'s ready batches at this loop iteration's flush.")
       .def("flush", &LoopQueue::Flush,
            "Runs the ready batches of the models submitted to, then resolve()s.")
       .def("resolve", &LoopQueue::Resolve,
            "Takes every finished request and resolves its future; returns how many.");
+  loop_queue.attr("submit") = py::reinterpret_steal<py::object>(
+      PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(loop_queue.ptr()), &kLoopQueueSubmitDef));
   m.add_object("running_loop", py::reinterpret_steal<py::object>(
                                    PyCFunction_NewEx(&kRunningLoopDef, nullptr, nullptr)));
 

@@ -169,3 +169,22 @@ def test_a_flush_scheduled_by_a_queue_that_is_gone_is_harmless() -> None:
         model.shutdown(False)  # the request still queued is answered (and dropped)
 
     asyncio.run(main())
+
+
+def test_loop_queue_submit_names_what_it_expected() -> None:
+    async def main() -> None:
+        model = _model()
+        queue = _core.LoopQueue(asyncio.get_running_loop())
+        x = np.ones((1, 2), np.float32)
+        with pytest.raises(TypeError, match=r"needs an aiarch\._core\.Model as its model, got str"):
+            queue.submit("double", x, 0, 0)
+        with pytest.raises(TypeError, match=r"takes 4 positional arguments .* 3 given"):
+            queue.submit(model, x, 0)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+            queue.submit(model, x, "soon", 0)  # type: ignore[arg-type]
+        with pytest.raises(OverflowError):
+            queue.submit(model, x, 0, -1)
+        assert queue.pending == {}
+        model.shutdown(False)
+
+    asyncio.run(main())
