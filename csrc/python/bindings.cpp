@@ -616,7 +616,7 @@ int FlushQueue(CompletionQueue& queue, const py::iterable& models, const py::dic
 // marks the model for this loop iteration's flush, scheduled once per
 // iteration with loop.call_soon, so that the iteration's requests share a
 // batch. Used only on its loop's thread, with the GIL held. Not thread-safe.
-class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
+class LoopQueue {
  public:
   // `plain_futures`: the loop's create_future() is the stock one, which returns
   // asyncio.Future(loop=loop); the queue then makes that future itself.
@@ -650,31 +650,21 @@ class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
     CachedResponse hit;
     const uint64_t id = model.SubmitToQueue(inputs, timeout_ns, priority, queue_, &hit);
     if (id == 0) return PairOf(py::none(), OutputsOfHit(hit));
-    // Filed before anything else can fail: from here on, the completion finds it.
     py::object key = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(id));
-    if (!key) throw py::error_already_set();
+    if (!key) Withdraw(model, id, py::error_already_set());
     py::object fut = NewFuture();
     if (!fut || PyDict_SetItem(pending_.ptr(), key.ptr(), fut.ptr()) != 0) {
-      // The request is queued: its completion must still be taken, and then dropped.
-      py::error_already_set failed;
-      model.batcher()->Cancel(id);
-      throw failed;
+      Withdraw(model, id, py::error_already_set());
     }
-    if (model.inline_execution()) ScheduleFlush(model_obj);
+    if (model.inline_execution()) {
+      try {
+        ScheduleFlush(model_obj);
+      } catch (py::error_already_set& e) {
+        PyDict_DelItem(pending_.ptr(), key.ptr());  // cannot fail: the key was just filed
+        Withdraw(model, id, std::move(e));
+      }
+    }
     return PairOf(std::move(key), std::move(fut));
-  }
-
-  // Marks `model` for this iteration's flush, scheduling the flush once.
-  void ScheduleFlush(const py::object& model) {
-    bool listed = false;
-    for (const py::object& m : dirty_) listed = listed || m.is(model);
-    if (!listed) dirty_.push_back(model);
-    if (!flush_scheduled_) {
-      py::object handle = py::reinterpret_steal<py::object>(
-          PyObject_CallOneArg(call_soon_.ptr(), flush_callback_.ptr()));
-      if (!handle) throw py::error_already_set();
-      flush_scheduled_ = true;
-    }
   }
 
   // Runs the marked models' ready batches on this thread, then resolves what
@@ -697,6 +687,28 @@ class LoopQueue : public std::enable_shared_from_this<LoopQueue> {
 
  private:
   LoopQueue() = default;
+
+  // A submit that cannot hand its caller a future (out of memory, a loop that
+  // refuses call_soon) raises `failed`, after cancelling its request: an
+  // inline model's request is still queued then (only this thread's flush
+  // runs it), so the batcher never reads inputs the caller stops keeping alive.
+  [[noreturn]] static void Withdraw(PyModel& model, uint64_t id, py::error_already_set failed) {
+    model.batcher()->Cancel(id);
+    throw failed;
+  }
+
+  // Marks `model` for this iteration's flush, scheduling the flush once.
+  void ScheduleFlush(const py::object& model) {
+    bool listed = false;
+    for (const py::object& m : dirty_) listed = listed || m.is(model);
+    if (!listed) dirty_.push_back(model);
+    if (!flush_scheduled_) {
+      py::object handle = py::reinterpret_steal<py::object>(
+          PyObject_CallOneArg(call_soon_.ptr(), flush_callback_.ptr()));
+      if (!handle) throw py::error_already_set();
+      flush_scheduled_ = true;
+    }
+  }
 
   // A future of the loop (null with a Python error set on failure).
   py::object NewFuture() const {
@@ -782,8 +794,9 @@ PyMethodDef kLoopQueueSubmitDef = {
 // state dict each time a loop starts or stops running on a thread: while that
 // holder is the one seen at the last call, the loop found then still runs
 // here. The pair (holder, loop) is kept in the same dict, so it dies with its
-// thread. A forked child starts no loop of its parent's, and a Runtime refuses
-// calls in a child. Once per request.
+// thread; it also keeps the thread's last loop referenced until another loop
+// runs there. A forked child starts no loop of its parent's, and a Runtime
+// refuses calls in a child. Once per request.
 PyObject* RunningLoop(PyObject* /*module*/, PyObject* /*unused*/) {
   static PyObject* const get_running_loop = [] {
     PyObject* asyncio = PyImport_ImportModule("asyncio");
@@ -1076,8 +1089,6 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("fd", &LoopQueue::fd)
       .def_property_readonly("pending", &LoopQueue::pending,
                              "Request id -> future, or (future, inputs[, timing]).")
-      .def("schedule_flush", &LoopQueue::ScheduleFlush, py::arg("model"),
-           "Runs `model`'s ready batches at this loop iteration's flush.")
       .def("flush", &LoopQueue::Flush,
            "Runs the ready batches of the models submitted to, then resolve()s.")
       .def("resolve", &LoopQueue::Resolve,

@@ -157,8 +157,6 @@ class LoopQueue:
     ) -> tuple[int, asyncio.Future[Outputs]] | tuple[None, Outputs]:
         """Submits one request and files its future: (request id, future), or (None, outputs)
         when the cache answered. An inline model's batch runs at this loop iteration's flush."""
-    def schedule_flush(self, model: Model) -> None:
-        """Runs ``model``'s ready batches at this loop iteration's flush."""
     def flush(self) -> int:
         """Runs the ready batches of the models submitted to, then resolve()s."""
     def resolve(self) -> int:

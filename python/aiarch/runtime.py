@@ -79,7 +79,6 @@ class _Model:
         "feedback",
         "fn",
         "handle",
-        "inline",
         "inputs",
         "lock",
         "monitor",
@@ -100,8 +99,6 @@ class _Model:
         self.fn = fn
         self.version = version
         self.batching = batching
-        # Batches run on the submitting loop's flush (read once per request).
-        self.inline = bool(batching.inline_execution)
         self.cache_config = cache_config
         self.cache: _core.ResponseCache | None = None
         self.handle: _core.Model | None = None

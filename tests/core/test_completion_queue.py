@@ -188,3 +188,36 @@ def test_loop_queue_submit_names_what_it_expected() -> None:
         model.shutdown(False)
 
     asyncio.run(main())
+
+
+class _RefusingLoop(asyncio.SelectorEventLoop):
+    """A loop whose call_soon raises while `refuse` is set."""
+
+    refuse = False
+
+    def call_soon(self, callback, *args, context=None):  # type: ignore[no-untyped-def]
+        if self.refuse:
+            raise RuntimeError("call_soon refused")
+        return super().call_soon(callback, *args, context=context)
+
+
+def test_a_submit_whose_flush_cannot_be_scheduled_raises_and_files_nothing() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, _RefusingLoop)
+        model = _model()
+        queue = _core.LoopQueue(loop)
+        loop.refuse = True
+        try:
+            with pytest.raises(RuntimeError, match="call_soon refused"):
+                queue.submit(model, np.ones((1, 2), np.float32), 0, 0)
+        finally:
+            loop.refuse = False
+        assert queue.pending == {}, "a future nobody awaits was left filed"
+        model.shutdown(False)
+
+    loop = _RefusingLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
