@@ -304,12 +304,13 @@ void ParseInputs(const py::handle& obj, const Batcher& batcher, SubmitArgs* args
 // finds the slot empty and allocates its own.
 class SubmitScratch {
  public:
-  SubmitScratch() : args_(std::move(Slot().args)), bytes_(std::move(Slot().bytes)) {}
+  // The slot is looked up once: each thread_local access costs a TLS call in a shared library.
+  SubmitScratch() : slot_(Slot()), args_(std::move(slot_.args)), bytes_(std::move(slot_.bytes)) {}
   ~SubmitScratch() {
     args_.sink.reset();  // the slot must not keep a completion queue alive
     bytes_.owned.reset();
-    Slot().args = std::move(args_);
-    Slot().bytes = std::move(bytes_);
+    slot_.args = std::move(args_);
+    slot_.bytes = std::move(bytes_);
   }
   SubmitScratch(const SubmitScratch&) = delete;
   SubmitScratch& operator=(const SubmitScratch&) = delete;
@@ -326,6 +327,7 @@ class SubmitScratch {
     thread_local Stored slot;
     return slot;
   }
+  Stored& slot_;
   SubmitArgs args_;
   binding::TensorBytes bytes_;
 };
