@@ -648,6 +648,7 @@ class LoopQueue {
   // request.
   py::tuple Submit(const py::object& model_obj, const py::handle& inputs, int64_t timeout_ns,
                    uint32_t priority) {
+    if (!call_soon_) ThrowStatus(Status::Unavailable("this event loop's queue was collected"));
     PyModel& model = model_obj.cast<PyModel&>();
     CachedResponse hit;
     const uint64_t id = model.SubmitToQueue(inputs, timeout_ns, priority, queue_, &hit);
@@ -686,6 +687,27 @@ class LoopQueue {
 
   // Resolves everything delivered so far. Once per wake-up of the loop.
   int Resolve() { return ResolvePending(queue_->Drain(), pending_); }
+
+  // The garbage collector's view: the queue references its loop (through
+  // call_soon and create_future) and the loop references the queue (its
+  // reader callback), a cycle the collector must see to free an abandoned loop.
+  int Traverse(visitproc visit, void* arg) const {
+    for (PyObject* o : {pending_.ptr(), create_future_.ptr(), future_type_.ptr(),
+                        future_kwargs_.ptr(), call_soon_.ptr(), flush_callback_.ptr()}) {
+      Py_VISIT(o);
+    }
+    for (const py::object& m : dirty_) Py_VISIT(m.ptr());
+    return 0;
+  }
+  void Clear() {
+    // Moved out first: dropping a reference may run code that reads this queue.
+    py::object pending = std::move(pending_), create_future = std::move(create_future_),
+               future_type = std::move(future_type_), future_kwargs = std::move(future_kwargs_),
+               call_soon = std::move(call_soon_), flush_callback = std::move(flush_callback_);
+    std::vector<py::object> dirty;
+    dirty.swap(dirty_);
+    pending_ = py::dict();
+  }
 
  private:
   LoopQueue() = default;
@@ -1086,7 +1108,21 @@ PYBIND11_MODULE(_core, m) {
            "Runs the ready batches of `models` on this thread, then resolve()s.");
 
   py::class_<LoopQueue, std::shared_ptr<LoopQueue>> loop_queue(
-      m, "LoopQueue", "One event loop's completion queue, with its requests in flight.");
+      m, "LoopQueue", "One event loop's completion queue, with its requests in flight.",
+      py::custom_type_setup([](PyHeapTypeObject* heap_type) {
+        PyTypeObject* type = &heap_type->ht_type;
+        type->tp_flags |= Py_TPFLAGS_HAVE_GC;
+        type->tp_traverse = [](PyObject* self, visitproc visit, void* arg) {
+          Py_VISIT(Py_TYPE(self));  // a heap type's instances reference it
+          if (!py::detail::is_holder_constructed(self)) return 0;
+          return py::cast<LoopQueue&>(py::handle(self)).Traverse(visit, arg);
+        };
+        type->tp_clear = [](PyObject* self) {
+          if (py::detail::is_holder_constructed(self))
+            py::cast<LoopQueue&>(py::handle(self)).Clear();
+          return 0;
+        };
+      }));
   loop_queue.def(py::init(&LoopQueue::Create), py::arg("loop"), py::arg("plain_futures") = false)
       .def_property_readonly("fd", &LoopQueue::fd)
       .def_property_readonly("pending", &LoopQueue::pending,

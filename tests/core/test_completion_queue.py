@@ -8,7 +8,10 @@ until every request of theirs is answered, whichever thread ran its batch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -221,3 +224,20 @@ def test_a_submit_whose_flush_cannot_be_scheduled_raises_and_files_nothing() -> 
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_an_abandoned_loop_watching_its_queue_is_collected() -> None:
+    # The loop holds the queue (its reader callback) and the queue holds the loop (call_soon,
+    # futures): a cycle the garbage collector must see through to free a loop nobody closed.
+    loop = asyncio.new_event_loop()
+    queue = _core.LoopQueue(loop, True)
+    loop.add_reader(queue.fd, queue.resolve)
+    model = _model()
+    queue.submit(model, np.ones((1, 2), np.float32), 0, 0)  # a pending future of the loop
+    loop_ref = weakref.ref(loop)
+    del loop, queue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # "unclosed event loop", on purpose
+        gc.collect()
+    assert loop_ref() is None, "the loop and its queue were never freed"
+    model.shutdown(False)
