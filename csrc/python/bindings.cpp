@@ -828,7 +828,11 @@ PyObject* RunningLoop(PyObject* /*module*/, PyObject* /*unused*/) {
     Py_XDECREF(asyncio);
     return f;
   }();
-  if (get_running_loop == nullptr) return nullptr;
+  if (get_running_loop == nullptr) {
+    if (!PyErr_Occurred())
+      PyErr_SetString(PyExc_ImportError, "asyncio.get_running_loop is missing");
+    return nullptr;
+  }
 #if PY_VERSION_HEX < 0x030C0000
   static PyObject* const holder_key = PyUnicode_InternFromString("__asyncio_running_event_loop__");
   static PyObject* const cache_key = PyUnicode_InternFromString("aiarch.running_loop");
