@@ -11,6 +11,12 @@ and 32 plain threads calling `rt.infer_sync` against a threaded batcher
 
     python benchmarks/bench_core.py            # full run (~1 minute)
     python benchmarks/bench_core.py --smoke    # a few seconds
+    python benchmarks/bench_core.py --case 64 --rounds 7 --duration 2   # one case, 7 rounds
+
+On a shared machine one measurement is noise: --rounds N alternates the two sides N
+times and reports medians (the ratio is the median of the per-round ratios), and each
+side's CPU time per request (process CPU time over requests), which other load moves
+far less than throughput.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import asyncio
 import functools
 import queue
+import statistics
 import sys
 import threading
 import time
@@ -320,6 +327,30 @@ async def run_naive(submitters: int, duration_s: float, max_delay_us: float) -> 
         await b.stop()
 
 
+# --case keys and the labels of the cases they select.
+CASE_KEYS = {
+    "64": "64 submitters, delay 0 (default)",
+    "64-delay": "64 submitters, delay 500us",
+    "1": "1 submitter, delay 0 (default)",
+    "1-delay": "1 submitter, delay 500us",
+    "many": "infer_many, 64 per call",
+    "sync": "infer_sync, 32 threads",
+}
+
+
+def measured(run: Any) -> dict[str, float]:
+    """One run's results plus its process CPU time per request (all threads), in µs."""
+    cpu0 = time.process_time()
+    result: dict[str, float] = run()
+    result["cpu_us"] = (time.process_time() - cpu0) * 1e6 / max(1, result["requests"])
+    return result
+
+
+def median_of(results: list[dict[str, float]]) -> dict[str, float]:
+    """The median of every figure over rounds."""
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -332,7 +363,22 @@ def main() -> None:
     ap.add_argument(
         "--smoke", action="store_true", help="a few seconds in all, to check the script runs"
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate aiarch and the baseline this many times per case; report medians",
+    )
+    ap.add_argument(
+        "--case",
+        action="append",
+        choices=list(CASE_KEYS),
+        help="run only this case (repeatable): "
+        + ", ".join(f"{k}={v}" for k, v in CASE_KEYS.items()),
+    )
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     duration = 0.3 if args.smoke else args.duration
 
     if args.loop == "uvloop":
@@ -383,11 +429,20 @@ def main() -> None:
             0.0,
         )
     )
+    wanted = {CASE_KEYS[k] for k in args.case} if args.case else None
     rows, results = [], []
     for label, run_ours, run_base, base_name, n, delay in runs:
-        ours = run_ours()
-        base = run_base()
-        ratio = ours["rps"] / base["rps"]
+        if wanted is not None and label not in wanted:
+            continue
+        rounds_ours, rounds_base = [], []
+        for _ in range(args.rounds):
+            rounds_ours.append(measured(run_ours))
+            rounds_base.append(measured(run_base))
+        ours, base = median_of(rounds_ours), median_of(rounds_base)
+        ratios = [o["rps"] / b["rps"] for o, b in zip(rounds_ours, rounds_base)]
+        cpu_ratios = [b["cpu_us"] / o["cpu_us"] for o, b in zip(rounds_ours, rounds_base)]
+        ratio = statistics.median(ratios)
+        cpu_ratio = statistics.median(cpu_ratios)
         rows.append(
             [
                 label,
@@ -397,7 +452,9 @@ def main() -> None:
                 ours["p99_us"],
                 ours["p999_us"],
                 ours["mean_batch"],
+                ours["cpu_us"],
                 ratio,
+                cpu_ratio,
             ]
         )
         rows.append(
@@ -409,6 +466,8 @@ def main() -> None:
                 base["p99_us"],
                 base["p999_us"],
                 "",
+                base["cpu_us"],
+                1.0,
                 1.0,
             ]
         )
@@ -420,16 +479,32 @@ def main() -> None:
                 "aiarch": ours,
                 "baseline": base,
                 "throughput_ratio": ratio,
+                "cpu_efficiency_ratio": cpu_ratio,
+                "rounds": [{"aiarch": o, "baseline": b} for o, b in zip(rounds_ours, rounds_base)],
             }
         )
     print_table(
         f"Runtime vs pure-Python batchers (identity model, 1 row x {FEATURES} float32, "
-        f"{args.loop}, {duration:g}s per point)",
-        ["case", "impl", "req/s", "p50 us", "p99 us", "p99.9 us", "mean batch", "x baseline"],
+        f"{args.loop}, {duration:g}s per point, median of {args.rounds} round(s); "
+        "x baseline: throughput, x cpu: baseline CPU time per request / ours)",
+        [
+            "case",
+            "impl",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "mean batch",
+            "cpu us/req",
+            "x baseline",
+            "x cpu",
+        ],
         rows,
     )
     write_json(
-        args.json, "bench_core", {"loop": args.loop, "duration_s": duration, "cases": results}
+        args.json,
+        "bench_core",
+        {"loop": args.loop, "duration_s": duration, "rounds": args.rounds, "cases": results},
     )
 
 

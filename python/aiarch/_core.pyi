@@ -141,6 +141,30 @@ class CompletionQueue:
     def flush(self, models: Iterable[Model], pending: dict[int, Pending]) -> int:
         """Runs the ready batches of ``models`` on this thread, then resolve()s."""
 
+class LoopQueue:
+    """One event loop's completion queue, with its requests in flight."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, plain_futures: bool = False) -> None:
+        """``plain_futures``: ``loop.create_future()`` is asyncio's own, returning
+        ``asyncio.Future(loop=loop)``; the queue then makes that future itself."""
+    @property
+    def fd(self) -> int: ...
+    @property
+    def pending(self) -> dict[int, Pending]:
+        """Request id -> future, or (future, inputs[, timing])."""
+    def submit(
+        self, model: Model, inputs: Inputs, timeout_ns: int, priority: int
+    ) -> tuple[int, asyncio.Future[Outputs]] | tuple[None, Outputs]:
+        """Submits one request and files its future: (request id, future), or (None, outputs)
+        when the cache answered. An inline model's batch runs at this loop iteration's flush."""
+    def flush(self) -> int:
+        """Runs the ready batches of the models submitted to, then resolve()s."""
+    def resolve(self) -> int:
+        """Takes every finished request and resolves its future; returns how many."""
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """asyncio.get_running_loop(), made cheap: no system call per call on Python < 3.12."""
+
 class Model:
     def __init__(
         self,

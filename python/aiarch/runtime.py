@@ -17,6 +17,7 @@ import atexit
 import math
 import os
 import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -78,7 +79,6 @@ class _Model:
         "feedback",
         "fn",
         "handle",
-        "inline",
         "inputs",
         "lock",
         "monitor",
@@ -99,8 +99,6 @@ class _Model:
         self.fn = fn
         self.version = version
         self.batching = batching
-        # Batches run on the submitting loop's flush (read once per request).
-        self.inline = bool(batching.inline_execution)
         self.cache_config = cache_config
         self.cache: _core.ResponseCache | None = None
         self.handle: _core.Model | None = None
@@ -167,23 +165,37 @@ class _Model:
 class _LoopState:
     """One event loop's completion queue and its requests in flight."""
 
-    __slots__ = ("dirty", "flush_scheduled", "loop", "pending", "queue")
+    __slots__ = ("loop", "pending", "queue", "submit")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue = _core.CompletionQueue()
-        # Models that received submits this loop iteration; flushed once by a
-        # call_soon callback so that the iteration's requests share a batch.
-        self.dirty: set[Any] = set()
-        self.flush_scheduled = False
+        # Submits file each request's future in `pending`; a submit to a model that
+        # runs batches inline schedules one flush per loop iteration, so that the
+        # iteration's requests share a batch.
+        self.queue = _core.LoopQueue(loop, _makes_plain_futures(loop))
+        # One attribute lookup per request, not two. Typed loosely: the caller tells the
+        # (request id, future) and (None, outputs) answers apart by the id.
+        self.submit: Callable[[Any, Any, int, int], tuple[Any, Any]] = self.queue.submit
         # request id -> future, or (future, inputs[, timing list of a traced request]).
         # The batcher reads the inputs' bytes until the request completes: while its
         # infer() frame waits, the frame keeps them alive; a frame that leaves early
         # (cancelled, closed) stores (future, inputs) here first.
-        self.pending: dict[int, Any] = {}
+        self.pending: dict[int, Any] = self.queue.pending
 
 
-_get_running_loop = asyncio.get_running_loop  # one global lookup per request, not two
+def _makes_plain_futures(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.create_future()`` is the stock one of asyncio or uvloop, which returns
+    ``asyncio.Future(loop=loop)`` (a loop may override it to make its own futures)."""
+    create = type(loop).create_future
+    if create is asyncio.BaseEventLoop.create_future:
+        return True
+    uvloop_loop = sys.modules.get("uvloop.loop")
+    return uvloop_loop is not None and create is getattr(uvloop_loop.Loop, "create_future", None)
+
+
+# asyncio.get_running_loop() minus its per-call getpid() system call (Python < 3.12).
+_get_running_loop = _core.running_loop
+_ndarray = np.ndarray  # one global lookup per request, not two
 
 _live_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -481,7 +493,7 @@ class Runtime:
         m = self._models.get(name)
         if m is None:
             raise self._not_loaded(name)
-        x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
+        x = inputs if inputs.__class__ is _ndarray else m.normalize(inputs)
         handle = m.handle
         if handle is None:
             handle = self._create_handle(m, x)
@@ -491,17 +503,11 @@ class Runtime:
             st = self._attach(loop)
         timeout_ns = 0 if timeout_s is None else _timeout_ns(timeout_s)
         if _tracing.enabled:
-            return await self._infer_traced(m, handle, st, loop, x, timeout_ns, priority)
-        r = handle.submit(x, timeout_ns, priority, st.queue)
-        if r.__class__ is not int:
-            return r  # answered from the cache
-        fut = loop.create_future()
-        st.pending[r] = fut  # x stays alive in this frame until fut is done
-        if m.inline:
-            st.dirty.add(handle)
-            if not st.flush_scheduled:
-                st.flush_scheduled = True
-                loop.call_soon(self._flush, st)
+            return await self._infer_traced(m, handle, st, x, timeout_ns, priority)
+        # Files fut in st.pending; x stays alive in this frame until fut is done.
+        r, fut = st.submit(handle, x, timeout_ns, priority)
+        if r is None:
+            return fut  # answered from the cache: the outputs
         try:
             return await fut
         except BaseException:
@@ -519,7 +525,6 @@ class Runtime:
         m: _Model,
         handle: Any,
         st: _LoopState,
-        loop: asyncio.AbstractEventLoop,
         x: Any,
         timeout_ns: int,
         priority: int,
@@ -529,22 +534,16 @@ class Runtime:
         carries the batch's timing into the third item of the pending entry)."""
         trace = _tracing.start_infer(m.name) if self._clock is None else None
         try:
-            r = handle.submit(x, timeout_ns, priority, st.queue)
+            r, fut = st.submit(handle, x, timeout_ns, priority)
         except Exception as e:
             if trace is not None:
                 trace.finish(None, e)
             raise
-        if r.__class__ is not int:
+        if r is None:
             if trace is not None:
                 trace.finish(None, None, cache_hit=True)
-            return r
-        fut = loop.create_future()
+            return fut  # the outputs
         st.pending[r] = (fut, x) if trace is None else (fut, x, trace.timing)
-        if m.inline:
-            st.dirty.add(handle)
-            if not st.flush_scheduled:
-                st.flush_scheduled = True
-                loop.call_soon(self._flush, st)
         lookups = getattr(m.fn, "lookup_log", None)
         try:
             result = await fut
@@ -598,26 +597,20 @@ class Runtime:
                     x = inputs if inputs.__class__ is np.ndarray else m.normalize(inputs)
                     if handle is None:
                         handle = self._create_handle(m, x)
-                    r = handle.submit(x, timeout_ns, priority, st.queue)
+                    r, fut = st.submit(handle, x, timeout_ns, priority)
                 except Exception as e:
                     if not return_exceptions:
                         raise
                     results[i] = e
                     continue
-                if r.__class__ is not int:
-                    results[i] = r  # answered from the cache
+                if r is None:
+                    results[i] = fut  # answered from the cache: the outputs
                     continue
-                fut = loop.create_future()
                 st.pending[r] = (fut, x)
                 waiting.append((i, r, fut))
         except BaseException:
             self._cancel_waiting(handle, waiting)
             raise
-        if handle is not None and waiting and m.inline:
-            st.dirty.add(handle)
-            if not st.flush_scheduled:
-                st.flush_scheduled = True
-                loop.call_soon(self._flush, st)
         try:
             for i, _, fut in waiting:
                 try:
@@ -919,25 +912,13 @@ class Runtime:
                 ]:
                     del self._loops[old]
                 st = _LoopState(loop)
-                loop.add_reader(st.queue.fd, self._drain, st)
+                loop.add_reader(st.queue.fd, st.queue.resolve)
                 self._loops[loop] = st
         return st
 
     @staticmethod
-    def _drain(st: _LoopState) -> None:
-        """Resolves every finished request; runs on the loop once per wake-up."""
-        st.queue.resolve(st.pending)
-
-    @staticmethod
-    def _flush(st: _LoopState) -> None:
-        """Runs the batches this loop iteration's submits made ready, on the loop, and
-        resolves their requests at once (no wake-up, no extra loop iteration)."""
-        st.flush_scheduled = False
-        dirty, st.dirty = st.dirty, set()
-        st.queue.flush(dirty, st.pending)
-
-    def _finish_loop(self, st: _LoopState) -> None:
-        self._drain(st)
+    def _finish_loop(st: _LoopState) -> None:
+        st.queue.resolve()
         if not st.pending:
             try:
                 st.loop.remove_reader(st.queue.fd)

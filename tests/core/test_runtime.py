@@ -720,3 +720,49 @@ def test_infer_many_isolates_errors_when_asked_and_raises_otherwise(run):
         # Nothing is left queued or unresolved by an abandoned call.
         assert rt.stats("m")["queue_rows"] == 0
         np.testing.assert_array_equal(rt.infer_sync("m", rows(1)), rows(1))
+
+
+class _OwnFutureLoop(asyncio.SelectorEventLoop):
+    """A loop that makes its own futures (a subclass of asyncio.Future), counting them."""
+
+    class Future(asyncio.Future):  # type: ignore[type-arg]
+        pass
+
+    made = 0
+
+    def create_future(self) -> asyncio.Future:  # type: ignore[type-arg]
+        type(self).made += 1
+        return self.Future(loop=self)
+
+
+def test_infer_awaits_the_futures_a_loop_makes_itself() -> None:
+    with aiarch.Runtime() as rt:
+        rt.add_model("double", lambda x: x * 2, inputs=X)
+
+        async def main() -> list[np.ndarray]:
+            return await asyncio.gather(*(rt.infer("double", rows(1, i)) for i in range(3)))
+
+        loop = _OwnFutureLoop()
+        try:
+            outs = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    assert _OwnFutureLoop.made == 3, "infer did not ask the loop for its futures"
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out, rows(1, i) * 2)
+
+
+def test_infer_on_a_stock_loop_gets_plain_asyncio_futures(run) -> None:  # type: ignore[no-untyped-def]
+    # The queue makes asyncio.Future(loop=loop) itself, as loop.create_future() would.
+    with aiarch.Runtime() as rt:
+        rt.add_model("double", lambda x: x * 2, inputs=X)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            st = rt._attach(loop)
+            _, fut = st.submit(rt.native_handle("double"), rows(1), 0, 0)
+            assert type(fut) is asyncio.Future
+            assert fut.get_loop() is loop
+            np.testing.assert_array_equal(await fut, rows(1) * 2)
+
+        run(main())
