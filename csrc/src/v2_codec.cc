@@ -1270,15 +1270,24 @@ void AppendErrorResponse(int status, std::string_view message,
   AppendHttpResponse(status, "application/json", body, headers, keep_alive, out);
 }
 
+namespace {
+
+// The model returned the outputs it declared (and one data pointer each).
+bool OutputsMatch(const V2Model& model, const std::vector<TensorSpec>& outputs,
+                  const std::vector<const uint8_t*>& data, std::string* error) {
+  if (outputs.size() == model.output_names.size() && data.size() == outputs.size()) return true;
+  *error = "model returned " + std::to_string(outputs.size()) + " outputs, expected " +
+           std::to_string(model.output_names.size());
+  return false;
+}
+
+}  // namespace
+
 bool AppendV2InferResponse(const V2Model& model, const V2ResponsePlan& plan,
                            const std::vector<TensorSpec>& outputs,
                            const std::vector<const uint8_t*>& data, int64_t rows, bool keep_alive,
                            std::string* out, std::string* error) {
-  if (outputs.size() != model.output_names.size() || data.size() != outputs.size()) {
-    *error = "model returned " + std::to_string(outputs.size()) + " outputs, expected " +
-             std::to_string(model.output_names.size());
-    return false;
-  }
+  if (!OutputsMatch(model, outputs, data, error)) return false;
   thread_local std::string body;
   body.clear();
   body.append("{\"model_name\":");
@@ -1363,11 +1372,7 @@ void AppendNested(DType dt, const uint8_t* data, const std::vector<int64_t>& dim
 bool AppendPredictResponse(const V2Model& model, const std::vector<TensorSpec>& outputs,
                            const std::vector<const uint8_t*>& data, int64_t rows, bool keep_alive,
                            std::string* out, std::string* error) {
-  if (outputs.size() != model.output_names.size() || data.size() != outputs.size()) {
-    *error = "model returned " + std::to_string(outputs.size()) + " outputs, expected " +
-             std::to_string(model.output_names.size());
-    return false;
-  }
+  if (!OutputsMatch(model, outputs, data, error)) return false;
   thread_local std::string body;
   body.assign("{\"outputs\":");
   const bool named = outputs.size() != 1;

@@ -22,7 +22,7 @@ from aiarch import TensorSpec, _core
 SPEC = [TensorSpec("x", "float32", (2,))]
 
 
-def _model() -> _core.Model:
+def _model(cache: _core.ResponseCache | None = None) -> _core.Model:
     batching = _core.BatchConfig(
         max_batch_size=8,
         max_delay_ns=0,
@@ -34,7 +34,7 @@ def _model() -> _core.Model:
         drop_unreachable=False,
         inline_execution=True,
     )
-    return _core.Model("double", lambda x: x * 2, SPEC, SPEC, batching)
+    return _core.Model("double", lambda x: x * 2, SPEC, SPEC, batching, cache)
 
 
 class RefusingFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -117,19 +117,7 @@ def test_loop_queue_submits_share_one_flush_per_loop_iteration() -> None:
 
 def test_loop_queue_answers_a_cache_hit_at_submit_with_no_future() -> None:
     async def main() -> None:
-        batching = _core.BatchConfig(
-            max_batch_size=8,
-            max_delay_ns=0,
-            preferred_batch_sizes=[],
-            max_queue_rows=64,
-            instances=1,
-            priority_levels=1,
-            default_priority_level=1,
-            drop_unreachable=False,
-            inline_execution=True,
-        )
-        cache = _core.ResponseCache(max_bytes=1 << 20)
-        model = _core.Model("double", lambda x: x * 2, SPEC, SPEC, batching, cache)
+        model = _model(_core.ResponseCache(max_bytes=1 << 20))
         queue = _core.LoopQueue(asyncio.get_running_loop())
         x = np.full((1, 2), 3, np.float32)
         r, fut = queue.submit(model, x, 0, 0)
