@@ -7,7 +7,9 @@ flag, as a new user would; the FastAPI + uvicorn baseline (one worker, one onnxr
 request; benchmarks/server_fastapi_baseline.py) runs the same file. The trivial C server
 (benchmarks/trivial_http_server.c) reads the same requests and answers a fixed reply: what the
 machine and wrk allow. aiarch is also measured with `--http python` (every request through the
-Python httptools front end) to show what the native request path buys. Load: Debian's
+Python httptools front end) to show what the native request path buys, and as a canary split
+(`--route mlp=production:90,staging:10` over two registry versions of the same file, as a
+progressive rollout serves it), which the native path routes itself. Load: Debian's
 `wrk -t1 -d15s` at 1, 8, 64 and 256 connections, POSTing a one-row KServe v2 body, JSON and
 binary tensor extension. Everything stays on 127.0.0.1; every server runs in the same run.
 
@@ -113,6 +115,21 @@ def aiarch_cmd(port: int, onnx: Path, http: str) -> list[str]:
     if http != "native":
         cmd += ["--http", http]
     return cmd
+
+
+def canary_cmd(port: int, onnx: Path, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """`aiarch serve` splitting the same model 90/10 between two registry versions (a canary
+    as a rollout serves it), with no other flag."""
+    from aiarch.registry import Registry
+
+    home, url = tmp / "registry-home", f"sqlite:///{tmp / 'registry.db'}"
+    reg = Registry(url, home=home)
+    for alias in ("production", "staging"):
+        reg.promote("mlp", reg.register("mlp", str(onnx)).version, to=alias)
+    reg.close()
+    cmd = [sys.executable, "-m", "aiarch.cli", "serve", "--port", str(port), "--registry", url]
+    cmd += ["--model", "mlp@production", "--route", "mlp=production:90,staging:10"]
+    return [*cmd, "--log-level", "warning"], {"AIARCH_HOME": str(home)}
 
 
 def trivial_cmd(port: int, tmp: Path) -> list[str] | None:
@@ -304,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             port = _free_port()
             name = "aiarch" if http == "native" else "aiarch --http python"
             plans.append((name, aiarch_cmd(port, onnx, http), port, ["json", "binary"], {}))
+        port = _free_port()
+        cmd, env = canary_cmd(port, onnx, tmp)
+        plans.append(("aiarch canary 90/10", cmd, port, ["json", "binary"], env))
         for name, cmd, port, kinds, extra_env in plans:
             with _server(cmd, port, tmp / f"{port}.log", extra_env):
                 for kind in kinds:
