@@ -421,6 +421,34 @@ void StoreInt(DType dt, uint8_t* dst, size_t i, bool negative, uint64_t m) {
   }
 }
 
+// IEEE binary16 bits of `d`, rounded once from the double to the nearest half
+// (ties to even; overflow to infinity), as numpy converts float64 to float16:
+// JSON numbers read as doubles reach a float16 input as the Python path's do.
+uint16_t DoubleToHalf(double d) {
+  uint64_t x;
+  std::memcpy(&x, &d, sizeof x);
+  const uint16_t sign = static_cast<uint16_t>((x >> 48) & 0x8000);
+  const int exp = static_cast<int>((x >> 52) & 0x7FF);
+  uint64_t mant = x & ((uint64_t{1} << 52) - 1);
+  if (exp == 0x7FF) return sign | (mant ? 0x7E00 : 0x7C00);  // NaN (quiet), infinity
+  const int e = exp - 1023 + 15;                             // the half's biased exponent
+  if (e >= 0x1F) return sign | 0x7C00;
+  int shift = 42;  // 52 mantissa bits down to 10
+  uint64_t bits;
+  if (e <= 0) {                // a subnormal half (or zero): the implicit bit joins the mantissa
+    if (e < -10) return sign;  // below half the smallest subnormal: zero
+    mant |= uint64_t{1} << 52;
+    shift = 43 - e;
+    bits = mant >> shift;
+  } else {
+    bits = (static_cast<uint64_t>(e) << 10) | (mant >> shift);
+  }
+  const uint64_t rest = mant & ((uint64_t{1} << shift) - 1);
+  const uint64_t half = uint64_t{1} << (shift - 1);
+  if (rest > half || (rest == half && (bits & 1))) ++bits;  // a carry may reach infinity: right
+  return static_cast<uint16_t>(sign | bits);
+}
+
 // Decodes the numbers of a (syntax-checked) JSON value, nested or flat — the
 // brackets carry nothing once the shape is known — into `count` elements
 // (only counted and checked when `out` is null).
@@ -468,7 +496,7 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       return false;
     }
     const char* b = p;
-    if (dt == DType::kFp32 || dt == DType::kFp64) {
+    if (dt == DType::kFp32 || dt == DType::kFp64 || dt == DType::kFp16) {
       // The value is syntax-checked JSON, so from_chars ends exactly where the
       // number token does: no scan of our own before it.
       double v;
@@ -481,6 +509,8 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
       if (dst != nullptr && n < count) {
         if (dt == DType::kFp32) {
           Store<float>(dst, static_cast<size_t>(n), static_cast<float>(v));
+        } else if (dt == DType::kFp16) {
+          Store<uint16_t>(dst, static_cast<size_t>(n), DoubleToHalf(v));
         } else {
           Store<double>(dst, static_cast<size_t>(n), v);
         }
@@ -801,12 +831,6 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
     return Bad(error, "invalid inference request: " + r.error);
   }
   if (req.inputs.empty()) return Bad(error, "inference request has no inputs");
-  // FP16 numbers in JSON would need half-precision rounding: left to the general path.
-  for (const RawInput& in : req.inputs) {
-    if (!in.has_binary_size && !in.data.empty() && in.datatype == "FP16") {
-      return V2DecodeResult::kNotHandled;
-    }
-  }
 
   // Tensors in request order, decoded in the request's datatype.
   struct Decoded {
@@ -1017,7 +1041,7 @@ int64_t PredictValueCount(std::string_view raw) {
 }
 
 bool DecodePredictRows(std::string_view raw, const TensorSpec& spec, V2DecodedInput* out) {
-  if (spec.dtype == DType::kFp16 || spec.dtype == DType::kBf16) return false;
+  if (spec.dtype == DType::kBf16) return false;
   int64_t per_row = 1;
   for (int64_t d : spec.shape) {
     if (d < 0) return false;

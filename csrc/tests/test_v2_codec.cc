@@ -313,15 +313,20 @@ void TestErrors() {
                R"({"name":"b","shape":[2,1],"datatype":"BOOL","data":[false,true]}]})",
                &req)
             .find("same batch size") != std::string::npos);
-  // FP16 numbers in JSON are left to the general path.
+  // FP16 numbers in JSON round once from their double to the nearest half, ties to even
+  // (numpy's float64 → float16): the bits below are numpy's for the same numbers.
   V2Model half = LinearModel();
   half.inputs[0].dtype = DType::kFp16;
-  CHECK_EQ(
-      Decode(
-          half,
-          R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP16","data":[0,0,0,0,0,0,0,0]}]})",
-          &req),
-      std::string("not handled"));
+  if (CHECK_EQ(Decode(half,
+                      R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP16","data":)"
+                      R"([1,-0.1,65504,65520,1e-7,2.98023223876953125e-8,3e-8,1.00048828125]}]})",
+                      &req),
+               std::string("ok"))) {
+    const std::vector<uint16_t> bits = As<uint16_t>(req.inputs[0].data);
+    const std::vector<uint16_t> numpy = {0x3C00, 0xAE66, 0x7BFF, 0x7C00,
+                                         0x0002, 0x0000, 0x0001, 0x3C00};
+    CHECK(bits == numpy);
+  }
   // Nesting is bounded: deeper than the native reader descends is left to the general path.
   std::string deep = R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":)" +
                      std::string(100, '[') + std::string(100, ']') + "}]}";

@@ -24,6 +24,15 @@ linear.inputs = [_spec("x", "float32", (8,))]  # type: ignore[attr-defined]
 linear.outputs = [_spec("y", "float32", (4,))]  # type: ignore[attr-defined]
 
 
+def half_identity(x: np.ndarray) -> np.ndarray:
+    """float16 [8] in, the same values out: what a request's numbers became."""
+    return x.copy()
+
+
+half_identity.inputs = [_spec("x", "float16", (8,))]  # type: ignore[attr-defined]
+half_identity.outputs = [_spec("y", "float16", (8,))]  # type: ignore[attr-defined]
+
+
 def two_io(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two inputs (int32 [3], float64 [2]) → sum of a (int64 [1]) and b * 2 (float64 [2])."""
     return a.sum(axis=1, keepdims=True).astype(np.int64), b * 2

@@ -335,3 +335,45 @@ def _forwarded(port: int) -> float:
         if line.startswith("aiarch_http_requests_forwarded_total"):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_fp16_json_rounds_as_the_python_front_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """FP16 tensors sent as JSON numbers are read natively and round to the same float16 bits
+    as the App's numpy conversion, for values spread over every binade, ties, subnormals and
+    overflow; the native front never hands them to the App."""
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parent / "models.py"
+    rng = np.random.default_rng(7)
+    special = [0.0, -0.0, 1.00048828125, 1.00146484375, 2.0**-25, 3 * 2.0**-26, 65504, 65519.99]
+    values = np.concatenate(
+        [
+            special,
+            rng.standard_normal(300) * 10.0 ** rng.integers(-9, 6, 300),
+            (rng.integers(0, 1 << 16, 150).astype(np.float64) + 0.5) * 2.0**-24,  # exact ties
+        ]
+    )
+    rows = values[: len(values) // 8 * 8].reshape(-1, 8).tolist()
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [len(rows), 8], "datatype": "FP16", "data": rows}]}
+    ).encode()
+    got = {}
+    for front in ("python", "native"):
+        args = ["--model", f"half={models}:half_identity", "--http", front]
+        with running_server([*args, "--log-level", "warning"], tmp_path) as srv:
+            request(srv.port, "POST", "/v2/models/half/infer", body)  # creates the batcher
+            before = _forwarded(srv.port)
+            r = request(srv.port, "POST", "/v2/models/half/infer", body)
+            assert r.status == 200, r.body
+            got[front] = r.json()["outputs"][0]["data"]  # type: ignore[index]
+            if front == "native":
+                assert _forwarded(srv.port) - before == 1  # the scrape itself
+    with np.errstate(over="ignore"):
+        expected = np.array(rows, np.float64).astype(np.float16).reshape(-1)
+    finite = np.isfinite(expected)
+    assert 0 < (~finite).sum() < 20  # some overflow to infinity, which JSON writes as null
+    for front in ("native", "python"):
+        data = got[front]
+        assert [v is None for v in data] == (~finite).tolist()
+        bits = np.array([v for v in data if v is not None], np.float16).view(np.uint16)
+        np.testing.assert_array_equal(bits, expected[finite].view(np.uint16))

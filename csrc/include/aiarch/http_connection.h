@@ -14,7 +14,7 @@
 //   response (or its error, with the same status codes and `{"error": ...}`
 //   bodies as the Python server) is encoded into the connection's output
 //   when it completes. Every other request — other routes, unregistered
-//   models, compressed bodies or responses, FP16 JSON — is returned to the
+//   models, compressed bodies or responses — is returned to the
 //   caller whole (ForwardedRequest) and answered through Respond().
 // - Order: responses leave in request order whichever path answers them
 //   (keep-alive and pipelining). TakeOutput() returns the bytes that may be

@@ -8,15 +8,17 @@
 //   binary), the request id, and the schedule parameters (priority, timeout).
 //   It checks the request against the model the way the Python server does,
 //   with the same messages: each defect is kBadRequest with a message for a
-//   400 `{"error": ...}` body. Requests it leaves to the general path (FP16
-//   tensors sent as JSON) are kNotHandled; nothing has been consumed then.
+//   400 `{"error": ...}` body. Requests it leaves to the general path (JSON
+//   nested deeper than it reads) are kNotHandled; nothing has been consumed
+//   then. FP16 numbers sent as JSON round once from the double they spell to
+//   the nearest half, ties to even, as numpy's float64 → float16 does.
 // - JSON is parsed strictly (RFC 8259, UTF-8, nesting ≤ 64 levels); unknown
 //   object members are ignored, as the Python codec does.
 // - DecodePredict reads a `/predict` body — {"inputs": rows} for a one-input
 //   model, {"inputs": {name: rows, ...}} naming every input — into the same
 //   buffers: rows are nested or flat numbers, read in row-major order and cut
 //   into rows of the input's shape. Any body it does not read exactly as the
-//   Python codec would (a defect, an unknown member, an empty list, FP16) is
+//   Python codec would (a defect, an unknown member, an empty list, BF16) is
 //   kNotHandled, for the general path to answer or word the 400.
 //   AppendPredictResponse writes {"outputs": rows} (one output) or
 //   {"outputs": {name: rows, ...}}, rows nested by the output's shape.

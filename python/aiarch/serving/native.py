@@ -29,9 +29,8 @@ hands a drain's records to the span processor (which makes the spans in its expo
 it does the prediction records.
 
 Everything else — other routes, models with per-request result checks, routes whose versions
-differ in inputs or outputs, string entity ids, compressed bodies or responses, FP16 JSON
-tensors — comes back from `feed` as a whole request and is answered by the App exactly as on the
-httptools path (`http.HttpProtocol`, kept as the fallback: `aiarch serve --http python`).
+differ in inputs or outputs, string entity ids, compressed bodies or responses — comes back
+from `feed` as a whole request and is answered by the App exactly as on the httptools path (`http.HttpProtocol`, kept as the fallback: `aiarch serve --http python`).
 Responses leave in request order whichever path answers them.
 
 The limits are the same on both front ends: the native connection forwards what the App must
