@@ -1,13 +1,15 @@
 """A small training script for retraining runs: reads the run's train/holdout Parquet
 (`aiarch.retrain.script_context()`), fits a logistic model on the feature columns, registers
 it with its holdout AUC and the run's lineage tags. --auc forces the recorded metric (to make a
-candidate good or bad on purpose), --fail exits 1, --hang sleeps past any timeout."""
+candidate good or bad on purpose), --rescore also scores production on the holdout, --fail exits
+1, --hang sleeps past any timeout."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,6 +32,7 @@ def main() -> None:
     p.add_argument("--auc", type=float, default=None)
     p.add_argument("--fail", action="store_true")
     p.add_argument("--hang", action="store_true")
+    p.add_argument("--rescore", action="store_true", help="score production on the holdout too")
     args = p.parse_args()
     if args.fail:
         print("training data rejected on purpose", file=sys.stderr)
@@ -49,10 +52,21 @@ def main() -> None:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xt).squeeze(1), yt)
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        scores = model(torch.from_numpy(features(holdout))).squeeze(1).numpy()
-    auc = quality("auc", scores.astype(np.float64), holdout["label"].to_numpy())
-    metrics = {"auc": args.auc if args.auc is not None else float(auc or 0.0)}
+    x_holdout, y_holdout = features(holdout), holdout["label"].to_numpy()
+
+    def evaluate(predict: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+        scores = np.asarray(predict(x_holdout), np.float64).reshape(len(x_holdout), -1)[:, 0]
+        return {"auc": float(quality("auc", scores, y_holdout) or 0.0)}
+
+    def candidate(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    metrics = evaluate(candidate)
+    if args.auc is not None:
+        metrics["auc"] = args.auc
+    if args.rescore:
+        metrics.update(rc.score_production(evaluate))
     ctx.register(
         rc.model,
         model,

@@ -128,6 +128,35 @@ def test_labels_trigger_trains_gates_and_sets_candidate(tmp_path: Path, setup: A
     assert (code, rec) == (0, None), err
 
 
+def test_vs_production_compares_on_this_runs_holdout_when_production_is_rescored(
+    tmp_path: Path, setup: Any
+) -> None:
+    """Production registered auc 0.6 when it was trained; on this run's holdout it scores far
+    higher. A candidate at 0.8 passes against the stale registered value, and fails once the
+    script scores production on the same holdout (the value gated on is production's AUC there,
+    computed here independently)."""
+    import pyarrow.parquet as pq
+
+    from aiarch.monitor.feedback import quality
+
+    home, reg = setup
+    code, rec, err = _retrain(_policy(tmp_path, home, ["--auc", "0.8"]), home, "--now")
+    assert code == 0 and rec["status"] == "promoted", (err, rec)
+    assert rec["production_basis"] == {"auc": "registered"}
+    assert rec["gates"][-1] == "metrics.auc >= 0.6"
+
+    code, rec, err = _retrain(_policy(tmp_path, home, ["--auc", "0.8", "--rescore"]), home, "--now")
+    assert code == 1 and rec["status"] == "gate_failed", (err, rec)
+    assert rec["production_basis"] == {"auc": "holdout"}
+    holdout = pq.read_table(Path(rec["run_dir"]) / "holdout.parquet")
+    expected = quality(
+        "auc", holdout["prediction"].to_numpy().astype(np.float64), holdout["label"].to_numpy()
+    )
+    assert expected is not None and expected > 0.8
+    assert rec["gates"][-1] == f"metrics.auc >= {expected!r}"
+    assert reg.get("fraud", rec["version"]).metrics["production.auc"] == expected
+
+
 def test_failed_gate_archives_the_version_and_says_why(tmp_path: Path, setup: Any) -> None:
     home, reg = setup
     code, rec, err = _retrain(_policy(tmp_path, home, ["--auc", "0.55"]), home, "--now")

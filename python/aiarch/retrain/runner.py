@@ -17,7 +17,13 @@ Environment of the training script:
 `AIARCH_RETRAIN_RUN_ID`, `AIARCH_RETRAIN_MODEL`, `AIARCH_RETRAIN_TRAIN` (train.parquet),
 `AIARCH_RETRAIN_HOLDOUT` (holdout.parquet), `AIARCH_RETRAIN_WINDOW_START` and `..._END`
 (seconds since the epoch), `AIARCH_RETRAIN_TRIGGER`, `AIARCH_RETRAIN_PARENT_VERSION` (empty when
-there is no production version), `AIARCH_RETRAIN_POLICY_DIGEST`.
+there is no production version), `AIARCH_RETRAIN_POLICY_DIGEST`, `AIARCH_RETRAIN_REGISTRY` (the
+policy's registry URL; empty for the default one under AIARCH_HOME).
+
+`vs_production` gates compare the candidate with production on this run's holdout when the script
+scored production there (`ScriptContext.score_production`, registered as `production.<metric>`
+beside its own metrics); otherwise with the metrics production registered when it was trained,
+measured on older data. `RunRecord.production_basis` says which, per metric.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from aiarch.errors import AiarchError
 
@@ -72,6 +80,9 @@ class RunRecord:
     alias: str | None = None
     gates: list[str] = field(default_factory=list)
     gate_results: list[dict[str, Any]] = field(default_factory=list)
+    production_basis: dict[str, str] = field(default_factory=dict)
+    """Per `vs_production` metric, what production's value came from: "holdout" (production
+    re-scored on this run's holdout by the script) or "registered" (its registered metric)."""
     policy_digest: str = ""
     run_dir: str = ""
     rollout_id: int | None = None
@@ -98,6 +109,53 @@ class ScriptContext:
     trigger: str
     parent_version: int | None
     policy_digest: str
+    registry: str = ""
+    """The registry URL of the run ("": the default one under AIARCH_HOME)."""
+
+    def score_production(
+        self, evaluate: Callable[[Callable[..., Any]], Mapping[str, float]]
+    ) -> dict[str, float]:
+        """Production (the run's parent version) scored by `evaluate` — the function the script
+        scores its own model with, given ``predict(*arrays) -> outputs`` — as
+        ``{"production.<metric>": value}``: register them beside the candidate's metrics and the
+        policy's `vs_production` gates compare both models on this run's holdout. The version
+        is loaded verified from the registry and run through an `aiarch.Runtime`. {} when there
+        is no production version."""
+        if self.parent_version is None:
+            return {}
+        import aiarch
+        from aiarch.registry import Registry
+        from aiarch.serving.loader import resolve_source
+        from aiarch.serving.routing import artifact_source
+
+        registry = Registry(url=self.registry or None)
+        try:
+            mv = registry.open(self.model, version=self.parent_version)
+            source = resolve_source(artifact_source(mv))
+        finally:
+            registry.close()
+        chunk = 256
+        with aiarch.Runtime() as rt:
+            rt.add_model(
+                "production",
+                source,
+                batching=aiarch.BatchConfig(max_batch_size=chunk, max_delay_us=0),
+            )
+
+            def predict(*arrays: Any) -> Any:
+                rows = len(arrays[0])
+                parts = []
+                for start in range(0, rows, chunk):
+                    piece = tuple(a[start : start + chunk] for a in arrays)
+                    parts.append(
+                        rt.infer_sync("production", piece[0] if len(piece) == 1 else piece)
+                    )
+                if isinstance(parts[0], tuple):
+                    return tuple(np.concatenate(p) for p in zip(*parts))
+                return np.concatenate(parts)
+
+            scores = evaluate(predict)
+        return {f"production.{k}": float(v) for k, v in scores.items()}
 
     @property
     def tags(self) -> dict[str, str]:
@@ -129,6 +187,7 @@ def script_context() -> ScriptContext | None:
         trigger=env.get("AIARCH_RETRAIN_TRIGGER", ""),
         parent_version=int(parent) if parent else None,
         policy_digest=env.get("AIARCH_RETRAIN_POLICY_DIGEST", ""),
+        registry=env.get("AIARCH_RETRAIN_REGISTRY", ""),
     )
 
 
@@ -298,7 +357,7 @@ class Retrainer:
             return
         mv = versions[0]
         rec.version = mv.version
-        gates = list(p.gates.conditions) + self._production_gates(rec)
+        gates = list(p.gates.conditions) + self._production_gates(rec, mv)
         rec.gates = gates
         rec.gate_results = self._gate_results(mv, gates)
         failed = [g for g in rec.gate_results if not g["passed"]]
@@ -360,16 +419,22 @@ class Retrainer:
             return
         rec.rollout_state, rec.rollout_reason = ro.state, ro.reason
 
-    def _production_gates(self, rec: RunRecord) -> list[str]:
-        """`vs_production` as registry gate conditions against the parent's metrics."""
+    def _production_gates(self, rec: RunRecord, mv: Any) -> list[str]:
+        """`vs_production` as registry gate conditions against production's value of each
+        metric: re-scored on this run's holdout when the script did it, else registered."""
         margins = self.policy.gates.vs_production
         if not margins or rec.parent_version is None:
             return []
         parent = self.registry.get(self.policy.model, rec.parent_version)
         out = []
         for metric, margin in sorted(margins.items()):
-            base = parent.metrics.get(metric)
+            base = mv.metrics.get(f"production.{metric}")
+            rec.production_basis[metric] = "holdout"
             if base is None:
+                base = parent.metrics.get(metric)
+                rec.production_basis[metric] = "registered"
+            if base is None:
+                del rec.production_basis[metric]
                 continue  # production never recorded it: nothing to compare with
             if metric in LOWER_IS_BETTER:
                 out.append(f"metrics.{metric} <= {float(base) - margin!r}")
@@ -429,6 +494,7 @@ class Retrainer:
             if rec.parent_version is None
             else str(rec.parent_version),
             "AIARCH_RETRAIN_POLICY_DIGEST": p.digest,
+            "AIARCH_RETRAIN_REGISTRY": p.registry or "",
         }
         log_path = run_dir / "train.log"
         with open(log_path, "wb") as out:
