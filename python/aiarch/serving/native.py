@@ -297,6 +297,7 @@ class NativeProtocol(FlowControl):
     """One HTTP/1.1 connection on the native path. Everything runs in the loop thread."""
 
     __slots__ = (
+        "_app",
         "_conn",
         "_native",
         "_peer",
@@ -309,6 +310,7 @@ class NativeProtocol(FlowControl):
     def __init__(self, state: Any, native: NativeFront):
         super().__init__(state.limits)
         self._state = state
+        self._app = state.handler  # its `draining` is read per read: an attribute, no property
         self._native = native
         self._conn = native.front.connect(native.new_id())
         self._pending: dict[int, _NativePending] = {}
@@ -348,7 +350,8 @@ class NativeProtocol(FlowControl):
             return
         native = self._native
         now = self.last_active = native._loop.time() if native._loop is not None else 0.0
-        if self._state.draining:
+        draining = self._app.draining
+        if draining:
             native.front.draining = True
         conn = self._conn
         forwarded = conn.feed(data, now)
@@ -358,11 +361,7 @@ class NativeProtocol(FlowControl):
         if not native._flush_scheduled:
             native.schedule_flush()
         # Most reads only queue requests for the flush: nothing to write, nothing to pause.
-        if (
-            self._read_paused
-            or self._state.draining
-            or conn.needs_write(self._limits.max_pipelined)
-        ):
+        if self._read_paused or draining or conn.needs_write(self._limits.max_pipelined):
             self.write_output()
 
     def _owed(self) -> int:
@@ -393,7 +392,7 @@ class NativeProtocol(FlowControl):
         if method == b"POST":
             self._native.maybe_register(path)
         try:
-            self._state.handler.handle(req, self)
+            self._app.handle(req, self)
         except Exception:
             log.exception("handler failed")
             self.respond(error_response(500, "internal error"), True)
@@ -428,7 +427,7 @@ class NativeProtocol(FlowControl):
                 self._close_after_last_response(transport, conn.linger)
             return
         owed = conn.owed
-        if self._state.draining and owed == 0 and not conn.in_request:
+        if self._app.draining and owed == 0 and not conn.in_request:
             self.close()
             return
         # Reading is paused exactly while writing is paused or too many responses are owed
