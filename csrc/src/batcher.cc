@@ -36,6 +36,9 @@ struct Batcher::Request {
   std::vector<const uint8_t*> data;  // caller-owned, one per input
   std::shared_ptr<CompletionSink> sink;
   bool cacheable = false;
+  // Left for the submitting caller's RunReady() (caller_flushes): workers do
+  // not take it until RunReady() hands over what it could not run.
+  bool caller_owned = false;
   Hash128 key;
 };
 
@@ -304,6 +307,7 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
     wake = idle_workers_ > 0 &&
            (was_empty || queued_rows_ >= config_.max_batch_size || req->deadline_ns != kNoDeadline);
     const int64_t deadline_ns = req->deadline_ns;
+    Request* const queued = req.get();
     queued_.emplace(req->id, std::move(req));
     bool left_for_caller = false;
     if (config_.inline_execution) {
@@ -321,6 +325,8 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
           // call and a context switch per request at low load) unless it is
           // still queued when RunReady() returns.
           left_for_caller = true;
+          queued->caller_owned = true;
+          caller_rows_ += rows;
           wake = false;
           caller_deadline_ns_ = std::min(caller_deadline_ns_, deadline_ns);
         } else if (in_flight_ < config_.instances) {
@@ -365,6 +371,12 @@ int Batcher::RunReady() {
   // Whatever is left (a partial batch waiting for max_delay, or all
   // instances busy) belongs to the workers, and its deadlines to the deadline
   // thread.
+  if (caller_rows_ > 0) {
+    for (auto& level : levels_) {
+      for (Request* r : level) r->caller_owned = false;
+    }
+    caller_rows_ = 0;
+  }
   if (queued_rows_ > 0 && idle_workers_ > 0) work_cv_.notify_one();
   const int64_t caller_deadline = caller_deadline_ns_;
   caller_deadline_ns_ = kNoDeadline;
@@ -483,6 +495,7 @@ int64_t Batcher::CloseTimeLocked(int64_t now) const {
 
 std::unique_ptr<Batcher::Request> Batcher::UnqueueLocked(Request* r) {
   queued_rows_ -= r->rows;
+  if (r->caller_owned) caller_rows_ -= r->rows;
   if (r->deadline_ns != kNoDeadline) --deadline_requests_;
   auto q = queued_.find(r->id);
   std::unique_ptr<Request> owned = std::move(q->second);
@@ -586,6 +599,12 @@ void Batcher::WorkerLoop(int worker) {
     const int64_t close = CloseTimeLocked(now);
     if (in_flight_ >= config_.instances) {
       // Inline executions hold every instance; the last to finish wakes us.
+      WaitLocked(lock, worker, kNoDeadline, work_cv_);
+      continue;
+    }
+    if (!stopping_ && queued_rows_ > 0 && caller_rows_ == queued_rows_) {
+      // Everything queued waits for its caller's RunReady(), which runs it
+      // on the caller's thread or hands it over with a wake-up.
       WaitLocked(lock, worker, kNoDeadline, work_cv_);
       continue;
     }

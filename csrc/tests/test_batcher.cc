@@ -401,6 +401,53 @@ void LoopRequestExpiresBehindLongBatch() {
   batcher->Shutdown(false);
 }
 
+// A request left for its caller's RunReady() (an event loop's submit) runs
+// there, even when a worker wakes before it (at start-up, or any wake-up: here
+// the manual clock's settling wakes every participant): the loop answers its
+// iteration's requests inline, and they share one batch.
+void CallerLeftRequestsAreNotTakenByAWorker() {
+  test::SetContext("caller-left requests");
+  auto clock = std::make_shared<ManualClock>();
+  BatchConfig config;
+  config.max_batch_size = 8;
+  config.inline_execution = true;
+  struct ThreadRecorder final : public Executor {
+    AffineExecutor model;
+    std::mutex mu;
+    std::vector<std::thread::id> threads;
+    std::vector<int64_t> rows;
+    Status Execute(const Batch& batch, std::vector<ExecutorOutput>* outputs,
+                   std::shared_ptr<ErrorDetail>* detail) override {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        threads.push_back(std::this_thread::get_id());
+        rows.push_back(batch.rows);
+      }
+      return model.Execute(batch, outputs, detail);
+    }
+  };
+  auto executor = std::make_shared<ThreadRecorder>();
+  auto batcher = MakeBatcher("caller-left", config, executor, clock);
+  auto sink = std::make_shared<Collector>();
+  std::vector<float> row(kFeatures, 1.0f);
+  for (int i = 0; i < 3; ++i) {
+    SubmitArgs args = RowArgs(row, sink);
+    args.caller_flushes = true;
+    uint64_t id;
+    CHECK(batcher->Submit(args, &id, nullptr).ok());
+    clock->Advance(0);  // every worker wakes and looks at the queue
+  }
+  CHECK_EQ(sink->Count(), 0u);
+  CHECK_EQ(batcher->RunReady(), 1);
+  CHECK(sink->WaitFor(3));
+  std::lock_guard<std::mutex> lock(executor->mu);
+  if (CHECK_EQ(executor->threads.size(), size_t{1})) {
+    CHECK(executor->threads[0] == std::this_thread::get_id());
+    CHECK_EQ(executor->rows[0], int64_t{3});
+  }
+  batcher->Shutdown(false);
+}
+
 // Time passes between the clock reading that sets a deadline and the one a
 // batch forms with, as it does on a real clock: a 1 ns deadline has always
 // passed by then, on the inline path as on the workers.
@@ -573,6 +620,7 @@ int main() {
   aiarch::IdleInstanceStartsAtOnceAndBusyOnesBatch();
   aiarch::DeadlineFiresWhileInstanceBusy();
   aiarch::LoopRequestExpiresBehindLongBatch();
+  aiarch::CallerLeftRequestsAreNotTakenByAWorker();
   aiarch::OneNanosecondDeadlineNeverRuns();
   aiarch::FailureIsolatedToFailingRequests();
   aiarch::IsolationWorkIsBounded();

@@ -282,6 +282,11 @@ class Batcher {
   // such a request is still queued when it returns. At low load every
   // request runs there, and no thread is woken for it.
   int64_t caller_deadline_ns_;  // guarded by mu_
+  // Rows of queued requests left for their caller's RunReady() (caller_owned):
+  // while they are all that is queued, workers wait for RunReady() instead of
+  // racing it for the batch (a worker starting up would otherwise take it, and
+  // the caller's iteration would lose its inline answer).
+  int64_t caller_rows_ = 0;  // guarded by mu_
   // ManualClock settling. Participants are the workers (0..instances-1) and
   // the deadline thread (instances). A participant has settled on an epoch
   // once it waits again after it. One executing a batch it formed before the
