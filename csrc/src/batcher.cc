@@ -39,6 +39,7 @@ struct Batcher::Request {
   // Left for the submitting caller's RunReady() (caller_flushes): workers do
   // not take it until RunReady() hands over what it could not run.
   bool caller_owned = false;
+  uint64_t caller_epoch = 0;  // the RunReady() epoch it was left for (see caller_rows_)
   Hash128 key;
 };
 
@@ -326,6 +327,7 @@ Status Batcher::Submit(const SubmitArgs& args, uint64_t* request_id, CachedRespo
           // still queued when RunReady() returns.
           left_for_caller = true;
           queued->caller_owned = true;
+          queued->caller_epoch = caller_epoch_;
           caller_rows_ += rows;
           wake = false;
           caller_deadline_ns_ = std::min(caller_deadline_ns_, deadline_ns);
@@ -371,10 +373,8 @@ int Batcher::RunReady() {
   // Whatever is left (a partial batch waiting for max_delay, or all
   // instances busy) belongs to the workers, and its deadlines to the deadline
   // thread.
-  if (caller_rows_ > 0) {
-    for (auto& level : levels_) {
-      for (Request* r : level) r->caller_owned = false;
-    }
+  if (caller_rows_ > 0) {  // hand the rest over: requests of past epochs are the workers'
+    ++caller_epoch_;
     caller_rows_ = 0;
   }
   if (queued_rows_ > 0 && idle_workers_ > 0) work_cv_.notify_one();
@@ -495,7 +495,7 @@ int64_t Batcher::CloseTimeLocked(int64_t now) const {
 
 std::unique_ptr<Batcher::Request> Batcher::UnqueueLocked(Request* r) {
   queued_rows_ -= r->rows;
-  if (r->caller_owned) caller_rows_ -= r->rows;
+  if (r->caller_owned && r->caller_epoch == caller_epoch_) caller_rows_ -= r->rows;
   if (r->deadline_ns != kNoDeadline) --deadline_requests_;
   auto q = queued_.find(r->id);
   std::unique_ptr<Request> owned = std::move(q->second);

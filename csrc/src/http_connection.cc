@@ -501,25 +501,33 @@ void HttpFront::Mirror(const Pending& p) {
   Submit(std::move(m));
 }
 
+Status HttpFront::SubmitToBatcher(const Pending& p, uint64_t* request_id, CachedResponse* hit) {
+  SubmitArgs args;
+  const auto& specs = p.model->v2.inputs;
+  args.inputs.reserve(p.inputs.size());
+  for (size_t i = 0; i < p.inputs.size(); ++i) {
+    const V2DecodedInput& in = p.inputs[i];
+    args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
+  }
+  args.timeout_ns = p.timeout_ns;
+  args.priority = p.priority;
+  args.sink = queue_;
+  Batcher& batcher = *p.model->batcher;
+  args.caller_flushes = batcher.config().inline_execution;
+  const Status st = batcher.Submit(args, request_id, hit);
+  if (st.ok() && *request_id != 0 && args.caller_flushes) MarkDirty(p.model);
+  return st;
+}
+
 void HttpFront::Submit(std::unique_ptr<Pending> p) {
+  uint64_t request_id = 0;
+  CachedResponse hit;
   if (p->conn == nullptr) {  // a mirrored request: counted, never answered
-    SubmitArgs args;
-    const auto& specs = p->model->v2.inputs;
-    for (size_t i = 0; i < p->inputs.size(); ++i) {
-      const V2DecodedInput& in = p->inputs[i];
-      args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
-    }
-    args.sink = queue_;
-    Batcher& batcher = *p->model->batcher;
-    args.caller_flushes = batcher.config().inline_execution;
-    uint64_t request_id = 0;
-    CachedResponse hit;
-    const Status st = batcher.Submit(args, &request_id, &hit);
+    const Status st = SubmitToBatcher(*p, &request_id, &hit);
     if (!st.ok() || request_id == 0) {
       CountMirrored(*p, st);
       return;
     }
-    if (args.caller_flushes) MarkDirty(p->model);
     pending_.emplace(request_id, std::move(p));
     return;
   }
@@ -528,22 +536,8 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
   HttpConnection::Slot* slot = conn.FindSlot(p->slot);
   if (slot == nullptr) return;  // dropped behind a response that closed the connection
   const std::shared_ptr<Model>& model = p->model;
-  SubmitArgs args;
-  const auto& specs = model->v2.inputs;
-  args.inputs.reserve(p->inputs.size());
-  for (size_t i = 0; i < p->inputs.size(); ++i) {
-    const V2DecodedInput& in = p->inputs[i];
-    args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
-  }
-  args.timeout_ns = p->timeout_ns;
-  args.priority = p->priority;
-  args.sink = queue_;
-  Batcher& batcher = *model->batcher;
-  args.caller_flushes = batcher.config().inline_execution;
-  uint64_t request_id = 0;
-  CachedResponse hit;
   if (p->trace) p->trace->submit_ns = SteadyNowNs();
-  const Status st = batcher.Submit(args, &request_id, &hit);
+  const Status st = SubmitToBatcher(*p, &request_id, &hit);
   if (!st.ok()) {
     conn.ErrorFromStatus(*slot, st, p->keep_alive);
     if (p->trace) {
@@ -577,7 +571,6 @@ void HttpFront::Submit(std::unique_ptr<Pending> p) {
   }
   slot->request_id = request_id;
   slot->batcher = model->batcher;
-  if (args.caller_flushes) MarkDirty(model);
   if (p->shadow) Mirror(*p);
   pending_.emplace(request_id, std::move(p));
 }

@@ -287,6 +287,9 @@ class Batcher {
   // racing it for the batch (a worker starting up would otherwise take it, and
   // the caller's iteration would lose its inline answer).
   int64_t caller_rows_ = 0;  // guarded by mu_
+  // RunReady() hands over what it leaves by starting a new epoch: only
+  // requests left in the current one count in caller_rows_ (no queue walk).
+  uint64_t caller_epoch_ = 0;  // guarded by mu_
   // ManualClock settling. Participants are the workers (0..instances-1) and
   // the deadline thread (instances). A participant has settled on an epoch
   // once it waits again after it. One executing a batch it formed before the

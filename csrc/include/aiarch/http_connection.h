@@ -275,6 +275,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue)
       : config_(config), queue_(std::move(queue)) {}
   void Submit(std::unique_ptr<Pending> p);
+  // `p`'s inputs into its model's batcher; lists the batcher for RunReady()
+  // when the request is queued there for the caller.
+  Status SubmitToBatcher(const Pending& p, uint64_t* request_id, CachedResponse* hit);
   // Submits a sample of `p`'s requests (accepted by its arm) to its route's shadow.
   void Mirror(const Pending& p);
   // Counts the outcome of a mirrored request that finished.
