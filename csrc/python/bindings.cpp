@@ -20,6 +20,7 @@
 #include "aiarch/histogram.h"
 #include "aiarch/status.h"
 #include "aiarch/tensor.h"
+#include "bind_onnx.h"
 #include "py_arrays.h"
 #include "py_errors.h"
 
@@ -37,6 +38,7 @@ void BindFeatures(py::module_& m);  // bind_features.cpp
 void BindDrift(py::module_& m);     // bind_drift.cpp
 void BindLoadgen(py::module_& m);   // bind_loadgen.cpp
 void BindHttp(py::module_& m);      // bind_http.cpp
+void BindOnnx(py::module_& m);      // bind_onnx.cpp
 
 namespace {
 
@@ -161,14 +163,7 @@ py::object ErrorOfCompletion(const Completion& c) {
 
 // ---------------------------------------------------------------- specs
 
-TensorSpec SpecFromPy(const py::handle& obj) {
-  // Accepts any object with .name, .dtype (str) and .shape (ints), e.g. aiarch.TensorSpec.
-  TensorSpec spec;
-  spec.name = py::str(obj.attr("name")).cast<std::string>();
-  Check(DTypeFromName(py::str(obj.attr("dtype")).cast<std::string>(), &spec.dtype));
-  for (auto d : obj.attr("shape")) spec.shape.push_back(d.cast<int64_t>());
-  return spec;
-}
+using binding::SpecFromPy;
 
 py::tuple SpecToPy(const TensorSpec& spec) {
   py::tuple shape(spec.shape.size());
@@ -356,8 +351,14 @@ class PyModel {
     std::vector<TensorSpec> in_specs, out_specs;
     for (auto s : inputs) in_specs.push_back(SpecFromPy(s));
     for (auto s : outputs) out_specs.push_back(SpecFromPy(s));
-    auto executor = std::make_shared<PyExecutor>(name, std::move(fn));
-    executor->SetInputSpecs(in_specs);
+    // A native executor (an ONNX Runtime session) runs batches with no Python;
+    // anything else callable is called once per batch with the GIL.
+    std::shared_ptr<Executor> executor = NativeExecutorOf(fn);
+    if (!executor) {
+      auto py_executor = std::make_shared<PyExecutor>(name, std::move(fn));
+      py_executor->SetInputSpecs(in_specs);
+      executor = std::move(py_executor);
+    }
     std::shared_ptr<ResponseCache> cache;
     if (!cache_config.is_none()) cache = cache_config.cast<std::shared_ptr<ResponseCache>>();
     std::shared_ptr<Clock> c;
@@ -1160,6 +1161,7 @@ PYBIND11_MODULE(_core, m) {
 
   BindFeatures(m);
   BindDrift(m);
+  BindOnnx(m);
   BindLoadgen(m);
   BindHttp(m);
 }

@@ -202,4 +202,14 @@ Status ReadTensor(const py::array& arr, const WhatFn& what, TensorBytes* out) {
   return Status::Ok();
 }
 
+// A TensorSpec from any object with .name, .dtype (str) and .shape (ints),
+// e.g. aiarch.TensorSpec. Raises InvalidArgumentError for an unknown dtype.
+inline TensorSpec SpecFromPy(const py::handle& obj) {
+  TensorSpec spec;
+  spec.name = py::str(obj.attr("name")).cast<std::string>();
+  Check(DTypeFromName(py::str(obj.attr("dtype")).cast<std::string>(), &spec.dtype));
+  for (auto d : obj.attr("shape")) spec.shape.push_back(d.cast<int64_t>());
+  return spec;
+}
+
 }  // namespace aiarch::binding

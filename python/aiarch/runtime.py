@@ -895,6 +895,9 @@ class Runtime:
             fb = m.feedback
             if fb is not None and fb.config.entity_input is not None:
                 fn = fb.wrap(fn, m.version)
+            native = getattr(m.backend, "native_executor", None)
+            if fn is m.fn and native is not None:
+                fn = native  # nothing needs to see each batch in Python: run it natively
             m.handle = _core.Model(
                 m.name, fn, list(m.inputs), list(m.outputs), native_batching, m.cache, self._clock
             )

@@ -68,7 +68,8 @@ class BackendOptions:
     """Calibration inputs for precision="fp8" (an array or a tuple of arrays, rows first)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Backend-specific settings: TensorRT's ``cache_dir`` and ``workspace_mb``; ONNX Runtime's
-    ``spin`` (let pool threads spin between runs; off by default)."""
+    ``spin`` (let pool threads spin between runs; off by default) and ``native`` (run through
+    ONNX Runtime's C API with no Python per batch; on by default where this build has it)."""
 
 
 class Backend(abc.ABC):
@@ -87,6 +88,10 @@ class Backend(abc.ABC):
     buckets: tuple[int, ...] = ()
     """Batch sizes this backend runs at; empty means any size. The Runtime makes them the
     batcher's preferred sizes, so batches arrive already padded to a bucket."""
+    native_executor: Any = None
+    """A native executor (``aiarch._core.OnnxSession``) that runs this model's batches exactly as
+    ``__call__`` does, with no Python on the way; the Runtime hands it to the batcher when nothing
+    needs to see each batch in Python (a monitor or feedback tracker does)."""
 
     @abc.abstractmethod
     def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
