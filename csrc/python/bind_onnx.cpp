@@ -2,6 +2,8 @@
 // (aiarch/onnx_executor.h). Handed to aiarch._core.Model as its executor, its
 // batches run with no Python at all; called from Python, it runs one batch
 // with the GIL released.
+#include "bind_onnx.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,7 +13,6 @@
 #include <vector>
 
 #include "aiarch/onnx_executor.h"
-#include "bind_onnx.h"
 #include "py_arrays.h"
 #include "py_errors.h"
 
@@ -55,10 +56,10 @@ py::tuple Call(const PyOnnxSession& self, const py::args& args) {
     const bool trailing_ok = shape.size() == spec.shape.size() + 1 &&
                              std::equal(spec.shape.begin(), spec.shape.end(), shape.begin() + 1);
     if (bytes[i].dtype != spec.dtype || !trailing_ok) {
-      ThrowStatus(Status::InvalidArgument(
-          what() + " expects " + DTypeName(spec.dtype) + " rows shaped " + spec.ToString() +
-          ", got " + DTypeName(bytes[i].dtype) + " " +
-          py::str(arrays[i].attr("shape")).cast<std::string>()));
+      ThrowStatus(Status::InvalidArgument(what() + " expects " + DTypeName(spec.dtype) +
+                                          " rows shaped " + spec.ToString() + ", got " +
+                                          DTypeName(bytes[i].dtype) + " " +
+                                          py::str(arrays[i].attr("shape")).cast<std::string>()));
     }
     if (rows >= 0 && shape[0] != rows) {
       ThrowStatus(Status::InvalidArgument("inputs disagree on the number of rows (" +

@@ -66,7 +66,8 @@ Status LoadLibrary(const std::string& path, const Library** out) {
   if (OrtStatus* st = lib.api->CreateEnv(ORT_LOGGING_LEVEL_WARNING, "aiarch", &lib.env)) {
     return FromOrt(lib.api, st, StatusCode::kUnavailable, "onnxruntime environment");
   }
-  if (OrtStatus* st = lib.api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &lib.cpu)) {
+  if (OrtStatus* st =
+          lib.api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &lib.cpu)) {
     return FromOrt(lib.api, st, StatusCode::kUnavailable, "onnxruntime CPU memory info");
   }
   *out = &loaded->emplace(path, std::move(lib)).first->second;
@@ -263,9 +264,8 @@ Status OnnxExecutor::Run(int64_t rows, const std::vector<const uint8_t*>& inputs
     }
     outputs->push_back(std::move(buffer));
   }
-  if (OrtStatus* st = api->Run(s.session, nullptr, s.input_names.data(), in_values,
-                               in_specs.size(), s.output_names.data(), out_specs.size(),
-                               out_values)) {
+  if (OrtStatus* st = api->Run(s.session, nullptr, s.input_names.data(), in_values, in_specs.size(),
+                               s.output_names.data(), out_specs.size(), out_values)) {
     outputs->clear();
     return FromOrt(api, st, StatusCode::kExecutionFailed,
                    "model '" + options_.name + "' failed in onnxruntime");

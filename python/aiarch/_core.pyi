@@ -165,11 +165,34 @@ class LoopQueue:
 def running_loop() -> asyncio.AbstractEventLoop:
     """asyncio.get_running_loop(), made cheap: no system call per call on Python < 3.12."""
 
+onnx_executor_built: bool
+"""Whether this build has the native ONNX Runtime executor (`OnnxSession`)."""
+
+class OnnxSession:
+    """An ONNX model run by ONNX Runtime's C API, from the onnxruntime library at `library`. As
+    a Model's executor its batches run without Python; called with one array per input it runs
+    one batch with the GIL released."""
+
+    def __init__(
+        self,
+        name: str,
+        library: str,
+        model_path: str,
+        inputs: Sequence[TensorSpecLike],
+        outputs: Sequence[TensorSpecLike],
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        allow_spinning: bool = False,
+    ) -> None: ...
+    @property
+    def version(self) -> str: ...
+    def __call__(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]: ...
+
 class Model:
     def __init__(
         self,
         name: str,
-        fn: Callable[..., object],
+        fn: Callable[..., object] | OnnxSession,
         inputs: Sequence[TensorSpecLike],
         outputs: Sequence[TensorSpecLike],
         batching: BatchConfig,

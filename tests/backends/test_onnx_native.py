@@ -95,7 +95,9 @@ def test_a_failing_row_fails_alone(gather_model) -> None:
     for i, r in zip(indices, results):
         if 0 <= i < 10:
             assert isinstance(r, np.ndarray), r
-            np.testing.assert_array_equal(r, np.arange(4 * i, 4 * i + 4, dtype=np.float32)[None, None])
+            np.testing.assert_array_equal(
+                r, np.arange(4 * i, 4 * i + 4, dtype=np.float32)[None, None]
+            )
         else:
             assert isinstance(r, ExecutionError), r
             assert "onnxruntime" in str(r) and "gather" in str(r)

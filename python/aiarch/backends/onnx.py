@@ -156,8 +156,11 @@ class OnnxBackend(Backend):
                 allow_spinning=bool(self.options.extra.get("spin", False)),
             )
         except Exception as e:  # the Python package's session still runs the model
-            log.warning("%s: native ONNX Runtime session unavailable (%s); running it from Python",
-                        self.path, e)
+            log.warning(
+                "%s: native ONNX Runtime session unavailable (%s); running it from Python",
+                self.path,
+                e,
+            )
             return None
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
