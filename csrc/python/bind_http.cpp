@@ -255,5 +255,12 @@ void BindHttp(py::module_& m) {
           "Answers `status` with `{\"error\": message}` after the responses owed, reads "
           "nothing more, and closes (see `want_close`, `linger`).")
       .def_property_readonly("closed", &HttpConnection::closed)
-      .def("close", &HttpConnection::Close);
+      .def("close", &HttpConnection::Close)
+      .def("attach_socket", &HttpConnection::AttachSocket, py::arg("fd"),
+           "Sends responses straight to this socket (dup()ed) while `direct_writes` is set; "
+           "False when it cannot be duplicated.")
+      .def_property("direct_writes", &HttpConnection::direct_writes,
+                    &HttpConnection::set_direct_writes,
+                    "Responses encoded by a drain go straight to the attached socket: set only "
+                    "while the transport has nothing buffered and reading is not paused.");
 }

@@ -1,6 +1,11 @@
 #include "aiarch/http_connection.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -600,7 +605,7 @@ std::vector<uint64_t> HttpFront::Flush() {
 }
 
 std::vector<uint64_t> HttpFront::Drain() {
-  std::vector<uint64_t> touched;
+  std::vector<std::shared_ptr<HttpConnection>> touched;
   touched.swap(touched_);
   std::vector<Completion> done = queue_->Drain();
   std::vector<const uint8_t*> rows;
@@ -651,13 +656,22 @@ std::vector<uint64_t> HttpFront::Drain() {
     if (trace != nullptr) FinishTrace(std::move(p->trace), &slot->bytes);
     conn.FlushTouching(&touched);
   }
-  return touched;
+  // One send per connection per drain; the caller writes what is left.
+  std::vector<uint64_t> to_write;
+  for (const auto& conn : touched) {
+    if (!conn->WriteDirect()) to_write.push_back(conn->id());
+  }
+  return to_write;
 }
 
 // ---------------------------------------------------------------- connection
 
 HttpConnection::HttpConnection(std::shared_ptr<HttpFront> front, uint64_t id)
     : front_(std::move(front)), id_(id), parser_(front_->config_.limits) {}
+
+HttpConnection::~HttpConnection() {
+  if (socket_ >= 0) ::close(socket_);
+}
 
 HttpConnection::Slot& HttpConnection::NewSlot() {
   slots_.emplace_back();
@@ -713,10 +727,36 @@ void HttpConnection::Flush() {
   }
 }
 
-void HttpConnection::FlushTouching(std::vector<uint64_t>* touched) {
+void HttpConnection::FlushTouching(std::vector<std::shared_ptr<HttpConnection>>* touched) {
   const bool had_output = !out_.empty();
   Flush();
-  if (!had_output && !out_.empty()) touched->push_back(id_);
+  if (!had_output && !out_.empty()) touched->push_back(shared_from_this());
+}
+
+bool HttpConnection::AttachSocket(int fd) {
+  if (socket_ >= 0) ::close(socket_);
+  socket_ = fd >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+  return socket_ >= 0;
+}
+
+bool HttpConnection::WriteDirect() {
+  if (closed_) return true;  // the caller has nothing to write for it either
+  if (!direct_writes() || closing_ || front_->draining_) return false;
+  size_t sent = 0;
+  while (sent < out_.size()) {
+    const ssize_t n =
+        ::send(socket_, out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      break;  // the kernel's buffer is full, or the send failed: the caller's transport
+              // writes the rest (it waits for the socket, or reports the error)
+    }
+  }
+  out_.erase(0, sent);
+  return out_.empty();
 }
 
 void HttpConnection::Respond(uint64_t slot, std::string_view bytes, bool keep_alive) {
@@ -739,6 +779,10 @@ void HttpConnection::Close() {
   closed_ = true;
   closing_ = true;
   stop_parsing_ = true;
+  if (socket_ >= 0) {
+    ::close(socket_);
+    socket_ = -1;
+  }
   for (Slot& s : slots_) {
     if (s.request_id != 0) s.batcher->Cancel(s.request_id);
   }

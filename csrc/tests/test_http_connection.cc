@@ -1,8 +1,12 @@
 // The native connection against a real batcher: pipelined requests answered
 // in order across the native and forwarded paths, cache hits, 429, 504,
-// cancellation on close, and a fuzz loop of mutated requests with valid ones
+// cancellation on close, direct writes to a socket that takes only part of
+// the output, and a fuzz loop of mutated requests with valid ones
 // interleaved (every valid one must be answered correctly).
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -753,6 +757,89 @@ void TestFuzz() {
   std::printf("fuzz: %d cases, %d followed by a valid request\n", kCases, checked_valid);
 }
 
+// Everything readable on `fd` now (non-blocking).
+std::string ReadAvailable(int fd) {
+  std::string got;
+  char buf[65536];
+  while (true) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+// Direct writes: the socket's small buffer takes only part of a pipelined burst's responses;
+// the rest stays in the output for the caller (whose transport then holds bytes, so it turns
+// direct writes off), and the two together are every response, in order. Off, nothing is sent;
+// closed, the connection's dup of the socket is closed with it.
+void TestDirectWrites() {
+  std::shared_ptr<HttpFront> front;
+  CHECK(HttpFront::Create({}, &front).ok());
+  Served lin;
+  Serve(*front, lin, "lin", Immediate());
+  int sv[2];
+  if (!CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0)) return;
+  const int small = 4096;
+  ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+
+  auto conn = front->Connect(1);
+  CHECK(!conn->direct_writes());  // no socket yet
+  CHECK(conn->AttachSocket(sv[0]));
+  conn->set_direct_writes(true);
+  constexpr int kRequests = 300;  // ~100 KB of responses, far over the socket's buffer
+  std::string wire;
+  for (int i = 0; i < kRequests; ++i) {
+    wire += Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, float(i)));
+  }
+  std::vector<ForwardedRequest> forwarded;
+  conn->Feed(wire.data(), wire.size(), &forwarded);
+  CHECK(forwarded.empty());
+  front->RunReady();
+  std::string by_caller;  // what the caller's transport writes after the socket was full
+  int returned = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (front->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    for (uint64_t id : front->Drain()) {
+      CHECK_EQ(id, uint64_t{1});
+      ++returned;
+      by_caller += conn->TakeOutput();
+      conn->set_direct_writes(false);  // its transport now holds bytes
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  for (uint64_t id : front->Drain()) CHECK_EQ(id, uint64_t{1});
+  by_caller += conn->TakeOutput();
+  CHECK(returned >= 1);
+  const std::string sent = ReadAvailable(sv[1]);
+  CHECK(!sent.empty());
+  CHECK(sent.size() < 100 * 1000);  // the socket took a part only
+  bool ok;
+  const auto rs = SplitResponses(sent + by_caller, &ok);
+  CHECK(ok);
+  if (CHECK_EQ(rs.size(), size_t{kRequests})) {
+    for (int i = 0; i < kRequests; ++i) {
+      CHECK_EQ(rs[i].status, 200);
+      const std::string first = "\"data\":[" + std::to_string(2 * i) + ".0,";
+      if (!CHECK(rs[i].body.find(first) != std::string::npos)) break;
+    }
+  }
+
+  // Off: the drain leaves the response for the caller and sends nothing.
+  wire = Http("POST", "/v2/models/lin/infer", InferJson("x", 1, kWidth, 1));
+  const std::string out = Exchange(*front, *conn, wire);
+  CHECK(SplitResponses(out, &ok).size() == 1 && ok);
+  CHECK(ReadAvailable(sv[1]).empty());
+
+  // Closed: the dup goes with the connection, so the peer sees the end once ours is closed too.
+  conn->Close();
+  CHECK(!conn->direct_writes());
+  ::close(sv[0]);
+  char byte;
+  CHECK_EQ(::recv(sv[1], &byte, 1, 0), ssize_t{0});
+  ::close(sv[1]);
+}
+
 }  // namespace
 }  // namespace aiarch
 
@@ -766,6 +853,7 @@ int main() {
   aiarch::TestForwardsWhatThePythonPathWords();
   aiarch::TestTracedRequests();
   aiarch::TestPhaseAndFail();
+  aiarch::TestDirectWrites();
   aiarch::TestFuzz();
   return aiarch::test::Finish("test_http_connection");
 }

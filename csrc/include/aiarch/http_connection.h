@@ -19,6 +19,16 @@
 // - Order: responses leave in request order whichever path answers them
 //   (keep-alive and pipelining). TakeOutput() returns the bytes that may be
 //   written now; Python writes once per read and once per batch.
+// - Direct writes: a connection given its socket (AttachSocket, a plain TCP
+//   socket) and allowed to (set_direct_writes: the caller's transport has
+//   nothing buffered and wants no say in each write) has the responses Drain()
+//   encodes sent straight to the socket, non-blocking, once per drain; only
+//   what the kernel did not take (or a failed send) is left in the output and
+//   the connection's id returned, so the caller's transport writes the rest
+//   in order and reports the error. The socket is dup()ed: a send never
+//   reaches another connection that reused the caller's descriptor number,
+//   and the dup is closed by Close() or the destructor. Never while the front
+//   drains or once the connection's last response is queued.
 // - Protocol errors (400/413/417/431) are answered after the responses
 //   already owed, then the connection closes: want_close() and linger().
 //   Fail() does the same for an error the caller decides (a 408 when the
@@ -308,7 +318,8 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
   std::vector<std::shared_ptr<Model>> dirty_;      // submitted to this iteration, inline execution
   std::vector<std::unique_ptr<Pending>> decoded_;  // decoded this iteration, not yet submitted
-  std::vector<uint64_t> touched_;  // connections RunReady() gave output, for Drain()
+  // Connections RunReady() gave output, for Drain().
+  std::vector<std::shared_ptr<HttpConnection>> touched_;
   bool draining_ = false;
   uint64_t trace_every_ = 0;  // 0: tracing off
   uint64_t trace_count_ = 0;  // requests since the last one counted in for tracing
@@ -323,6 +334,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
 class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
  public:
   HttpConnection(std::shared_ptr<HttpFront> front, uint64_t id);
+  ~HttpConnection();
+  HttpConnection(const HttpConnection&) = delete;
+  HttpConnection& operator=(const HttpConnection&) = delete;
 
   uint64_t id() const { return id_; }
   // Parses the bytes of one read, received at `now` (the caller's clock,
@@ -358,6 +372,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   // The client went away: cancel what is queued, drop what is owed.
   void Close();
   bool closed() const { return closed_; }
+  // Direct writes (see the contract): the socket to send on (dup()ed here;
+  // false when it cannot be), and whether sending is allowed now.
+  bool AttachSocket(int fd);
+  void set_direct_writes(bool allowed) { direct_writes_ = allowed; }
+  bool direct_writes() const { return direct_writes_ && socket_ >= 0; }
 
  private:
   friend class HttpFront;
@@ -382,8 +401,12 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   // the record goes with it; forwarded, it is dropped).
   bool HandleNative(const HttpRequest& req, Slot& slot, bool keep_alive,
                     std::unique_ptr<TracedRequest>* trace);
-  // Flush(), adding id() to `touched` when the output was empty before.
-  void FlushTouching(std::vector<uint64_t>* touched);
+  // Flush(), adding this connection to `touched` when the output was empty
+  // before.
+  void FlushTouching(std::vector<std::shared_ptr<HttpConnection>>* touched);
+  // Sends the output to the socket when direct writes are allowed; true when
+  // nothing is left for the caller to do.
+  bool WriteDirect();
   void UpdatePhase(double now, bool completed_some);
 
   std::shared_ptr<HttpFront> front_;
@@ -399,6 +422,8 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool closed_ = false;
   Phase phase_ = Phase::kNone;
   double phase_since_ = 0;
+  int socket_ = -1;  // our dup of the connection's socket, for direct writes
+  bool direct_writes_ = false;
 };
 
 }  // namespace aiarch

@@ -299,6 +299,7 @@ class NativeProtocol(FlowControl):
     __slots__ = (
         "_app",
         "_conn",
+        "_direct",
         "_native",
         "_peer",
         "_pending",
@@ -317,6 +318,7 @@ class NativeProtocol(FlowControl):
         self._slot = 0
         self.last_active = 0.0
         self._peer: str | None = None
+        self._direct = False  # the native connection may send straight to the socket
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -327,6 +329,12 @@ class NativeProtocol(FlowControl):
             self._refuse(refusal)
             return
         self._native.protocols[self._conn.id] = self
+        # Responses a drain encodes go straight to a plain TCP socket (one send per connection
+        # per drain, no Python); TLS and other transports write everything themselves.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._direct = self._conn.attach_socket(sock.fileno())
+            self._conn.direct_writes = self._direct
 
     def _refuse(self, message: str) -> None:
         """Answer 503 before reading anything and close: the connection never counts."""
@@ -337,7 +345,7 @@ class NativeProtocol(FlowControl):
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._conn.close()  # cancels the native requests still queued
+        self._conn.close()  # cancels the native requests still queued (and closes our dup)
         release_connection(self._state, self, self._peer)
         self._peer = None
         self._native.protocols.pop(self._conn.id, None)
@@ -366,6 +374,23 @@ class NativeProtocol(FlowControl):
 
     def _owed(self) -> int:
         return self._conn.owed
+
+    def _update_reading(self, owed: int) -> None:
+        super()._update_reading(owed)
+        if self._direct:
+            self._allow_direct_writes()
+
+    def _allow_direct_writes(self) -> None:
+        """Direct sends only while they cannot overtake or hide anything: the transport holds
+        no bytes of ours, reading is not paused (resuming it needs this protocol to see the
+        writes) and the connection is not closing."""
+        transport = self.transport
+        self._conn.direct_writes = (
+            transport is not None
+            and not self._read_paused
+            and not self._closing
+            and transport.get_write_buffer_size() == 0
+        )
 
     # -- the App's side --------------------------------------------------------------------
     def _dispatch(
@@ -421,9 +446,12 @@ class NativeProtocol(FlowControl):
         out = conn.take_output()
         if out:
             transport.write(out)
+            if self._direct:
+                self._allow_direct_writes()
         if conn.want_close:
             if not self._closing:
                 self._closing = True
+                conn.direct_writes = False
                 self._close_after_last_response(transport, conn.linger)
             return
         owed = conn.owed
@@ -468,4 +496,5 @@ class NativeProtocol(FlowControl):
         """Close now (responses not yet written are dropped; their requests are cancelled)."""
         if self.transport is not None and not self.transport.is_closing():
             self._closing = True
+            self._conn.direct_writes = False
             self.transport.close()
