@@ -323,7 +323,8 @@ class HttpFront:
     def run_ready(self) -> int:
         """Runs the batches this loop iteration's submits made ready; returns how many ran."""
     def drain(self) -> list[int]:
-        """Encodes waiting completions; returns the ids of connections with output to write."""
+        """Encodes waiting completions; returns the ids of connections with output left to
+        write (what direct writes did not send)."""
     def flush(self) -> list[int]:
         """run_ready() then drain(); the batches run inline are answered without a wake-up."""
 
@@ -338,6 +339,13 @@ class HttpConnection:
         """Output to write, the connection to close, or `max_owed` responses owed."""
     def respond(self, slot: int, data: bytes, keep_alive: bool) -> None: ...
     def take_output(self) -> bytes: ...
+    def attach_socket(self, fd: int) -> bool:
+        """Sends responses straight to this socket (dup()ed) while `direct_writes` is set."""
+    @property
+    def direct_writes(self) -> bool:
+        """Responses a drain encodes go straight to the attached socket."""
+    @direct_writes.setter
+    def direct_writes(self, allowed: bool) -> None: ...
     @property
     def want_close(self) -> bool: ...
     @property
