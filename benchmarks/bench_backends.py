@@ -1,4 +1,5 @@
-"""Execution backends: torch eager vs ONNX Runtime fp32 vs ONNX Runtime INT8 (Q/DQ) on the CPU,
+"""Execution backends: torch eager vs ONNX Runtime fp32 (the native C API session, and the
+Python package's session) vs ONNX Runtime INT8 (Q/DQ) on the CPU,
 the Runtime's overhead over calling a backend directly, and (with a CUDA GPU) CUDA-graph
 execution through the Runtime vs a bare captured graph.
 
@@ -74,7 +75,8 @@ def cpu_section(
     calib = rng.standard_normal((512, dims[0]), dtype=np.float32)
     held = rng.standard_normal((1024, dims[0]), dtype=np.float32)
     q = quantize_onnx(paths["onnx"], {"": calib}, folder / "model.int8.onnx", evaluation={"": held})
-    fp32 = backends.load(paths["onnx"])
+    fp32 = backends.load(paths["onnx"])  # the native C API session where this build has it
+    fp32_py = backends.load(paths["onnx"], options=backends.BackendOptions(extra={"native": False}))
     int8 = backends.load(folder / "model.int8.onnx")
     rows_out, results = [], []
     for b in batches:
@@ -89,6 +91,7 @@ def cpu_section(
             {
                 "torch eager": eager,
                 "onnxruntime fp32": lambda x=x: fp32(x),
+                "onnxruntime fp32, Python session": lambda x=x: fp32_py(x),
                 "onnxruntime int8": lambda x=x: int8(x),
             },
             b,

@@ -15,6 +15,67 @@ constexpr uint64_t kMaxTimeoutUs = uint64_t{86'400'000} * 1000;
 
 // ---------------------------------------------------------------- JSON reading
 
+// Scans, from `p`, an array of JSON numbers or of such arrays (nested at most
+// to kMaxDepth counting from `depth`, as JsonReader counts), calling
+// on_number(begin, end) for each number token in order (false stops the
+// scan). Returns the end of the array, or null on anything else: a string,
+// literal or object inside, a syntax defect, deeper nesting, or on_number
+// refusing. Strict JSON number grammar; whitespace as JSON allows.
+template <typename OnNumber>
+const char* ScanNumericArray(const char* p, const char* end, int depth, OnNumber&& on_number) {
+  int open = 0;
+  bool after_value = false;  // a value (number or array) just ended
+  bool need_value = false;   // after ',': a value must follow
+  while (p < end) {
+    const char c = *p;
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      ++p;
+    } else if (c == '[') {
+      if (after_value || depth + open > kMaxDepth) return nullptr;
+      ++open;
+      ++p;
+      need_value = false;
+    } else if (c == ']') {
+      if (open == 0 || need_value) return nullptr;
+      --open;
+      ++p;
+      after_value = true;
+      if (open == 0) return p;
+    } else if (c == ',') {
+      if (!after_value || open == 0) return nullptr;
+      ++p;
+      after_value = false;
+      need_value = true;
+    } else {
+      if (after_value || open == 0 || depth + open > kMaxDepth) return nullptr;
+      const char* b = p;
+      // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+      if (*p == '-') ++p;
+      if (p >= end || *p < '0' || *p > '9') return nullptr;
+      if (*p == '0') {
+        ++p;
+      } else {
+        while (p < end && *p >= '0' && *p <= '9') ++p;
+      }
+      if (p < end && *p == '.') {
+        ++p;
+        if (p >= end || *p < '0' || *p > '9') return nullptr;
+        while (p < end && *p >= '0' && *p <= '9') ++p;
+      }
+      if (p < end && (*p == 'e' || *p == 'E')) {
+        ++p;
+        if (p < end && (*p == '+' || *p == '-')) ++p;
+        if (p >= end || *p < '0' || *p > '9') return nullptr;
+        while (p < end && *p >= '0' && *p <= '9') ++p;
+      }
+      if (!on_number(b, p)) return nullptr;
+      after_value = true;
+      need_value = false;
+    }
+  }
+  return nullptr;
+}
+
 // A strict single-pass JSON reader over one buffer. Every method returns
 // false on the first defect and leaves its description in `error`.
 class JsonReader {
@@ -133,6 +194,21 @@ class JsonReader {
     num->end = p_;
     return true;
   }
+
+  // Skips a value that is an array of numbers or of such arrays (a tensor's
+  // `data`) in one tight pass. Anything else — another value, a defect, deeper
+  // nesting than `depth` allows — leaves the reader where it was and returns
+  // false, and SkipValue then reads it (and words any error) as before.
+  bool SkipNumericArray(int depth) {
+    Ws();
+    const char* e =
+        ScanNumericArray(p_, end_, depth, [](const char*, const char*) { return true; });
+    if (e == nullptr) return false;
+    p_ = e;
+    return true;
+  }
+  void Seek(const char* p) { p_ = p; }
+  const char* end() const { return end_; }
 
   bool SkipValue(int depth) {
     if (depth > kMaxDepth) return TooDeep();
@@ -452,6 +528,103 @@ uint16_t DoubleToHalf(double d) {
 // Decodes the numbers of a (syntax-checked) JSON value, nested or flat — the
 // brackets carry nothing once the shape is known — into `count` elements
 // (only counted and checked when `out` is null).
+// The double nearest a JSON number token [p, e) whose significant digits fit
+// 2^53 and whose decimal exponent is within ±22 (Clinger's fast path: both
+// operands are exact doubles, so the one multiplication or division rounds
+// correctly) — what tensor data almost always holds. False otherwise, for
+// from_chars to read: the result is then the same bit for bit.
+bool FastDouble(const char* p, const char* e, double* out) {
+  static constexpr double kPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+  bool negative = false;
+  if (p < e && *p == '-') {
+    negative = true;
+    ++p;
+  }
+  uint64_t m = 0;
+  int digits = 0;  // significant digits in m (leading zeros are not)
+  int exp10 = 0;
+  for (; p < e && *p >= '0' && *p <= '9'; ++p) {
+    if (m != 0 || *p != '0') {
+      if (++digits > 19) return false;
+      m = m * 10 + static_cast<uint64_t>(*p - '0');
+    }
+  }
+  if (p < e && *p == '.') {
+    for (++p; p < e && *p >= '0' && *p <= '9'; ++p) {
+      if (m != 0 || *p != '0') {
+        if (++digits > 19) return false;
+        m = m * 10 + static_cast<uint64_t>(*p - '0');
+      }
+      --exp10;
+    }
+  }
+  if (p < e && (*p == 'e' || *p == 'E')) {
+    ++p;
+    bool neg_exp = false;
+    if (p < e && (*p == '+' || *p == '-')) neg_exp = *p++ == '-';
+    int x = 0;
+    for (; p < e && *p >= '0' && *p <= '9'; ++p) {
+      if (x > 10000) return false;
+      x = x * 10 + (*p - '0');
+    }
+    exp10 += neg_exp ? -x : x;
+  }
+  if (p != e) return false;
+  double v = 0;
+  if (m != 0) {
+    if (m > (uint64_t{1} << 53) || exp10 < -22 || exp10 > 22) return false;
+    v = static_cast<double>(m);
+    v = exp10 < 0 ? v / kPow10[-exp10] : v * kPow10[exp10];
+  }
+  *out = negative ? -v : v;
+  return true;
+}
+
+// Stores one parsed number of a float tensor (FP16 rounded once from the double).
+void StoreFloat(DType dt, uint8_t* dst, size_t i, double v) {
+  if (dt == DType::kFp32) {
+    Store<float>(dst, i, static_cast<float>(v));
+  } else if (dt == DType::kFp16) {
+    Store<uint16_t>(dst, i, DoubleToHalf(v));
+  } else {
+    Store<double>(dst, i, v);
+  }
+}
+
+// A float tensor's `data` at the reader, decoded while it is scanned: one pass
+// where the general path takes two (skip, then DecodeJsonData). Takes only
+// the common case — arrays of numbers holding exactly `count` values, each in
+// range — and otherwise leaves the reader where it was, clears `out` and
+// returns false, for the general path to read and word.
+bool DecodeFloatArray(JsonReader& r, int depth, DType dt, uint64_t count,
+                      std::vector<uint8_t>* out) {
+  r.Ws();
+  const char* begin = r.pos();
+  // Each value takes at least two bytes ("0,"): a larger count cannot be here.
+  if (count > static_cast<uint64_t>(r.end() - begin) / 2 + 1) return false;
+  out->resize(static_cast<size_t>(count) * DTypeSize(dt));
+  uint8_t* dst = out->data();
+  uint64_t n = 0;
+  const char* e = ScanNumericArray(begin, r.end(), depth, [&](const char* b, const char* t) {
+    double v;
+    if (n == count) return false;
+    if (!FastDouble(b, t, &v)) {
+      const auto res = std::from_chars(b, t, v);
+      if (res.ec != std::errc() || res.ptr != t) return false;
+    }
+    StoreFloat(dt, dst, static_cast<size_t>(n++), v);
+    return true;
+  });
+  if (e == nullptr || n != count) {
+    out->clear();
+    return false;
+  }
+  r.Seek(e);
+  return true;
+}
+
 bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
                     const std::vector<int64_t>& shape, uint64_t count, std::vector<uint8_t>* out,
                     std::string* error) {
@@ -506,15 +679,7 @@ bool DecodeJsonData(std::string_view raw, DType dt, const char* dt_name,
         *error = std::string("value out of range for ") + dt_name + ": " + std::string(b, p);
         return false;
       }
-      if (dst != nullptr && n < count) {
-        if (dt == DType::kFp32) {
-          Store<float>(dst, static_cast<size_t>(n), static_cast<float>(v));
-        } else if (dt == DType::kFp16) {
-          Store<uint16_t>(dst, static_cast<size_t>(n), DoubleToHalf(v));
-        } else {
-          Store<double>(dst, static_cast<size_t>(n), v);
-        }
-      }
+      if (dst != nullptr && n < count) StoreFloat(dt, dst, static_cast<size_t>(n), v);
       ++n;
       continue;
     }
@@ -553,6 +718,10 @@ struct RawInput {
   std::string datatype;
   bool has_name = false, has_shape = false, has_datatype = false;
   std::string_view data;  // raw JSON, empty when absent
+  // `data` already decoded in one pass (float datatypes given before it, see
+  // DecodeFloatArray); reset when `shape` or `datatype` is given again.
+  bool predecoded = false;
+  std::vector<uint8_t> decoded;
   bool has_binary_size = false;
   uint64_t binary_size = 0;
 };
@@ -634,16 +803,22 @@ bool ParseInput(JsonReader& r, const std::string& where, RawInput* in) {
   const bool ok = r.Object(2, [&](const std::string& key) {
     if (key == "name") return ReadStringMember(r, 3, where, ".name", &in->name, &in->has_name);
     if (key == "datatype") {
+      in->predecoded = false;
       return ReadStringMember(r, 3, where, ".datatype", &in->datatype, &in->has_datatype);
     }
     if (key == "shape") {
       in->has_shape = true;
+      in->predecoded = false;
       return ParseShape(r, 3, where + ".shape", &in->shape);
     }
     if (key == "data") {
       r.Ws();
       const char* b = r.pos();
-      if (!r.SkipValue(3)) return false;
+      DType dt;
+      in->predecoded = in->has_datatype && in->has_shape && V2DatatypeFromName(in->datatype, &dt) &&
+                       (dt == DType::kFp32 || dt == DType::kFp64 || dt == DType::kFp16) &&
+                       DecodeFloatArray(r, 3, dt, ElementCount(in->shape), &in->decoded);
+      if (!in->predecoded && !r.SkipNumericArray(3) && !r.SkipValue(3)) return false;
       in->data = std::string_view(b, static_cast<size_t>(r.pos() - b));
       return true;
     }
@@ -841,7 +1016,7 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
   std::vector<Decoded> decoded(req.inputs.size());
   size_t offset = json_len;
   for (size_t i = 0; i < req.inputs.size(); ++i) {
-    const RawInput& in = req.inputs[i];
+    RawInput& in = req.inputs[i];
     Decoded& d = decoded[i];
     d.known = V2DatatypeFromName(in.datatype, &d.dtype);
     d.value.shape = in.shape;
@@ -874,6 +1049,10 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
       }
       if (d.dtype == DType::kBf16) {
         return Bad(error, in.datatype + " data cannot be sent as JSON; use the binary extension");
+      }
+      if (in.predecoded) {
+        d.value.data = std::move(in.decoded);
+        continue;
       }
       // Far more elements than the body could hold: counted, never allocated.
       const bool absurd =

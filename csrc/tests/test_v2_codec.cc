@@ -2,8 +2,10 @@
 // server's error messages, and responses (shortest round-trip floats, binary
 // layout).
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -408,12 +410,114 @@ void TestFloatRoundTrip() {
   }
 }
 
+// Every spelling of a number decodes to the double strtod gives (bit for bit),
+// and to that double rounded once more for FP32, whichever order the input's
+// members come in (`data` after `shape` and `datatype` is decoded in one
+// pass, with its own fast path for short decimals; before them, in two).
+void TestJsonNumbersMatchStrtod() {
+  std::mt19937_64 rng(7);
+  auto token = [&]() -> std::string {
+    char buf[64];
+    const int kind = static_cast<int>(rng() % 8);
+    const double u = std::ldexp(static_cast<double>(rng() >> 11), -53);  // [0, 1)
+    const double mag = u * std::pow(10.0, static_cast<int>(rng() % 61) - 30);
+    const double v = (rng() & 1) ? -mag : mag;
+    switch (kind) {
+      case 0: std::snprintf(buf, sizeof buf, "%.*g", 1 + static_cast<int>(rng() % 17), v); break;
+      case 1: std::snprintf(buf, sizeof buf, "%.*e", static_cast<int>(rng() % 20), v); break;
+      case 2: std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(rng() % 25), u * 1000); break;
+      case 3:
+        std::snprintf(buf, sizeof buf, "%llu",
+                      static_cast<unsigned long long>(rng() >> (rng() % 64)));
+        break;
+      case 4:
+        std::snprintf(buf, sizeof buf, "0.%0*d%llu", static_cast<int>(rng() % 20), 0,
+                      static_cast<unsigned long long>(rng() % 100000000));
+        break;
+      case 5:
+        std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(static_cast<float>(v)));
+        break;
+      case 6: {
+        static const char* edge[] = {"9007199254740992",
+                                     "9007199254740993",
+                                     "1e22",
+                                     "1e23",
+                                     "-0",
+                                     "-0.0",
+                                     "0e5",
+                                     "1234567890123456789",
+                                     "12345678901234567890",
+                                     "4.9e-324",
+                                     "1.7976931348623157e308",
+                                     "2.2250738585072014e-308",
+                                     "0.1",
+                                     "123456.789e-3"};
+        return edge[rng() % (sizeof edge / sizeof edge[0])];
+      }
+      default: std::snprintf(buf, sizeof buf, "%.17g", v); break;
+    }
+    std::string t = buf;
+    if (t.find("inf") != std::string::npos || t.find("nan") != std::string::npos) return "1";
+    return t;
+  };
+  constexpr int kValues = 256;
+  for (int order = 0; order < 2; ++order) {
+    for (DType dt : {DType::kFp64, DType::kFp32}) {
+      V2Model m;
+      m.name = "m";
+      m.version = "1";
+      m.inputs = {TensorSpec{"x", dt, {kValues}}};
+      m.output_names = {"y"};
+      const std::string dt_name = dt == DType::kFp64 ? "FP64" : "FP32";
+      for (int body_n = 0; body_n < 40; ++body_n) {
+        std::vector<std::string> tokens;
+        std::string data = "[[";
+        for (int i = 0; i < kValues; ++i) {
+          tokens.push_back(token());
+          data += (i ? "," : "") + tokens.back();
+        }
+        data += "]]";
+        const std::string meta =
+            R"("shape":[1,)" + std::to_string(kValues) + R"(],"datatype":")" + dt_name + R"(")";
+        const std::string body =
+            order == 0 ? R"({"inputs":[{"name":"x",)" + meta + R"(,"data":)" + data + "}]}"
+                       : R"({"inputs":[{"name":"x","data":)" + data + "," + meta + "}]}";
+        V2InferRequest req;
+        if (!CHECK_EQ(Decode(m, body, &req), std::string("ok"))) return;
+        for (int i = 0; i < kValues; ++i) {
+          const double want = std::strtod(tokens[i].c_str(), nullptr);
+          bool same;
+          if (dt == DType::kFp64) {
+            const double got = As<double>(req.inputs[0].data)[i];
+            same = std::memcmp(&got, &want, sizeof got) == 0;
+          } else {
+            const float got = As<float>(req.inputs[0].data)[i];
+            const float wantf = static_cast<float>(want);
+            same = std::memcmp(&got, &wantf, sizeof got) == 0;
+          }
+          test::SetContext(dt_name + " order " + std::to_string(order) + " " + tokens[i]);
+          if (!CHECK(same)) return;
+        }
+      }
+    }
+  }
+  test::SetContext("");
+  // `shape` given again after `data`: the count is checked against the last one.
+  V2InferRequest req;
+  const std::string twice =
+      R"({"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8],)"
+      R"("shape":[2,8]}]})";
+  CHECK(Decode(LinearModel(), twice, &req).find("unexpected number of elements") !=
+        std::string::npos);
+}
+
 }  // namespace
 }  // namespace aiarch
 
 int main() {
   aiarch::TestJsonRequest();
   aiarch::TestJsonNumberSpellings();
+  aiarch::TestJsonNumbersMatchStrtod();
   aiarch::TestRouteKey();
   aiarch::TestPredict();
   aiarch::TestInputsReorderedAndOutputs();
