@@ -751,17 +751,19 @@ struct RawRequest {
 
 std::string At(const std::string& path) { return " - at `" + path + "`"; }
 
-bool ParseShape(JsonReader& r, int depth, const std::string& where, std::vector<int64_t>* shape) {
+// The array at `where` + `field` (the path is built only for an error).
+bool ParseShape(JsonReader& r, int depth, const std::string& where, const char* field,
+                std::vector<int64_t>* shape) {
   shape->clear();
   if (r.Peek() != '[') {
     if (r.error.empty()) r.SkipValue(depth);
-    return r.Fail("Expected `array`" + At(where));
+    return r.Fail("Expected `array`" + At(where + field));
   }
   return r.Array(depth, [&](size_t i) {
     Scalar s;
     if (!ReadScalar(r, depth + 1, &s)) return false;
     // The element's path is built only for an error.
-    const auto at = [&] { return At(where + "[" + std::to_string(i) + "]"); };
+    const auto at = [&] { return At(where + field + "[" + std::to_string(i) + "]"); };
     if (s.kind != Scalar::kInt) return r.Fail("Expected `int`" + at());
     if (s.negative && s.magnitude != 0) return r.Fail("Expected `int` >= 0" + at());
     if (s.overflow || s.magnitude > (uint64_t{1} << 62))
@@ -809,7 +811,7 @@ bool ParseInput(JsonReader& r, const std::string& where, RawInput* in) {
     if (key == "shape") {
       in->has_shape = true;
       in->predecoded = false;
-      return ParseShape(r, 3, where + ".shape", &in->shape);
+      return ParseShape(r, 3, where, ".shape", &in->shape);
     }
     if (key == "data") {
       r.Ws();
