@@ -15,14 +15,52 @@ constexpr uint64_t kMaxTimeoutUs = uint64_t{86'400'000} * 1000;
 
 // ---------------------------------------------------------------- JSON reading
 
+// Eight ASCII digits, loaded little-endian (the first digit in the low byte).
+bool EightDigits(const char* p, uint64_t* v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  std::memcpy(v, p, 8);
+  // Every byte 0x30-0x39: high nibble 3, and adding 6 keeps it 3 (no byte
+  // carries into the next once each is at most 0x3F).
+  constexpr uint64_t kHigh = 0xF0F0F0F0F0F0F0F0, kThrees = 0x3030303030303030;
+  return (*v & kHigh) == kThrees && ((*v + 0x0606060606060606) & kHigh) == kThrees;
+#else
+  (void)p;
+  (void)v;
+  return false;
+#endif
+}
+
+// The value of eight digits EightDigits accepted, combined in a few
+// multiplications instead of eight dependent ones: adjacent digits into
+// two-digit numbers, those into four-digit ones, then the two halves.
+uint64_t EightDigitsValue(uint64_t v) {
+  v -= 0x3030303030303030;                         // bytes d0..d7, d0 first
+  v = (v * 10 + (v >> 8)) & 0x00FF00FF00FF00FF;    // 16-bit lanes: 10*d0+d1, ...
+  v = (v * 100 + (v >> 16)) & 0x0000FFFF0000FFFF;  // 32-bit lanes: 4 digits each
+  return (v & 0xFFFFFFFF) * 10000 + (v >> 32);
+}
+
+// One JSON number token as the scanner read it: its text, and its value as
+// mantissa * 10^exp10 while all its significant digits fit in the mantissa.
+struct DecimalToken {
+  const char* begin = nullptr;
+  const char* end = nullptr;
+  uint64_t mantissa = 0;
+  int exp10 = 0;
+  bool exact = true;  // at most 19 significant digits and a sane exponent
+  bool negative = false;
+};
+
 // Scans, from `p`, an array of JSON numbers or of such arrays (nested at most
 // to kMaxDepth counting from `depth`, as JsonReader counts), calling
-// on_number(begin, end) for each number token in order (false stops the
-// scan). Returns the end of the array, or null on anything else: a string,
-// literal or object inside, a syntax defect, deeper nesting, or on_number
-// refusing. Strict JSON number grammar; whitespace as JSON allows.
+// on_number(token) for each number in order (false stops the scan). Returns
+// the end of the array, or null on anything else: a string, literal or object
+// inside, a syntax defect, deeper nesting, or on_number refusing. Strict JSON
+// number grammar; whitespace as JSON allows. The digits are read once, for
+// the grammar and the token's value together.
 template <typename OnNumber>
 const char* ScanNumericArray(const char* p, const char* end, int depth, OnNumber&& on_number) {
+  const auto digit = [&](const char* q) { return q < end && *q >= '0' && *q <= '9'; };
   int open = 0;
   bool after_value = false;  // a value (number or array) just ended
   bool need_value = false;   // after ',': a value must follow
@@ -48,27 +86,68 @@ const char* ScanNumericArray(const char* p, const char* end, int depth, OnNumber
       need_value = true;
     } else {
       if (after_value || open == 0 || depth + open > kMaxDepth) return nullptr;
-      const char* b = p;
       // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
-      if (*p == '-') ++p;
-      if (p >= end || *p < '0' || *p > '9') return nullptr;
+      DecimalToken t;
+      t.begin = p;
+      if (*p == '-') {
+        t.negative = true;
+        ++p;
+      }
+      if (!digit(p)) return nullptr;
+      uint64_t m = 0;
+      int significant = 0, exp10 = 0;
       if (*p == '0') {
         ++p;
       } else {
-        while (p < end && *p >= '0' && *p <= '9') ++p;
+        for (uint64_t eight; significant <= 11 && end - p >= 8 && EightDigits(p, &eight); p += 8) {
+          m = m * 100000000 + EightDigitsValue(eight);
+          significant += 8;
+        }
+        for (; digit(p); ++p) {
+          if (significant++ < 19) {
+            m = m * 10 + static_cast<uint64_t>(*p - '0');
+          } else {
+            t.exact = false;
+          }
+        }
       }
       if (p < end && *p == '.') {
         ++p;
-        if (p >= end || *p < '0' || *p > '9') return nullptr;
-        while (p < end && *p >= '0' && *p <= '9') ++p;
+        if (!digit(p)) return nullptr;
+        // (Leading zeros read eight at a time count as significant: at worst
+        // the token leaves the fast path.)
+        for (uint64_t eight; significant <= 11 && end - p >= 8 && EightDigits(p, &eight); p += 8) {
+          m = m * 100000000 + EightDigitsValue(eight);
+          significant += 8;
+          exp10 -= 8;
+        }
+        for (; digit(p); ++p) {
+          if (m == 0 && *p == '0') {
+            --exp10;  // a leading zero of the fraction
+          } else if (significant++ < 19) {
+            m = m * 10 + static_cast<uint64_t>(*p - '0');
+            --exp10;
+          } else {
+            t.exact = false;
+          }
+        }
       }
       if (p < end && (*p == 'e' || *p == 'E')) {
         ++p;
-        if (p < end && (*p == '+' || *p == '-')) ++p;
-        if (p >= end || *p < '0' || *p > '9') return nullptr;
-        while (p < end && *p >= '0' && *p <= '9') ++p;
+        bool negative_exp = false;
+        if (p < end && (*p == '+' || *p == '-')) negative_exp = *p++ == '-';
+        if (!digit(p)) return nullptr;
+        int x = 0;
+        for (; digit(p); ++p) {
+          if (x < 100000) x = x * 10 + (*p - '0');
+        }
+        if (x >= 100000) t.exact = false;
+        exp10 += negative_exp ? -x : x;
       }
-      if (!on_number(b, p)) return nullptr;
+      t.end = p;
+      t.mantissa = m;
+      t.exp10 = exp10;
+      if (!on_number(t)) return nullptr;
       after_value = true;
       need_value = false;
     }
@@ -201,8 +280,7 @@ class JsonReader {
   // false, and SkipValue then reads it (and words any error) as before.
   bool SkipNumericArray(int depth) {
     Ws();
-    const char* e =
-        ScanNumericArray(p_, end_, depth, [](const char*, const char*) { return true; });
+    const char* e = ScanNumericArray(p_, end_, depth, [](const DecimalToken&) { return true; });
     if (e == nullptr) return false;
     p_ = e;
     return true;
@@ -528,57 +606,52 @@ uint16_t DoubleToHalf(double d) {
 // Decodes the numbers of a (syntax-checked) JSON value, nested or flat — the
 // brackets carry nothing once the shape is known — into `count` elements
 // (only counted and checked when `out` is null).
-// The double nearest a JSON number token [p, e) whose significant digits fit
-// 2^53 and whose decimal exponent is within ±22 (Clinger's fast path: both
-// operands are exact doubles, so the one multiplication or division rounds
-// correctly) — what tensor data almost always holds. False otherwise, for
-// from_chars to read: the result is then the same bit for bit.
-bool FastDouble(const char* p, const char* e, double* out) {
-  static constexpr double kPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-  bool negative = false;
-  if (p < e && *p == '-') {
-    negative = true;
-    ++p;
+constexpr double kPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                             1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+// The double nearest the token's value when its significant digits fit 2^53
+// and its exponent is within ±22 (Clinger's fast path: both operands are
+// exact doubles, so the one multiplication or division rounds correctly).
+bool ClingerDouble(const DecimalToken& t, double* out) {
+  if (!t.exact || t.mantissa > (uint64_t{1} << 53) || t.exp10 < -22 || t.exp10 > 22) {
+    return false;
   }
-  uint64_t m = 0;
-  int digits = 0;  // significant digits in m (leading zeros are not)
-  int exp10 = 0;
-  for (; p < e && *p >= '0' && *p <= '9'; ++p) {
-    if (m != 0 || *p != '0') {
-      if (++digits > 19) return false;
-      m = m * 10 + static_cast<uint64_t>(*p - '0');
-    }
+  double v = static_cast<double>(t.mantissa);
+  v = t.exp10 < 0 ? v / kPow10[-t.exp10] : v * kPow10[t.exp10];
+  *out = t.negative ? -v : v;
+  return true;
+}
+
+// The float that the nearest double rounds to (what a reader that parses a
+// double and casts it — the Python path — stores), for tokens of up to 19
+// significant digits and exponents within ±22, as clients send float32 values
+// (16-17 digits, e.g. Python's repr of a float32 widened to a double). The
+// value is approximated by one multiplication (by 10^k, or by the double
+// nearest 10^-k: no division) within 4 ulps of a double; unless that lies
+// within 8 double ulps of the midpoint between two floats (about 1 in 2^24
+// values), the nearest double rounds to the same float as the approximation.
+// False for those, for subnormal floats and for other tokens: the caller then
+// parses the double exactly.
+bool FloatViaDouble(const DecimalToken& t, float* out) {
+  static constexpr double kInvPow10[] = {1e0,   1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,
+                                         1e-8,  1e-9,  1e-10, 1e-11, 1e-12, 1e-13, 1e-14, 1e-15,
+                                         1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22};
+  if (!t.exact || t.exp10 < -22 || t.exp10 > 22) return false;
+  if (t.mantissa == 0) {
+    *out = t.negative ? -0.0f : 0.0f;
+    return true;
   }
-  if (p < e && *p == '.') {
-    for (++p; p < e && *p >= '0' && *p <= '9'; ++p) {
-      if (m != 0 || *p != '0') {
-        if (++digits > 19) return false;
-        m = m * 10 + static_cast<uint64_t>(*p - '0');
-      }
-      --exp10;
-    }
-  }
-  if (p < e && (*p == 'e' || *p == 'E')) {
-    ++p;
-    bool neg_exp = false;
-    if (p < e && (*p == '+' || *p == '-')) neg_exp = *p++ == '-';
-    int x = 0;
-    for (; p < e && *p >= '0' && *p <= '9'; ++p) {
-      if (x > 10000) return false;
-      x = x * 10 + (*p - '0');
-    }
-    exp10 += neg_exp ? -x : x;
-  }
-  if (p != e) return false;
-  double v = 0;
-  if (m != 0) {
-    if (m > (uint64_t{1} << 53) || exp10 < -22 || exp10 > 22) return false;
-    v = static_cast<double>(m);
-    v = exp10 < 0 ? v / kPow10[-exp10] : v * kPow10[exp10];
-  }
-  *out = negative ? -v : v;
+  const double m = static_cast<double>(t.mantissa);
+  const double a = t.exp10 < 0 ? m * kInvPow10[-t.exp10] : m * kPow10[t.exp10];
+  if (!(a >= 0x1p-126 && a < 0x1p127)) return false;
+  uint64_t bits;
+  std::memcpy(&bits, &a, sizeof bits);
+  // The 29 bits of a double's mantissa below a float's: 2^28 is a midpoint.
+  const uint64_t below = bits & ((uint64_t{1} << 29) - 1);
+  constexpr uint64_t kMid = uint64_t{1} << 28;
+  if (below + 8 >= kMid && below <= kMid + 8) return false;
+  const float f = static_cast<float>(a);
+  *out = t.negative ? -f : f;
   return true;
 }
 
@@ -607,14 +680,22 @@ bool DecodeFloatArray(JsonReader& r, int depth, DType dt, uint64_t count,
   out->resize(static_cast<size_t>(count) * DTypeSize(dt));
   uint8_t* dst = out->data();
   uint64_t n = 0;
-  const char* e = ScanNumericArray(begin, r.end(), depth, [&](const char* b, const char* t) {
-    double v;
+  const char* e = ScanNumericArray(begin, r.end(), depth, [&](const DecimalToken& t) {
     if (n == count) return false;
-    if (!FastDouble(b, t, &v)) {
-      const auto res = std::from_chars(b, t, v);
-      if (res.ec != std::errc() || res.ptr != t) return false;
+    const size_t i = static_cast<size_t>(n++);
+    if (dt == DType::kFp32) {
+      float f;
+      if (FloatViaDouble(t, &f)) {
+        Store<float>(dst, i, f);
+        return true;
+      }
     }
-    StoreFloat(dt, dst, static_cast<size_t>(n++), v);
+    double v;
+    if (!ClingerDouble(t, &v)) {
+      const auto res = std::from_chars(t.begin, t.end, v);
+      if (res.ec != std::errc() || res.ptr != t.end) return false;
+    }
+    StoreFloat(dt, dst, i, v);
     return true;
   });
   if (e == nullptr || n != count) {

@@ -418,7 +418,7 @@ void TestJsonNumbersMatchStrtod() {
   std::mt19937_64 rng(7);
   auto token = [&]() -> std::string {
     char buf[64];
-    const int kind = static_cast<int>(rng() % 8);
+    const int kind = static_cast<int>(rng() % 10);
     const double u = std::ldexp(static_cast<double>(rng() >> 11), -53);  // [0, 1)
     const double mag = u * std::pow(10.0, static_cast<int>(rng() % 61) - 30);
     const double v = (rng() & 1) ? -mag : mag;
@@ -454,6 +454,17 @@ void TestJsonNumbersMatchStrtod() {
                                      "123456.789e-3"};
         return edge[rng() % (sizeof edge / sizeof edge[0])];
       }
+      case 8: {  // a float32 as clients send it: widened to a double, 17 digits
+        std::snprintf(buf, sizeof buf, "%.17g", static_cast<double>(static_cast<float>(v)));
+        break;
+      }
+      case 9: {  // halfway between two floats (exactly, or as 17 digits round it)
+        const float f = static_cast<float>(v);
+        const double mid =
+            (static_cast<double>(f) + static_cast<double>(std::nextafter(f, 2 * f + 1))) / 2;
+        std::snprintf(buf, sizeof buf, (rng() & 1) ? "%.17g" : "%.25g", mid);
+        break;
+      }
       default: std::snprintf(buf, sizeof buf, "%.17g", v); break;
     }
     std::string t = buf;
@@ -469,7 +480,7 @@ void TestJsonNumbersMatchStrtod() {
       m.inputs = {TensorSpec{"x", dt, {kValues}}};
       m.output_names = {"y"};
       const std::string dt_name = dt == DType::kFp64 ? "FP64" : "FP32";
-      for (int body_n = 0; body_n < 40; ++body_n) {
+      for (int body_n = 0; body_n < 80; ++body_n) {
         std::vector<std::string> tokens;
         std::string data = "[[";
         for (int i = 0; i < kValues; ++i) {
