@@ -836,6 +836,7 @@ std::string At(const std::string& path) { return " - at `" + path + "`"; }
 bool ParseShape(JsonReader& r, int depth, const std::string& where, const char* field,
                 std::vector<int64_t>* shape) {
   shape->clear();
+  shape->reserve(4);  // one allocation for the common ranks
   if (r.Peek() != '[') {
     if (r.error.empty()) r.SkipValue(depth);
     return r.Fail("Expected `array`" + At(where + field));
@@ -1162,7 +1163,19 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
                           "'");
   }
   out->inputs.assign(specs.size(), V2DecodedInput());
-  std::vector<bool> seen(specs.size(), false);
+  // Inputs already matched: bits for the first 64 (no allocation), then a vector.
+  uint64_t seen_bits = 0;
+  std::vector<bool> seen_more(specs.size() > 64 ? specs.size() - 64 : 0, false);
+  const auto seen_before = [&](size_t k) {
+    if (k < 64) {
+      const bool was = (seen_bits >> k) & 1;
+      seen_bits |= uint64_t{1} << k;
+      return was;
+    }
+    const bool was = seen_more[k - 64];
+    seen_more[k - 64] = true;
+    return was;
+  };
   int64_t rows = -1;
   for (size_t i = 0; i < req.inputs.size(); ++i) {
     const RawInput& in = req.inputs[i];
@@ -1172,8 +1185,7 @@ V2DecodeResult DecodeV2Infer(std::string_view body, int64_t header_length, const
       return Bad(error,
                  "unexpected inference input '" + in.name + "' for model '" + model.name + "'");
     }
-    if (seen[k]) return Bad(error, "input '" + in.name + "' given twice");
-    seen[k] = true;
+    if (seen_before(k)) return Bad(error, "input '" + in.name + "' given twice");
     const TensorSpec& spec = specs[k];
     Decoded& d = decoded[i];
     if (!d.known || d.dtype != spec.dtype) {
