@@ -6,8 +6,12 @@ for the models registered with the loop's `HttpFront` without entering Python pe
 decode into contiguous input buffers, validation, cache probe, batcher submit (the requests of
 every read of a loop iteration together, in `HttpFront.run_ready` after the iteration's reads, so
 they share a batch and wake a worker once), and on completion the response encoded into the
-connection's output. Python runs once per read (feed, then one `transport.write`) and once per
-batch (drain the completion queue, one write per connection).
+connection's output and sent from C++ (one non-blocking send per connection per batch, on the
+connection's own duplicate of the socket). Python runs once per read (feed) and once per batch
+(drain the completion queue); it writes only what the kernel did not take, through the
+transport, which then holds bytes: direct sends stop until it is empty again, and while reading is
+paused or the connection closes, so nothing overtakes the transport's bytes and this protocol sees
+every write that can resume reading.
 
 Label feedback: for a model that takes feedback, the native path records each answered request
 that carried an `id` (its first output's first row) in C++; `drain` hands a drain's records to
