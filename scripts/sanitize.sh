@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the native stress tests and the runtime's Python tests against an
-# ASan/UBSan build of the extension, and the stress tests under TSan.
+# ASan/UBSan build of the extension (with the native ONNX executor and the
+# servers' native front end, whose child processes inherit the build), and
+# the stress tests under TSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pybind11_dir="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')"
@@ -22,7 +24,9 @@ cp build/asan/_core*.so "$pkg/aiarch/"
 # checking off (CPython keeps interned objects alive at exit by design).
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  PYTHONPATH="$pkg" python -m pytest tests/core tests/features/test_native.py -q -p no:cacheprovider
+  PYTHONPATH="$pkg" python -m pytest tests/core tests/features/test_native.py \
+  tests/backends/test_onnx_native.py tests/serving/test_native.py tests/serving/test_slow_clients.py \
+  -q -p no:cacheprovider
 
 echo "==> TSan build of the native stress tests"
 cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAIARCH_SANITIZE=thread \
