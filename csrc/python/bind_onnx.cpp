@@ -25,6 +25,7 @@ namespace {
 
 struct PyOnnxSession {
   std::shared_ptr<OnnxExecutor> executor;
+  std::vector<py::dtype> output_dtypes;  // numpy's, made once
 };
 
 std::string Describe(const std::vector<TensorSpec>& specs) {
@@ -77,15 +78,13 @@ py::tuple Call(const PyOnnxSession& self, const py::args& args) {
   }
   Check(st);
   const auto& out_specs = ex.outputs();
-  py::module_ np = py::module_::import("numpy");
   py::tuple result(outputs.size());
   for (size_t i = 0; i < outputs.size(); ++i) {
     std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(rows)};
     for (int64_t d : out_specs[i].shape) shape.push_back(static_cast<py::ssize_t>(d));
     auto* owner = new std::shared_ptr<Buffer>(outputs[i]);
     py::capsule base(owner, [](void* p) { delete static_cast<std::shared_ptr<Buffer>*>(p); });
-    result[i] = py::array(py::dtype::from_args(np.attr("dtype")(DTypeName(out_specs[i].dtype))),
-                          shape, {}, outputs[i]->data(), base);
+    result[i] = py::array(self.output_dtypes[i], shape, {}, outputs[i]->data(), base);
   }
   return result;
 }
@@ -124,6 +123,11 @@ void BindOnnx(py::module_& m) {
                st = OnnxExecutor::Create(options, &session.executor);
              }
              Check(st);
+             py::module_ np = py::module_::import("numpy");
+             for (const auto& spec : session.executor->outputs()) {
+               session.output_dtypes.push_back(
+                   py::dtype::from_args(np.attr("dtype")(DTypeName(spec.dtype))));
+             }
              return session;
            }),
            py::arg("name"), py::arg("library"), py::arg("model_path"), py::arg("inputs"),
