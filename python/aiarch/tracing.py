@@ -401,20 +401,9 @@ class _DirectSpans:
             instrumentation_scope=self.scope,
         )
 
-    def emit(
-        self,
-        name: str,
-        context: Any,
-        parent: Any,
-        kind: Any,
-        start_ns: int,
-        end_ns: int,
-        attributes: dict[str, Any],
-        status: Any,
-    ) -> None:
-        self.processor.on_end(
-            self.make(name, context, parent, kind, start_ns, end_ns, attributes, status)
-        )
+    def emit(self, *span: Any) -> None:
+        """Hands the span `make(*span)` builds to the processor."""
+        self.processor.on_end(self.make(*span))
 
     def record_spans(self, record: Any, lookup: tuple[int, int] | None, offset: int) -> list[Any]:
         """The spans of a traced request the native front answered (`HttpFront.take_traces`),
