@@ -85,6 +85,30 @@ void BindHttp(py::module_& m) {
            py::arg("max_header_bytes"), py::arg("max_headers"), py::arg("max_body_bytes"),
            py::arg("default_timeout_ns") = 0)
       .def_property_readonly("fd", &HttpFront::fd)
+      .def_property_readonly("read_fd", &HttpFront::read_fd,
+                             "Readable while a connection read natively has input (-1: no "
+                             "native reads on this platform).")
+      .def(
+          "read_ready",
+          [](HttpFront& front, double now, size_t max_owed) {
+            std::vector<HttpFront::ReadEvent> events;
+            front.ReadReady(now, max_owed, &events);
+            py::list out(events.size());
+            for (size_t i = 0; i < events.size(); ++i) {
+              HttpFront::ReadEvent& e = events[i];
+              out[i] = py::make_tuple(
+                  e.connection,
+                  e.forwarded.empty() ? py::object(py::none()) : py::object(Forwarded(e.forwarded)),
+                  e.ended);
+            }
+            return out;
+          },
+          py::arg("now"), py::arg("max_owed"),
+          "Reads every natively read connection with input, once, received at `now`; returns "
+          "(connection id, forwarded requests or None, ended) for those that need the caller "
+          "(requests to dispatch, output to write, `max_owed` responses owed, the front "
+          "draining, or the input ended: ended is -1 at EOF, an errno after a failed read, "
+          "else 0). Submit what was decoded with `flush`.")
       .def_property("draining", &HttpFront::draining, &HttpFront::set_draining)
       .def_property_readonly("in_flight", &HttpFront::in_flight)
       .def_property("trace_every", &HttpFront::trace_every, &HttpFront::set_trace_every,
@@ -259,6 +283,16 @@ void BindHttp(py::module_& m) {
       .def("attach_socket", &HttpConnection::AttachSocket, py::arg("fd"),
            "Sends responses straight to this socket (dup()ed) while `direct_writes` is set; "
            "False when it cannot be duplicated.")
+      .def("start_reading", &HttpConnection::StartReading,
+           "Reads the attached socket natively (the front's `read_ready`) from now on; False "
+           "when it cannot (no attached socket, or the platform has no native reads).")
+      .def("set_reading", &HttpConnection::set_reading, py::arg("on"),
+           "Pauses or resumes native reading; False when it could not be resumed.")
+      .def_property_readonly("reading", &HttpConnection::reading)
+      .def("stop_reading", &HttpConnection::StopReading,
+           "Ends native reading: the socket is the caller's to read again.")
+      .def_property("last_active", &HttpConnection::last_active, &HttpConnection::set_last_active,
+                    "The `now` of the last read fed (or as set): when the peer was last heard.")
       .def_property("direct_writes", &HttpConnection::direct_writes,
                     &HttpConnection::set_direct_writes,
                     "Responses encoded by a drain go straight to the attached socket: set only "

@@ -3,6 +3,9 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 
 #include <array>
 #include <cerrno>
@@ -320,8 +323,57 @@ bool HttpFront::SampleTrace(const HttpRequest& req) {
 Status HttpFront::Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out) {
   std::shared_ptr<CompletionQueue> queue;
   AIARCH_RETURN_IF_ERROR(CompletionQueue::Create(&queue));
-  out->reset(new HttpFront(config, std::move(queue)));
+  int read_fd = -1;
+#ifdef __linux__
+  read_fd = epoll_create1(EPOLL_CLOEXEC);
+  if (read_fd < 0)
+    return Status::Internal(std::string("epoll_create1 failed: ") + std::strerror(errno));
+#endif
+  out->reset(new HttpFront(config, std::move(queue), read_fd));
   return Status::Ok();
+}
+
+HttpFront::~HttpFront() {
+  if (read_fd_ >= 0) ::close(read_fd_);
+}
+
+void HttpFront::ReadReady(double now, size_t max_owed, std::vector<ReadEvent>* events) {
+#ifdef __linux__
+  // Level-triggered and one read per socket per call: a socket with more to
+  // read keeps the set readable, so the next loop iteration comes back to it
+  // after every other connection had its turn.
+  constexpr size_t kReadBytes = 256 * 1024;
+  std::array<epoll_event, 256> ready;
+  const int n = epoll_wait(read_fd_, ready.data(), static_cast<int>(ready.size()), 0);
+  if (n <= 0) return;
+  if (read_buffer_.size() < kReadBytes) read_buffer_.resize(kReadBytes);
+  std::vector<ForwardedRequest> forwarded;
+  for (int i = 0; i < n; ++i) {
+    const auto it = readers_.find(ready[i].data.u64);
+    if (it == readers_.end()) continue;
+    HttpConnection& conn = *it->second;
+    ssize_t got;
+    do {
+      got = ::recv(conn.socket_, read_buffer_.data(), read_buffer_.size(), MSG_DONTWAIT);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (got <= 0) {
+      const int ended = got == 0 ? kEndOfInput : errno;
+      conn.StopReading();
+      events->push_back(ReadEvent{conn.id(), {}, ended});
+      continue;
+    }
+    conn.Feed(read_buffer_.data(), static_cast<size_t>(got), &forwarded, now);
+    if (!forwarded.empty() || draining_ || conn.NeedsWrite(max_owed)) {
+      events->push_back(ReadEvent{conn.id(), std::move(forwarded), 0});
+      forwarded.clear();
+    }
+  }
+#else
+  (void)now;
+  (void)max_owed;
+  (void)events;
+#endif
 }
 
 void HttpFront::RegisterModel(V2Model model, Batcher* batcher, std::shared_ptr<void> owner,
@@ -670,6 +722,7 @@ HttpConnection::HttpConnection(std::shared_ptr<HttpFront> front, uint64_t id)
     : front_(std::move(front)), id_(id), parser_(front_->config_.limits) {}
 
 HttpConnection::~HttpConnection() {
+  StopReading();
   if (socket_ >= 0) ::close(socket_);
 }
 
@@ -734,9 +787,49 @@ void HttpConnection::FlushTouching(std::vector<std::shared_ptr<HttpConnection>>*
 }
 
 bool HttpConnection::AttachSocket(int fd) {
+  StopReading();
   if (socket_ >= 0) ::close(socket_);
   socket_ = fd >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
   return socket_ >= 0;
+}
+
+bool HttpConnection::StartReading() {
+  if (socket_ < 0 || closed_ || front_->read_fd_ < 0) return false;
+  reader_ = true;
+  front_->readers_[id_] = this;
+  if (!set_reading(true)) {
+    StopReading();
+    return false;
+  }
+  return true;
+}
+
+bool HttpConnection::set_reading(bool on) {
+#ifdef __linux__
+  if (!reader_ || on == watched_) return watched_ == on;
+  // Paused means out of the set: a paused socket the peer reset would
+  // otherwise be reported (EPOLLERR/EPOLLHUP) on every call.
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = id_;
+  if (on) {
+    watched_ = epoll_ctl(front_->read_fd_, EPOLL_CTL_ADD, socket_, &ev) == 0;
+  } else {
+    epoll_ctl(front_->read_fd_, EPOLL_CTL_DEL, socket_, &ev);
+    watched_ = false;
+  }
+  return watched_ == on;
+#else
+  (void)on;
+  return false;
+#endif
+}
+
+void HttpConnection::StopReading() {
+  if (!reader_) return;
+  set_reading(false);
+  reader_ = false;
+  front_->readers_.erase(id_);
 }
 
 bool HttpConnection::WriteDirect() {
@@ -779,6 +872,7 @@ void HttpConnection::Close() {
   closed_ = true;
   closing_ = true;
   stop_parsing_ = true;
+  StopReading();
   if (socket_ >= 0) {
     ::close(socket_);
     socket_ = -1;
@@ -792,6 +886,7 @@ void HttpConnection::Close() {
 
 void HttpConnection::Feed(const char* data, size_t size, std::vector<ForwardedRequest>* forwarded,
                           double now) {
+  last_active_ = now;
   if (stop_parsing_ || closed_) return;  // a request that closes: the rest is dropped
   parser_.Feed(data, size);
   HttpRequest& req = request_;  // reused: its header list keeps its capacity across reads

@@ -260,6 +260,15 @@ class HttpFront:
     def fd(self) -> int:
         """Readable when completions wait (see `drain`)."""
     @property
+    def read_fd(self) -> int:
+        """Readable while a connection read natively has input (-1: no native reads)."""
+    def read_ready(
+        self, now: float, max_owed: int
+    ) -> list[tuple[int, list[ForwardedRequest] | None, int]]:
+        """Reads every natively read connection with input, once; returns (connection id,
+        forwarded requests or None, ended: -1 EOF, an errno, else 0) for those that need
+        the caller. Submit what was decoded with `flush`."""
+    @property
     def draining(self) -> bool: ...
     @draining.setter
     def draining(self, value: bool) -> None: ...
@@ -346,6 +355,19 @@ class HttpConnection:
         """Responses a drain encodes go straight to the attached socket."""
     @direct_writes.setter
     def direct_writes(self, allowed: bool) -> None: ...
+    def start_reading(self) -> bool:
+        """Reads the attached socket natively (the front's `read_ready`); False when it cannot."""
+    def set_reading(self, on: bool) -> bool:
+        """Pauses or resumes native reading; False when it could not be resumed."""
+    @property
+    def reading(self) -> bool: ...
+    def stop_reading(self) -> None:
+        """Ends native reading: the socket is the caller's to read again."""
+    @property
+    def last_active(self) -> float:
+        """The `now` of the last read fed (or as set)."""
+    @last_active.setter
+    def last_active(self, now: float) -> None: ...
     @property
     def want_close(self) -> bool: ...
     @property

@@ -222,6 +222,12 @@ def _add_serve(sub: Any) -> None:
         help="a request's body must arrive within S seconds of its headers, else 408 (default 60)",
     )
     s.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        metavar="S",
+        help="close a kept-alive connection that sends nothing for S seconds (default 75)",
+    )
+    s.add_argument(
         "--max-connections",
         type=_positive_int,
         metavar="N",
@@ -353,6 +359,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
     for flag in (
         "header_timeout_s",
         "body_timeout_s",
+        "idle_timeout_s",
         "max_connections",
         "max_connections_per_ip",
     ):

@@ -6,10 +6,12 @@ Runs against the real server (`server` fixture, native by default) on 127.0.0.1.
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import socket
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -377,3 +379,84 @@ def test_fp16_json_rounds_as_the_python_front_end(tmp_path) -> None:  # type: ig
         assert [v is None for v in data] == (~finite).tolist()
         bits = np.array([v for v in data if v is not None], np.float16).view(np.uint16)
         np.testing.assert_array_equal(bits, expected[finite].view(np.uint16))
+
+
+def _reading_pair() -> tuple[object, object, socket.socket, socket.socket]:
+    """A front and a connection reading (natively) the server end of a loopback TCP pair."""
+    from aiarch import _core
+
+    front = _core.HttpFront(max_header_bytes=1 << 16, max_headers=100, max_body_bytes=1 << 20)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_end, _ = listener.accept()
+    server_end.setblocking(False)
+    conn = front.connect(7)
+    assert conn.attach_socket(server_end.fileno()) and conn.start_reading()
+    return front, conn, client, server_end
+
+
+def _read_events(front, now: float = 0.0) -> list:  # type: ignore[no-untyped-def]
+    """read_ready until it reports something (the bytes sent take a moment over loopback)."""
+    for _ in range(200):
+        events = front.read_ready(now, 64)
+        if events:
+            return events
+        time.sleep(0.005)
+    return []
+
+
+def test_native_reads_report_requests_ends_and_pauses() -> None:
+    """One `read_ready` reads the socket and reports what needs Python: the requests for the
+    App (in order), the end of the input (-1) after which the socket is no longer read; paused,
+    nothing is read however much waits; `last_active` is the read's time."""
+    front, conn, client, server_end = _reading_pair()
+    try:
+        assert front.read_ready(1.0, 64) == []  # nothing sent: nothing read, nothing reported
+        client.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(cid, forwarded, ended)] = _read_events(front, 12.5)
+        assert cid == 7 and ended == 0
+        assert [item[2] for item in forwarded] == [b"/a", b"/b"]
+        assert conn.last_active == 12.5 and conn.reading
+
+        assert conn.set_reading(False) and not conn.reading
+        client.sendall(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.05)
+        assert front.read_ready(13.0, 64) == []  # paused: the request waits in the socket
+        assert conn.last_active == 12.5
+        assert conn.set_reading(True)
+        [(_, forwarded, _)] = _read_events(front, 14.0)
+        assert [item[2] for item in forwarded] == [b"/c"]
+
+        client.shutdown(socket.SHUT_WR)
+        assert _read_events(front) == [(7, None, -1)]
+        assert not conn.reading
+        assert front.read_ready(15.0, 64) == []  # no longer read (no second end reported)
+    finally:
+        conn.close()
+        client.close()
+        server_end.close()
+
+
+def test_native_reads_report_a_reset_and_stop_after_close() -> None:
+    """A reset connection is reported with the read's errno; a closed one is never read again
+    (its descriptor number may be reused by the next connection)."""
+    front, conn, client, server_end = _reading_pair()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST
+        [(cid, forwarded, ended)] = _read_events(front)
+        assert (cid, forwarded) == (7, None) and ended == errno.ECONNRESET
+    finally:
+        conn.close()
+        server_end.close()
+
+    front, conn, client, server_end = _reading_pair()
+    try:
+        conn.close()
+        client.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.05)
+        assert front.read_ready(0.0, 64) == [] and not conn.reading
+        assert not conn.start_reading()  # closed: nothing to read
+    finally:
+        client.close()
+        server_end.close()

@@ -127,6 +127,25 @@ def _hold(port: int) -> socket.socket:
     raise AssertionError("no connection slot freed up")
 
 
+@pytest.mark.parametrize("http", FRONT_ENDS)
+def test_idle_connections_are_closed_and_busy_ones_kept(tmp_path: Path, http: str) -> None:
+    """The idle sweep closes a kept-alive connection silent for --idle-timeout-s and keeps one
+    that goes on sending requests, however its reads reach the server (each read is activity)."""
+    head = f"POST /v2/models/lin/infer HTTP/1.1\r\nHost: a\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    args = ["-m", f"lin={MODELS}:linear", "--http", http, "--idle-timeout-s", "2"]
+    with running_server(args, tmp_path) as srv:
+        quiet = _hold(srv.port)
+        with _open(srv.port, b"") as busy, busy.makefile("rb") as f:
+            end = time.monotonic() + 5.0  # well past the timeout
+            while time.monotonic() < end:
+                busy.sendall(head.encode() + BODY)
+                assert read_response(f).status == 200
+                time.sleep(0.1)
+            assert _send_and_read_until_closed([quiet]) == [b""]  # closed, nothing said
+            busy.sendall(head.encode() + BODY)
+            assert read_response(f).status == 200
+
+
 def _refused_reply(port: int) -> bytes:
     [reply] = _send_and_read_until_closed([_open(port, b"")])
     return reply

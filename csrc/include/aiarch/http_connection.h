@@ -29,6 +29,18 @@
 //   reaches another connection that reused the caller's descriptor number,
 //   and the dup is closed by Close() or the destructor. Never while the front
 //   drains or once the connection's last response is queued.
+// - Native reads (Linux): a connection with an attached socket may also be
+//   read here (StartReading). The front watches such sockets in one epoll
+//   set (read_fd(): readable when any is) and ReadReady() reads each ready
+//   one once, non-blocking, and feeds it, so a loop iteration costs the
+//   caller one call however many connections it reads, and no bytes object
+//   per read. ReadReady() reports only what needs the caller: forwarded
+//   requests, output to write or a connection to close or pause (NeedsWrite),
+//   and the end of the input (EOF or a read error; that socket is no longer
+//   read). set_reading() pauses and resumes reading (back-pressure);
+//   StopReading() ends it for good (the caller reads again, or closes); both
+//   leave the caller's own reads of the socket to the caller. Requests
+//   decoded by ReadReady() are submitted by the next RunReady()/Flush().
 // - Protocol errors (400/413/417/431) are answered after the responses
 //   already owed, then the connection closes: want_close() and linger().
 //   Fail() does the same for an error the caller decides (a 408 when the
@@ -148,7 +160,26 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
  public:
   static Status Create(HttpFrontConfig config, std::shared_ptr<HttpFront>* out);
 
+  ~HttpFront();
+  HttpFront(const HttpFront&) = delete;
+  HttpFront& operator=(const HttpFront&) = delete;
+
   int fd() const { return queue_->fd(); }
+
+  // Native reads (see the contract): readable while a connection reading
+  // here has input (-1 where there are no native reads).
+  int read_fd() const { return read_fd_; }
+  // What a native read left for the caller.
+  struct ReadEvent {
+    uint64_t connection = 0;
+    std::vector<ForwardedRequest> forwarded;
+    int ended = 0;  // 0: still open; kEndOfInput: the peer shut its side; else the read's errno
+  };
+  static constexpr int kEndOfInput = -1;
+  // Reads every connection whose socket is ready (once each), received at
+  // `now` (as Feed's); appends to `events` those that need the caller:
+  // forwarded requests, NeedsWrite(max_owed), the front draining, the end.
+  void ReadReady(double now, size_t max_owed, std::vector<ReadEvent>* events);
 
   // Serves `model` natively through `batcher`. `owner` keeps the batcher
   // alive while registered and while its requests are in flight. Replaces a
@@ -282,8 +313,8 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
     std::shared_ptr<ShadowStats> mirror_of;
   };
 
-  HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue)
-      : config_(config), queue_(std::move(queue)) {}
+  HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue, int read_fd)
+      : config_(config), queue_(std::move(queue)), read_fd_(read_fd) {}
   void Submit(std::unique_ptr<Pending> p);
   // `p`'s inputs into its model's batcher; lists the batcher for RunReady()
   // when the request is queued there for the caller.
@@ -311,6 +342,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
 
   const HttpFrontConfig config_;
   const std::shared_ptr<CompletionQueue> queue_;
+  const int read_fd_;                                      // the epoll set of native reads
+  std::unordered_map<uint64_t, HttpConnection*> readers_;  // reading natively, by id
+  std::string read_buffer_;                                // one read's bytes
   std::unordered_map<std::string, std::shared_ptr<Model>> models_;
   std::unordered_map<std::string, std::unique_ptr<Route>> routes_;
   std::unordered_map<std::string, std::shared_ptr<ShadowStats>> shadow_stats_;  // by route
@@ -377,6 +411,16 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool AttachSocket(int fd);
   void set_direct_writes(bool allowed) { direct_writes_ = allowed; }
   bool direct_writes() const { return direct_writes_ && socket_ >= 0; }
+  // Native reads (see the contract): false when there is no attached socket
+  // or the front cannot watch it (the caller keeps reading).
+  bool StartReading();
+  // Pauses (false) or resumes reading natively; false when resuming failed.
+  bool set_reading(bool on);
+  bool reading() const { return watched_; }
+  void StopReading();
+  // The `now` of the last Feed (or as set): when the peer was last heard.
+  double last_active() const { return last_active_; }
+  void set_last_active(double now) { last_active_ = now; }
 
  private:
   friend class HttpFront;
@@ -422,8 +466,11 @@ class HttpConnection : public std::enable_shared_from_this<HttpConnection> {
   bool closed_ = false;
   Phase phase_ = Phase::kNone;
   double phase_since_ = 0;
-  int socket_ = -1;  // our dup of the connection's socket, for direct writes
+  int socket_ = -1;  // our dup of the connection's socket, for direct writes and reads
   bool direct_writes_ = false;
+  bool reader_ = false;   // read natively (StartReading, until StopReading)
+  bool watched_ = false;  // in the front's epoll set now (reading, not paused)
+  double last_active_ = 0;
 };
 
 }  // namespace aiarch

@@ -298,12 +298,18 @@ class FlowControl(asyncio.Protocol):
         if transport is None or self._closing:
             return
         pause = self._write_paused or owed >= self._limits.max_pipelined
-        if pause and not self._read_paused:
-            self._read_paused = True
-            transport.pause_reading()
-        elif not pause and self._read_paused:
-            self._read_paused = False
+        if pause != self._read_paused:
+            self._read_paused = pause
+            self._set_reading(not pause)
+
+    def _set_reading(self, on: bool) -> None:
+        """Takes input again, or stops taking it (back-pressure)."""
+        transport = self.transport
+        assert transport is not None
+        if on:
             transport.resume_reading()
+        else:
+            transport.pause_reading()
 
     def _close_after_last_response(self, transport: asyncio.Transport, linger: bool) -> None:
         """Close once the response just written has left. With `linger` (the request was

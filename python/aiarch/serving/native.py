@@ -1,14 +1,20 @@
 """HTTP/1.1 front end on the native request path (the server's default).
 
-The event loop and sockets stay uvloop's; the bytes of each read go to the native connection
-(`aiarch._core.HttpConnection`), which parses every request in them and answers v2 infer requests
-for the models registered with the loop's `HttpFront` without entering Python per request:
+The event loop and sockets stay uvloop's. A plain TCP connection is read from C++: the front
+watches the connections' sockets (their duplicates) in one epoll set, registered with the loop,
+and one `read_ready` call per loop iteration reads every socket with input, however many, into
+its native connection (`aiarch._core.HttpConnection`), which parses every request in them
+(a TLS connection's reads come through the transport and `feed`, one call per read). The
+connection answers v2 infer requests for the models registered with the loop's `HttpFront`
+without entering Python per request:
 decode into contiguous input buffers, validation, cache probe, batcher submit (the requests of
 every read of a loop iteration together, in `HttpFront.run_ready` after the iteration's reads, so
 they share a batch and wake a worker once), and on completion the response encoded into the
 connection's output and sent from C++ (one non-blocking send per connection per batch, on the
-connection's own duplicate of the socket). Python runs once per read (feed) and once per batch
-(drain the completion queue); it writes only what the kernel did not take, through the
+connection's own duplicate of the socket). Python runs once per loop iteration (read and
+submit) and once per batch (drain the completion queue), and per read only for what needs it
+(requests for the App, a refusal to write, back-pressure, the end of the input); it writes
+only what the kernel did not take, through the
 transport, which then holds bytes: direct sends stop until it is empty again, and while reading is
 paused or the connection closes, so nothing overtakes the transport's bytes and this protocol sees
 every write that can resume reading.
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -69,6 +76,7 @@ from .http import (
 from .routing import SHADOW_MAX_IN_FLIGHT
 
 _PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
+_END_OF_INPUT = -1  # `HttpFront.read_ready`: the peer shut its side
 
 __all__ = ["NativeFront", "NativeProtocol"]
 
@@ -106,17 +114,26 @@ class NativeFront:
         self.front.trace_every = server.trace_every
         self._tracing = server.trace_every > 0
         self.front.trace_native = _tracing.spans_with_given_ids()
+        self._max_owed = limits.max_pipelined
+
+    native_reads = True
+    """Plain TCP connections are read from C++ (`read_ready`); off, every read goes through
+    the transport and `NativeProtocol.data_received`, as TLS connections' always do."""
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Watch the completion queue on `loop` and register the models already loaded."""
         self._loop = loop
         loop.add_reader(self.front.fd, self.drain)
+        if self.front.read_fd >= 0:
+            loop.add_reader(self.front.read_fd, self.read_ready)
         for name in list(self.app.entries):
             self.sync(name)
 
     def stop(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.front.fd)
+            if self.front.read_fd >= 0:
+                self._loop.remove_reader(self.front.read_fd)
 
     def new_id(self) -> int:
         self._next_id += 1
@@ -235,6 +252,19 @@ class NativeFront:
         self._flush_scheduled = False
         self._write(self.front.flush())
 
+    def read_ready(self) -> None:
+        """Read every natively read connection with input (one call, however many), act on
+        what needs Python, then submit what was decoded and write what is answered (`flush`)."""
+        assert self._loop is not None
+        if self.app.draining:
+            self.front.draining = True
+        protocols = self.protocols
+        for cid, forwarded, ended in self.front.read_ready(self._loop.time(), self._max_owed):
+            p = protocols.get(cid)
+            if p is not None:
+                p.read_event(forwarded, ended)
+        self._flush()
+
     def drain(self) -> None:
         """Encode finished requests into their connections and write each connection once."""
         self._write(self.front.drain())
@@ -307,9 +337,9 @@ class NativeProtocol(FlowControl):
         "_native",
         "_peer",
         "_pending",
+        "_reader",
         "_slot",
         "_state",
-        "last_active",
     )
 
     def __init__(self, state: Any, native: NativeFront):
@@ -320,14 +350,15 @@ class NativeProtocol(FlowControl):
         self._conn = native.front.connect(native.new_id())
         self._pending: dict[int, _NativePending] = {}
         self._slot = 0
-        self.last_active = 0.0
         self._peer: str | None = None
         self._direct = False  # the native connection may send straight to the socket
+        self._reader = False  # the native connection reads the socket (see `read_event`)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.last_active = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._conn.last_active = loop.time()
         self._peer, refusal = admit_connection(self._state, self, transport)
         if refusal is not None:
             self._refuse(refusal)
@@ -339,6 +370,42 @@ class NativeProtocol(FlowControl):
         if sock is not None and transport.get_extra_info("sslcontext") is None:
             self._direct = self._conn.attach_socket(sock.fileno())
             self._conn.direct_writes = self._direct
+            if self._direct and self._native.native_reads:
+                # The transport starts reading after this returns: it is paused (and C++ reads)
+                # in a callback of its own; what it reads before then comes to data_received.
+                loop.call_soon(self._start_native_reading)
+
+    def _start_native_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self._closing or not self._conn.start_reading():
+            return
+        self._reader = True
+        if self._read_paused:
+            self._conn.set_reading(False)  # the transport is paused already
+        else:
+            transport.pause_reading()
+
+    def _hand_back_reading(self) -> None:
+        """End native reading: the transport reads again (unless reading is paused), as when
+        the connection began, for what follows its last response (see `_close_after_last_response`)."""
+        if not self._reader:
+            return
+        self._reader = False
+        self._conn.stop_reading()
+        transport = self.transport
+        if transport is not None and not self._read_paused and not transport.is_closing():
+            transport.resume_reading()
+
+    def _set_reading(self, on: bool) -> None:
+        if not self._reader:
+            super()._set_reading(on)
+        elif not self._conn.set_reading(on):
+            self._hand_back_reading()  # the socket could not be watched again: the transport reads
+
+    @property
+    def last_active(self) -> float:
+        """When the peer was last heard (the loop's clock), for the idle sweep."""
+        return self._conn.last_active
 
     def _refuse(self, message: str) -> None:
         """Answer 503 before reading anything and close: the connection never counts."""
@@ -350,6 +417,7 @@ class NativeProtocol(FlowControl):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.close()  # cancels the native requests still queued (and closes our dup)
+        self._reader = False
         release_connection(self._state, self, self._peer)
         self._peer = None
         self._native.protocols.pop(self._conn.id, None)
@@ -361,7 +429,7 @@ class NativeProtocol(FlowControl):
         if self._closing:
             return
         native = self._native
-        now = self.last_active = native._loop.time() if native._loop is not None else 0.0
+        now = native._loop.time() if native._loop is not None else 0.0
         draining = self._app.draining
         if draining:
             native.front.draining = True
@@ -375,6 +443,27 @@ class NativeProtocol(FlowControl):
         # Most reads only queue requests for the flush: nothing to write, nothing to pause.
         if self._read_paused or draining or conn.needs_write(self._limits.max_pipelined):
             self.write_output()
+
+    def read_event(self, forwarded: list[_core.ForwardedRequest] | None, ended: int) -> None:
+        """What a native read left for this connection: requests for the App, output to write or
+        back-pressure (as after `data_received`), or the end of the input (`ended`: -1 at EOF, an
+        errno after a failed read), which it meets as the transport would have."""
+        if ended:
+            self._reader = False  # the native connection stopped reading
+            transport = self.transport
+            if transport is None:
+                return
+            if ended == _END_OF_INPUT:
+                if not self.eof_received():
+                    transport.close()
+            else:
+                log.debug("connection read failed: %s", os.strerror(ended))
+                transport.abort()
+            return
+        if forwarded is not None:
+            for item in forwarded:
+                self._dispatch(*item)
+        self.write_output()
 
     def _owed(self) -> int:
         return self._conn.owed
@@ -456,6 +545,7 @@ class NativeProtocol(FlowControl):
             if not self._closing:
                 self._closing = True
                 conn.direct_writes = False
+                self._hand_back_reading()
                 self._close_after_last_response(transport, conn.linger)
             return
         owed = conn.owed
@@ -501,4 +591,5 @@ class NativeProtocol(FlowControl):
         if self.transport is not None and not self.transport.is_closing():
             self._closing = True
             self._conn.direct_writes = False
+            self._hand_back_reading()
             self.transport.close()
