@@ -558,17 +558,43 @@ void HttpFront::Mirror(const Pending& p) {
   Submit(std::move(m));
 }
 
+std::unique_ptr<HttpFront::Pending> HttpFront::NewPending() {
+  if (spare_.empty()) return std::make_unique<Pending>();
+  std::unique_ptr<Pending> p = std::move(spare_.back());
+  spare_.pop_back();
+  return p;
+}
+
+void HttpFront::Recycle(std::unique_ptr<Pending> p) {
+  if (spare_.size() >= kMaxSpare) return;
+  std::vector<V2DecodedInput> inputs = std::move(p->inputs);
+  V2ResponsePlan plan = std::move(p->plan);
+  *p = Pending();  // drops every reference (connection, model, trace, shadow)
+  inputs.clear();  // the tensors' bytes go; the list's capacity stays
+  plan.Clear();
+  p->inputs = std::move(inputs);
+  p->plan = std::move(plan);
+  spare_.push_back(std::move(p));
+}
+
 Status HttpFront::SubmitToBatcher(const Pending& p, uint64_t* request_id, CachedResponse* hit) {
-  SubmitArgs args;
+  // The batcher copies what it keeps, and a submit never comes back here, so
+  // one set of arguments serves every submit.
+  SubmitArgs& args = submit_args_;
   const auto& specs = p.model->v2.inputs;
-  args.inputs.reserve(p.inputs.size());
+  args.inputs.resize(p.inputs.size());
   for (size_t i = 0; i < p.inputs.size(); ++i) {
     const V2DecodedInput& in = p.inputs[i];
-    args.inputs.push_back({in.data.data(), in.data.size(), specs[i].dtype, in.shape, true});
+    SubmitArgs::Input& arg = args.inputs[i];
+    arg.data = in.data.data();
+    arg.bytes = in.data.size();
+    arg.dtype = specs[i].dtype;
+    arg.shape.assign(in.shape.begin(), in.shape.end());
+    arg.contiguous = true;
   }
   args.timeout_ns = p.timeout_ns;
   args.priority = p.priority;
-  args.sink = queue_;
+  if (args.sink == nullptr) args.sink = queue_;
   Batcher& batcher = *p.model->batcher;
   args.caller_flushes = batcher.config().inline_execution;
   const Status st = batcher.Submit(args, request_id, hit);
@@ -666,47 +692,8 @@ std::vector<uint64_t> HttpFront::Drain() {
     if (it == pending_.end()) continue;
     std::unique_ptr<Pending> p = std::move(it->second);
     pending_.erase(it);
-    if (p->mirror_of) {
-      CountMirrored(*p, c.status);
-      continue;
-    }
-    HttpConnection& conn = *p->conn;
-    if (conn.closed_) continue;
-    HttpConnection::Slot* slot = conn.FindSlot(p->slot);
-    if (slot == nullptr) continue;
-    slot->request_id = 0;
-    const bool keep = p->keep_alive && !draining_;
-    TracedRequest* trace = p->trace.get();
-    if (trace != nullptr) {
-      trace->enqueue_ns = c.enqueue_ns;
-      trace->exec_start_ns = c.exec_start_ns;
-      trace->exec_end_ns = c.exec_end_ns;
-      trace->batch_rows = c.batch_rows;
-      if (!c.status.ok()) trace->error = c.status.message();
-    }
-    if (c.status.ok()) {
-      if (trace != nullptr) trace->encode_start_ns = SteadyNowNs();
-      const auto& specs = *c.result->specs;
-      rows.clear();
-      for (size_t i = 0; i < specs.size(); ++i) {
-        rows.push_back(c.result->outputs[i]->data() + c.row_offset * specs[i].RowBytes());
-      }
-      std::string error;
-      if (!AppendResponse(p->model->v2, p->plan, specs, rows, c.rows, keep, &slot->bytes, &error)) {
-        slot->bytes.clear();
-        conn.Error(*slot, 500, error, keep);
-      } else {
-        conn.Fill(*slot, keep);
-        if (p->model->record && p->plan.has_id && c.rows > 0) {
-          Record(*p->model, p->plan.id, specs[0], rows[0]);
-        }
-      }
-      if (trace != nullptr) trace->encode_end_ns = SteadyNowNs();
-    } else {
-      conn.ErrorFromStatus(*slot, c.status, keep);
-    }
-    if (trace != nullptr) FinishTrace(std::move(p->trace), &slot->bytes);
-    conn.FlushTouching(&touched);
+    Answer(c, p.get(), &rows, &touched);
+    Recycle(std::move(p));
   }
   // One send per connection per drain; the caller writes what is left.
   std::vector<uint64_t> to_write;
@@ -714,6 +701,52 @@ std::vector<uint64_t> HttpFront::Drain() {
     if (!conn->WriteDirect()) to_write.push_back(conn->id());
   }
   return to_write;
+}
+
+void HttpFront::Answer(Completion& c, Pending* p, std::vector<const uint8_t*>* rows_scratch,
+                       std::vector<std::shared_ptr<HttpConnection>>* touched) {
+  if (p->mirror_of) {
+    CountMirrored(*p, c.status);
+    return;
+  }
+  HttpConnection& conn = *p->conn;
+  if (conn.closed_) return;
+  HttpConnection::Slot* slot = conn.FindSlot(p->slot);
+  if (slot == nullptr) return;
+  slot->request_id = 0;
+  std::vector<const uint8_t*>& rows = *rows_scratch;
+  const bool keep = p->keep_alive && !draining_;
+  TracedRequest* trace = p->trace.get();
+  if (trace != nullptr) {
+    trace->enqueue_ns = c.enqueue_ns;
+    trace->exec_start_ns = c.exec_start_ns;
+    trace->exec_end_ns = c.exec_end_ns;
+    trace->batch_rows = c.batch_rows;
+    if (!c.status.ok()) trace->error = c.status.message();
+  }
+  if (c.status.ok()) {
+    if (trace != nullptr) trace->encode_start_ns = SteadyNowNs();
+    const auto& specs = *c.result->specs;
+    rows.clear();
+    for (size_t i = 0; i < specs.size(); ++i) {
+      rows.push_back(c.result->outputs[i]->data() + c.row_offset * specs[i].RowBytes());
+    }
+    std::string error;
+    if (!AppendResponse(p->model->v2, p->plan, specs, rows, c.rows, keep, &slot->bytes, &error)) {
+      slot->bytes.clear();
+      conn.Error(*slot, 500, error, keep);
+    } else {
+      conn.Fill(*slot, keep);
+      if (p->model->record && p->plan.has_id && c.rows > 0) {
+        Record(*p->model, p->plan.id, specs[0], rows[0]);
+      }
+    }
+    if (trace != nullptr) trace->encode_end_ns = SteadyNowNs();
+  } else {
+    conn.ErrorFromStatus(*slot, c.status, keep);
+  }
+  if (trace != nullptr) FinishTrace(std::move(p->trace), &slot->bytes);
+  conn.FlushTouching(touched);
 }
 
 // ---------------------------------------------------------------- connection
@@ -1004,8 +1037,10 @@ bool HttpConnection::HandleNative(const HttpRequest& req, Slot& slot, bool keep_
     return false;  // out of range or not a plain number: the general path words the 400
   }
 
-  auto pending = std::make_unique<HttpFront::Pending>();
-  V2InferRequest decoded;
+  std::unique_ptr<HttpFront::Pending> pending = front_->NewPending();
+  V2InferRequest decoded;  // decoded into the record's recycled lists
+  decoded.inputs = std::move(pending->inputs);
+  decoded.plan = std::move(pending->plan);
   std::string error;
   if (predict) {
     if (DecodePredict(req.body, model->v2, &decoded.inputs) != V2DecodeResult::kOk) return false;

@@ -316,6 +316,15 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   HttpFront(HttpFrontConfig config, std::shared_ptr<CompletionQueue> queue, int read_fd)
       : config_(config), queue_(std::move(queue)), read_fd_(read_fd) {}
   void Submit(std::unique_ptr<Pending> p);
+  // Encodes completion `c` of `p` into its connection (or counts a mirrored
+  // one); `rows` is scratch.
+  void Answer(Completion& c, Pending* p, std::vector<const uint8_t*>* rows,
+              std::vector<std::shared_ptr<HttpConnection>>* touched);
+  // A request's record: a recycled one when there is one (its input list and
+  // response plan keep their capacity), else a new one.
+  std::unique_ptr<Pending> NewPending();
+  // `p` answered: releases what it refers to and keeps it for NewPending().
+  void Recycle(std::unique_ptr<Pending> p);
   // `p`'s inputs into its model's batcher; lists the batcher for RunReady()
   // when the request is queued there for the caller.
   Status SubmitToBatcher(const Pending& p, uint64_t* request_id, CachedResponse* hit);
@@ -352,6 +361,9 @@ class HttpFront : public std::enable_shared_from_this<HttpFront> {
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;  // by request id
   std::vector<std::shared_ptr<Model>> dirty_;      // submitted to this iteration, inline execution
   std::vector<std::unique_ptr<Pending>> decoded_;  // decoded this iteration, not yet submitted
+  std::vector<std::unique_ptr<Pending>> spare_;    // answered, for NewPending()
+  static constexpr size_t kMaxSpare = 1024;
+  SubmitArgs submit_args_;  // SubmitToBatcher's, reused (its vectors keep their capacity)
   // Connections RunReady() gave output, for Drain().
   std::vector<std::shared_ptr<HttpConnection>> touched_;
   bool draining_ = false;

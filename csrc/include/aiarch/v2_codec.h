@@ -54,6 +54,14 @@ struct V2ResponsePlan {
   bool has_id = false;
   std::vector<int> outputs;  // model output indices, in response order
   std::vector<bool> binary;  // per entry of `outputs`
+  // Back to a new plan's state, keeping the vectors' capacity (plans are reused).
+  void Clear() {
+    predict = false;
+    id.clear();
+    has_id = false;
+    outputs.clear();
+    binary.clear();
+  }
 };
 
 struct V2DecodedInput {
