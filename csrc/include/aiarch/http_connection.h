@@ -18,7 +18,8 @@
 //   caller whole (ForwardedRequest) and answered through Respond().
 // - Order: responses leave in request order whichever path answers them
 //   (keep-alive and pipelining). TakeOutput() returns the bytes that may be
-//   written now; Python writes once per read and once per batch.
+//   written now, for the caller to write after a read or a drain that left
+//   output (see direct writes).
 // - Direct writes: a connection given its socket (AttachSocket, a plain TCP
 //   socket) and allowed to (set_direct_writes: the caller's transport has
 //   nothing buffered and wants no say in each write) has the responses Drain()
