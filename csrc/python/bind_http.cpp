@@ -15,7 +15,7 @@
 namespace py = pybind11;
 using namespace aiarch;
 
-aiarch::Batcher* BatcherOfModel(py::handle model);  // bindings.cpp
+aiarch::Batcher* BatcherOfModel(py::handle model);  // bind_model.cpp
 
 namespace {
 
