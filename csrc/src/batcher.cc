@@ -16,15 +16,6 @@ constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max();
 // Weight of the newest sample in the execution-time and service-rate moving
 // averages: reacts within a few batches, smooths single outliers.
 constexpr double kEwmaAlpha = 0.2;
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
 }  // namespace
 
 struct Batcher::Request {
@@ -82,7 +73,7 @@ Status Batcher::Create(std::string name, BatchConfig config, std::vector<TensorS
       if (d < 0) {
         return Status::InvalidArgument("input '" + spec.name + "' of model '" + name +
                                        "': trailing dims must be fixed (>= 0) to batch rows, got " +
-                                       ShapeString(spec.shape));
+                                       ShapeText(spec.shape));
       }
     }
   }
@@ -159,8 +150,8 @@ Status Batcher::Validate(const SubmitArgs& args, int64_t* rows_out) const {
     if (!shape_ok) {
       std::vector<int64_t> expected{-1};
       expected.insert(expected.end(), spec.shape.begin(), spec.shape.end());
-      return Status::InvalidArgument(what() + ": expected shape " + ShapeString(expected) +
-                                     " (rows first), got " + ShapeString(in.shape));
+      return Status::InvalidArgument(what() + ": expected shape " + ShapeText(expected) +
+                                     " (rows first), got " + ShapeText(in.shape));
     }
     if (!in.contiguous) {
       return Status::InvalidArgument(what() +
@@ -785,8 +776,8 @@ Status Batcher::ExecuteOnce(const Requests& requests, size_t begin, size_t end, 
     if (got.dtype != want.dtype || got.shape != want.shape) {
       return Status::ExecutionFailed("model '" + name_ + "' output " + std::to_string(i) + " ('" +
                                      want.name + "') is " + DTypeName(got.dtype) +
-                                     ShapeString(got.shape) + " per row; expected " +
-                                     DTypeName(want.dtype) + ShapeString(want.shape));
+                                     ShapeText(got.shape) + " per row; expected " +
+                                     DTypeName(want.dtype) + ShapeText(want.shape));
     }
     if (!outs[i].data ||
         outs[i].data->size() < static_cast<size_t>(batch->rows) * want.RowBytes()) {

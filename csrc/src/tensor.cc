@@ -41,6 +41,15 @@ int64_t TensorSpec::RowElements() const {
   return n;
 }
 
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
 std::string TensorSpec::ToString() const {
   std::string s = name + ": " + DTypeName(dtype) + "[-1";
   for (int64_t d : shape) s += ", " + std::to_string(d);

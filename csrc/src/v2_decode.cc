@@ -32,15 +32,6 @@ constexpr V2Type kV2Types[] = {
     {"FP64", DType::kFp64},
 };
 
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 // Product of dims, saturating at a value no body can reach.
 uint64_t ElementCount(const std::vector<int64_t>& shape) {
   constexpr uint64_t kCap = uint64_t{1} << 62;

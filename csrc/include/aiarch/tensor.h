@@ -35,6 +35,9 @@ size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);
 Status DTypeFromName(const std::string& name, DType* out);
 
+// A shape as error messages print it, e.g. "[2, 64]".
+std::string ShapeText(const std::vector<int64_t>& shape);
+
 struct TensorSpec {
   std::string name;
   DType dtype = DType::kFp32;
