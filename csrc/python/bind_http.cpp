@@ -66,6 +66,17 @@ py::list Forwarded(std::vector<ForwardedRequest>& requests) {
   return out;
 }
 
+py::list ReadEvents(std::vector<HttpFront::ReadEvent>& events) {
+  py::list out(events.size());
+  for (size_t i = 0; i < events.size(); ++i) {
+    HttpFront::ReadEvent& e = events[i];
+    out[i] = py::make_tuple(
+        e.connection,
+        e.forwarded.empty() ? py::object(py::none()) : py::object(Forwarded(e.forwarded)), e.ended);
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindHttp(py::module_& m) {
@@ -93,15 +104,7 @@ void BindHttp(py::module_& m) {
           [](HttpFront& front, double now, size_t max_owed) {
             std::vector<HttpFront::ReadEvent> events;
             front.ReadReady(now, max_owed, &events);
-            py::list out(events.size());
-            for (size_t i = 0; i < events.size(); ++i) {
-              HttpFront::ReadEvent& e = events[i];
-              out[i] = py::make_tuple(
-                  e.connection,
-                  e.forwarded.empty() ? py::object(py::none()) : py::object(Forwarded(e.forwarded)),
-                  e.ended);
-            }
-            return out;
+            return ReadEvents(events);
           },
           py::arg("now"), py::arg("max_owed"),
           "Reads every natively read connection with input, once, received at `now`; returns "
@@ -109,6 +112,17 @@ void BindHttp(py::module_& m) {
           "(requests to dispatch, output to write, `max_owed` responses owed, the front "
           "draining, or the input ended: ended is -1 at EOF, an errno after a failed read, "
           "else 0). Submit what was decoded with `flush`.")
+      .def(
+          "read_and_flush",
+          [](HttpFront& front, double now, size_t max_owed) {
+            std::vector<HttpFront::ReadEvent> events;
+            front.ReadReady(now, max_owed, &events);
+            std::vector<uint64_t> to_write = front.Flush();
+            return py::make_tuple(ReadEvents(events), py::cast(to_write));
+          },
+          py::arg("now"), py::arg("max_owed"),
+          "`read_ready` then `flush` in one call (a loop iteration's reads, submits and inline "
+          "batches): returns (read events, ids of connections with output to write).")
       .def_property("draining", &HttpFront::draining, &HttpFront::set_draining)
       .def_property_readonly("in_flight", &HttpFront::in_flight)
       .def_property("trace_every", &HttpFront::trace_every, &HttpFront::set_trace_every,

@@ -268,6 +268,11 @@ class HttpFront:
         """Reads every natively read connection with input, once; returns (connection id,
         forwarded requests or None, ended: -1 EOF, an errno, else 0) for those that need
         the caller. Submit what was decoded with `flush`."""
+    def read_and_flush(
+        self, now: float, max_owed: int
+    ) -> tuple[list[tuple[int, list[ForwardedRequest] | None, int]], list[int]]:
+        """`read_ready` then `flush` in one call: (read events, ids of connections with
+        output to write)."""
     @property
     def draining(self) -> bool: ...
     @draining.setter

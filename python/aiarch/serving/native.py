@@ -2,7 +2,7 @@
 
 The event loop and sockets stay uvloop's. A plain TCP connection is read from C++: the front
 watches the connections' sockets (their duplicates) in one epoll set, registered with the loop,
-and one `read_ready` call per loop iteration reads every socket with input, however many, into
+and one `read_and_flush` call per loop iteration reads every socket with input, however many, into
 its native connection (`aiarch._core.HttpConnection`), which parses every request in them
 (a TLS connection's reads come through the transport and `feed`, one call per read). The
 connection answers v2 infer requests for the models registered with the loop's `HttpFront`
@@ -253,17 +253,21 @@ class NativeFront:
         self._write(self.front.flush())
 
     def read_ready(self) -> None:
-        """Read every natively read connection with input (one call, however many), act on
-        what needs Python, then submit what was decoded and write what is answered (`flush`)."""
+        """Read every natively read connection with input, submit what was decoded and run
+        the batches that made ready (one call, however many connections), then act on what
+        needs Python and write what the kernel did not take."""
         assert self._loop is not None
         if self.app.draining:
             self.front.draining = True
         protocols = self.protocols
-        for cid, forwarded, ended in self.front.read_ready(self._loop.time(), self._max_owed):
+        events, to_write = self.front.read_and_flush(self._loop.time(), self._max_owed)
+        # Answers of the batches run inline are already sent (or queued per connection, in
+        # slot order, behind any forwarded request dispatched below).
+        for cid, forwarded, ended in events:
             p = protocols.get(cid)
             if p is not None:
                 p.read_event(forwarded, ended)
-        self._flush()
+        self._write(to_write)
 
     def drain(self) -> None:
         """Encode finished requests into their connections and write each connection once."""
