@@ -11,12 +11,16 @@ Python httptools front end) to show what the native request path buys, and as a 
 (`--route mlp=production:90,staging:10` over two registry versions of the same file, as a
 progressive rollout serves it), which the native path routes itself. Load: Debian's
 `wrk -t1 -d15s` at 1, 8, 64 and 256 connections, POSTing a one-row KServe v2 body, JSON and
-binary tensor extension. Everything stays on 127.0.0.1; every server runs in the same run.
+binary tensor extension. Everything stays on 127.0.0.1. Every server runs for the whole
+benchmark and each point (connections, body) measures them back to back, so the ratios compare
+runs a minute apart at most; `--rounds N` measures every point N times and reports the median of
+each figure and of each same-round ratio (each round's ratios are in the JSON).
 
 wrk is closed-loop: each connection waits for its reply, so the tail is under-reported compared
 with an open-loop (coordinated-omission-corrected) generator; all servers are measured alike.
 
     python benchmarks/bench_server.py                 # full run (~10 min), table + JSON
+    python benchmarks/bench_server.py --rounds 3      # the same, three times (~30 min)
     python benchmarks/bench_server.py --smoke         # under a minute
 """
 
@@ -35,7 +39,7 @@ import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -283,11 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="under a minute in total")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 8, 64, 256])
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every point this many times (all servers each round); the table gives "
+        "the median of each figure and of each same-round ratio",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip FastAPI")
     ap.add_argument("--json", default="bench-results/bench_server.json", help="output file")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.duration, args.connections = 2.0, [1, 64]
+        args.duration, args.connections, args.rounds = 2.0, [1, 64], 1
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     wrk = shutil.which("wrk")
     if wrk is None and not args.smoke:
         print("bench_server: wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -303,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict[str, Any]] = []
     path = "/v2/models/mlp/infer"
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory() as tmpdir, ExitStack() as servers:
         tmp = Path(tmpdir)
         b = bodies(tmp)
         onnx = export_onnx(tmp)
@@ -324,49 +337,76 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         cmd, env = canary_cmd(port, onnx, tmp)
         plans.append(("aiarch canary 90/10", cmd, port, ["json", "binary"], env))
-        for name, cmd, port, kinds, extra_env in plans:
-            with _server(cmd, port, tmp / f"{port}.log", extra_env):
-                for kind in kinds:
+        # Every server runs for the whole benchmark (idle ones cost nothing), so the servers
+        # of one point are measured back to back: drift in the shared machine's speed lands
+        # on all of them alike rather than on whichever ran last.
+        for _name, cmd, port, kinds, extra_env in plans:
+            servers.enter_context(_server(cmd, port, tmp / f"{port}.log", extra_env))
+            for kind in kinds:
+                body, hlen = b[kind]
+                load(port, path, body, hlen, 8, 1.0)  # warm-up
+        for round_ in range(1, args.rounds + 1):
+            for c in args.connections:
+                for kind in ("json", "binary"):
                     body, hlen = b[kind]
-                    load(port, path, body, hlen, 8, 1.0)  # warm-up
-                    for c in args.connections:
+                    for name, _cmd, port, kinds, _env in plans:
+                        if kind not in kinds:
+                            continue
                         r = load(port, path, body, hlen, c, args.duration)
-                        r.update(server=name, body=kind, connections=c)
+                        r.update(server=name, body=kind, connections=c, round=round_)
                         results.append(r)
                         print(
-                            f"  {name:22s} {kind:6s} c={c:<3d} {r['rps']:10.0f} req/s  "
-                            f"p50 {r['p50_us']:8.0f} us  p99 {r['p99_us']:8.0f} us",
+                            f"  [{round_}/{args.rounds}] {name:22s} {kind:6s} c={c:<3d} "
+                            f"{r['rps']:10.0f} req/s  p50 {r['p50_us']:8.0f} us  "
+                            f"p99 {r['p99_us']:8.0f} us",
                             flush=True,
                         )
-    fastapi_rps = {r["connections"]: r for r in results if r["server"] == "fastapi"}
-    trivial_rps = {
-        (r["connections"], r["body"]): r["rps"] for r in results if r["server"] == "trivial C"
+    # Ratios within a round (the baseline measured minutes, not rounds, apart), then the
+    # median over rounds of each figure and each ratio.
+    base = {(r["round"], r["connections"]): r for r in results if r["server"] == "fastapi"}
+    limit = {
+        (r["round"], r["connections"], r["body"]): r["rps"]
+        for r in results
+        if r["server"] == "trivial C"
     }
-    rows = []
     for r in results:
-        base = fastapi_rps.get(r["connections"])
-        limit = trivial_rps.get((r["connections"], r["body"]))
-        r["x_fastapi_rps"] = r["rps"] / base["rps"] if base else float("nan")
-        r["x_fastapi_p50"] = r["p50_us"] / base["p50_us"] if base else float("nan")
-        r["of_trivial_c"] = r["rps"] / limit if limit else float("nan")
-        rows.append(
-            [
-                r["server"],
-                r["body"],
-                r["connections"],
-                r["rps"],
-                r["p50_us"] / 1e3,
-                r["p99_us"] / 1e3,
-                r.get("errors_status", 0),
-                r["x_fastapi_rps"],
-                r["x_fastapi_p50"],
-                r["of_trivial_c"],
-            ]
-        )
+        f = base.get((r["round"], r["connections"]))
+        t = limit.get((r["round"], r["connections"], r["body"]))
+        r["x_fastapi_rps"] = r["rps"] / f["rps"] if f else float("nan")
+        r["x_fastapi_p50"] = r["p50_us"] / f["p50_us"] if f else float("nan")
+        r["of_trivial_c"] = r["rps"] / t if t else float("nan")
+    figures = ("rps", "p50_us", "p99_us", "x_fastapi_rps", "x_fastapi_p50", "of_trivial_c")
+    summary: list[dict[str, Any]] = []
+    for key in dict.fromkeys((r["server"], r["body"], r["connections"]) for r in results):
+        runs = [r for r in results if (r["server"], r["body"], r["connections"]) == key]
+        row: dict[str, Any] = dict(zip(("server", "body", "connections"), key, strict=True))
+        row.update({f: float(np.median([r[f] for r in runs])) for f in figures})
+        row["errors_status"] = sum(r.get("errors_status", 0) for r in runs)
+        if args.rounds > 1:
+            row["x_fastapi_p50_rounds"] = [r["x_fastapi_p50"] for r in runs]
+            row["x_fastapi_rps_rounds"] = [r["x_fastapi_rps"] for r in runs]
+        summary.append(row)
+    rows = [
+        [
+            r["server"],
+            r["body"],
+            r["connections"],
+            r["rps"],
+            r["p50_us"] / 1e3,
+            r["p99_us"] / 1e3,
+            r["errors_status"],
+            r["x_fastapi_rps"],
+            r["x_fastapi_p50"],
+            r["of_trivial_c"],
+        ]
+        for r in summary
+    ]
+    rounds = f"median of {args.rounds} rounds; " if args.rounds > 1 else ""
     print_table(
-        f"v2 infer, one row, MLP 64-256-256-16 as ONNX ({'smoke' if args.smoke else ''}"
-        f" {args.duration:g}s per point; x fastapi = over FastAPI at the same connections; "
-        "of trivial C = share of the trivial C server's req/s, same body and connections)",
+        f"v2 infer, one row, MLP 64-256-256-16 as ONNX ({'smoke, ' if args.smoke else ''}"
+        f"{args.duration:g}s per point; {rounds}x fastapi = over FastAPI at the same "
+        "connections, same round; of trivial C = share of the trivial C server's req/s, same "
+        "body, connections and round)",
         [
             "server",
             "body",
@@ -381,7 +421,18 @@ def main(argv: list[str] | None = None) -> int:
         ],
         rows,
     )
-    write_json(args.json, "bench_server", {"duration_s": args.duration, "runs": results})
+    if args.rounds > 1 and base:
+        print("\nper round, x fastapi p50 (c=1) and x fastapi req/s (c=64), aiarch:")
+        for r in summary:
+            if r["server"] == "aiarch" and r["connections"] in (1, 64):
+                per = "x_fastapi_p50_rounds" if r["connections"] == 1 else "x_fastapi_rps_rounds"
+                values = "  ".join(f"{v:.2f}" for v in r[per])
+                print(f"  {r['body']:6s} c={r['connections']:<3d} {values}")
+    write_json(
+        args.json,
+        "bench_server",
+        {"duration_s": args.duration, "rounds": args.rounds, "summary": summary, "runs": results},
+    )
     return 0 if all(r.get("errors_status", 0) == 0 for r in results) else 1
 
 
