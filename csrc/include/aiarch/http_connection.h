@@ -6,7 +6,8 @@
 // - HttpFront is one per event loop. It holds the models served natively
 //   (name → batcher + v2 description), one completion queue for all their
 //   requests (fd() turns readable when completions wait), and the table of
-//   requests in flight. HttpConnection is one per socket.
+//   requests in flight. HttpConnection is one per socket. (HttpFront is
+//   implemented in http_front.cc, HttpConnection in http_connection.cc.)
 // - HttpConnection::Feed takes the bytes of one read and parses every
 //   complete request in them. A v2 infer request (POST
 //   /v2/models/{m}[/versions/{v}]/infer) for a registered model is decoded,
