@@ -66,7 +66,10 @@ py::list Forwarded(std::vector<ForwardedRequest>& requests) {
   return out;
 }
 
-py::list ReadEvents(std::vector<HttpFront::ReadEvent>& events) {
+// HttpFront::ReadReady's events as (connection id, forwarded or None, ended) tuples.
+py::list ReadReady(HttpFront& front, double now, size_t max_owed) {
+  std::vector<HttpFront::ReadEvent> events;
+  front.ReadReady(now, max_owed, &events);
   py::list out(events.size());
   for (size_t i = 0; i < events.size(); ++i) {
     HttpFront::ReadEvent& e = events[i];
@@ -99,26 +102,17 @@ void BindHttp(py::module_& m) {
       .def_property_readonly("read_fd", &HttpFront::read_fd,
                              "Readable while a connection read natively has input (-1: no "
                              "native reads on this platform).")
-      .def(
-          "read_ready",
-          [](HttpFront& front, double now, size_t max_owed) {
-            std::vector<HttpFront::ReadEvent> events;
-            front.ReadReady(now, max_owed, &events);
-            return ReadEvents(events);
-          },
-          py::arg("now"), py::arg("max_owed"),
-          "Reads every natively read connection with input, once, received at `now`; returns "
-          "(connection id, forwarded requests or None, ended) for those that need the caller "
-          "(requests to dispatch, output to write, `max_owed` responses owed, the front "
-          "draining, or the input ended: ended is -1 at EOF, an errno after a failed read, "
-          "else 0). Submit what was decoded with `flush`.")
+      .def("read_ready", &ReadReady, py::arg("now"), py::arg("max_owed"),
+           "Reads every natively read connection with input, once, received at `now`; returns "
+           "(connection id, forwarded requests or None, ended) for those that need the caller "
+           "(requests to dispatch, output to write, `max_owed` responses owed, the front "
+           "draining, or the input ended: ended is -1 at EOF, an errno after a failed read, "
+           "else 0). Submit what was decoded with `flush`.")
       .def(
           "read_and_flush",
           [](HttpFront& front, double now, size_t max_owed) {
-            std::vector<HttpFront::ReadEvent> events;
-            front.ReadReady(now, max_owed, &events);
-            std::vector<uint64_t> to_write = front.Flush();
-            return py::make_tuple(ReadEvents(events), py::cast(to_write));
+            py::list events = ReadReady(front, now, max_owed);
+            return py::make_tuple(events, py::cast(front.Flush()));
           },
           py::arg("now"), py::arg("max_owed"),
           "`read_ready` then `flush` in one call (a loop iteration's reads, submits and inline "

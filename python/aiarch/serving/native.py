@@ -76,7 +76,7 @@ from .http import (
 from .routing import SHADOW_MAX_IN_FLIGHT
 
 _PHASE_HEAD = 1  # `HttpConnection.phase`: part of a request head is buffered
-_END_OF_INPUT = -1  # `HttpFront.read_ready`: the peer shut its side
+_END_OF_INPUT = -1  # a read event's `ended`: the peer shut its side
 
 __all__ = ["NativeFront", "NativeProtocol"]
 
